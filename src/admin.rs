@@ -1,0 +1,125 @@
+//! The operator's command-line tools: `status`, `member`, `zone check` and
+//! `zone show`, talking to a running authority over the gRPC API (or, for
+//! `zone check`, reading files directly).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::grpc::v1::admin_client::AdminClient;
+use crate::grpc::v1::{SetMemberRequest, ShowZoneRequest, StatusRequest};
+use crate::zone::{ZoneFile, origin_for};
+
+#[derive(Args)]
+pub struct ServerArg {
+    /// The authority's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:7443", env = "VNAMED_SERVER")]
+    pub server: String,
+}
+
+#[derive(Args)]
+pub struct MemberArgs {
+    /// Pool name, e.g. www.demo.example.
+    pub pool: String,
+    /// Member id, e.g. web1.
+    pub member: String,
+    /// up, down, or auto (follow status reports).
+    #[arg(long)]
+    pub admin: Option<String>,
+    #[arg(long)]
+    pub weight: Option<u32>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Subcommand)]
+pub enum ZoneCmd {
+    /// Validate zone files (named FILE.zone after their zone) as the authority would.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Zone name, when the file is not named after it.
+        #[arg(long)]
+        origin: Option<String>,
+    },
+    /// Print a zone exactly as it is being served.
+    Show {
+        zone: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+async fn client(server: &ServerArg) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    AdminClient::connect(server.server.clone())
+        .await
+        .with_context(|| format!("cannot reach the authority at {}", server.server))
+}
+
+pub async fn status(server: &ServerArg) -> anyhow::Result<()> {
+    let reply = client(server).await?.status(StatusRequest {}).await?.into_inner();
+    for p in reply.pools {
+        let answer = if p.servfail { "SERVFAIL".to_owned() } else { p.answer.join(", ") };
+        println!("{}  policy={} zone={} serial={}  answer: {}", p.name, p.policy, p.zone, p.serial, answer);
+        for m in p.members {
+            let load = m.load.map(|l| format!("{l:.2}")).unwrap_or_else(|| "-".into());
+            let mark = if m.in_answer { "*" } else { " " };
+            println!("  {mark} {:<12} {:<40} {:<18} weight={:<3} load={}", m.id, m.address, m.state, m.weight, load);
+        }
+    }
+    Ok(())
+}
+
+pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
+    client(&args.server)
+        .await?
+        .set_member(SetMemberRequest {
+            pool: args.pool.clone(),
+            member: args.member.clone(),
+            admin: args.admin.clone(),
+            weight: args.weight,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    println!("{} {}: set", args.pool, args.member);
+    Ok(())
+}
+
+pub async fn zone(cmd: ZoneCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ZoneCmd::Check { files, origin } => {
+            let mut failed = false;
+            for path in files {
+                let origin = match &origin {
+                    Some(o) => hickory_proto::rr::Name::from_ascii(o).map(|mut n| {
+                        n.set_fqdn(true);
+                        n
+                    })?,
+                    None => origin_for(&path).with_context(|| {
+                        format!("{}: name the file <zone>.zone or pass --origin", path.display())
+                    })?,
+                };
+                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                match ZoneFile::parse(&path, origin.clone(), text) {
+                    Ok(z) => println!("{}: zone {origin} OK, serial {}, {} records", path.display(), z.serial, z.data.record_count),
+                    Err(e) => {
+                        println!("{e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        ZoneCmd::Show { zone, server } => {
+            let reply = client(&server)
+                .await?
+                .show_zone(ShowZoneRequest { zone })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            print!("{}", reply.into_inner().text);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `vnamed authority`: loads the zones, starts the updater, the DNS
+//! listeners, NOTIFY, the zone watcher and the gRPC API, and stops them
+//! in order on shutdown so that answers in flight finish and the zone
+//! files are current.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::dns::{self, handler::DnsHandler, snapshot::Snapshot};
+use crate::grpc::AdminService;
+use crate::updater::{Command, Updater};
+use crate::zone;
+
+/// How long answers in flight get to finish at shutdown.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A running authority: the handle tests and the demo use to reach it.
+pub struct Authority {
+    pub commands: mpsc::Sender<Command>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub dns: Vec<SocketAddr>,
+    pub grpc: Option<SocketAddr>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Authority {
+    /// Loads, binds and starts everything; every problem found on the way
+    /// (config, zone files, addresses in use) is reported together.
+    pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let auth = config.authority()?.clone();
+        let mut problems: Vec<String> = Vec::new();
+        let files = match zone::load_dir(&auth.zones_dir) {
+            Ok(f) => f,
+            Err(errors) => {
+                problems.extend(errors.iter().map(|e| e.to_string()));
+                Default::default()
+            }
+        };
+        let sockets = match dns::bind(&auth.dns_listen).await {
+            Ok(s) => s,
+            Err(p) => {
+                problems.extend(p);
+                Vec::new()
+            }
+        };
+        let grpc = match auth.grpc_listen {
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    problems.push(format!("grpc_listen {addr}: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let (notify_tx, notify_rx) = mpsc::channel(1024);
+        let updater = if problems.is_empty() {
+            match Updater::new(config, files, snapshot.clone(), notify_tx, auth.zone_write_interval, Instant::now()) {
+                Ok(u) => Some(u),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if !problems.is_empty() {
+            anyhow::bail!("cannot start the authority:\n  - {}", problems.join("\n  - "));
+        }
+        let updater = updater.expect("no problems");
+
+        let dns_addrs: Vec<SocketAddr> = sockets.iter().filter_map(|(u, _)| u.local_addr().ok()).collect();
+        let mut server = dns::serve(DnsHandler::new(snapshot.clone(), auth.allow_transfer.clone()), sockets);
+        info!(addresses = ?dns_addrs, zones = snapshot.load().zones.len(), "DNS authority serving");
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+        let (edit_tx, edit_rx) = mpsc::channel(256);
+        let watcher = match zone::watch::watch(&auth.zones_dir, edit_tx) {
+            Ok(w) => Some(w),
+            Err(error) => {
+                warn!(%error, dir = %auth.zones_dir.display(), "cannot watch zones_dir; operator edits need a restart");
+                None
+            }
+        };
+
+        let mut tasks = tokio::task::JoinSet::new();
+        let updater_stop = CancellationToken::new();
+        let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
+        tasks.spawn(dns::notify::run(auth.notify.clone(), notify_rx, shutdown.child_token()));
+        let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = grpc {
+            let svc = AdminService::server(cmd_tx.clone());
+            let stop = shutdown.clone();
+            info!(address = ?grpc_addr, "gRPC API serving");
+            tasks.spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                if let Err(error) = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+                {
+                    warn!(%error, "gRPC server stopped");
+                }
+            });
+        }
+
+        let done = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            info!("shutting down: finishing answers in flight");
+            if tokio::time::timeout(GRACE, server.shutdown_gracefully()).await.is_err() {
+                warn!("DNS listeners did not stop within the grace period");
+            }
+            drop(watcher);
+            updater_stop.cancel();
+            let _ = updater_task.await;
+            let _ = tokio::time::timeout(GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+            info!("authority stopped");
+        });
+        Ok(Self { commands: cmd_tx, snapshot, dns: dns_addrs, grpc: grpc_addr, done })
+    }
+
+    /// Waits until shutdown has finished.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// `vnamed authority --config FILE`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let authority = Authority::start(&config, shutdown).await?;
+    authority.wait().await;
+    Ok(())
+}

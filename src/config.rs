@@ -1,0 +1,330 @@
+//! The TOML configuration shared by every role: parsed strictly (unknown keys
+//! are errors), then validated as a whole so that every mistake is reported
+//! at once instead of one per restart.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Everything that can be wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub authority: Option<AuthorityConfig>,
+    #[serde(default)]
+    pub pool: Vec<PoolConfig>,
+    pub monitor: Option<MonitorConfig>,
+    pub ring: Option<RingConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    pub dns_listen: Vec<SocketAddr>,
+    pub grpc_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub zones_dir: PathBuf,
+    #[serde(default)]
+    pub notify: Vec<SocketAddr>,
+    #[serde(default)]
+    pub allow_transfer: Vec<IpNet>,
+    /// UDP workers for the pre-encoded fast path; 0 = one per core.
+    #[serde(default)]
+    pub udp_workers: usize,
+    /// Minimum time between two rewrites of the same zone file.
+    #[serde(default = "default_write_interval", with = "humantime_serde")]
+    pub zone_write_interval: Duration,
+}
+
+fn default_write_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyName {
+    RoundRobin,
+    Priority,
+    LeastLoaded,
+    FewestConnections,
+    FewestPending,
+    Fastest,
+    Throughput,
+    Closest,
+    Weighted,
+    Formula,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    /// Keep answering with the last non-empty answer.
+    #[default]
+    LastKnown,
+    /// Answer with every member, whatever its state.
+    All,
+    /// Answer SERVFAIL.
+    Servfail,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    #[serde(default = "default_policy")]
+    pub policy: PolicyName,
+    #[serde(default = "one")]
+    pub answers: usize,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    #[serde(default)]
+    pub fallback: Fallback,
+    #[serde(default = "default_stale", with = "humantime_serde")]
+    pub stale_after: Duration,
+    pub members: Vec<MemberConfig>,
+}
+
+fn default_policy() -> PolicyName {
+    PolicyName::LeastLoaded
+}
+fn one() -> usize {
+    1
+}
+fn default_ttl() -> u32 {
+    5
+}
+fn default_stale() -> Duration {
+    Duration::from_secs(3)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: String,
+    pub address: IpAddr,
+    pub farm: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    pub host: String,
+    #[serde(default)]
+    pub report_to: Vec<String>,
+    #[serde(default)]
+    pub check: Vec<CheckConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    pub pool: String,
+    pub kind: CheckKind,
+    pub target: Option<String>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    Process,
+    Tcp,
+    Http,
+    Exec,
+    File,
+    Push,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "ping_interval", with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(default = "misses")]
+    pub misses: u32,
+    #[serde(default = "token_timeout", with = "humantime_serde")]
+    pub token_timeout: Duration,
+    #[serde(default = "broadcast_timeout", with = "humantime_serde")]
+    pub broadcast_timeout: Duration,
+    #[serde(default)]
+    pub dispatch_capable: bool,
+}
+
+fn ping_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn misses() -> u32 {
+    3
+}
+fn token_timeout() -> Duration {
+    Duration::from_millis(2000)
+}
+fn broadcast_timeout() -> Duration {
+    Duration::from_millis(2500)
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Syntax(msg) => ConfigError::Syntax(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks everything serde cannot, collecting every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Some(auth) = &self.authority {
+            if auth.dns_listen.is_empty() {
+                problems.push("authority.dns_listen: at least one address is required".into());
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, pool) in self.pool.iter().enumerate() {
+            let at = format!("pool[{i}] ({})", pool.name);
+            match Name::from_ascii(&pool.name) {
+                Ok(name) if name.is_fqdn() => {
+                    if !names.insert(name.to_lowercase()) {
+                        problems.push(format!("{at}: the same name is configured twice"));
+                    }
+                }
+                Ok(_) => problems.push(format!("{at}: name must be absolute (end with '.')")),
+                Err(e) => problems.push(format!("{at}: bad name: {e}")),
+            }
+            if pool.answers == 0 {
+                problems.push(format!("{at}: answers must be at least 1"));
+            }
+            if pool.members.is_empty() {
+                problems.push(format!("{at}: members must not be empty"));
+            }
+            if pool.policy == PolicyName::Formula {
+                problems.push(format!(
+                    "{at}: policy \"formula\" needs named metrics from the status pipeline, which this build does not have yet"
+                ));
+            }
+            let mut ids = HashSet::new();
+            for m in &pool.members {
+                if m.id.is_empty() {
+                    problems.push(format!("{at}: a member has an empty id"));
+                }
+                if !ids.insert(m.id.as_str()) {
+                    problems.push(format!("{at}: member id {:?} appears twice", m.id));
+                }
+            }
+        }
+        if let Some(ring) = &self.ring {
+            if ring.misses == 0 {
+                problems.push("ring.misses: must be at least 1".into());
+            }
+            for (key, d) in [
+                ("ring.ping_interval", ring.ping_interval),
+                ("ring.token_timeout", ring.token_timeout),
+                ("ring.broadcast_timeout", ring.broadcast_timeout),
+            ] {
+                if d < Duration::from_millis(10) {
+                    problems.push(format!("{key}: {d:?} is too short (minimum 10ms)"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The authority section, or an error naming what is missing.
+    pub fn authority(&self) -> Result<&AuthorityConfig, ConfigError> {
+        self.authority
+            .as_ref()
+            .ok_or_else(|| ConfigError::Invalid(vec!["[authority] section is required for this role".into()]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[authority]
+dns_listen = ["127.0.0.1:5353"]
+zones_dir = "zones"
+allow_transfer = ["127.0.0.0/8"]
+
+[[pool]]
+name = "www.demo.example."
+policy = "least-loaded"
+fallback = "servfail"
+stale_after = "3s"
+members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "::1", farm = "east" } ]
+"#;
+
+    #[test]
+    fn parses_the_contract_shape() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.pool[0].members.len(), 2);
+        assert_eq!(c.pool[0].fallback, Fallback::Servfail);
+        assert_eq!(c.pool[0].stale_after, Duration::from_secs(3));
+        assert_eq!(c.authority.unwrap().zone_write_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::from_toml(&GOOD.replace("zones_dir", "zone_dir")).unwrap_err();
+        assert!(e.to_string().contains("zone_dir"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+[[pool]]
+name = "relative.example"
+answers = 0
+members = [ { id = "a", address = "127.0.0.1" }, { id = "a", address = "127.0.0.2" } ]
+"#;
+        let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else {
+            panic!("expected validation problems")
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+}

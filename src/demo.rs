@@ -1,0 +1,186 @@
+//! `vnamed demo`: an authority on loopback with the zone `demo.example.`
+//! and the pool `www.demo.example.` over three simulated backends on
+//! `127.0.10.1-3:8080`. Each backend is a real HTTP listener whose load
+//! drifts over time; its reports move the least-loaded answer between them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::authority::Authority;
+use crate::config::Config;
+use crate::pool::Metrics;
+use crate::updater::Command;
+
+#[derive(Args, Clone)]
+pub struct DemoArgs {
+    /// DNS address (UDP and TCP).
+    #[arg(long, default_value = "127.0.0.1:5353")]
+    pub dns: SocketAddr,
+    /// gRPC API address.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub grpc: SocketAddr,
+    /// Where the demo zone file lives (default: a fresh temporary directory).
+    #[arg(long)]
+    pub zones_dir: Option<PathBuf>,
+    /// Backend addresses (HTTP on port 8080 each).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.10.1,127.0.10.2,127.0.10.3")]
+    pub backends: Vec<IpAddr>,
+    /// Seconds for one full swing of a backend's simulated load.
+    #[arg(long, default_value_t = 30.0)]
+    pub period: f64,
+    /// Stop by itself after this long (e.g. "60s"); runs until Ctrl-C otherwise.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+const ZONE: &str = "\
+; The demo zone. The block between the vnamed markers is rewritten by
+; vnamed whenever the answer for www.demo.example. changes.
+$TTL 60
+@       IN SOA ns1.demo.example. hostmaster.demo.example. ( 1 3600 600 86400 5 )
+        IN NS  ns1.demo.example.
+ns1     IN A   127.0.0.1
+info    IN TXT \"vnamed demo: dig www.demo.example to see the preferred backend\"
+";
+
+/// The simulated load of backend `i` at `t` seconds: three phase-shifted
+/// waves, so the least-loaded backend changes every third of a period.
+pub fn simulated_load(i: usize, t: f64, period: f64) -> f64 {
+    let phase = i as f64 * std::f64::consts::TAU / 3.0;
+    0.5 + 0.4 * (std::f64::consts::TAU * t / period + phase).sin()
+}
+
+pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tmp;
+    let zones_dir = match &args.zones_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::Builder::new().prefix("vnamed-demo-").tempdir()?;
+            tmp.path().to_owned()
+        }
+    };
+    std::fs::create_dir_all(&zones_dir)?;
+    let zone_path = zones_dir.join("demo.example.zone");
+    if !zone_path.exists() {
+        std::fs::write(&zone_path, ZONE).with_context(|| format!("cannot write {}", zone_path.display()))?;
+    }
+    let members: Vec<String> = args
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{{ id = \"web{}\", address = \"{a}\" }}", i + 1))
+        .collect();
+    let toml = format!(
+        "[authority]\ndns_listen = [\"{}\"]\ngrpc_listen = \"{}\"\nzones_dir = {:?}\nallow_transfer = [\"127.0.0.0/8\"]\n\n\
+         [[pool]]\nname = \"www.demo.example.\"\npolicy = \"least-loaded\"\nanswers = 1\nttl = 5\nfallback = \"last-known\"\nstale_after = \"3s\"\nmembers = [{}]\n",
+        args.dns,
+        args.grpc,
+        zones_dir.display().to_string(),
+        members.join(", ")
+    );
+    let config = Config::from_toml(&toml)?;
+
+    // The backends first, so the answer always points at something that listens.
+    let mut backends = Vec::new();
+    for (i, addr) in args.backends.iter().enumerate() {
+        let listener = TcpListener::bind((*addr, 8080))
+            .await
+            .with_context(|| format!("cannot listen on {addr}:8080 for backend web{}", i + 1))?;
+        backends.push(tokio::spawn(backend(listener, format!("web{}", i + 1), shutdown.clone())));
+    }
+    let authority = Authority::start(&config, shutdown.clone()).await?;
+    tokio::spawn(report_loads(authority.commands.clone(), args.backends.len(), args.period, shutdown.clone()));
+
+    let dns = args.dns;
+    println!("vnamed demo is running");
+    println!("  DNS authority  {dns} (UDP and TCP), zone demo.example.");
+    println!("  gRPC API       {}", args.grpc);
+    println!("  zone file      {}", zone_path.display());
+    for (i, a) in args.backends.iter().enumerate() {
+        println!("  backend web{}   http://{a}:8080/ (simulated load drifts over {:.0}s)", i + 1, args.period);
+    }
+    println!();
+    println!("Try:");
+    println!("  dig @{} -p {} www.demo.example        # the least-loaded backend right now", dns.ip(), dns.port());
+    println!("  vnamed status --server http://{}        # members, loads and the answer", args.grpc);
+    println!("  vnamed member www.demo.example. web1 --admin down --server http://{}", args.grpc);
+    println!("  curl http://$(dig +short @{} -p {} www.demo.example):8080/", dns.ip(), dns.port());
+    println!("Ctrl-C stops it.");
+
+    if let Some(d) = args.duration {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            info!("demo duration reached");
+            stop.cancel();
+        });
+    }
+    authority.wait().await;
+    for b in backends {
+        let _ = b.await;
+    }
+    Ok(())
+}
+
+/// Feeds the simulated loads to the updater once a second, as monitors would.
+async fn report_loads(tx: mpsc::Sender<Command>, n: usize, period: f64, shutdown: CancellationToken) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let t = start.elapsed().as_secs_f64();
+        for i in 0..n {
+            let metrics = Metrics { load: Some(simulated_load(i, t, period)), ..Default::default() };
+            let cmd = Command::Report { pool: "www.demo.example.".into(), id: format!("web{}", i + 1), up: true, metrics };
+            if tx.send(cmd).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A tiny HTTP server that says which backend answered.
+async fn backend(listener: TcpListener, id: String, shutdown: CancellationToken) {
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    loop {
+        let (mut stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(error) => { warn!(%error, "backend accept failed"); continue; }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+            let body = format!("hello from {id}\n");
+            let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let _ = stream.write_all(reply.as_bytes()).await;
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_least_loaded_backend_changes_over_a_period() {
+        let best = |t: f64| (0..3).min_by(|&a, &b| super::simulated_load(a, t, 30.0).total_cmp(&super::simulated_load(b, t, 30.0))).unwrap();
+        let seen: std::collections::HashSet<usize> = (0..30).map(|t| best(t as f64)).collect();
+        assert_eq!(seen.len(), 3);
+    }
+}

@@ -1,0 +1,13 @@
+//! vnamed: a DNS-centric load-balancing authority. Virtual names answer with
+//! the servers their pool's policy prefers right now; see `DESIGN.md` for
+//! how the parts fit.
+
+pub mod admin;
+pub mod authority;
+pub mod config;
+pub mod demo;
+pub mod dns;
+pub mod grpc;
+pub mod pool;
+pub mod updater;
+pub mod zone;

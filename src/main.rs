@@ -1,0 +1,99 @@
+//! The `vnamed` binary: parses the command line, sets up logging and
+//! shutdown signals, and runs the chosen role.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use vnamed::config::Config;
+use vnamed::{admin, authority, demo};
+
+/// A DNS-centric load-balancing authority.
+#[derive(Parser)]
+#[command(name = "vnamed", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Serve DNS for the zones in zones_dir, with live virtual names.
+    Authority {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run an authority with three simulated backends on loopback.
+    Demo(demo::DemoArgs),
+    /// Show pools, members, their state and the current answer.
+    Status(admin::ServerArg),
+    /// Set a pool member up, down or back to automatic, or change its weight.
+    Member(admin::MemberArgs),
+    /// Check zone files or show a zone as served.
+    Zone {
+        #[command(subcommand)]
+        cmd: admin::ZoneCmd,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,hickory_net=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vnamed: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vnamed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancelled on the first SIGINT or SIGTERM; a second one exits at once.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        info!("signal received; shutting down (again to exit at once)");
+        t.cancel();
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.role {
+        Role::Authority { config } => {
+            let config = Config::read(&config)?;
+            authority::run(config, shutdown_on_signals()).await?;
+        }
+        Role::Demo(args) => demo::run(args, shutdown_on_signals()).await?,
+        Role::Status(server) => admin::status(&server).await?,
+        Role::Member(args) => admin::member(&args).await?,
+        Role::Zone { cmd } => return admin::zone(cmd).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

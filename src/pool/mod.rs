@@ -1,0 +1,222 @@
+//! Pools (virtual names): their members, each member's administrative and
+//! reported state, and the decision of what the name answers now.
+
+pub mod policy;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::Name;
+
+use crate::config::{Fallback, PolicyName, PoolConfig};
+
+/// What an operator said about a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminState {
+    /// Follow the reported status.
+    #[default]
+    Auto,
+    /// In the answers whatever is reported.
+    Up,
+    /// Out of the answers whatever is reported.
+    Down,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Auto => "auto",
+            AdminState::Up => "up",
+            AdminState::Down => "down",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "up" => Some(Self::Up),
+            "down" => Some(Self::Down),
+            _ => None,
+        }
+    }
+}
+
+/// The metrics a member's status reports carry.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Metrics {
+    pub load: Option<f64>,
+    pub connections: Option<f64>,
+    pub pending: Option<f64>,
+    pub response_ms: Option<f64>,
+    pub throughput: Option<f64>,
+    pub distance: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberState {
+    pub id: String,
+    pub address: IpAddr,
+    pub farm: Option<String>,
+    pub weight: u32,
+    pub admin: AdminState,
+    /// Last reported health; `None` until a report arrives.
+    pub health: Option<bool>,
+    pub metrics: Metrics,
+    pub reported_at: Option<Instant>,
+}
+
+impl MemberState {
+    /// In service right now: the operator's word first, then the reports.
+    /// A member nobody reports on counts as up; one whose reports stopped
+    /// for `stale_after` does not.
+    pub fn eligible(&self, now: Instant, stale_after: Duration) -> bool {
+        match self.admin {
+            AdminState::Up => true,
+            AdminState::Down => false,
+            AdminState::Auto => match (self.health, self.reported_at) {
+                (None, _) => true,
+                (Some(up), Some(at)) => up && now.saturating_duration_since(at) <= stale_after,
+                (Some(up), None) => up,
+            },
+        }
+    }
+
+    /// The state word shown by `vnamed status`.
+    pub fn state(&self, now: Instant, stale_after: Duration) -> &'static str {
+        match (self.admin, self.health) {
+            (AdminState::Down, _) => "down (admin)",
+            (AdminState::Up, _) => "up (admin)",
+            (AdminState::Auto, None) => "up (no reports)",
+            (AdminState::Auto, Some(_)) if !self.eligible(now, stale_after) && self.health == Some(true) => "unknown (stale)",
+            (AdminState::Auto, Some(true)) => "up",
+            (AdminState::Auto, Some(false)) => "down",
+        }
+    }
+}
+
+/// What a pool answers now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub addresses: Vec<IpAddr>,
+    pub rotate: bool,
+    pub servfail: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolState {
+    pub name: Name,
+    pub policy: PolicyName,
+    pub answers: usize,
+    pub ttl: u32,
+    pub fallback: Fallback,
+    pub stale_after: Duration,
+    pub members: Vec<MemberState>,
+    /// The last non-empty answer, for `fallback = "last-known"`.
+    pub last_known: Vec<IpAddr>,
+}
+
+impl PoolState {
+    pub fn from_config(c: &PoolConfig) -> Self {
+        let mut name = Name::from_ascii(&c.name).expect("validated pool name");
+        name.set_fqdn(true);
+        Self {
+            name,
+            policy: c.policy,
+            answers: c.answers,
+            ttl: c.ttl,
+            fallback: c.fallback,
+            stale_after: c.stale_after,
+            members: c
+                .members
+                .iter()
+                .map(|m| MemberState {
+                    id: m.id.clone(),
+                    address: m.address,
+                    farm: m.farm.clone(),
+                    weight: m.weight,
+                    admin: AdminState::Auto,
+                    health: None,
+                    metrics: Metrics::default(),
+                    reported_at: None,
+                })
+                .collect(),
+            last_known: Vec::new(),
+        }
+    }
+
+    pub fn member_mut(&mut self, id: &str) -> Option<&mut MemberState> {
+        self.members.iter_mut().find(|m| m.id == id)
+    }
+
+    /// Applies the policy to the members in service.
+    pub fn decide(&mut self, now: Instant) -> Decision {
+        let live: Vec<&MemberState> = self.members.iter().filter(|m| m.eligible(now, self.stale_after)).collect();
+        let rotate = self.policy == PolicyName::RoundRobin;
+        if live.is_empty() {
+            return match self.fallback {
+                Fallback::Servfail => Decision { addresses: Vec::new(), rotate: false, servfail: true },
+                Fallback::All => Decision {
+                    addresses: self.members.iter().map(|m| m.address).collect(),
+                    rotate,
+                    servfail: false,
+                },
+                Fallback::LastKnown if !self.last_known.is_empty() => {
+                    Decision { addresses: self.last_known.clone(), rotate, servfail: false }
+                }
+                Fallback::LastKnown => Decision {
+                    addresses: self.members.iter().map(|m| m.address).take(self.answers).collect(),
+                    rotate,
+                    servfail: false,
+                },
+            };
+        }
+        let order = policy::order(self.policy, &live);
+        let take = if rotate { order.len() } else { self.answers };
+        let addresses: Vec<IpAddr> = order.iter().take(take).map(|&i| live[i].address).collect();
+        self.last_known = addresses.clone();
+        Decision { addresses, rotate, servfail: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn pool(fallback: &str) -> PoolState {
+        let c = Config::from_toml(&format!(
+            "[[pool]]\nname = \"www.example.\"\nfallback = \"{fallback}\"\nmembers = [{{ id = \"a\", address = \"127.0.0.1\" }}, {{ id = \"b\", address = \"127.0.0.2\" }}]\n"
+        ))
+        .unwrap();
+        PoolState::from_config(&c.pool[0])
+    }
+
+    #[test]
+    fn admin_down_leaves_and_fallback_decides_when_all_are_down() {
+        let now = Instant::now();
+        let mut p = pool("servfail");
+        assert_eq!(p.decide(now).addresses, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        p.member_mut("a").unwrap().admin = AdminState::Down;
+        assert_eq!(p.decide(now).addresses, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+        p.member_mut("b").unwrap().admin = AdminState::Down;
+        assert!(p.decide(now).servfail);
+
+        let mut p = pool("last-known");
+        p.decide(now);
+        p.member_mut("a").unwrap().admin = AdminState::Down;
+        p.member_mut("b").unwrap().admin = AdminState::Down;
+        assert_eq!(p.decide(now).addresses, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn stale_reports_make_a_member_unknown() {
+        let t0 = Instant::now();
+        let mut p = pool("all");
+        let m = p.member_mut("a").unwrap();
+        m.health = Some(true);
+        m.reported_at = Some(t0);
+        assert!(p.members[0].eligible(t0 + Duration::from_secs(1), p.stale_after));
+        assert!(!p.members[0].eligible(t0 + Duration::from_secs(4), p.stale_after));
+        assert_eq!(p.members[0].state(t0 + Duration::from_secs(4), p.stale_after), "unknown (stale)");
+    }
+}

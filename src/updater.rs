@@ -1,0 +1,528 @@
+//! The updater: owns the pools and the zones, turns member changes into new
+//! answers through each pool's policy, swaps the snapshot the DNS path
+//! reads, bumps serials, tells secondaries (NOTIFY) and keeps the zone files
+//! true (coalesced atomic rewrites that keep the operator's text).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::{LowerName, Name, RecordType};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::dns::snapshot::{PoolAnswer, Snapshot, ZoneView, zone_records};
+use crate::pool::{AdminState, Decision, Metrics, PoolState};
+use crate::zone::{MemberNote, ZoneFile, render_block, text, writer};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpdateError {
+    #[error("no pool named {0}")]
+    NoPool(String),
+    #[error("pool {pool} has no member {id}")]
+    NoMember { pool: String, id: String },
+    #[error("no zone named {0}")]
+    NoZone(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Requests to the updater.
+pub enum Command {
+    /// Operator override of a member's state or weight.
+    SetMember {
+        pool: String,
+        id: String,
+        admin: Option<AdminState>,
+        weight: Option<u32>,
+        reply: oneshot::Sender<Result<(), UpdateError>>,
+    },
+    /// A status report for a member.
+    Report { pool: String, id: String, up: bool, metrics: Metrics },
+    /// Pools, members and answers as they are now.
+    Status { reply: oneshot::Sender<Vec<PoolStatus>> },
+    /// A zone as served, in master-file format.
+    ShowZone { zone: String, reply: oneshot::Sender<Result<String, UpdateError>> },
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub id: String,
+    pub address: IpAddr,
+    pub state: String,
+    pub admin: AdminState,
+    pub weight: u32,
+    pub load: Option<f64>,
+    pub in_answer: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    pub name: String,
+    pub policy: String,
+    pub zone: String,
+    pub serial: u32,
+    pub answer: Vec<IpAddr>,
+    pub servfail: bool,
+    pub members: Vec<MemberStatus>,
+}
+
+struct ZoneState {
+    /// The last good version read from (or written to) disk.
+    file: ZoneFile,
+    /// What we believe the file on disk holds; anything else is an operator edit.
+    disk_text: String,
+    serial: u32,
+    answers: HashMap<LowerName, Arc<PoolAnswer>>,
+    /// Pool indexes whose names live in this zone.
+    pools: Vec<usize>,
+    dirty: bool,
+    last_write: Option<Instant>,
+    /// The file on disk does not parse; writes wait until the operator fixes it.
+    broken: bool,
+}
+
+pub struct Updater {
+    pools: Vec<PoolState>,
+    pool_zone: Vec<LowerName>,
+    zones: BTreeMap<LowerName, ZoneState>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    notify: mpsc::Sender<(Name, u32)>,
+    write_interval: Duration,
+}
+
+fn same(a: &PoolAnswer, d: &Decision) -> bool {
+    a.addresses == d.addresses && a.rotate == d.rotate && a.servfail == d.servfail
+}
+
+/// Is `a` newer than `b` in serial-number arithmetic (RFC 1982)?
+fn serial_gt(a: u32, b: u32) -> bool {
+    a != b && (a.wrapping_sub(b) as i32) > 0
+}
+
+impl Updater {
+    /// Builds the updater from the configuration and the zone files,
+    /// restoring each pool's last answer and member notes from its zone file.
+    pub fn new(
+        config: &Config,
+        files: BTreeMap<LowerName, ZoneFile>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        notify: mpsc::Sender<(Name, u32)>,
+        write_interval: Duration,
+        now: Instant,
+    ) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut zones: BTreeMap<LowerName, ZoneState> = files
+            .into_iter()
+            .map(|(origin, file)| {
+                let state = ZoneState {
+                    disk_text: file.text.clone(),
+                    serial: file.serial,
+                    file,
+                    answers: HashMap::new(),
+                    pools: Vec::new(),
+                    dirty: false,
+                    last_write: None,
+                    broken: false,
+                };
+                (origin, state)
+            })
+            .collect();
+        let mut pools = Vec::new();
+        let mut pool_zone = Vec::new();
+        for c in &config.pool {
+            let mut pool = PoolState::from_config(c);
+            let lower = LowerName::from(&pool.name);
+            let Some(origin) = zones.keys().filter(|o| o.zone_of(&lower)).max_by_key(|o| o.num_labels()).cloned() else {
+                problems.push(format!("pool {}: no zone file in zones_dir holds this name", pool.name));
+                continue;
+            };
+            let zone = zones.get_mut(&origin).expect("found above");
+            if zone.file.data.nodes.get(&lower).is_some_and(|n| n.get(RecordType::CNAME).is_some()) {
+                problems.push(format!("pool {}: the zone file has a CNAME at this name", pool.name));
+                continue;
+            }
+            if lower == origin {
+                problems.push(format!("pool {}: a pool cannot be the zone apex", pool.name));
+                continue;
+            }
+            // Restore the operator's notes and the last answer from the file.
+            if let Some(block) = zone.file.block(&pool.name) {
+                for (id, pairs) in &block.members {
+                    let Some(m) = pool.member_mut(id) else { continue };
+                    for (k, v) in pairs {
+                        match k.as_str() {
+                            "admin" => m.admin = AdminState::parse(v).unwrap_or(m.admin),
+                            "weight" => m.weight = v.parse().unwrap_or(m.weight),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            let previous = zone.file.addresses(&pool.name);
+            let live: Vec<IpAddr> = pool.members.iter().filter(|m| m.eligible(now, pool.stale_after)).map(|m| m.address).collect();
+            let restored = zone.file.block(&pool.name).is_some()
+                && !previous.is_empty()
+                && previous.iter().all(|a| live.contains(a));
+            let decision = if restored {
+                pool.last_known = previous.clone();
+                Decision { addresses: previous, rotate: pool.policy == crate::config::PolicyName::RoundRobin, servfail: false }
+            } else {
+                zone.dirty = true;
+                pool.decide(now)
+            };
+            let answer = PoolAnswer::new(pool.name.clone(), pool.ttl, decision.addresses, pool.answers, decision.rotate, decision.servfail);
+            zone.answers.insert(lower, Arc::new(answer));
+            zone.pools.push(pools.len());
+            pool_zone.push(origin);
+            pools.push(pool);
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval };
+        for zone in updater.zones.values_mut() {
+            if zone.dirty {
+                zone.serial = zone.serial.wrapping_add(1);
+            }
+        }
+        updater.publish();
+        Ok(updater)
+    }
+
+    /// Swaps in a snapshot of every zone as it is now.
+    fn publish(&self) {
+        let mut snap = Snapshot::default();
+        for (origin, z) in &self.zones {
+            snap.zones.insert(origin.clone(), Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone())));
+        }
+        self.snapshot.store(Arc::new(snap));
+    }
+
+    fn find_pool(&self, name: &str) -> Result<usize, UpdateError> {
+        let lower = Name::from_ascii(name)
+            .map(|mut n| {
+                n.set_fqdn(true);
+                LowerName::from(n)
+            })
+            .map_err(|_| UpdateError::NoPool(name.to_owned()))?;
+        self.pools
+            .iter()
+            .position(|p| LowerName::from(&p.name) == lower)
+            .ok_or_else(|| UpdateError::NoPool(name.to_owned()))
+    }
+
+    /// Re-applies a pool's policy; returns whether its answer changed.
+    fn redecide(&mut self, i: usize, now: Instant) -> bool {
+        let decision = self.pools[i].decide(now);
+        let pool = &self.pools[i];
+        let zone = self.zones.get_mut(&self.pool_zone[i]).expect("pool zone exists");
+        let lower = LowerName::from(&pool.name);
+        if zone.answers.get(&lower).is_some_and(|a| same(a, &decision)) {
+            return false;
+        }
+        info!(pool = %pool.name, answer = ?decision.addresses, servfail = decision.servfail, "answer changed");
+        let answer = PoolAnswer::new(pool.name.clone(), pool.ttl, decision.addresses, pool.answers, decision.rotate, decision.servfail);
+        zone.answers.insert(lower, Arc::new(answer));
+        zone.serial = zone.serial.wrapping_add(1);
+        zone.dirty = true;
+        true
+    }
+
+    /// Publishes and tells secondaries about the zones whose serial moved.
+    fn changed(&mut self, zones: &[LowerName]) {
+        if zones.is_empty() {
+            return;
+        }
+        self.publish();
+        for origin in zones {
+            let z = &self.zones[origin];
+            if self.notify.try_send((z.file.data.origin.clone(), z.serial)).is_err() {
+                warn!(zone = %z.file.data.origin, "notify queue full; secondaries will catch up on refresh");
+            }
+        }
+    }
+
+    pub fn handle(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::SetMember { pool, id, admin, weight, reply } => {
+                let result = self.set_member(&pool, &id, admin, weight, now);
+                let _ = reply.send(result);
+            }
+            Command::Report { pool, id, up, metrics } => {
+                let Ok(i) = self.find_pool(&pool) else { return };
+                let Some(m) = self.pools[i].member_mut(&id) else { return };
+                m.health = Some(up);
+                m.metrics = metrics;
+                m.reported_at = Some(now);
+                if self.redecide(i, now) {
+                    let origin = self.pool_zone[i].clone();
+                    self.changed(&[origin]);
+                }
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status(now));
+            }
+            Command::ShowZone { zone, reply } => {
+                let _ = reply.send(self.show_zone(&zone));
+            }
+        }
+    }
+
+    fn set_member(&mut self, pool: &str, id: &str, admin: Option<AdminState>, weight: Option<u32>, now: Instant) -> Result<(), UpdateError> {
+        let i = self.find_pool(pool)?;
+        let m = self.pools[i]
+            .member_mut(id)
+            .ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.to_owned() })?;
+        if let Some(a) = admin {
+            m.admin = a;
+        }
+        if let Some(w) = weight {
+            m.weight = w;
+        }
+        info!(pool, member = id, admin = ?admin, weight = ?weight, "member set by operator");
+        let origin = self.pool_zone[i].clone();
+        // The notes in the file change even when the answer does not.
+        self.zones.get_mut(&origin).expect("pool zone exists").dirty = true;
+        if self.redecide(i, now) {
+            self.changed(&[origin]);
+        }
+        Ok(())
+    }
+
+    /// Re-decides pools whose members report, so stale reports take effect.
+    pub fn tick(&mut self, now: Instant) {
+        let mut zones = Vec::new();
+        for i in 0..self.pools.len() {
+            if self.pools[i].members.iter().any(|m| m.reported_at.is_some()) && self.redecide(i, now) {
+                zones.push(self.pool_zone[i].clone());
+            }
+        }
+        self.changed(&zones);
+    }
+
+    pub fn status(&self, now: Instant) -> Vec<PoolStatus> {
+        self.pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let zone = &self.zones[&self.pool_zone[i]];
+                let answer = &zone.answers[&LowerName::from(&p.name)];
+                let shown: Vec<IpAddr> = if answer.rotate {
+                    answer.addresses.clone()
+                } else {
+                    answer.addresses.iter().take(p.answers).cloned().collect()
+                };
+                PoolStatus {
+                    name: p.name.to_string(),
+                    policy: format!("{:?}", p.policy),
+                    zone: zone.file.data.origin.to_string(),
+                    serial: zone.serial,
+                    servfail: answer.servfail,
+                    members: p
+                        .members
+                        .iter()
+                        .map(|m| MemberStatus {
+                            id: m.id.clone(),
+                            address: m.address,
+                            state: m.state(now, p.stale_after).to_owned(),
+                            admin: m.admin,
+                            weight: m.weight,
+                            load: m.metrics.load,
+                            in_answer: shown.contains(&m.address),
+                        })
+                        .collect(),
+                    answer: shown,
+                }
+            })
+            .collect()
+    }
+
+    fn show_zone(&self, zone: &str) -> Result<String, UpdateError> {
+        let mut name = Name::from_ascii(zone).map_err(|_| UpdateError::NoZone(zone.to_owned()))?;
+        name.set_fqdn(true);
+        let snap = self.snapshot.load();
+        let view = snap.zones.get(&LowerName::from(&name)).ok_or_else(|| UpdateError::NoZone(zone.to_owned()))?;
+        let mut out = format!("; zone {} serial {} as served by vnamed\n", view.data.origin, view.serial);
+        for r in zone_records(view) {
+            out.push_str(&r.to_string());
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// When the next coalesced write is due, if any.
+    pub fn next_write(&self) -> Option<Instant> {
+        self.zones
+            .values()
+            .filter(|z| z.dirty && !z.broken)
+            .map(|z| z.last_write.map(|t| t + self.write_interval).unwrap_or_else(Instant::now))
+            .min()
+    }
+
+    /// Writes every dirty zone whose interval has passed (all of them when `force`).
+    pub fn flush(&mut self, now: Instant, force: bool) {
+        let due: Vec<LowerName> = self
+            .zones
+            .iter()
+            .filter(|(_, z)| z.dirty && !z.broken && (force || z.last_write.is_none_or(|t| now >= t + self.write_interval)))
+            .map(|(o, _)| o.clone())
+            .collect();
+        for origin in due {
+            let path = self.zones[&origin].file.path.clone();
+            // An operator edit we have not seen yet wins over our write.
+            if let Ok(disk) = std::fs::read_to_string(&path) {
+                if disk != self.zones[&origin].disk_text {
+                    self.reload(&path, now);
+                    if self.zones.get(&origin).is_none_or(|z| z.broken || !z.dirty) {
+                        continue;
+                    }
+                }
+            }
+            self.write(&origin, now);
+        }
+    }
+
+    fn render(&self, origin: &LowerName) -> String {
+        let z = &self.zones[origin];
+        let mut blocks = BTreeMap::new();
+        for &i in &z.pools {
+            let p = &self.pools[i];
+            let answer = &z.answers[&LowerName::from(&p.name)];
+            let notes: Vec<MemberNote> = p
+                .members
+                .iter()
+                .map(|m| MemberNote {
+                    id: m.id.clone(),
+                    pairs: vec![("admin".into(), m.admin.as_str().into()), ("weight".into(), m.weight.to_string())],
+                })
+                .collect();
+            let addresses: &[IpAddr] = if answer.servfail { &[] } else { &answer.addresses };
+            blocks.insert(p.name.to_string(), render_block(&p.name, p.ttl, addresses, &notes));
+        }
+        text::rewrite(&z.file.text, &z.file.blocks, z.file.serial_span.clone(), z.serial, &blocks)
+    }
+
+    fn write(&mut self, origin: &LowerName, now: Instant) {
+        let text = self.render(origin);
+        let z = self.zones.get_mut(origin).expect("zone exists");
+        let path = z.file.path.clone();
+        let parsed = match ZoneFile::parse(&path, z.file.data.origin.clone(), text) {
+            Ok(f) => f,
+            Err(e) => {
+                // Never put a file on disk that we would refuse to load.
+                error!(error = %e, "refusing to write a zone file that does not validate");
+                z.dirty = false;
+                return;
+            }
+        };
+        match writer::write_atomic(&path, &parsed.text) {
+            Ok(()) => {
+                info!(file = %path.display(), serial = z.serial, "zone file written");
+                z.disk_text = parsed.text.clone();
+                z.file = parsed;
+                z.dirty = false;
+                z.last_write = Some(now);
+            }
+            Err(e) => {
+                error!(file = %path.display(), error = %e, "cannot write zone file; will retry");
+                z.last_write = Some(now);
+            }
+        }
+    }
+
+    /// An operator changed a zone file: serve the new version if it is
+    /// valid, otherwise keep the last good one and say why.
+    pub fn reload(&mut self, path: &Path, now: Instant) {
+        let Some(origin) = crate::zone::origin_for(path).map(LowerName::from) else { return };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                if self.zones.contains_key(&origin) {
+                    warn!(file = %path.display(), error = %e, "zone file unreadable; still serving the last good version");
+                }
+                return;
+            }
+        };
+        if self.zones.get(&origin).is_some_and(|z| z.disk_text == text) {
+            return;
+        }
+        let name = Name::from(&origin);
+        let file = match ZoneFile::parse(path, name, text.clone()) {
+            Ok(f) => f,
+            Err(e) => {
+                error!(error = %e, "zone edit refused; still serving the last good version");
+                if let Some(z) = self.zones.get_mut(&origin) {
+                    z.broken = true;
+                    z.disk_text = text;
+                }
+                return;
+            }
+        };
+        match self.zones.get_mut(&origin) {
+            Some(z) => {
+                let served = z.serial;
+                z.serial = if serial_gt(file.serial, served) { file.serial } else { served.wrapping_add(1) };
+                // Write back when the serial had to move or the managed blocks differ from what we answer.
+                let blocks_differ = z.pools.iter().any(|&i| {
+                    let p = &self.pools[i];
+                    let a = &z.answers[&LowerName::from(&p.name)];
+                    let want: &[IpAddr] = if a.servfail { &[] } else { &a.addresses };
+                    file.addresses(&p.name) != want || file.block(&p.name).is_none()
+                });
+                z.dirty |= z.serial != file.serial || blocks_differ;
+                z.broken = false;
+                z.disk_text = text;
+                z.file = file;
+                info!(file = %path.display(), serial = z.serial, "zone file reloaded");
+            }
+            None => {
+                info!(file = %path.display(), serial = file.serial, "new zone file served");
+                self.zones.insert(
+                    origin.clone(),
+                    ZoneState {
+                        disk_text: text,
+                        serial: file.serial,
+                        file,
+                        answers: HashMap::new(),
+                        pools: Vec::new(),
+                        dirty: false,
+                        last_write: None,
+                        broken: false,
+                    },
+                );
+            }
+        }
+        let _ = now;
+        self.changed(&[origin]);
+    }
+
+    /// Runs the updater until shutdown, then writes what is pending.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut edits: mpsc::Receiver<PathBuf>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = self.next_write();
+            let write_due = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(cmd) = commands.recv() => self.handle(cmd, Instant::now()),
+                Some(path) = edits.recv() => self.reload(&path, Instant::now()),
+                _ = write_due => self.flush(Instant::now(), false),
+                _ = tick.tick() => self.tick(Instant::now()),
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.flush(Instant::now(), true);
+        info!("updater stopped; zone files are current");
+    }
+}

@@ -1,0 +1,423 @@
+//! Zone files: reading an RFC 1035 master file into the data the DNS
+//! authority serves, validating it the way `named-checkzone` would (every
+//! problem with its file and line), and rendering the managed blocks vnamed
+//! writes back for its virtual names.
+
+pub mod text;
+pub mod watch;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::txt::{Parser, parse_ttl};
+
+pub use text::Block;
+
+/// A problem with a zone file, pointing at the line that causes it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ZoneError {
+    #[error("{file}: {source}")]
+    Read { file: String, source: Arc<std::io::Error> },
+    #[error("{file}:{line}: {message}")]
+    At { file: String, line: usize, message: String },
+    #[error("{file}: {message}")]
+    Whole { file: String, message: String },
+}
+
+/// One RRset at a node.
+#[derive(Debug, Clone)]
+pub struct RrSet {
+    pub rtype: RecordType,
+    pub records: Vec<Record>,
+}
+
+/// Everything stored at one owner name. An empty node is an empty
+/// non-terminal: the name exists (NODATA, not NXDOMAIN) but holds nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub rrsets: Vec<RrSet>,
+}
+
+impl Node {
+    pub fn get(&self, rtype: RecordType) -> Option<&RrSet> {
+        self.rrsets.iter().find(|s| s.rtype == rtype)
+    }
+}
+
+/// The records of one zone, indexed for answering.
+#[derive(Debug, Clone)]
+pub struct ZoneData {
+    pub origin: Name,
+    pub lower_origin: LowerName,
+    pub soa: SOA,
+    pub soa_ttl: u32,
+    pub nodes: HashMap<LowerName, Node>,
+    pub record_count: usize,
+}
+
+impl ZoneData {
+    /// Every record in zone-transfer order: SOA first, then the rest by name.
+    pub fn records_sorted(&self) -> Vec<&Record> {
+        let mut names: Vec<&LowerName> = self.nodes.keys().collect();
+        names.sort();
+        let mut out = Vec::with_capacity(self.record_count);
+        for name in names {
+            for set in &self.nodes[name].rrsets {
+                if set.rtype != RecordType::SOA {
+                    out.extend(set.records.iter());
+                }
+            }
+        }
+        out
+    }
+
+    /// The SOA record with the given serial.
+    pub fn soa_record(&self, serial: u32) -> Record {
+        let mut soa = self.soa.clone();
+        soa.serial = serial;
+        Record::from_rdata(self.origin.clone(), self.soa_ttl, RData::SOA(soa))
+    }
+}
+
+/// A zone file as read from disk: its text (kept for rewriting), where the
+/// serial and the managed blocks are, and the parsed data.
+#[derive(Debug, Clone)]
+pub struct ZoneFile {
+    pub path: PathBuf,
+    pub text: String,
+    pub data: Arc<ZoneData>,
+    pub serial: u32,
+    pub serial_span: Range<usize>,
+    pub blocks: Vec<Block>,
+}
+
+/// The zone name a file in `zones_dir` serves: `demo.example.zone` → `demo.example.`.
+pub fn origin_for(path: &Path) -> Option<Name> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".zone")?;
+    let mut name = Name::from_ascii(stem).ok()?;
+    name.set_fqdn(true);
+    Some(name)
+}
+
+impl ZoneFile {
+    /// Reads and validates a zone file whose origin comes from its name.
+    pub fn load(path: &Path) -> Result<Self, ZoneError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ZoneError::Read { file: file.clone(), source: Arc::new(e) })?;
+        let origin = origin_for(path).ok_or_else(|| ZoneError::Whole {
+            file: file.clone(),
+            message: "file name must be <zone name>.zone".into(),
+        })?;
+        Self::parse(path, origin, text)
+    }
+
+    /// Parses and validates zone text.
+    pub fn parse(path: &Path, origin: Name, text: String) -> Result<Self, ZoneError> {
+        let file = path.display().to_string();
+        let at = |line: usize, message: String| ZoneError::At { file: file.clone(), line, message };
+        let entries = text::entries(&text).map_err(|e| at(e.line, e.message))?;
+        let blocks = text::blocks(&text).map_err(|e| at(e.line, e.message))?;
+        let records = parse_records(&text, &entries, &origin).map_err(|(l, m)| at(l, m))?;
+
+        let lower_origin = LowerName::from(&origin);
+        let mut nodes: HashMap<LowerName, Node> = HashMap::new();
+        let mut soa: Option<(SOA, u32, usize)> = None;
+        let mut serial_span = None;
+        let mut lines: HashMap<(LowerName, RecordType), usize> = HashMap::new();
+        let mut count = 0;
+        for (record, line, entry) in records {
+            if record.dns_class != DNSClass::IN {
+                return Err(at(line, format!("class {} is not served; only IN", record.dns_class)));
+            }
+            let owner = LowerName::from(&record.name);
+            if !lower_origin.zone_of(&owner) {
+                return Err(at(line, format!("{} is outside the zone {origin}", record.name)));
+            }
+            let rtype = record.record_type();
+            if let RData::SOA(s) = &record.data {
+                if owner != lower_origin {
+                    return Err(at(line, format!("SOA at {} is not at the zone apex {origin}", record.name)));
+                }
+                if let Some((_, _, first)) = soa {
+                    return Err(at(line, format!("second SOA record (the first is on line {first})")));
+                }
+                let tokens = &entries[entry];
+                let pos = (0..tokens.tokens.len())
+                    .find(|&i| tokens.token(&text, i).is_some_and(|t| t.eq_ignore_ascii_case("SOA")))
+                    .map(|i| i + 3)
+                    .and_then(|i| tokens.tokens.get(i).cloned())
+                    .ok_or_else(|| at(line, "cannot find the SOA serial".into()))?;
+                serial_span = Some(pos);
+                soa = Some((s.clone(), record.ttl, line));
+            }
+            lines.entry((owner.clone(), rtype)).or_insert(line);
+            let node = nodes.entry(owner).or_default();
+            match node.rrsets.iter_mut().find(|s| s.rtype == rtype) {
+                Some(set) => {
+                    if !set.records.iter().any(|r| r.data == record.data) {
+                        // RFC 2181 §5.2: one TTL per RRset; the first one wins.
+                        let mut record = record;
+                        record.ttl = set.records[0].ttl;
+                        set.records.push(record);
+                        count += 1;
+                    }
+                }
+                None => {
+                    node.rrsets.push(RrSet { rtype, records: vec![record] });
+                    count += 1;
+                }
+            }
+        }
+        let Some((soa, soa_ttl, _)) = soa else {
+            return Err(ZoneError::Whole { file, message: format!("no SOA record at the zone apex {origin}") });
+        };
+        if nodes.get(&lower_origin).and_then(|n| n.get(RecordType::NS)).is_none() {
+            return Err(ZoneError::Whole { file, message: format!("no NS records at the zone apex {origin}") });
+        }
+        for (name, node) in &nodes {
+            if node.get(RecordType::CNAME).is_some() && node.rrsets.len() > 1 {
+                let line = lines[&(name.clone(), RecordType::CNAME)];
+                return Err(at(line, format!("{name} has a CNAME and other data")));
+            }
+            if node.get(RecordType::CNAME).is_some_and(|s| s.records.len() > 1) {
+                let line = lines[&(name.clone(), RecordType::CNAME)];
+                return Err(at(line, format!("{name} has more than one CNAME")));
+            }
+        }
+        // Make every name between the apex and an owner exist (empty non-terminals).
+        let owners: Vec<LowerName> = nodes.keys().cloned().collect();
+        for owner in owners {
+            let mut name = owner.base_name();
+            while lower_origin.zone_of(&name) && name != lower_origin {
+                nodes.entry(name.clone()).or_default();
+                name = name.base_name();
+            }
+        }
+        for block in &blocks {
+            if Name::from_ascii(&block.pool).is_err() {
+                return Err(at(block.lines.start, format!("bad pool name {:?}", block.pool)));
+            }
+        }
+        let serial = soa.serial;
+        Ok(ZoneFile {
+            path: path.to_owned(),
+            serial_span: serial_span.expect("set with the SOA"),
+            data: Arc::new(ZoneData { origin, lower_origin, soa, soa_ttl, nodes, record_count: count }),
+            serial,
+            text,
+            blocks,
+        })
+    }
+
+    /// The managed block for a pool, if the file has one.
+    pub fn block(&self, pool: &Name) -> Option<&Block> {
+        self.blocks.iter().find(|b| {
+            Name::from_ascii(&b.pool).is_ok_and(|n| LowerName::from(&n) == LowerName::from(pool))
+        })
+    }
+
+    /// The addresses the file holds for a name (the last answer served for a pool).
+    pub fn addresses(&self, name: &Name) -> Vec<IpAddr> {
+        let Some(node) = self.data.nodes.get(&LowerName::from(name)) else {
+            return Vec::new();
+        };
+        node.rrsets
+            .iter()
+            .filter(|s| matches!(s.rtype, RecordType::A | RecordType::AAAA))
+            .flat_map(|s| s.records.iter())
+            .filter_map(|r| r.data.ip_addr())
+            .collect()
+    }
+}
+
+type Parsed = Vec<(Record, usize, usize)>;
+
+/// Parses each record entry on its own so that every record, and every
+/// error, carries the line it came from.
+fn parse_records(src: &str, entries: &[text::Entry], origin: &Name) -> Result<Parsed, (usize, String)> {
+    let mut origin = origin.clone();
+    let mut default_ttl: Option<u32> = None;
+    let mut last_ttl: Option<u32> = None;
+    let mut last_owner: Option<Name> = None;
+    let mut out = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let line = entry.line;
+        let first = entry.token(src, 0).unwrap_or_default();
+        if !entry.blank_owner && first.starts_with('$') {
+            let arg = entry.token(src, 1).ok_or((line, format!("{first} needs an argument")))?;
+            match first.to_ascii_uppercase().as_str() {
+                "$ORIGIN" => {
+                    origin = Name::parse(arg, Some(&origin)).map_err(|e| (line, format!("$ORIGIN: {e}")))?;
+                }
+                "$TTL" => default_ttl = Some(parse_ttl(arg).map_err(|e| (line, format!("$TTL: {e}")))?),
+                other => return Err((line, format!("directive {other} is not supported"))),
+            }
+            continue;
+        }
+        let (owner, rest) = if entry.blank_owner {
+            let owner = last_owner.as_ref().ok_or((line, "record without an owner name".to_owned()))?;
+            (owner.to_string(), &entry.tokens[..])
+        } else {
+            (first.to_owned(), &entry.tokens[1..])
+        };
+        if rest.is_empty() {
+            return Err((line, format!("{owner}: record has no type or data")));
+        }
+        let ttl = default_ttl.or(last_ttl).unwrap_or(3600);
+        let mut one = format!("$TTL {ttl}\n{owner}");
+        for r in rest {
+            one.push(' ');
+            one.push_str(&src[r.clone()]);
+        }
+        one.push('\n');
+        let (_, sets) = Parser::new(one, None, Some(origin.clone()))
+            .parse()
+            .map_err(|e| (line, e.to_string()))?;
+        for set in sets.into_values() {
+            for record in set.records_without_rrsigs() {
+                last_owner = Some(record.name.clone());
+                last_ttl = Some(record.ttl);
+                out.push((record.clone(), line, index));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The administrative notes kept for one member inside a managed block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberNote {
+    pub id: String,
+    pub pairs: Vec<(String, String)>,
+}
+
+/// Renders the managed block for a pool: marker comments, member notes and
+/// the A/AAAA records currently answered.
+pub fn render_block(pool: &Name, ttl: u32, addresses: &[IpAddr], notes: &[MemberNote]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "; {} {pool} -- written by vnamed; edits here are replaced", text::BEGIN);
+    for note in notes {
+        let _ = write!(out, "; {} {}", text::MEMBER, note.id);
+        for (k, v) in &note.pairs {
+            let _ = write!(out, " {k}={v}");
+        }
+        out.push('\n');
+    }
+    for addr in addresses {
+        let rtype = if addr.is_ipv4() { "A" } else { "AAAA" };
+        let _ = writeln!(out, "{pool} {ttl} IN {rtype} {addr}");
+    }
+    let _ = writeln!(out, "; {} {pool}", text::END);
+    out
+}
+
+/// Records for a set of addresses at a name.
+pub fn address_records(name: &Name, ttl: u32, addresses: &[IpAddr]) -> (Vec<Record>, Vec<Record>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for addr in addresses {
+        match addr {
+            IpAddr::V4(a) => v4.push(Record::from_rdata(name.clone(), ttl, RData::A(A(*a)))),
+            IpAddr::V6(a) => v6.push(Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*a)))),
+        }
+    }
+    (v4, v6)
+}
+
+/// All `*.zone` files in a directory, each loaded; every broken file is
+/// reported, not just the first.
+pub fn load_dir(dir: &Path) -> Result<BTreeMap<LowerName, ZoneFile>, Vec<ZoneError>> {
+    let read = std::fs::read_dir(dir).map_err(|e| {
+        vec![ZoneError::Read { file: dir.display().to_string(), source: Arc::new(e) }]
+    })?;
+    let mut paths: Vec<PathBuf> = read
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "zone"))
+        .collect();
+    paths.sort();
+    let mut zones = BTreeMap::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        match ZoneFile::load(&path) {
+            Ok(z) => {
+                zones.insert(z.data.lower_origin.clone(), z);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() { Ok(zones) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = "\
+$TTL 300
+@   IN SOA ns1 hostmaster ( 2024010101 3600 600 86400 60 )
+    IN NS ns1
+ns1 IN A 127.0.0.1
+mail IN MX 10 ns1 ; an MX
+alias IN CNAME www
+a.b.c IN TXT \"deep\"
+; vnamed:begin www.example.
+; vnamed:member web2 admin=down
+www.example. 5 IN A 127.0.10.1
+; vnamed:end www.example.
+";
+
+    fn parse(text: &str) -> Result<ZoneFile, ZoneError> {
+        ZoneFile::parse(Path::new("example.zone"), Name::from_ascii("example.").unwrap(), text.to_owned())
+    }
+
+    #[test]
+    fn reads_records_blocks_and_serial() {
+        let z = parse(EXAMPLE).unwrap();
+        assert_eq!(z.serial, 2024010101);
+        assert_eq!(&z.text[z.serial_span.clone()], "2024010101");
+        assert_eq!(z.data.record_count, 7);
+        let www = Name::from_ascii("www.example.").unwrap();
+        assert_eq!(z.addresses(&www), vec!["127.0.10.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(z.block(&www).unwrap().members[0].0, "web2");
+        // b.c.example. is an empty non-terminal
+        assert!(z.data.nodes[&LowerName::from(Name::from_ascii("b.c.example.").unwrap())].rrsets.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let bad = EXAMPLE.replace("mail IN MX 10 ns1", "mail IN MX ten ns1");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("example.zone:5:"), "{e}");
+        let bad = EXAMPLE.replace("alias IN CNAME www", "ns1 IN CNAME www");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("example.zone:6:") && e.contains("CNAME and other data"), "{e}");
+        let bad = format!("{EXAMPLE}other.test. IN A 127.0.0.1\n");
+        assert!(parse(&bad).unwrap_err().to_string().contains(":12: other.test. is outside"));
+        let bad = EXAMPLE.replace("    IN NS ns1\n", "");
+        assert!(parse(&bad).unwrap_err().to_string().contains("no NS records"));
+    }
+
+    #[test]
+    fn rendered_block_round_trips() {
+        let z = parse(EXAMPLE).unwrap();
+        let www = Name::from_ascii("www.example.").unwrap();
+        let addrs: Vec<IpAddr> = vec!["127.0.10.2".parse().unwrap(), "::1".parse().unwrap()];
+        let body = render_block(&www, 5, &addrs, &[MemberNote { id: "web1".into(), pairs: vec![("weight".into(), "3".into())] }]);
+        let mut replace = BTreeMap::new();
+        replace.insert("www.example.".to_owned(), body);
+        let text = text::rewrite(&z.text, &z.blocks, z.serial_span.clone(), 2024010102, &replace);
+        let again = parse(&text).unwrap();
+        assert_eq!(again.serial, 2024010102);
+        assert_eq!(again.addresses(&www), addrs);
+        assert_eq!(again.block(&www).unwrap().members[0].1, vec![("weight".to_owned(), "3".to_owned())]);
+        assert!(again.text.contains("mail IN MX 10 ns1 ; an MX"));
+    }
+}
