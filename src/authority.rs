@@ -96,7 +96,8 @@ impl Authority {
         let mut tasks = tokio::task::JoinSet::new();
         let updater_stop = CancellationToken::new();
         let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
-        tasks.spawn(dns::notify::run(auth.notify.clone(), notify_rx, shutdown.child_token()));
+        let sources: Vec<_> = dns_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
+        tasks.spawn(dns::notify::run(auth.notify.clone(), sources, notify_rx, shutdown.child_token()));
         let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = grpc {
             let svc = AdminService::server(cmd_tx.clone());

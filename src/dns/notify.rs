@@ -4,7 +4,7 @@
 //! newest serial wins).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +35,13 @@ pub fn is_ack(reply: &[u8], id: u16) -> Option<ResponseCode> {
         .then_some(m.metadata.response_code)
 }
 
-async fn notify_one(target: SocketAddr, zone: &Name, serial: u32) {
-    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+async fn notify_one(target: SocketAddr, sources: &[IpAddr], zone: &Name, serial: u32) {
+    // Secondaries accept NOTIFY by the primary's address: send from ours.
+    let source = sources.iter().find(|ip| ip.is_ipv4() == target.is_ipv4()).copied();
+    let bind = SocketAddr::new(
+        source.unwrap_or(if target.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) }),
+        0,
+    );
     let socket = match UdpSocket::bind(bind).await {
         Ok(s) => s,
         Err(error) => return warn!(%target, %error, "cannot open a socket for NOTIFY"),
@@ -52,9 +57,16 @@ async fn notify_one(target: SocketAddr, zone: &Name, serial: u32) {
             if from != target {
                 continue;
             }
-            if let Some(code) = is_ack(&buf[..n], id) {
-                info!(%target, %zone, serial, %code, attempt, "NOTIFY acknowledged");
-                return;
+            match is_ack(&buf[..n], id) {
+                Some(ResponseCode::NoError) => {
+                    info!(%target, %zone, serial, attempt, "NOTIFY acknowledged");
+                    return;
+                }
+                Some(code) => {
+                    warn!(%target, %zone, serial, %code, from = %bind.ip(), "secondary refused our NOTIFY; check its ACL for this address");
+                    return;
+                }
+                None => {}
             }
         }
     }
@@ -71,7 +83,7 @@ fn rand_id() -> u16 {
 /// Sends NOTIFY to every target for each (zone, serial) received. While a
 /// target is still being told about a zone, newer serials replace the
 /// pending one instead of queueing.
-pub async fn run(targets: Vec<SocketAddr>, mut rx: mpsc::Receiver<(Name, u32)>, shutdown: CancellationToken) {
+pub async fn run(targets: Vec<SocketAddr>, sources: Vec<IpAddr>, mut rx: mpsc::Receiver<(Name, u32)>, shutdown: CancellationToken) {
     let pending: Arc<Mutex<HashMap<(SocketAddr, Name), u32>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -89,10 +101,11 @@ pub async fn run(targets: Vec<SocketAddr>, mut rx: mpsc::Receiver<(Name, u32)>, 
                 continue;
             }
             let pending = pending.clone();
+            let sources = sources.clone();
             tasks.spawn(async move {
                 loop {
                     let Some(serial) = pending.lock().await.get(&key).copied() else { return };
-                    notify_one(key.0, &key.1, serial).await;
+                    notify_one(key.0, &sources, &key.1, serial).await;
                     let mut p = pending.lock().await;
                     if p.get(&key) == Some(&serial) {
                         p.remove(&key);

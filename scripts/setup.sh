@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the system tools vnamed's demo, tests and benchmarks use: dig and
+# named-checkzone (BIND utilities), NSD (a real secondary), dnsperf and gdnsd
+# (benchmark peers). Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v dig >/dev/null || need+=(bind9-dnsutils)
+command -v named-checkzone >/dev/null || need+=(bind9-utils)
+command -v nsd >/dev/null || need+=(nsd)
+if [ "${1:-}" != "--minimal" ]; then
+  command -v dnsperf >/dev/null || need+=(dnsperf)
+  command -v gdnsd >/dev/null || need+=(gdnsd)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+# Packaged servers must not start themselves on port 53 while installing.
+created_policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  created_policy=1
+fi
+trap '[ -n "$created_policy" ] && $sudo rm -f /usr/sbin/policy-rc.d' EXIT
+echo "installing: ${need[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null

@@ -1,0 +1,191 @@
+//! Shared helpers for the integration tests: a real `vnamed` process on its
+//! own loopback address, and the real `dig` to talk to it. Every process a
+//! helper starts is stopped when its handle drops.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const VNAMED: &str = env!("CARGO_BIN_EXE_vnamed");
+
+/// A loopback address no other test in this run uses.
+pub fn unique_ip() -> Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    Ipv4Addr::new(127, 100 + (pid % 100) as u8, (pid / 100 % 250) as u8 + 1, n as u8)
+}
+
+pub const ZONE: &str = "\
+; operator comment at the top
+$TTL 300
+@       IN SOA ns1 hostmaster ( 100 3600 600 86400 30 ) ; keep me
+        IN NS  ns1
+ns1     IN A   IP
+alias   IN CNAME static
+static  IN A   192.0.2.10
+mail    IN MX  10 ns1
+sub     IN NS  ns.sub
+ns.sub  IN A   192.0.2.53
+";
+
+/// A running `vnamed authority` with its own directory and address.
+pub struct Authority {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub grpc: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Authority {
+    /// Writes `zones` (file name → text, `IP` replaced by the address) and a
+    /// config with `pools` appended, then starts the authority.
+    pub fn start(zones: &[(&str, &str)], pools: &str) -> Self {
+        Self::start_with(zones, pools, "")
+    }
+
+    pub fn start_with(zones: &[(&str, &str)], pools: &str, authority_extra: &str) -> Self {
+        let ip = unique_ip();
+        let dir = tempfile::tempdir().unwrap();
+        let zones_dir = dir.path().join("zones");
+        std::fs::create_dir(&zones_dir).unwrap();
+        for (name, text) in zones {
+            std::fs::write(zones_dir.join(name), text.replace("IP", &ip.to_string())).unwrap();
+        }
+        let port = 5300;
+        let grpc_port = 7400;
+        let config = dir.path().join("vnamed.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[authority]\ndns_listen = [\"{ip}:{port}\"]\ngrpc_listen = \"{ip}:{grpc_port}\"\nzones_dir = \"{}\"\nallow_transfer = [\"127.0.0.0/8\"]\n{authority_extra}\n{pools}\n",
+                zones_dir.display()
+            ),
+        )
+        .unwrap();
+        let mut a = Self {
+            ip,
+            port,
+            grpc: format!("http://{ip}:{grpc_port}"),
+            log: dir.path().join("vnamed.log"),
+            dir,
+            config,
+            child: None,
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn zones_dir(&self) -> PathBuf {
+        self.dir.path().join("zones")
+    }
+
+    /// Starts (or restarts) the process and waits until it answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(VNAMED)
+            .args(["authority", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("vnamed exited early ({status}):\n{}", self.log());
+            }
+            if std::net::TcpStream::connect((self.ip, self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("vnamed did not start listening:\n{}", self.log());
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("vnamed did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `dig @ip -p port ARGS +short`-style query returning dig's output.
+    pub fn dig(&self, args: &str) -> String {
+        dig(IpAddr::V4(self.ip), self.port, args)
+    }
+
+    /// Runs a vnamed admin subcommand against this authority.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(VNAMED).args(args).args(["--server", &self.grpc]).output().unwrap()
+    }
+
+    pub fn zone_text(&self, file: &str) -> String {
+        std::fs::read_to_string(self.zones_dir().join(file)).unwrap()
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the real `dig` with short timeouts.
+pub fn dig(ip: IpAddr, port: u16, args: &str) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{ip}"))
+        .args(["-p", &port.to_string(), "+time=2", "+tries=1"])
+        .args(args.split_whitespace())
+        .output()
+        .expect("dig is installed (the test command installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` until it returns true or `within` passes; returns the time it took.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+/// `named-checkzone ZONE FILE`: Ok with its output when it accepts the file.
+pub fn named_checkzone(zone: &str, file: &Path) -> Result<String, String> {
+    let out = Command::new("named-checkzone")
+        .args([zone, file.to_str().unwrap()])
+        .output()
+        .expect("named-checkzone is installed (the test command installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() { Ok(text) } else { Err(text) }
+}

@@ -1,0 +1,86 @@
+//! Scale-out through standard DNS: a real NSD is our secondary on loopback.
+//! It transfers the zone, and after a pool change our NOTIFY makes it serve
+//! the new address within two seconds.
+
+mod common;
+
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Authority, ZONE, dig, eventually, unique_ip};
+
+struct Nsd {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nsd(ip: std::net::Ipv4Addr, port: u16, primary: &Authority) -> Nsd {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let conf = format!(
+        "server:\n  ip-address: {ip}@{port}\n  port: {port}\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  \
+         xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  username: \"\"\n  chroot: \"\"\n  logfile: \"{d}/nsd.log\"\n  \
+         xfrd-reload-timeout: 0\n  verbosity: 2\n  server-count: 1\n\nremote-control:\n  control-enable: no\n\n\
+         zone:\n  name: example.test\n  zonefile: \"{d}/example.test.zone\"\n  request-xfr: {pip}@{pport} NOKEY\n  allow-notify: {pip} NOKEY\n",
+        pip = primary.ip,
+        pport = primary.port,
+    );
+    let path = dir.path().join("nsd.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("nsd")
+        .args(["-d", "-c"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nsd is installed (the test command installs it)");
+    Nsd { child, _dir: dir }
+}
+
+#[test]
+fn nsd_follows_pool_changes_within_two_seconds() {
+    let nsd_ip = unique_ip();
+    let nsd_port = 5354;
+    let pools = r#"
+[[pool]]
+name = "www.example.test."
+policy = "priority"
+members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
+"#;
+    let a = Authority::start_with(&[("example.test.zone", ZONE)], pools, &format!("notify = [\"{nsd_ip}:{nsd_port}\"]"));
+    let nsd = start_nsd(nsd_ip, nsd_port, &a);
+    let ask = || dig(IpAddr::V4(nsd_ip), nsd_port, "www.example.test A +short").trim().to_owned();
+
+    assert!(
+        eventually(Duration::from_secs(10), || ask() == "127.0.10.1").is_some(),
+        "NSD never served the zone; its log:\n{}",
+        std::fs::read_to_string(nsd._dir.path().join("nsd.log")).unwrap_or_default()
+    );
+    assert!(dig(IpAddr::V4(nsd_ip), nsd_port, "static.example.test A +short").contains("192.0.2.10"));
+
+    for (down, expect) in [("web1", "127.0.10.2"), ("web2", "127.0.10.1")] {
+        let up = if down == "web1" { "web2" } else { "web1" };
+        assert!(a.cli(&["member", "www.example.test.", up, "--admin", "auto"]).status.success());
+        assert!(a.cli(&["member", "www.example.test.", down, "--admin", "down"]).status.success());
+        let took = eventually(Duration::from_secs(2), || ask() == expect);
+        assert!(
+            took.is_some(),
+            "secondary did not follow within 2 s (it answers {:?}); NSD log:\n{}\nvnamed log:\n{}",
+            ask(),
+            std::fs::read_to_string(nsd._dir.path().join("nsd.log")).unwrap_or_default(),
+            a.log()
+        );
+        eprintln!("secondary followed {down} down in {:?}", took.unwrap());
+    }
+    // Same serial on both sides.
+    let theirs = dig(IpAddr::V4(nsd_ip), nsd_port, "example.test SOA +short");
+    assert_eq!(theirs, a.dig("example.test SOA +short"));
+}
