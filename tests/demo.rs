@@ -1,0 +1,53 @@
+//! `vnamed demo`: the answer for www.demo.example moves between the
+//! simulated backends as their load changes, each backend really answers
+//! HTTP, and the demo stops cleanly on SIGTERM.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{VNAMED, dig, unique_ip};
+
+#[test]
+fn answers_move_between_live_backends() {
+    let ip = unique_ip();
+    let backends: Vec<_> = (0..3).map(|_| unique_ip()).collect();
+    let list = backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
+    let mut child = Command::new(VNAMED)
+        .args(["demo", "--dns", &format!("{ip}:5353"), "--grpc", &format!("{ip}:7443"), "--backends", &list])
+        .args(["--period", "3", "--duration", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = HashSet::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) && seen.len() < 3 {
+        let answer = dig(IpAddr::V4(ip), 5353, "www.demo.example A +short");
+        if let Ok(addr) = answer.trim().parse::<IpAddr>() {
+            assert!(backends.iter().any(|b| IpAddr::V4(*b) == addr), "answer {addr} is a backend");
+            seen.insert(addr);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen.len() >= 2, "the answer should move between backends, saw {seen:?}");
+
+    // Whatever DNS says, that backend answers HTTP.
+    let addr: IpAddr = dig(IpAddr::V4(ip), 5353, "www.demo.example A +short").trim().parse().unwrap();
+    let mut c = std::net::TcpStream::connect((addr, 8080)).unwrap();
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    c.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200") && body.contains("hello from web"), "{body}");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains("dig @") && out.contains("www.demo.example"), "the demo says how to query it:\n{out}");
+}
