@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the tests talk to (dig, named-checkzone, NSD, ...) and runs
 # every test: unit tests of the pure cores and integration tests against
-# real processes and real clients.
+# real processes and real clients. Ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --quiet --all-targets
-exec cargo test --no-fail-fast "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo "tests: $passed passed, $failed failed"
+exit $status
