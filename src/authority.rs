@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::dns::{self, handler::DnsHandler, snapshot::Snapshot};
+use crate::dns::{self, DnsService, snapshot::Snapshot};
 use crate::grpc::AdminService;
 use crate::updater::{Command, Updater};
 use crate::zone;
@@ -44,11 +44,15 @@ impl Authority {
                 Default::default()
             }
         };
-        let sockets = match dns::bind(&auth.dns_listen).await {
-            Ok(s) => s,
+        let workers = match auth.udp_workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let listeners = match dns::bind(&auth.dns_listen, workers).await {
+            Ok(l) => Some(l),
             Err(p) => {
                 problems.extend(p);
-                Vec::new()
+                None
             }
         };
         let grpc = match auth.grpc_listen {
@@ -79,9 +83,10 @@ impl Authority {
         }
         let updater = updater.expect("no problems");
 
-        let dns_addrs: Vec<SocketAddr> = sockets.iter().filter_map(|(u, _)| u.local_addr().ok()).collect();
-        let mut server = dns::serve(DnsHandler::new(snapshot.clone(), auth.allow_transfer.clone()), sockets);
-        info!(addresses = ?dns_addrs, zones = snapshot.load().zones.len(), "DNS authority serving");
+        let listeners = listeners.expect("no problems");
+        let dns_addrs = listeners.addrs.clone();
+        let server = DnsService::start(listeners, snapshot.clone(), auth.allow_transfer.clone())?;
+        info!(addresses = ?dns_addrs, udp_workers = workers, zones = snapshot.load().zones.len(), "DNS authority serving");
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (edit_tx, edit_rx) = mpsc::channel(256);
@@ -118,7 +123,7 @@ impl Authority {
         let done = tokio::spawn(async move {
             shutdown.cancelled().await;
             info!("shutting down: finishing answers in flight");
-            if tokio::time::timeout(GRACE, server.shutdown_gracefully()).await.is_err() {
+            if tokio::time::timeout(GRACE, server.shutdown()).await.is_err() {
                 warn!("DNS listeners did not stop within the grace period");
             }
             drop(watcher);

@@ -9,5 +9,6 @@ pub mod demo;
 pub mod dns;
 pub mod grpc;
 pub mod pool;
+pub mod sys;
 pub mod updater;
 pub mod zone;

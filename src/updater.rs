@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::dns::fast;
 use crate::dns::snapshot::{PoolAnswer, Snapshot, ZoneView, zone_records};
 use crate::pool::{AdminState, Decision, Metrics, PoolState};
 use crate::zone::{MemberNote, ZoneFile, render_block, text, writer};
@@ -94,6 +95,10 @@ pub struct Updater {
     snapshot: Arc<ArcSwap<Snapshot>>,
     notify: mpsc::Sender<(Name, u32)>,
     write_interval: Duration,
+    /// The pre-encoded static responses, and whether some zone's data
+    /// changed since they were built.
+    stable: Arc<HashMap<Box<[u8]>, fast::Entry>>,
+    stable_stale: bool,
 }
 
 fn same(a: &PoolAnswer, d: &Decision) -> bool {
@@ -185,7 +190,7 @@ impl Updater {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval };
+        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true };
         for zone in updater.zones.values_mut() {
             if zone.dirty {
                 zone.serial = zone.serial.wrapping_add(1);
@@ -195,12 +200,20 @@ impl Updater {
         Ok(updater)
     }
 
-    /// Swaps in a snapshot of every zone as it is now.
-    fn publish(&self) {
+    /// Swaps in a snapshot of every zone as it is now, with its
+    /// pre-encoded responses: the static ones are rebuilt only when a zone's
+    /// data changed, the virtual names' every time.
+    fn publish(&mut self) {
         let mut snap = Snapshot::default();
         for (origin, z) in &self.zones {
             snap.zones.insert(origin.clone(), Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone())));
         }
+        if self.stable_stale {
+            self.stable = Arc::new(fast::build_stable(&snap));
+            self.stable_stale = false;
+        }
+        snap.fast.stable = self.stable.clone();
+        snap.fast.dynamic = fast::build_dynamic(&snap);
         self.snapshot.store(Arc::new(snap));
     }
 
@@ -424,6 +437,15 @@ impl Updater {
         match writer::write_atomic(&path, &parsed.text) {
             Ok(()) => {
                 info!(file = %path.display(), serial = z.serial, "zone file written");
+                let mut parsed = parsed;
+                // Our own write changes only pool records, which the answers
+                // override anyway: keep serving (and the pre-encoded table
+                // built from) the same data unless it lacked a pool's name.
+                if z.answers.keys().all(|p| z.file.data.nodes.contains_key(p)) {
+                    parsed.data = z.file.data.clone();
+                } else {
+                    self.stable_stale = true;
+                }
                 z.disk_text = parsed.text.clone();
                 z.file = parsed;
                 z.dirty = false;
@@ -479,10 +501,12 @@ impl Updater {
                 z.broken = false;
                 z.disk_text = text;
                 z.file = file;
+                self.stable_stale = true;
                 info!(file = %path.display(), serial = z.serial, "zone file reloaded");
             }
             None => {
                 info!(file = %path.display(), serial = file.serial, "new zone file served");
+                self.stable_stale = true;
                 self.zones.insert(
                     origin.clone(),
                     ZoneState {

@@ -31,12 +31,12 @@ const XFR_CHUNK: usize = 16 * 1024;
 pub struct DnsHandler {
     snapshot: Arc<ArcSwap<Snapshot>>,
     allow_transfer: Vec<IpNet>,
-    turn: AtomicUsize,
+    turn: Arc<AtomicUsize>,
 }
 
 impl DnsHandler {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, allow_transfer: Vec<IpNet>) -> Self {
-        Self { snapshot, allow_transfer, turn: AtomicUsize::new(0) }
+        Self { snapshot, allow_transfer, turn: Arc::default() }
     }
 
     fn may_transfer(&self, ip: IpAddr) -> bool {

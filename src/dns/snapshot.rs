@@ -67,6 +67,8 @@ impl ZoneView {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub zones: HashMap<LowerName, Arc<ZoneView>>,
+    /// Pre-encoded responses for the UDP fast path.
+    pub fast: super::fast::FastTable,
 }
 
 impl Snapshot {

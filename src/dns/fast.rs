@@ -1,0 +1,326 @@
+//! The pre-encoded fast path: for the names and types asked most (virtual
+//! names, and every static name and type a zone holds) the full response is
+//! encoded ahead of time, per EDNS shape, by the same lookup the slow path
+//! uses. Answering is then a hash lookup and a copy with the query's ID,
+//! RD/CD bits and question bytes (0x20 case preserved) patched in. Pure:
+//! no I/O; the updater rebuilds the tables when answers change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType};
+use hickory_proto::serialize::binary::BinEncodable;
+
+use super::handler::UDP_PAYLOAD;
+use super::lookup::{Answer, lookup};
+use super::snapshot::Snapshot;
+
+/// Longest wire-format name.
+const MAX_NAME: usize = 255;
+/// A key: lower-cased wire name, query type, EDNS shape.
+pub const MAX_KEY: usize = MAX_NAME + 3;
+/// Static entries per snapshot, to bound memory on huge zones.
+const MAX_STATIC: usize = 1_000_000;
+
+/// How the query carried EDNS, which decides the shape of the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shape {
+    Plain = 0,
+    Edns = 1,
+    EdnsDo = 2,
+}
+
+const SHAPES: [Shape; 3] = [Shape::Plain, Shape::Edns, Shape::EdnsDo];
+
+/// A query the fast path can answer, parsed without allocating.
+#[derive(Debug)]
+pub struct FastQuery {
+    pub id: [u8; 2],
+    pub rd: bool,
+    pub cd: bool,
+    /// End of the question section (name, type, class) in the request.
+    pub question_end: usize,
+    /// Largest response the client accepts over UDP.
+    pub max_size: usize,
+    pub key_len: usize,
+}
+
+/// Parses a plain QUERY with one IN question and at most an OPT record.
+/// Anything else (and anything odd) returns `None`: the slow path decides.
+pub fn parse(req: &[u8], key: &mut [u8; MAX_KEY]) -> Option<FastQuery> {
+    if req.len() < 12 + 5 {
+        return None;
+    }
+    let (b2, b3) = (req[2], req[3]);
+    // QR=0, opcode QUERY, TC=0; Z and RCODE zero.
+    if b2 & 0xfa != 0 || b3 & 0x4f != 0 {
+        return None;
+    }
+    let count = |i: usize| u16::from_be_bytes([req[i], req[i + 1]]);
+    if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
+        return None;
+    }
+    let mut pos = 12;
+    let mut k = 0;
+    loop {
+        let len = *req.get(pos)? as usize;
+        if len > 63 {
+            return None; // a compression pointer or an extended label
+        }
+        if k + len + 1 > MAX_NAME {
+            return None;
+        }
+        let label = req.get(pos..pos + 1 + len)?;
+        key[k] = len as u8;
+        for (i, b) in label[1..].iter().enumerate() {
+            key[k + 1 + i] = b.to_ascii_lowercase();
+        }
+        k += len + 1;
+        pos += len + 1;
+        if len == 0 {
+            break;
+        }
+    }
+    let qtype = req.get(pos..pos + 2)?;
+    if req.get(pos + 2..pos + 4)? != [0, 1] {
+        return None; // class other than IN
+    }
+    key[k] = qtype[0];
+    key[k + 1] = qtype[1];
+    let question_end = pos + 4;
+    let (shape, max_size) = if count(10) == 1 {
+        // OPT: root owner, type 41, class = payload, TTL = ext-rcode, version, flags.
+        let opt = req.get(question_end..question_end + 11)?;
+        if opt[0] != 0 || opt[1..3] != [0, 41] || opt[6] != 0 {
+            return None; // not OPT, or EDNS version > 0 (BADVERS on the slow path)
+        }
+        let rdlen = u16::from_be_bytes([opt[9], opt[10]]) as usize;
+        if question_end + 11 + rdlen != req.len() {
+            return None;
+        }
+        let payload = u16::from_be_bytes([opt[3], opt[4]]).clamp(512, UDP_PAYLOAD) as usize;
+        let shape = if opt[7] & 0x80 != 0 { Shape::EdnsDo } else { Shape::Edns };
+        (shape, payload)
+    } else {
+        if question_end != req.len() {
+            return None;
+        }
+        (Shape::Plain, 512)
+    };
+    key[k + 2] = shape as u8;
+    Some(FastQuery { id: [req[0], req[1]], rd: b2 & 1 != 0, cd: b3 & 0x10 != 0, question_end, max_size, key_len: k + 3 })
+}
+
+/// Pre-encoded responses for one key: several for a rotating pool.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub responses: Box<[Box<[u8]>]>,
+}
+
+/// Every pre-encoded response of a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct FastTable {
+    /// Static names: rebuilt only when a zone file changes.
+    pub stable: Arc<HashMap<Box<[u8]>, Entry>>,
+    /// Virtual names and the apex SOA: rebuilt on every change.
+    pub dynamic: HashMap<Box<[u8]>, Entry>,
+}
+
+impl FastTable {
+    /// Answers `req` into `out` if a pre-encoded response fits; returns its length.
+    pub fn respond(&self, req: &[u8], out: &mut [u8], turn: usize) -> Option<usize> {
+        let mut key = [0u8; MAX_KEY];
+        let q = parse(req, &mut key)?;
+        let key = &key[..q.key_len];
+        let entry = self.dynamic.get(key).or_else(|| self.stable.get(key))?;
+        let resp = &entry.responses[turn % entry.responses.len()];
+        if resp.len() > q.max_size || resp.len() > out.len() {
+            return None; // the slow path truncates properly
+        }
+        let out = &mut out[..resp.len()];
+        out.copy_from_slice(resp);
+        out[0..2].copy_from_slice(&q.id);
+        out[2] = (out[2] & !0x01) | q.rd as u8;
+        out[3] = (out[3] & !0x10) | ((q.cd as u8) << 4);
+        // The question exactly as asked, so 0x20 case randomisation holds.
+        out[12..q.question_end].copy_from_slice(&req[12..q.question_end]);
+        Some(resp.len())
+    }
+}
+
+fn key_of(name: &LowerName, qtype: RecordType, shape: Shape) -> Box<[u8]> {
+    let mut key = Name::from(name).to_lowercase().to_bytes().unwrap_or_default();
+    key.extend_from_slice(&u16::from(qtype).to_be_bytes());
+    key.push(shape as u8);
+    key.into_boxed_slice()
+}
+
+/// Encodes an answer as the slow path would send it to a canonical query
+/// (ID 0, RD and CD clear).
+pub fn encode(answer: &Answer, name: &LowerName, qtype: RecordType, shape: Shape) -> Option<Box<[u8]>> {
+    let mut m = Message::new(0, MessageType::Response, OpCode::Query);
+    m.metadata.authoritative = answer.authoritative;
+    m.metadata.response_code = answer.rcode;
+    let mut q = Query::query(Name::from(name), qtype);
+    q.set_query_class(DNSClass::IN);
+    m.add_query(q);
+    m.insert_answers(answer.answers.clone());
+    m.insert_authorities(answer.authority.clone());
+    m.insert_additionals(answer.additional.clone());
+    if shape != Shape::Plain {
+        let mut edns = Edns::new();
+        edns.set_max_payload(UDP_PAYLOAD);
+        edns.set_version(0);
+        edns.set_dnssec_ok(shape == Shape::EdnsDo);
+        m.set_edns(edns);
+    }
+    let bytes = m.to_vec().ok()?;
+    (bytes.len() <= UDP_PAYLOAD as usize).then(|| bytes.into_boxed_slice())
+}
+
+fn add(table: &mut HashMap<Box<[u8]>, Entry>, snap: &Snapshot, name: &LowerName, qtype: RecordType, turns: usize, only_positive: bool) {
+    for shape in SHAPES {
+        let mut responses = Vec::with_capacity(turns);
+        for turn in 0..turns {
+            let answer = lookup(snap, name, qtype, DNSClass::IN, turn);
+            if only_positive && (answer.rcode != ResponseCode::NoError || answer.answers.is_empty() || !answer.authoritative) {
+                return;
+            }
+            // Answers that carry the SOA depend on the serial: they are dynamic.
+            if only_positive && answer.authority.iter().chain(&answer.answers).any(|r| r.record_type() == RecordType::SOA) {
+                return;
+            }
+            match encode(&answer, name, qtype, shape) {
+                Some(r) => responses.push(r),
+                None => return,
+            }
+        }
+        table.insert(key_of(name, qtype, shape), Entry { responses: responses.into_boxed_slice() });
+    }
+}
+
+/// Pre-encodes every static name and type the zones hold (positive answers only).
+pub fn build_stable(snap: &Snapshot) -> HashMap<Box<[u8]>, Entry> {
+    let mut table = HashMap::new();
+    'zones: for zone in snap.zones.values() {
+        for (name, node) in &zone.data.nodes {
+            if zone.pools.contains_key(name) || name.is_wildcard() {
+                continue;
+            }
+            let mut types: Vec<RecordType> = node.rrsets.iter().map(|s| s.rtype).filter(|t| *t != RecordType::SOA).collect();
+            if node.get(RecordType::CNAME).is_some() {
+                types.extend([RecordType::A, RecordType::AAAA]);
+            }
+            for t in types {
+                if table.len() >= MAX_STATIC {
+                    break 'zones;
+                }
+                add(&mut table, snap, name, t, 1, true);
+            }
+        }
+    }
+    table
+}
+
+/// Pre-encodes the virtual names (every rotation) and each apex SOA.
+pub fn build_dynamic(snap: &Snapshot) -> HashMap<Box<[u8]>, Entry> {
+    let mut table = HashMap::new();
+    for zone in snap.zones.values() {
+        add(&mut table, snap, &zone.data.lower_origin, RecordType::SOA, 1, false);
+        for (name, pool) in &zone.pools {
+            let turns = if pool.rotate { pool.addresses.len().max(1) } else { 1 };
+            for t in [RecordType::A, RecordType::AAAA] {
+                add(&mut table, snap, name, t, turns, false);
+            }
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::dns::snapshot::{PoolAnswer, ZoneView};
+    use crate::zone::ZoneFile;
+
+    fn snap() -> Snapshot {
+        let text = "$TTL 300\n@ IN SOA ns1 h 1 3600 600 86400 60\n  IN NS ns1\nns1 IN A 127.0.0.1\nalias IN CNAME ns1\n*.w IN A 192.0.2.1\n";
+        let z = ZoneFile::parse(Path::new("x.zone"), Name::from_ascii("example.").unwrap(), text.into()).unwrap();
+        let www = Name::from_ascii("www.example.").unwrap();
+        let addrs = vec!["127.0.10.1".parse().unwrap(), "127.0.10.2".parse().unwrap()];
+        let mut pools = HashMap::new();
+        pools.insert(LowerName::from(&www), Arc::new(PoolAnswer::new(www, 5, addrs, 1, true, false)));
+        let view = ZoneView::new(z.data.clone(), 3, pools);
+        let mut s = Snapshot::default();
+        s.zones.insert(view.data.lower_origin.clone(), Arc::new(view));
+        s
+    }
+
+    fn table(s: &Snapshot) -> FastTable {
+        FastTable { stable: Arc::new(build_stable(s)), dynamic: build_dynamic(s) }
+    }
+
+    fn query(name: &str, t: RecordType, edns: Option<bool>, id: u16) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        if let Some(dnssec_ok) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(4096);
+            e.set_dnssec_ok(dnssec_ok);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn fast_answers_match_the_lookup_with_id_flags_and_case_patched() {
+        let s = snap();
+        let t = table(&s);
+        let mut out = [0u8; 1232];
+        let req = query("nS1.ExAmple.", RecordType::A, Some(true), 0xbeef);
+        let n = t.respond(&req, &mut out, 0).expect("static name is pre-encoded");
+        let m = Message::from_vec(&out[..n]).unwrap();
+        assert_eq!(m.metadata.id, 0xbeef);
+        assert!(m.metadata.recursion_desired && m.metadata.authoritative);
+        assert_eq!(m.queries[0].name().to_string(), "nS1.ExAmple.");
+        assert_eq!(m.answers.len(), 1);
+        assert!(m.edns.as_ref().unwrap().flags().dnssec_ok);
+
+        let ask = |req: Vec<u8>, turn: usize| {
+            let mut out = [0u8; 1232];
+            let n = t.respond(&req, &mut out, turn)?;
+            Some(Message::from_vec(&out[..n]).unwrap())
+        };
+        let a = ask(query("www.example.", RecordType::A, None, 1), 0).unwrap();
+        let b = ask(query("www.example.", RecordType::A, None, 1), 1).unwrap();
+        assert!(a.edns.is_none());
+        assert_ne!(a.answers[0].data, b.answers[0].data, "round-robin rotates");
+        assert!(t.respond(&query("alias.example.", RecordType::A, None, 1), &mut out, 0).is_some());
+        let soa = ask(query("example.", RecordType::SOA, None, 1), 0).unwrap();
+        assert!(matches!(&soa.answers[0].data, hickory_proto::rr::RData::SOA(x) if x.serial == 3));
+    }
+
+    #[test]
+    fn everything_else_goes_to_the_slow_path() {
+        let t = table(&snap());
+        let mut out = [0u8; 1232];
+        for (name, ty) in [("nope.example.", RecordType::A), ("x.w.example.", RecordType::A), ("ns1.example.", RecordType::MX)] {
+            assert!(t.respond(&query(name, ty, None, 1), &mut out, 0).is_none(), "{name} {ty}");
+        }
+        let mut two = Message::from_vec(&query("ns1.example.", RecordType::A, None, 1)).unwrap();
+        two.add_query(Query::query(Name::from_ascii("ns1.example.").unwrap(), RecordType::A));
+        assert!(t.respond(&two.to_vec().unwrap(), &mut out, 0).is_none());
+        let mut bytes = query("ns1.example.", RecordType::A, Some(false), 1);
+        bytes.push(0);
+        assert!(t.respond(&bytes, &mut out, 0).is_none(), "trailing bytes");
+        assert!(t.respond(&bytes[..20], &mut out, 0).is_none(), "truncated");
+        let mut response = query("ns1.example.", RecordType::A, None, 1);
+        response[2] |= 0x80;
+        assert!(t.respond(&response, &mut out, 0).is_none(), "responses are not queries");
+    }
+}
