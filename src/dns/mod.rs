@@ -3,6 +3,8 @@
 //! handler, the UDP workers and TCP listeners, and NOTIFY to secondaries.
 
 pub mod fast;
+#[doc(hidden)]
+pub mod fixture;
 pub mod handler;
 pub mod lookup;
 pub mod notify;
