@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::dns::{self, DnsService, snapshot::Snapshot};
 use crate::grpc::AdminService;
+use crate::metrics::Counters;
 use crate::updater::{Command, Updater};
 use crate::zone;
 
@@ -28,6 +29,7 @@ pub struct Authority {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub dns: Vec<SocketAddr>,
     pub grpc: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -55,6 +57,16 @@ impl Authority {
                 None
             }
         };
+        let metrics = match auth.metrics_listen {
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    problems.push(format!("metrics_listen {addr}: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
         let grpc = match auth.grpc_listen {
             Some(addr) => match TcpListener::bind(addr).await {
                 Ok(l) => Some(l),
@@ -66,9 +78,10 @@ impl Authority {
             None => None,
         };
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let counters = Arc::new(Counters::default());
         let (notify_tx, notify_rx) = mpsc::channel(1024);
         let updater = if problems.is_empty() {
-            match Updater::new(config, files, snapshot.clone(), notify_tx, auth.zone_write_interval, Instant::now()) {
+            match Updater::new(config, files, snapshot.clone(), notify_tx, counters.clone(), auth.zone_write_interval, Instant::now()) {
                 Ok(u) => Some(u),
                 Err(p) => {
                     problems.extend(p);
@@ -85,7 +98,7 @@ impl Authority {
 
         let listeners = listeners.expect("no problems");
         let dns_addrs = listeners.addrs.clone();
-        let server = DnsService::start(listeners, snapshot.clone(), auth.allow_transfer.clone())?;
+        let server = DnsService::start(listeners, snapshot.clone(), auth.allow_transfer.clone(), counters.clone())?;
         info!(addresses = ?dns_addrs, udp_workers = workers, zones = snapshot.load().zones.len(), "DNS authority serving");
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -103,6 +116,11 @@ impl Authority {
         let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
         let sources: Vec<_> = dns_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
         tasks.spawn(dns::notify::run(auth.notify.clone(), sources, notify_rx, shutdown.child_token()));
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = metrics {
+            info!(address = ?metrics_addr, "metrics serving at /metrics");
+            tasks.spawn(crate::metrics::serve(listener, counters.clone(), snapshot.clone(), cmd_tx.clone(), shutdown.clone()));
+        }
         let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = grpc {
             let svc = AdminService::server(cmd_tx.clone());
@@ -132,7 +150,7 @@ impl Authority {
             let _ = tokio::time::timeout(GRACE, async { while tasks.join_next().await.is_some() {} }).await;
             info!("authority stopped");
         });
-        Ok(Self { commands: cmd_tx, snapshot, dns: dns_addrs, grpc: grpc_addr, done })
+        Ok(Self { commands: cmd_tx, snapshot, dns: dns_addrs, grpc: grpc_addr, metrics: metrics_addr, done })
     }
 
     /// Waits until shutdown has finished.

@@ -28,6 +28,9 @@ pub struct DemoArgs {
     /// gRPC API address.
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub grpc: SocketAddr,
+    /// Prometheus metrics address (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:9353")]
+    pub metrics: SocketAddr,
     /// Where the demo zone file lives (default: a fresh temporary directory).
     #[arg(long)]
     pub zones_dir: Option<PathBuf>,
@@ -80,10 +83,11 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         .map(|(i, a)| format!("{{ id = \"web{}\", address = \"{a}\" }}", i + 1))
         .collect();
     let toml = format!(
-        "[authority]\ndns_listen = [\"{}\"]\ngrpc_listen = \"{}\"\nzones_dir = {:?}\nallow_transfer = [\"127.0.0.0/8\"]\n\n\
+        "[authority]\ndns_listen = [\"{}\"]\ngrpc_listen = \"{}\"\nmetrics_listen = \"{}\"\nzones_dir = {:?}\nallow_transfer = [\"127.0.0.0/8\"]\n\n\
          [[pool]]\nname = \"www.demo.example.\"\npolicy = \"least-loaded\"\nanswers = 1\nttl = 5\nfallback = \"last-known\"\nstale_after = \"3s\"\nmembers = [{}]\n",
         args.dns,
         args.grpc,
+        args.metrics,
         zones_dir.display().to_string(),
         members.join(", ")
     );
@@ -104,6 +108,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     println!("vnamed demo is running");
     println!("  DNS authority  {dns} (UDP and TCP), zone demo.example.");
     println!("  gRPC API       {}", args.grpc);
+    println!("  metrics        http://{}/metrics", args.metrics);
     println!("  zone file      {}", zone_path.display());
     for (i, a) in args.backends.iter().enumerate() {
         println!("  backend web{}   http://{a}:8080/ (simulated load drifts over {:.0}s)", i + 1, args.period);

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod dns;
 pub mod grpc;
+pub mod metrics;
 pub mod pool;
 pub mod sys;
 pub mod updater;

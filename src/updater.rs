@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::metrics::Counters;
 use crate::dns::fast;
 use crate::dns::snapshot::{PoolAnswer, Snapshot, ZoneView, zone_records};
 use crate::pool::{AdminState, Decision, Metrics, PoolState};
@@ -99,6 +101,7 @@ pub struct Updater {
     /// changed since they were built.
     stable: Arc<HashMap<Box<[u8]>, fast::Entry>>,
     stable_stale: bool,
+    counters: Arc<Counters>,
 }
 
 fn same(a: &PoolAnswer, d: &Decision) -> bool {
@@ -118,6 +121,7 @@ impl Updater {
         files: BTreeMap<LowerName, ZoneFile>,
         snapshot: Arc<ArcSwap<Snapshot>>,
         notify: mpsc::Sender<(Name, u32)>,
+        counters: Arc<Counters>,
         write_interval: Duration,
         now: Instant,
     ) -> Result<Self, Vec<String>> {
@@ -190,7 +194,7 @@ impl Updater {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true };
+        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true, counters };
         for zone in updater.zones.values_mut() {
             if zone.dirty {
                 zone.serial = zone.serial.wrapping_add(1);
@@ -240,6 +244,7 @@ impl Updater {
             return false;
         }
         info!(pool = %pool.name, answer = ?decision.addresses, servfail = decision.servfail, "answer changed");
+        self.counters.answer_changes.fetch_add(1, Ordering::Relaxed);
         let answer = PoolAnswer::new(pool.name.clone(), pool.ttl, decision.addresses, pool.answers, decision.rotate, decision.servfail);
         zone.answers.insert(lower, Arc::new(answer));
         zone.serial = zone.serial.wrapping_add(1);
@@ -437,6 +442,7 @@ impl Updater {
         match writer::write_atomic(&path, &parsed.text) {
             Ok(()) => {
                 info!(file = %path.display(), serial = z.serial, "zone file written");
+                self.counters.zone_writes.fetch_add(1, Ordering::Relaxed);
                 let mut parsed = parsed;
                 // Our own write changes only pool records, which the answers
                 // override anyway: keep serving (and the pre-encoded table
@@ -479,6 +485,7 @@ impl Updater {
             Ok(f) => f,
             Err(e) => {
                 error!(error = %e, "zone edit refused; still serving the last good version");
+                self.counters.zone_edits_refused.fetch_add(1, Ordering::Relaxed);
                 if let Some(z) = self.zones.get_mut(&origin) {
                     z.broken = true;
                     z.disk_text = text;

@@ -56,3 +56,33 @@ fn large_answers_truncate_and_retry_over_tcp() {
     let retried = a.dig("big.example.test TXT +noedns");
     assert!(retried.contains("ANSWER: 40") && retried.contains("(TCP)"), "dig retried over TCP: {retried}");
 }
+
+const POOL: &str = r#"
+[[pool]]
+name = "www.example.test."
+policy = "priority"
+members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
+"#;
+
+#[test]
+fn zone_transfers_carry_the_live_answers_to_allowed_clients_only() {
+    let a = Authority::start(&[("example.test.zone", ZONE)], POOL);
+    assert!(a.cli(&["member", "www.example.test.", "web1", "--admin", "down"]).status.success());
+    let axfr = a.dig("example.test AXFR");
+    let soa_lines = axfr.lines().filter(|l| l.contains("\tSOA\t")).count();
+    assert_eq!(soa_lines, 2, "SOA first and last: {axfr}");
+    assert!(axfr.contains("www.example.test.\t5\tIN\tA\t127.0.10.2") && !axfr.contains("127.0.10.1"), "{axfr}");
+    assert!(axfr.contains("static.example.test.\t300\tIN\tA\t192.0.2.10"), "{axfr}");
+
+    // IXFR from an old serial gets the whole zone; from the current one, the SOA alone.
+    let serial: u32 = a.dig("example.test SOA +short").split_whitespace().nth(2).unwrap().parse().unwrap();
+    let ixfr = a.dig(&format!("example.test IXFR={}", serial - 1));
+    assert!(ixfr.contains("www.example.test.\t5\tIN\tA\t127.0.10.2"), "{ixfr}");
+    let current = a.dig(&format!("example.test IXFR={serial}"));
+    assert_eq!(current.lines().filter(|l| l.contains("\tSOA\t")).count(), 1, "{current}");
+
+    let closed = Authority::start_with(&[("example.test.zone", ZONE)], "", "allow_transfer = []");
+    let refused = closed.dig("example.test AXFR");
+    assert!(refused.contains("Transfer failed") && !refused.contains("192.0.2.10"), "{refused}");
+    assert!(closed.log().contains("zone transfer refused"), "{}", closed.log());
+}

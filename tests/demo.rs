@@ -18,7 +18,7 @@ fn answers_move_between_live_backends() {
     let backends: Vec<_> = (0..3).map(|_| unique_ip()).collect();
     let list = backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
     let mut child = Command::new(VNAMED)
-        .args(["demo", "--dns", &format!("{ip}:5353"), "--grpc", &format!("{ip}:7443"), "--backends", &list])
+        .args(["demo", "--dns", &format!("{ip}:5353"), "--grpc", &format!("{ip}:7443"), "--metrics", &format!("{ip}:9353"), "--backends", &list])
         .args(["--period", "3", "--duration", "60s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -43,6 +43,21 @@ fn answers_move_between_live_backends() {
     let mut body = String::new();
     c.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.1 200") && body.contains("hello from web"), "{body}");
+
+    // The metrics tell the same story in Prometheus format.
+    dig(IpAddr::V4(ip), 5353, "www.demo.example A +tcp");
+    let mut c = std::net::TcpStream::connect((ip, 9353)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    c.read_to_string(&mut metrics).unwrap();
+    let value = |prefix: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    assert!(value("vnamed_dns_responses_total{path=\"udp_fast\",rcode=\"NOERROR\"}") >= 10.0, "{metrics}");
+    assert!(value("vnamed_dns_responses_total{path=\"tcp\",rcode=\"NOERROR\"}") >= 1.0, "{metrics}");
+    assert!(value("vnamed_answer_changes_total") >= 1.0, "{metrics}");
+    assert!(value("vnamed_zone_serial{zone=\"demo.example.\"}") >= 2.0, "{metrics}");
+    assert_eq!(metrics.lines().filter(|l| l.starts_with("vnamed_member_up{pool=\"www.demo.example.\"") && l.ends_with(" 1")).count(), 3, "{metrics}");
 
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(len) = SNAP.load().fast.respond(data, &mut out, data.len()) {
         check(&out[..len], data);
     }
-    let handler = DnsHandler::new(SNAP.clone(), vec!["127.0.0.0/8".parse().unwrap()]);
+    let handler = DnsHandler::new(SNAP.clone(), vec!["127.0.0.0/8".parse().unwrap()], Arc::default());
     let sent = Arc::new(Mutex::new(Vec::new()));
     let s = sent.clone();
     RT.block_on(udp::respond(&handler, data.to_vec(), "127.0.0.1:5353".parse().unwrap(), move |b| {

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use super::lookup::lookup;
+use crate::metrics::{Counters, Path};
 use super::snapshot::{Snapshot, zone_records};
 
 /// The UDP payload size vnamed advertises and never exceeds (DNS flag day 2020).
@@ -30,13 +31,14 @@ const XFR_CHUNK: usize = 16 * 1024;
 /// Answers queries from a snapshot that the updater swaps.
 pub struct DnsHandler {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    counters: Arc<Counters>,
     allow_transfer: Vec<IpNet>,
     turn: Arc<AtomicUsize>,
 }
 
 impl DnsHandler {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, allow_transfer: Vec<IpNet>) -> Self {
-        Self { snapshot, allow_transfer, turn: Arc::default() }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, allow_transfer: Vec<IpNet>, counters: Arc<Counters>) -> Self {
+        Self { snapshot, counters, allow_transfer, turn: Arc::default() }
     }
 
     fn may_transfer(&self, ip: IpAddr) -> bool {
@@ -87,6 +89,15 @@ async fn send_code<R: ResponseHandler>(
 #[async_trait::async_trait]
 impl RequestHandler for DnsHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, handle: R) -> ResponseInfo {
+        let info = self.answer(request, handle).await;
+        let path = if request.protocol() == Protocol::Udp { Path::UdpSlow } else { Path::Tcp };
+        self.counters.response(path, u16::from(info.response_code));
+        info
+    }
+}
+
+impl DnsHandler {
+    async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> ResponseInfo {
         let edns = request.edns.as_ref().map(response_edns);
         if let Some(req) = request.edns.as_ref() {
             if req.version() > 0 {

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::metrics::Counters;
 use handler::DnsHandler;
 use snapshot::Snapshot;
 
@@ -68,22 +69,20 @@ pub struct DnsService {
     workers: Vec<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     slow: tokio::task::JoinHandle<()>,
-    pub stats: Arc<udp::UdpStats>,
 }
 
 impl DnsService {
     /// Starts serving on bound sockets.
-    pub fn start(listeners: Listeners, snapshot: Arc<ArcSwap<Snapshot>>, allow_transfer: Vec<IpNet>) -> std::io::Result<Self> {
-        let mut tcp = Server::new(DnsHandler::new(snapshot.clone(), allow_transfer.clone()));
+    pub fn start(listeners: Listeners, snapshot: Arc<ArcSwap<Snapshot>>, allow_transfer: Vec<IpNet>, counters: Arc<Counters>) -> std::io::Result<Self> {
+        let mut tcp = Server::new(DnsHandler::new(snapshot.clone(), allow_transfer.clone(), counters.clone()));
         for l in listeners.tcp {
             tcp.register_listener(l, TCP_IDLE, 64);
         }
         let (slow_tx, slow_rx) = mpsc::channel(udp::SLOW_QUEUE);
-        let slow = tokio::spawn(udp::slow_path(DnsHandler::new(snapshot.clone(), allow_transfer), slow_rx));
+        let slow = tokio::spawn(udp::slow_path(DnsHandler::new(snapshot.clone(), allow_transfer, counters.clone()), slow_rx));
         let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(udp::UdpStats::default());
-        let workers = udp::start(listeners.udp, snapshot, slow_tx, stats.clone(), stop.clone())?;
-        Ok(Self { tcp, workers, stop, slow, stats })
+        let workers = udp::start(listeners.udp, snapshot, slow_tx, counters, stop.clone())?;
+        Ok(Self { tcp, workers, stop, slow })
     }
 
     /// Stops taking queries and lets the ones in flight finish.

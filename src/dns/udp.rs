@@ -7,7 +7,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use super::handler::{DnsHandler, UDP_PAYLOAD};
 use super::snapshot::Snapshot;
+use crate::metrics::{Counters, Path};
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 
 /// Datagrams taken per system call.
@@ -32,14 +33,6 @@ const BATCH: usize = 32;
 const POLL: Duration = Duration::from_millis(200);
 /// Queries waiting for the slow path.
 pub const SLOW_QUEUE: usize = 4096;
-
-/// Counters the workers keep.
-#[derive(Debug, Default)]
-pub struct UdpStats {
-    pub fast: AtomicU64,
-    pub slow: AtomicU64,
-    pub dropped: AtomicU64,
-}
 
 /// A query for the slow path.
 pub struct SlowQuery {
@@ -74,22 +67,22 @@ pub fn start(
     sockets: Vec<UdpSocket>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     slow: mpsc::Sender<SlowQuery>,
-    stats: Arc<UdpStats>,
+    counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     sockets
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
-            let (snapshot, slow, stats, stop) = (snapshot.clone(), slow.clone(), stats.clone(), stop.clone());
+            let (snapshot, slow, counters, stop) = (snapshot.clone(), slow.clone(), counters.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
-                .spawn(move || worker(Arc::new(socket), snapshot, slow, stats, stop))
+                .spawn(move || worker(Arc::new(socket), snapshot, slow, counters, stop))
         })
         .collect()
 }
 
-fn worker(socket: Arc<UdpSocket>, snapshot: Arc<ArcSwap<Snapshot>>, slow: mpsc::Sender<SlowQuery>, stats: Arc<UdpStats>, stop: Arc<AtomicBool>) {
+fn worker(socket: Arc<UdpSocket>, snapshot: Arc<ArcSwap<Snapshot>>, slow: mpsc::Sender<SlowQuery>, counters: Arc<Counters>, stop: Arc<AtomicBool>) {
     let mut rx = RecvBatch::new(BATCH);
     let mut tx = SendBatch::new(BATCH);
     let mut turn: usize = std::process::id() as usize;
@@ -104,7 +97,7 @@ fn worker(socket: Arc<UdpSocket>, snapshot: Arc<ArcSwap<Snapshot>>, slow: mpsc::
             }
         };
         let snap = snapshot.load();
-        let (mut fast, mut slowed, mut dropped) = (0, 0, 0);
+        let mut dropped = 0;
         for i in 0..n {
             let Some((data, src, truncated)) = rx.get(i) else { continue };
             if truncated || src.port() == 0 || data.len() < 12 {
@@ -114,19 +107,20 @@ fn worker(socket: Arc<UdpSocket>, snapshot: Arc<ArcSwap<Snapshot>>, slow: mpsc::
             turn = turn.wrapping_add(1);
             match snap.fast.respond(data, tx.next_buf(), turn) {
                 Some(len) => {
+                    counters.response(Path::UdpFast, u16::from(tx.next_buf()[3] & 0xf));
                     tx.commit(len, src);
-                    fast += 1;
                 }
-                None => match slow.try_send(SlowQuery { bytes: data.to_vec(), src, socket: socket.clone() }) {
-                    Ok(()) => slowed += 1,
-                    Err(_) => dropped += 1,
-                },
+                None => {
+                    if slow.try_send(SlowQuery { bytes: data.to_vec(), src, socket: socket.clone() }).is_err() {
+                        dropped += 1;
+                    }
+                }
             }
         }
         tx.flush(&*socket);
-        stats.fast.fetch_add(fast, Ordering::Relaxed);
-        stats.slow.fetch_add(slowed, Ordering::Relaxed);
-        stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        if dropped > 0 {
+            counters.udp_dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
     }
 }
 
@@ -223,7 +217,7 @@ mod tests {
     async fn fast_and_slow_paths_give_identical_bytes() {
         let snap = fixture::snapshot();
         let table = snap.fast.clone();
-        let handler = DnsHandler::new(Arc::new(ArcSwap::from_pointee(snap)), Vec::new());
+        let handler = DnsHandler::new(Arc::new(ArcSwap::from_pointee(snap)), Vec::new(), Arc::default());
         let types = [RecordType::A, RecordType::AAAA, RecordType::MX, RecordType::TXT, RecordType::SRV, RecordType::NS, RecordType::SOA, RecordType::CNAME];
         let mut fast_hits = 0;
         for (n, name) in fixture::NAMES.iter().enumerate() {

@@ -62,10 +62,11 @@ impl Authority {
         let port = 5300;
         let grpc_port = 7400;
         let config = dir.path().join("vnamed.toml");
+        let transfer = if authority_extra.contains("allow_transfer") { "" } else { "allow_transfer = [\"127.0.0.0/8\"]\n" };
         std::fs::write(
             &config,
             format!(
-                "[authority]\ndns_listen = [\"{ip}:{port}\"]\ngrpc_listen = \"{ip}:{grpc_port}\"\nzones_dir = \"{}\"\nallow_transfer = [\"127.0.0.0/8\"]\n{authority_extra}\n{pools}\n",
+                "[authority]\ndns_listen = [\"{ip}:{port}\"]\ngrpc_listen = \"{ip}:{grpc_port}\"\nzones_dir = \"{}\"\n{transfer}{authority_extra}\n{pools}\n",
                 zones_dir.display()
             ),
         )

@@ -1,0 +1,124 @@
+//! Counters the DNS path and the updater keep, and the Prometheus text
+//! exposition of them at `metrics_listen` (`GET /metrics`).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::dns::snapshot::Snapshot;
+use crate::updater::Command;
+
+/// Where a query was answered.
+#[derive(Debug, Clone, Copy)]
+pub enum Path {
+    /// Pre-encoded response over UDP.
+    UdpFast = 0,
+    /// The hickory-server handler over UDP.
+    UdpSlow = 1,
+    Tcp = 2,
+}
+
+const PATHS: [&str; 3] = ["udp_fast", "udp", "tcp"];
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Responses by path and RCODE (the low four bits).
+    responses: [[AtomicU64; 16]; 3],
+    /// Datagrams dropped: truncated, from port 0, or the slow queue full.
+    pub udp_dropped: AtomicU64,
+    pub answer_changes: AtomicU64,
+    pub zone_writes: AtomicU64,
+    pub zone_edits_refused: AtomicU64,
+}
+
+impl Counters {
+    pub fn response(&self, path: Path, rcode: u16) {
+        self.responses[path as usize][(rcode & 0xf) as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn responses(&self, path: Path, rcode: u16) -> u64 {
+        self.responses[path as usize][(rcode & 0xf) as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// The RCODE mnemonics of RFC 1035 and RFC 2136, as dig prints them.
+fn rcode_name(code: usize) -> String {
+    const NAMES: [&str; 11] =
+        ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE"];
+    NAMES.get(code).map(|n| n.to_string()).unwrap_or_else(|| format!("RCODE{code}"))
+}
+
+/// Renders every metric in the Prometheus text format.
+pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: &mpsc::Sender<Command>) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP vnamed_dns_responses_total DNS responses sent, by path and rcode.\n# TYPE vnamed_dns_responses_total counter\n");
+    for (p, path) in PATHS.iter().enumerate() {
+        for (code, n) in counters.responses[p].iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "vnamed_dns_responses_total{{path=\"{path}\",rcode=\"{}\"}} {n}", rcode_name(code));
+            }
+        }
+    }
+    for (name, help, v) in [
+        ("vnamed_dns_udp_dropped_total", "UDP datagrams dropped (truncated, bad source, slow path full).", &counters.udp_dropped),
+        ("vnamed_answer_changes_total", "Times a virtual name's answer changed.", &counters.answer_changes),
+        ("vnamed_zone_writes_total", "Zone file rewrites.", &counters.zone_writes),
+        ("vnamed_zone_edits_refused_total", "Operator zone edits refused as invalid.", &counters.zone_edits_refused),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+    }
+    out.push_str("# HELP vnamed_zone_serial SOA serial served.\n# TYPE vnamed_zone_serial gauge\n");
+    let snap = snapshot.load();
+    let mut zones: Vec<_> = snap.zones.values().collect();
+    zones.sort_by(|a, b| a.data.origin.cmp(&b.data.origin));
+    for z in zones {
+        let _ = writeln!(out, "vnamed_zone_serial{{zone=\"{}\"}} {}", z.data.origin, z.serial);
+    }
+    let (tx, rx) = oneshot::channel();
+    if updater.send(Command::Status { reply: tx }).await.is_ok() {
+        if let Ok(pools) = rx.await {
+            out.push_str("# HELP vnamed_member_up Whether a pool member is in service (1) or not (0).\n# TYPE vnamed_member_up gauge\n");
+            out.push_str("# HELP vnamed_member_in_answer Whether a pool member is in the current answer.\n# TYPE vnamed_member_in_answer gauge\n");
+            for p in &pools {
+                for m in &p.members {
+                    let up = m.state.starts_with("up") as u8;
+                    let labels = format!("pool=\"{}\",member=\"{}\"", p.name, m.id);
+                    let _ = writeln!(out, "vnamed_member_up{{{labels}}} {up}");
+                    let _ = writeln!(out, "vnamed_member_in_answer{{{labels}}} {}", m.in_answer as u8);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Serves `GET /metrics` until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    counters: Arc<Counters>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    updater: mpsc::Sender<Command>,
+    shutdown: CancellationToken,
+) {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let (counters, snapshot, updater) = (counters.clone(), snapshot.clone(), updater.clone());
+            async move {
+                let body = render(&counters, &snapshot, &updater).await;
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+            }
+        }),
+    );
+    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+        warn!(%error, "metrics server stopped");
+    }
+}
