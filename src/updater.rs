@@ -160,6 +160,14 @@ impl Updater {
                 problems.push(format!("pool {}: a pool cannot be the zone apex", pool.name));
                 continue;
             }
+            if let Some(line) = zone.file.stray_addresses(&pool.name).first() {
+                problems.push(format!(
+                    "pool {}: {}:{line}: address records for a virtual name belong in its managed block, which vnamed writes; remove them",
+                    pool.name,
+                    zone.file.path.display()
+                ));
+                continue;
+            }
             // Restore the operator's notes and the last answer from the file.
             if let Some(block) = zone.file.block(&pool.name) {
                 for (id, pairs) in &block.members {
@@ -493,6 +501,23 @@ impl Updater {
                 return;
             }
         };
+        let stray = self.zones.get(&origin).and_then(|z| {
+            z.pools.iter().find_map(|&i| file.stray_addresses(&self.pools[i].name).first().map(|l| (i, *l)))
+        });
+        if let Some((i, line)) = stray {
+            error!(
+                file = %path.display(),
+                line,
+                pool = %self.pools[i].name,
+                "zone edit refused: address records for a virtual name belong in its managed block; still serving the last good version"
+            );
+            self.counters.zone_edits_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(z) = self.zones.get_mut(&origin) {
+                z.broken = true;
+                z.disk_text = text;
+            }
+            return;
+        }
         match self.zones.get_mut(&origin) {
             Some(z) => {
                 let served = z.serial;

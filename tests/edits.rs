@@ -65,3 +65,28 @@ fn invalid_edits_are_refused_and_the_last_good_zone_keeps_serving() {
     std::fs::write(&path, good.replace("mail    IN MX  10 ns1", "mail    IN MX  20 ns1")).unwrap();
     assert!(eventually(Duration::from_secs(1), || a.dig("mail.example.test MX +short").contains("20 ns1")).is_some(), "{}", a.log());
 }
+
+#[test]
+fn address_records_for_a_virtual_name_outside_its_block_are_refused() {
+    let a = Authority::start(&[("example.test.zone", ZONE)], POOL);
+    let path = a.zones_dir().join("example.test.zone");
+    assert!(eventually(Duration::from_secs(3), || a.zone_text("example.test.zone").contains("vnamed:begin")).is_some());
+    let stray = a.zone_text("example.test.zone").replace("static  IN A   192.0.2.10", "static  IN A   192.0.2.10\nwww     IN A   192.0.2.77");
+    std::fs::write(&path, &stray).unwrap();
+    assert!(eventually(Duration::from_secs(2), || a.log().contains("belong in its managed block")).is_some(), "{}", a.log());
+    assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1");
+
+    // The same file at start-up is a configuration error naming the line.
+    let b = std::process::Command::new(common::VNAMED).args(["zone", "check"]).arg(&path).output().unwrap();
+    assert!(b.status.success(), "as a zone file it is valid");
+    drop(a);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("zones")).unwrap();
+    std::fs::write(dir.path().join("zones/example.test.zone"), &stray).unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("[authority]\ndns_listen = [\"{}:5300\"]\nzones_dir = \"{}/zones\"\n{POOL}", common::unique_ip(), dir.path().display())).unwrap();
+    let out = std::process::Command::new(common::VNAMED).args(["authority", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = stray.lines().position(|l| l.contains("192.0.2.77")).unwrap() + 1;
+    assert!(!out.status.success() && err.contains(&format!("example.test.zone:{line}: address records")), "{err}");
+}

@@ -50,10 +50,12 @@ impl DnsHandler {
     }
 }
 
-/// The EDNS section of a response to a request that carried one.
+/// The EDNS section of a response to a request that carried one. It
+/// advertises what we accept; what we send is bounded by what the client
+/// advertised (see the UDP reply).
 pub fn response_edns(request: &Edns) -> Edns {
     let mut edns = Edns::new();
-    edns.set_max_payload(request.max_payload().clamp(512, UDP_PAYLOAD));
+    edns.set_max_payload(UDP_PAYLOAD);
     edns.set_version(0);
     edns.set_dnssec_ok(request.flags().dnssec_ok);
     edns

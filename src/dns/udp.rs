@@ -43,8 +43,12 @@ pub struct SlowQuery {
 
 /// Binds `n` sockets sharing `addr` (the first one picks the port when it is 0).
 pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<UdpSocket>> {
+    // A plain bind first: SO_REUSEPORT would otherwise silently share the
+    // address with another process of the same user already serving it.
+    let probe = UdpSocket::bind(addr)?;
+    let mut addr = probe.local_addr()?;
+    drop(probe);
     let mut out: Vec<UdpSocket> = Vec::with_capacity(n);
-    let mut addr = addr;
     for _ in 0..n.max(1) {
         let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
         s.set_reuse_port(true)?;

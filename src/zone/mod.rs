@@ -96,6 +96,8 @@ pub struct ZoneFile {
     pub serial: u32,
     pub serial_span: Range<usize>,
     pub blocks: Vec<Block>,
+    /// Owner and line of every A and AAAA record.
+    pub address_lines: Vec<(LowerName, usize)>,
 }
 
 /// The zone name a file in `zones_dir` serves: `demo.example.zone` → `demo.example.`.
@@ -133,6 +135,7 @@ impl ZoneFile {
         let mut serial_span = None;
         let mut lines: HashMap<(LowerName, RecordType), usize> = HashMap::new();
         let mut count = 0;
+        let mut address_lines = Vec::new();
         for (record, line, entry) in records {
             if record.dns_class != DNSClass::IN {
                 return Err(at(line, format!("class {} is not served; only IN", record.dns_class)));
@@ -159,6 +162,9 @@ impl ZoneFile {
                 soa = Some((s.clone(), record.ttl, line));
             }
             lines.entry((owner.clone(), rtype)).or_insert(line);
+            if matches!(rtype, RecordType::A | RecordType::AAAA) {
+                address_lines.push((owner.clone(), line));
+            }
             let node = nodes.entry(owner).or_default();
             match node.rrsets.iter_mut().find(|s| s.rtype == rtype) {
                 Some(set) => {
@@ -214,6 +220,7 @@ impl ZoneFile {
             serial,
             text,
             blocks,
+            address_lines,
         })
     }
 
@@ -222,6 +229,18 @@ impl ZoneFile {
         self.blocks.iter().find(|b| {
             Name::from_ascii(&b.pool).is_ok_and(|n| LowerName::from(&n) == LowerName::from(pool))
         })
+    }
+
+    /// Lines of A/AAAA records for a virtual name outside its managed block:
+    /// the operator's, which would contradict the live answer.
+    pub fn stray_addresses(&self, pool: &Name) -> Vec<usize> {
+        let lower = LowerName::from(pool);
+        let inside = self.block(pool).map(|b| b.lines.clone()).unwrap_or(0..0);
+        self.address_lines
+            .iter()
+            .filter(|(owner, line)| *owner == lower && !(inside.start..=inside.end).contains(line))
+            .map(|(_, line)| *line)
+            .collect()
     }
 
     /// The addresses the file holds for a name (the last answer served for a pool).
