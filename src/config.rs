@@ -214,11 +214,10 @@ impl Config {
     /// Checks everything serde cannot, collecting every problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if let Some(auth) = &self.authority {
-            if auth.dns_listen.is_empty() {
+        if let Some(auth) = &self.authority
+            && auth.dns_listen.is_empty() {
                 problems.push("authority.dns_listen: at least one address is required".into());
             }
-        }
         let mut names = HashSet::new();
         for (i, pool) in self.pool.iter().enumerate() {
             let at = format!("pool[{i}] ({})", pool.name);

@@ -82,8 +82,8 @@ pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: 
         let _ = writeln!(out, "vnamed_zone_serial{{zone=\"{}\"}} {}", z.data.origin, z.serial);
     }
     let (tx, rx) = oneshot::channel();
-    if updater.send(Command::Status { reply: tx }).await.is_ok() {
-        if let Ok(pools) = rx.await {
+    if updater.send(Command::Status { reply: tx }).await.is_ok()
+        && let Ok(pools) = rx.await {
             out.push_str("# HELP vnamed_member_up Whether a pool member is in service (1) or not (0).\n# TYPE vnamed_member_up gauge\n");
             out.push_str("# HELP vnamed_member_in_answer Whether a pool member is in the current answer.\n# TYPE vnamed_member_in_answer gauge\n");
             for p in &pools {
@@ -95,7 +95,6 @@ pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: 
                 }
             }
         }
-    }
     out
 }
 

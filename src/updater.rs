@@ -402,14 +402,13 @@ impl Updater {
         for origin in due {
             let path = self.zones[&origin].file.path.clone();
             // An operator edit we have not seen yet wins over our write.
-            if let Ok(disk) = std::fs::read_to_string(&path) {
-                if disk != self.zones[&origin].disk_text {
+            if let Ok(disk) = std::fs::read_to_string(&path)
+                && disk != self.zones[&origin].disk_text {
                     self.reload(&path, now);
                     if self.zones.get(&origin).is_none_or(|z| z.broken || !z.dirty) {
                         continue;
                     }
                 }
-            }
             self.write(&origin, now);
         }
     }

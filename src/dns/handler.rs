@@ -101,11 +101,10 @@ impl RequestHandler for DnsHandler {
 impl DnsHandler {
     async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> ResponseInfo {
         let edns = request.edns.as_ref().map(response_edns);
-        if let Some(req) = request.edns.as_ref() {
-            if req.version() > 0 {
+        if let Some(req) = request.edns.as_ref()
+            && req.version() > 0 {
                 return send_code(request, ResponseCode::BADVERS, edns.as_ref(), handle).await;
             }
-        }
         match request.metadata.op_code {
             OpCode::Query => {}
             OpCode::Notify | OpCode::Update => {

@@ -81,8 +81,8 @@ fn step(zone: &ZoneView, qname: &LowerName, qtype: RecordType, turn: usize, out:
         glue(zone, ns.records.iter(), out);
         return Step::Done;
     }
-    if let Some(pool) = zone.pools.get(qname) {
-        if matches!(qtype, RecordType::A | RecordType::AAAA) {
+    if let Some(pool) = zone.pools.get(qname)
+        && matches!(qtype, RecordType::A | RecordType::AAAA) {
             if pool.servfail {
                 out.rcode = ResponseCode::ServFail;
                 out.authoritative = false;
@@ -97,7 +97,6 @@ fn step(zone: &ZoneView, qname: &LowerName, qtype: RecordType, turn: usize, out:
             }
             return Step::Done;
         }
-    }
     let node = match data.nodes.get(qname) {
         Some(node) => node,
         None => match wildcard(zone, qname) {
@@ -121,8 +120,8 @@ fn answer_node(zone: &ZoneView, node: &Node, synth: Option<&LowerName>, qtype: R
         }
         None => r.clone(),
     };
-    if qtype != RecordType::CNAME {
-        if let Some(cname) = node.get(RecordType::CNAME) {
+    if qtype != RecordType::CNAME
+        && let Some(cname) = node.get(RecordType::CNAME) {
             let record = owned(&cname.records[0]);
             let target = match &record.data {
                 RData::CNAME(c) => c.0.clone(),
@@ -135,7 +134,6 @@ fn answer_node(zone: &ZoneView, node: &Node, synth: Option<&LowerName>, qtype: R
             out.answers.push(record);
             return Step::Follow(target);
         }
-    }
     let rtype = if qtype == RecordType::SOA { RecordType::SOA } else { qtype };
     if rtype == RecordType::SOA && node.get(RecordType::SOA).is_some() {
         out.answers.push(zone.soa.clone());
@@ -163,15 +161,14 @@ fn delegation(zone: &ZoneView, qname: &LowerName, qtype: RecordType) -> Option<L
     }
     // From the top down: the highest cut wins.
     for name in chain.iter().rev() {
-        if let Some(node) = zone.data.nodes.get(name) {
-            if node.get(RecordType::NS).is_some() {
+        if let Some(node) = zone.data.nodes.get(name)
+            && node.get(RecordType::NS).is_some() {
                 // DS lives on the parent side of the cut.
                 if qtype == RecordType::DS && name == qname {
                     return None;
                 }
                 return Some(name.clone());
             }
-        }
     }
     None
 }

@@ -57,11 +57,10 @@ pub fn entries(src: &str) -> Result<Vec<Entry>, TextError> {
                 line += 1;
                 i += 1;
                 at_line_start = true;
-                if depth == 0 {
-                    if let Some(e) = current.take() {
+                if depth == 0
+                    && let Some(e) = current.take() {
                         out.push(e);
                     }
-                }
                 continue;
             }
             b' ' | b'\t' | b'\r' => {
