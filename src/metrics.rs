@@ -42,6 +42,12 @@ impl Counters {
         self.responses[path as usize][(rcode & 0xf) as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add_responses(&self, path: Path, rcode: u16, n: u64) {
+        if n > 0 {
+            self.responses[path as usize][(rcode & 0xf) as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     pub fn responses(&self, path: Path, rcode: u16) -> u64 {
         self.responses[path as usize][(rcode & 0xf) as usize].load(Ordering::Relaxed)
     }

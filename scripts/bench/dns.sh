@@ -131,6 +131,7 @@ for s in vnamed nsd gdnsd; do
     | awk '/^> / {print $NF}' | sort -g > "$work/lat.$s"
   n=$(wc -l < "$work/lat.$s")
   p99[$s]=$(awk -v n="$n" 'NR == int(n * 0.99) + 1 { printf "%.0f", $1 * 1e6 }' "$work/lat.$s")
+  echo "$s latency at half load (us): p50 $(awk -v n="$n" 'NR == int(n * 0.5) + 1 { printf "%.0f", $1 * 1e6 }' "$work/lat.$s") p90 $(awk -v n="$n" 'NR == int(n * 0.9) + 1 { printf "%.0f", $1 * 1e6 }' "$work/lat.$s") p99 ${p99[$s]} over $n queries" >&2
 done
 
 printf '\n%-8s %12s %8s %14s %16s\n' server "queries/s" lost "p99@half (us)" "CPU/query (us)"

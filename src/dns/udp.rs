@@ -28,7 +28,7 @@ use crate::metrics::{Counters, Path};
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 
 /// Datagrams taken per system call.
-const BATCH: usize = 32;
+const BATCH: usize = 64;
 /// How often a blocked worker looks at the stop flag.
 const POLL: Duration = Duration::from_millis(200);
 /// Queries waiting for the slow path.
@@ -102,6 +102,7 @@ fn worker(socket: Arc<UdpSocket>, snapshot: Arc<ArcSwap<Snapshot>>, slow: mpsc::
         };
         let snap = snapshot.load();
         let mut dropped = 0;
+        let mut noerror = 0;
         for i in 0..n {
             let Some((data, src, truncated)) = rx.get(i) else { continue };
             if truncated || src.port() == 0 || data.len() < 12 {
@@ -111,7 +112,10 @@ fn worker(socket: Arc<UdpSocket>, snapshot: Arc<ArcSwap<Snapshot>>, slow: mpsc::
             turn = turn.wrapping_add(1);
             match snap.fast.respond(data, tx.next_buf(), turn) {
                 Some(len) => {
-                    counters.response(Path::UdpFast, u16::from(tx.next_buf()[3] & 0xf));
+                    match tx.next_buf()[3] & 0xf {
+                        0 => noerror += 1,
+                        rcode => counters.response(Path::UdpFast, u16::from(rcode)),
+                    }
                     tx.commit(len, src);
                 }
                 None => {
@@ -122,6 +126,7 @@ fn worker(socket: Arc<UdpSocket>, snapshot: Arc<ArcSwap<Snapshot>>, slow: mpsc::
             }
         }
         tx.flush(&*socket);
+        counters.add_responses(Path::UdpFast, 0, noerror);
         if dropped > 0 {
             counters.udp_dropped.fetch_add(dropped, Ordering::Relaxed);
         }

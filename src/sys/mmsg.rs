@@ -104,7 +104,13 @@ pub struct SendBatch {
     lens: Box<[usize]>,
     addrs: Box<[MaybeUninit<SockAddr>]>,
     count: usize,
+    // Scratch for flush, kept to avoid allocating per batch.
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
 }
+
+// The scratch pointers are rebuilt on every flush and never outlive it.
+unsafe impl Send for SendBatch {}
 
 impl SendBatch {
     pub fn new(n: usize) -> Self {
@@ -113,6 +119,8 @@ impl SendBatch {
             lens: vec![0; n].into_boxed_slice(),
             addrs: (0..n).map(|_| MaybeUninit::uninit()).collect(),
             count: 0,
+            iovs: Vec::with_capacity(n),
+            hdrs: Vec::with_capacity(n),
         }
     }
 
@@ -135,20 +143,20 @@ impl SendBatch {
     /// (UDP gives no guarantee, and the client will retry).
     pub fn flush(&mut self, socket: &impl AsRawFd) -> usize {
         let fd = socket.as_raw_fd();
-        let mut iovs: Vec<libc::iovec> = (0..self.count)
-            .map(|i| libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: self.lens[i] })
-            .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = (0..self.count)
-            .map(|i| {
-                let addr = unsafe { self.addrs[i].assume_init_ref() };
-                let mut h: libc::mmsghdr = unsafe { zeroed() };
-                h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-                h.msg_hdr.msg_namelen = addr.len();
-                h.msg_hdr.msg_iov = &mut iovs[i];
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
+        let iovs = &mut self.iovs;
+        iovs.clear();
+        iovs.extend((0..self.count).map(|i| libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: self.lens[i] }));
+        let hdrs = &mut self.hdrs;
+        hdrs.clear();
+        for i in 0..self.count {
+            let addr = unsafe { self.addrs[i].assume_init_ref() };
+            let mut h: libc::mmsghdr = unsafe { zeroed() };
+            h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = addr.len();
+            h.msg_hdr.msg_iov = &mut iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            hdrs.push(h);
+        }
         let mut sent = 0;
         while sent < hdrs.len() {
             let n = unsafe { libc::sendmmsg(fd, hdrs[sent..].as_mut_ptr(), (hdrs.len() - sent) as u32, 0) };
