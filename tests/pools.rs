@@ -100,3 +100,39 @@ fn restart_serves_the_last_answer_from_the_zone_file() {
     a.spawn();
     assert_eq!(a.dig("www.example.test AAAA +short").trim(), "2001:db8::3", "state comes back from the zone file");
 }
+
+#[test]
+fn weights_steer_the_weighted_policy() {
+    let pool = POOL.replace("priority", "weighted");
+    let a = Authority::start(&[("example.test.zone", ZONE)], &pool);
+    assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1", "equal weights: configured order");
+    assert!(a.cli(&["member", "www.example.test.", "web2", "--weight", "5"]).status.success());
+    assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.2");
+    let status = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
+    assert!(status.contains("weight=5"), "{status}");
+    let bad = a.cli(&["member", "www.example.test.", "web2"]);
+    assert!(!bad.status.success(), "nothing to set is an error");
+}
+
+#[test]
+fn rapid_changes_are_coalesced_into_a_few_writes() {
+    let a = Authority::start(&[("example.test.zone", ZONE)], POOL);
+    let zone_file = a.zones_dir().join("example.test.zone");
+    assert!(eventually(Duration::from_secs(3), || a.zone_text("example.test.zone").contains("vnamed:begin")).is_some());
+    let writes = |log: &str| log.matches("zone file written").count();
+    let before = writes(&a.log());
+    let start = std::time::Instant::now();
+    for i in 0..20 {
+        let state = if i % 2 == 0 { "down" } else { "auto" };
+        assert!(a.cli(&["member", "www.example.test.", "web1", "--admin", state]).status.success());
+    }
+    let elapsed = start.elapsed();
+    // The last change is web1 back to auto: the file ends up saying so.
+    assert!(eventually(Duration::from_secs(2), || a.zone_text("example.test.zone").contains("www.example.test. 5 IN A 127.0.10.1")).is_some());
+    std::thread::sleep(Duration::from_millis(400));
+    let made = writes(&a.log()) - before;
+    // At most one write per 250 ms interval, plus the first and the last.
+    let bound = (elapsed.as_millis() / 250) as usize + 2;
+    assert!(made >= 1 && made <= bound, "{made} writes for 20 changes in {elapsed:?} (bound {bound})");
+    named_checkzone("example.test", &zone_file).unwrap();
+}
