@@ -40,10 +40,10 @@ impl Authority {
         let auth = config.authority()?.clone();
         let mut problems: Vec<String> = Vec::new();
         let files = match zone::load_dir(&auth.zones_dir) {
-            Ok(f) => f,
+            Ok(f) => Some(f),
             Err(errors) => {
                 problems.extend(errors.iter().map(|e| e.to_string()));
-                Default::default()
+                None
             }
         };
         let workers = match auth.udp_workers {
@@ -80,16 +80,17 @@ impl Authority {
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let counters = Arc::new(Counters::default());
         let (notify_tx, notify_rx) = mpsc::channel(1024);
-        let updater = if problems.is_empty() {
-            match Updater::new(config, files, snapshot.clone(), notify_tx, counters.clone(), auth.zone_write_interval, Instant::now()) {
+        // With the zones loaded, the pools are checked against them even
+        // when an address could not be bound, so every problem shows at once.
+        let updater = match files {
+            Some(files) => match Updater::new(config, files, snapshot.clone(), notify_tx, counters.clone(), auth.zone_write_interval, Instant::now()) {
                 Ok(u) => Some(u),
                 Err(p) => {
                     problems.extend(p);
                     None
                 }
-            }
-        } else {
-            None
+            },
+            None => None,
         };
         if !problems.is_empty() {
             anyhow::bail!("cannot start the authority:\n  - {}", problems.join("\n  - "));

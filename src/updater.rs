@@ -404,7 +404,7 @@ impl Updater {
             // An operator edit we have not seen yet wins over our write.
             if let Ok(disk) = std::fs::read_to_string(&path)
                 && disk != self.zones[&origin].disk_text {
-                    self.reload(&path, now);
+                    self.reload(&path);
                     if self.zones.get(&origin).is_none_or(|z| z.broken || !z.dirty) {
                         continue;
                     }
@@ -473,7 +473,7 @@ impl Updater {
 
     /// An operator changed a zone file: serve the new version if it is
     /// valid, otherwise keep the last good one and say why.
-    pub fn reload(&mut self, path: &Path, now: Instant) {
+    pub fn reload(&mut self, path: &Path) {
         let Some(origin) = crate::zone::origin_for(path).map(LowerName::from) else { return };
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -553,7 +553,6 @@ impl Updater {
                 );
             }
         }
-        let _ = now;
         self.changed(&[origin]);
     }
 
@@ -571,7 +570,7 @@ impl Updater {
             };
             tokio::select! {
                 Some(cmd) = commands.recv() => self.handle(cmd, Instant::now()),
-                Some(path) = edits.recv() => self.reload(&path, Instant::now()),
+                Some(path) = edits.recv() => self.reload(&path),
                 _ = write_due => self.flush(Instant::now(), false),
                 _ = tick.tick() => self.tick(Instant::now()),
                 _ = shutdown.cancelled() => break,

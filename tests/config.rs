@@ -74,3 +74,21 @@ fn zone_check_reports_file_and_line() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("bad.test.zone:4: ns.bad.test. has a CNAME and other data"), "{text}");
 }
+
+#[test]
+fn busy_addresses_and_pool_problems_are_reported_together() {
+    let ip = unique_ip();
+    let _busy = std::net::UdpSocket::bind((ip, 5300)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(zones.join("a.test.zone"), "@ 60 IN SOA ns h 1 1 1 1 1\n@ 60 IN NS ns\nns 60 IN A 127.0.0.1\n").unwrap();
+    let config = format!(
+        "[authority]\ndns_listen = [\"{ip}:5300\"]\nzones_dir = \"{}\"\n[[pool]]\nname = \"www.c.test.\"\nmembers = [{{ id = \"a\", address = \"127.0.0.1\" }}]\n",
+        zones.display()
+    );
+    let (ok, err) = run_with(&config);
+    assert!(!ok);
+    assert!(err.contains(&format!("dns_listen {ip}:5300 (UDP): Address already in use")), "{err}");
+    assert!(err.contains("pool www.c.test.: no zone file in zones_dir holds this name"), "{err}");
+}
