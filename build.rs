@@ -3,7 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["vnamed/v1/admin.proto"], ["proto"])?;
+    let fds = protox::compile(["vnamed/v1/admin.proto", "vnamed/v1/status.proto"], ["proto"])?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -17,6 +17,9 @@ pub struct ServerArg {
     /// The authority's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:7443", env = "VNAMED_SERVER")]
     pub server: String,
+    /// The authority's shared token, when it requires one.
+    #[arg(long, env = "VNAMED_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Args)]
@@ -52,10 +55,14 @@ pub enum ZoneCmd {
     },
 }
 
-async fn client(server: &ServerArg) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
-    AdminClient::connect(server.server.clone())
+type Client = AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, crate::grpc::Bearer>>;
+
+async fn client(server: &ServerArg) -> anyhow::Result<Client> {
+    let channel = tonic::transport::Endpoint::from_shared(server.server.clone())?
+        .connect()
         .await
-        .with_context(|| format!("cannot reach the authority at {}", server.server))
+        .with_context(|| format!("cannot reach the authority at {}", server.server))?;
+    Ok(AdminClient::with_interceptor(channel, crate::grpc::Bearer::new(server.token.as_deref())?))
 }
 
 pub async fn status(server: &ServerArg) -> anyhow::Result<()> {

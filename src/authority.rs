@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dns::{self, DnsService, snapshot::Snapshot};
-use crate::grpc::AdminService;
+use crate::grpc::{AdminService, StatusService, TokenCheck};
 use crate::metrics::Counters;
 use crate::updater::{Command, Updater};
 use crate::zone;
@@ -124,13 +124,16 @@ impl Authority {
         }
         let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = grpc {
-            let svc = AdminService::server(cmd_tx.clone());
+            let check = TokenCheck::new(auth.token.as_deref(), counters.clone());
+            let admin = tonic::service::interceptor::InterceptedService::new(AdminService::server(cmd_tx.clone()), check.clone());
+            let status = tonic::service::interceptor::InterceptedService::new(StatusService::server(cmd_tx.clone(), counters.clone()), check);
             let stop = shutdown.clone();
             info!(address = ?grpc_addr, "gRPC API serving");
             tasks.spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 if let Err(error) = tonic::transport::Server::builder()
-                    .add_service(svc)
+                    .add_service(admin)
+                    .add_service(status)
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await
                 {

@@ -46,6 +46,9 @@ pub struct AuthorityConfig {
     /// UDP workers for the pre-encoded fast path; 0 = one per core.
     #[serde(default)]
     pub udp_workers: usize,
+    /// Shared secret: when set, gRPC calls (reports and administration)
+    /// must carry `authorization: Bearer <token>`.
+    pub token: Option<String>,
     /// Minimum time between two rewrites of the same zone file.
     #[serde(default = "default_write_interval", with = "humantime_serde")]
     pub zone_write_interval: Duration,
@@ -132,6 +135,13 @@ pub struct MonitorConfig {
     pub host: String,
     #[serde(default)]
     pub report_to: Vec<String>,
+    /// Token sent to the upstreams (`authorization: Bearer <token>`).
+    pub token: Option<String>,
+    /// gRPC address where applications push their own metrics.
+    pub listen: Option<SocketAddr>,
+    /// Reports are re-sent this often even when nothing changed.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
     #[serde(default)]
     pub check: Vec<CheckConfig>,
 }
@@ -140,14 +150,40 @@ pub struct MonitorConfig {
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     pub pool: String,
+    /// The member reported on; the monitor's own host when absent (set it
+    /// to probe a legacy server that runs no monitor of its own).
+    pub member: Option<String>,
     pub kind: CheckKind,
+    /// tcp: host:port; http: URL; exec: command line; file: path;
+    /// process: name, `cmdline:PATTERN` or `pidfile:PATH`; push: unused.
     pub target: Option<String>,
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
+    /// Give up on one probe after this long.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes before a down member is up again.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures before an up member is down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
 }
 
 fn default_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod grpc;
 pub mod metrics;
 pub mod pool;
+pub mod report;
 pub mod sys;
 pub mod updater;
 pub mod zone;

@@ -35,11 +35,27 @@ pub struct Counters {
     pub answer_changes: AtomicU64,
     pub zone_writes: AtomicU64,
     pub zone_edits_refused: AtomicU64,
+    pub reports_accepted: AtomicU64,
+    /// Refused report batches, by reason (see `REFUSALS`).
+    reports_refused: [AtomicU64; REFUSALS.len()],
 }
+
+/// Reasons a report batch is refused.
+pub const REFUSALS: [&str; 6] = ["too_large", "malformed", "bad_metric", "future", "unknown_member", "unauthenticated"];
 
 impl Counters {
     pub fn response(&self, path: Path, rcode: u16) {
         self.responses[path as usize][(rcode & 0xf) as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, reason: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.reports_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn refusals(&self, reason: &str) -> u64 {
+        REFUSALS.iter().position(|r| *r == reason).map(|i| self.reports_refused[i].load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     pub fn add_responses(&self, path: Path, rcode: u16, n: u64) {
@@ -77,8 +93,13 @@ pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: 
         ("vnamed_answer_changes_total", "Times a virtual name's answer changed.", &counters.answer_changes),
         ("vnamed_zone_writes_total", "Zone file rewrites.", &counters.zone_writes),
         ("vnamed_zone_edits_refused_total", "Operator zone edits refused as invalid.", &counters.zone_edits_refused),
+        ("vnamed_reports_accepted_total", "Member status reports stored.", &counters.reports_accepted),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+    }
+    out.push_str("# HELP vnamed_report_batches_refused_total Report batches refused, by reason.\n# TYPE vnamed_report_batches_refused_total counter\n");
+    for (i, reason) in REFUSALS.iter().enumerate() {
+        let _ = writeln!(out, "vnamed_report_batches_refused_total{{reason=\"{reason}\"}} {}", counters.reports_refused[i].load(Ordering::Relaxed));
     }
     out.push_str("# HELP vnamed_zone_serial SOA serial served.\n# TYPE vnamed_zone_serial gauge\n");
     let snap = snapshot.load();

@@ -21,6 +21,7 @@ use crate::metrics::Counters;
 use crate::dns::fast;
 use crate::dns::snapshot::{PoolAnswer, Snapshot, ZoneView, zone_records};
 use crate::pool::{AdminState, Decision, Metrics, PoolState};
+use crate::report::{Report, ReportError};
 use crate::zone::{MemberNote, ZoneFile, render_block, text, writer};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -47,6 +48,9 @@ pub enum Command {
     },
     /// A status report for a member.
     Report { pool: String, id: String, up: bool, metrics: Metrics },
+    /// A checked batch of reports: stored whole, or refused whole when a
+    /// report names a pool or member that is not served.
+    Reports { reports: Vec<Report>, reply: oneshot::Sender<Result<usize, ReportError>> },
     /// Pools, members and answers as they are now.
     Status { reply: oneshot::Sender<Vec<PoolStatus>> },
     /// A zone as served, in master-file format.
@@ -291,6 +295,9 @@ impl Updater {
                     self.changed(&[origin]);
                 }
             }
+            Command::Reports { reports, reply } => {
+                let _ = reply.send(self.reports(reports, now));
+            }
             Command::Status { reply } => {
                 let _ = reply.send(self.status(now));
             }
@@ -298,6 +305,40 @@ impl Updater {
                 let _ = reply.send(self.show_zone(&zone));
             }
         }
+    }
+
+    fn reports(&mut self, reports: Vec<Report>, now: Instant) -> Result<usize, ReportError> {
+        // Resolve every report first, so nothing is stored from a batch that is refused.
+        let mut targets = Vec::with_capacity(reports.len());
+        for (index, r) in reports.iter().enumerate() {
+            let i = self.find_pool(&r.pool).map_err(|_| ReportError::NoPool { index, pool: r.pool.clone() })?;
+            let m = self.pools[i].members.iter().position(|m| m.id == r.member).ok_or_else(|| ReportError::NoMember {
+                index,
+                pool: r.pool.clone(),
+                member: r.member.clone(),
+            })?;
+            targets.push((i, m));
+        }
+        let n = reports.len();
+        let mut touched = Vec::new();
+        for (r, (i, m)) in reports.into_iter().zip(targets) {
+            let member = &mut self.pools[i].members[m];
+            member.health = Some(r.up);
+            member.metrics = r.metrics;
+            member.custom = r.custom;
+            member.reported_at = Some(now.checked_sub(r.age).unwrap_or(now));
+            if !touched.contains(&i) {
+                touched.push(i);
+            }
+        }
+        let mut zones = Vec::new();
+        for i in touched {
+            if self.redecide(i, now) && !zones.contains(&self.pool_zone[i]) {
+                zones.push(self.pool_zone[i].clone());
+            }
+        }
+        self.changed(&zones);
+        Ok(n)
     }
 
     fn set_member(&mut self, pool: &str, id: &str, admin: Option<AdminState>, weight: Option<u32>, now: Instant) -> Result<(), UpdateError> {

@@ -2,12 +2,16 @@
 //! layer that forwards each call to the updater and maps its errors to
 //! gRPC status codes.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Counters;
 use crate::pool::AdminState;
+use crate::report;
 use crate::updater::{Command, UpdateError};
 
 pub mod v1 {
@@ -15,6 +19,93 @@ pub mod v1 {
 }
 
 use v1::admin_server::{Admin, AdminServer};
+use v1::status_server::{Status as StatusApi, StatusServer};
+
+/// Checks the shared token, when one is configured.
+#[derive(Clone)]
+pub struct TokenCheck {
+    expected: Option<Arc<str>>,
+    counters: Arc<Counters>,
+}
+
+impl TokenCheck {
+    pub fn new(token: Option<&str>, counters: Arc<Counters>) -> Self {
+        Self { expected: token.map(Arc::from), counters }
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else { return Ok(req) };
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // Compare without an early exit, so timing does not tell how much matched.
+        let ok = given.is_some_and(|g| {
+            g.len() == expected.len() && g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        });
+        if ok {
+            Ok(req)
+        } else {
+            self.counters.refused("unauthenticated");
+            Err(Status::unauthenticated("a valid token is required (authorization: Bearer <token>)"))
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to outgoing calls, when there is a token.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Self, tonic::metadata::errors::InvalidMetadataValue> {
+        Ok(Self(token.map(|t| format!("Bearer {t}").parse()).transpose()?))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Receives status reports and hands checked batches to the updater.
+pub struct StatusService {
+    updater: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
+}
+
+impl StatusService {
+    pub fn server(updater: mpsc::Sender<Command>, counters: Arc<Counters>) -> StatusServer<Self> {
+        StatusServer::new(Self { updater, counters })
+    }
+}
+
+#[tonic::async_trait]
+impl StatusApi for StatusService {
+    async fn report(&self, req: Request<v1::ReportBatch>) -> Result<Response<v1::ReportReply>, Status> {
+        let batch = req.into_inner();
+        let reports = report::decode(&batch, report::now_unix_ms()).map_err(|e| {
+            self.counters.refused(e.reason());
+            Status::invalid_argument(e.to_string())
+        })?;
+        let (tx, rx) = oneshot::channel();
+        self.updater
+            .send_timeout(Command::Reports { reports, reply: tx }, CALL_TIMEOUT)
+            .await
+            .map_err(|_| Status::unavailable("the updater is not accepting reports"))?;
+        let accepted = rx
+            .await
+            .map_err(|_| Status::unavailable("the updater stopped"))?
+            .map_err(|e| {
+                self.counters.refused(e.reason());
+                Status::not_found(e.to_string())
+            })?;
+        self.counters.reports_accepted.fetch_add(accepted as u64, Ordering::Relaxed);
+        Ok(Response::new(v1::ReportReply { accepted: accepted as u32 }))
+    }
+}
 
 /// How long a call waits for the updater before giving up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -62,6 +62,8 @@ pub struct MemberState {
     /// Last reported health; `None` until a report arrives.
     pub health: Option<bool>,
     pub metrics: Metrics,
+    /// Named metrics beyond the well-known ones.
+    pub custom: std::collections::BTreeMap<String, f64>,
     pub reported_at: Option<Instant>,
 }
 
@@ -137,6 +139,7 @@ impl PoolState {
                     admin: AdminState::Auto,
                     health: None,
                     metrics: Metrics::default(),
+                    custom: Default::default(),
                     reported_at: None,
                 })
                 .collect(),

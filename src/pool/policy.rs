@@ -44,6 +44,7 @@ mod tests {
             admin: AdminState::Auto,
             health: None,
             metrics: Metrics { load, ..Default::default() },
+            custom: Default::default(),
             reported_at: None,
         }
     }

@@ -66,7 +66,7 @@ impl Authority {
         std::fs::write(
             &config,
             format!(
-                "[authority]\ndns_listen = [\"{ip}:{port}\"]\ngrpc_listen = \"{ip}:{grpc_port}\"\nzones_dir = \"{}\"\n{transfer}{authority_extra}\n{pools}\n",
+                "[authority]\ndns_listen = [\"{ip}:{port}\"]\ngrpc_listen = \"{ip}:{grpc_port}\"\nmetrics_listen = \"{ip}:9300\"\nzones_dir = \"{}\"\n{transfer}{authority_extra}\n{pools}\n",
                 zones_dir.display()
             ),
         )

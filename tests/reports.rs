@@ -1,0 +1,115 @@
+//! Status reports over gRPC: a token is required when configured, bad
+//! reports are refused whole with a status that says why (and counted),
+//! good ones move the answer by policy, and reports that stop make a member
+//! unknown after `stale_after`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::Code;
+use vnamed::grpc::Bearer;
+use vnamed::grpc::v1::status_client::StatusClient;
+use vnamed::grpc::v1::{MemberReport, ReportBatch};
+
+use common::{Authority, ZONE, eventually};
+
+const POOL: &str = r#"
+[[pool]]
+name = "www.example.test."
+policy = "least-loaded"
+stale_after = "1s"
+fallback = "servfail"
+members = [ { id = "web1", address = "127.0.10.1" },
+            { id = "web2", address = "127.0.10.2" },
+            { id = "web3", address = "127.0.10.3" } ]
+"#;
+
+fn report(member: &str, up: bool, load: f64) -> MemberReport {
+    MemberReport {
+        pool: "www.example.test.".into(),
+        member: member.into(),
+        up,
+        metrics: HashMap::from([("load".to_owned(), load)]),
+        observed_unix_ms: 0,
+        check: "test".into(),
+    }
+}
+
+fn batch(reports: Vec<MemberReport>) -> ReportBatch {
+    ReportBatch { source: "test".into(), reports }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_steer_the_answer_and_bad_ones_change_nothing() {
+    let a = tokio::task::spawn_blocking(|| Authority::start_with(&[("example.test.zone", ZONE)], POOL, "token = \"s3cret\"")).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut anonymous = StatusClient::with_interceptor(channel.clone(), Bearer::new(None).unwrap());
+    let mut wrong = StatusClient::with_interceptor(channel.clone(), Bearer::new(Some("guess")).unwrap());
+    let mut client = StatusClient::with_interceptor(channel, Bearer::new(Some("s3cret")).unwrap());
+    let dig = |args: &'static str| {
+        let a = &a;
+        a.dig(args).trim().to_owned()
+    };
+
+    let good = batch(vec![report("web1", true, 0.9), report("web2", true, 0.2), report("web3", true, 0.5)]);
+    assert_eq!(anonymous.report(good.clone()).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(wrong.report(good.clone()).await.unwrap_err().code(), Code::Unauthenticated);
+    let reply = client.report(good).await.unwrap().into_inner();
+    assert_eq!(reply.accepted, 3);
+    assert_eq!(dig("www.example.test A +short"), "127.0.10.2");
+
+    // Refused whole: one bad report spoils the batch, and nothing is stored.
+    let mut nan = report("web3", true, 0.0);
+    nan.metrics.insert("load".into(), f64::NAN);
+    let e = client.report(batch(vec![report("web3", true, 0.0), nan])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("report 1: metric \"load\" is NaN"), "{}", e.message());
+    let e = client.report(batch(vec![report("web3", true, 0.0), report("web9", true, 0.0)])).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("has no member web9"), "{}", e.message());
+    let mut future = report("web3", true, 0.0);
+    future.observed_unix_ms = vnamed::report::now_unix_ms() + 3_600_000;
+    assert_eq!(client.report(batch(vec![future])).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(dig("www.example.test A +short"), "127.0.10.2", "refused batches changed nothing");
+
+    // A member reported down leaves the answer.
+    client.report(batch(vec![report("web2", false, 0.2)])).await.unwrap();
+    assert_eq!(dig("www.example.test A +short"), "127.0.10.3");
+
+    // Reports stop: everyone becomes unknown after stale_after, and the fallback answers.
+    let took = tokio::task::spawn_blocking(move || {
+        let r = eventually(Duration::from_secs(3), || a.dig("www.example.test A").contains("status: SERVFAIL"));
+        let status = String::from_utf8(a.cli(&["status", "--token", "s3cret"]).stdout).unwrap();
+        (r, status, a)
+    })
+    .await
+    .unwrap();
+    assert!(took.0.is_some(), "stale members leave the answer");
+    assert!(took.1.contains("unknown (stale)"), "{}", took.1);
+    let metrics = reqwest_metrics(&took.2);
+    assert!(metrics.contains("vnamed_report_batches_refused_total{reason=\"unauthenticated\"} 2"), "{metrics}");
+    assert!(metrics.contains("vnamed_report_batches_refused_total{reason=\"bad_metric\"} 1"), "{metrics}");
+    assert!(metrics.contains("vnamed_report_batches_refused_total{reason=\"unknown_member\"} 1"), "{metrics}");
+    assert!(metrics.contains("vnamed_reports_accepted_total 4"), "{metrics}");
+}
+
+/// The admin CLI without the token is refused.
+#[test]
+fn admin_calls_need_the_token_too() {
+    let a = Authority::start_with(&[("example.test.zone", ZONE)], POOL, "token = \"s3cret\"");
+    let out = a.cli(&["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("valid token is required"));
+    assert!(a.cli(&["status", "--token", "s3cret"]).status.success());
+}
+
+fn reqwest_metrics(a: &Authority) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect((a.ip, 9300)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
