@@ -287,6 +287,42 @@ impl Config {
                 }
             }
         }
+        if let Some(m) = &self.monitor {
+            if m.host.is_empty() {
+                problems.push("monitor.host: must name this host (the member id it reports as)".into());
+            }
+            if m.report_to.is_empty() {
+                problems.push("monitor.report_to: at least one authority or farm monitor is required".into());
+            }
+            for u in &m.report_to {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    problems.push(format!("monitor.report_to: {u:?} must be a URL like http://127.0.0.1:7443"));
+                }
+            }
+            for (i, c) in m.check.iter().enumerate() {
+                let at = format!("monitor.check[{i}] ({:?} for {})", c.kind, c.pool);
+                match (c.kind, c.target.as_deref()) {
+                    (CheckKind::Push, _) if m.listen.is_none() => {
+                        problems.push(format!("{at}: push checks need monitor.listen for applications to push to"))
+                    }
+                    (CheckKind::Push, _) => {}
+                    (_, None | Some("")) => problems.push(format!("{at}: target is required")),
+                    (CheckKind::Tcp, Some(t)) if t.parse::<SocketAddr>().is_err() && !t.contains(':') => {
+                        problems.push(format!("{at}: target {t:?} must be host:port"))
+                    }
+                    (CheckKind::Http, Some(t)) if !t.starts_with("http://") => {
+                        problems.push(format!("{at}: target {t:?} must be an http:// URL"))
+                    }
+                    _ => {}
+                }
+                if c.rise == 0 || c.fall == 0 {
+                    problems.push(format!("{at}: rise and fall must be at least 1"));
+                }
+                if c.interval < Duration::from_millis(10) || c.timeout < Duration::from_millis(1) {
+                    problems.push(format!("{at}: interval must be at least 10ms and timeout at least 1ms"));
+                }
+            }
+        }
         if let Some(ring) = &self.ring {
             if ring.misses == 0 {
                 problems.push("ring.misses: must be at least 1".into());

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dns;
 pub mod grpc;
 pub mod metrics;
+pub mod monitor;
 pub mod pool;
 pub mod report;
 pub mod sys;

@@ -27,6 +27,11 @@ enum Role {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run this host's checks and report its members' state upstream.
+    Monitor {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run an authority with three simulated backends on loopback.
     Demo(demo::DemoArgs),
     /// Show pools, members, their state and the current answer.
@@ -89,6 +94,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Role::Authority { config } => {
             let config = Config::read(&config)?;
             authority::run(config, shutdown_on_signals()).await?;
+        }
+        Role::Monitor { config } => {
+            let config = Config::read(&config)?;
+            vnamed::monitor::run(config, shutdown_on_signals()).await?;
         }
         Role::Demo(args) => demo::run(args, shutdown_on_signals()).await?,
         Role::Status(server) => admin::status(&server).await?,

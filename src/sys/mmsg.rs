@@ -148,12 +148,12 @@ impl SendBatch {
         iovs.extend((0..self.count).map(|i| libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: self.lens[i] }));
         let hdrs = &mut self.hdrs;
         hdrs.clear();
-        for i in 0..self.count {
-            let addr = unsafe { self.addrs[i].assume_init_ref() };
+        for (iov, addr) in iovs.iter_mut().zip(&self.addrs[..self.count]) {
+            let addr = unsafe { addr.assume_init_ref() };
             let mut h: libc::mmsghdr = unsafe { zeroed() };
             h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
             h.msg_hdr.msg_namelen = addr.len();
-            h.msg_hdr.msg_iov = &mut iovs[i];
+            h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
             hdrs.push(h);
         }

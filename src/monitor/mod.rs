@@ -1,0 +1,303 @@
+//! `vnamed monitor`: the per-host monitor. It runs the host's status
+//! objects (checks), each on its own interval, turns their results into one
+//! report per pool member (up only when every check of it is up, metrics
+//! merged), and sends the latest state to every upstream (authorities or a
+//! farm monitor) on each change and on a periodic refresh, reconnecting with
+//! backoff. Only the latest state is held; nothing queues. It also accepts
+//! metrics that applications push, and can probe legacy servers that run
+//! no monitor of their own (checks naming another `member`).
+
+pub mod health;
+pub mod probe;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::config::{CheckConfig, CheckKind, Config, MonitorConfig};
+use crate::grpc::v1::status_client::StatusClient;
+use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
+use crate::grpc::v1::{MemberReport, ReportBatch, ReportReply};
+use crate::grpc::{Bearer, v1};
+use crate::report;
+use health::{Health, Probe};
+
+/// Longest wait between two attempts to reach an upstream.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The latest result of one check.
+#[derive(Debug, Clone)]
+struct CheckState {
+    pool: String,
+    member: String,
+    name: String,
+    up: Option<bool>,
+    metrics: Vec<(String, f64)>,
+    observed_unix_ms: i64,
+}
+
+/// Metrics an application pushed, with when they arrived.
+#[derive(Debug, Clone)]
+struct Pushed {
+    at: Instant,
+    up: bool,
+    metrics: Vec<(String, f64)>,
+}
+
+struct Shared {
+    host: String,
+    checks: Mutex<Vec<CheckState>>,
+    pushed: Mutex<HashMap<(String, String), Pushed>>,
+    /// One per check: wakes a push check as soon as something is pushed.
+    wake: Vec<tokio::sync::Notify>,
+    version: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// One report per member from the latest state of its checks.
+    fn batch(&self) -> ReportBatch {
+        let checks = self.checks.lock().expect("not poisoned");
+        let mut members: BTreeMap<(&str, &str), MemberReport> = BTreeMap::new();
+        for c in checks.iter() {
+            let Some(up) = c.up else { continue };
+            let r = members.entry((&c.pool, &c.member)).or_insert_with(|| MemberReport {
+                pool: c.pool.clone(),
+                member: c.member.clone(),
+                up: true,
+                metrics: HashMap::new(),
+                observed_unix_ms: c.observed_unix_ms,
+                check: String::new(),
+            });
+            r.up &= up;
+            r.observed_unix_ms = r.observed_unix_ms.min(c.observed_unix_ms);
+            if !r.check.is_empty() {
+                r.check.push(',');
+            }
+            r.check.push_str(&c.name);
+            for (k, v) in &c.metrics {
+                r.metrics.insert(k.clone(), *v);
+            }
+        }
+        ReportBatch { source: self.host.clone(), reports: members.into_values().collect() }
+    }
+}
+
+fn check_name(c: &CheckConfig) -> String {
+    format!("{:?}:{}", c.kind, c.target.as_deref().unwrap_or("")).to_ascii_lowercase()
+}
+
+/// `vnamed monitor --config FILE`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Some(mc) = config.monitor.clone() else {
+        anyhow::bail!("[monitor] section is required for this role");
+    };
+    let monitor = Monitor::start(mc, shutdown.clone()).await?;
+    shutdown.cancelled().await;
+    monitor.stop().await;
+    Ok(())
+}
+
+/// A running monitor.
+pub struct Monitor {
+    tasks: tokio::task::JoinSet<()>,
+    pub push_addr: Option<std::net::SocketAddr>,
+}
+
+impl Monitor {
+    pub async fn start(mc: MonitorConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let (version, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            host: mc.host.clone(),
+            checks: Mutex::new(
+                mc.check
+                    .iter()
+                    .map(|c| CheckState {
+                        pool: c.pool.clone(),
+                        member: c.member.clone().unwrap_or_else(|| mc.host.clone()),
+                        name: check_name(c),
+                        up: None,
+                        metrics: Vec::new(),
+                        observed_unix_ms: 0,
+                    })
+                    .collect(),
+            ),
+            pushed: Mutex::new(HashMap::new()),
+            wake: mc.check.iter().map(|_| tokio::sync::Notify::new()).collect(),
+            version,
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut push_addr = None;
+        if let Some(addr) = mc.listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("monitor.listen {addr}: {e}"))?;
+            push_addr = Some(listener.local_addr()?);
+            let svc = StatusServer::new(PushService { shared: shared.clone(), checks: mc.check.clone() });
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                if let Err(error) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
+                    warn!(%error, "push listener stopped");
+                }
+            });
+        }
+        for (i, c) in mc.check.iter().enumerate() {
+            tasks.spawn(run_check(i, c.clone(), shared.clone(), shutdown.clone()));
+        }
+        let bearer = Bearer::new(mc.token.as_deref())?;
+        for upstream in &mc.report_to {
+            let endpoint = tonic::transport::Endpoint::from_shared(upstream.clone())
+                .map_err(|e| anyhow::anyhow!("monitor.report_to {upstream:?}: {e}"))?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(2));
+            let client = StatusClient::with_interceptor(endpoint.connect_lazy(), bearer.clone());
+            tasks.spawn(report_to(upstream.clone(), client, shared.clone(), mc.refresh, shutdown.clone()));
+        }
+        info!(host = %mc.host, checks = mc.check.len(), upstreams = mc.report_to.len(), push = ?push_addr, "monitor running");
+        Ok(Self { tasks, push_addr })
+    }
+
+    pub async fn stop(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn run_check(i: usize, c: CheckConfig, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut health = Health::new(c.rise, c.fall);
+    let mut tick = tokio::time::interval(c.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let target = c.target.clone().unwrap_or_default();
+    let member = c.member.clone().unwrap_or_else(|| shared.host.clone());
+    let process = probe::ProcessMatch::parse(&target);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.wake[i].notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let result: Probe = match c.kind {
+            CheckKind::Tcp => probe::tcp(&target, c.timeout).await,
+            CheckKind::Http => probe::http(&target, c.timeout).await,
+            CheckKind::Exec => probe::exec(&target, c.timeout).await,
+            CheckKind::File => probe::file(&target).await,
+            CheckKind::Process => probe::process(&process, Path::new("/proc")).await,
+            CheckKind::Push => {
+                let pushed = shared.pushed.lock().expect("not poisoned").get(&(c.pool.clone(), member.clone())).cloned();
+                match pushed {
+                    Some(p) if p.at.elapsed() <= c.interval * 3 => Probe { ok: p.up, metrics: p.metrics, error: (!p.up).then(|| "pushed down".into()) },
+                    Some(_) => Probe::failed("pushes stopped"),
+                    None => Probe::failed("nothing pushed yet"),
+                }
+            }
+        };
+        let changed = health.observe(result.ok);
+        if changed {
+            match (health.up(), &result.error) {
+                (Some(true), _) => info!(pool = %c.pool, %member, check = %check_name(&c), "member up"),
+                (_, Some(error)) => warn!(pool = %c.pool, %member, check = %check_name(&c), %error, "member down"),
+                _ => warn!(pool = %c.pool, %member, check = %check_name(&c), "member down"),
+            }
+        }
+        {
+            let mut checks = shared.checks.lock().expect("not poisoned");
+            let s = &mut checks[i];
+            s.up = health.up();
+            if result.ok || !result.metrics.is_empty() {
+                s.metrics = result.metrics;
+            }
+            s.observed_unix_ms = report::now_unix_ms();
+        }
+        shared.version.send_modify(|v| *v += 1);
+    }
+}
+
+type Client = StatusClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+/// Sends the latest state to one upstream on every change and every
+/// `refresh`; while it cannot be reached, waits with growing backoff.
+async fn report_to(upstream: String, mut client: Client, shared: Arc<Shared>, refresh: Duration, shutdown: CancellationToken) {
+    let mut changes = shared.version.subscribe();
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    loop {
+        let batch = shared.batch();
+        if !batch.reports.is_empty() {
+            match client.report(batch).await {
+                Ok(_) => {
+                    if failing {
+                        info!(%upstream, "reporting again");
+                    }
+                    failing = false;
+                    backoff = Duration::from_millis(100);
+                }
+                Err(status) => {
+                    if !failing {
+                        warn!(%upstream, code = ?status.code(), message = status.message(), "report not delivered; retrying with backoff");
+                    }
+                    failing = true;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(refresh) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Takes metrics that applications push to their host's monitor.
+struct PushService {
+    shared: Arc<Shared>,
+    checks: Vec<CheckConfig>,
+}
+
+#[tonic::async_trait]
+impl StatusApi for PushService {
+    async fn report(&self, req: Request<v1::ReportBatch>) -> Result<Response<ReportReply>, Status> {
+        let mut batch = req.into_inner();
+        for r in &mut batch.reports {
+            if r.member.is_empty() {
+                r.member = self.shared.host.clone();
+            }
+        }
+        let reports = report::decode(&batch, report::now_unix_ms()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for (index, r) in reports.iter().enumerate() {
+            let known = self.checks.iter().any(|c| {
+                c.kind == CheckKind::Push && c.pool == r.pool && c.member.as_deref().unwrap_or(&self.shared.host) == r.member
+            });
+            if !known {
+                return Err(Status::not_found(format!("report {index}: no push check for pool {} member {} on this monitor", r.pool, r.member)));
+            }
+        }
+        let n = reports.len();
+        let mut pushed = self.shared.pushed.lock().expect("not poisoned");
+        for r in reports {
+            let mut metrics: Vec<(String, f64)> = r.custom.into_iter().collect();
+            let m = r.metrics;
+            for (k, v) in [("load", m.load), ("connections", m.connections), ("pending", m.pending), ("response_ms", m.response_ms), ("throughput", m.throughput), ("distance", m.distance)] {
+                if let Some(v) = v {
+                    metrics.push((k.to_owned(), v));
+                }
+            }
+            pushed.insert((r.pool, r.member), Pushed { at: Instant::now(), up: r.up, metrics });
+        }
+        drop(pushed);
+        for (i, c) in self.checks.iter().enumerate() {
+            if c.kind == CheckKind::Push {
+                self.shared.wake[i].notify_one();
+            }
+        }
+        Ok(Response::new(ReportReply { accepted: n as u32 }))
+    }
+}

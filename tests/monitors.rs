@@ -1,0 +1,141 @@
+//! The status pipeline end to end with real parts: three TCP backends on
+//! their own loopback addresses, one `vnamed monitor` per backend (a tcp
+//! check and pushed load), an authority, and `dig`. The answer follows the
+//! least-loaded backend as pushed loads change; a killed backend leaves the
+//! answers; brought back, it returns after the rise threshold.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use vnamed::grpc::Bearer;
+use vnamed::grpc::v1::status_client::StatusClient;
+use vnamed::grpc::v1::{MemberReport, ReportBatch};
+
+use common::{Authority, VNAMED, ZONE, eventually, unique_ip};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_monitor(dir: &std::path::Path, host: &str, backend: Ipv4Addr, push: Ipv4Addr, authority: &Authority) -> Proc {
+    let config = dir.join(format!("{host}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[monitor]
+host = "{host}"
+report_to = ["{grpc}"]
+token = "t0ken"
+listen = "{push}:7500"
+refresh = "500ms"
+
+[[monitor.check]]
+pool = "www.example.test."
+kind = "tcp"
+target = "{backend}:8080"
+interval = "100ms"
+timeout = "200ms"
+rise = 3
+fall = 1
+
+[[monitor.check]]
+pool = "www.example.test."
+kind = "push"
+interval = "2s"
+"#,
+            grpc = authority.grpc
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("{host}.log"))).unwrap();
+    Proc(Command::new(VNAMED).args(["monitor", "--config"]).arg(&config).stdout(Stdio::null()).stderr(log).spawn().unwrap())
+}
+
+async fn push(ip: Ipv4Addr, load: f64) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{ip}:7500")).unwrap().connect().await.unwrap();
+    let mut c = StatusClient::with_interceptor(channel, Bearer::new(None).unwrap());
+    let report = MemberReport {
+        pool: "www.example.test.".into(),
+        member: String::new(),
+        up: true,
+        metrics: HashMap::from([("load".to_owned(), load), ("mailbox_size".to_owned(), 7.0)]),
+        observed_unix_ms: 0,
+        check: "app".into(),
+    };
+    c.report(ReportBatch { source: "app".into(), reports: vec![report] }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_follow_monitored_backends() {
+    let backends: Vec<Ipv4Addr> = (0..3).map(|_| unique_ip()).collect();
+    let pushes: Vec<Ipv4Addr> = (0..3).map(|_| unique_ip()).collect();
+    let mut listeners: Vec<Option<TcpListener>> = backends.iter().map(|ip| Some(TcpListener::bind((*ip, 8080)).unwrap())).collect();
+    let members: Vec<String> = backends.iter().enumerate().map(|(i, ip)| format!("{{ id = \"web{}\", address = \"{ip}\" }}", i + 1)).collect();
+    let pool = format!(
+        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"least-loaded\"\nstale_after = \"3s\"\nfallback = \"servfail\"\nmembers = [{}]\n",
+        members.join(", ")
+    );
+    let a = tokio::task::spawn_blocking(move || Authority::start_with(&[("example.test.zone", ZONE)], &pool, "token = \"t0ken\"")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _monitors: Vec<Proc> = (0..3).map(|i| start_monitor(dir.path(), &format!("web{}", i + 1), backends[i], pushes[i], &a)).collect();
+    let a = std::sync::Arc::new(a);
+    let answer = {
+        let a = a.clone();
+        move || a.dig("www.example.test A +short").trim().to_owned()
+    };
+    let wait_for = |want: Ipv4Addr, within: Duration| {
+        let answer = answer.clone();
+        async move {
+            tokio::task::spawn_blocking(move || eventually(within, || answer() == want.to_string())).await.unwrap()
+        }
+    };
+
+    // Monitors come up and the pushed loads decide.
+    for _ in 0..50 {
+        if std::net::TcpStream::connect((pushes[2], 7500)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (ip, load) in pushes.iter().zip([0.9, 0.2, 0.5]) {
+        push(*ip, load).await;
+    }
+    assert!(wait_for(backends[1], Duration::from_secs(5)).await.is_some(), "least loaded is web2; answer {:?}\n{}", answer(), a.log());
+
+    // web2 gets busy: web3 is now the least loaded.
+    push(pushes[1], 0.95).await;
+    let took = wait_for(backends[2], Duration::from_secs(2)).await;
+    assert!(took.is_some(), "answer follows pushed load; answer {:?}", answer());
+    eprintln!("pushed load to answer: {:?}", took.unwrap());
+
+    // Kill web3's listener: it leaves the answer (fall = 1).
+    for (ip, load) in pushes.iter().zip([0.9, 0.95, 0.5]) {
+        push(*ip, load).await;
+    }
+    listeners[2] = None;
+    let took = wait_for(backends[0], Duration::from_secs(2)).await;
+    assert!(took.is_some(), "killed backend leaves the answers; answer {:?}", answer());
+    eprintln!("listener killed to answer: {:?}", took.unwrap());
+
+    // Bring it back: it returns, but only after rise = 3 good probes.
+    for (ip, load) in pushes.iter().zip([0.9, 0.95, 0.5]) {
+        push(*ip, load).await;
+    }
+    listeners[2] = Some(TcpListener::bind((backends[2], 8080)).unwrap());
+    let took = wait_for(backends[2], Duration::from_secs(2)).await.expect("returns after the rise threshold");
+    assert!(took >= Duration::from_millis(200), "not before three probes at 100 ms ({took:?})");
+    eprintln!("listener back to answer: {took:?}");
+
+    let status = String::from_utf8(a.cli(&["status", "--token", "t0ken"]).stdout).unwrap();
+    assert!(status.contains("web3") && status.contains("load=0.50"), "{status}");
+}
