@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the system tools vnamed's demo, tests and benchmarks use: dig and
+# Installs the tools vnamed's demo, tests and benchmarks use: dig and
 # named-checkzone (BIND utilities), NSD (a real secondary), dnsperf and gdnsd
-# (benchmark peers). Safe to run again: it installs only what is missing.
+# (benchmark peers), and Python grpcio (an independent gRPC client). Safe to
+# run again: it installs only what is missing. --minimal: only what the demo needs.
 set -euo pipefail
 
 need=()
@@ -11,6 +12,12 @@ command -v nsd >/dev/null || need+=(nsd)
 if [ "${1:-}" != "--minimal" ]; then
   command -v dnsperf >/dev/null || need+=(dnsperf)
   command -v gdnsd >/dev/null || need+=(gdnsd)
+fi
+# The independent gRPC client the tests use (Python grpcio, from PyPI).
+if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" 2>/dev/null; then
+  echo "installing: grpcio grpcio-tools grpcio-health-checking grpcio-reflection (PyPI)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    grpcio grpcio-tools grpcio-health-checking grpcio-reflection
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -128,10 +128,25 @@ impl Authority {
             let admin = tonic::service::interceptor::InterceptedService::new(AdminService::server(cmd_tx.clone()), check.clone());
             let status = tonic::service::interceptor::InterceptedService::new(StatusService::server(cmd_tx.clone(), counters.clone()), check);
             let stop = shutdown.clone();
+            let reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::grpc::v1::DESCRIPTOR)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?;
+            // Many tools (grpcurl, grpcio) still ask the v1alpha service.
+            let reflection_alpha = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::grpc::v1::DESCRIPTOR)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()?;
+            let (health, health_service) = tonic_health::server::health_reporter();
+            health.set_serving::<crate::grpc::v1::admin_server::AdminServer<AdminService>>().await;
+            health.set_serving::<crate::grpc::v1::status_server::StatusServer<StatusService>>().await;
             info!(address = ?grpc_addr, "gRPC API serving");
             tasks.spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 if let Err(error) = tonic::transport::Server::builder()
+                    .add_service(health_service)
+                    .add_service(reflection)
+                    .add_service(reflection_alpha)
                     .add_service(admin)
                     .add_service(status)
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

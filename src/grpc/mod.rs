@@ -16,6 +16,9 @@ use crate::updater::{Command, UpdateError};
 
 pub mod v1 {
     tonic::include_proto!("vnamed.v1");
+
+    /// The encoded descriptors of the API, for server reflection.
+    pub const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vnamed_descriptor.bin"));
 }
 
 use v1::admin_server::{Admin, AdminServer};
