@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::grpc::v1::admin_client::AdminClient;
-use crate::grpc::v1::{SetMemberRequest, ShowZoneRequest, StatusRequest};
+use crate::grpc::v1::{
+    AddMemberRequest, PoolRequest, RemoveMemberRequest, SetMemberRequest, SetPolicyRequest, ShowZoneRequest, StatusRequest,
+};
 use crate::zone::{ZoneFile, origin_for};
 
 #[derive(Args)]
@@ -35,6 +37,56 @@ pub struct MemberArgs {
     pub weight: Option<u32>,
     #[command(flatten)]
     pub server: ServerArg,
+}
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// Pool name, e.g. www.demo.example.
+    pub pool: String,
+    /// round-robin, priority, least-loaded, fewest-connections, fewest-pending,
+    /// fastest, throughput, closest or weighted.
+    pub policy: String,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Subcommand)]
+pub enum PoolCmd {
+    /// Freeze the pool's answer; reports are still taken.
+    Pause {
+        pool: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Apply the policy to the latest reports again.
+    Resume {
+        pool: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Every server in service, most preferred first.
+    Servers {
+        pool: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Add a member while the pool serves.
+    AddMember {
+        pool: String,
+        id: String,
+        address: String,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Remove a member while the pool serves.
+    RemoveMember {
+        pool: String,
+        id: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +143,47 @@ pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     println!("{} {}: set", args.pool, args.member);
+    Ok(())
+}
+
+pub async fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
+    let reply = client(&args.server)
+        .await?
+        .set_policy(SetPolicyRequest { pool: args.pool.clone(), policy: args.policy.clone() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    println!("{}: policy {}; answer: {}", args.pool, args.policy, reply.into_inner().answer.join(", "));
+    Ok(())
+}
+
+pub async fn pool(cmd: PoolCmd) -> anyhow::Result<()> {
+    let fail = |s: tonic::Status| anyhow::anyhow!("{}", s.message());
+    let (pool, answer) = match cmd {
+        PoolCmd::Pause { pool, server } => {
+            let r = client(&server).await?.pause_pool(PoolRequest { pool: pool.clone() }).await.map_err(fail)?;
+            (pool, r.into_inner().answer)
+        }
+        PoolCmd::Resume { pool, server } => {
+            let r = client(&server).await?.resume_pool(PoolRequest { pool: pool.clone() }).await.map_err(fail)?;
+            (pool, r.into_inner().answer)
+        }
+        PoolCmd::Servers { pool, server } => {
+            let r = client(&server).await?.resolve(PoolRequest { pool }).await.map_err(fail)?;
+            for s in r.into_inner().servers {
+                println!("{s}");
+            }
+            return Ok(());
+        }
+        PoolCmd::AddMember { pool, id, address, weight, server } => {
+            let req = AddMemberRequest { pool: pool.clone(), id, address, weight };
+            (pool, client(&server).await?.add_member(req).await.map_err(fail)?.into_inner().answer)
+        }
+        PoolCmd::RemoveMember { pool, id, server } => {
+            let req = RemoveMemberRequest { pool: pool.clone(), id };
+            (pool, client(&server).await?.remove_member(req).await.map_err(fail)?.into_inner().answer)
+        }
+    };
+    println!("{pool}: answer: {}", answer.join(", "));
     Ok(())
 }
 

@@ -38,6 +38,13 @@ enum Role {
     Status(admin::ServerArg),
     /// Set a pool member up, down or back to automatic, or change its weight.
     Member(admin::MemberArgs),
+    /// Switch a pool's policy while it serves.
+    Policy(admin::PolicyArgs),
+    /// Pause, resume, list or change a pool's members while it serves.
+    Pool {
+        #[command(subcommand)]
+        cmd: admin::PoolCmd,
+    },
     /// Check zone files or show a zone as served.
     Zone {
         #[command(subcommand)]
@@ -102,6 +109,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Role::Demo(args) => demo::run(args, shutdown_on_signals()).await?,
         Role::Status(server) => admin::status(&server).await?,
         Role::Member(args) => admin::member(&args).await?,
+        Role::Policy(args) => admin::policy(&args).await?,
+        Role::Pool { cmd } => admin::pool(cmd).await?,
         Role::Zone { cmd } => return admin::zone(cmd).await,
     }
     Ok(ExitCode::SUCCESS)

@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::metrics::Counters;
 use crate::dns::fast;
 use crate::dns::snapshot::{PoolAnswer, Snapshot, ZoneView, zone_records};
-use crate::pool::{AdminState, Decision, Metrics, PoolState};
+use crate::config::PolicyName;
+use crate::pool::{AdminState, Decision, MemberState, Metrics, PoolState};
 use crate::report::{Report, ReportError};
 use crate::zone::{MemberNote, ZoneFile, render_block, text, writer};
 
@@ -32,6 +33,10 @@ pub enum UpdateError {
     NoMember { pool: String, id: String },
     #[error("no zone named {0}")]
     NoZone(String),
+    #[error("pool {pool} already has a member {id}")]
+    MemberExists { pool: String, id: String },
+    #[error("pool {0} cannot lose its last member")]
+    LastMember(String),
     #[error("{0}")]
     Setup(String),
 }
@@ -55,6 +60,19 @@ pub enum Command {
     Status { reply: oneshot::Sender<Vec<PoolStatus>> },
     /// A zone as served, in master-file format.
     ShowZone { zone: String, reply: oneshot::Sender<Result<String, UpdateError>> },
+    /// A change to a pool itself; replies with its answer afterwards.
+    Pool { pool: String, change: PoolChange, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
+    /// Every server of a pool in the policy's order.
+    Resolve { pool: String, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
+}
+
+/// Operator changes to a pool while it serves.
+#[derive(Debug, Clone)]
+pub enum PoolChange {
+    Policy(PolicyName),
+    Pause(bool),
+    AddMember { id: String, address: IpAddr, weight: u32 },
+    RemoveMember { id: String },
 }
 
 #[derive(Debug, Clone)]
@@ -192,7 +210,7 @@ impl Updater {
                 && previous.iter().all(|a| live.contains(a));
             let decision = if restored {
                 pool.last_known = previous.clone();
-                Decision { addresses: previous, rotate: pool.policy == crate::config::PolicyName::RoundRobin, servfail: false }
+                Decision { addresses: previous, rotate: pool.policy == PolicyName::RoundRobin, servfail: false }
             } else {
                 zone.dirty = true;
                 pool.decide(now)
@@ -248,6 +266,9 @@ impl Updater {
 
     /// Re-applies a pool's policy; returns whether its answer changed.
     fn redecide(&mut self, i: usize, now: Instant) -> bool {
+        if self.pools[i].paused {
+            return false;
+        }
         let decision = self.pools[i].decide(now);
         let pool = &self.pools[i];
         let zone = self.zones.get_mut(&self.pool_zone[i]).expect("pool zone exists");
@@ -304,6 +325,12 @@ impl Updater {
             Command::ShowZone { zone, reply } => {
                 let _ = reply.send(self.show_zone(&zone));
             }
+            Command::Pool { pool, change, reply } => {
+                let _ = reply.send(self.change_pool(&pool, change, now));
+            }
+            Command::Resolve { pool, reply } => {
+                let _ = reply.send(self.find_pool(&pool).map(|i| self.pools[i].order(now)));
+            }
         }
     }
 
@@ -339,6 +366,47 @@ impl Updater {
         }
         self.changed(&zones);
         Ok(n)
+    }
+
+    fn change_pool(&mut self, pool: &str, change: PoolChange, now: Instant) -> Result<Vec<IpAddr>, UpdateError> {
+        let i = self.find_pool(pool)?;
+        let p = &mut self.pools[i];
+        match change {
+            PoolChange::Policy(policy) => p.policy = policy,
+            PoolChange::Pause(paused) => p.paused = paused,
+            PoolChange::AddMember { id, address, weight } => {
+                if p.members.iter().any(|m| m.id == id) {
+                    return Err(UpdateError::MemberExists { pool: pool.to_owned(), id });
+                }
+                p.members.push(MemberState {
+                    id,
+                    address,
+                    farm: None,
+                    weight,
+                    admin: AdminState::Auto,
+                    health: None,
+                    metrics: Metrics::default(),
+                    custom: Default::default(),
+                    reported_at: None,
+                });
+            }
+            PoolChange::RemoveMember { id } => {
+                let at = p.members.iter().position(|m| m.id == id).ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.clone() })?;
+                if p.members.len() == 1 {
+                    return Err(UpdateError::LastMember(pool.to_owned()));
+                }
+                let gone = p.members.remove(at);
+                p.last_known.retain(|a| *a != gone.address);
+            }
+        }
+        info!(pool, policy = ?p.policy, paused = p.paused, members = p.members.len(), "pool changed by operator");
+        let origin = self.pool_zone[i].clone();
+        self.zones.get_mut(&origin).expect("pool zone exists").dirty = true;
+        if self.redecide(i, now) {
+            self.changed(&[origin]);
+        }
+        let zone = &self.zones[&self.pool_zone[i]];
+        Ok(zone.answers[&LowerName::from(&self.pools[i].name)].addresses.clone())
     }
 
     fn set_member(&mut self, pool: &str, id: &str, admin: Option<AdminState>, weight: Option<u32>, now: Instant) -> Result<(), UpdateError> {

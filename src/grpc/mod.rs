@@ -12,7 +12,8 @@ use tonic::{Request, Response, Status};
 use crate::metrics::Counters;
 use crate::pool::AdminState;
 use crate::report;
-use crate::updater::{Command, UpdateError};
+use crate::config::PolicyName;
+use crate::updater::{Command, PoolChange, UpdateError};
 
 pub mod v1 {
     tonic::include_proto!("vnamed.v1");
@@ -122,6 +123,11 @@ impl AdminService {
         AdminServer::new(Self { updater })
     }
 
+    async fn pool(&self, pool: String, change: PoolChange) -> Result<Response<v1::PoolReply>, Status> {
+        let answer = self.ask(|reply| Command::Pool { pool, change, reply }).await?.map_err(status_of)?;
+        Ok(Response::new(v1::PoolReply { answer: answer.iter().map(|a| a.to_string()).collect() }))
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
         self.updater
@@ -138,6 +144,8 @@ impl AdminService {
 fn status_of(e: UpdateError) -> Status {
     match e {
         UpdateError::NoPool(_) | UpdateError::NoMember { .. } | UpdateError::NoZone(_) => Status::not_found(e.to_string()),
+        UpdateError::MemberExists { .. } => Status::already_exists(e.to_string()),
+        UpdateError::LastMember(_) => Status::failed_precondition(e.to_string()),
         UpdateError::Setup(_) => Status::internal(e.to_string()),
     }
 }
@@ -187,6 +195,43 @@ impl Admin for AdminService {
         let (pool, id, weight) = (req.pool, req.member, req.weight);
         self.ask(|reply| Command::SetMember { pool, id, admin, weight, reply }).await?.map_err(status_of)?;
         Ok(Response::new(v1::SetMemberReply {}))
+    }
+
+    async fn set_policy(&self, req: Request<v1::SetPolicyRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        let req = req.into_inner();
+        let policy: PolicyName = req.policy.parse().map_err(|e: String| Status::invalid_argument(format!("policy: {e}")))?;
+        if policy == PolicyName::Formula {
+            return Err(Status::unimplemented("policy \"formula\" is not available yet"));
+        }
+        self.pool(req.pool, PoolChange::Policy(policy)).await
+    }
+
+    async fn pause_pool(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        self.pool(req.into_inner().pool, PoolChange::Pause(true)).await
+    }
+
+    async fn resume_pool(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        self.pool(req.into_inner().pool, PoolChange::Pause(false)).await
+    }
+
+    async fn add_member(&self, req: Request<v1::AddMemberRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        let req = req.into_inner();
+        let address = req.address.parse().map_err(|_| Status::invalid_argument(format!("address {:?} is not an IP address", req.address)))?;
+        if req.id.is_empty() {
+            return Err(Status::invalid_argument("id must not be empty"));
+        }
+        self.pool(req.pool, PoolChange::AddMember { id: req.id, address, weight: req.weight.max(1) }).await
+    }
+
+    async fn remove_member(&self, req: Request<v1::RemoveMemberRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        let req = req.into_inner();
+        self.pool(req.pool, PoolChange::RemoveMember { id: req.id }).await
+    }
+
+    async fn resolve(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::ResolveReply>, Status> {
+        let pool = req.into_inner().pool;
+        let servers = self.ask(|reply| Command::Resolve { pool, reply }).await?.map_err(status_of)?;
+        Ok(Response::new(v1::ResolveReply { servers: servers.iter().map(|a| a.to_string()).collect() }))
     }
 
     async fn show_zone(&self, req: Request<v1::ShowZoneRequest>) -> Result<Response<v1::ShowZoneReply>, Status> {

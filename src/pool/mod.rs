@@ -115,6 +115,8 @@ pub struct PoolState {
     pub members: Vec<MemberState>,
     /// The last non-empty answer, for `fallback = "last-known"`.
     pub last_known: Vec<IpAddr>,
+    /// Paused by an operator: the answer stays as it is.
+    pub paused: bool,
 }
 
 impl PoolState {
@@ -144,7 +146,14 @@ impl PoolState {
                 })
                 .collect(),
             last_known: Vec::new(),
+            paused: false,
         }
+    }
+
+    /// Every member in service, most preferred first (empty when none is).
+    pub fn order(&self, now: Instant) -> Vec<IpAddr> {
+        let live: Vec<&MemberState> = self.members.iter().filter(|m| m.eligible(now, self.stale_after)).collect();
+        policy::order(self.policy, &live).into_iter().map(|i| live[i].address).collect()
     }
 
     pub fn member_mut(&mut self, id: &str) -> Option<&mut MemberState> {
