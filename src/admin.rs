@@ -25,6 +25,15 @@ pub struct ServerArg {
 }
 
 #[derive(Args)]
+pub struct StatusArgs {
+    /// Show why a pool's answer is what it is: each member's inputs, score and rank.
+    #[arg(long, value_name = "POOL")]
+    pub explain: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Args)]
 pub struct MemberArgs {
     /// Pool name, e.g. www.demo.example.
     pub pool: String,
@@ -117,8 +126,30 @@ async fn client(server: &ServerArg) -> anyhow::Result<Client> {
     Ok(AdminClient::with_interceptor(channel, crate::grpc::Bearer::new(server.token.as_deref())?))
 }
 
-pub async fn status(server: &ServerArg) -> anyhow::Result<()> {
-    let reply = client(server).await?.status(StatusRequest {}).await?.into_inner();
+pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let reply = client(&args.server).await?.status(StatusRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+    if let Some(name) = &args.explain {
+        let want = name.trim_end_matches('.').to_ascii_lowercase();
+        let p = reply
+            .pools
+            .iter()
+            .find(|p| p.name.trim_end_matches('.').eq_ignore_ascii_case(&want))
+            .ok_or_else(|| anyhow::anyhow!("no pool named {name}"))?;
+        println!("{}  policy={}  answer: {}", p.name, p.policy, if p.servfail { "SERVFAIL".into() } else { p.answer.join(", ") });
+        println!("  {:<4} {:<12} {:<28} {:<18} {:>10} {:>8}  metrics", "rank", "member", "address", "state", "score", "age");
+        let mut members: Vec<_> = p.members.iter().collect();
+        members.sort_by_key(|m| if m.rank == 0 { u32::MAX } else { m.rank });
+        for m in members {
+            let rank = if m.rank == 0 { "-".to_owned() } else { m.rank.to_string() };
+            let score = m.score.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into());
+            let age = m.report_age.map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into());
+            let mut metrics: Vec<String> = m.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            metrics.sort();
+            println!("  {rank:<4} {:<12} {:<28} {:<18} {score:>10} {age:>8}  {}", m.id, m.address, m.state, metrics.join(" "));
+        }
+        println!("  (members in service ranked by the policy; the first {} form the answer)", p.answer.len());
+        return Ok(());
+    }
     for p in reply.pools {
         let answer = if p.servfail { "SERVFAIL".to_owned() } else { p.answer.join(", ") };
         println!("{}  policy={} zone={} serial={}  answer: {}", p.name, p.policy, p.zone, p.serial, answer);

@@ -35,7 +35,7 @@ enum Role {
     /// Run an authority with three simulated backends on loopback.
     Demo(demo::DemoArgs),
     /// Show pools, members, their state and the current answer.
-    Status(admin::ServerArg),
+    Status(admin::StatusArgs),
     /// Set a pool member up, down or back to automatic, or change its weight.
     Member(admin::MemberArgs),
     /// Switch a pool's policy while it serves.
@@ -107,7 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vnamed::monitor::run(config, shutdown_on_signals()).await?;
         }
         Role::Demo(args) => demo::run(args, shutdown_on_signals()).await?,
-        Role::Status(server) => admin::status(&server).await?,
+        Role::Status(args) => admin::status(&args).await?,
         Role::Member(args) => admin::member(&args).await?,
         Role::Policy(args) => admin::policy(&args).await?,
         Role::Pool { cmd } => admin::pool(cmd).await?,

@@ -84,6 +84,11 @@ pub struct MemberStatus {
     pub weight: u32,
     pub load: Option<f64>,
     pub in_answer: bool,
+    pub metrics: Vec<(String, f64)>,
+    pub score: Option<f64>,
+    /// 1-based place in the policy's order; 0 when out of service.
+    pub rank: u32,
+    pub report_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -453,6 +458,7 @@ impl Updater {
                 } else {
                     answer.addresses.iter().take(p.answers).cloned().collect()
                 };
+                let order = p.order(now);
                 PoolStatus {
                     name: p.name.to_string(),
                     policy: format!("{:?}", p.policy),
@@ -470,6 +476,21 @@ impl Updater {
                             weight: m.weight,
                             load: m.metrics.load,
                             in_answer: shown.contains(&m.address),
+                            metrics: {
+                                let x = m.metrics;
+                                [("load", x.load), ("connections", x.connections), ("pending", x.pending), ("response_ms", x.response_ms), ("throughput", x.throughput), ("distance", x.distance)]
+                                    .into_iter()
+                                    .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+                                    .chain(m.custom.iter().map(|(k, v)| (k.clone(), *v)))
+                                    .collect()
+                            },
+                            score: crate::pool::policy::score(p.policy, m),
+                            rank: if m.eligible(now, p.stale_after) {
+                                order.iter().position(|a| *a == m.address).map(|i| i as u32 + 1).unwrap_or(0)
+                            } else {
+                                0
+                            },
+                            report_age: m.reported_at.map(|t| now.saturating_duration_since(t)),
                         })
                         .collect(),
                     answer: shown,

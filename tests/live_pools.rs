@@ -96,6 +96,10 @@ async fn policy_switches_never_give_an_empty_or_failed_answer() {
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1");
     assert!(a.cli(&["pool", "resume", "www.example.test."]).status.success());
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.3");
+    let explain = String::from_utf8(a.cli(&["status", "--explain", "www.example.test"]).stdout).unwrap();
+    let rows: Vec<&str> = explain.lines().filter(|l| l.contains("web")).collect();
+    assert!(rows[0].trim_start().starts_with("1    web3") && rows[0].contains("0.100") && rows[0].contains("load=0.1"), "{explain}");
+    assert!(rows[2].trim_start().starts_with("3    web1") && rows[2].contains("0.900"), "{explain}");
 
     // Members added and removed while serving.
     assert!(a.cli(&["pool", "add-member", "www.example.test.", "web4", "127.0.10.4"]).status.success());

@@ -174,6 +174,10 @@ impl Admin for AdminService {
                         weight: m.weight,
                         load: m.load,
                         in_answer: m.in_answer,
+                        metrics: m.metrics.into_iter().collect(),
+                        score: m.score,
+                        rank: m.rank,
+                        report_age: m.report_age.map(|d| d.as_secs_f64()),
                     })
                     .collect(),
             })

@@ -5,6 +5,21 @@ use crate::config::PolicyName;
 
 use super::MemberState;
 
+/// The value a policy ranks a member by, as shown to operators: lower is
+/// better except for throughput and weight. `None` when not reported.
+pub fn score(policy: PolicyName, m: &MemberState) -> Option<f64> {
+    match policy {
+        PolicyName::RoundRobin | PolicyName::Priority | PolicyName::Formula => None,
+        PolicyName::LeastLoaded => m.metrics.load,
+        PolicyName::FewestConnections => m.metrics.connections,
+        PolicyName::FewestPending => m.metrics.pending,
+        PolicyName::Fastest => m.metrics.response_ms,
+        PolicyName::Closest => m.metrics.distance,
+        PolicyName::Throughput => m.metrics.throughput,
+        PolicyName::Weighted => Some(m.weight as f64),
+    }
+}
+
 /// Orders eligible members from most to least preferred. Ties keep the
 /// configured order, so answers are stable and deterministic: several
 /// authorities fed the same reports give the same answer.
