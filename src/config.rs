@@ -29,7 +29,38 @@ pub struct Config {
     #[serde(default)]
     pub pool: Vec<PoolConfig>,
     pub monitor: Option<MonitorConfig>,
+    pub farm: Option<FarmConfig>,
     pub ring: Option<RingConfig>,
+}
+
+/// A farm monitor: collects its farm's monitors and reports upward.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FarmConfig {
+    pub name: String,
+    /// gRPC address the farm's monitors report to.
+    pub listen: SocketAddr,
+    pub report_to: Vec<String>,
+    /// Token sent upstream.
+    pub token: Option<String>,
+    /// Token the farm's monitors must present.
+    pub accept_token: Option<String>,
+    #[serde(default)]
+    pub mode: FarmMode,
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// The farm's pools; each one's `policy` is the farm's local policy.
+    pub pool: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FarmMode {
+    /// Report the farm as one member, answered by the local policy's choice.
+    #[default]
+    Entity,
+    /// Pass each member's state upward.
+    Members,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,7 +160,9 @@ fn default_stale() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     pub id: String,
-    pub address: IpAddr,
+    /// Required, except for a farm reported as one entity: its farm
+    /// monitor tells which server to answer with.
+    pub address: Option<IpAddr>,
     pub farm: Option<String>,
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -292,6 +325,9 @@ impl Config {
                 if m.id.is_empty() {
                     problems.push(format!("{at}: a member has an empty id"));
                 }
+                if m.address.is_none() && m.farm.is_none() {
+                    problems.push(format!("{at}: member {:?} needs an address (only a farm entity may omit it)", m.id));
+                }
                 if !ids.insert(m.id.as_str()) {
                     problems.push(format!("{at}: member id {:?} appears twice", m.id));
                 }
@@ -330,6 +366,22 @@ impl Config {
                 }
                 if c.interval < Duration::from_millis(10) || c.timeout < Duration::from_millis(1) {
                     problems.push(format!("{at}: interval must be at least 10ms and timeout at least 1ms"));
+                }
+            }
+        }
+        if let Some(f) = &self.farm {
+            if f.name.is_empty() {
+                problems.push("farm.name: must not be empty".into());
+            }
+            if f.report_to.is_empty() {
+                problems.push("farm.report_to: at least one authority is required".into());
+            }
+            for (i, p) in f.pool.iter().enumerate() {
+                if p.members.iter().any(|m| m.address.is_none()) {
+                    problems.push(format!("farm.pool[{i}] ({}): every farm member needs an address", p.name));
+                }
+                if p.policy == PolicyName::Formula {
+                    problems.push(format!("farm.pool[{i}] ({}): policy \"formula\" is not available yet", p.name));
                 }
             }
         }

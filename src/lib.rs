@@ -7,6 +7,7 @@ pub mod authority;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod farm;
 pub mod grpc;
 pub mod metrics;
 pub mod monitor;

@@ -32,6 +32,11 @@ enum Role {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Collect a farm's monitors, apply its local policy, report upward.
+    Farm {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run an authority with three simulated backends on loopback.
     Demo(demo::DemoArgs),
     /// Show pools, members, their state and the current answer.
@@ -105,6 +110,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Role::Monitor { config } => {
             let config = Config::read(&config)?;
             vnamed::monitor::run(config, shutdown_on_signals()).await?;
+        }
+        Role::Farm { config } => {
+            let config = Config::read(&config)?;
+            vnamed::farm::run(config, shutdown_on_signals()).await?;
         }
         Role::Demo(args) => demo::run(args, shutdown_on_signals()).await?,
         Role::Status(args) => admin::status(&args).await?,

@@ -33,6 +33,10 @@ pub enum ReportError {
     NoPool { index: usize, pool: String },
     #[error("report {index}: pool {pool} has no member {member}")]
     NoMember { index: usize, pool: String, member: String },
+    #[error("report {index}: {value:?} is not an IP address")]
+    BadAddress { index: usize, value: String },
+    #[error("report {index}: member {member} of pool {pool} is not a farm; its address is configured")]
+    NotFarm { index: usize, pool: String, member: String },
 }
 
 impl ReportError {
@@ -40,7 +44,9 @@ impl ReportError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReportError::TooMany(_) | ReportError::TooManyMetrics { .. } => "too_large",
-            ReportError::Unnamed { .. } | ReportError::BadName { .. } => "malformed",
+            ReportError::Unnamed { .. } | ReportError::BadName { .. } | ReportError::BadAddress { .. } | ReportError::NotFarm { .. } => {
+                "malformed"
+            }
             ReportError::BadMetric { .. } => "bad_metric",
             ReportError::Future { .. } => "future",
             ReportError::NoPool { .. } | ReportError::NoMember { .. } => "unknown_member",
@@ -59,6 +65,8 @@ pub struct Report {
     /// How long ago it was observed.
     pub age: Duration,
     pub check: String,
+    /// A farm's preferred servers, best first (farm entities only).
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -102,6 +110,11 @@ pub fn decode(batch: &v1::ReportBatch, now_unix_ms: i64) -> Result<Vec<Report>, 
                     }
                 }
             }
+            let addresses = r
+                .addresses
+                .iter()
+                .map(|a| a.parse().map_err(|_| ReportError::BadAddress { index, value: a.clone() }))
+                .collect::<Result<Vec<_>, _>>()?;
             let observed = if r.observed_unix_ms == 0 { now_unix_ms } else { r.observed_unix_ms };
             let ahead = observed - now_unix_ms;
             if ahead > MAX_SKEW.as_millis() as i64 {
@@ -115,6 +128,7 @@ pub fn decode(batch: &v1::ReportBatch, now_unix_ms: i64) -> Result<Vec<Report>, 
                 custom,
                 age: Duration::from_millis((-ahead).max(0) as u64),
                 check: r.check.clone(),
+                addresses,
             })
         })
         .collect()
@@ -139,6 +153,7 @@ mod tests {
                 metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
                 observed_unix_ms: observed,
                 check: "tcp".into(),
+                addresses: Vec::new(),
             }],
         }
     }

@@ -349,6 +349,9 @@ impl Updater {
                 pool: r.pool.clone(),
                 member: r.member.clone(),
             })?;
+            if !r.addresses.is_empty() && self.pools[i].members[m].farm.is_none() {
+                return Err(ReportError::NotFarm { index, pool: r.pool.clone(), member: r.member.clone() });
+            }
             targets.push((i, m));
         }
         let n = reports.len();
@@ -359,6 +362,9 @@ impl Updater {
             member.metrics = r.metrics;
             member.custom = r.custom;
             member.reported_at = Some(now.checked_sub(r.age).unwrap_or(now));
+            if let Some(first) = r.addresses.first() {
+                member.address = *first;
+            }
             if !touched.contains(&i) {
                 touched.push(i);
             }
@@ -476,14 +482,7 @@ impl Updater {
                             weight: m.weight,
                             load: m.metrics.load,
                             in_answer: shown.contains(&m.address),
-                            metrics: {
-                                let x = m.metrics;
-                                [("load", x.load), ("connections", x.connections), ("pending", x.pending), ("response_ms", x.response_ms), ("throughput", x.throughput), ("distance", x.distance)]
-                                    .into_iter()
-                                    .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
-                                    .chain(m.custom.iter().map(|(k, v)| (k.clone(), *v)))
-                                    .collect()
-                            },
+                            metrics: m.metrics.pairs().map(|(k, v)| (k.to_owned(), v)).chain(m.custom.iter().map(|(k, v)| (k.clone(), *v))).collect(),
                             score: crate::pool::policy::score(p.policy, m),
                             rank: if m.eligible(now, p.stale_after) {
                                 order.iter().position(|a| *a == m.address).map(|i| i as u32 + 1).unwrap_or(0)

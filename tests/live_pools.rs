@@ -37,6 +37,7 @@ async fn report(a: &Authority, loads: &[(&str, f64)]) {
             metrics: HashMap::from([("load".to_owned(), *l), ("connections".to_owned(), 10.0 * l)]),
             observed_unix_ms: 0,
             check: "test".into(),
+            addresses: Vec::new(),
         })
         .collect();
     c.report(ReportBatch { source: "test".into(), reports }).await.unwrap();

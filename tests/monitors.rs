@@ -71,6 +71,7 @@ async fn push(ip: Ipv4Addr, load: f64) {
         metrics: HashMap::from([("load".to_owned(), load), ("mailbox_size".to_owned(), 7.0)]),
         observed_unix_ms: 0,
         check: "app".into(),
+        addresses: Vec::new(),
     };
     c.report(ReportBatch { source: "app".into(), reports: vec![report] }).await.unwrap();
 }

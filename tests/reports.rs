@@ -34,6 +34,7 @@ fn report(member: &str, up: bool, load: f64) -> MemberReport {
         metrics: HashMap::from([("load".to_owned(), load)]),
         observed_unix_ms: 0,
         check: "test".into(),
+        addresses: Vec::new(),
     }
 }
 

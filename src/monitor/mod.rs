@@ -73,6 +73,7 @@ impl Shared {
                 metrics: HashMap::new(),
                 observed_unix_ms: c.observed_unix_ms,
                 check: String::new(),
+                addresses: Vec::new(),
             });
             r.up &= up;
             r.observed_unix_ms = r.observed_unix_ms.min(c.observed_unix_ms);
@@ -150,12 +151,12 @@ impl Monitor {
         }
         let bearer = Bearer::new(mc.token.as_deref())?;
         for upstream in &mc.report_to {
-            let endpoint = tonic::transport::Endpoint::from_shared(upstream.clone())
-                .map_err(|e| anyhow::anyhow!("monitor.report_to {upstream:?}: {e}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(2));
-            let client = StatusClient::with_interceptor(endpoint.connect_lazy(), bearer.clone());
-            tasks.spawn(report_to(upstream.clone(), client, shared.clone(), mc.refresh, shutdown.clone()));
+            let client = upstream_client(upstream, &bearer)?;
+            let batch = {
+                let shared = shared.clone();
+                move || shared.batch()
+            };
+            tasks.spawn(report_to(upstream.clone(), client, batch, shared.version.subscribe(), mc.refresh, shutdown.clone()));
         }
         info!(host = %mc.host, checks = mc.check.len(), upstreams = mc.report_to.len(), push = ?push_addr, "monitor running");
         Ok(Self { tasks, push_addr })
@@ -215,16 +216,31 @@ async fn run_check(i: usize, c: CheckConfig, shared: Arc<Shared>, shutdown: Canc
     }
 }
 
-type Client = StatusClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+/// A client for an upstream that connects (and reconnects) when used.
+pub(crate) fn upstream_client(url: &str, bearer: &Bearer) -> anyhow::Result<Client> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| anyhow::anyhow!("upstream {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2));
+    Ok(StatusClient::with_interceptor(endpoint.connect_lazy(), bearer.clone()))
+}
+
+pub(crate) type Client = StatusClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
 /// Sends the latest state to one upstream on every change and every
 /// `refresh`; while it cannot be reached, waits with growing backoff.
-async fn report_to(upstream: String, mut client: Client, shared: Arc<Shared>, refresh: Duration, shutdown: CancellationToken) {
-    let mut changes = shared.version.subscribe();
+pub(crate) async fn report_to(
+    upstream: String,
+    mut client: Client,
+    batch: impl Fn() -> ReportBatch,
+    mut changes: watch::Receiver<u64>,
+    refresh: Duration,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
     loop {
-        let batch = shared.batch();
+        let batch = batch();
         if !batch.reports.is_empty() {
             match client.report(batch).await {
                 Ok(_) => {
@@ -284,12 +300,7 @@ impl StatusApi for PushService {
         let mut pushed = self.shared.pushed.lock().expect("not poisoned");
         for r in reports {
             let mut metrics: Vec<(String, f64)> = r.custom.into_iter().collect();
-            let m = r.metrics;
-            for (k, v) in [("load", m.load), ("connections", m.connections), ("pending", m.pending), ("response_ms", m.response_ms), ("throughput", m.throughput), ("distance", m.distance)] {
-                if let Some(v) = v {
-                    metrics.push((k.to_owned(), v));
-                }
-            }
+            metrics.extend(r.metrics.pairs().map(|(k, v)| (k.to_owned(), v)));
             pushed.insert((r.pool, r.member), Pushed { at: Instant::now(), up: r.up, metrics });
         }
         drop(pushed);

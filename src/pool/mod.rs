@@ -52,6 +52,22 @@ pub struct Metrics {
     pub distance: Option<f64>,
 }
 
+impl Metrics {
+    /// The metrics that are set, by their wire names.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [
+            ("load", self.load),
+            ("connections", self.connections),
+            ("pending", self.pending),
+            ("response_ms", self.response_ms),
+            ("throughput", self.throughput),
+            ("distance", self.distance),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MemberState {
     pub id: String,
@@ -72,6 +88,9 @@ impl MemberState {
     /// A member nobody reports on counts as up; one whose reports stopped
     /// for `stale_after` does not.
     pub fn eligible(&self, now: Instant, stale_after: Duration) -> bool {
+        if self.address.is_unspecified() {
+            return false; // a farm entity whose farm has not said where yet
+        }
         match self.admin {
             AdminState::Up => true,
             AdminState::Down => false,
@@ -135,7 +154,7 @@ impl PoolState {
                 .iter()
                 .map(|m| MemberState {
                     id: m.id.clone(),
-                    address: m.address,
+                    address: m.address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
                     farm: m.farm.clone(),
                     weight: m.weight,
                     admin: AdminState::Auto,
@@ -168,7 +187,7 @@ impl PoolState {
             return match self.fallback {
                 Fallback::Servfail => Decision { addresses: Vec::new(), rotate: false, servfail: true },
                 Fallback::All => Decision {
-                    addresses: self.members.iter().map(|m| m.address).collect(),
+                    addresses: self.members.iter().map(|m| m.address).filter(|a| !a.is_unspecified()).collect(),
                     rotate,
                     servfail: false,
                 },
@@ -176,7 +195,7 @@ impl PoolState {
                     Decision { addresses: self.last_known.clone(), rotate, servfail: false }
                 }
                 Fallback::LastKnown => Decision {
-                    addresses: self.members.iter().map(|m| m.address).take(self.answers).collect(),
+                    addresses: self.members.iter().map(|m| m.address).filter(|a| !a.is_unspecified()).take(self.answers).collect(),
                     rotate,
                     servfail: false,
                 },

@@ -1,0 +1,125 @@
+//! A farm of two backends behind `vnamed farm`, next to a standalone
+//! backend: the farm's local policy (priority) picks the server inside the
+//! farm while the global policy (least-loaded) picks between the farm and
+//! the standalone server. Real listeners, real monitors, real `dig`.
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Authority, VNAMED, ZONE, eventually, unique_ip};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(dir: &Path, role: &str, name: &str, config: String) -> Proc {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    Proc(Command::new(VNAMED).args([role, "--config"]).arg(&path).stdout(Stdio::null()).stderr(log).spawn().unwrap())
+}
+
+/// A monitor for `host` with a tcp check and a load file it reads.
+fn monitor(dir: &Path, host: &str, backend: Ipv4Addr, upstream: &str) -> Proc {
+    let load = dir.join(format!("{host}.load"));
+    spawn(
+        dir,
+        "monitor",
+        host,
+        format!(
+            r#"
+[monitor]
+host = "{host}"
+report_to = ["{upstream}"]
+refresh = "300ms"
+[[monitor.check]]
+pool = "www.example.test."
+kind = "tcp"
+target = "{backend}:8080"
+interval = "100ms"
+fall = 1
+[[monitor.check]]
+pool = "www.example.test."
+kind = "file"
+target = "{}"
+interval = "100ms"
+"#,
+            load.display()
+        ),
+    )
+}
+
+fn set_load(dir: &Path, host: &str, load: f64) {
+    let tmp = dir.join(format!("{host}.load.tmp"));
+    std::fs::write(&tmp, format!("load={load}\n")).unwrap();
+    std::fs::rename(tmp, dir.join(format!("{host}.load"))).unwrap();
+}
+
+#[test]
+fn local_policy_inside_the_farm_global_policy_across() {
+    let (web1, b1, b2, farm_ip) = (unique_ip(), unique_ip(), unique_ip(), unique_ip());
+    let _l1 = TcpListener::bind((web1, 8080)).unwrap();
+    let _lb1 = TcpListener::bind((b1, 8080)).unwrap();
+    let lb2 = TcpListener::bind((b2, 8080)).unwrap();
+    let pool = format!(
+        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"least-loaded\"\nstale_after = \"2s\"\n\
+         members = [ {{ id = \"web1\", address = \"{web1}\" }}, {{ id = \"east\", farm = \"east\" }} ]\n"
+    );
+    let a = Authority::start(&[("example.test.zone", ZONE)], &pool);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (host, load) in [("web1", 0.5), ("b1", 0.1), ("b2", 0.7)] {
+        set_load(d, host, load);
+    }
+    let _farm = spawn(
+        d,
+        "farm",
+        "east",
+        format!(
+            r#"
+[farm]
+name = "east"
+listen = "{farm_ip}:7460"
+report_to = ["{grpc}"]
+mode = "entity"
+refresh = "300ms"
+[[farm.pool]]
+name = "www.example.test."
+policy = "priority"
+stale_after = "2s"
+members = [ {{ id = "b2", address = "{b2}" }}, {{ id = "b1", address = "{b1}" }} ]
+"#,
+            grpc = a.grpc
+        ),
+    );
+    let farm_url = format!("http://{farm_ip}:7460");
+    let _monitors = [monitor(d, "web1", web1, &a.grpc), monitor(d, "b1", b1, &farm_url), monitor(d, "b2", b2, &farm_url)];
+    let answer = || a.dig("www.example.test A +short").trim().to_owned();
+    let logs = || {
+        ["east", "web1", "b1", "b2"].iter().map(|n| format!("--- {n}\n{}", std::fs::read_to_string(d.join(format!("{n}.log"))).unwrap_or_default())).collect::<String>()
+            + &a.log()
+    };
+
+    // Global least-loaded: web1 (0.5) beats the farm, whose figure is its preferred b2's (0.7).
+    assert!(eventually(Duration::from_secs(5), || answer() == web1.to_string() && a.dig("example.test SOA").contains("NOERROR")).is_some(), "{}", logs());
+    let status = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
+    assert!(eventually(Duration::from_secs(3), || String::from_utf8(a.cli(&["status"]).stdout).unwrap().contains(&b2.to_string())).is_some(), "the farm entity takes its preferred server's address: {status}");
+
+    // web1 gets busy: the farm wins, and inside it the local policy (priority) picks b2,
+    // although b1 is less loaded.
+    set_load(d, "web1", 0.9);
+    assert!(eventually(Duration::from_secs(3), || answer() == b2.to_string()).is_some(), "answer {}\n{}", answer(), logs());
+
+    // b2 dies: the farm's local policy falls back to b1.
+    drop(lb2);
+    assert!(eventually(Duration::from_secs(3), || answer() == b1.to_string()).is_some(), "answer {}\n{}", answer(), logs());
+}
