@@ -4,14 +4,15 @@
 //! files are current.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::dns::{self, DnsService, snapshot::Snapshot};
@@ -36,7 +37,7 @@ pub struct Authority {
 impl Authority {
     /// Loads, binds and starts everything; every problem found on the way
     /// (config, zone files, addresses in use) is reported together.
-    pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn start(config: &Config, config_path: Option<&Path>, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let auth = config.authority()?.clone();
         let mut problems: Vec<String> = Vec::new();
         let files = match zone::load_dir(&auth.zones_dir) {
@@ -113,6 +114,24 @@ impl Authority {
         };
 
         let mut tasks = tokio::task::JoinSet::new();
+        let config_watcher = match config_path {
+            Some(path) => {
+                let (tx, rx) = mpsc::channel(16);
+                let name = path.file_name().map(|n| n.to_owned());
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+                match zone::watch::watch_matching(&dir, move |p| p.file_name() == name.as_deref(), tx) {
+                    Ok(w) => {
+                        tasks.spawn(follow_config(path.to_owned(), format!("{:?}", config.authority), rx, cmd_tx.clone(), shutdown.clone()));
+                        Some(w)
+                    }
+                    Err(error) => {
+                        warn!(%error, file = %path.display(), "cannot watch the configuration; edits need a restart");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let updater_stop = CancellationToken::new();
         let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
         let sources: Vec<_> = dns_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
@@ -164,6 +183,7 @@ impl Authority {
                 warn!("DNS listeners did not stop within the grace period");
             }
             drop(watcher);
+            drop(config_watcher);
             updater_stop.cancel();
             let _ = updater_task.await;
             let _ = tokio::time::timeout(GRACE, async { while tasks.join_next().await.is_some() {} }).await;
@@ -178,9 +198,53 @@ impl Authority {
     }
 }
 
+/// Applies edits of the configuration file to the pools while serving. An
+/// edit that does not parse or validate is refused whole and logged; the
+/// `[authority]` section itself needs a restart.
+async fn follow_config(
+    path: PathBuf,
+    mut authority_section: String,
+    mut edits: mpsc::Receiver<PathBuf>,
+    updater: mpsc::Sender<Command>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            Some(_) = edits.recv() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        // Editors save in steps: let them finish, then read once.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while edits.try_recv().is_ok() {}
+        let config = match Config::read(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(file = %path.display(), error = %e, "configuration edit refused; nothing changed");
+                continue;
+            }
+        };
+        let section = format!("{:?}", config.authority);
+        if section != authority_section {
+            warn!(file = %path.display(), "changes to [authority] take effect at the next restart");
+            authority_section = section;
+        }
+        let (tx, rx) = oneshot::channel();
+        if updater.send(Command::Reconfigure { pools: config.pool, reply: tx }).await.is_err() {
+            return;
+        }
+        match rx.await {
+            Ok(Ok(())) => info!(file = %path.display(), "configuration edit applied"),
+            Ok(Err(problems)) => {
+                error!(file = %path.display(), problems = %problems.join("; "), "configuration edit refused; nothing changed")
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// `vnamed authority --config FILE`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let authority = Authority::start(&config, shutdown).await?;
+pub async fn run(config: Config, path: &Path, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let authority = Authority::start(&config, Some(path), shutdown).await?;
     authority.wait().await;
     Ok(())
 }

@@ -166,6 +166,26 @@ pub struct MemberConfig {
     pub farm: Option<String>,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// End of the member's lifetime (RFC 3339, e.g. "2026-12-01T00:00:00Z"):
+    /// it leaves the answers at that time.
+    pub until: Option<String>,
+    /// Windows during which the member is out of the answers.
+    #[serde(default)]
+    pub maintenance: Vec<Window>,
+}
+
+/// A maintenance window (RFC 3339 times).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub from: String,
+    pub until: String,
+}
+
+/// Parses an RFC 3339 time ("2026-12-01T00:00:00Z"; a space for the T and
+/// no zone, meaning UTC, are accepted too).
+pub fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
 }
 
 fn default_weight() -> u32 {
@@ -324,6 +344,18 @@ impl Config {
             for m in &pool.members {
                 if m.id.is_empty() {
                     problems.push(format!("{at}: a member has an empty id"));
+                }
+                if let Some(u) = &m.until
+                    && let Err(e) = parse_time(u)
+                {
+                    problems.push(format!("{at}: member {:?} until: {e}", m.id));
+                }
+                for w in &m.maintenance {
+                    match (parse_time(&w.from), parse_time(&w.until)) {
+                        (Ok(f), Ok(u)) if f < u => {}
+                        (Ok(_), Ok(_)) => problems.push(format!("{at}: member {:?}: maintenance window ends before it starts", m.id)),
+                        (Err(e), _) | (_, Err(e)) => problems.push(format!("{at}: member {:?} maintenance: {e}", m.id)),
+                    }
                 }
                 if m.address.is_none() && m.farm.is_none() {
                     problems.push(format!("{at}: member {:?} needs an address (only a farm entity may omit it)", m.id));

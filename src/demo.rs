@@ -101,7 +101,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             .with_context(|| format!("cannot listen on {addr}:8080 for backend web{}", i + 1))?;
         backends.push(tokio::spawn(backend(listener, format!("web{}", i + 1), shutdown.clone())));
     }
-    let authority = Authority::start(&config, shutdown.clone()).await?;
+    let authority = Authority::start(&config, None, shutdown.clone()).await?;
     tokio::spawn(report_loads(authority.commands.clone(), args.backends.len(), args.period, shutdown.clone()));
 
     let dns = args.dns;

@@ -138,7 +138,7 @@ pub async fn start(fc: FarmConfig, shutdown: CancellationToken) -> anyhow::Resul
     let farm = Arc::new(Farm {
         name: fc.name.clone(),
         mode: fc.mode,
-        pools: Mutex::new(fc.pool.iter().map(PoolState::from_config).collect()),
+        pools: Mutex::new(fc.pool.iter().map(|p| PoolState::from_config(p, Instant::now(), std::time::SystemTime::now())).collect()),
         version,
     });
     let listener = tokio::net::TcpListener::bind(fc.listen).await.map_err(|e| anyhow::anyhow!("farm.listen {}: {e}", fc.listen))?;

@@ -104,8 +104,8 @@ fn shutdown_on_signals() -> CancellationToken {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.role {
         Role::Authority { config } => {
-            let config = Config::read(&config)?;
-            authority::run(config, shutdown_on_signals()).await?;
+            let parsed = Config::read(&config)?;
+            authority::run(parsed, &config, shutdown_on_signals()).await?;
         }
         Role::Monitor { config } => {
             let config = Config::read(&config)?;

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name, RecordType};
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, PoolConfig};
 use crate::metrics::Counters;
 use crate::dns::fast;
 use crate::dns::snapshot::{PoolAnswer, Snapshot, ZoneView, zone_records};
@@ -64,6 +64,9 @@ pub enum Command {
     Pool { pool: String, change: PoolChange, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
     /// Every server of a pool in the policy's order.
     Resolve { pool: String, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
+    /// The pools of an edited configuration file: applied whole, or
+    /// refused whole with every problem.
+    Reconfigure { pools: Vec<PoolConfig>, reply: oneshot::Sender<Result<(), Vec<String>>> },
 }
 
 /// Operator changes to a pool while it serves.
@@ -115,6 +118,8 @@ struct ZoneState {
     last_write: Option<Instant>,
     /// The file on disk does not parse; writes wait until the operator fixes it.
     broken: bool,
+    /// Managed blocks of pools that were removed, to take out at the next write.
+    drop_blocks: Vec<String>,
 }
 
 pub struct Updater {
@@ -129,6 +134,58 @@ pub struct Updater {
     stable: Arc<HashMap<Box<[u8]>, fast::Entry>>,
     stable_stale: bool,
     counters: Arc<Counters>,
+}
+
+/// The zone a pool's name lives in, if it may be a pool there.
+fn zone_for(zones: &BTreeMap<LowerName, ZoneState>, name: &Name) -> Result<LowerName, String> {
+    let lower = LowerName::from(name);
+    let Some(origin) = zones.keys().filter(|o| o.zone_of(&lower)).max_by_key(|o| o.num_labels()).cloned() else {
+        return Err(format!("pool {name}: no zone file in zones_dir holds this name"));
+    };
+    let zone = &zones[&origin];
+    if zone.file.data.nodes.get(&lower).is_some_and(|n| n.get(RecordType::CNAME).is_some()) {
+        return Err(format!("pool {name}: the zone file has a CNAME at this name"));
+    }
+    if lower == origin {
+        return Err(format!("pool {name}: a pool cannot be the zone apex"));
+    }
+    if let Some(line) = zone.file.stray_addresses(name).first() {
+        return Err(format!(
+            "pool {name}: {}:{line}: address records for a virtual name belong in its managed block, which vnamed writes; remove them",
+            zone.file.path.display()
+        ));
+    }
+    Ok(origin)
+}
+
+/// Brings a new pool into its zone: the operator's notes and the last
+/// answer come back from the zone file when they still make sense.
+fn restore(zone: &mut ZoneState, mut pool: PoolState, now: Instant) -> PoolState {
+    if let Some(block) = zone.file.block(&pool.name) {
+        for (id, pairs) in &block.members {
+            let Some(m) = pool.member_mut(id) else { continue };
+            for (k, v) in pairs {
+                match k.as_str() {
+                    "admin" => m.admin = AdminState::parse(v).unwrap_or(m.admin),
+                    "weight" => m.weight = v.parse().unwrap_or(m.weight),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let previous = zone.file.addresses(&pool.name);
+    let live: Vec<IpAddr> = pool.members.iter().filter(|m| m.eligible(now, pool.stale_after)).map(|m| m.address).collect();
+    let restored = zone.file.block(&pool.name).is_some() && !previous.is_empty() && previous.iter().all(|a| live.contains(a));
+    let decision = if restored {
+        pool.last_known = previous.clone();
+        Decision { addresses: previous, rotate: pool.policy == PolicyName::RoundRobin, servfail: false }
+    } else {
+        zone.dirty = true;
+        pool.decide(now)
+    };
+    let answer = PoolAnswer::new(pool.name.clone(), pool.ttl, decision.addresses, pool.answers, decision.rotate, decision.servfail);
+    zone.answers.insert(LowerName::from(&pool.name), Arc::new(answer));
+    pool
 }
 
 fn same(a: &PoolAnswer, d: &Decision) -> bool {
@@ -165,63 +222,25 @@ impl Updater {
                     dirty: false,
                     last_write: None,
                     broken: false,
+                    drop_blocks: Vec::new(),
                 };
                 (origin, state)
             })
             .collect();
+        let wall = SystemTime::now();
         let mut pools = Vec::new();
         let mut pool_zone = Vec::new();
         for c in &config.pool {
-            let mut pool = PoolState::from_config(c);
-            let lower = LowerName::from(&pool.name);
-            let Some(origin) = zones.keys().filter(|o| o.zone_of(&lower)).max_by_key(|o| o.num_labels()).cloned() else {
-                problems.push(format!("pool {}: no zone file in zones_dir holds this name", pool.name));
-                continue;
+            let pool = PoolState::from_config(c, now, wall);
+            let origin = match zone_for(&zones, &pool.name) {
+                Ok(o) => o,
+                Err(p) => {
+                    problems.push(p);
+                    continue;
+                }
             };
             let zone = zones.get_mut(&origin).expect("found above");
-            if zone.file.data.nodes.get(&lower).is_some_and(|n| n.get(RecordType::CNAME).is_some()) {
-                problems.push(format!("pool {}: the zone file has a CNAME at this name", pool.name));
-                continue;
-            }
-            if lower == origin {
-                problems.push(format!("pool {}: a pool cannot be the zone apex", pool.name));
-                continue;
-            }
-            if let Some(line) = zone.file.stray_addresses(&pool.name).first() {
-                problems.push(format!(
-                    "pool {}: {}:{line}: address records for a virtual name belong in its managed block, which vnamed writes; remove them",
-                    pool.name,
-                    zone.file.path.display()
-                ));
-                continue;
-            }
-            // Restore the operator's notes and the last answer from the file.
-            if let Some(block) = zone.file.block(&pool.name) {
-                for (id, pairs) in &block.members {
-                    let Some(m) = pool.member_mut(id) else { continue };
-                    for (k, v) in pairs {
-                        match k.as_str() {
-                            "admin" => m.admin = AdminState::parse(v).unwrap_or(m.admin),
-                            "weight" => m.weight = v.parse().unwrap_or(m.weight),
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            let previous = zone.file.addresses(&pool.name);
-            let live: Vec<IpAddr> = pool.members.iter().filter(|m| m.eligible(now, pool.stale_after)).map(|m| m.address).collect();
-            let restored = zone.file.block(&pool.name).is_some()
-                && !previous.is_empty()
-                && previous.iter().all(|a| live.contains(a));
-            let decision = if restored {
-                pool.last_known = previous.clone();
-                Decision { addresses: previous, rotate: pool.policy == PolicyName::RoundRobin, servfail: false }
-            } else {
-                zone.dirty = true;
-                pool.decide(now)
-            };
-            let answer = PoolAnswer::new(pool.name.clone(), pool.ttl, decision.addresses, pool.answers, decision.rotate, decision.servfail);
-            zone.answers.insert(lower, Arc::new(answer));
+            let pool = restore(zone, pool, now);
             zone.pools.push(pools.len());
             pool_zone.push(origin);
             pools.push(pool);
@@ -333,6 +352,9 @@ impl Updater {
             Command::Pool { pool, change, reply } => {
                 let _ = reply.send(self.change_pool(&pool, change, now));
             }
+            Command::Reconfigure { pools, reply } => {
+                let _ = reply.send(self.reconfigure(&pools, now));
+            }
             Command::Resolve { pool, reply } => {
                 let _ = reply.send(self.find_pool(&pool).map(|i| self.pools[i].order(now)));
             }
@@ -379,6 +401,120 @@ impl Updater {
         Ok(n)
     }
 
+    /// Applies the pools of an edited configuration: new pools join, removed
+    /// ones leave (with their managed blocks), and kept ones take the new
+    /// policy and members while keeping what was reported about them.
+    fn reconfigure(&mut self, configs: &[PoolConfig], now: Instant) -> Result<(), Vec<String>> {
+        let wall = SystemTime::now();
+        let mut problems = Vec::new();
+        let mut planned = Vec::new();
+        for c in configs {
+            let pool = PoolState::from_config(c, now, wall);
+            match zone_for(&self.zones, &pool.name) {
+                Ok(origin) => planned.push((pool, origin)),
+                Err(p) => problems.push(p),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let named = |p: &PoolState, q: &PoolState| LowerName::from(&p.name) == LowerName::from(&q.name);
+        let mut touched: Vec<LowerName> = Vec::new();
+        // Pools that are gone.
+        let keep: Vec<bool> = self.pools.iter().map(|p| planned.iter().any(|(q, _)| named(p, q))).collect();
+        for (i, kept) in keep.iter().enumerate() {
+            if !kept {
+                let name = self.pools[i].name.clone();
+                let zone = self.zones.get_mut(&self.pool_zone[i]).expect("pool zone exists");
+                let lower = LowerName::from(&name);
+                zone.answers.remove(&lower);
+                // The file's copy of its answer goes too, now rather than at the next write.
+                let data = Arc::make_mut(&mut zone.file.data);
+                if let Some(node) = data.nodes.get_mut(&lower) {
+                    node.rrsets.retain(|s| !matches!(s.rtype, RecordType::A | RecordType::AAAA));
+                    if node.rrsets.is_empty() && !data.nodes.keys().any(|n| n != &lower && lower.zone_of(n)) {
+                        data.nodes.remove(&lower);
+                    }
+                }
+                self.stable_stale = true;
+                zone.drop_blocks.push(name.to_string());
+                zone.serial = zone.serial.wrapping_add(1);
+                zone.dirty = true;
+                touched.push(self.pool_zone[i].clone());
+                info!(pool = %name, "pool removed by configuration edit");
+            }
+        }
+        let mut k = keep.iter();
+        self.pools.retain(|_| *k.next().expect("one flag per pool"));
+        let mut k = keep.iter();
+        self.pool_zone.retain(|_| *k.next().expect("one flag per pool"));
+        // Pools that stay or come.
+        for (fresh, origin) in planned {
+            match self.pools.iter().position(|p| named(p, &fresh)) {
+                Some(i) => {
+                    let old = &mut self.pools[i];
+                    let reshaped = old.ttl != fresh.ttl || old.answers != fresh.answers;
+                    let members = fresh
+                        .members
+                        .iter()
+                        .map(|new| match old.members.iter().find(|m| m.id == new.id) {
+                            Some(known) => MemberState {
+                                // A farm entity's address comes from its farm's reports.
+                                address: if new.address.is_unspecified() { known.address } else { new.address },
+                                ..known.clone()
+                            }
+                            .with_schedule_of(new),
+                            None => new.clone(),
+                        })
+                        .collect();
+                    *old = PoolState { members, last_known: std::mem::take(&mut old.last_known), paused: old.paused, ..fresh };
+                    let zone = self.zones.get_mut(&origin).expect("zone exists");
+                    if reshaped {
+                        zone.answers.remove(&LowerName::from(&self.pools[i].name));
+                    }
+                    zone.dirty = true;
+                }
+                None => {
+                    info!(pool = %fresh.name, "pool added by configuration edit");
+                    let zone = self.zones.get_mut(&origin).expect("zone exists");
+                    let pool = restore(zone, fresh, now);
+                    zone.serial = zone.serial.wrapping_add(1);
+                    self.pools.push(pool);
+                    self.pool_zone.push(origin.clone());
+                }
+            }
+            touched.push(origin);
+        }
+        for z in self.zones.values_mut() {
+            z.pools.clear();
+        }
+        for (i, origin) in self.pool_zone.iter().enumerate() {
+            self.zones.get_mut(origin).expect("zone exists").pools.push(i);
+        }
+        for i in 0..self.pools.len() {
+            let origin = self.pool_zone[i].clone();
+            let lower = LowerName::from(&self.pools[i].name);
+            if self.zones[&origin].answers.contains_key(&lower) {
+                self.redecide(i, now);
+                continue;
+            }
+            // Reshaped (new TTL or answer size): answer anew, even while paused.
+            let p = &mut self.pools[i];
+            let paused = std::mem::replace(&mut p.paused, false);
+            let decision = p.decide(now);
+            p.paused = paused;
+            let answer = PoolAnswer::new(p.name.clone(), p.ttl, decision.addresses, p.answers, decision.rotate, decision.servfail);
+            let zone = self.zones.get_mut(&origin).expect("zone exists");
+            zone.answers.insert(lower, Arc::new(answer));
+            zone.serial = zone.serial.wrapping_add(1);
+        }
+        touched.sort();
+        touched.dedup();
+        info!(pools = self.pools.len(), "configuration edit applied");
+        self.changed(&touched);
+        Ok(())
+    }
+
     fn change_pool(&mut self, pool: &str, change: PoolChange, now: Instant) -> Result<Vec<IpAddr>, UpdateError> {
         let i = self.find_pool(pool)?;
         let p = &mut self.pools[i];
@@ -389,17 +525,8 @@ impl Updater {
                 if p.members.iter().any(|m| m.id == id) {
                     return Err(UpdateError::MemberExists { pool: pool.to_owned(), id });
                 }
-                p.members.push(MemberState {
-                    id,
-                    address,
-                    farm: None,
-                    weight,
-                    admin: AdminState::Auto,
-                    health: None,
-                    metrics: Metrics::default(),
-                    custom: Default::default(),
-                    reported_at: None,
-                });
+                let config = crate::config::MemberConfig { id, address: Some(address), farm: None, weight, until: None, maintenance: Vec::new() };
+                p.members.push(MemberState::from_config(&config, now, SystemTime::now()));
             }
             PoolChange::RemoveMember { id } => {
                 let at = p.members.iter().position(|m| m.id == id).ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.clone() })?;
@@ -445,7 +572,8 @@ impl Updater {
     pub fn tick(&mut self, now: Instant) {
         let mut zones = Vec::new();
         for i in 0..self.pools.len() {
-            if self.pools[i].members.iter().any(|m| m.reported_at.is_some()) && self.redecide(i, now) {
+            let timed = self.pools[i].members.iter().any(|m| m.reported_at.is_some() || m.until.is_some() || !m.maintenance.is_empty());
+            if timed && self.redecide(i, now) {
                 zones.push(self.pool_zone[i].clone());
             }
         }
@@ -559,6 +687,9 @@ impl Updater {
             let addresses: &[IpAddr] = if answer.servfail { &[] } else { &answer.addresses };
             blocks.insert(p.name.to_string(), render_block(&p.name, p.ttl, addresses, &notes));
         }
+        for gone in &z.drop_blocks {
+            blocks.entry(gone.clone()).or_default();
+        }
         text::rewrite(&z.file.text, &z.file.blocks, z.file.serial_span.clone(), z.serial, &blocks)
     }
 
@@ -591,6 +722,7 @@ impl Updater {
                 z.disk_text = parsed.text.clone();
                 z.file = parsed;
                 z.dirty = false;
+                z.drop_blocks.clear();
                 z.last_write = Some(now);
             }
             Err(e) => {
@@ -678,6 +810,7 @@ impl Updater {
                         dirty: false,
                         last_write: None,
                         broken: false,
+                        drop_blocks: Vec::new(),
                     },
                 );
             }

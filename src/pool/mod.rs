@@ -4,11 +4,19 @@
 pub mod policy;
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::Name;
 
-use crate::config::{Fallback, PolicyName, PoolConfig};
+use crate::config::{Fallback, MemberConfig, PolicyName, PoolConfig};
+
+/// The instant at which wall-clock time `t` falls, seen from (`now`, `wall`).
+pub fn instant_at(t: SystemTime, now: Instant, wall: SystemTime) -> Instant {
+    match t.duration_since(wall) {
+        Ok(ahead) => now + ahead,
+        Err(e) => now.checked_sub(e.duration()).unwrap_or(now),
+    }
+}
 
 /// What an operator said about a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,15 +89,58 @@ pub struct MemberState {
     /// Named metrics beyond the well-known ones.
     pub custom: std::collections::BTreeMap<String, f64>,
     pub reported_at: Option<Instant>,
+    /// When the member's lifetime ends, and its maintenance windows.
+    pub until: Option<Instant>,
+    pub maintenance: Vec<(Instant, Instant)>,
 }
 
 impl MemberState {
+    /// A member as configured, with nothing reported yet. Configured
+    /// wall-clock times become instants relative to (`now`, `wall`).
+    pub fn from_config(m: &MemberConfig, now: Instant, wall: SystemTime) -> Self {
+        let at = |s: &str| crate::config::parse_time(s).ok().map(|t| instant_at(t, now, wall));
+        Self {
+            id: m.id.clone(),
+            address: m.address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            farm: m.farm.clone(),
+            weight: m.weight,
+            admin: AdminState::Auto,
+            health: None,
+            metrics: Metrics::default(),
+            custom: Default::default(),
+            reported_at: None,
+            until: m.until.as_deref().and_then(at),
+            maintenance: m.maintenance.iter().filter_map(|w| Some((at(&w.from)?, at(&w.until)?))).collect(),
+        }
+    }
+
+    /// This member with the configured identity and schedule of `other`
+    /// (farm, weight, lifetime, maintenance), keeping what was reported.
+    pub fn with_schedule_of(mut self, other: &MemberState) -> Self {
+        self.farm = other.farm.clone();
+        self.weight = other.weight;
+        self.until = other.until;
+        self.maintenance = other.maintenance.clone();
+        self
+    }
+
+    /// Out of service by its schedule (lifetime over, or in maintenance).
+    pub fn scheduled_out(&self, now: Instant) -> Option<&'static str> {
+        if self.until.is_some_and(|u| now >= u) {
+            return Some("expired");
+        }
+        self.maintenance.iter().any(|(f, u)| (*f..*u).contains(&now)).then_some("maintenance")
+    }
+
     /// In service right now: the operator's word first, then the reports.
     /// A member nobody reports on counts as up; one whose reports stopped
     /// for `stale_after` does not.
     pub fn eligible(&self, now: Instant, stale_after: Duration) -> bool {
         if self.address.is_unspecified() {
             return false; // a farm entity whose farm has not said where yet
+        }
+        if self.scheduled_out(now).is_some() {
+            return false;
         }
         match self.admin {
             AdminState::Up => true,
@@ -104,6 +155,9 @@ impl MemberState {
 
     /// The state word shown by `vnamed status`.
     pub fn state(&self, now: Instant, stale_after: Duration) -> &'static str {
+        if let Some(why) = self.scheduled_out(now) {
+            return why;
+        }
         match (self.admin, self.health) {
             (AdminState::Down, _) => "down (admin)",
             (AdminState::Up, _) => "up (admin)",
@@ -139,7 +193,7 @@ pub struct PoolState {
 }
 
 impl PoolState {
-    pub fn from_config(c: &PoolConfig) -> Self {
+    pub fn from_config(c: &PoolConfig, now: Instant, wall: SystemTime) -> Self {
         let mut name = Name::from_ascii(&c.name).expect("validated pool name");
         name.set_fqdn(true);
         Self {
@@ -149,21 +203,7 @@ impl PoolState {
             ttl: c.ttl,
             fallback: c.fallback,
             stale_after: c.stale_after,
-            members: c
-                .members
-                .iter()
-                .map(|m| MemberState {
-                    id: m.id.clone(),
-                    address: m.address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-                    farm: m.farm.clone(),
-                    weight: m.weight,
-                    admin: AdminState::Auto,
-                    health: None,
-                    metrics: Metrics::default(),
-                    custom: Default::default(),
-                    reported_at: None,
-                })
-                .collect(),
+            members: c.members.iter().map(|m| MemberState::from_config(m, now, wall)).collect(),
             last_known: Vec::new(),
             paused: false,
         }
@@ -219,7 +259,7 @@ mod tests {
             "[[pool]]\nname = \"www.example.\"\nfallback = \"{fallback}\"\nmembers = [{{ id = \"a\", address = \"127.0.0.1\" }}, {{ id = \"b\", address = \"127.0.0.2\" }}]\n"
         ))
         .unwrap();
-        PoolState::from_config(&c.pool[0])
+        PoolState::from_config(&c.pool[0], Instant::now(), SystemTime::now())
     }
 
     #[test]
@@ -237,6 +277,27 @@ mod tests {
         p.member_mut("a").unwrap().admin = AdminState::Down;
         p.member_mut("b").unwrap().admin = AdminState::Down;
         assert_eq!(p.decide(now).addresses, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn lifetimes_and_maintenance_windows_take_members_out_on_time() {
+        let c = Config::from_toml(
+            "[[pool]]\nname = \"www.example.\"\nmembers = [\n\
+             { id = \"a\", address = \"127.0.0.1\", until = \"2030-01-01T00:00:10Z\" },\n\
+             { id = \"b\", address = \"127.0.0.2\", maintenance = [ { from = \"2030-01-01T00:00:05Z\", until = \"2030-01-01T00:00:20Z\" } ] } ]\n",
+        )
+        .unwrap();
+        let wall = crate::config::parse_time("2030-01-01T00:00:00Z").unwrap();
+        let t0 = Instant::now();
+        let mut p = PoolState::from_config(&c.pool[0], t0, wall);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(p.order(at(1)).len(), 2);
+        assert_eq!(p.members[1].state(at(6), p.stale_after), "maintenance");
+        assert_eq!(p.order(at(6)), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(p.members[0].state(at(11), p.stale_after), "expired");
+        assert!(p.order(at(11)).is_empty());
+        assert_eq!(p.order(at(21)), vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(p.decide(at(21)).addresses, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

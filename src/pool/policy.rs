@@ -61,6 +61,8 @@ mod tests {
             metrics: Metrics { load, ..Default::default() },
             custom: Default::default(),
             reported_at: None,
+            until: None,
+            maintenance: Vec::new(),
         }
     }
 

@@ -1,6 +1,6 @@
-//! Watches `zones_dir` for operator edits and hands the changed zone file
-//! paths to the updater. Bounded: when the updater is busy the watcher
-//! thread waits rather than dropping an edit.
+//! Watches a directory for operator edits (zone files in `zones_dir`, the
+//! configuration file) and hands the changed paths on. Bounded: when the
+//! receiver is busy the watcher thread waits rather than dropping an edit.
 
 use std::path::{Path, PathBuf};
 
@@ -8,15 +8,24 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-/// Starts watching; the returned watcher must be kept alive.
+/// Watches `dir` for changed `*.zone` files; the watcher must be kept alive.
 pub fn watch(dir: &Path, tx: mpsc::Sender<PathBuf>) -> notify::Result<notify::RecommendedWatcher> {
+    watch_matching(dir, |p| p.extension().is_some_and(|x| x == "zone"), tx)
+}
+
+/// Watches `dir` for changes to the files `wanted` accepts.
+pub fn watch_matching(
+    dir: &Path,
+    wanted: impl Fn(&Path) -> bool + Send + 'static,
+    tx: mpsc::Sender<PathBuf>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
         Ok(event) => {
             if !matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) {
                 return;
             }
             for path in event.paths {
-                if path.extension().is_some_and(|x| x == "zone") {
+                if wanted(&path) {
                     // The receiver is gone only at shutdown.
                     let _ = tx.blocking_send(path);
                 }

@@ -1,0 +1,77 @@
+//! The configuration file is live: members added, a policy changed, a
+//! lifetime or a maintenance window given, a pool added or removed all
+//! take effect without a restart; an invalid edit is refused with a clear
+//! message and changes nothing.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{Authority, ZONE, eventually, named_checkzone};
+
+fn at(from_now: Duration) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now() + from_now).to_string()
+}
+
+#[test]
+fn pool_edits_take_effect_while_serving() {
+    let pool = |members: &str, policy: &str, extra: &str| {
+        format!("[[pool]]\nname = \"www.example.test.\"\npolicy = \"{policy}\"\nmembers = [ {members} ]\n{extra}")
+    };
+    let web1 = r#"{ id = "web1", address = "127.0.10.1" }"#;
+    let web2 = r#"{ id = "web2", address = "127.0.10.2" }"#;
+    let a = Authority::start(&[("example.test.zone", ZONE)], &pool(&format!("{web1}, {web2}"), "priority", ""));
+    let base = std::fs::read_to_string(&a.config).unwrap();
+    let base = &base[..base.find("[[pool]]").unwrap()];
+    let write = |pools: &str| std::fs::write(&a.config, format!("{base}{pools}")).unwrap();
+    let answer = || a.dig("www.example.test A +short").trim().to_owned();
+    let within = |want: &str, d: Duration| eventually(d, || answer() == want).is_some();
+    assert_eq!(answer(), "127.0.10.1");
+
+    // A new member first in priority order.
+    let web0 = r#"{ id = "web0", address = "127.0.10.9" }"#;
+    write(&pool(&format!("{web0}, {web1}, {web2}"), "priority", ""));
+    assert!(within("127.0.10.9", Duration::from_secs(1)), "member added: {}\n{}", answer(), a.log());
+
+    // Policy changed, weights given.
+    let heavy = r#"{ id = "web2", address = "127.0.10.2", weight = 5 }"#;
+    write(&pool(&format!("{web0}, {web1}, {heavy}"), "weighted", ""));
+    assert!(within("127.0.10.2", Duration::from_secs(1)), "policy changed: {}", answer());
+
+    // A lifetime: web2 leaves at its time, not before.
+    let mortal = format!(r#"{{ id = "web2", address = "127.0.10.2", weight = 5, until = "{}" }}"#, at(Duration::from_secs(3)));
+    write(&pool(&format!("{web0}, {web1}, {mortal}"), "weighted", ""));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(answer(), "127.0.10.2", "still alive before its time");
+    assert!(within("127.0.10.9", Duration::from_secs(4)), "expired member left: {}", answer());
+    let status = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
+    assert!(status.contains("expired"), "{status}");
+
+    // A maintenance window for web0, starting now.
+    let resting = format!(
+        r#"{{ id = "web0", address = "127.0.10.9", maintenance = [ {{ from = "{}", until = "{}" }} ] }}"#,
+        at(Duration::ZERO),
+        at(Duration::from_secs(3600))
+    );
+    write(&pool(&format!("{resting}, {web1}, {mortal}"), "weighted", ""));
+    assert!(within("127.0.10.1", Duration::from_secs(1)), "member in maintenance left: {}", answer());
+
+    // Invalid edits change nothing and say why.
+    write(&pool(&format!("{web0}, {web1}"), "weighted", "ttl = \"five\"\n"));
+    assert!(eventually(Duration::from_secs(2), || a.log().contains("configuration edit refused")).is_some(), "{}", a.log());
+    write(&format!("{}\n[[pool]]\nname = \"www.elsewhere.test.\"\nmembers = [ {web1} ]\n", pool(&format!("{web0}, {web1}"), "priority", "")));
+    assert!(eventually(Duration::from_secs(2), || a.log().contains("www.elsewhere.test.: no zone file")).is_some(), "{}", a.log());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(answer(), "127.0.10.1", "refused edits changed nothing");
+
+    // A pool added, then removed with its managed block.
+    let api = "[[pool]]\nname = \"api.example.test.\"\nmembers = [ { id = \"api1\", address = \"127.0.10.7\" } ]\n";
+    write(&format!("{}\n{api}", pool(&format!("{web1}, {web2}"), "priority", "")));
+    assert!(eventually(Duration::from_secs(1), || a.dig("api.example.test A +short").trim() == "127.0.10.7").is_some(), "{}", a.log());
+    assert!(eventually(Duration::from_secs(2), || a.zone_text("example.test.zone").contains("vnamed:begin api.example.test.")).is_some());
+    write(&pool(&format!("{web1}, {web2}"), "priority", ""));
+    assert!(eventually(Duration::from_secs(1), || a.dig("api.example.test A").contains("status: NXDOMAIN")).is_some(), "{}", a.log());
+    assert!(eventually(Duration::from_secs(2), || !a.zone_text("example.test.zone").contains("api.example.test.")).is_some(), "{}", a.zone_text("example.test.zone"));
+    named_checkzone("example.test", &a.zones_dir().join("example.test.zone")).unwrap();
+    assert_eq!(answer(), "127.0.10.1");
+}
