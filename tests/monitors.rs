@@ -140,3 +140,68 @@ async fn answers_follow_monitored_backends() {
     let status = String::from_utf8(a.cli(&["status", "--token", "t0ken"]).stdout).unwrap();
     assert!(status.contains("web3") && status.contains("load=0.50"), "{status}");
 }
+
+/// The monitor as proxy pool element: it probes a legacy server that runs
+/// no monitor (a check naming another member) and reports for it; it keeps
+/// trying while the authority is down and catches up when it comes back.
+#[test]
+fn proxy_checks_and_an_authority_that_restarts() {
+    let (legacy, own) = (unique_ip(), unique_ip());
+    let _legacy = TcpListener::bind((legacy, 8080)).unwrap();
+    let own_listener = TcpListener::bind((own, 8080)).unwrap();
+    let pool = format!(
+        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\nstale_after = \"2s\"\nfallback = \"servfail\"\n\
+         members = [ {{ id = \"proxyhost\", address = \"{own}\" }}, {{ id = \"legacy\", address = \"{legacy}\" }} ]\n"
+    );
+    let mut a = Authority::start(&[("example.test.zone", ZONE)], &pool);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("m.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[monitor]
+host = "proxyhost"
+report_to = ["{grpc}"]
+refresh = "200ms"
+[[monitor.check]]
+pool = "www.example.test."
+kind = "tcp"
+target = "{own}:8080"
+interval = "100ms"
+[[monitor.check]]
+pool = "www.example.test."
+member = "legacy"
+kind = "tcp"
+target = "{legacy}:8080"
+interval = "100ms"
+"#,
+            grpc = a.grpc
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("m.log");
+    let _m = Proc(Command::new(VNAMED).args(["monitor", "--config"]).arg(&config).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap());
+    let answer = |a: &Authority| a.dig("www.example.test A +short").trim().to_owned();
+    let reported_up = |a: &Authority| String::from_utf8(a.cli(&["status"]).stdout).unwrap().lines().filter(|l| l.contains(" up ")).count();
+    assert!(eventually(Duration::from_secs(3), || reported_up(&a) == 2).is_some(), "both reported up");
+    assert_eq!(answer(&a), own.to_string());
+
+    // The monitor's own host dies; the legacy server it probes from outside takes over.
+    drop(own_listener);
+    assert!(eventually(Duration::from_secs(2), || answer(&a) == legacy.to_string()).is_some(), "{}", answer(&a));
+
+    // The authority goes away and comes back: the monitor keeps retrying and
+    // the restarted authority learns the state again from its reports.
+    assert!(a.stop().success());
+    std::thread::sleep(Duration::from_millis(700));
+    a.spawn();
+    assert!(
+        eventually(Duration::from_secs(4), || String::from_utf8(a.cli(&["status"]).stdout).unwrap().contains("down")).is_some(),
+        "reports resume after the restart:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert_eq!(answer(&a), legacy.to_string());
+    let monitor_log = std::fs::read_to_string(&log).unwrap();
+    assert!(monitor_log.contains("retrying with backoff") && monitor_log.contains("reporting again"), "{monitor_log}");
+}
