@@ -55,6 +55,9 @@ pub struct PolicyArgs {
     /// round-robin, priority, least-loaded, fewest-connections, fewest-pending,
     /// fastest, throughput, closest or weighted.
     pub policy: String,
+    /// For the formula policy: an expression over named metrics, lower wins.
+    #[arg(long)]
+    pub formula: Option<String>,
     #[command(flatten)]
     pub server: ServerArg,
 }
@@ -180,7 +183,7 @@ pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
 pub async fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
     let reply = client(&args.server)
         .await?
-        .set_policy(SetPolicyRequest { pool: args.pool.clone(), policy: args.policy.clone() })
+        .set_policy(SetPolicyRequest { pool: args.pool.clone(), policy: args.policy.clone(), formula: args.formula.clone().unwrap_or_default() })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     println!("{}: policy {}; answer: {}", args.pool, args.policy, reply.into_inner().answer.join(", "));

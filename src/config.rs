@@ -140,6 +140,12 @@ pub struct PoolConfig {
     pub fallback: Fallback,
     #[serde(default = "default_stale", with = "humantime_serde")]
     pub stale_after: Duration,
+    /// For `policy = "formula"`: an expression over named metrics; lower wins.
+    pub formula: Option<String>,
+    /// Smoothing of reported metrics, 0 (none) to below 1: each new value
+    /// counts for (1 - smoothing), the previous smoothed value for the rest.
+    #[serde(default)]
+    pub smoothing: f64,
     pub members: Vec<MemberConfig>,
 }
 
@@ -335,10 +341,17 @@ impl Config {
             if pool.members.is_empty() {
                 problems.push(format!("{at}: members must not be empty"));
             }
-            if pool.policy == PolicyName::Formula {
-                problems.push(format!(
-                    "{at}: policy \"formula\" needs named metrics from the status pipeline, which this build does not have yet"
-                ));
+            match (&pool.formula, pool.policy) {
+                (None, PolicyName::Formula) => problems.push(format!("{at}: policy \"formula\" needs a formula")),
+                (Some(f), _) => {
+                    if let Err(e) = crate::pool::formula::Formula::parse(f) {
+                        problems.push(format!("{at}: {e}"));
+                    }
+                }
+                _ => {}
+            }
+            if !(0.0..1.0).contains(&pool.smoothing) {
+                problems.push(format!("{at}: smoothing must be at least 0 and below 1"));
             }
             let mut ids = HashSet::new();
             for m in &pool.members {
@@ -412,9 +425,7 @@ impl Config {
                 if p.members.iter().any(|m| m.address.is_none()) {
                     problems.push(format!("farm.pool[{i}] ({}): every farm member needs an address", p.name));
                 }
-                if p.policy == PolicyName::Formula {
-                    problems.push(format!("farm.pool[{i}] ({}): policy \"formula\" is not available yet", p.name));
-                }
+
             }
         }
         if let Some(ring) = &self.ring {

@@ -47,11 +47,8 @@ impl Farm {
         }
         let n = reports.len();
         for (r, (i, m)) in reports.into_iter().zip(targets) {
-            let member = &mut pools[i].members[m];
-            member.health = Some(r.up);
-            member.metrics = r.metrics;
-            member.custom = r.custom;
-            member.reported_at = Some(now.checked_sub(r.age).unwrap_or(now));
+            let smoothing = pools[i].smoothing;
+            pools[i].members[m].absorb(r.up, r.metrics, r.custom, smoothing, now.checked_sub(r.age).unwrap_or(now));
         }
         drop(pools);
         self.version.send_modify(|v| *v += 1);

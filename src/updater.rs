@@ -38,6 +38,8 @@ pub enum UpdateError {
     #[error("pool {0} cannot lose its last member")]
     LastMember(String),
     #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
     Setup(String),
 }
 
@@ -73,6 +75,8 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub enum PoolChange {
     Policy(PolicyName),
+    /// A formula for the formula policy.
+    Formula(String),
     Pause(bool),
     AddMember { id: String, address: IpAddr, weight: u32 },
     RemoveMember { id: String },
@@ -379,11 +383,9 @@ impl Updater {
         let n = reports.len();
         let mut touched = Vec::new();
         for (r, (i, m)) in reports.into_iter().zip(targets) {
+            let smoothing = self.pools[i].smoothing;
             let member = &mut self.pools[i].members[m];
-            member.health = Some(r.up);
-            member.metrics = r.metrics;
-            member.custom = r.custom;
-            member.reported_at = Some(now.checked_sub(r.age).unwrap_or(now));
+            member.absorb(r.up, r.metrics, r.custom, smoothing, now.checked_sub(r.age).unwrap_or(now));
             if let Some(first) = r.addresses.first() {
                 member.address = *first;
             }
@@ -519,7 +521,14 @@ impl Updater {
         let i = self.find_pool(pool)?;
         let p = &mut self.pools[i];
         match change {
+            PoolChange::Policy(PolicyName::Formula) if p.formula.is_none() => {
+                return Err(UpdateError::Invalid(format!("pool {pool} has no formula; give one first")));
+            }
             PoolChange::Policy(policy) => p.policy = policy,
+            PoolChange::Formula(text) => {
+                let f = crate::pool::formula::Formula::parse(&text).map_err(UpdateError::Invalid)?;
+                p.formula = Some(Arc::new(f));
+            }
             PoolChange::Pause(paused) => p.paused = paused,
             PoolChange::AddMember { id, address, weight } => {
                 if p.members.iter().any(|m| m.id == id) {
@@ -611,7 +620,7 @@ impl Updater {
                             load: m.metrics.load,
                             in_answer: shown.contains(&m.address),
                             metrics: m.metrics.pairs().map(|(k, v)| (k.to_owned(), v)).chain(m.custom.iter().map(|(k, v)| (k.clone(), *v))).collect(),
-                            score: crate::pool::policy::score(p.policy, m),
+                            score: crate::pool::policy::score(p.policy, p.formula.as_deref(), m),
                             rank: if m.eligible(now, p.stale_after) {
                                 order.iter().position(|a| *a == m.address).map(|i| i as u32 + 1).unwrap_or(0)
                             } else {

@@ -109,6 +109,13 @@ async fn policy_switches_never_give_an_empty_or_failed_answer() {
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.2");
     let servers = String::from_utf8(a.cli(&["pool", "servers", "www.example.test."]).stdout).unwrap();
     assert_eq!(servers, "127.0.10.2\n127.0.10.3\n127.0.10.4\n");
+    // A formula over named metrics, given live: connections are 10 x load here.
+    report(&a, &[("web2", 0.8), ("web3", 0.2), ("web4", 0.5)]).await;
+    let out = a.cli(&["policy", "www.example.test.", "formula", "--formula", "1 - load + connections / 100"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.2", "1 - 0.8 + 0.08 is the lowest score");
+    let bad = a.cli(&["policy", "www.example.test.", "formula", "--formula", "load +"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("formula \"load +\""), "{bad:?}");
     let dup = a.cli(&["pool", "add-member", "www.example.test.", "web4", "127.0.10.5"]);
     assert!(!dup.status.success() && String::from_utf8_lossy(&dup.stderr).contains("already has a member web4"));
 }

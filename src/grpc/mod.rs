@@ -146,6 +146,7 @@ fn status_of(e: UpdateError) -> Status {
         UpdateError::NoPool(_) | UpdateError::NoMember { .. } | UpdateError::NoZone(_) => Status::not_found(e.to_string()),
         UpdateError::MemberExists { .. } => Status::already_exists(e.to_string()),
         UpdateError::LastMember(_) => Status::failed_precondition(e.to_string()),
+        UpdateError::Invalid(_) => Status::invalid_argument(e.to_string()),
         UpdateError::Setup(_) => Status::internal(e.to_string()),
     }
 }
@@ -204,8 +205,8 @@ impl Admin for AdminService {
     async fn set_policy(&self, req: Request<v1::SetPolicyRequest>) -> Result<Response<v1::PoolReply>, Status> {
         let req = req.into_inner();
         let policy: PolicyName = req.policy.parse().map_err(|e: String| Status::invalid_argument(format!("policy: {e}")))?;
-        if policy == PolicyName::Formula {
-            return Err(Status::unimplemented("policy \"formula\" is not available yet"));
+        if !req.formula.is_empty() {
+            self.pool(req.pool.clone(), PoolChange::Formula(req.formula)).await?;
         }
         self.pool(req.pool, PoolChange::Policy(policy)).await
     }

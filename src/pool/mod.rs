@@ -1,6 +1,7 @@
 //! Pools (virtual names): their members, each member's administrative and
 //! reported state, and the decision of what the name answers now.
 
+pub mod formula;
 pub mod policy;
 
 use std::net::IpAddr;
@@ -124,6 +125,32 @@ impl MemberState {
         self
     }
 
+    /// A metric by name, well-known or custom.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.pairs().find(|(k, _)| *k == name).map(|(_, v)| v).or_else(|| self.custom.get(name).copied())
+    }
+
+    /// Takes a report: its health, and its metrics smoothed with the
+    /// previous ones (`smoothing` is the weight of the past, 0 for none).
+    pub fn absorb(&mut self, up: bool, metrics: Metrics, custom: std::collections::BTreeMap<String, f64>, smoothing: f64, at: Instant) {
+        let blend = |old: Option<f64>, new: Option<f64>| match (old, new) {
+            (Some(o), Some(n)) if smoothing > 0.0 => Some(smoothing * o + (1.0 - smoothing) * n),
+            (_, n) => n,
+        };
+        let old = self.metrics;
+        self.metrics = Metrics {
+            load: blend(old.load, metrics.load),
+            connections: blend(old.connections, metrics.connections),
+            pending: blend(old.pending, metrics.pending),
+            response_ms: blend(old.response_ms, metrics.response_ms),
+            throughput: blend(old.throughput, metrics.throughput),
+            distance: blend(old.distance, metrics.distance),
+        };
+        self.custom = custom.into_iter().map(|(k, v)| (k.clone(), blend(self.custom.get(&k).copied(), Some(v)).unwrap_or(v))).collect();
+        self.health = Some(up);
+        self.reported_at = Some(at);
+    }
+
     /// Out of service by its schedule (lifetime over, or in maintenance).
     pub fn scheduled_out(&self, now: Instant) -> Option<&'static str> {
         if self.until.is_some_and(|u| now >= u) {
@@ -190,6 +217,8 @@ pub struct PoolState {
     pub last_known: Vec<IpAddr>,
     /// Paused by an operator: the answer stays as it is.
     pub paused: bool,
+    pub formula: Option<std::sync::Arc<formula::Formula>>,
+    pub smoothing: f64,
 }
 
 impl PoolState {
@@ -206,13 +235,15 @@ impl PoolState {
             members: c.members.iter().map(|m| MemberState::from_config(m, now, wall)).collect(),
             last_known: Vec::new(),
             paused: false,
+            formula: c.formula.as_deref().and_then(|f| formula::Formula::parse(f).ok()).map(std::sync::Arc::new),
+            smoothing: c.smoothing,
         }
     }
 
     /// Every member in service, most preferred first (empty when none is).
     pub fn order(&self, now: Instant) -> Vec<IpAddr> {
         let live: Vec<&MemberState> = self.members.iter().filter(|m| m.eligible(now, self.stale_after)).collect();
-        policy::order(self.policy, &live).into_iter().map(|i| live[i].address).collect()
+        policy::order(self.policy, self.formula.as_deref(), &live).into_iter().map(|i| live[i].address).collect()
     }
 
     pub fn member_mut(&mut self, id: &str) -> Option<&mut MemberState> {
@@ -241,7 +272,7 @@ impl PoolState {
                 },
             };
         }
-        let order = policy::order(self.policy, &live);
+        let order = policy::order(self.policy, self.formula.as_deref(), &live);
         let take = if rotate { order.len() } else { self.answers };
         let addresses: Vec<IpAddr> = order.iter().take(take).map(|&i| live[i].address).collect();
         self.last_known = addresses.clone();
@@ -298,6 +329,22 @@ mod tests {
         assert!(p.order(at(11)).is_empty());
         assert_eq!(p.order(at(21)), vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
         assert_eq!(p.decide(at(21)).addresses, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn smoothing_blends_new_metrics_with_the_past() {
+        let now = Instant::now();
+        let mut p = pool("all");
+        let m = &mut p.members[0];
+        let load = |l| Metrics { load: Some(l), ..Default::default() };
+        m.absorb(true, load(1.0), Default::default(), 0.75, now);
+        assert_eq!(m.metrics.load, Some(1.0), "the first value is taken as it is");
+        m.absorb(true, load(0.0), [("queue".to_owned(), 8.0)].into(), 0.75, now);
+        assert_eq!(m.metrics.load, Some(0.75));
+        m.absorb(true, load(0.0), [("queue".to_owned(), 0.0)].into(), 0.75, now);
+        assert_eq!((m.metrics.load, m.metric("queue")), (Some(0.5625), Some(6.0)));
+        m.absorb(false, load(0.2), Default::default(), 0.0, now);
+        assert_eq!((m.metrics.load, m.health), (Some(0.2), Some(false)), "no smoothing: the new value");
     }
 
     #[test]

@@ -4,12 +4,14 @@
 use crate::config::PolicyName;
 
 use super::MemberState;
+use super::formula::Formula;
 
 /// The value a policy ranks a member by, as shown to operators: lower is
 /// better except for throughput and weight. `None` when not reported.
-pub fn score(policy: PolicyName, m: &MemberState) -> Option<f64> {
+pub fn score(policy: PolicyName, formula: Option<&Formula>, m: &MemberState) -> Option<f64> {
     match policy {
-        PolicyName::RoundRobin | PolicyName::Priority | PolicyName::Formula => None,
+        PolicyName::Formula => formula.and_then(|f| f.eval(|n| m.metric(n))),
+        PolicyName::RoundRobin | PolicyName::Priority => None,
         PolicyName::LeastLoaded => m.metrics.load,
         PolicyName::FewestConnections => m.metrics.connections,
         PolicyName::FewestPending => m.metrics.pending,
@@ -23,7 +25,7 @@ pub fn score(policy: PolicyName, m: &MemberState) -> Option<f64> {
 /// Orders eligible members from most to least preferred. Ties keep the
 /// configured order, so answers are stable and deterministic: several
 /// authorities fed the same reports give the same answer.
-pub fn order(policy: PolicyName, members: &[&MemberState]) -> Vec<usize> {
+pub fn order(policy: PolicyName, formula: Option<&Formula>, members: &[&MemberState]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..members.len()).collect();
     let key = |f: fn(&MemberState) -> Option<f64>, missing: f64| {
         move |i: &usize| f(members[*i]).unwrap_or(missing)
@@ -33,7 +35,8 @@ pub fn order(policy: PolicyName, members: &[&MemberState]) -> Vec<usize> {
     };
     match policy {
         // Configured order; the DNS path rotates it query by query.
-        PolicyName::RoundRobin | PolicyName::Priority | PolicyName::Formula => {}
+        PolicyName::RoundRobin | PolicyName::Priority => {}
+        PolicyName::Formula => sort_by(&mut idx, &|i: &usize| score(policy, formula, members[*i]).unwrap_or(f64::MAX)),
         PolicyName::LeastLoaded => sort_by(&mut idx, &key(|m| m.metrics.load, f64::MAX)),
         PolicyName::FewestConnections => sort_by(&mut idx, &key(|m| m.metrics.connections, f64::MAX)),
         PolicyName::FewestPending => sort_by(&mut idx, &key(|m| m.metrics.pending, f64::MAX)),
@@ -70,14 +73,25 @@ mod tests {
     fn least_loaded_prefers_low_load_and_puts_unknown_last() {
         let ms = [member("a", Some(0.9), 1), member("b", None, 1), member("c", Some(0.1), 1)];
         let refs: Vec<&MemberState> = ms.iter().collect();
-        assert_eq!(order(PolicyName::LeastLoaded, &refs), vec![2, 0, 1]);
+        assert_eq!(order(PolicyName::LeastLoaded, None, &refs), vec![2, 0, 1]);
     }
 
     #[test]
     fn priority_keeps_configured_order_and_weighted_prefers_heavy() {
         let ms = [member("a", Some(0.9), 1), member("b", Some(0.1), 5)];
         let refs: Vec<&MemberState> = ms.iter().collect();
-        assert_eq!(order(PolicyName::Priority, &refs), vec![0, 1]);
-        assert_eq!(order(PolicyName::Weighted, &refs), vec![1, 0]);
+        assert_eq!(order(PolicyName::Priority, None, &refs), vec![0, 1]);
+        assert_eq!(order(PolicyName::Weighted, None, &refs), vec![1, 0]);
+    }
+
+    #[test]
+    fn formula_ranks_by_its_score_and_unscored_members_last() {
+        let mut ms = [member("a", Some(0.1), 1), member("b", Some(0.5), 1), member("c", None, 1)];
+        ms[0].custom.insert("queue".into(), 90.0);
+        ms[1].custom.insert("queue".into(), 10.0);
+        let f = Formula::parse("load * 100 + queue").unwrap();
+        let refs: Vec<&MemberState> = ms.iter().collect();
+        assert_eq!(score(PolicyName::Formula, Some(&f), refs[0]), Some(100.0));
+        assert_eq!(order(PolicyName::Formula, Some(&f), &refs), vec![1, 0, 2]);
     }
 }
