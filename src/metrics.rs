@@ -36,8 +36,56 @@ pub struct Counters {
     pub zone_writes: AtomicU64,
     pub zone_edits_refused: AtomicU64,
     pub reports_accepted: AtomicU64,
+    /// From a report's arrival to the new answer being served.
+    pub report_to_answer: Histogram,
     /// Refused report batches, by reason (see `REFUSALS`).
     reports_refused: [AtomicU64; REFUSALS.len()],
+}
+
+/// Responses for one virtual name, by RCODE.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    rcodes: [AtomicU64; 16],
+}
+
+impl PoolCounters {
+    pub fn response(&self, rcode: u16) {
+        self.rcodes[(rcode & 0xf) as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A latency histogram in milliseconds, Prometheus style.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_MS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+const BUCKETS_MS: [f64; 11] = [0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        for (b, le) in self.buckets.iter().zip(BUCKETS_MS) {
+            if ms <= le {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, le) in self.buckets.iter().zip(BUCKETS_MS) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {}", le / 1000.0, b.load(Ordering::Relaxed));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
 }
 
 /// Reasons a report batch is refused.
@@ -101,8 +149,20 @@ pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: 
     for (i, reason) in REFUSALS.iter().enumerate() {
         let _ = writeln!(out, "vnamed_report_batches_refused_total{{reason=\"{reason}\"}} {}", counters.reports_refused[i].load(Ordering::Relaxed));
     }
-    out.push_str("# HELP vnamed_zone_serial SOA serial served.\n# TYPE vnamed_zone_serial gauge\n");
+    counters.report_to_answer.render(&mut out, "vnamed_report_to_answer_seconds", "Time from a report's arrival to the answer it changed being served.");
+    out.push_str("# HELP vnamed_pool_responses_total DNS responses for virtual names, by pool and rcode.\n# TYPE vnamed_pool_responses_total counter\n");
     let snap = snapshot.load();
+    let mut pools: Vec<_> = snap.zones.values().flat_map(|z| z.pools.values()).collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    for p in pools {
+        for (code, n) in p.counters.rcodes.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "vnamed_pool_responses_total{{pool=\"{}\",rcode=\"{}\"}} {n}", p.name, rcode_name(code));
+            }
+        }
+    }
+    out.push_str("# HELP vnamed_zone_serial SOA serial served.\n# TYPE vnamed_zone_serial gauge\n");
     let mut zones: Vec<_> = snap.zones.values().collect();
     zones.sort_by(|a, b| a.data.origin.cmp(&b.data.origin));
     for z in zones {

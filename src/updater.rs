@@ -57,7 +57,7 @@ pub enum Command {
     Report { pool: String, id: String, up: bool, metrics: Metrics },
     /// A checked batch of reports: stored whole, or refused whole when a
     /// report names a pool or member that is not served.
-    Reports { reports: Vec<Report>, reply: oneshot::Sender<Result<usize, ReportError>> },
+    Reports { reports: Vec<Report>, received: Instant, reply: oneshot::Sender<Result<usize, ReportError>> },
     /// Pools, members and answers as they are now.
     Status { reply: oneshot::Sender<Vec<PoolStatus>> },
     /// A zone as served, in master-file format.
@@ -187,9 +187,16 @@ fn restore(zone: &mut ZoneState, mut pool: PoolState, now: Instant) -> PoolState
         zone.dirty = true;
         pool.decide(now)
     };
-    let answer = PoolAnswer::new(pool.name.clone(), pool.ttl, decision.addresses, pool.answers, decision.rotate, decision.servfail);
+    let answer = answer_for(&pool, decision);
     zone.answers.insert(LowerName::from(&pool.name), Arc::new(answer));
     pool
+}
+
+/// The answer a pool gives for a decision, counted with the pool's counters.
+fn answer_for(pool: &PoolState, d: Decision) -> PoolAnswer {
+    let mut a = PoolAnswer::new(pool.name.clone(), pool.ttl, d.addresses, pool.answers, d.rotate, d.servfail);
+    a.counters = pool.counters.clone();
+    a
 }
 
 fn same(a: &PoolAnswer, d: &Decision) -> bool {
@@ -306,7 +313,7 @@ impl Updater {
         }
         info!(pool = %pool.name, answer = ?decision.addresses, servfail = decision.servfail, "answer changed");
         self.counters.answer_changes.fetch_add(1, Ordering::Relaxed);
-        let answer = PoolAnswer::new(pool.name.clone(), pool.ttl, decision.addresses, pool.answers, decision.rotate, decision.servfail);
+        let answer = answer_for(&pool, decision);
         zone.answers.insert(lower, Arc::new(answer));
         zone.serial = zone.serial.wrapping_add(1);
         zone.dirty = true;
@@ -344,8 +351,8 @@ impl Updater {
                     self.changed(&[origin]);
                 }
             }
-            Command::Reports { reports, reply } => {
-                let _ = reply.send(self.reports(reports, now));
+            Command::Reports { reports, received, reply } => {
+                let _ = reply.send(self.reports(reports, received, now));
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status(now));
@@ -365,7 +372,7 @@ impl Updater {
         }
     }
 
-    fn reports(&mut self, reports: Vec<Report>, now: Instant) -> Result<usize, ReportError> {
+    fn reports(&mut self, reports: Vec<Report>, received: Instant, now: Instant) -> Result<usize, ReportError> {
         // Resolve every report first, so nothing is stored from a batch that is refused.
         let mut targets = Vec::with_capacity(reports.len());
         for (index, r) in reports.iter().enumerate() {
@@ -399,7 +406,10 @@ impl Updater {
                 zones.push(self.pool_zone[i].clone());
             }
         }
-        self.changed(&zones);
+        if !zones.is_empty() {
+            self.changed(&zones);
+            self.counters.report_to_answer.observe(received.elapsed());
+        }
         Ok(n)
     }
 
@@ -469,7 +479,7 @@ impl Updater {
                             None => new.clone(),
                         })
                         .collect();
-                    *old = PoolState { members, last_known: std::mem::take(&mut old.last_known), paused: old.paused, ..fresh };
+                    *old = PoolState { members, last_known: std::mem::take(&mut old.last_known), paused: old.paused, counters: old.counters.clone(), ..fresh };
                     let zone = self.zones.get_mut(&origin).expect("zone exists");
                     if reshaped {
                         zone.answers.remove(&LowerName::from(&self.pools[i].name));
@@ -505,7 +515,7 @@ impl Updater {
             let paused = std::mem::replace(&mut p.paused, false);
             let decision = p.decide(now);
             p.paused = paused;
-            let answer = PoolAnswer::new(p.name.clone(), p.ttl, decision.addresses, p.answers, decision.rotate, decision.servfail);
+            let answer = answer_for(p, decision);
             let zone = self.zones.get_mut(&origin).expect("zone exists");
             zone.answers.insert(lower, Arc::new(answer));
             zone.serial = zone.serial.wrapping_add(1);

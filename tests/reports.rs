@@ -94,6 +94,9 @@ async fn reports_steer_the_answer_and_bad_ones_change_nothing() {
     assert!(metrics.contains("vnamed_report_batches_refused_total{reason=\"bad_metric\"} 1"), "{metrics}");
     assert!(metrics.contains("vnamed_report_batches_refused_total{reason=\"unknown_member\"} 1"), "{metrics}");
     assert!(metrics.contains("vnamed_reports_accepted_total 4"), "{metrics}");
+    assert!(metrics.contains("vnamed_report_to_answer_seconds_count 2"), "two reports changed the answer: {metrics}");
+    assert!(metrics.contains("vnamed_pool_responses_total{pool=\"www.example.test.\",rcode=\"NOERROR\"}"), "{metrics}");
+    assert!(metrics.contains("vnamed_pool_responses_total{pool=\"www.example.test.\",rcode=\"SERVFAIL\"}"), "{metrics}");
 }
 
 /// The admin CLI without the token is refused.

@@ -116,6 +116,8 @@ pub fn parse(req: &[u8], key: &mut [u8; MAX_KEY]) -> Option<FastQuery> {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub responses: Box<[Box<[u8]>]>,
+    /// The virtual name's counters, for entries of virtual names.
+    pub counters: Option<Arc<crate::metrics::PoolCounters>>,
 }
 
 /// Every pre-encoded response of a snapshot.
@@ -137,6 +139,9 @@ impl FastTable {
         let resp = &entry.responses[turn % entry.responses.len()];
         if resp.len() > q.max_size || resp.len() > out.len() {
             return None; // the slow path truncates properly
+        }
+        if let Some(c) = &entry.counters {
+            c.response(u16::from(resp[3] & 0xf));
         }
         let out = &mut out[..resp.len()];
         out.copy_from_slice(resp);
@@ -179,7 +184,15 @@ pub fn encode(answer: &Answer, name: &LowerName, qtype: RecordType, shape: Shape
     (bytes.len() <= UDP_PAYLOAD as usize).then(|| bytes.into_boxed_slice())
 }
 
-fn add(table: &mut HashMap<Box<[u8]>, Entry>, snap: &Snapshot, name: &LowerName, qtype: RecordType, turns: usize, only_positive: bool) {
+fn add(
+    table: &mut HashMap<Box<[u8]>, Entry>,
+    snap: &Snapshot,
+    name: &LowerName,
+    qtype: RecordType,
+    turns: usize,
+    only_positive: bool,
+    counters: Option<&Arc<crate::metrics::PoolCounters>>,
+) {
     for shape in SHAPES {
         let mut responses = Vec::with_capacity(turns);
         for turn in 0..turns {
@@ -196,7 +209,7 @@ fn add(table: &mut HashMap<Box<[u8]>, Entry>, snap: &Snapshot, name: &LowerName,
                 None => return,
             }
         }
-        table.insert(key_of(name, qtype, shape), Entry { responses: responses.into_boxed_slice() });
+        table.insert(key_of(name, qtype, shape), Entry { responses: responses.into_boxed_slice(), counters: counters.cloned() });
     }
 }
 
@@ -216,7 +229,7 @@ pub fn build_stable(snap: &Snapshot) -> HashMap<Box<[u8]>, Entry> {
                 if table.len() >= MAX_STATIC {
                     break 'zones;
                 }
-                add(&mut table, snap, name, t, 1, true);
+                add(&mut table, snap, name, t, 1, true, None);
             }
         }
     }
@@ -227,11 +240,11 @@ pub fn build_stable(snap: &Snapshot) -> HashMap<Box<[u8]>, Entry> {
 pub fn build_dynamic(snap: &Snapshot) -> HashMap<Box<[u8]>, Entry> {
     let mut table = HashMap::new();
     for zone in snap.zones.values() {
-        add(&mut table, snap, &zone.data.lower_origin, RecordType::SOA, 1, false);
+        add(&mut table, snap, &zone.data.lower_origin, RecordType::SOA, 1, false, None);
         for (name, pool) in &zone.pools {
             let turns = if pool.rotate { pool.addresses.len().max(1) } else { 1 };
             for t in [RecordType::A, RecordType::AAAA] {
-                add(&mut table, snap, name, t, turns, false);
+                add(&mut table, snap, name, t, turns, false, Some(&pool.counters));
             }
         }
     }

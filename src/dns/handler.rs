@@ -127,6 +127,9 @@ impl DnsHandler {
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let answer = lookup(&snap, query.name(), query.query_type(), query.query_class(), turn);
+        if let Some(pool) = snap.find_zone(query.name()).and_then(|z| z.pools.get(query.name())) {
+            pool.counters.response(u16::from(answer.rcode.low()));
+        }
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = answer.authoritative;
         metadata.response_code = answer.rcode;

@@ -25,12 +25,14 @@ pub struct PoolAnswer {
     pub rotate: bool,
     /// No address may be given: answer SERVFAIL for A and AAAA.
     pub servfail: bool,
+    /// Responses given for this name; the same counters across answers.
+    pub counters: Arc<crate::metrics::PoolCounters>,
 }
 
 impl PoolAnswer {
     pub fn new(name: Name, ttl: u32, addresses: Vec<IpAddr>, answers: usize, rotate: bool, servfail: bool) -> Self {
         let (a, aaaa) = address_records(&name, ttl, &addresses);
-        Self { name, ttl, addresses, a, aaaa, answers, rotate, servfail }
+        Self { name, ttl, addresses, a, aaaa, answers, rotate, servfail, counters: Arc::default() }
     }
 }
 

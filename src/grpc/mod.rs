@@ -89,6 +89,7 @@ impl StatusService {
 #[tonic::async_trait]
 impl StatusApi for StatusService {
     async fn report(&self, req: Request<v1::ReportBatch>) -> Result<Response<v1::ReportReply>, Status> {
+        let received = std::time::Instant::now();
         let batch = req.into_inner();
         let reports = report::decode(&batch, report::now_unix_ms()).map_err(|e| {
             self.counters.refused(e.reason());
@@ -96,7 +97,7 @@ impl StatusApi for StatusService {
         })?;
         let (tx, rx) = oneshot::channel();
         self.updater
-            .send_timeout(Command::Reports { reports, reply: tx }, CALL_TIMEOUT)
+            .send_timeout(Command::Reports { reports, received, reply: tx }, CALL_TIMEOUT)
             .await
             .map_err(|_| Status::unavailable("the updater is not accepting reports"))?;
         let accepted = rx

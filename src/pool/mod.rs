@@ -219,6 +219,8 @@ pub struct PoolState {
     pub paused: bool,
     pub formula: Option<std::sync::Arc<formula::Formula>>,
     pub smoothing: f64,
+    /// Responses given for the pool's name, kept across answers.
+    pub counters: std::sync::Arc<crate::metrics::PoolCounters>,
 }
 
 impl PoolState {
@@ -237,6 +239,7 @@ impl PoolState {
             paused: false,
             formula: c.formula.as_deref().and_then(|f| formula::Formula::parse(f).ok()).map(std::sync::Arc::new),
             smoothing: c.smoothing,
+            counters: Default::default(),
         }
     }
 
