@@ -313,7 +313,7 @@ impl Updater {
         }
         info!(pool = %pool.name, answer = ?decision.addresses, servfail = decision.servfail, "answer changed");
         self.counters.answer_changes.fetch_add(1, Ordering::Relaxed);
-        let answer = answer_for(&pool, decision);
+        let answer = answer_for(pool, decision);
         zone.answers.insert(lower, Arc::new(answer));
         zone.serial = zone.serial.wrapping_add(1);
         zone.dirty = true;
