@@ -38,7 +38,7 @@ impl Farm {
                 .iter()
                 .position(|p| p.name.to_string().eq_ignore_ascii_case(&r.pool) || p.name.to_string().eq_ignore_ascii_case(&format!("{}.", r.pool)))
                 .ok_or_else(|| ReportError::NoPool { index, pool: r.pool.clone() })?;
-            let m = pools[i].members.iter().position(|m| m.id == r.member).ok_or_else(|| ReportError::NoMember {
+            let m = pools[i].position(&r.member).ok_or_else(|| ReportError::NoMember {
                 index,
                 pool: r.pool.clone(),
                 member: r.member.clone(),

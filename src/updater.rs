@@ -124,6 +124,21 @@ struct ZoneState {
     broken: bool,
     /// Managed blocks of pools that were removed, to take out at the next write.
     drop_blocks: Vec<String>,
+    /// A write of the file is under way.
+    writing: bool,
+    /// The text being written, so its arrival on disk is not taken for an edit.
+    writing_text: Option<String>,
+}
+
+/// The outcome of a zone file write done off the updater's task.
+struct WriteDone {
+    origin: LowerName,
+    /// What was on disk when the write was prepared.
+    based_on: String,
+    dropped: Vec<String>,
+    serial: u32,
+    file: ZoneFile,
+    result: std::io::Result<()>,
 }
 
 pub struct Updater {
@@ -138,6 +153,8 @@ pub struct Updater {
     stable: Arc<HashMap<Box<[u8]>, fast::Entry>>,
     stable_stale: bool,
     counters: Arc<Counters>,
+    written: mpsc::Sender<WriteDone>,
+    written_rx: Option<mpsc::Receiver<WriteDone>>,
 }
 
 /// The zone a pool's name lives in, if it may be a pool there.
@@ -221,6 +238,7 @@ impl Updater {
         now: Instant,
     ) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
+        let (written, written_rx) = mpsc::channel(64);
         let mut zones: BTreeMap<LowerName, ZoneState> = files
             .into_iter()
             .map(|(origin, file)| {
@@ -234,6 +252,8 @@ impl Updater {
                     last_write: None,
                     broken: false,
                     drop_blocks: Vec::new(),
+                    writing: false,
+                    writing_text: None,
                 };
                 (origin, state)
             })
@@ -259,7 +279,7 @@ impl Updater {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true, counters };
+        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true, counters, written, written_rx: Some(written_rx) };
         for zone in updater.zones.values_mut() {
             if zone.dirty {
                 zone.serial = zone.serial.wrapping_add(1);
@@ -375,9 +395,18 @@ impl Updater {
     fn reports(&mut self, reports: Vec<Report>, received: Instant, now: Instant) -> Result<usize, ReportError> {
         // Resolve every report first, so nothing is stored from a batch that is refused.
         let mut targets = Vec::with_capacity(reports.len());
+        let mut last: Option<(&str, usize)> = None;
         for (index, r) in reports.iter().enumerate() {
-            let i = self.find_pool(&r.pool).map_err(|_| ReportError::NoPool { index, pool: r.pool.clone() })?;
-            let m = self.pools[i].members.iter().position(|m| m.id == r.member).ok_or_else(|| ReportError::NoMember {
+            // Batches mostly name one pool: look it up once.
+            let i = match last {
+                Some((name, i)) if name == r.pool => i,
+                _ => {
+                    let i = self.find_pool(&r.pool).map_err(|_| ReportError::NoPool { index, pool: r.pool.clone() })?;
+                    last = Some((&r.pool, i));
+                    i
+                }
+            };
+            let m = self.pools[i].position(&r.member).ok_or_else(|| ReportError::NoMember {
                 index,
                 pool: r.pool.clone(),
                 member: r.member.clone(),
@@ -479,7 +508,12 @@ impl Updater {
                             None => new.clone(),
                         })
                         .collect();
-                    *old = PoolState { members, last_known: std::mem::take(&mut old.last_known), paused: old.paused, counters: old.counters.clone(), ..fresh };
+                    let mut fresh = fresh;
+                    fresh.members = members;
+                    fresh.last_known = std::mem::take(&mut old.last_known);
+                    fresh.paused = old.paused;
+                    fresh.counters = old.counters.clone();
+                    *old = fresh.reindexed();
                     let zone = self.zones.get_mut(&origin).expect("zone exists");
                     if reshaped {
                         zone.answers.remove(&LowerName::from(&self.pools[i].name));
@@ -546,6 +580,7 @@ impl Updater {
                 }
                 let config = crate::config::MemberConfig { id, address: Some(address), farm: None, weight, until: None, maintenance: Vec::new() };
                 p.members.push(MemberState::from_config(&config, now, SystemTime::now()));
+                p.reindex();
             }
             PoolChange::RemoveMember { id } => {
                 let at = p.members.iter().position(|m| m.id == id).ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.clone() })?;
@@ -553,6 +588,7 @@ impl Updater {
                     return Err(UpdateError::LastMember(pool.to_owned()));
                 }
                 let gone = p.members.remove(at);
+                p.reindex();
                 p.last_known.retain(|a| *a != gone.address);
             }
         }
@@ -662,7 +698,7 @@ impl Updater {
     pub fn next_write(&self) -> Option<Instant> {
         self.zones
             .values()
-            .filter(|z| z.dirty && !z.broken)
+            .filter(|z| z.dirty && !z.broken && !z.writing)
             .map(|z| z.last_write.map(|t| t + self.write_interval).unwrap_or_else(Instant::now))
             .min()
     }
@@ -672,7 +708,7 @@ impl Updater {
         let due: Vec<LowerName> = self
             .zones
             .iter()
-            .filter(|(_, z)| z.dirty && !z.broken && (force || z.last_write.is_none_or(|t| now >= t + self.write_interval)))
+            .filter(|(_, z)| z.dirty && !z.broken && !z.writing && (force || z.last_write.is_none_or(|t| now >= t + self.write_interval)))
             .map(|(o, _)| o.clone())
             .collect();
         for origin in due {
@@ -685,7 +721,7 @@ impl Updater {
                         continue;
                     }
                 }
-            self.write(&origin, now);
+            self.write(&origin, now, force);
         }
     }
 
@@ -712,7 +748,10 @@ impl Updater {
         text::rewrite(&z.file.text, &z.file.blocks, z.file.serial_span.clone(), z.serial, &blocks)
     }
 
-    fn write(&mut self, origin: &LowerName, now: Instant) {
+    /// Writes a zone's file: rendered and validated here, written (with
+    /// its fsyncs) on a blocking thread so answers keep moving meanwhile,
+    /// unless `wait` (at shutdown).
+    fn write(&mut self, origin: &LowerName, now: Instant, wait: bool) {
         let text = self.render(origin);
         let z = self.zones.get_mut(origin).expect("zone exists");
         let path = z.file.path.clone();
@@ -725,30 +764,55 @@ impl Updater {
                 return;
             }
         };
-        match writer::write_atomic(&path, &parsed.text) {
-            Ok(()) => {
-                info!(file = %path.display(), serial = z.serial, "zone file written");
-                self.counters.zone_writes.fetch_add(1, Ordering::Relaxed);
-                let mut parsed = parsed;
-                // Our own write changes only pool records, which the answers
-                // override anyway: keep serving (and the pre-encoded table
-                // built from) the same data unless it lacked a pool's name.
-                if z.answers.keys().all(|p| z.file.data.nodes.contains_key(p)) {
-                    parsed.data = z.file.data.clone();
-                } else {
-                    self.stable_stale = true;
-                }
-                z.disk_text = parsed.text.clone();
-                z.file = parsed;
-                z.dirty = false;
-                z.drop_blocks.clear();
-                z.last_write = Some(now);
-            }
-            Err(e) => {
-                error!(file = %path.display(), error = %e, "cannot write zone file; will retry");
-                z.last_write = Some(now);
-            }
+        z.dirty = false;
+        z.writing = true;
+        z.writing_text = Some(parsed.text.clone());
+        z.last_write = Some(now);
+        let done = WriteDone { origin: origin.clone(), based_on: z.disk_text.clone(), dropped: std::mem::take(&mut z.drop_blocks), serial: z.serial, result: Ok(()), file: parsed };
+        if wait || tokio::runtime::Handle::try_current().is_err() {
+            let mut done = done;
+            done.result = writer::write_atomic(&path, &done.file.text);
+            self.finish_write(done);
+            return;
         }
+        let tx = self.written.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut done = done;
+            done.result = writer::write_atomic(&path, &done.file.text);
+            let _ = tx.blocking_send(done);
+        });
+    }
+
+    /// Takes the outcome of a zone file write.
+    fn finish_write(&mut self, done: WriteDone) {
+        let Some(z) = self.zones.get_mut(&done.origin) else { return };
+        z.writing = false;
+        z.writing_text = None;
+        let path = done.file.path.clone();
+        if let Err(e) = done.result {
+            error!(file = %path.display(), error = %e, "cannot write zone file; will retry");
+            z.dirty = true;
+            z.drop_blocks.extend(done.dropped);
+            return;
+        }
+        info!(file = %path.display(), serial = done.serial, "zone file written");
+        self.counters.zone_writes.fetch_add(1, Ordering::Relaxed);
+        if z.disk_text != done.based_on {
+            // The operator's edit was read while we wrote: write again from it.
+            z.dirty = true;
+            return;
+        }
+        let mut parsed = done.file;
+        // Our own write changes only pool records, which the answers
+        // override anyway: keep serving (and the pre-encoded table built
+        // from) the same data unless it lacked a pool's name.
+        if z.answers.keys().all(|p| z.file.data.nodes.contains_key(p)) {
+            parsed.data = z.file.data.clone();
+        } else {
+            self.stable_stale = true;
+        }
+        z.disk_text = parsed.text.clone();
+        z.file = parsed;
     }
 
     /// An operator changed a zone file: serve the new version if it is
@@ -764,7 +828,7 @@ impl Updater {
                 return;
             }
         };
-        if self.zones.get(&origin).is_some_and(|z| z.disk_text == text) {
+        if self.zones.get(&origin).is_some_and(|z| z.disk_text == text || z.writing_text.as_deref() == Some(text.as_str())) {
             return;
         }
         let name = Name::from(&origin);
@@ -830,6 +894,8 @@ impl Updater {
                         last_write: None,
                         broken: false,
                         drop_blocks: Vec::new(),
+                        writing: false,
+                        writing_text: None,
                     },
                 );
             }
@@ -839,6 +905,7 @@ impl Updater {
 
     /// Runs the updater until shutdown, then writes what is pending.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut edits: mpsc::Receiver<PathBuf>, shutdown: CancellationToken) {
+        let mut written = self.written_rx.take().expect("run once");
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -852,9 +919,17 @@ impl Updater {
             tokio::select! {
                 Some(cmd) = commands.recv() => self.handle(cmd, Instant::now()),
                 Some(path) = edits.recv() => self.reload(&path),
+                Some(done) = written.recv() => self.finish_write(done),
                 _ = write_due => self.flush(Instant::now(), false),
                 _ = tick.tick() => self.tick(Instant::now()),
                 _ = shutdown.cancelled() => break,
+            }
+        }
+        // Writes under way finish first, then whatever is still pending.
+        while self.zones.values().any(|z| z.writing) {
+            match written.recv().await {
+                Some(done) => self.finish_write(done),
+                None => break,
             }
         }
         self.flush(Instant::now(), true);

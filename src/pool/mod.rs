@@ -221,6 +221,8 @@ pub struct PoolState {
     pub smoothing: f64,
     /// Responses given for the pool's name, kept across answers.
     pub counters: std::sync::Arc<crate::metrics::PoolCounters>,
+    /// Member id → index in `members`; a hint, checked on every use.
+    index: std::collections::HashMap<String, usize>,
 }
 
 impl PoolState {
@@ -240,6 +242,26 @@ impl PoolState {
             formula: c.formula.as_deref().and_then(|f| formula::Formula::parse(f).ok()).map(std::sync::Arc::new),
             smoothing: c.smoothing,
             counters: Default::default(),
+            index: Default::default(),
+        }
+        .reindexed()
+    }
+
+    /// Rebuilds the member index after members were added or removed.
+    pub fn reindexed(mut self) -> Self {
+        self.reindex();
+        self
+    }
+
+    pub fn reindex(&mut self) {
+        self.index = self.members.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect();
+    }
+
+    /// Where member `id` is in `members`.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        match self.index.get(id) {
+            Some(&i) if self.members.get(i).is_some_and(|m| m.id == id) => Some(i),
+            _ => self.members.iter().position(|m| m.id == id),
         }
     }
 
@@ -250,7 +272,8 @@ impl PoolState {
     }
 
     pub fn member_mut(&mut self, id: &str) -> Option<&mut MemberState> {
-        self.members.iter_mut().find(|m| m.id == id)
+        let i = self.position(id)?;
+        Some(&mut self.members[i])
     }
 
     /// Applies the policy to the members in service.
