@@ -39,7 +39,7 @@ pub struct MemberArgs {
     pub pool: String,
     /// Member id, e.g. web1.
     pub member: String,
-    /// up, down, or auto (follow status reports).
+    /// up, down, drain (no new clients), or auto (follow status reports).
     #[arg(long)]
     pub admin: Option<String>,
     #[arg(long)]

@@ -73,7 +73,19 @@ async fn reports_steer_the_answer_and_bad_ones_change_nothing() {
     let mut future = report("web3", true, 0.0);
     future.observed_unix_ms = vnamed::report::now_unix_ms() + 3_600_000;
     assert_eq!(client.report(batch(vec![future])).await.unwrap_err().code(), Code::InvalidArgument);
+    // Oversized: refused by size before anything is decoded.
+    let mut big = report("web3", true, 0.0);
+    big.check = "x".repeat(17 << 20);
+    let e = client.report(batch(vec![big])).await.unwrap_err();
+    assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted), "{e:?}");
     assert_eq!(dig("www.example.test A +short"), "127.0.10.2", "refused batches changed nothing");
+
+    // Draining takes a member out of new answers.
+    assert!(a.cli(&["member", "www.example.test.", "web2", "--admin", "drain", "--token", "s3cret"]).status.success());
+    assert_eq!(dig("www.example.test A +short"), "127.0.10.3");
+    assert!(String::from_utf8(a.cli(&["status", "--token", "s3cret"]).stdout).unwrap().contains("draining"));
+    assert!(a.cli(&["member", "www.example.test.", "web2", "--admin", "auto", "--token", "s3cret"]).status.success());
+    assert_eq!(dig("www.example.test A +short"), "127.0.10.2");
 
     // A member reported down leaves the answer.
     client.report(batch(vec![report("web2", false, 0.2)])).await.unwrap();

@@ -82,7 +82,7 @@ pub struct StatusService {
 
 impl StatusService {
     pub fn server(updater: mpsc::Sender<Command>, counters: Arc<Counters>) -> StatusServer<Self> {
-        StatusServer::new(Self { updater, counters })
+        StatusServer::new(Self { updater, counters }).max_decoding_message_size(MAX_MESSAGE)
     }
 }
 
@@ -111,6 +111,9 @@ impl StatusApi for StatusService {
         Ok(Response::new(v1::ReportReply { accepted: accepted as u32 }))
     }
 }
+
+/// Largest report batch accepted, encoded (100,000 reports fit).
+pub const MAX_MESSAGE: usize = 16 << 20;
 
 /// How long a call waits for the updater before giving up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -192,7 +195,7 @@ impl Admin for AdminService {
         let admin = match req.admin.as_deref() {
             None => None,
             Some(s) => Some(AdminState::parse(s).ok_or_else(|| {
-                Status::invalid_argument(format!("admin must be up, down or auto, not {s:?}"))
+                Status::invalid_argument(format!("admin must be up, down, drain or auto, not {s:?}"))
             })?),
         };
         if admin.is_none() && req.weight.is_none() {

@@ -29,6 +29,9 @@ pub enum AdminState {
     Up,
     /// Out of the answers whatever is reported.
     Down,
+    /// Being taken out of service: no longer given to new clients, while
+    /// the ones holding a cached answer finish (it reports on as usual).
+    Drain,
 }
 
 impl AdminState {
@@ -37,6 +40,7 @@ impl AdminState {
             AdminState::Auto => "auto",
             AdminState::Up => "up",
             AdminState::Down => "down",
+            AdminState::Drain => "drain",
         }
     }
 
@@ -45,6 +49,7 @@ impl AdminState {
             "auto" => Some(Self::Auto),
             "up" => Some(Self::Up),
             "down" => Some(Self::Down),
+            "drain" => Some(Self::Drain),
             _ => None,
         }
     }
@@ -171,7 +176,7 @@ impl MemberState {
         }
         match self.admin {
             AdminState::Up => true,
-            AdminState::Down => false,
+            AdminState::Down | AdminState::Drain => false,
             AdminState::Auto => match (self.health, self.reported_at) {
                 (None, _) => true,
                 (Some(up), Some(at)) => up && now.saturating_duration_since(at) <= stale_after,
@@ -187,6 +192,7 @@ impl MemberState {
         }
         match (self.admin, self.health) {
             (AdminState::Down, _) => "down (admin)",
+            (AdminState::Drain, _) => "draining",
             (AdminState::Up, _) => "up (admin)",
             (AdminState::Auto, None) => "up (no reports)",
             (AdminState::Auto, Some(_)) if !self.eligible(now, stale_after) && self.health == Some(true) => "unknown (stale)",
