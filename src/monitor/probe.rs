@@ -188,6 +188,35 @@ mod tests {
         assert!(!parse_metrics("up=0").0);
     }
 
+    /// A one-route HTTP server answering `status` to every request.
+    async fn http_server(status: &'static str) -> std::net::SocketAddr {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn http_status_classes() {
+        let ok = http_server("200 OK").await;
+        let p = http(&format!("http://{ok}/health"), Duration::from_secs(2)).await;
+        assert!(p.ok && p.metrics[0].0 == "response_ms", "{p:?}");
+        let moved = http_server("302 Found").await;
+        assert!(http(&format!("http://{moved}/"), Duration::from_secs(2)).await.ok);
+        let sick = http_server("503 Service Unavailable").await;
+        let p = http(&format!("http://{sick}/"), Duration::from_secs(2)).await;
+        assert!(!p.ok && p.error.unwrap().contains("503"));
+        assert!(!http("http://127.0.0.1:1/", Duration::from_millis(500)).await.ok);
+        assert!(!http("not a url", Duration::from_millis(500)).await.ok);
+    }
+
     #[tokio::test]
     async fn probes_of_this_very_process() {
         let me = std::fs::read_to_string("/proc/self/comm").unwrap();
