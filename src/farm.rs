@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::{Config, FarmConfig, FarmMode};
 use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
 use crate::grpc::v1::{MemberReport, ReportBatch, ReportReply};
-use crate::grpc::{Bearer, TokenCheck};
+use crate::grpc::{Bearer, Ingest, ReplyStream, TokenCheck, report_stream};
 use crate::metrics::Counters;
 use crate::monitor::{report_to, upstream_client};
 use crate::pool::PoolState;
@@ -99,6 +99,7 @@ impl Farm {
     }
 }
 
+#[derive(Clone)]
 struct FarmService {
     farm: Arc<Farm>,
     counters: Arc<Counters>,
@@ -107,7 +108,20 @@ struct FarmService {
 #[tonic::async_trait]
 impl StatusApi for FarmService {
     async fn report(&self, req: Request<ReportBatch>) -> Result<Response<ReportReply>, Status> {
-        let reports = report::decode(&req.into_inner(), report::now_unix_ms()).map_err(|e| {
+        let accepted = self.ingest(req.into_inner()).await?;
+        Ok(Response::new(ReportReply { accepted, code: 0, error: String::new() }))
+    }
+
+    type ReportStreamStream = ReplyStream;
+
+    async fn report_stream(&self, req: Request<tonic::Streaming<ReportBatch>>) -> Result<Response<ReplyStream>, Status> {
+        Ok(report_stream(self, req.into_inner()))
+    }
+}
+
+impl Ingest for FarmService {
+    async fn ingest(&self, batch: ReportBatch) -> Result<u32, Status> {
+        let reports = report::decode(&batch, report::now_unix_ms()).map_err(|e| {
             self.counters.refused(e.reason());
             Status::invalid_argument(e.to_string())
         })?;
@@ -115,7 +129,7 @@ impl StatusApi for FarmService {
             self.counters.refused(e.reason());
             Status::not_found(e.to_string())
         })?;
-        Ok(Response::new(ReportReply { accepted: n as u32 }))
+        Ok(n as u32)
     }
 }
 

@@ -129,3 +129,45 @@ fn reqwest_metrics(a: &Authority) -> String {
     c.read_to_string(&mut s).unwrap();
     s
 }
+
+/// The streaming form: one reply per batch, a refused batch does not end
+/// the stream, and a client that vanishes mid-stream leaves the authority
+/// serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn report_stream_replies_per_batch_and_survives_a_vanishing_client() {
+    let a = tokio::task::spawn_blocking(|| Authority::start(&[("example.test.zone", ZONE)], POOL)).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut client = StatusClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = client.report_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(batch(vec![report("web1", true, 0.9), report("web2", true, 0.1), report("web3", true, 0.5)])).await.unwrap();
+    let r = replies.message().await.unwrap().unwrap();
+    assert_eq!((r.accepted, r.code), (3, 0));
+    let mut nan = report("web2", true, 0.0);
+    nan.metrics.insert("load".into(), f64::NAN);
+    tx.send(batch(vec![nan])).await.unwrap();
+    let r = replies.message().await.unwrap().unwrap();
+    assert_eq!(r.code, Code::InvalidArgument as i32);
+    assert!(r.error.contains("NaN"), "{r:?}");
+    tx.send(batch(vec![report("web2", true, 0.95)])).await.unwrap();
+    assert_eq!(replies.message().await.unwrap().unwrap().accepted, 1, "the stream goes on after a refusal");
+    let a = tokio::task::spawn_blocking(move || {
+        assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.3");
+        a
+    })
+    .await
+    .unwrap();
+    // Vanish mid-stream: a batch sent, the connection dropped without waiting.
+    tx.send(batch(vec![report("web1", true, 0.0)])).await.unwrap();
+    drop(replies);
+    drop(tx);
+    drop(client);
+    tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let out = a.dig("www.example.test A");
+        assert!(out.contains("status: NOERROR"), "still serving: {out}");
+        assert!(a.cli(&["status"]).status.success(), "still administrable");
+    })
+    .await
+    .unwrap();
+}

@@ -74,7 +74,41 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// Whatever takes report batches (the authority, a farm, a monitor's push
+/// listener); gives the number stored or a status that says why not.
+pub trait Ingest: Clone + Send + Sync + 'static {
+    fn ingest(&self, batch: v1::ReportBatch) -> impl std::future::Future<Output = Result<u32, Status>> + Send;
+}
+
+/// The reply stream of `ReportStream`.
+pub type ReplyStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::ReportReply, Status>> + Send>>;
+
+/// Serves `ReportStream` with any `Ingest`: one reply per batch, refusals
+/// included, until the client ends the stream or goes away.
+pub fn report_stream<T: Ingest>(this: &T, mut inbound: tonic::Streaming<v1::ReportBatch>) -> Response<ReplyStream> {
+    let (tx, rx) = mpsc::channel(16);
+    let this = this.clone();
+    tokio::spawn(async move {
+        loop {
+            let batch = match inbound.message().await {
+                Ok(Some(b)) => b,
+                // Ended, or the client vanished mid-stream: nothing to clean up.
+                Ok(None) | Err(_) => return,
+            };
+            let reply = match this.ingest(batch).await {
+                Ok(accepted) => v1::ReportReply { accepted, code: 0, error: String::new() },
+                Err(s) => v1::ReportReply { accepted: 0, code: s.code() as i32, error: s.message().to_owned() },
+            };
+            if tx.send(Ok(reply)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
 /// Receives status reports and hands checked batches to the updater.
+#[derive(Clone)]
 pub struct StatusService {
     updater: mpsc::Sender<Command>,
     counters: Arc<Counters>,
@@ -89,8 +123,20 @@ impl StatusService {
 #[tonic::async_trait]
 impl StatusApi for StatusService {
     async fn report(&self, req: Request<v1::ReportBatch>) -> Result<Response<v1::ReportReply>, Status> {
+        let accepted = self.ingest(req.into_inner()).await?;
+        Ok(Response::new(v1::ReportReply { accepted, code: 0, error: String::new() }))
+    }
+
+    type ReportStreamStream = ReplyStream;
+
+    async fn report_stream(&self, req: Request<tonic::Streaming<v1::ReportBatch>>) -> Result<Response<ReplyStream>, Status> {
+        Ok(report_stream(self, req.into_inner()))
+    }
+}
+
+impl Ingest for StatusService {
+    async fn ingest(&self, batch: v1::ReportBatch) -> Result<u32, Status> {
         let received = std::time::Instant::now();
-        let batch = req.into_inner();
         let reports = report::decode(&batch, report::now_unix_ms()).map_err(|e| {
             self.counters.refused(e.reason());
             Status::invalid_argument(e.to_string())
@@ -108,7 +154,7 @@ impl StatusApi for StatusService {
                 Status::not_found(e.to_string())
             })?;
         self.counters.reports_accepted.fetch_add(accepted as u64, Ordering::Relaxed);
-        Ok(Response::new(v1::ReportReply { accepted: accepted as u32 }))
+        Ok(accepted as u32)
     }
 }
 

@@ -24,7 +24,7 @@ use crate::config::{CheckConfig, CheckKind, Config, MonitorConfig};
 use crate::grpc::v1::status_client::StatusClient;
 use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
 use crate::grpc::v1::{MemberReport, ReportBatch, ReportReply};
-use crate::grpc::{Bearer, v1};
+use crate::grpc::{Bearer, Ingest, ReplyStream, report_stream, v1};
 use crate::report;
 use health::{Health, Probe};
 
@@ -137,7 +137,7 @@ impl Monitor {
         if let Some(addr) = mc.listen {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("monitor.listen {addr}: {e}"))?;
             push_addr = Some(listener.local_addr()?);
-            let svc = StatusServer::new(PushService { shared: shared.clone(), checks: mc.check.clone() });
+            let svc = StatusServer::new(PushService { shared: shared.clone(), checks: Arc::new(mc.check.clone()) });
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -273,15 +273,29 @@ pub(crate) async fn report_to(
 }
 
 /// Takes metrics that applications push to their host's monitor.
+#[derive(Clone)]
 struct PushService {
     shared: Arc<Shared>,
-    checks: Vec<CheckConfig>,
+    checks: Arc<Vec<CheckConfig>>,
 }
 
 #[tonic::async_trait]
 impl StatusApi for PushService {
     async fn report(&self, req: Request<v1::ReportBatch>) -> Result<Response<ReportReply>, Status> {
-        let mut batch = req.into_inner();
+        let accepted = self.ingest(req.into_inner()).await?;
+        Ok(Response::new(ReportReply { accepted, code: 0, error: String::new() }))
+    }
+
+    type ReportStreamStream = ReplyStream;
+
+    async fn report_stream(&self, req: Request<tonic::Streaming<v1::ReportBatch>>) -> Result<Response<ReplyStream>, Status> {
+        Ok(report_stream(self, req.into_inner()))
+    }
+}
+
+impl Ingest for PushService {
+    async fn ingest(&self, batch: v1::ReportBatch) -> Result<u32, Status> {
+        let mut batch = batch;
         for r in &mut batch.reports {
             if r.member.is_empty() {
                 r.member = self.shared.host.clone();
@@ -309,6 +323,6 @@ impl StatusApi for PushService {
                 self.shared.wake[i].notify_one();
             }
         }
-        Ok(Response::new(ReportReply { accepted: n as u32 }))
+        Ok(n as u32)
     }
 }
