@@ -11,14 +11,11 @@ use anyhow::Context;
 use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::authority::Authority;
 use crate::config::Config;
-use crate::pool::Metrics;
-use crate::updater::Command;
 
 #[derive(Args, Clone)]
 pub struct DemoArgs {
@@ -102,12 +99,29 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         backends.push(tokio::spawn(backend(listener, format!("web{}", i + 1), shutdown.clone())));
     }
     let authority = Authority::start(&config, None, shutdown.clone()).await?;
-    tokio::spawn(report_loads(authority.commands.clone(), args.backends.len(), args.period, shutdown.clone()));
+    // One monitor per backend, as on real hosts: a tcp check of the
+    // backend and its load read from a file the simulator writes.
+    let load_files: Vec<PathBuf> = (0..args.backends.len()).map(|i| zones_dir.join(format!(".web{}.load", i + 1))).collect();
+    tokio::spawn(simulate_loads(load_files.clone(), args.period, shutdown.clone()));
+    let mut monitors = Vec::new();
+    for (i, (addr, load)) in args.backends.iter().zip(&load_files).enumerate() {
+        let toml = format!(
+            "[monitor]\nhost = \"web{n}\"\nreport_to = [\"http://{grpc}\"]\nrefresh = \"1s\"\n\
+             [[monitor.check]]\npool = \"www.demo.example.\"\nkind = \"tcp\"\ntarget = \"{addr}:8080\"\ninterval = \"500ms\"\n\
+             [[monitor.check]]\npool = \"www.demo.example.\"\nkind = \"file\"\ntarget = {load:?}\ninterval = \"500ms\"\n",
+            n = i + 1,
+            grpc = args.grpc,
+            load = load.display().to_string(),
+        );
+        let mc = Config::from_toml(&toml)?.monitor.expect("monitor section");
+        monitors.push(crate::monitor::Monitor::start(mc, shutdown.clone()).await?);
+    }
 
     let dns = args.dns;
     println!("vnamed demo is running");
     println!("  DNS authority  {dns} (UDP and TCP), zone demo.example.");
     println!("  gRPC API       {}", args.grpc);
+    println!("  monitors       one per backend (tcp check + simulated load file), reporting over gRPC");
     println!("  metrics        http://{}/metrics", args.metrics);
     println!("  zone file      {}", zone_path.display());
     for (i, a) in args.backends.iter().enumerate() {
@@ -130,28 +144,31 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         });
     }
     authority.wait().await;
+    for m in monitors {
+        m.stop().await;
+    }
     for b in backends {
         let _ = b.await;
     }
     Ok(())
 }
 
-/// Feeds the simulated loads to the updater once a second, as monitors would.
-async fn report_loads(tx: mpsc::Sender<Command>, n: usize, period: f64, shutdown: CancellationToken) {
+/// Writes each backend's simulated load to the file its monitor reads,
+/// once a second (atomically, so a monitor never reads half a file).
+async fn simulate_loads(files: Vec<PathBuf>, period: f64, shutdown: CancellationToken) {
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        let t = start.elapsed().as_secs_f64();
+        for (i, path) in files.iter().enumerate() {
+            let text = format!("load={:.3}\n", simulated_load(i, t, period));
+            if let Err(error) = crate::zone::writer::write_atomic(path, &text) {
+                warn!(%error, file = %path.display(), "cannot write simulated load");
+            }
+        }
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
-        }
-        let t = start.elapsed().as_secs_f64();
-        for i in 0..n {
-            let metrics = Metrics { load: Some(simulated_load(i, t, period)), ..Default::default() };
-            let cmd = Command::Report { pool: "www.demo.example.".into(), id: format!("web{}", i + 1), up: true, metrics };
-            if tx.send(cmd).await.is_err() {
-                return;
-            }
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::metrics::Counters;
 use crate::dns::fast;
 use crate::dns::snapshot::{PoolAnswer, Snapshot, ZoneView, zone_records};
 use crate::config::PolicyName;
-use crate::pool::{AdminState, Decision, MemberState, Metrics, PoolState};
+use crate::pool::{AdminState, Decision, MemberState, PoolState};
 use crate::report::{Report, ReportError};
 use crate::zone::{MemberNote, ZoneFile, render_block, text, writer};
 
@@ -53,8 +53,6 @@ pub enum Command {
         weight: Option<u32>,
         reply: oneshot::Sender<Result<(), UpdateError>>,
     },
-    /// A status report for a member.
-    Report { pool: String, id: String, up: bool, metrics: Metrics },
     /// A checked batch of reports: stored whole, or refused whole when a
     /// report names a pool or member that is not served.
     Reports { reports: Vec<Report>, received: Instant, reply: oneshot::Sender<Result<usize, ReportError>> },
@@ -359,17 +357,6 @@ impl Updater {
             Command::SetMember { pool, id, admin, weight, reply } => {
                 let result = self.set_member(&pool, &id, admin, weight, now);
                 let _ = reply.send(result);
-            }
-            Command::Report { pool, id, up, metrics } => {
-                let Ok(i) = self.find_pool(&pool) else { return };
-                let Some(m) = self.pools[i].member_mut(&id) else { return };
-                m.health = Some(up);
-                m.metrics = metrics;
-                m.reported_at = Some(now);
-                if self.redecide(i, now) {
-                    let origin = self.pool_zone[i].clone();
-                    self.changed(&[origin]);
-                }
             }
             Command::Reports { reports, received, reply } => {
                 let _ = reply.send(self.reports(reports, received, now));
