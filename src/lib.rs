@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pool;
 pub mod report;
+pub mod ring;
 pub mod sys;
 pub mod updater;
 pub mod zone;
