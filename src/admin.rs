@@ -119,6 +119,73 @@ pub enum ZoneCmd {
     },
 }
 
+/// The ring's server table, from the command line.
+#[derive(Subcommand)]
+pub enum RingCmd {
+    /// Print the server table.
+    Table {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Put a member (its ring ip:port) into the ring; prints its buddies.
+    Announce {
+        member: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Take a member out: dead when --reporter names another member, left otherwise.
+    Delete {
+        member: String,
+        #[arg(long)]
+        reporter: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+type Channel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, crate::grpc::Bearer>;
+
+async fn ring_client(server: &ServerArg) -> anyhow::Result<crate::grpc::v1::ring_client::RingClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(server.server.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the authority at {}", server.server))?;
+    Ok(crate::grpc::v1::ring_client::RingClient::with_interceptor(channel, crate::grpc::Bearer::new(server.token.as_deref())?))
+}
+
+fn print_ring(t: &crate::grpc::v1::TableReply) {
+    if t.entries.is_empty() && t.dead.is_empty() {
+        return;
+    }
+    println!("ring ({} members)", t.entries.len());
+    for e in &t.entries {
+        println!("  {:<24} buddies {} {}", e.member, e.a, e.b);
+    }
+    for d in &t.dead {
+        println!("  {d:<24} dead");
+    }
+}
+
+pub async fn ring(cmd: RingCmd) -> anyhow::Result<()> {
+    let fail = |s: tonic::Status| anyhow::anyhow!("{}", s.message());
+    match cmd {
+        RingCmd::Table { server } => {
+            let t = ring_client(&server).await?.table(crate::grpc::v1::TableRequest {}).await.map_err(fail)?.into_inner();
+            print_ring(&t);
+        }
+        RingCmd::Announce { member, server } => {
+            let b = ring_client(&server).await?.server_announce(crate::grpc::v1::Member { address: member.clone() }).await.map_err(fail)?.into_inner();
+            println!("{member}: buddies {} {}", b.a, b.b);
+        }
+        RingCmd::Delete { member, reporter, server } => {
+            let req = crate::grpc::v1::DeleteRequest { dead: member.clone(), reporter: reporter.unwrap_or_default() };
+            let b = ring_client(&server).await?.server_delete(req).await.map_err(fail)?.into_inner();
+            println!("{member}: out; its buddies {} {} now watch each other", b.a, b.b);
+        }
+    }
+    Ok(())
+}
+
 type Client = AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, crate::grpc::Bearer>>;
 
 async fn client(server: &ServerArg) -> anyhow::Result<Client> {
@@ -153,6 +220,7 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!("  (members in service ranked by the policy; the first {} form the answer)", p.answer.len());
         return Ok(());
     }
+    let ring = ring_client(&args.server).await?.table(crate::grpc::v1::TableRequest {}).await;
     for p in reply.pools {
         let answer = if p.servfail { "SERVFAIL".to_owned() } else { p.answer.join(", ") };
         println!("{}  policy={} zone={} serial={}  answer: {}", p.name, p.policy, p.zone, p.serial, answer);
@@ -161,6 +229,9 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
             let mark = if m.in_answer { "*" } else { " " };
             println!("  {mark} {:<12} {:<40} {:<18} weight={:<3} load={}", m.id, m.address, m.state, m.weight, load);
         }
+    }
+    if let Ok(t) = ring {
+        print_ring(&t.into_inner());
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::dns::{self, DnsService, snapshot::Snapshot};
-use crate::grpc::{AdminService, StatusService, TokenCheck};
+use crate::grpc::{AdminService, RingService, StatusService, TokenCheck};
 use crate::metrics::Counters;
 use crate::updater::{Command, Updater};
 use crate::zone;
@@ -96,7 +96,14 @@ impl Authority {
         if !problems.is_empty() {
             anyhow::bail!("cannot start the authority:\n  - {}", problems.join("\n  - "));
         }
-        let updater = updater.expect("no problems");
+        let ring_file = auth.ring_table.clone().unwrap_or_else(|| auth.zones_dir.join(".vnamed-ring"));
+        let ring = match std::fs::read_to_string(&ring_file) {
+            Ok(text) => crate::ring::registry::Registry::from_text(&text)
+                .map_err(|e| anyhow::anyhow!("ring table {}: {e}", ring_file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => anyhow::bail!("ring table {}: {e}", ring_file.display()),
+        };
+        let updater = updater.expect("no problems").with_ring(ring, Some(ring_file), Instant::now());
 
         let listeners = listeners.expect("no problems");
         let dns_addrs = listeners.addrs.clone();
@@ -145,7 +152,8 @@ impl Authority {
         if let Some(listener) = grpc {
             let check = TokenCheck::new(auth.token.as_deref(), counters.clone());
             let admin = tonic::service::interceptor::InterceptedService::new(AdminService::server(cmd_tx.clone()), check.clone());
-            let status = tonic::service::interceptor::InterceptedService::new(StatusService::server(cmd_tx.clone(), counters.clone()), check);
+            let status = tonic::service::interceptor::InterceptedService::new(StatusService::server(cmd_tx.clone(), counters.clone()), check.clone());
+            let ring = tonic::service::interceptor::InterceptedService::new(RingService::server(cmd_tx.clone()), check);
             let stop = shutdown.clone();
             let reflection = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::grpc::v1::DESCRIPTOR)
@@ -168,6 +176,7 @@ impl Authority {
                     .add_service(reflection_alpha)
                     .add_service(admin)
                     .add_service(status)
+                    .add_service(ring)
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await
                 {

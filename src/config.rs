@@ -77,6 +77,8 @@ pub struct AuthorityConfig {
     /// UDP workers for the pre-encoded fast path; 0 = one per core.
     #[serde(default)]
     pub udp_workers: usize,
+    /// Where the ring's server table is kept (default: `.vnamed-ring` in zones_dir).
+    pub ring_table: Option<PathBuf>,
     /// Shared secret: when set, gRPC calls (reports and administration)
     /// must carry `authorization: Bearer <token>`.
     pub token: Option<String>,

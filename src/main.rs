@@ -50,6 +50,11 @@ enum Role {
         #[command(subcommand)]
         cmd: admin::PoolCmd,
     },
+    /// Show or change the ring's server table.
+    Ring {
+        #[command(subcommand)]
+        cmd: admin::RingCmd,
+    },
     /// Check zone files or show a zone as served.
     Zone {
         #[command(subcommand)]
@@ -120,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Role::Member(args) => admin::member(&args).await?,
         Role::Policy(args) => admin::policy(&args).await?,
         Role::Pool { cmd } => admin::pool(cmd).await?,
+        Role::Ring { cmd } => admin::ring(cmd).await?,
         Role::Zone { cmd } => return admin::zone(cmd).await,
     }
     Ok(ExitCode::SUCCESS)

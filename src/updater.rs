@@ -4,7 +4,7 @@
 //! true (coalesced atomic rewrites that keep the operator's text).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +23,7 @@ use crate::dns::snapshot::{PoolAnswer, Snapshot, ZoneView, zone_records};
 use crate::config::PolicyName;
 use crate::pool::{AdminState, Decision, MemberState, PoolState};
 use crate::report::{Report, ReportError};
+use crate::ring::registry::Registry;
 use crate::zone::{MemberNote, ZoneFile, render_block, text, writer};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,6 +40,8 @@ pub enum UpdateError {
     LastMember(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("ring: {0}")]
+    Ring(#[from] crate::ring::table::TableError),
     #[error("{0}")]
     Setup(String),
 }
@@ -64,9 +67,26 @@ pub enum Command {
     Pool { pool: String, change: PoolChange, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
     /// Every server of a pool in the policy's order.
     Resolve { pool: String, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
+    /// The ring's server table.
+    Ring { op: RingOp, reply: oneshot::Sender<Result<RingReply, UpdateError>> },
     /// The pools of an edited configuration file: applied whole, or
     /// refused whole with every problem.
     Reconfigure { pools: Vec<PoolConfig>, reply: oneshot::Sender<Result<(), Vec<String>>> },
+}
+
+/// Operations on the ring's server table.
+#[derive(Debug, Clone)]
+pub enum RingOp {
+    Announce(SocketAddr),
+    /// `reporter` is the member itself on a normal shutdown.
+    Delete { dead: SocketAddr, reporter: SocketAddr },
+    Table,
+}
+
+#[derive(Debug, Clone)]
+pub enum RingReply {
+    Buddies([SocketAddr; 2]),
+    Table(Registry),
 }
 
 /// Operator changes to a pool while it serves.
@@ -153,6 +173,8 @@ pub struct Updater {
     counters: Arc<Counters>,
     written: mpsc::Sender<WriteDone>,
     written_rx: Option<mpsc::Receiver<WriteDone>>,
+    ring: Registry,
+    ring_file: Option<PathBuf>,
 }
 
 /// The zone a pool's name lives in, if it may be a pool there.
@@ -277,7 +299,7 @@ impl Updater {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true, counters, written, written_rx: Some(written_rx) };
+        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true, counters, written, written_rx: Some(written_rx), ring: Registry::default(), ring_file: None };
         for zone in updater.zones.values_mut() {
             if zone.dirty {
                 zone.serial = zone.serial.wrapping_add(1);
@@ -370,6 +392,9 @@ impl Updater {
             Command::Pool { pool, change, reply } => {
                 let _ = reply.send(self.change_pool(&pool, change, now));
             }
+            Command::Ring { op, reply } => {
+                let _ = reply.send(self.ring_op(op, now));
+            }
             Command::Reconfigure { pools, reply } => {
                 let _ = reply.send(self.reconfigure(&pools, now));
             }
@@ -427,6 +452,61 @@ impl Updater {
             self.counters.report_to_answer.observe(received.elapsed());
         }
         Ok(n)
+    }
+
+    /// Takes the ring registry (loaded from `file`) and applies its deaths.
+    pub fn with_ring(mut self, ring: Registry, file: Option<PathBuf>, now: Instant) -> Self {
+        self.ring = ring;
+        self.ring_file = file;
+        self.apply_ring(now);
+        self
+    }
+
+    /// Marks every pool member whose host the ring says is dead; returns
+    /// the zones whose answers changed.
+    fn apply_ring(&mut self, now: Instant) {
+        let dead: Vec<IpAddr> = self.ring.dead.iter().map(|a| a.ip()).collect();
+        let mut zones = Vec::new();
+        for i in 0..self.pools.len() {
+            let mut touched = false;
+            for m in &mut self.pools[i].members {
+                let is_dead = dead.contains(&m.address);
+                touched |= m.ring_dead != is_dead;
+                m.ring_dead = is_dead;
+            }
+            if touched && self.redecide(i, now) {
+                zones.push(self.pool_zone[i].clone());
+            }
+        }
+        zones.dedup();
+        self.changed(&zones);
+    }
+
+    fn ring_op(&mut self, op: RingOp, now: Instant) -> Result<RingReply, UpdateError> {
+        let reply = match op {
+            RingOp::Table => return Ok(RingReply::Table(self.ring.clone())),
+            RingOp::Announce(member) => {
+                let b = self.ring.announce(member)?;
+                info!(%member, buddy_a = %b[0], buddy_b = %b[1], "ring member joined");
+                RingReply::Buddies(b)
+            }
+            RingOp::Delete { dead, reporter } => {
+                let left = dead == reporter;
+                let b = self.ring.delete(dead, !left)?;
+                if left {
+                    info!(member = %dead, "ring member left");
+                } else {
+                    warn!(member = %dead, %reporter, "ring member dead; out of every answer");
+                }
+                RingReply::Buddies(b)
+            }
+        };
+        if let Some(file) = &self.ring_file
+            && let Err(e) = writer::write_atomic(file, &self.ring.to_text()) {
+                error!(file = %file.display(), error = %e, "cannot save the ring table");
+            }
+        self.apply_ring(now);
+        Ok(reply)
     }
 
     /// Applies the pools of an edited configuration: new pools join, removed
@@ -545,6 +625,7 @@ impl Updater {
         touched.dedup();
         info!(pools = self.pools.len(), "configuration edit applied");
         self.changed(&touched);
+        self.apply_ring(now);
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use crate::metrics::Counters;
 use crate::pool::AdminState;
 use crate::report;
 use crate::config::PolicyName;
-use crate::updater::{Command, PoolChange, UpdateError};
+use crate::updater::{Command, PoolChange, RingOp, RingReply, UpdateError};
 
 pub mod v1 {
     tonic::include_proto!("vnamed.v1");
@@ -52,6 +52,60 @@ impl tonic::service::Interceptor for TokenCheck {
             self.counters.refused("unauthenticated");
             Err(Status::unauthenticated("a valid token is required (authorization: Bearer <token>)"))
         }
+    }
+}
+
+/// The ring registry: ServerAnnounce, ServerDelete and the table.
+pub struct RingService {
+    updater: mpsc::Sender<Command>,
+}
+
+impl RingService {
+    pub fn server(updater: mpsc::Sender<Command>) -> v1::ring_server::RingServer<Self> {
+        v1::ring_server::RingServer::new(Self { updater })
+    }
+
+    async fn op(&self, op: RingOp) -> Result<RingReply, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.updater
+            .send_timeout(Command::Ring { op, reply: tx }, CALL_TIMEOUT)
+            .await
+            .map_err(|_| Status::unavailable("the updater is not accepting requests"))?;
+        rx.await.map_err(|_| Status::unavailable("the updater stopped"))?.map_err(status_of)
+    }
+}
+
+fn ring_addr(field: &str, s: &str) -> Result<std::net::SocketAddr, Status> {
+    s.parse().map_err(|_| Status::invalid_argument(format!("{field}: {s:?} is not an ip:port")))
+}
+
+fn buddies(reply: RingReply) -> Result<Response<v1::Buddies>, Status> {
+    match reply {
+        RingReply::Buddies([a, b]) => Ok(Response::new(v1::Buddies { a: a.to_string(), b: b.to_string() })),
+        RingReply::Table(_) => Err(Status::internal("unexpected reply")),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::ring_server::Ring for RingService {
+    async fn server_announce(&self, req: Request<v1::Member>) -> Result<Response<v1::Buddies>, Status> {
+        let member = ring_addr("address", &req.into_inner().address)?;
+        buddies(self.op(RingOp::Announce(member)).await?)
+    }
+
+    async fn server_delete(&self, req: Request<v1::DeleteRequest>) -> Result<Response<v1::Buddies>, Status> {
+        let req = req.into_inner();
+        let dead = ring_addr("dead", &req.dead)?;
+        let reporter = if req.reporter.is_empty() { dead } else { ring_addr("reporter", &req.reporter)? };
+        buddies(self.op(RingOp::Delete { dead, reporter }).await?)
+    }
+
+    async fn table(&self, _: Request<v1::TableRequest>) -> Result<Response<v1::TableReply>, Status> {
+        let RingReply::Table(r) = self.op(RingOp::Table).await? else { return Err(Status::internal("unexpected reply")) };
+        Ok(Response::new(v1::TableReply {
+            entries: r.table.entries().map(|(m, [a, b])| v1::TableEntry { member: m.to_string(), a: a.to_string(), b: b.to_string() }).collect(),
+            dead: r.dead.iter().map(|d| d.to_string()).collect(),
+        }))
     }
 }
 
@@ -197,6 +251,8 @@ fn status_of(e: UpdateError) -> Status {
         UpdateError::MemberExists { .. } => Status::already_exists(e.to_string()),
         UpdateError::LastMember(_) => Status::failed_precondition(e.to_string()),
         UpdateError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        UpdateError::Ring(crate::ring::table::TableError::Present(_)) => Status::already_exists(e.to_string()),
+        UpdateError::Ring(crate::ring::table::TableError::Absent(_)) => Status::not_found(e.to_string()),
         UpdateError::Setup(_) => Status::internal(e.to_string()),
     }
 }

@@ -98,6 +98,8 @@ pub struct MemberState {
     /// When the member's lifetime ends, and its maintenance windows.
     pub until: Option<Instant>,
     pub maintenance: Vec<(Instant, Instant)>,
+    /// The ring reported its host dead and it has not rejoined.
+    pub ring_dead: bool,
 }
 
 impl MemberState {
@@ -115,6 +117,7 @@ impl MemberState {
             metrics: Metrics::default(),
             custom: Default::default(),
             reported_at: None,
+            ring_dead: false,
             until: m.until.as_deref().and_then(at),
             maintenance: m.maintenance.iter().filter_map(|w| Some((at(&w.from)?, at(&w.until)?))).collect(),
         }
@@ -171,7 +174,7 @@ impl MemberState {
         if self.address.is_unspecified() {
             return false; // a farm entity whose farm has not said where yet
         }
-        if self.scheduled_out(now).is_some() {
+        if self.ring_dead || self.scheduled_out(now).is_some() {
             return false;
         }
         match self.admin {
@@ -187,6 +190,9 @@ impl MemberState {
 
     /// The state word shown by `vnamed status`.
     pub fn state(&self, now: Instant, stale_after: Duration) -> &'static str {
+        if self.ring_dead {
+            return "dead (ring)";
+        }
         if let Some(why) = self.scheduled_out(now) {
             return why;
         }

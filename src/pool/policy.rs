@@ -66,6 +66,7 @@ mod tests {
             reported_at: None,
             until: None,
             maintenance: Vec::new(),
+            ring_dead: false,
         }
     }
 

@@ -32,9 +32,15 @@ pub enum TableError {
     Absent(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTable<T: Ord> {
     entries: BTreeMap<T, Buddies<T>>,
+}
+
+impl<T: Ord> Default for ServerTable<T> {
+    fn default() -> Self {
+        Self { entries: BTreeMap::new() }
+    }
 }
 
 impl<T: Ord + Copy + std::fmt::Debug> ServerTable<T> {

@@ -1,0 +1,105 @@
+//! The authority's ring registry: the server table plus the members
+//! reported dead and not back yet, and the text form it is kept in on disk
+//! so that it survives a restart. Pure: the caller does the file I/O.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use super::table::{Buddies, ServerTable, TableError};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    pub table: ServerTable<SocketAddr>,
+    pub dead: BTreeSet<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct RegistryError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl Registry {
+    /// A member joins (or comes back).
+    pub fn announce(&mut self, member: SocketAddr) -> Result<Buddies<SocketAddr>, TableError> {
+        let buddies = self.table.announce(member)?;
+        self.dead.remove(&member);
+        Ok(buddies)
+    }
+
+    /// A member died or left.
+    pub fn delete(&mut self, member: SocketAddr, died: bool) -> Result<Buddies<SocketAddr>, TableError> {
+        let buddies = self.table.delete(member)?;
+        if died {
+            self.dead.insert(member);
+        }
+        Ok(buddies)
+    }
+
+    /// `member A B` lines, then `dead ADDRESS` lines.
+    pub fn to_text(&self) -> String {
+        let mut out = String::from("# vnamed ring server table: member buddy-A buddy-B; dead members\n");
+        for (m, [a, b]) in self.table.entries() {
+            let _ = writeln!(out, "{m} {a} {b}");
+        }
+        for d in &self.dead {
+            let _ = writeln!(out, "dead {d}");
+        }
+        out
+    }
+
+    pub fn from_text(text: &str) -> Result<Self, RegistryError> {
+        let mut entries = Vec::new();
+        let mut dead = BTreeSet::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |message: String| RegistryError { line: i + 1, message };
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let addr = |w: &str| w.parse::<SocketAddr>().map_err(|_| err(format!("{w:?} is not an ip:port")));
+            match words.as_slice() {
+                ["dead", d] => {
+                    dead.insert(addr(d)?);
+                }
+                [m, a, b] => entries.push((addr(m)?, [addr(a)?, addr(b)?])),
+                _ => return Err(err("expected `member buddyA buddyB` or `dead member`".into())),
+            }
+        }
+        let table = ServerTable::from_entries(entries);
+        // Every buddy must be a member: a table that does not close is not ours.
+        for (m, [a, b]) in table.entries() {
+            for x in [a, b] {
+                if !table.contains(x) {
+                    return Err(RegistryError { line: 0, message: format!("{m}'s buddy {x} is not in the table") });
+                }
+            }
+        }
+        Ok(Self { table, dead })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_broken_text() {
+        let mut r = Registry::default();
+        for a in ["127.0.0.2:7946", "127.0.0.5:7946", "127.0.0.6:7946"] {
+            r.announce(a.parse().unwrap()).unwrap();
+        }
+        r.delete("127.0.0.5:7946".parse().unwrap(), true).unwrap();
+        let again = Registry::from_text(&r.to_text()).unwrap();
+        assert_eq!(again, r);
+        assert_eq!(again.dead.len(), 1);
+        assert_eq!(Registry::from_text("127.0.0.1:1 nonsense 127.0.0.1:2\n").unwrap_err().line, 1);
+        assert!(Registry::from_text("127.0.0.1:1 127.0.0.1:2 127.0.0.1:2\n").is_err(), "buddies must be members");
+        // A member that comes back is no longer dead.
+        r.announce("127.0.0.5:7946".parse().unwrap()).unwrap();
+        assert!(r.dead.is_empty());
+    }
+}
