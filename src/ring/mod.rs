@@ -2,5 +2,6 @@
 //! the authority keeps (who is in the ring and who watches whom); the
 //! token-passing state machine and its UDP driver build on it.
 
+pub mod member;
 pub mod registry;
 pub mod table;

@@ -1,0 +1,453 @@
+//! One ring member as a pure state machine (no sockets, no clock of its
+//! own): it pings its two buddies, passes the heartbeat token on, notices
+//! a dead buddy after `misses` unanswered pings, forces a ring purge and
+//! rebuild when the token stops, joins by broadcast, leaves gracefully,
+//! and elects the dispatcher.
+//!
+//! Calling order, as for any sans-I/O protocol: feed `handle(now, from,
+//! msg)` with every message received and `handle_timeout(now)` when
+//! `poll_timeout()` says; after each call drain `poll_transmit()` (what to
+//! send, to one member or to all) and `poll_event()` (what happened).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Timings, from the `[ring]` section (seed defaults: communications
+/// timeout 2,000 ms, broadcast timeout 2,500 ms).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub ping_interval: Duration,
+    pub misses: u32,
+    pub token_timeout: Duration,
+    pub broadcast_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_millis(500),
+            misses: 3,
+            token_timeout: Duration::from_millis(2000),
+            broadcast_timeout: Duration::from_millis(2500),
+        }
+    }
+}
+
+/// A message carried in the token, removed by its addressee, when it
+/// expires, or when it comes back to its sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub origin: SocketAddr,
+    pub to: Option<SocketAddr>,
+    /// Hops left before it expires.
+    pub ttl: u16,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Ping { seq: u64 },
+    Pong { seq: u64 },
+    /// The heartbeat token, circulating from each member to the next;
+    /// `hops` bounds its life while views disagree (say, after a partition).
+    Token { round: u64, hops: u16, carried: Vec<Carried> },
+    /// Broadcast by a member that wants in.
+    Join { capable: bool },
+    /// Who I am, in answer to a Join or during a rebuild.
+    Hello { capable: bool },
+    /// Broadcast by a member leaving gracefully.
+    Leave,
+    /// Out of band: `dead` stopped answering its buddy `from`.
+    Dead { dead: SocketAddr },
+    /// Out of band: the token was lost; everyone leaves and re-enters.
+    Purge { epoch: u64 },
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    One(SocketAddr),
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member joined (or was found again during a rebuild).
+    Joined(SocketAddr),
+    /// A member left gracefully.
+    Left(SocketAddr),
+    /// A member died: found by a buddy (possibly us).
+    Dead { dead: SocketAddr, reporter: SocketAddr },
+    /// The ring was purged and rebuilt with these members.
+    Rebuilt(Vec<SocketAddr>),
+    /// The dispatcher changed (`None`: there is none, e.g. a lone survivor).
+    Dispatcher(Option<SocketAddr>),
+    /// A message carried by the token reached us.
+    Delivered(Carried),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Broadcast a Join; collecting Hellos until the deadline.
+    Joining { until: Instant },
+    Member,
+    /// Purged: collecting Hellos until the deadline.
+    Rebuilding { until: Instant },
+    Left,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    /// Unanswered pings in a row.
+    missed: u32,
+    outstanding: Option<u64>,
+}
+
+pub struct Member {
+    me: SocketAddr,
+    capable: bool,
+    timing: Timing,
+    phase: Phase,
+    /// Every member known, with its dispatch capability (us included).
+    members: BTreeMap<SocketAddr, bool>,
+    watch: BTreeMap<SocketAddr, Watch>,
+    next_ping: Instant,
+    last_token: Instant,
+    next_token: Option<Instant>,
+    /// When the master next broadcasts a Hello, so that parts of a ring
+    /// split by a partition find each other again when it heals.
+    next_beacon: Instant,
+    round: u64,
+    epoch: u64,
+    seq: u64,
+    dispatcher: Option<SocketAddr>,
+    outbox: VecDeque<(To, Msg)>,
+    events: VecDeque<Event>,
+    /// Messages waiting to ride the next token we pass on.
+    to_carry: Vec<Carried>,
+}
+
+impl Member {
+    /// A member about to join: it broadcasts a Join at once.
+    pub fn join(me: SocketAddr, capable: bool, timing: Timing, now: Instant) -> Self {
+        let mut m = Self {
+            me,
+            capable,
+            timing,
+            phase: Phase::Joining { until: now + timing.broadcast_timeout },
+            members: BTreeMap::from([(me, capable)]),
+            watch: BTreeMap::new(),
+            next_ping: now + timing.ping_interval,
+            last_token: now,
+            next_token: None,
+            next_beacon: now + timing.broadcast_timeout,
+            round: 0,
+            epoch: 0,
+            seq: 0,
+            dispatcher: None,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            to_carry: Vec::new(),
+        };
+        m.outbox.push_back((To::All, Msg::Join { capable }));
+        m
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.me
+    }
+
+    pub fn members(&self) -> Vec<SocketAddr> {
+        self.members.keys().copied().collect()
+    }
+
+    pub fn dispatcher(&self) -> Option<SocketAddr> {
+        self.dispatcher
+    }
+
+    pub fn is_member(&self) -> bool {
+        self.phase == Phase::Member
+    }
+
+    /// The next member up the ring (NDN) and the previous one (NUN); `None`
+    /// when alone.
+    pub fn buddies(&self) -> Option<(SocketAddr, SocketAddr)> {
+        if self.members.len() < 2 {
+            return None;
+        }
+        let next = self.members.range(self.me..).nth(1).or_else(|| self.members.iter().next()).map(|(a, _)| *a)?;
+        let prev = self.members.range(..self.me).next_back().or_else(|| self.members.iter().next_back()).map(|(a, _)| *a)?;
+        Some((next, prev))
+    }
+
+    /// The ring master (smallest address) circulates the heartbeat token.
+    fn is_master(&self) -> bool {
+        self.members.keys().next() == Some(&self.me)
+    }
+
+    /// Leaves gracefully: tells everyone.
+    pub fn leave(&mut self) {
+        self.outbox.push_back((To::All, Msg::Leave));
+        self.phase = Phase::Left;
+    }
+
+    /// Queues a message to ride the token to `to` (everyone when `None`).
+    pub fn send_carried(&mut self, to: Option<SocketAddr>, body: Vec<u8>) {
+        let ttl = (self.members.len() as u16).saturating_mul(2).max(2);
+        self.to_carry.push(Carried { origin: self.me, to, ttl, body });
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<(To, Msg)> {
+        self.outbox.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = match self.phase {
+            Phase::Left => return None,
+            Phase::Joining { until } | Phase::Rebuilding { until } => until,
+            Phase::Member => self.next_ping.min(self.last_token + self.timing.token_timeout).min(self.next_beacon),
+        };
+        if let Some(nt) = self.next_token {
+            t = t.min(nt);
+        }
+        Some(t)
+    }
+
+    fn add(&mut self, addr: SocketAddr, capable: bool) -> bool {
+        let new = self.members.insert(addr, capable).is_none();
+        if new && addr != self.me {
+            self.events.push_back(Event::Joined(addr));
+        }
+        new
+    }
+
+    fn remove(&mut self, addr: SocketAddr) -> bool {
+        self.watch.remove(&addr);
+        addr != self.me && self.members.remove(&addr).is_some()
+    }
+
+    /// Elects the smallest dispatch-capable address; a lone member stays a
+    /// plain server. A higher-addressed dispatcher that meets a lower one
+    /// simply stops being elected: it abdicates.
+    fn elect(&mut self) {
+        let chosen = if self.members.len() < 2 { None } else { self.members.iter().find(|(_, c)| **c).map(|(a, _)| *a) };
+        if chosen != self.dispatcher {
+            self.dispatcher = chosen;
+            self.events.push_back(Event::Dispatcher(chosen));
+        }
+    }
+
+    /// The membership changed: elect again, and the master starts a new
+    /// token round through the new ring at once.
+    fn ring_changed(&mut self, now: Instant) {
+        self.elect();
+        // The master starts a new round through the new ring: wait for it
+        // afresh rather than purge for the round that was lost.
+        self.last_token = now;
+        if self.phase == Phase::Member && self.is_master() {
+            self.next_token = Some(now);
+        }
+    }
+
+    fn become_member(&mut self, now: Instant) {
+        self.phase = Phase::Member;
+        self.last_token = now;
+        self.watch.clear();
+        self.next_ping = now;
+        self.elect();
+        if self.is_master() {
+            self.next_token = Some(now);
+        }
+    }
+
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, msg: Msg) {
+        if self.phase == Phase::Left || from == self.me {
+            return;
+        }
+        match msg {
+            Msg::Ping { seq } => self.outbox.push_back((To::One(from), Msg::Pong { seq })),
+            Msg::Pong { seq } => {
+                if let Some(w) = self.watch.get_mut(&from)
+                    && w.outstanding == Some(seq) {
+                        w.missed = 0;
+                        w.outstanding = None;
+                    }
+            }
+            Msg::Join { capable } => {
+                self.add(from, capable);
+                self.outbox.push_back((To::One(from), Msg::Hello { capable: self.capable }));
+                self.ring_changed(now);
+            }
+            Msg::Hello { capable } => {
+                // A stranger saying hello (a healed partition): say hello to
+                // everyone, so that its side learns all of ours, not just us.
+                if self.add(from, capable) {
+                    if self.phase == Phase::Member {
+                        self.outbox.push_back((To::All, Msg::Hello { capable: self.capable }));
+                    }
+                    self.ring_changed(now);
+                }
+            }
+            Msg::Leave => {
+                if self.remove(from) {
+                    self.events.push_back(Event::Left(from));
+                    self.ring_changed(now);
+                }
+            }
+            Msg::Dead { dead } => {
+                if dead == self.me {
+                    // Reported dead while alive: come back in.
+                    self.outbox.push_back((To::All, Msg::Join { capable: self.capable }));
+                    return;
+                }
+                if self.remove(dead) {
+                    self.events.push_back(Event::Dead { dead, reporter: from });
+                    self.ring_changed(now);
+                }
+            }
+            Msg::Purge { epoch } => {
+                if epoch > self.epoch || !matches!(self.phase, Phase::Rebuilding { .. }) {
+                    self.start_rebuild(now, epoch.max(self.epoch + 1), false);
+                }
+            }
+            Msg::Token { round, hops, mut carried } => {
+                // A joiner is already in its neighbours' ring: it passes tokens on.
+                if !matches!(self.phase, Phase::Member | Phase::Joining { .. }) {
+                    return;
+                }
+                self.last_token = now;
+                self.round = self.round.max(round);
+                let me = self.me;
+                let mut delivered = Vec::new();
+                carried.retain_mut(|c| {
+                    if c.origin == me {
+                        return false; // back at its sender
+                    }
+                    if c.to.is_none_or(|t| t == me) {
+                        delivered.push(c.clone());
+                        if c.to == Some(me) {
+                            return false; // removed by its addressee
+                        }
+                    }
+                    c.ttl = c.ttl.saturating_sub(1);
+                    c.ttl > 0
+                });
+                self.events.extend(delivered.into_iter().map(Event::Delivered));
+                if self.phase == Phase::Member && self.is_master() {
+                    // A full circle: the master sends the next round on the next
+                    // beat. Older rounds still about are dropped here.
+                    if round == self.round {
+                        self.to_carry.extend(carried);
+                        self.next_token = Some(now + self.timing.ping_interval);
+                    }
+                } else if let Some((next, _)) = self.buddies() {
+                    if usize::from(hops) > 2 * self.members.len() + 2 {
+                        return; // circling among members that disagree: let it go
+                    }
+                    carried.append(&mut self.to_carry);
+                    self.outbox.push_back((To::One(next), Msg::Token { round, hops: hops + 1, carried }));
+                }
+            }
+        }
+    }
+
+    fn start_rebuild(&mut self, now: Instant, epoch: u64, initiator: bool) {
+        self.epoch = epoch;
+        if initiator {
+            self.outbox.push_back((To::All, Msg::Purge { epoch }));
+        }
+        let capable = self.capable;
+        self.members = BTreeMap::from([(self.me, capable)]);
+        self.watch.clear();
+        self.next_token = None;
+        self.phase = Phase::Rebuilding { until: now + self.timing.broadcast_timeout };
+        self.outbox.push_back((To::All, Msg::Hello { capable }));
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Left => {}
+            Phase::Joining { until } => {
+                if now >= until {
+                    self.become_member(now);
+                }
+            }
+            Phase::Rebuilding { until } => {
+                if now >= until {
+                    self.become_member(now);
+                    self.events.push_back(Event::Rebuilt(self.members()));
+                }
+            }
+            Phase::Member => {
+                if now >= self.last_token + self.timing.token_timeout && self.members.len() > 1 {
+                    // No token for the communications timeout: purge and rebuild.
+                    self.start_rebuild(now, self.epoch + 1, true);
+                    return;
+                }
+                if let Some(t) = self.next_token
+                    && now >= t && self.is_master() {
+                        self.next_token = None;
+                        self.round += 1;
+                        self.last_token = now;
+                        match self.buddies() {
+                            Some((next, _)) => {
+                                let carried = std::mem::take(&mut self.to_carry);
+                                self.outbox.push_back((To::One(next), Msg::Token { round: self.round, hops: 1, carried }));
+                            }
+                            None => self.next_token = Some(now + self.timing.ping_interval),
+                        }
+                    }
+                if self.members.len() < 2 {
+                    self.last_token = now; // alone: nothing to miss
+                }
+                if now >= self.next_beacon {
+                    self.next_beacon = now + self.timing.broadcast_timeout;
+                    if self.is_master() {
+                        self.outbox.push_back((To::All, Msg::Hello { capable: self.capable }));
+                    }
+                }
+                if now >= self.next_ping {
+                    self.next_ping = now + self.timing.ping_interval;
+                    self.ping_buddies(now);
+                }
+            }
+        }
+    }
+
+    fn ping_buddies(&mut self, now: Instant) {
+        let Some((next, prev)) = self.buddies() else { return };
+        let mut dead = Vec::new();
+        for b in [next, prev] {
+            let w = self.watch.entry(b).or_insert(Watch { missed: 0, outstanding: None });
+            if w.outstanding.is_some() {
+                w.missed += 1;
+            }
+            if w.missed >= self.timing.misses {
+                dead.push(b);
+                continue;
+            }
+            self.seq += 1;
+            w.outstanding = Some(self.seq);
+            self.outbox.push_back((To::One(b), Msg::Ping { seq: self.seq }));
+            if next == prev {
+                break;
+            }
+        }
+        for d in dead {
+            if self.remove(d) {
+                self.events.push_back(Event::Dead { dead: d, reporter: self.me });
+                self.outbox.push_back((To::All, Msg::Dead { dead: d }));
+                self.ring_changed(now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "member_tests.rs"]
+mod tests;

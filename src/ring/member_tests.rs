@@ -1,0 +1,282 @@
+//! Ring members on a simulated network with a virtual clock: messages are
+//! delivered at once unless a host is down or a partition is in the way.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+
+fn addr(last: u8) -> SocketAddr {
+    SocketAddr::from(([192, 168, 1, last], 7946))
+}
+
+struct Net {
+    now: Instant,
+    start: Instant,
+    timing: Timing,
+    nodes: BTreeMap<SocketAddr, Member>,
+    down: BTreeSet<SocketAddr>,
+    /// One side of a partition: no message crosses its border.
+    side: Option<BTreeSet<SocketAddr>>,
+    drop_tokens: bool,
+    events: Vec<(Duration, SocketAddr, Event)>,
+}
+
+impl Net {
+    fn new(timing: Timing) -> Self {
+        let now = Instant::now();
+        Self { now, start: now, timing, nodes: BTreeMap::new(), down: BTreeSet::new(), side: None, drop_tokens: false, events: Vec::new() }
+    }
+
+    fn reachable(&self, a: SocketAddr, b: SocketAddr) -> bool {
+        !self.down.contains(&a)
+            && !self.down.contains(&b)
+            && self.side.as_ref().is_none_or(|s| s.contains(&a) == s.contains(&b))
+    }
+
+    fn join(&mut self, last: u8, capable: bool) {
+        let m = Member::join(addr(last), capable, self.timing, self.now);
+        self.nodes.insert(addr(last), m);
+        self.deliver();
+    }
+
+    fn deliver(&mut self) {
+        for _ in 0..10_000 {
+            let mut queue = Vec::new();
+            for (a, m) in self.nodes.iter_mut() {
+                if self.down.contains(a) {
+                    while m.poll_transmit().is_some() {}
+                    continue;
+                }
+                while let Some((to, msg)) = m.poll_transmit() {
+                    queue.push((*a, to, msg));
+                }
+            }
+            if queue.is_empty() {
+                return;
+            }
+            for (from, to, msg) in queue {
+                if self.drop_tokens && matches!(msg, Msg::Token { .. }) {
+                    continue;
+                }
+                let targets: Vec<SocketAddr> = match to {
+                    To::One(t) => vec![t],
+                    To::All => self.nodes.keys().copied().filter(|t| *t != from).collect(),
+                };
+                for t in targets {
+                    if !self.reachable(from, t) {
+                        continue;
+                    }
+                    if let Some(node) = self.nodes.get_mut(&t) {
+                        node.handle(self.now, from, msg.clone());
+                    }
+                }
+            }
+            self.collect();
+        }
+        panic!("message storm");
+    }
+
+    fn collect(&mut self) {
+        let at = self.now - self.start;
+        for (a, m) in self.nodes.iter_mut() {
+            while let Some(e) = m.poll_event() {
+                self.events.push((at, *a, e));
+            }
+        }
+    }
+
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            self.deliver();
+            let next = self
+                .nodes
+                .iter()
+                .filter(|(a, _)| !self.down.contains(a))
+                .filter_map(|(_, m)| m.poll_timeout())
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for (a, m) in self.nodes.iter_mut() {
+                        if !self.down.contains(a) && m.poll_timeout().is_some_and(|t| t <= now) {
+                            m.handle_timeout(now);
+                        }
+                    }
+                    self.collect();
+                }
+                _ => {
+                    self.now = end;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = (&SocketAddr, &Member)> {
+        self.nodes.iter().filter(|(a, _)| !self.down.contains(a))
+    }
+
+    fn first(&self, pred: impl Fn(&Event) -> bool) -> Option<Duration> {
+        self.events.iter().find(|(_, _, e)| pred(e)).map(|(t, _, _)| *t)
+    }
+}
+
+fn settled(capable: &[(u8, bool)]) -> Net {
+    let mut net = Net::new(Timing::default());
+    for &(last, c) in capable {
+        net.join(last, c);
+        net.run(Duration::from_secs(3));
+    }
+    net.run(Duration::from_secs(3));
+    net.events.clear();
+    net
+}
+
+#[test]
+fn the_seed_ring_192_168_1_2_5_6_is_joined_by_4() {
+    let mut net = settled(&[(2, true), (5, true), (6, true)]);
+    assert_eq!(net.nodes[&addr(2)].buddies(), Some((addr(5), addr(6))), ".5 is the NDN of .2");
+    net.join(4, true);
+    net.run(Duration::from_secs(3));
+    assert_eq!(net.nodes[&addr(2)].buddies(), Some((addr(4), addr(6))), ".4 is now the NDN of .2");
+    assert_eq!(net.nodes[&addr(5)].buddies(), Some((addr(6), addr(4))), ".4 is now the NUN of .5");
+    assert_eq!(net.nodes[&addr(4)].buddies(), Some((addr(5), addr(2))), ".4: NDN .5, NUN .2");
+    for (_, m) in net.live() {
+        assert!(m.is_member());
+        assert_eq!(m.members().len(), 4);
+        assert_eq!(m.dispatcher(), Some(addr(2)));
+    }
+    // The token keeps circulating: no purge in a quiet ring.
+    net.run(Duration::from_secs(20));
+    assert!(net.first(|e| matches!(e, Event::Rebuilt(_))).is_none(), "{:?}", net.events);
+}
+
+#[test]
+fn a_dead_member_is_found_by_its_buddies_and_everyone_learns_at_once() {
+    let mut net = settled(&[(1, true), (2, true), (3, true), (4, true)]);
+    let t0 = net.now - net.start;
+    net.down.insert(addr(3));
+    net.run(Duration::from_secs(5));
+    let found = net.first(|e| matches!(e, Event::Dead { dead, .. } if *dead == addr(3))).expect("found dead") - t0;
+    // `misses` unanswered pings at `ping_interval`, plus the one in flight.
+    assert!(found <= Duration::from_millis(500) * 4, "found after {found:?}");
+    for (a, m) in net.live() {
+        assert!(!m.members().contains(&addr(3)), "{a} still has .3");
+    }
+    // Table 3 -> Table 4: .2 and .4 are now buddies.
+    assert_eq!(net.nodes[&addr(4)].buddies(), Some((addr(1), addr(2))));
+    assert_eq!(net.nodes[&addr(2)].buddies(), Some((addr(4), addr(1))));
+    // With the seed's timings the lost token may also force a purge at about
+    // the same moment; either way the ring ends up whole without .3.
+    net.run(Duration::from_secs(5));
+    for (_, m) in net.live() {
+        assert!(m.is_member());
+        assert_eq!(m.members(), vec![addr(1), addr(2), addr(4)]);
+    }
+}
+
+#[test]
+fn tuned_timings_find_a_death_in_well_under_a_second() {
+    let timing = Timing {
+        ping_interval: Duration::from_millis(100),
+        misses: 3,
+        token_timeout: Duration::from_millis(400),
+        broadcast_timeout: Duration::from_millis(300),
+    };
+    let mut net = Net::new(timing);
+    for last in 1..=5 {
+        net.join(last, true);
+        net.run(Duration::from_millis(500));
+    }
+    net.run(Duration::from_secs(1));
+    net.events.clear();
+    let t0 = net.now - net.start;
+    net.down.insert(addr(5));
+    net.run(Duration::from_secs(2));
+    let found = net.first(|e| matches!(e, Event::Dead { dead, .. } if *dead == addr(5))).expect("found") - t0;
+    assert!(found <= Duration::from_millis(500), "{found:?}");
+}
+
+#[test]
+fn a_lost_token_forces_a_purge_and_the_ring_rebuilds() {
+    let mut net = settled(&[(1, true), (2, true), (3, true)]);
+    let t0 = net.now - net.start;
+    net.drop_tokens = true;
+    net.run(Duration::from_millis(2600));
+    let purged = net.events.iter().any(|(_, _, e)| matches!(e, Event::Rebuilt(_))) || net.nodes.values().any(|m| !m.is_member());
+    assert!(purged, "no token for the communications timeout forces a purge");
+    net.drop_tokens = false;
+    net.run(Duration::from_secs(6));
+    let rebuilt = net.first(|e| matches!(e, Event::Rebuilt(m) if m.len() == 3)).expect("rebuilt with everyone") - t0;
+    assert!(rebuilt >= Duration::from_millis(2000 + 2500), "token timeout, then broadcast timeout: {rebuilt:?}");
+    for (_, m) in net.live() {
+        assert!(m.is_member());
+        assert_eq!(m.members().len(), 3);
+        assert_eq!(m.dispatcher(), Some(addr(1)));
+    }
+}
+
+#[test]
+fn a_graceful_leave_is_not_a_death() {
+    let mut net = settled(&[(1, true), (2, true), (3, true)]);
+    net.nodes.get_mut(&addr(2)).unwrap().leave();
+    net.deliver();
+    net.down.insert(addr(2));
+    net.run(Duration::from_secs(5));
+    assert!(net.first(|e| matches!(e, Event::Left(a) if *a == addr(2))).is_some());
+    assert!(net.first(|e| matches!(e, Event::Dead { .. })).is_none(), "{:?}", net.events);
+    assert_eq!(net.nodes[&addr(1)].buddies(), Some((addr(3), addr(3))));
+}
+
+#[test]
+fn election_skips_incapable_members_and_a_lone_survivor_is_a_plain_server() {
+    let mut net = settled(&[(1, false), (2, true), (3, true)]);
+    for (_, m) in net.live() {
+        assert_eq!(m.dispatcher(), Some(addr(2)), "the smallest capable address");
+    }
+    net.down.insert(addr(2));
+    net.run(Duration::from_secs(4));
+    for (_, m) in net.live() {
+        assert_eq!(m.dispatcher(), Some(addr(3)), "the next eligible member");
+    }
+    net.down.insert(addr(3));
+    net.run(Duration::from_secs(4));
+    assert_eq!(net.nodes[&addr(1)].members(), vec![addr(1)]);
+    assert_eq!(net.nodes[&addr(1)].dispatcher(), None, "alone: no dispatcher");
+}
+
+#[test]
+fn a_healed_partition_ends_with_exactly_one_dispatcher() {
+    let mut net = settled(&[(1, true), (2, true), (5, true), (6, true)]);
+    net.side = Some(BTreeSet::from([addr(1), addr(2)]));
+    net.run(Duration::from_secs(8));
+    assert_eq!(net.nodes[&addr(1)].dispatcher(), Some(addr(1)));
+    assert_eq!(net.nodes[&addr(5)].dispatcher(), Some(addr(5)), "the other side elects its own");
+    net.side = None;
+    net.run(Duration::from_secs(10));
+    let dispatchers: BTreeSet<Option<SocketAddr>> = net.live().map(|(_, m)| m.dispatcher()).collect();
+    assert_eq!(dispatchers, BTreeSet::from([Some(addr(1))]), "the higher address abdicated");
+    for (a, m) in net.live() {
+        assert_eq!(m.members().len(), 4, "{a}: {:?}\n{:#?}", m.members(), net.events);
+    }
+}
+
+#[test]
+fn token_messages_reach_their_addressee_and_stop_there() {
+    let mut net = settled(&[(1, true), (2, true), (3, true), (4, true)]);
+    net.nodes.get_mut(&addr(2)).unwrap().send_carried(Some(addr(4)), b"hi 4".to_vec());
+    net.nodes.get_mut(&addr(3)).unwrap().send_carried(None, b"all".to_vec());
+    net.run(Duration::from_secs(3));
+    let delivered = |to: u8, body: &[u8]| {
+        net.events.iter().filter(|(_, a, e)| *a == addr(to) && matches!(e, Event::Delivered(c) if c.body == body)).count()
+    };
+    assert_eq!(delivered(4, b"hi 4"), 1);
+    assert_eq!(delivered(1, b"hi 4") + delivered(3, b"hi 4"), 0);
+    for to in [1, 2, 4] {
+        assert_eq!(delivered(to, b"all"), 1, "broadcast reaches {to} once");
+    }
+    assert_eq!(delivered(3, b"all"), 0, "removed when back at its sender");
+}
+
