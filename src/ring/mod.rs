@@ -3,5 +3,6 @@
 //! token-passing state machine and its UDP driver build on it.
 
 pub mod member;
+pub mod wire;
 pub mod registry;
 pub mod table;
