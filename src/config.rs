@@ -282,6 +282,14 @@ pub struct RingConfig {
     pub broadcast_timeout: Duration,
     #[serde(default)]
     pub dispatch_capable: bool,
+    /// Where broadcasts (join, purge, deaths) go besides the members known:
+    /// the other hosts' ring addresses, or a broadcast address of a network
+    /// the ring owns.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
+    /// Shared key: ring messages are authenticated (HMAC-SHA256) and
+    /// anything unauthenticated is dropped.
+    pub key: Option<String>,
 }
 
 fn ping_interval() -> Duration {

@@ -98,9 +98,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let Some(mc) = config.monitor.clone() else {
         anyhow::bail!("[monitor] section is required for this role");
     };
+    let ring = config.ring.clone().map(|rc| {
+        let counters = Arc::new(crate::ring::driver::RingCounters::default());
+        tokio::spawn(crate::ring::driver::run(rc, mc.report_to.clone(), mc.token.clone(), counters, shutdown.clone()))
+    });
     let monitor = Monitor::start(mc, shutdown.clone()).await?;
     shutdown.cancelled().await;
     monitor.stop().await;
+    if let Some(ring) = ring {
+        ring.await??;
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! the authority keeps (who is in the ring and who watches whom); the
 //! token-passing state machine and its UDP driver build on it.
 
+pub mod driver;
 pub mod member;
 pub mod wire;
 pub mod registry;

@@ -1,0 +1,182 @@
+//! The ring's UDP driver: owns the socket, feeds the pure member state
+//! machine with what arrives and with its timeouts, sends what it says,
+//! and tells the authorities (gRPC `Ring`) about joins, deaths and leaves.
+//! Malformed, forged and replayed datagrams are dropped and counted.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::member::{Event, Member, Timing, To};
+use super::wire::{self, Envelope, ReplayGuard};
+use crate::config::RingConfig;
+use crate::grpc::Bearer;
+use crate::grpc::v1::ring_client::RingClient;
+use crate::grpc::v1::{DeleteRequest, Member as MemberMsg};
+
+/// Datagrams the driver dropped.
+#[derive(Debug, Default)]
+pub struct RingCounters {
+    pub dropped: AtomicU64,
+}
+
+/// What the authorities are told.
+#[derive(Debug, Clone)]
+enum Report {
+    Announce(SocketAddr),
+    Delete { dead: SocketAddr, reporter: SocketAddr },
+}
+
+fn now_ms() -> u64 {
+    crate::report::now_unix_ms().max(0) as u64
+}
+
+/// Runs this host as a ring member until shutdown, then leaves gracefully.
+pub async fn run(
+    cfg: RingConfig,
+    authorities: Vec<String>,
+    token: Option<String>,
+    counters: Arc<RingCounters>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(cfg.listen).await.map_err(|e| anyhow::anyhow!("ring.listen {}: {e}", cfg.listen))?;
+    let me = socket.local_addr()?;
+    let timing = Timing {
+        ping_interval: cfg.ping_interval,
+        misses: cfg.misses,
+        token_timeout: cfg.token_timeout,
+        broadcast_timeout: cfg.broadcast_timeout,
+    };
+    let key = cfg.key.as_ref().map(|k| k.as_bytes().to_vec());
+    let boot = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(now_ms());
+        h.finish()
+    };
+    let mut seq = 0u64;
+    let mut guard = ReplayGuard::default();
+    let mut member = Member::join(me, cfg.dispatch_capable, timing, Instant::now());
+    let (reports, rx) = mpsc::channel(256);
+    let reporter = tokio::spawn(report_to(authorities, token, rx));
+    let mut announced = false;
+    let mut known: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut buf = vec![0u8; 65_536];
+    info!(%me, capable = cfg.dispatch_capable, "ring member starting");
+    loop {
+        // Send what the state machine says, and act on what happened.
+        while let Some((to, msg)) = member.poll_transmit() {
+            seq += 1;
+            let bytes = wire::encode(&msg, Envelope { boot, seq, time_ms: now_ms() }, key.as_deref());
+            let targets: BTreeSet<SocketAddr> = match to {
+                To::One(a) => BTreeSet::from([a]),
+                To::All => member.members().into_iter().chain(cfg.peers.iter().copied()).filter(|a| *a != me).collect(),
+            };
+            for t in targets {
+                if let Err(error) = socket.send_to(&bytes, t).await {
+                    debug!(to = %t, %error, "ring send failed");
+                }
+            }
+        }
+        while let Some(event) = member.poll_event() {
+            match event {
+                Event::Dead { dead, reporter } => {
+                    warn!(%dead, %reporter, "ring member dead");
+                    if reporter == me {
+                        let _ = reports.try_send(Report::Delete { dead, reporter: me });
+                    }
+                }
+                Event::Left(a) => info!(member = %a, "ring member left"),
+                Event::Joined(a) => debug!(member = %a, "ring member joined"),
+                Event::Dispatcher(d) => info!(dispatcher = ?d, "dispatcher elected"),
+                Event::Rebuilt(members) => {
+                    info!(members = members.len(), "ring rebuilt");
+                    // The smallest address speaks for the rebuilt ring: who is gone died.
+                    if members.first() == Some(&me) {
+                        for gone in known.iter().filter(|a| !members.contains(a)) {
+                            let _ = reports.try_send(Report::Delete { dead: *gone, reporter: me });
+                        }
+                    }
+                }
+                Event::Delivered(_) => {}
+            }
+        }
+        // The settled view, to tell who is missing after a rebuild.
+        if member.is_member() {
+            known = member.members().into_iter().collect();
+        }
+        if member.is_member() && !announced {
+            announced = true;
+            let _ = reports.try_send(Report::Announce(me));
+        }
+        let deadline = member.poll_timeout().unwrap_or_else(|| Instant::now() + timing.ping_interval);
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                match wire::decode(&buf[..n], key.as_deref()).and_then(|(msg, env)| guard.check(from, env, now_ms()).map(|()| msg)) {
+                    Ok(msg) => member.handle(Instant::now(), from, msg),
+                    Err(error) => {
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        debug!(%from, %error, "ring datagram dropped");
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => member.handle_timeout(Instant::now()),
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    // Leave gracefully: tell the ring and the authorities.
+    member.leave();
+    while let Some((_, msg)) = member.poll_transmit() {
+        seq += 1;
+        let bytes = wire::encode(&msg, Envelope { boot, seq, time_ms: now_ms() }, key.as_deref());
+        for t in member.members().into_iter().chain(cfg.peers.iter().copied()).filter(|a| *a != me) {
+            let _ = socket.send_to(&bytes, t).await;
+        }
+    }
+    let _ = reports.send(Report::Delete { dead: me, reporter: me }).await;
+    drop(reports);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), reporter).await;
+    info!(%me, "left the ring");
+    Ok(())
+}
+
+/// Tells every authority, in order, retrying a few times while one is away.
+async fn report_to(authorities: Vec<String>, token: Option<String>, mut rx: mpsc::Receiver<Report>) {
+    let Ok(bearer) = Bearer::new(token.as_deref()) else { return };
+    let clients: Vec<_> = authorities
+        .iter()
+        .filter_map(|url| tonic::transport::Endpoint::from_shared(url.clone()).ok())
+        .map(|e| RingClient::with_interceptor(e.connect_timeout(std::time::Duration::from_secs(1)).connect_lazy(), bearer.clone()))
+        .collect();
+    while let Some(report) = rx.recv().await {
+        for client in &clients {
+            let mut client = client.clone();
+            for attempt in 0..5u32 {
+                let result = match &report {
+                    Report::Announce(a) => client.server_announce(MemberMsg { address: a.to_string() }).await.map(|_| ()),
+                    Report::Delete { dead, reporter } => client
+                        .server_delete(DeleteRequest { dead: dead.to_string(), reporter: reporter.to_string() })
+                        .await
+                        .map(|_| ()),
+                };
+                match result {
+                    Ok(()) => break,
+                    // Already known (a restart) or already gone (reported by another buddy).
+                    Err(s) if matches!(s.code(), tonic::Code::AlreadyExists | tonic::Code::NotFound) => break,
+                    Err(s) => {
+                        debug!(?report, code = ?s.code(), attempt, "ring report not delivered; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The ring across real processes on loopback: three `vnamed monitor`s
+//! with a `[ring]` section (tuned timings, a shared key) join, the
+//! authority's server table shows them, `kill -9` of one takes its host out
+//! of the DNS answers at once (its status reports would not go stale for
+//! 30 s), and it comes back when it rejoins.
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Authority, VNAMED, ZONE, eventually, unique_ip};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn monitor(dir: &Path, n: usize, hosts: &[Ipv4Addr], grpc: &str) -> Proc {
+    let me = hosts[n];
+    let peers: Vec<String> = hosts.iter().map(|h| format!("\"{h}:7946\"")).collect();
+    let config = dir.join(format!("m{n}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[monitor]
+host = "web{n}"
+report_to = ["{grpc}"]
+refresh = "500ms"
+[[monitor.check]]
+pool = "www.example.test."
+kind = "tcp"
+target = "{me}:8080"
+interval = "200ms"
+
+[ring]
+listen = "{me}:7946"
+ping_interval = "100ms"
+misses = 3
+token_timeout = "400ms"
+broadcast_timeout = "300ms"
+peers = [{}]
+key = "ring-secret"
+"#,
+            peers.join(", ")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("m{n}.log"))).unwrap();
+    Proc(Command::new(VNAMED).args(["monitor", "--config"]).arg(&config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn().unwrap())
+}
+
+#[test]
+fn a_killed_host_leaves_the_answers_at_once_and_returns_when_it_rejoins() {
+    let hosts: Vec<Ipv4Addr> = (0..3).map(|_| unique_ip()).collect();
+    let _listeners: Vec<TcpListener> = hosts.iter().map(|h| TcpListener::bind((*h, 8080)).unwrap()).collect();
+    let members: Vec<String> = hosts.iter().enumerate().map(|(i, h)| format!("{{ id = \"web{i}\", address = \"{h}\" }}")).collect();
+    let pool = format!(
+        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\nstale_after = \"30s\"\nmembers = [{}]\n",
+        members.join(", ")
+    );
+    let a = Authority::start(&[("example.test.zone", ZONE)], &pool);
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs: Vec<Option<Proc>> = (0..3).map(|n| Some(monitor(dir.path(), n, &hosts, &a.grpc))).collect();
+    let logs = || (0..3).map(|n| std::fs::read_to_string(dir.path().join(format!("m{n}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n---\n");
+    let table = || String::from_utf8(a.cli(&["ring", "table"]).stdout).unwrap();
+    assert!(eventually(Duration::from_secs(5), || table().contains("ring (3 members)")).is_some(), "{}\n{}", table(), logs());
+    assert!(eventually(Duration::from_secs(3), || a.dig("www.example.test A +short").trim() == hosts[0].to_string()).is_some());
+
+    // kill -9: no goodbye; its buddies find it dead.
+    let killed_at = Instant::now();
+    procs[0] = None;
+    let took = eventually(Duration::from_secs(3), || a.dig("www.example.test A +short").trim() == hosts[1].to_string());
+    assert!(took.is_some(), "the dead host left the answers; table:\n{}\n{}", table(), logs());
+    eprintln!("kill -9 to answer without it: {:?}", killed_at.elapsed());
+    assert!(killed_at.elapsed() < Duration::from_secs(2), "well before its reports go stale");
+    assert!(table().contains(&format!("{}:7946", hosts[0])) && table().contains("dead"), "{}", table());
+
+    // It comes back: rejoins the ring and the answers.
+    procs[0] = Some(monitor(dir.path(), 0, &hosts, &a.grpc));
+    assert!(eventually(Duration::from_secs(5), || a.dig("www.example.test A +short").trim() == hosts[0].to_string()).is_some(), "{}\n{}", table(), logs());
+
+    // A graceful stop leaves the ring without a death.
+    let pid = procs[2].as_ref().unwrap().0.id();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(eventually(Duration::from_secs(3), || table().contains("ring (2 members)")).is_some(), "{}", table());
+    assert!(!table().contains(&format!("{}:7946          dead", hosts[2])), "{}", table());
+}
