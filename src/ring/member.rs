@@ -182,6 +182,14 @@ impl Member {
     }
 
     /// The ring master (smallest address) circulates the heartbeat token.
+    /// When a silent ring is purged: the communications timeout after the
+    /// last token, plus the time the buddies of a dead member need to find
+    /// it, so that a death is handled by its buddies (at once, no rebuild)
+    /// and the purge stays the remedy for a token lost any other way.
+    fn purge_at(&self) -> Instant {
+        self.last_token + self.timing.token_timeout + self.timing.ping_interval * self.timing.misses
+    }
+
     fn is_master(&self) -> bool {
         self.members.keys().next() == Some(&self.me)
     }
@@ -210,7 +218,7 @@ impl Member {
         let mut t = match self.phase {
             Phase::Left => return None,
             Phase::Joining { until } | Phase::Rebuilding { until } => until,
-            Phase::Member => self.next_ping.min(self.last_token + self.timing.token_timeout).min(self.next_beacon),
+            Phase::Member => self.next_ping.min(self.purge_at()).min(self.next_beacon),
         };
         if let Some(nt) = self.next_token {
             t = t.min(nt);
@@ -384,7 +392,7 @@ impl Member {
                 }
             }
             Phase::Member => {
-                if now >= self.last_token + self.timing.token_timeout && self.members.len() > 1 {
+                if now >= self.purge_at() && self.members.len() > 1 {
                     // No token for the communications timeout: purge and rebuild.
                     self.start_rebuild(now, self.epoch + 1, true);
                     return;
