@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Fail-over time: from `kill -9` of a backend host (its HTTP server and its
+# vnamed monitor, a ring member) to the first `dig` answer without it, over
+# TRIALS trials, with the tuned ring profile and with the seed's defaults.
+# Prints p50/p99 for each. Everything runs on loopback and is stopped at the end.
+#
+#   bash scripts/bench/failover.sh [TRIALS]      (default 20)
+#
+# Not yet here: the same run against gdnsd and PowerDNS LUA records.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+trials=${1:-20}
+bash scripts/setup.sh --minimal
+cargo build --release --quiet --bin vnamed
+vnamed=$PWD/target/release/vnamed
+
+work=$(mktemp -d)
+pids=()
+stop_all() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  stop_all
+  [ -n "${auth:-}" ] && kill "$auth" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+hosts=(127.0.31.1 127.0.31.2 127.0.31.3)
+mkdir -p "$work/zones"
+printf '$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n' > "$work/zones/fo.example.zone"
+cat > "$work/auth.toml" <<EOT
+[authority]
+dns_listen = ["127.0.0.1:5430"]
+grpc_listen = "127.0.0.1:7430"
+zones_dir = "$work/zones"
+
+[[pool]]
+name = "www.fo.example."
+policy = "priority"
+stale_after = "60s"
+members = [ { id = "h1", address = "${hosts[0]}" }, { id = "h2", address = "${hosts[1]}" }, { id = "h3", address = "${hosts[2]}" } ]
+EOT
+"$vnamed" authority --config "$work/auth.toml" 2>"$work/auth.log" &
+auth=$!
+sleep 0.5
+
+peers=$(printf '"%s:7946", ' "${hosts[@]}"); peers=${peers%, }
+host_up() { # $1 index, $2 profile
+  local h=${hosts[$1]}
+  python3 -m http.server --bind "$h" 8080 >/dev/null 2>&1 &
+  pids+=($!)
+  disown
+  local timing
+  if [ "$2" = tuned ]; then
+    timing='ping_interval = "100ms"
+misses = 3
+token_timeout = "400ms"
+broadcast_timeout = "300ms"'
+  else
+    timing='ping_interval = "500ms"
+misses = 3
+token_timeout = "2s"
+broadcast_timeout = "2.5s"'
+  fi
+  cat > "$work/h$1.toml" <<EOT
+[monitor]
+host = "h$(($1 + 1))"
+report_to = ["http://127.0.0.1:7430"]
+[[monitor.check]]
+pool = "www.fo.example."
+kind = "tcp"
+target = "$h:8080"
+interval = "1s"
+[ring]
+listen = "$h:7946"
+$timing
+peers = [$peers]
+EOT
+  "$vnamed" monitor --config "$work/h$1.toml" 2>>"$work/h$1.log" &
+  pids+=($!)
+  disown
+}
+
+answer() { dig +short +time=1 +tries=1 @127.0.0.1 -p 5430 www.fo.example A 2>/dev/null | head -1; }
+now_ms() { date +%s%3N; }
+
+measure() { # $1 profile
+  local times=()
+  for t in $(seq "$trials"); do
+    stop_all
+    "$vnamed" ring table --server http://127.0.0.1:7430 >/dev/null 2>&1 || true
+    for i in 0 1 2; do host_up "$i" "$1"; done
+    # Wait for the ring and for h1 to answer.
+    local ok=""
+    for _ in $(seq 200); do
+      if "$vnamed" ring table --server http://127.0.0.1:7430 2>/dev/null | grep -q "ring (3 members)" && [ "$(answer)" = "${hosts[0]}" ]; then ok=1; break; fi
+      sleep 0.05
+    done
+    [ -n "$ok" ] || { echo "trial $t: ring did not form" >&2; continue; }
+    sleep 0.5
+    local start; start=$(now_ms)
+    kill -9 "${pids[0]}" "${pids[1]}"   # h1's HTTP server and its monitor
+    while [ "$(answer)" = "${hosts[0]}" ]; do
+      [ $(( $(now_ms) - start )) -gt 20000 ] && break
+    done
+    times+=($(( $(now_ms) - start )))
+    stop_all
+    # The survivors left gracefully; h1 is recorded dead: clear it for the next trial.
+    "$vnamed" ring announce "${hosts[0]}:7946" --server http://127.0.0.1:7430 >/dev/null 2>&1 || true
+    for h in "${hosts[@]}"; do "$vnamed" ring delete "$h:7946" --server http://127.0.0.1:7430 >/dev/null 2>&1 || true; done
+  done
+  printf '%s\n' "${times[@]}" | sort -n | awk -v p="$1" '{a[NR]=$1} END {
+    if (NR == 0) { print p ": no trial completed"; exit }
+    i50 = int(NR * 0.5) + 1; if (i50 > NR) i50 = NR
+    i99 = int(NR * 0.99) + 1; if (i99 > NR) i99 = NR
+    printf "%-8s trials %d  p50 %d ms  p99 %d ms  max %d ms\n", p, NR, a[i50], a[i99], a[NR] }'
+}
+
+echo "kill -9 of a backend host to the first dig answer without it (vnamed ring):"
+measure tuned
+measure seed
