@@ -86,20 +86,31 @@ pub async fn run(
             }
         }
         while let Some(event) = member.poll_event() {
+            // A member that can see no more than half of the ring it knew is
+            // more likely cut off itself than surrounded by deaths: it says
+            // nothing to the authorities (the others will, if it is them).
+            let quorum = member.members().len() * 2 > known.len();
             match event {
                 Event::Dead { dead, reporter } => {
-                    warn!(%dead, %reporter, "ring member dead");
-                    if reporter == me {
+                    warn!(%dead, %reporter, quorum, "ring member dead");
+                    if reporter == me && quorum {
                         let _ = reports.try_send(Report::Delete { dead, reporter: me });
                     }
                 }
                 Event::Left(a) => info!(member = %a, "ring member left"),
-                Event::Joined(a) => debug!(member = %a, "ring member joined"),
+                Event::Joined(a) => {
+                    debug!(member = %a, "ring member joined");
+                    // The ring grew back around us: make sure the authorities
+                    // count us in (we may have been reported dead meanwhile).
+                    if announced {
+                        let _ = reports.try_send(Report::Announce(me));
+                    }
+                }
                 Event::Dispatcher(d) => info!(dispatcher = ?d, "dispatcher elected"),
                 Event::Rebuilt(members) => {
                     info!(members = members.len(), "ring rebuilt");
                     // The smallest address speaks for the rebuilt ring: who is gone died.
-                    if members.first() == Some(&me) {
+                    if members.first() == Some(&me) && members.len() * 2 > known.len() {
                         for gone in known.iter().filter(|a| !members.contains(a)) {
                             let _ = reports.try_send(Report::Delete { dead: *gone, reporter: me });
                         }
@@ -159,7 +170,9 @@ async fn report_to(authorities: Vec<String>, token: Option<String>, mut rx: mpsc
     while let Some(report) = rx.recv().await {
         for client in &clients {
             let mut client = client.clone();
-            for attempt in 0..5u32 {
+            // A death that cannot be told at once is stale soon: views move on.
+            let attempts = if matches!(report, Report::Delete { .. }) { 3 } else { 6 };
+            for attempt in 0..attempts {
                 let result = match &report {
                     Report::Announce(a) => client.server_announce(MemberMsg { address: a.to_string() }).await.map(|_| ()),
                     Report::Delete { dead, reporter } => client

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The ring across real network namespaces: five hosts (each a backend HTTP
+# server and a `vnamed monitor` that is a ring member) and an authority, on
+# a bridge in a namespace of its own, with addresses only in 10.77.0.0/24
+# inside those namespaces. Then:
+#   1. kill -9 one host's processes: `dig` stops returning it;
+#   2. cut another host's link: the same; restore it: it rejoins;
+#   3. partition the ring in two and heal it: exactly one dispatcher after.
+# Every wait is bounded; every namespace and process goes away at the end,
+# also on failure. Needs root. Exit 0 only when every check passed.
+#
+#   bash scripts/netns/ring.sh [path/to/vnamed]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+vnamed=${1:-$PWD/target/debug/vnamed}
+[ -x "$vnamed" ] || { echo "build vnamed first (cargo build)" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "needs root for network namespaces" >&2; exit 2; }
+
+tag="vn$$"
+work=$(mktemp -d)
+net=10.77.0
+auth_ip=$net.100
+n=5
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+cleanup() {
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  done
+  sleep 0.2
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
+
+# The bridge lives in its own namespace; every host hangs off it by a veth pair.
+ip netns add "$tag-br"
+in_ns br ip link add br0 type bridge
+in_ns br ip link add br1 type bridge      # the other side of a partition
+in_ns br ip link set br0 up
+in_ns br ip link set br1 up
+attach() { # $1 name, $2 address
+  ip netns add "$tag-$1"
+  ip link add "v$1" netns "$tag-$1" type veth peer name "p$1" netns "$tag-br"
+  in_ns "$1" ip addr add "$2/24" dev "v$1"
+  in_ns "$1" ip link set "v$1" up
+  in_ns "$1" ip link set lo up
+  in_ns br ip link set "p$1" master br0
+  in_ns br ip link set "p$1" up
+}
+attach a "$auth_ip"
+for i in $(seq $n); do attach "h$i" "$net.$i"; done
+
+mkdir -p "$work/zones"
+printf '$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A %s\n' "$auth_ip" > "$work/zones/ring.test.zone"
+members=""
+for i in $(seq $n); do members+="{ id = \"h$i\", address = \"$net.$i\" }, "; done
+cat > "$work/auth.toml" <<EOT
+[authority]
+dns_listen = ["$auth_ip:53"]
+grpc_listen = "$auth_ip:7443"
+zones_dir = "$work/zones"
+
+[[pool]]
+name = "www.ring.test."
+policy = "round-robin"
+answers = $n
+stale_after = "60s"
+members = [ ${members%, } ]
+EOT
+in_ns a "$vnamed" authority --config "$work/auth.toml" 2>"$work/auth.log" &
+
+peers=""
+for i in $(seq $n); do peers+="\"$net.$i:7946\", "; done
+for i in $(seq $n); do
+  capable=false
+  [ "$i" -ge 2 ] && capable=true   # h1 cannot dispatch: the next one is elected
+  cat > "$work/h$i.toml" <<EOT
+[monitor]
+host = "h$i"
+report_to = ["http://$auth_ip:7443"]
+[[monitor.check]]
+pool = "www.ring.test."
+kind = "tcp"
+target = "$net.$i:8080"
+interval = "1s"
+[ring]
+listen = "$net.$i:7946"
+ping_interval = "100ms"
+misses = 3
+token_timeout = "400ms"
+broadcast_timeout = "300ms"
+dispatch_capable = $capable
+peers = [ ${peers%, } ]
+key = "netns-ring"
+EOT
+  in_ns "h$i" python3 -m http.server --bind "$net.$i" 8080 >/dev/null 2>&1 &
+  in_ns "h$i" "$vnamed" monitor --config "$work/h$i.toml" 2>"$work/h$i.log" &
+done
+
+answer() { in_ns a dig +short +time=1 +tries=1 @"$auth_ip" www.ring.test A 2>/dev/null | sort | tr '\n' ' '; }
+table() { in_ns a "$vnamed" ring table --server "http://$auth_ip:7443" 2>/dev/null || true; }
+wait_for() { # $1 seconds, then a command that must succeed
+  local limit=$(( $(date +%s%3N) + $1 * 1000 )); shift
+  while [ "$(date +%s%3N)" -lt "$limit" ]; do "$@" && return 0; sleep 0.05; done
+  return 1
+}
+has() { answer | grep -qw "$1"; }
+lacks() { ! answer | grep -qw "$1"; }
+members_are() { table | grep -q "ring ($1 members)"; }
+dispatchers() { # the last dispatcher each live host elected
+  for i in "$@"; do grep "dispatcher elected" "$work/h$i.log" | tail -1 | sed 's/.*dispatcher=//'; done | sort -u
+}
+
+all_in() { for i in $(seq $n); do has "$net.$i" || return 1; done; }
+wait_for 15 members_are 5 || fail "the ring did not form: $(table)"
+wait_for 10 all_in || fail "not every host in the answers: $(answer)"
+echo "ring of 5 formed; answers: $(answer)"
+
+# 1. kill -9 of h3's processes.
+for p in $(ip netns pids "$tag-h3"); do kill -9 "$p"; done
+start=$(date +%s%3N)
+wait_for 5 lacks "$net.3" || fail "h3 still answered after kill -9"
+echo "kill -9 h3: out of the answers after $(( $(date +%s%3N) - start )) ms"
+
+# 2. cut h4's link, then restore it.
+in_ns br ip link set ph4 down
+start=$(date +%s%3N)
+wait_for 5 lacks "$net.4" || fail "h4 still answered with its link cut"
+echo "link of h4 cut: out of the answers after $(( $(date +%s%3N) - start )) ms"
+in_ns br ip link set ph4 up
+wait_for 15 has "$net.4" || fail "h4 did not come back: $(answer) / $(table)"
+echo "link of h4 restored: back in the answers"
+
+# 3. partition {h1, h2} | {h4, h5} (h3 is dead), then heal.
+for i in 4 5; do in_ns br ip link set "ph$i" master br1; done
+sleep 3
+other=$(dispatchers 4 5)
+[ "$other" = "Some($net.4:7946)" ] || fail "the cut-off side should elect its own dispatcher, got: $other"
+echo "partitioned: {h1,h2} and {h4,h5} each elected a dispatcher"
+for i in 4 5; do in_ns br ip link set "ph$i" master br0; done
+sleep 4
+d=$(dispatchers 1 2 4 5)
+[ "$(echo "$d" | wc -l)" -eq 1 ] || fail "more than one dispatcher after the partition healed: $d"
+echo "partition healed: one dispatcher ($d)"
+echo "netns ring: all checks passed"
