@@ -4,14 +4,20 @@
 # TRIALS trials, with the tuned ring profile and with the seed's defaults.
 # Prints p50/p99 for each. Everything runs on loopback and is stopped at the end.
 #
-#   bash scripts/bench/failover.sh [TRIALS]      (default 20)
+#   bash scripts/bench/failover.sh [TRIALS] [SOAK_SECONDS]   (defaults 20, 60)
+#
+# Then a soak: the tuned ring runs SOAK_SECONDS with both cores saturated by
+# busy loops, and the false deaths (members reported dead while alive) are
+# counted. Last, the per-member cost of the ring state machine for 10, 100
+# and 1,000 simulated members (examples/ring_cost.rs).
 #
 # Not yet here: the same run against gdnsd and PowerDNS LUA records.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 trials=${1:-20}
+soak=${2:-60}
 bash scripts/setup.sh --minimal
-cargo build --release --quiet --bin vnamed
+cargo build --release --quiet --bin vnamed --example ring_cost
 vnamed=$PWD/target/release/vnamed
 
 work=$(mktemp -d)
@@ -121,3 +127,28 @@ measure() { # $1 profile
 echo "kill -9 of a backend host to the first dig answer without it (vnamed ring):"
 measure tuned
 measure seed
+
+echo
+echo "soak: tuned ring, ${soak}s with both cores busy:"
+stop_all
+for i in 0 1 2; do host_up "$i" tuned; done
+for _ in $(seq 200); do
+  "$vnamed" ring table --server http://127.0.0.1:7430 2>/dev/null | grep -q "ring (3 members)" && break
+  sleep 0.05
+done
+before=$(cat "$work"/h*.log | grep -c "ring member dead" || true)
+burners=()
+for _ in 1 2; do
+  timeout "$soak" sh -c 'while :; do :; done' &
+  burners+=($!)
+done
+sleep "$soak"
+wait "${burners[@]}" 2>/dev/null || true
+after=$(cat "$work"/h*.log | grep -c "ring member dead" || true)
+dead=$("$vnamed" ring table --server http://127.0.0.1:7430 2>/dev/null | grep -c " dead" || true)
+echo "false deaths seen by members: $((after - before)); dead in the authority's table: $dead   (target: 0)"
+stop_all
+
+echo
+echo "ring state machine cost per member:"
+"$PWD/target/release/examples/ring_cost" 30

@@ -154,6 +154,19 @@ impl Member {
         m
     }
 
+    /// A member of an already formed ring whose members it knows (each
+    /// with its dispatch capability), as after a rebuild.
+    pub fn formed(me: SocketAddr, members: &BTreeMap<SocketAddr, bool>, timing: Timing, now: Instant) -> Self {
+        let capable = members.get(&me).copied().unwrap_or(false);
+        let mut m = Self::join(me, capable, timing, now);
+        m.outbox.clear();
+        m.members = members.clone();
+        m.members.insert(me, capable);
+        m.become_member(now);
+        m.events.clear();
+        m
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.me
     }
