@@ -11,7 +11,10 @@
 # counted. Last, the per-member cost of the ring state machine for 10, 100
 # and 1,000 simulated members (examples/ring_cost.rs).
 #
-# Not yet here: the same run against gdnsd and PowerDNS LUA records.
+# gdnsd runs in the same script at its default check settings (tcp_connect,
+# interval 10 s, down_thresh 10): TRIALS instances side by side, each with
+# its own primary and secondary, all primaries killed at once, each timed
+# until it answers the secondary. Not yet here: PowerDNS LUA records.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 trials=${1:-20}
@@ -127,6 +130,59 @@ measure() { # $1 profile
 echo "kill -9 of a backend host to the first dig answer without it (vnamed ring):"
 measure tuned
 measure seed
+
+echo
+echo "gdnsd (simplefo, tcp_connect, default check settings), $trials instances side by side:"
+listen_all() { # $1 prefix (127.0.40 or 127.0.41): a TCP listener on .1..TRIALS port 8080
+  python3 - "$1" "$trials" >/dev/null 2>&1 <<'PY' &
+import asyncio, sys
+prefix, n = sys.argv[1], int(sys.argv[2])
+async def main():
+    async def on(r, w):
+        w.close()
+    servers = [await asyncio.start_server(on, f"{prefix}.{k}", 8080) for k in range(1, n + 1)]
+    await asyncio.gather(*(s.serve_forever() for s in servers))
+asyncio.run(main())
+PY
+  echo $!
+}
+prim=$(listen_all 127.0.40)
+sec=$(listen_all 127.0.41)
+gd=()
+for k in $(seq "$trials"); do
+  d="$work/gdnsd$k"
+  mkdir -p "$d/zones"
+  cat > "$d/config" <<EOT
+options => {
+  listen => [ 127.0.0.1:$((5500 + k)) ]
+  run_dir => $d/run
+  state_dir => $d/state
+}
+service_types => { tcp8080 => { plugin => tcp_connect, port => 8080 } }
+plugins => { simplefo => { www => { primary => 127.0.40.$k, secondary => 127.0.41.$k, service_types => tcp8080 } } }
+EOT
+  printf '$TTL 60\n@ IN SOA ns1 h 1 3600 600 86400 5\n@ IN NS ns1\nns1 IN A 127.0.0.1\nwww 5 DYNA simplefo!www\n' > "$d/zones/fo.example"
+  gdnsd -c "$d" start >"$d/log" 2>&1 &
+  gd+=($!)
+done
+sleep 3
+kill -9 "$prim"
+start=$(now_ms)
+declare -A done_at=()
+while [ "${#done_at[@]}" -lt "$trials" ] && [ $(( $(now_ms) - start )) -lt 300000 ]; do
+  for k in $(seq "$trials"); do
+    [ -n "${done_at[$k]:-}" ] && continue
+    a=$(dig +short +time=1 +tries=1 @127.0.0.1 -p $((5500 + k)) www.fo.example A 2>/dev/null | head -1)
+    [ "$a" = "127.0.41.$k" ] && done_at[$k]=$(( $(now_ms) - start ))
+  done
+  sleep 0.2
+done
+kill "${gd[@]}" "$sec" 2>/dev/null || true
+printf '%s\n' "${done_at[@]}" | sort -n | awk -v n="$trials" '{a[NR]=$1} END {
+  if (NR == 0) { print "gdnsd: no instance failed over within 300 s"; exit }
+  i50 = int(NR * 0.5) + 1; if (i50 > NR) i50 = NR
+  i99 = int(NR * 0.99) + 1; if (i99 > NR) i99 = NR
+  printf "%-8s trials %d  p50 %d ms  p99 %d ms  max %d ms  (%d of %d failed over)\n", "gdnsd", NR, a[i50], a[i99], a[NR], NR, n }'
 
 echo
 echo "soak: tuned ring, ${soak}s with both cores busy:"
