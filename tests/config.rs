@@ -92,3 +92,12 @@ fn busy_addresses_and_pool_problems_are_reported_together() {
     assert!(err.contains(&format!("dns_listen {ip}:5300 (UDP): Address already in use")), "{err}");
     assert!(err.contains("pool www.c.test.: no zone file in zones_dir holds this name"), "{err}");
 }
+
+#[test]
+fn the_sample_configuration_and_zone_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = vnamed::config::Config::read(std::path::Path::new(&format!("{root}/zones/vnamed.toml"))).unwrap();
+    assert_eq!(config.pool.len(), 1);
+    let out = Command::new(VNAMED).args(["zone", "check"]).arg(format!("{root}/zones/demo.example.zone")).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
