@@ -305,6 +305,65 @@ fn broadcast_timeout() -> Duration {
     Duration::from_millis(2500)
 }
 
+/// Checks pools (`[[pool]]`, or a farm's `[[farm.pool]]`), collecting problems.
+fn check_pools(prefix: &str, pools: &[PoolConfig], problems: &mut Vec<String>) {
+    let mut names = HashSet::new();
+    for (i, pool) in pools.iter().enumerate() {
+        let at = format!("{prefix}[{i}] ({})", pool.name);
+        match Name::from_ascii(&pool.name) {
+            Ok(name) if name.is_fqdn() => {
+                if !names.insert(name.to_lowercase()) {
+                    problems.push(format!("{at}: the same name is configured twice"));
+                }
+            }
+            Ok(_) => problems.push(format!("{at}: name must be absolute (end with '.')")),
+            Err(e) => problems.push(format!("{at}: bad name: {e}")),
+        }
+        if pool.answers == 0 {
+            problems.push(format!("{at}: answers must be at least 1"));
+        }
+        if pool.members.is_empty() {
+            problems.push(format!("{at}: members must not be empty"));
+        }
+        match (&pool.formula, pool.policy) {
+            (None, PolicyName::Formula) => problems.push(format!("{at}: policy \"formula\" needs a formula")),
+            (Some(f), _) => {
+                if let Err(e) = crate::pool::formula::Formula::parse(f) {
+                    problems.push(format!("{at}: {e}"));
+                }
+            }
+            _ => {}
+        }
+        if !(0.0..1.0).contains(&pool.smoothing) {
+            problems.push(format!("{at}: smoothing must be at least 0 and below 1"));
+        }
+        let mut ids = HashSet::new();
+        for m in &pool.members {
+            if m.id.is_empty() {
+                problems.push(format!("{at}: a member has an empty id"));
+            }
+            if let Some(u) = &m.until
+                && let Err(e) = parse_time(u)
+            {
+                problems.push(format!("{at}: member {:?} until: {e}", m.id));
+            }
+            for w in &m.maintenance {
+                match (parse_time(&w.from), parse_time(&w.until)) {
+                    (Ok(f), Ok(u)) if f < u => {}
+                    (Ok(_), Ok(_)) => problems.push(format!("{at}: member {:?}: maintenance window ends before it starts", m.id)),
+                    (Err(e), _) | (_, Err(e)) => problems.push(format!("{at}: member {:?} maintenance: {e}", m.id)),
+                }
+            }
+            if m.address.is_none() && m.farm.is_none() {
+                problems.push(format!("{at}: member {:?} needs an address (only a farm entity may omit it)", m.id));
+            }
+            if !ids.insert(m.id.as_str()) {
+                problems.push(format!("{at}: member id {:?} appears twice", m.id));
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
@@ -333,61 +392,7 @@ impl Config {
             && auth.dns_listen.is_empty() {
                 problems.push("authority.dns_listen: at least one address is required".into());
             }
-        let mut names = HashSet::new();
-        for (i, pool) in self.pool.iter().enumerate() {
-            let at = format!("pool[{i}] ({})", pool.name);
-            match Name::from_ascii(&pool.name) {
-                Ok(name) if name.is_fqdn() => {
-                    if !names.insert(name.to_lowercase()) {
-                        problems.push(format!("{at}: the same name is configured twice"));
-                    }
-                }
-                Ok(_) => problems.push(format!("{at}: name must be absolute (end with '.')")),
-                Err(e) => problems.push(format!("{at}: bad name: {e}")),
-            }
-            if pool.answers == 0 {
-                problems.push(format!("{at}: answers must be at least 1"));
-            }
-            if pool.members.is_empty() {
-                problems.push(format!("{at}: members must not be empty"));
-            }
-            match (&pool.formula, pool.policy) {
-                (None, PolicyName::Formula) => problems.push(format!("{at}: policy \"formula\" needs a formula")),
-                (Some(f), _) => {
-                    if let Err(e) = crate::pool::formula::Formula::parse(f) {
-                        problems.push(format!("{at}: {e}"));
-                    }
-                }
-                _ => {}
-            }
-            if !(0.0..1.0).contains(&pool.smoothing) {
-                problems.push(format!("{at}: smoothing must be at least 0 and below 1"));
-            }
-            let mut ids = HashSet::new();
-            for m in &pool.members {
-                if m.id.is_empty() {
-                    problems.push(format!("{at}: a member has an empty id"));
-                }
-                if let Some(u) = &m.until
-                    && let Err(e) = parse_time(u)
-                {
-                    problems.push(format!("{at}: member {:?} until: {e}", m.id));
-                }
-                for w in &m.maintenance {
-                    match (parse_time(&w.from), parse_time(&w.until)) {
-                        (Ok(f), Ok(u)) if f < u => {}
-                        (Ok(_), Ok(_)) => problems.push(format!("{at}: member {:?}: maintenance window ends before it starts", m.id)),
-                        (Err(e), _) | (_, Err(e)) => problems.push(format!("{at}: member {:?} maintenance: {e}", m.id)),
-                    }
-                }
-                if m.address.is_none() && m.farm.is_none() {
-                    problems.push(format!("{at}: member {:?} needs an address (only a farm entity may omit it)", m.id));
-                }
-                if !ids.insert(m.id.as_str()) {
-                    problems.push(format!("{at}: member id {:?} appears twice", m.id));
-                }
-            }
-        }
+        check_pools("pool", &self.pool, &mut problems);
         if let Some(m) = &self.monitor {
             if m.host.is_empty() {
                 problems.push("monitor.host: must name this host (the member id it reports as)".into());
@@ -431,6 +436,7 @@ impl Config {
             if f.report_to.is_empty() {
                 problems.push("farm.report_to: at least one authority is required".into());
             }
+            check_pools("farm.pool", &f.pool, &mut problems);
             for (i, p) in f.pool.iter().enumerate() {
                 if p.members.iter().any(|m| m.address.is_none()) {
                     problems.push(format!("farm.pool[{i}] ({}): every farm member needs an address", p.name));
@@ -498,6 +504,23 @@ members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = ":
     fn unknown_keys_are_errors() {
         let e = Config::from_toml(&GOOD.replace("zones_dir", "zone_dir")).unwrap_err();
         assert!(e.to_string().contains("zone_dir"), "{e}");
+    }
+
+    #[test]
+    fn farm_pools_are_checked_like_pools() {
+        let text = r#"
+[farm]
+name = "east"
+listen = "127.0.0.1:7460"
+report_to = ["http://127.0.0.1:7443"]
+[[farm.pool]]
+name = "not a name"
+members = []
+"#;
+        let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else {
+            panic!("expected validation problems")
+        };
+        assert!(problems.iter().any(|p| p.starts_with("farm.pool[0]") && p.contains("members must not be empty")), "{problems:?}");
     }
 
     #[test]
