@@ -58,26 +58,8 @@ impl Authority {
                 None
             }
         };
-        let metrics = match auth.metrics_listen {
-            Some(addr) => match TcpListener::bind(addr).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    problems.push(format!("metrics_listen {addr}: {e}"));
-                    None
-                }
-            },
-            None => None,
-        };
-        let grpc = match auth.grpc_listen {
-            Some(addr) => match TcpListener::bind(addr).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    problems.push(format!("grpc_listen {addr}: {e}"));
-                    None
-                }
-            },
-            None => None,
-        };
+        let metrics = bind_optional("metrics_listen", auth.metrics_listen, &mut problems).await;
+        let grpc = bind_optional("grpc_listen", auth.grpc_listen, &mut problems).await;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let counters = Arc::new(Counters::default());
         let (notify_tx, notify_rx) = mpsc::channel(1024);
@@ -204,6 +186,18 @@ impl Authority {
     /// Waits until shutdown has finished.
     pub async fn wait(self) {
         let _ = self.done.await;
+    }
+}
+
+/// Binds an optional TCP listener; a failure becomes one of the start-up problems.
+async fn bind_optional(key: &str, addr: Option<SocketAddr>, problems: &mut Vec<String>) -> Option<TcpListener> {
+    let addr = addr?;
+    match TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            problems.push(format!("{key} {addr}: {e}"));
+            None
+        }
     }
 }
 

@@ -66,12 +66,7 @@ impl RingService {
     }
 
     async fn op(&self, op: RingOp) -> Result<RingReply, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.updater
-            .send_timeout(Command::Ring { op, reply: tx }, CALL_TIMEOUT)
-            .await
-            .map_err(|_| Status::unavailable("the updater is not accepting requests"))?;
-        rx.await.map_err(|_| Status::unavailable("the updater stopped"))?.map_err(status_of)
+        ask(&self.updater, |reply| Command::Ring { op, reply }).await?.map_err(status_of)
     }
 }
 
@@ -195,14 +190,8 @@ impl Ingest for StatusService {
             self.counters.refused(e.reason());
             Status::invalid_argument(e.to_string())
         })?;
-        let (tx, rx) = oneshot::channel();
-        self.updater
-            .send_timeout(Command::Reports { reports, received, reply: tx }, CALL_TIMEOUT)
-            .await
-            .map_err(|_| Status::unavailable("the updater is not accepting reports"))?;
-        let accepted = rx
-            .await
-            .map_err(|_| Status::unavailable("the updater stopped"))?
+        let accepted = ask(&self.updater, |reply| Command::Reports { reports, received, reply })
+            .await?
             .map_err(|e| {
                 self.counters.refused(e.reason());
                 Status::not_found(e.to_string())
@@ -233,16 +222,22 @@ impl AdminService {
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.updater
-            .send_timeout(make(tx), CALL_TIMEOUT)
-            .await
-            .map_err(|_| Status::unavailable("the updater is not accepting requests"))?;
-        tokio::time::timeout(CALL_TIMEOUT, rx)
-            .await
-            .map_err(|_| Status::deadline_exceeded("the updater did not answer in time"))?
-            .map_err(|_| Status::unavailable("the updater stopped"))
+        ask(&self.updater, make).await
     }
+}
+
+/// Sends the updater a request and waits for its answer, each step bounded
+/// by `CALL_TIMEOUT`: the one way every gRPC service here reaches it.
+async fn ask<T>(updater: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
+    let (tx, rx) = oneshot::channel();
+    updater
+        .send_timeout(make(tx), CALL_TIMEOUT)
+        .await
+        .map_err(|_| Status::unavailable("the updater is not accepting requests"))?;
+    tokio::time::timeout(CALL_TIMEOUT, rx)
+        .await
+        .map_err(|_| Status::deadline_exceeded("the updater did not answer in time"))?
+        .map_err(|_| Status::unavailable("the updater stopped"))
 }
 
 fn status_of(e: UpdateError) -> Status {
