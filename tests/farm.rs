@@ -7,19 +7,10 @@ mod common;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Authority, VNAMED, ZONE, eventually, unique_ip};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Proc, Authority, VNAMED, ZONE, eventually, unique_ip};
 
 fn spawn(dir: &Path, role: &str, name: &str, config: String) -> Proc {
     let path = dir.join(format!("{name}.toml"));

@@ -8,23 +8,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use vnamed::grpc::Bearer;
 use vnamed::grpc::v1::status_client::StatusClient;
 use vnamed::grpc::v1::{MemberReport, ReportBatch};
 
-use common::{Authority, VNAMED, ZONE, eventually, unique_ip};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Proc, Authority, VNAMED, ZONE, eventually, unique_ip};
 
 fn start_monitor(dir: &std::path::Path, host: &str, backend: Ipv4Addr, push: Ipv4Addr, authority: &Authority) -> Proc {
     let config = dir.join(format!("{host}.toml"));

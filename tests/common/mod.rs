@@ -158,6 +158,16 @@ impl Drop for Authority {
     }
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs the real `dig` with short timeouts.
 pub fn dig(ip: IpAddr, port: u16, args: &str) -> String {
     let out = Command::new("dig")
