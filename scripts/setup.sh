@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools vnamed's demo, tests and benchmarks use: dig and
-# named-checkzone (BIND utilities), NSD (a real secondary), dnsperf and gdnsd
-# (benchmark peers), and Python grpcio (an independent gRPC client). Safe to
+# named-checkzone (BIND utilities), NSD (a real secondary), dnsperf, gdnsd and
+# PowerDNS (benchmark peers), FreeTDS tsql (a real SQL client for the SRP
+# responder), and Python grpcio (an independent gRPC client). Safe to
 # run again: it installs only what is missing. --minimal: only what the demo needs.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v nsd >/dev/null || need+=(nsd)
 if [ "${1:-}" != "--minimal" ]; then
   command -v dnsperf >/dev/null || need+=(dnsperf)
   command -v gdnsd >/dev/null || need+=(gdnsd)
+  command -v pdns_server >/dev/null || need+=(pdns-server pdns-backend-bind)
+  command -v tsql >/dev/null || need+=(freetds-bin)
 fi
 # The independent gRPC client the tests use (Python grpcio, from PyPI).
 if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" 2>/dev/null; then

@@ -210,6 +210,8 @@ pub struct MonitorConfig {
     pub token: Option<String>,
     /// gRPC address where applications push their own metrics.
     pub listen: Option<SocketAddr>,
+    /// Prometheus metrics of this monitor (checks, ring) at `GET /metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Reports are re-sent this often even when nothing changed.
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: Duration,

@@ -185,7 +185,7 @@ pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: 
     out
 }
 
-/// Serves `GET /metrics` until shutdown.
+/// Serves the authority's `GET /metrics` until shutdown.
 pub async fn serve(
     listener: TcpListener,
     counters: Arc<Counters>,
@@ -193,15 +193,25 @@ pub async fn serve(
     updater: mpsc::Sender<Command>,
     shutdown: CancellationToken,
 ) {
+    let render = move || {
+        let (counters, snapshot, updater) = (counters.clone(), snapshot.clone(), updater.clone());
+        async move { render(&counters, &snapshot, &updater).await }
+    };
+    serve_text(listener, render, shutdown).await
+}
+
+/// Serves `GET /metrics` with what `render` returns, until shutdown.
+pub async fn serve_text<F, Fut>(listener: TcpListener, render: F, shutdown: CancellationToken)
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
-            let (counters, snapshot, updater) = (counters.clone(), snapshot.clone(), updater.clone());
-            async move {
-                let body = render(&counters, &snapshot, &updater).await;
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-            }
+            let render = render.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render().await) }
         }),
     );
     if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {

@@ -122,12 +122,7 @@ fn admin_calls_need_the_token_too() {
 }
 
 fn reqwest_metrics(a: &Authority) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect((a.ip, 9300)).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n").unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    s
+    common::scrape((a.ip, 9300))
 }
 
 /// The streaming form: one reply per batch, a refused batch does not end

@@ -24,6 +24,7 @@ fn monitor(dir: &Path, n: usize, hosts: &[Ipv4Addr], grpc: &str) -> Proc {
 [monitor]
 host = "web{n}"
 report_to = ["{grpc}"]
+metrics_listen = "{me}:9400"
 refresh = "500ms"
 [[monitor.check]]
 pool = "www.example.test."
@@ -64,6 +65,32 @@ fn a_killed_host_leaves_the_answers_at_once_and_returns_when_it_rejoins() {
     let table = || String::from_utf8(a.cli(&["ring", "table"]).stdout).unwrap();
     assert!(eventually(Duration::from_secs(5), || table().contains("ring (3 members)")).is_some(), "{}\n{}", table(), logs());
     assert!(eventually(Duration::from_secs(3), || a.dig("www.example.test A +short").trim() == hosts[0].to_string()).is_some());
+
+    // Its metrics: the check, the ring's view, and datagrams dropped by
+    // reason (garbage, unauthenticated, forged, replayed).
+    let metric = |n: usize, line: &str| common::scrape((hosts[n], 9400)).lines().any(|l| l == line);
+    assert!(metric(1, "vnamed_ring_members 3"), "{}", common::scrape((hosts[1], 9400)));
+    assert!(metric(1, &format!("vnamed_monitor_check_up{{pool=\"www.example.test.\",member=\"web1\",check=\"tcp:{}:8080\"}} 1", hosts[1])));
+    {
+        use vnamed::ring::member::Msg;
+        use vnamed::ring::wire::{Envelope, encode};
+        let s = std::net::UdpSocket::bind((hosts[2], 0)).unwrap();
+        let to = (hosts[1], 7946);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let env = Envelope { boot: 1, seq: 1, time_ms: now };
+        s.send_to(b"\x00garbage", to).unwrap();
+        s.send_to(&encode(&Msg::Ping { seq: 1 }, env, None), to).unwrap();
+        s.send_to(&encode(&Msg::Ping { seq: 1 }, env, Some(b"wrong key")), to).unwrap();
+        let good = encode(&Msg::Ping { seq: 1 }, env, Some(b"ring-secret"));
+        s.send_to(&good, to).unwrap();
+        s.send_to(&good, to).unwrap();
+    }
+    for reason in ["malformed 1", "unauthenticated 2", "replayed 1"] {
+        let (r, n) = reason.split_once(' ').unwrap();
+        let line = format!("vnamed_ring_datagrams_dropped_total{{reason=\"{r}\"}} {n}");
+        assert!(eventually(Duration::from_secs(2), || metric(1, &line)).is_some(), "{line}\n{}", common::scrape((hosts[1], 9400)));
+    }
+    assert!(metric(0, "vnamed_ring_dispatcher 0"), "no member is dispatch-capable");
 
     // kill -9: no goodbye; its buddies find it dead.
     let killed_at = Instant::now();

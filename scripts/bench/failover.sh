@@ -14,23 +14,26 @@
 # gdnsd runs in the same script at its default check settings (tcp_connect,
 # interval 10 s, down_thresh 10): TRIALS instances side by side, each with
 # its own primary and secondary, all primaries killed at once, each timed
-# until it answers the secondary. Not yet here: PowerDNS LUA records.
+# until it answers the secondary. PowerDNS LUA records (ifportup) the same
+# way, at their defaults (checks every 5 s, 2 s connect timeout).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 trials=${1:-20}
 soak=${2:-60}
-bash scripts/setup.sh --minimal
+bash scripts/setup.sh
 cargo build --release --quiet --bin vnamed --example ring_cost
 vnamed=$PWD/target/release/vnamed
 
 work=$(mktemp -d)
 pids=()
+others=()   # the peers' servers and listeners, stopped by cleanup too
 stop_all() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   pids=()
 }
 cleanup() {
   stop_all
+  for p in "${others[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   [ -n "${auth:-}" ] && kill "$auth" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -146,8 +149,30 @@ asyncio.run(main())
 PY
   echo $!
 }
+# side_by_side NAME PORT_BASE: waits until instance k (port PORT_BASE+k) no
+# longer answers 127.0.40.k (killed) and answers 127.0.41.k; prints p50/p99.
+side_by_side() {
+  local name=$1 base=$2 start k a
+  start=$(now_ms)
+  declare -A done_at=()
+  while [ "${#done_at[@]}" -lt "$trials" ] && [ $(( $(now_ms) - start )) -lt 300000 ]; do
+    for k in $(seq "$trials"); do
+      [ -n "${done_at[$k]:-}" ] && continue
+      a=$(dig +short +time=1 +tries=1 @127.0.0.1 -p $((base + k)) www.fo.example A 2>/dev/null | sort | tr '\n' ' ')
+      [ "$a" = "127.0.41.$k " ] && done_at[$k]=$(( $(now_ms) - start ))
+    done
+    sleep 0.1
+  done
+  printf '%s\n' "${done_at[@]}" | sort -n | awk -v n="$trials" -v p="$name" '{a[NR]=$1} END {
+    if (NR == 0) { print p ": no instance failed over within 300 s"; exit }
+    i50 = int(NR * 0.5) + 1; if (i50 > NR) i50 = NR
+    i99 = int(NR * 0.99) + 1; if (i99 > NR) i99 = NR
+    printf "%-8s trials %d  p50 %d ms  p99 %d ms  max %d ms  (%d of %d failed over)\n", p, NR, a[i50], a[i99], a[NR], NR, n }'
+}
+
 prim=$(listen_all 127.0.40)
 sec=$(listen_all 127.0.41)
+others+=("$prim" "$sec")
 gd=()
 for k in $(seq "$trials"); do
   d="$work/gdnsd$k"
@@ -164,25 +189,39 @@ EOT
   printf '$TTL 60\n@ IN SOA ns1 h 1 3600 600 86400 5\n@ IN NS ns1\nns1 IN A 127.0.0.1\nwww 5 DYNA simplefo!www\n' > "$d/zones/fo.example"
   gdnsd -c "$d" start >"$d/log" 2>&1 &
   gd+=($!)
+  others+=($!)
 done
 sleep 3
 kill -9 "$prim"
-start=$(now_ms)
-declare -A done_at=()
-while [ "${#done_at[@]}" -lt "$trials" ] && [ $(( $(now_ms) - start )) -lt 300000 ]; do
-  for k in $(seq "$trials"); do
-    [ -n "${done_at[$k]:-}" ] && continue
-    a=$(dig +short +time=1 +tries=1 @127.0.0.1 -p $((5500 + k)) www.fo.example A 2>/dev/null | head -1)
-    [ "$a" = "127.0.41.$k" ] && done_at[$k]=$(( $(now_ms) - start ))
-  done
-  sleep 0.2
-done
+side_by_side gdnsd 5500
 kill "${gd[@]}" "$sec" 2>/dev/null || true
-printf '%s\n' "${done_at[@]}" | sort -n | awk -v n="$trials" '{a[NR]=$1} END {
-  if (NR == 0) { print "gdnsd: no instance failed over within 300 s"; exit }
-  i50 = int(NR * 0.5) + 1; if (i50 > NR) i50 = NR
-  i99 = int(NR * 0.99) + 1; if (i99 > NR) i99 = NR
-  printf "%-8s trials %d  p50 %d ms  p99 %d ms  max %d ms  (%d of %d failed over)\n", "gdnsd", NR, a[i50], a[i99], a[NR], NR, n }'
+
+echo
+echo "PowerDNS LUA records (ifportup, selector all, default check settings), $trials instances side by side:"
+prim=$(listen_all 127.0.40)
+sec=$(listen_all 127.0.41)
+others+=("$prim" "$sec")
+pd=()
+for k in $(seq "$trials"); do
+  d="$work/pdns$k"
+  mkdir -p "$d"
+  echo "zone \"fo.example\" { type master; file \"$d/fo.example\"; };" > "$d/named.conf"
+  printf '$TTL 60\n@ IN SOA ns1 h 1 3600 600 86400 5\n@ IN NS ns1\nns1 IN A 127.0.0.1\n' > "$d/fo.example"
+  printf 'www 5 IN LUA A "ifportup(8080, {%s, %s}, {selector=%s})"\n' "'127.0.40.$k'" "'127.0.41.$k'" "'all'" >> "$d/fo.example"
+  pdns_server --config-dir="$d" --launch=bind --bind-config="$d/named.conf" \
+    --local-address=127.0.0.1 --local-port=$((5600 + k)) --socket-dir="$d" \
+    --guardian=no --daemon=no --enable-lua-records=yes --disable-syslog \
+    --write-pid=no --setuid= --setgid= >"$d/log" 2>&1 &
+  pd+=($!)
+  others+=($!)
+  # The first query starts the instance's checks; spread their phases.
+  sleep 0.3
+  dig +short +time=1 +tries=1 @127.0.0.1 -p $((5600 + k)) www.fo.example A >/dev/null 2>&1 || true
+done
+sleep 12
+kill -9 "$prim"
+side_by_side pdns 5600
+kill "${pd[@]}" "$sec" 2>/dev/null || true
 
 echo
 echo "soak: tuned ring, ${soak}s with both cores busy:"

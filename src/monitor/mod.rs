@@ -60,6 +60,18 @@ struct Shared {
 }
 
 impl Shared {
+    /// Prometheus text: each check's state.
+    fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::from("# HELP vnamed_monitor_check_up 1 when the check passes (rise/fall applied), 0 when not; absent before its first result.\n# TYPE vnamed_monitor_check_up gauge\n");
+        for c in self.checks.lock().expect("not poisoned").iter() {
+            if let Some(up) = c.up {
+                let _ = writeln!(out, "vnamed_monitor_check_up{{pool=\"{}\",member=\"{}\",check=\"{}\"}} {}", esc(&c.pool), esc(&c.member), esc(&c.name), up as u8);
+            }
+        }
+        out
+    }
+
     /// One report per member from the latest state of its checks.
     fn batch(&self) -> ReportBatch {
         let checks = self.checks.lock().expect("not poisoned");
@@ -89,6 +101,11 @@ impl Shared {
     }
 }
 
+/// A Prometheus label value.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 fn check_name(c: &CheckConfig) -> String {
     format!("{:?}:{}", c.kind, c.target.as_deref().unwrap_or("")).to_ascii_lowercase()
 }
@@ -98,11 +115,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let Some(mc) = config.monitor.clone() else {
         anyhow::bail!("[monitor] section is required for this role");
     };
+    let metrics = match mc.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("monitor.metrics_listen {addr}: {e}"))?),
+        None => None,
+    };
+    let counters = Arc::new(crate::ring::driver::RingCounters::default());
     let ring = config.ring.clone().map(|rc| {
-        let counters = Arc::new(crate::ring::driver::RingCounters::default());
-        tokio::spawn(crate::ring::driver::run(rc, mc.report_to.clone(), mc.token.clone(), counters, shutdown.clone()))
+        tokio::spawn(crate::ring::driver::run(rc, mc.report_to.clone(), mc.token.clone(), counters.clone(), shutdown.clone()))
     });
+    let has_ring = ring.is_some();
     let monitor = Monitor::start(mc, shutdown.clone()).await?;
+    if let Some(listener) = metrics {
+        let shared = monitor.shared.clone();
+        let render = move || {
+            let (shared, counters) = (shared.clone(), counters.clone());
+            async move {
+                let mut out = shared.render();
+                if has_ring {
+                    counters.render(&mut out);
+                }
+                out
+            }
+        };
+        tokio::spawn(crate::metrics::serve_text(listener, render, shutdown.clone()));
+    }
     shutdown.cancelled().await;
     monitor.stop().await;
     if let Some(ring) = ring {
@@ -114,6 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// A running monitor.
 pub struct Monitor {
     tasks: tokio::task::JoinSet<()>,
+    shared: Arc<Shared>,
     pub push_addr: Option<std::net::SocketAddr>,
 }
 
@@ -166,7 +203,7 @@ impl Monitor {
             tasks.spawn(report_to(upstream.clone(), client, batch, shared.version.subscribe(), mc.refresh, shutdown.clone()));
         }
         info!(host = %mc.host, checks = mc.check.len(), upstreams = mc.report_to.len(), push = ?push_addr, "monitor running");
-        Ok(Self { tasks, push_addr })
+        Ok(Self { tasks, shared, push_addr })
     }
 
     pub async fn stop(mut self) {

@@ -21,10 +21,49 @@ use crate::grpc::Bearer;
 use crate::grpc::v1::ring_client::RingClient;
 use crate::grpc::v1::{DeleteRequest, Member as MemberMsg};
 
-/// Datagrams the driver dropped.
+/// What the driver counts, for the monitor's `/metrics`.
 #[derive(Debug, Default)]
 pub struct RingCounters {
-    pub dropped: AtomicU64,
+    /// Dropped datagrams: not a ring message or malformed.
+    pub malformed: AtomicU64,
+    /// Dropped datagrams: no tag on a keyed ring, or a forged tag.
+    pub unauthenticated: AtomicU64,
+    /// Dropped datagrams: replayed, out of order or from a skewed clock.
+    pub replayed: AtomicU64,
+    /// Members in this host's view of the ring.
+    pub members: AtomicU64,
+    /// 1 while this host is the elected dispatcher.
+    pub dispatcher: AtomicU64,
+    /// Deaths this host found itself.
+    pub deaths_found: AtomicU64,
+}
+
+impl RingCounters {
+    fn count_drop(&self, error: &wire::WireError) {
+        use wire::WireError::*;
+        let c = match error {
+            Short | Magic | Version(_) | Kind(_) | Malformed(_) => &self.malformed,
+            Untagged | Forged => &self.unauthenticated,
+            Replayed | Skew(_) => &self.replayed,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str("# HELP vnamed_ring_datagrams_dropped_total Ring datagrams dropped, by reason.\n");
+        out.push_str("# TYPE vnamed_ring_datagrams_dropped_total counter\n");
+        for (reason, c) in [("malformed", &self.malformed), ("unauthenticated", &self.unauthenticated), ("replayed", &self.replayed)] {
+            let _ = writeln!(out, "vnamed_ring_datagrams_dropped_total{{reason=\"{reason}\"}} {}", c.load(Ordering::Relaxed));
+        }
+        out.push_str("# HELP vnamed_ring_members Members in this host's view of the ring.\n# TYPE vnamed_ring_members gauge\n");
+        let _ = writeln!(out, "vnamed_ring_members {}", self.members.load(Ordering::Relaxed));
+        out.push_str("# HELP vnamed_ring_dispatcher 1 while this host is the elected dispatcher.\n# TYPE vnamed_ring_dispatcher gauge\n");
+        let _ = writeln!(out, "vnamed_ring_dispatcher {}", self.dispatcher.load(Ordering::Relaxed));
+        out.push_str("# HELP vnamed_ring_deaths_found_total Ring members this host found dead.\n# TYPE vnamed_ring_deaths_found_total counter\n");
+        let _ = writeln!(out, "vnamed_ring_deaths_found_total {}", self.deaths_found.load(Ordering::Relaxed));
+    }
 }
 
 /// What the authorities are told.
@@ -93,6 +132,9 @@ pub async fn run(
             match event {
                 Event::Dead { dead, reporter } => {
                     warn!(%dead, %reporter, quorum, "ring member dead");
+                    if reporter == me {
+                        counters.deaths_found.fetch_add(1, Ordering::Relaxed);
+                    }
                     if reporter == me && quorum {
                         let _ = reports.try_send(Report::Delete { dead, reporter: me });
                     }
@@ -106,7 +148,10 @@ pub async fn run(
                         let _ = reports.try_send(Report::Announce(me));
                     }
                 }
-                Event::Dispatcher(d) => info!(dispatcher = ?d, "dispatcher elected"),
+                Event::Dispatcher(d) => {
+                    info!(dispatcher = ?d, "dispatcher elected");
+                    counters.dispatcher.store((d == Some(me)) as u64, Ordering::Relaxed);
+                }
                 Event::Rebuilt(members) => {
                     info!(members = members.len(), "ring rebuilt");
                     // The smallest address speaks for the rebuilt ring: who is gone died.
@@ -119,6 +164,7 @@ pub async fn run(
                 Event::Delivered(_) => {}
             }
         }
+        counters.members.store(member.members().len() as u64, Ordering::Relaxed);
         // The settled view, to tell who is missing after a rebuild.
         if member.is_member() {
             known = member.members().into_iter().collect();
@@ -134,7 +180,7 @@ pub async fn run(
                 match wire::decode(&buf[..n], key.as_deref()).and_then(|(msg, env)| guard.check(from, env, now_ms()).map(|()| msg)) {
                     Ok(msg) => member.handle(Instant::now(), from, msg),
                     Err(error) => {
-                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        counters.count_drop(&error);
                         debug!(%from, %error, "ring datagram dropped");
                     }
                 }
@@ -145,10 +191,15 @@ pub async fn run(
     }
     // Leave gracefully: tell the ring and the authorities.
     member.leave();
-    while let Some((_, msg)) = member.poll_transmit() {
+    let everyone: Vec<SocketAddr> = member.members().into_iter().chain(cfg.peers.iter().copied()).filter(|a| *a != me).collect();
+    while let Some((to, msg)) = member.poll_transmit() {
         seq += 1;
         let bytes = wire::encode(&msg, Envelope { boot, seq, time_ms: now_ms() }, key.as_deref());
-        for t in member.members().into_iter().chain(cfg.peers.iter().copied()).filter(|a| *a != me) {
+        let targets = match to {
+            To::One(a) => vec![a],
+            To::All => everyone.clone(),
+        };
+        for t in targets {
             let _ = socket.send_to(&bytes, t).await;
         }
     }

@@ -62,6 +62,11 @@ pub enum Msg {
     Dead { dead: SocketAddr },
     /// Out of band: the token was lost; everyone leaves and re-enters.
     Purge { epoch: u64 },
+    /// The seeds' ServerReplace, member to member: in your buddy list,
+    /// replace `replace` with `with` (dispatch-capable or not). `gone`:
+    /// `replace` left the ring (a death or a shutdown), rather than just
+    /// moved away from you because `with` joined between you.
+    Replace { replace: SocketAddr, with: SocketAddr, with_capable: bool, gone: bool },
 }
 
 /// Where a message goes.
@@ -207,8 +212,16 @@ impl Member {
         self.members.keys().next() == Some(&self.me)
     }
 
-    /// Leaves gracefully: tells everyone.
+    /// Leaves gracefully: tells each buddy to replace us with the other
+    /// one, and everyone that we left.
     pub fn leave(&mut self) {
+        if let Some((next, prev)) = self.buddies()
+            && next != prev {
+                let cap = |a| self.members.get(&a).copied().unwrap_or(false);
+                let (cap_next, cap_prev) = (cap(next), cap(prev));
+                self.outbox.push_back((To::One(next), Msg::Replace { replace: self.me, with: prev, with_capable: cap_prev, gone: true }));
+                self.outbox.push_back((To::One(prev), Msg::Replace { replace: self.me, with: next, with_capable: cap_next, gone: true }));
+            }
         self.outbox.push_back((To::All, Msg::Leave));
         self.phase = Phase::Left;
     }
@@ -331,6 +344,17 @@ impl Member {
                     self.ring_changed(now);
                 }
             }
+            Msg::Replace { replace, with, with_capable, gone } => {
+                let mut changed = with != self.me && self.add(with, with_capable);
+                if gone && replace != self.me && self.remove(replace) {
+                    changed = true;
+                    let event = if replace == from { Event::Left(from) } else { Event::Dead { dead: replace, reporter: from } };
+                    self.events.push_back(event);
+                }
+                if changed {
+                    self.ring_changed(now);
+                }
+            }
             Msg::Purge { epoch } => {
                 if epoch > self.epoch || !matches!(self.phase, Phase::Rebuilding { .. }) {
                     self.start_rebuild(now, epoch.max(self.epoch + 1), false);
@@ -396,6 +420,14 @@ impl Member {
             Phase::Joining { until } => {
                 if now >= until {
                     self.become_member(now);
+                    // Tell the new buddies that we now stand between them.
+                    if let Some((next, prev)) = self.buddies()
+                        && next != prev {
+                            let with = self.me;
+                            let with_capable = self.capable;
+                            self.outbox.push_back((To::One(next), Msg::Replace { replace: prev, with, with_capable, gone: false }));
+                            self.outbox.push_back((To::One(prev), Msg::Replace { replace: next, with, with_capable, gone: false }));
+                        }
                 }
             }
             Phase::Rebuilding { until } => {
@@ -460,8 +492,23 @@ impl Member {
             }
         }
         for d in dead {
+            if !self.members.contains_key(&d) {
+                continue;
+            }
+            // The dead member's other buddy: it now watches us instead.
+            let other = {
+                let before: Vec<SocketAddr> = self.members.keys().copied().collect();
+                let i = before.iter().position(|a| *a == d).expect("checked above");
+                let n = before.len();
+                let (up, down) = (before[(i + 1) % n], before[(i + n - 1) % n]);
+                if up == self.me { down } else { up }
+            };
             if self.remove(d) {
                 self.events.push_back(Event::Dead { dead: d, reporter: self.me });
+                if other != self.me && other != d {
+                    let with_capable = self.capable;
+                    self.outbox.push_back((To::One(other), Msg::Replace { replace: d, with: self.me, with_capable, gone: true }));
+                }
                 self.outbox.push_back((To::All, Msg::Dead { dead: d }));
                 self.ring_changed(now);
             }

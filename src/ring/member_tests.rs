@@ -18,13 +18,17 @@ struct Net {
     /// One side of a partition: no message crosses its border.
     side: Option<BTreeSet<SocketAddr>>,
     drop_tokens: bool,
+    /// Lose every Dead and Leave broadcast (the out-of-band messages).
+    drop_out_of_band: bool,
+    /// Every ServerReplace sent: (from, to, message).
+    replaces: Vec<(SocketAddr, SocketAddr, Msg)>,
     events: Vec<(Duration, SocketAddr, Event)>,
 }
 
 impl Net {
     fn new(timing: Timing) -> Self {
         let now = Instant::now();
-        Self { now, start: now, timing, nodes: BTreeMap::new(), down: BTreeSet::new(), side: None, drop_tokens: false, events: Vec::new() }
+        Self { now, start: now, timing, nodes: BTreeMap::new(), down: BTreeSet::new(), side: None, drop_tokens: false, drop_out_of_band: false, replaces: Vec::new(), events: Vec::new() }
     }
 
     fn reachable(&self, a: SocketAddr, b: SocketAddr) -> bool {
@@ -57,6 +61,12 @@ impl Net {
             for (from, to, msg) in queue {
                 if self.drop_tokens && matches!(msg, Msg::Token { .. }) {
                     continue;
+                }
+                if self.drop_out_of_band && matches!(msg, Msg::Dead { .. } | Msg::Leave) {
+                    continue;
+                }
+                if let (Msg::Replace { .. }, To::One(t)) = (&msg, to) {
+                    self.replaces.push((from, t, msg.clone()));
                 }
                 let targets: Vec<SocketAddr> = match to {
                     To::One(t) => vec![t],
@@ -280,3 +290,60 @@ fn token_messages_reach_their_addressee_and_stop_there() {
     assert_eq!(delivered(3, b"all"), 0, "removed when back at its sender");
 }
 
+
+fn replace(replace: u8, with: u8, gone: bool) -> Msg {
+    Msg::Replace { replace: addr(replace), with: addr(with), with_capable: true, gone }
+}
+
+#[test]
+fn a_joiner_tells_its_new_buddies_with_server_replace() {
+    // The seed: new server 4 tells server 2 (ServerToReplace=3,
+    // ReplacementServer=4) and server 3 (ServerToReplace=2, ...=4). Here
+    // the ring is ordered by address: .4 joins between .2 and .5.
+    let mut net = settled(&[(2, true), (5, true), (6, true)]);
+    net.replaces.clear();
+    net.join(4, true);
+    net.run(Duration::from_secs(3));
+    assert_eq!(
+        net.replaces,
+        vec![(addr(4), addr(5), replace(2, 4, false)), (addr(4), addr(2), replace(5, 4, false))],
+    );
+    // Nobody left: every member still knows all four.
+    assert!(net.live().all(|(_, m)| m.members().len() == 4));
+}
+
+#[test]
+fn server_replace_alone_relinks_the_ring_when_the_broadcasts_are_lost() {
+    let mut net = settled(&[(1, true), (2, true), (3, true), (4, true)]);
+    net.drop_out_of_band = true;
+    net.replaces.clear();
+    // A death: .3's buddies find it and tell each other (ServerToReplace is
+    // the dead server, ReplacementServer the one that found it).
+    net.down.insert(addr(3));
+    net.run(Duration::from_secs(3));
+    assert!(net.replaces.contains(&(addr(2), addr(4), replace(3, 2, true))), "{:?}", net.replaces);
+    assert!(net.replaces.contains(&(addr(4), addr(2), replace(3, 4, true))), "{:?}", net.replaces);
+    assert_eq!(net.nodes[&addr(2)].buddies(), Some((addr(4), addr(1))));
+    assert_eq!(net.nodes[&addr(4)].buddies(), Some((addr(1), addr(2))));
+    // A normal shutdown of .2 (the seed's Table 4 example): it tells .4 to
+    // replace it with .1 and .1 to replace it with .4.
+    net.replaces.clear();
+    net.events.clear();
+    net.nodes.get_mut(&addr(2)).unwrap().leave();
+    net.deliver();
+    net.down.insert(addr(2));
+    assert_eq!(
+        net.replaces,
+        vec![(addr(2), addr(4), replace(2, 1, true)), (addr(2), addr(1), replace(2, 4, true))],
+    );
+    for a in [1, 4] {
+        assert!(net.events.iter().any(|(_, at, e)| *at == addr(a) && *e == Event::Left(addr(2))), "{:?}", net.events);
+    }
+    assert!(!net.events.iter().any(|(_, _, e)| *e == Event::Dead { dead: addr(2), reporter: addr(1) }), "a shutdown is not a death");
+    // .1 never heard of .3's death (the broadcast was lost): now its buddy,
+    // .3 is found dead by .1's own pings, and the two survivors watch each other.
+    net.run(Duration::from_secs(10));
+    assert_eq!(net.nodes[&addr(1)].buddies(), Some((addr(4), addr(4))));
+    assert_eq!(net.nodes[&addr(4)].buddies(), Some((addr(1), addr(1))));
+    assert!(net.first(|e| matches!(e, Event::Rebuilt(_))).is_none(), "no purge: {:?}", net.events);
+}

@@ -122,6 +122,7 @@ pub fn encode(msg: &Msg, env: Envelope, key: Option<&[u8]>) -> Vec<u8> {
         Msg::Leave => 6,
         Msg::Dead { .. } => 7,
         Msg::Purge { .. } => 8,
+        Msg::Replace { .. } => 9,
     };
     out.push(kind);
     out.extend_from_slice(&env.boot.to_be_bytes());
@@ -153,6 +154,11 @@ pub fn encode(msg: &Msg, env: Envelope, key: Option<&[u8]>) -> Vec<u8> {
         Msg::Leave => {}
         Msg::Dead { dead } => put_addr(&mut out, dead),
         Msg::Purge { epoch } => out.extend_from_slice(&epoch.to_be_bytes()),
+        Msg::Replace { replace, with, with_capable, gone } => {
+            put_addr(&mut out, replace);
+            put_addr(&mut out, with);
+            out.push(*with_capable as u8 | (*gone as u8) << 1);
+        }
     }
     if let Some(key) = key {
         let t = tag(key, &out);
@@ -229,6 +235,15 @@ pub fn decode(data: &[u8], key: Option<&[u8]>) -> Result<(Msg, Envelope), WireEr
         6 => Msg::Leave,
         7 => Msg::Dead { dead: r.addr("dead")? },
         8 => Msg::Purge { epoch: r.u64("purge")? },
+        9 => {
+            let replace = r.addr("replace")?;
+            let with = r.addr("replace")?;
+            let flags = r.u8("replace flags")?;
+            if flags > 3 {
+                return Err(WireError::Malformed("replace flags"));
+            }
+            Msg::Replace { replace, with, with_capable: flags & 1 == 1, gone: flags & 2 == 2 }
+        }
         k => return Err(WireError::Kind(k)),
     };
     if !r.b.is_empty() {
@@ -288,6 +303,8 @@ mod tests {
             Msg::Leave,
             Msg::Dead { dead: a(9) },
             Msg::Purge { epoch: 11 },
+            Msg::Replace { replace: a(3), with: "[::1]:7946".parse().unwrap(), with_capable: true, gone: false },
+            Msg::Replace { replace: a(3), with: a(4), with_capable: false, gone: true },
         ]
     }
 

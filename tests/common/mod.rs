@@ -180,6 +180,16 @@ pub fn dig(ip: IpAddr, port: u16, args: &str) -> String {
 }
 
 /// Polls `f` until it returns true or `within` passes; returns the time it took.
+/// The body of `GET /metrics` at `addr` (plain HTTP/1.0).
+pub fn scrape(addr: (Ipv4Addr, u16)) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let _ = c.write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n");
+    let mut s = String::new();
+    let _ = c.read_to_string(&mut s);
+    s
+}
+
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < within {
