@@ -59,6 +59,17 @@ impl Authority {
             }
         };
         let metrics = bind_optional("metrics_listen", auth.metrics_listen, &mut problems).await;
+        // With peers, the cluster addresses are bound only while active.
+        let srp_sockets = match &config.srp {
+            Some(srp) if srp.peers.is_empty() => match crate::srp::server::bind_all(srp) {
+                Ok(s) => s,
+                Err(p) => {
+                    problems.push(p);
+                    Vec::new()
+                }
+            },
+            _ => Vec::new(),
+        };
         let grpc = bind_optional("grpc_listen", auth.grpc_listen, &mut problems).await;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let counters = Arc::new(Counters::default());
@@ -125,6 +136,9 @@ impl Authority {
         let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
         let sources: Vec<_> = dns_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
         tasks.spawn(dns::notify::run(auth.notify.clone(), sources, notify_rx, shutdown.child_token()));
+        if let Some(srp) = &config.srp {
+            tasks.spawn(crate::srp::server::run(srp.clone(), srp_sockets, snapshot.clone(), counters.clone(), shutdown.clone()));
+        }
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = metrics {
             info!(address = ?metrics_addr, "metrics serving at /metrics");

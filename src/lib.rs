@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod pool;
 pub mod report;
 pub mod ring;
+pub mod srp;
 pub mod sys;
 pub mod updater;
 pub mod zone;

@@ -60,6 +60,8 @@ enum Role {
         #[command(subcommand)]
         cmd: admin::ZoneCmd,
     },
+    /// Resolve CLUSTER\INSTANCE to its endpoints (SRP, UDP 1434).
+    Resolve(vnamed::srp::cli::ResolveArgs),
 }
 
 fn main() -> ExitCode {
@@ -129,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Role::Pool { cmd } => admin::pool(cmd).await?,
         Role::Ring { cmd } => admin::ring(cmd).await?,
         Role::Zone { cmd } => return admin::zone(cmd).await,
+        Role::Resolve(args) => return vnamed::srp::cli::resolve(args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -40,6 +40,8 @@ pub struct Counters {
     pub report_to_answer: Histogram,
     /// Refused report batches, by reason (see `REFUSALS`).
     reports_refused: [AtomicU64; REFUSALS.len()],
+    /// The SRP responder's, when it runs.
+    pub srp: crate::srp::SrpCounters,
 }
 
 /// Responses for one virtual name, by RCODE.
@@ -149,6 +151,7 @@ pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: 
     for (i, reason) in REFUSALS.iter().enumerate() {
         let _ = writeln!(out, "vnamed_report_batches_refused_total{{reason=\"{reason}\"}} {}", counters.reports_refused[i].load(Ordering::Relaxed));
     }
+    counters.srp.render(&mut out);
     counters.report_to_answer.render(&mut out, "vnamed_report_to_answer_seconds", "Time from a report's arrival to the answer it changed being served.");
     out.push_str("# HELP vnamed_pool_responses_total DNS responses for virtual names, by pool and rcode.\n# TYPE vnamed_pool_responses_total counter\n");
     let snap = snapshot.load();

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, PoolConfig};
 use crate::metrics::Counters;
 use crate::dns::fast;
-use crate::dns::snapshot::{PoolAnswer, Snapshot, ZoneView, zone_records};
+use crate::dns::snapshot::{PoolAnswer, Preferred, Snapshot, ZoneView, zone_records};
 use crate::config::PolicyName;
 use crate::pool::{AdminState, Decision, MemberState, PoolState};
 use crate::report::{Report, ReportError};
@@ -316,6 +316,21 @@ impl Updater {
         let mut snap = Snapshot::default();
         for (origin, z) in &self.zones {
             snap.zones.insert(origin.clone(), Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone())));
+        }
+        for (pool, origin) in self.pools.iter().zip(&self.pool_zone) {
+            let Some(answer) = self.zones.get(origin).and_then(|z| z.answers.get(&LowerName::from(&pool.name))) else { continue };
+            let order: Vec<Preferred> = answer
+                .addresses
+                .iter()
+                .filter_map(|a| pool.members.iter().find(|m| m.address == *a))
+                .map(|m| Preferred {
+                    id: m.id.clone(),
+                    address: m.address,
+                    tcp_port: m.custom.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16),
+                })
+                .collect();
+            let key = pool.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+            snap.preferred.insert(key, order.into());
         }
         if self.stable_stale {
             self.stable = Arc::new(fast::build_stable(&snap));

@@ -69,8 +69,20 @@ impl ZoneView {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub zones: HashMap<LowerName, Arc<ZoneView>>,
+    /// Each pool's members in the policy's order, by pool name (lower case,
+    /// no final dot): what the SRP responder serves instances from.
+    pub preferred: HashMap<String, Arc<[Preferred]>>,
     /// Pre-encoded responses for the UDP fast path.
     pub fast: super::fast::FastTable,
+}
+
+/// A member in its pool's current preference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preferred {
+    pub id: String,
+    pub address: IpAddr,
+    /// The member's reported `tcp_port` metric, when it has one.
+    pub tcp_port: Option<u16>,
 }
 
 impl Snapshot {

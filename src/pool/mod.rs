@@ -140,6 +140,7 @@ impl MemberState {
 
     /// Takes a report: its health, and its metrics smoothed with the
     /// previous ones (`smoothing` is the weight of the past, 0 for none).
+    /// Metrics named `*_port` are identifiers, taken as reported.
     pub fn absorb(&mut self, up: bool, metrics: Metrics, custom: std::collections::BTreeMap<String, f64>, smoothing: f64, at: Instant) {
         let blend = |old: Option<f64>, new: Option<f64>| match (old, new) {
             (Some(o), Some(n)) if smoothing > 0.0 => Some(smoothing * o + (1.0 - smoothing) * n),
@@ -154,7 +155,13 @@ impl MemberState {
             throughput: blend(old.throughput, metrics.throughput),
             distance: blend(old.distance, metrics.distance),
         };
-        self.custom = custom.into_iter().map(|(k, v)| (k.clone(), blend(self.custom.get(&k).copied(), Some(v)).unwrap_or(v))).collect();
+        self.custom = custom
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if k.ends_with("_port") { v } else { blend(self.custom.get(&k).copied(), Some(v)).unwrap_or(v) };
+                (k, v)
+            })
+            .collect();
         self.health = Some(up);
         self.reported_at = Some(at);
     }

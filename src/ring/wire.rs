@@ -54,7 +54,7 @@ pub struct Envelope {
     pub time_ms: u64,
 }
 
-fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
+pub(crate) fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
     match a.ip() {
         IpAddr::V4(ip) => {
             out.push(4);
@@ -68,12 +68,13 @@ fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
     out.extend_from_slice(&a.port().to_be_bytes());
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
+/// Reads a body front to back; every shortfall is `Malformed(what)`.
+pub(crate) struct Reader<'a> {
+    pub(crate) b: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
         if self.b.len() < n {
             return Err(WireError::Malformed(what));
         }
@@ -81,16 +82,16 @@ impl<'a> Reader<'a> {
         self.b = t;
         Ok(h)
     }
-    fn u8(&mut self, w: &'static str) -> Result<u8, WireError> {
+    pub(crate) fn u8(&mut self, w: &'static str) -> Result<u8, WireError> {
         Ok(self.take(1, w)?[0])
     }
-    fn u16(&mut self, w: &'static str) -> Result<u16, WireError> {
+    pub(crate) fn u16(&mut self, w: &'static str) -> Result<u16, WireError> {
         Ok(u16::from_be_bytes(self.take(2, w)?.try_into().expect("2 bytes")))
     }
-    fn u64(&mut self, w: &'static str) -> Result<u64, WireError> {
+    pub(crate) fn u64(&mut self, w: &'static str) -> Result<u64, WireError> {
         Ok(u64::from_be_bytes(self.take(8, w)?.try_into().expect("8 bytes")))
     }
-    fn addr(&mut self, w: &'static str) -> Result<SocketAddr, WireError> {
+    pub(crate) fn addr(&mut self, w: &'static str) -> Result<SocketAddr, WireError> {
         let ip: IpAddr = match self.u8(w)? {
             4 => <[u8; 4]>::try_from(self.take(4, w)?).map(IpAddr::from).expect("4 bytes"),
             6 => <[u8; 16]>::try_from(self.take(16, w)?).map(IpAddr::from).expect("16 bytes"),
@@ -107,12 +108,64 @@ fn tag(key: &[u8], data: &[u8]) -> [u8; TAG] {
     full[..TAG].try_into().expect("16 of 32 bytes")
 }
 
-/// Encodes a message.
-pub fn encode(msg: &Msg, env: Envelope, key: Option<&[u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(MAGIC);
+/// Wraps `body` in the authenticated envelope: `magic`, version, flags,
+/// `kind`, the envelope, the body, then the tag when there is a key. The
+/// ring (`b"VR"`) and the SRP responders' peer messages (`b"VS"`) share it.
+pub fn seal(magic: &[u8; 2], kind: u8, env: Envelope, body: &[u8], key: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + body.len() + TAG);
+    out.extend_from_slice(magic);
     out.push(VERSION);
     out.push(key.is_some() as u8);
+    out.push(kind);
+    out.extend_from_slice(&env.boot.to_be_bytes());
+    out.extend_from_slice(&env.seq.to_be_bytes());
+    out.extend_from_slice(&env.time_ms.to_be_bytes());
+    out.extend_from_slice(body);
+    if let Some(key) = key {
+        let t = tag(key, &out);
+        out.extend_from_slice(&t);
+    }
+    out
+}
+
+/// Checks the envelope `seal` made (with a key, only tagged messages with
+/// a valid tag pass) and returns the kind, the envelope and the body.
+pub fn open<'a>(magic: &[u8; 2], data: &'a [u8], key: Option<&[u8]>) -> Result<(u8, Envelope, &'a [u8]), WireError> {
+    if data.len() < HEADER {
+        return Err(WireError::Short);
+    }
+    if &data[..2] != magic {
+        return Err(WireError::Magic);
+    }
+    if data[2] != VERSION {
+        return Err(WireError::Version(data[2]));
+    }
+    let tagged = data[3] & 1 == 1;
+    let body_end = match (key, tagged) {
+        (Some(_), false) => return Err(WireError::Untagged),
+        (Some(k), true) => {
+            if data.len() < HEADER + TAG {
+                return Err(WireError::Short);
+            }
+            let end = data.len() - TAG;
+            let want = tag(k, &data[..end]);
+            // Constant time: no early exit.
+            if want.iter().zip(&data[end..]).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+                return Err(WireError::Forged);
+            }
+            end
+        }
+        (None, true) => data.len() - TAG.min(data.len() - HEADER),
+        (None, false) => data.len(),
+    };
+    let mut r = Reader { b: &data[4..body_end] };
+    let kind = r.u8("kind")?;
+    let env = Envelope { boot: r.u64("header")?, seq: r.u64("header")?, time_ms: r.u64("header")? };
+    Ok((kind, env, r.b))
+}
+
+/// Encodes a message.
+pub fn encode(msg: &Msg, env: Envelope, key: Option<&[u8]>) -> Vec<u8> {
     let kind = match msg {
         Msg::Ping { .. } => 1,
         Msg::Pong { .. } => 2,
@@ -124,10 +177,7 @@ pub fn encode(msg: &Msg, env: Envelope, key: Option<&[u8]>) -> Vec<u8> {
         Msg::Purge { .. } => 8,
         Msg::Replace { .. } => 9,
     };
-    out.push(kind);
-    out.extend_from_slice(&env.boot.to_be_bytes());
-    out.extend_from_slice(&env.seq.to_be_bytes());
-    out.extend_from_slice(&env.time_ms.to_be_bytes());
+    let mut out = Vec::with_capacity(64);
     match msg {
         Msg::Ping { seq } | Msg::Pong { seq } => out.extend_from_slice(&seq.to_be_bytes()),
         Msg::Token { round, hops, carried } => {
@@ -160,45 +210,13 @@ pub fn encode(msg: &Msg, env: Envelope, key: Option<&[u8]>) -> Vec<u8> {
             out.push(*with_capable as u8 | (*gone as u8) << 1);
         }
     }
-    if let Some(key) = key {
-        let t = tag(key, &out);
-        out.extend_from_slice(&t);
-    }
-    out
+    seal(MAGIC, kind, env, &out, key)
 }
 
 /// Decodes a datagram; with a key, only tagged messages with a valid tag pass.
 pub fn decode(data: &[u8], key: Option<&[u8]>) -> Result<(Msg, Envelope), WireError> {
-    if data.len() < HEADER {
-        return Err(WireError::Short);
-    }
-    if &data[..2] != MAGIC {
-        return Err(WireError::Magic);
-    }
-    if data[2] != VERSION {
-        return Err(WireError::Version(data[2]));
-    }
-    let tagged = data[3] & 1 == 1;
-    let body_end = match (key, tagged) {
-        (Some(_), false) => return Err(WireError::Untagged),
-        (Some(k), true) => {
-            if data.len() < HEADER + TAG {
-                return Err(WireError::Short);
-            }
-            let end = data.len() - TAG;
-            let want = tag(k, &data[..end]);
-            // Constant time: no early exit.
-            if want.iter().zip(&data[end..]).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
-                return Err(WireError::Forged);
-            }
-            end
-        }
-        (None, true) => data.len() - TAG.min(data.len() - HEADER),
-        (None, false) => data.len(),
-    };
-    let mut r = Reader { b: &data[4..body_end] };
-    let kind = r.u8("kind")?;
-    let env = Envelope { boot: r.u64("header")?, seq: r.u64("header")?, time_ms: r.u64("header")? };
+    let (kind, env, body) = open(MAGIC, data, key)?;
+    let mut r = Reader { b: body };
     let msg = match kind {
         1 => Msg::Ping { seq: r.u64("ping")? },
         2 => Msg::Pong { seq: r.u64("pong")? },

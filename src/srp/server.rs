@@ -1,0 +1,190 @@
+//! The SRP responder's sockets: one UDP socket per cluster address (so
+//! every reply leaves from the address its request came to), fed to the
+//! pure directory with the pools' current preference; and, with peers, the
+//! control socket that drives the active/passive state machine. Only the
+//! active responder holds the cluster sockets. They are bound with
+//! SO_REUSEPORT so that a graceful hand-over overlaps instead of leaving a
+//! gap.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Counters;
+use super::directory::Directory;
+use super::peer::{Peer, PeerEvent, PeerMsg};
+use crate::config::SrpConfig;
+use crate::dns::snapshot::Snapshot;
+use crate::ring::wire::{Envelope, ReplayGuard};
+
+/// Binds one cluster address, sharing the port only with other vnamed
+/// responders of the same user (SO_REUSEPORT).
+fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// The cluster addresses, each on the SRP port.
+fn addresses(cfg: &SrpConfig) -> Vec<SocketAddr> {
+    cfg.cluster.iter().flat_map(|c| c.addresses.iter().map(|a| SocketAddr::new(*a, cfg.port))).collect()
+}
+
+/// Answers on every cluster address until `stop`.
+fn serve(
+    sockets: Vec<UdpSocket>,
+    directory: Arc<Mutex<Directory>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+) {
+    for socket in sockets {
+        let (directory, snapshot, counters, stop) = (directory.clone(), snapshot.clone(), counters.clone(), stop.clone());
+        tokio::spawn(async move {
+            let local = socket.local_addr().map(|a| a.ip()).expect("bound");
+            // One byte more than the longest request: longer ones show as oversized.
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let (n, peer) = tokio::select! {
+                    r = socket.recv_from(&mut buf) => match r {
+                        Ok(x) => x,
+                        Err(error) => {
+                            debug!(%error, "srp receive failed");
+                            continue;
+                        }
+                    },
+                    _ = stop.cancelled() => return,
+                };
+                let answer = {
+                    let snap = snapshot.load();
+                    directory.lock().expect("not poisoned").answer(local, peer.ip(), &buf[..n], &snap.preferred, Instant::now())
+                };
+                match answer {
+                    Ok(reply) => {
+                        if socket.send_to(&reply, peer).await.is_ok() {
+                            counters.srp.replies.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(why) => {
+                        counters.srp.no_reply(why);
+                        debug!(%peer, reason = why.label(), "srp request left without a reply");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Binds every cluster address at once (startup checks them this way).
+pub fn bind_all(cfg: &SrpConfig) -> Result<Vec<UdpSocket>, String> {
+    addresses(cfg).into_iter().map(|a| bind(a).map_err(|e| format!("srp cluster address {a}: {e}"))).collect()
+}
+
+/// Runs the responder until shutdown. `sockets` are the cluster sockets
+/// bound at startup when there are no peers (this responder is then always
+/// the active one).
+pub async fn run(
+    cfg: SrpConfig,
+    sockets: Vec<UdpSocket>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) {
+    let directory = Arc::new(Mutex::new(Directory::new(&cfg)));
+    let Some(control_addr) = cfg.control.filter(|_| !cfg.peers.is_empty()) else {
+        counters.srp.active.store(1, Ordering::Relaxed);
+        counters.srp.activations.fetch_add(1, Ordering::Relaxed);
+        info!(addresses = ?addresses(&cfg), "srp responder serving");
+        serve(sockets, directory, snapshot, counters, shutdown.clone());
+        shutdown.cancelled().await;
+        return;
+    };
+    drop(sockets);
+    let control = match UdpSocket::bind(control_addr).await {
+        Ok(s) => s,
+        Err(error) => {
+            warn!(%control_addr, %error, "srp control socket: cannot bind; not responding");
+            return;
+        }
+    };
+    let key = cfg.key.as_ref().map(|k| k.as_bytes().to_vec());
+    let boot = crate::report::now_unix_ms() as u64 ^ u64::from(std::process::id()) << 40;
+    let mut seq = 0u64;
+    let mut guard = ReplayGuard::default();
+    let mut peer = Peer::start(control_addr, cfg.peers.clone(), cfg.keepalive_interval, cfg.keepalive_timeout, Instant::now());
+    let mut serving: Option<CancellationToken> = None;
+    let mut stopping = false;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // Events first: a new active responder binds before it says so.
+        while let Some(PeerEvent::Serve(on)) = peer.poll_event() {
+            if on {
+                match bind_all(&cfg) {
+                    Ok(sockets) => {
+                        // Not tied to shutdown: a stopping active responder
+                        // serves until its successor does.
+                        let token = CancellationToken::new();
+                        serve(sockets, directory.clone(), snapshot.clone(), counters.clone(), token.clone());
+                        serving = Some(token);
+                        counters.srp.active.store(1, Ordering::Relaxed);
+                        counters.srp.activations.fetch_add(1, Ordering::Relaxed);
+                        info!(control = %control_addr, "srp responder active");
+                    }
+                    Err(error) => warn!(%error, "srp responder cannot serve"),
+                }
+            } else if let Some(token) = serving.take() {
+                token.cancel();
+                counters.srp.active.store(0, Ordering::Relaxed);
+                info!(control = %control_addr, "srp responder passive");
+            }
+        }
+        while let Some((to, msg)) = peer.poll_transmit() {
+            seq += 1;
+            let bytes = msg.encode(Envelope { boot, seq, time_ms: crate::report::now_unix_ms() as u64 }, key.as_deref());
+            let _ = control.send_to(&bytes, to).await;
+        }
+        if stopping && peer.is_stopped() {
+            break;
+        }
+        let deadline = peer.poll_timeout().unwrap_or_else(|| Instant::now() + cfg.keepalive_interval);
+        tokio::select! {
+            r = control.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                if !peer.is_peer(from) {
+                    counters.srp.peer_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let now_ms = crate::report::now_unix_ms() as u64;
+                match PeerMsg::decode(&buf[..n], key.as_deref()).and_then(|(m, env)| guard.check(from, env, now_ms).map(|()| m)) {
+                    Ok(msg) => peer.handle(Instant::now(), from, msg),
+                    Err(error) => {
+                        counters.srp.peer_dropped.fetch_add(1, Ordering::Relaxed);
+                        debug!(%from, %error, "srp peer message dropped");
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => peer.handle_timeout(Instant::now()),
+            _ = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                peer.stop(Instant::now());
+            }
+        }
+    }
+    if let Some(token) = serving.take() {
+        token.cancel();
+    }
+    counters.srp.active.store(0, Ordering::Relaxed);
+    info!(control = %control_addr, "srp responder stopped");
+}
