@@ -28,6 +28,12 @@ pub struct DemoArgs {
     /// Prometheus metrics address (`/metrics`).
     #[arg(long, default_value = "127.0.0.1:9353")]
     pub metrics: SocketAddr,
+    /// The SRP responder (SQL Server Browser protocol) for cluster `demo`.
+    #[arg(long, default_value = "127.0.0.1:1434")]
+    pub srp: SocketAddr,
+    /// TCP port of the simulated SQL instance DEMO, on the SRP address.
+    #[arg(long, default_value_t = 14330)]
+    pub sql_port: u16,
     /// Where the demo zone file lives (default: a fresh temporary directory).
     #[arg(long)]
     pub zones_dir: Option<PathBuf>,
@@ -81,12 +87,16 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         .collect();
     let toml = format!(
         "[authority]\ndns_listen = [\"{}\"]\ngrpc_listen = \"{}\"\nmetrics_listen = \"{}\"\nzones_dir = {:?}\nallow_transfer = [\"127.0.0.0/8\"]\n\n\
-         [[pool]]\nname = \"www.demo.example.\"\npolicy = \"least-loaded\"\nanswers = 1\nttl = 5\nfallback = \"last-known\"\nstale_after = \"3s\"\nmembers = [{}]\n",
+         [[pool]]\nname = \"www.demo.example.\"\npolicy = \"least-loaded\"\nanswers = 1\nttl = 5\nfallback = \"last-known\"\nstale_after = \"3s\"\nmembers = [{}]\n\n\
+         [srp]\nport = {}\n[[srp.cluster]]\nname = \"demo\"\naddresses = [\"{}\"]\n[[srp.cluster.instance]]\nname = \"DEMO\"\ntcp = {}\n",
         args.dns,
         args.grpc,
         args.metrics,
         zones_dir.display().to_string(),
-        members.join(", ")
+        members.join(", "),
+        args.srp.port(),
+        args.srp.ip(),
+        args.sql_port,
     );
     let config = Config::from_toml(&toml)?;
 
@@ -98,6 +108,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             .with_context(|| format!("cannot listen on {addr}:8080 for backend web{}", i + 1))?;
         backends.push(tokio::spawn(backend(listener, format!("web{}", i + 1), shutdown.clone())));
     }
+    let sql_addr = SocketAddr::new(args.srp.ip(), args.sql_port);
+    let sql = TcpListener::bind(sql_addr).await.with_context(|| format!("cannot listen on {sql_addr} for the SQL instance DEMO"))?;
+    backends.push(tokio::spawn(sql_instance(sql, "DEMO", shutdown.clone())));
     let authority = Authority::start(&config, None, shutdown.clone()).await?;
     // One monitor per backend, as on real hosts: a tcp check of the
     // backend and its load read from a file the simulator writes.
@@ -124,6 +137,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     println!("  monitors       one per backend (tcp check + simulated load file), reporting over gRPC");
     println!("  metrics        http://{}/metrics", args.metrics);
     println!("  zone file      {}", zone_path.display());
+    println!("  SRP responder  {} (UDP), cluster demo, instance DEMO at {sql_addr}", args.srp);
     for (i, a) in args.backends.iter().enumerate() {
         println!("  backend web{}   http://{a}:8080/ (simulated load drifts over {:.0}s)", i + 1, args.period);
     }
@@ -133,6 +147,10 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     println!("  vnamed status --server http://{}        # members, loads and the answer", args.grpc);
     println!("  vnamed member www.demo.example. web1 --admin down --server http://{}", args.grpc);
     println!("  curl http://$(dig +short @{} -p {} www.demo.example):8080/", dns.ip(), dns.port());
+    if args.srp.port() == 1434 {
+        println!("  vnamed resolve '{}\\DEMO'              # the SQL instance's endpoints, over SRP", args.srp.ip());
+        println!("  tsql -S '{}\\DEMO' -U sa -P x           # FreeTDS finds DEMO through the responder", args.srp.ip());
+    }
     println!("Ctrl-C stops it.");
 
     if let Some(d) = args.duration {
@@ -174,6 +192,26 @@ async fn simulate_loads(files: Vec<PathBuf>, period: f64, shutdown: Cancellation
 }
 
 /// A tiny HTTP server that says which backend answered.
+/// A simulated SQL Server instance: answers a TDS PRELOGIN, accepting its
+/// own instance name only, then closes (there is no database behind it).
+async fn sql_instance(listener: TcpListener, name: &'static str, shutdown: CancellationToken) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(error) => { warn!(%error, "sql instance accept failed"); continue; }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await else { return };
+            let asked = crate::srp::tds::requested_instance(&buf[..n]);
+            let _ = stream.write_all(&crate::srp::tds::response(asked.is_some_and(|a| a.eq_ignore_ascii_case(name)))).await;
+        });
+    }
+}
+
 async fn backend(listener: TcpListener, id: String, shutdown: CancellationToken) {
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
     loop {

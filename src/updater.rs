@@ -445,10 +445,15 @@ impl Updater {
         }
         let n = reports.len();
         let mut touched = Vec::new();
+        // A member's reported port is served by SRP even when the DNS
+        // answer stays the same.
+        let mut ports_moved = false;
         for (r, (i, m)) in reports.into_iter().zip(targets) {
             let smoothing = self.pools[i].smoothing;
             let member = &mut self.pools[i].members[m];
+            let port = member.custom.get("tcp_port").copied();
             member.absorb(r.up, r.metrics, r.custom, smoothing, now.checked_sub(r.age).unwrap_or(now));
+            ports_moved |= member.custom.get("tcp_port").copied() != port;
             if let Some(first) = r.addresses.first() {
                 member.address = *first;
             }
@@ -465,6 +470,8 @@ impl Updater {
         if !zones.is_empty() {
             self.changed(&zones);
             self.counters.report_to_answer.observe(received.elapsed());
+        } else if ports_moved {
+            self.publish();
         }
         Ok(n)
     }

@@ -19,7 +19,7 @@ fn answers_move_between_live_backends() {
     let list = backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
     let mut child = Command::new(VNAMED)
         .args(["demo", "--dns", &format!("{ip}:5353"), "--grpc", &format!("{ip}:7443"), "--metrics", &format!("{ip}:9353"), "--backends", &list])
-        .args(["--period", "3", "--duration", "60s"])
+        .args(["--period", "3", "--duration", "60s", "--srp", &format!("{ip}:1434")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -58,6 +58,15 @@ fn answers_move_between_live_backends() {
     assert!(value("vnamed_answer_changes_total") >= 1.0, "{metrics}");
     assert!(value("vnamed_zone_serial{zone=\"demo.example.\"}") >= 2.0, "{metrics}");
     assert_eq!(metrics.lines().filter(|l| l.starts_with("vnamed_member_up{pool=\"www.demo.example.\"") && l.ends_with(" 1")).count(), 3, "{metrics}");
+
+    // SRP: the demo's instance DEMO resolves, and the server at the port
+    // returned answers to that name; tsql lists it.
+    let out = Command::new(VNAMED).args(["resolve", "--connect", &format!("{ip}\\demo")]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&format!("tcp  {ip}:14330")), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("tsql").args(["-L", "-H", &ip.to_string()]).output().expect("tsql is installed");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.split_whitespace().collect::<Vec<_>>().join(" ").contains("InstanceName DEMO"), "{text}");
 
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();

@@ -26,13 +26,11 @@ pub enum NoReply {
     UnknownInstance,
     /// The instance is known but no member serves it now.
     Unavailable,
-    /// Passive: the active responder answers.
-    Passive,
 }
 
 impl NoReply {
-    pub const ALL: [NoReply; 7] =
-        [NoReply::Malformed, NoReply::Oversized, NoReply::RateLimited, NoReply::NotAllowed, NoReply::UnknownInstance, NoReply::Unavailable, NoReply::Passive];
+    pub const ALL: [NoReply; 6] =
+        [NoReply::Malformed, NoReply::Oversized, NoReply::RateLimited, NoReply::NotAllowed, NoReply::UnknownInstance, NoReply::Unavailable];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -42,7 +40,6 @@ impl NoReply {
             NoReply::NotAllowed => "enumeration_not_allowed",
             NoReply::UnknownInstance => "unknown_instance",
             NoReply::Unavailable => "unavailable",
-            NoReply::Passive => "passive",
         }
     }
 }

@@ -130,6 +130,14 @@ impl Authority {
         }
     }
 
+    /// SIGKILL: no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -179,7 +187,6 @@ pub fn dig(ip: IpAddr, port: u16, args: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `f` until it returns true or `within` passes; returns the time it took.
 /// The body of `GET /metrics` at `addr` (plain HTTP/1.0).
 pub fn scrape(addr: (Ipv4Addr, u16)) -> String {
     use std::io::{Read, Write};
@@ -190,6 +197,7 @@ pub fn scrape(addr: (Ipv4Addr, u16)) -> String {
     s
 }
 
+/// Polls `f` until it returns true or `within` passes; returns the time it took.
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < within {
