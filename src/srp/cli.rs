@@ -63,6 +63,7 @@ pub async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let resolved = if args.connect { r.connect(cluster, instance).await?.1 } else { r.resolve(cluster, instance).await? };
     print(&resolved.info, &resolved.cluster.to_string());
-    eprintln!("{} in {:?}{}", if resolved.cached { "cached" } else { "resolved" }, started.elapsed(), if args.connect { ", verified" } else { "" });
+    let us = started.elapsed().as_micros();
+    eprintln!("{} in {us} us{}", if resolved.cached { "cached" } else { "resolved" }, if args.connect { ", verified" } else { "" });
     Ok(ExitCode::SUCCESS)
 }
