@@ -479,7 +479,12 @@ impl Config {
             }
         check_pools("pool", &self.pool, &mut problems);
         if let Some(srp) = &self.srp {
-            check_srp(srp, &self.pool, &mut problems);
+            // In a monitor, an instance's pool is one its checks report on.
+            let mut known: Vec<&str> = self.pool.iter().map(|p| p.name.as_str()).collect();
+            if let Some(m) = &self.monitor {
+                known.extend(m.check.iter().map(|c| c.pool.as_str()));
+            }
+            check_srp(srp, &known, &mut problems);
         }
         if let Some(m) = &self.monitor {
             if m.host.is_empty() {
@@ -562,7 +567,7 @@ impl Config {
 }
 
 /// The `[srp]` section's own rules.
-fn check_srp(srp: &SrpConfig, pools: &[PoolConfig], problems: &mut Vec<String>) {
+fn check_srp(srp: &SrpConfig, pools: &[&str], problems: &mut Vec<String>) {
     let mut addresses = std::collections::HashSet::new();
     if srp.rate == 0 || srp.burst == 0 {
         problems.push("srp: rate and burst must be at least 1".into());
@@ -604,8 +609,8 @@ fn check_srp(srp: &SrpConfig, pools: &[PoolConfig], problems: &mut Vec<String>) 
             }
             if let Some(p) = &i.pool {
                 let want = p.trim_end_matches('.').to_ascii_lowercase();
-                if !pools.iter().any(|q| q.name.trim_end_matches('.').eq_ignore_ascii_case(&want)) {
-                    problems.push(format!("{at}: no [[pool]] named {p:?}"));
+                if !pools.iter().any(|q| q.trim_end_matches('.').eq_ignore_ascii_case(&want)) {
+                    problems.push(format!("{at}: no [[pool]] (or, in a monitor, no check) for {p:?}"));
                 }
             }
         }

@@ -274,3 +274,47 @@ fn a_passive_responder_takes_over_from_a_killed_or_stopping_active_one() {
     assert_eq!(missed, 0, "a graceful stop hands over with no gap ({asked} asked):\n{}", first.log());
     assert!(active(&first));
 }
+
+#[test]
+fn a_monitor_answers_for_its_own_instance_from_its_checks() {
+    let cluster = unique_ip();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("sales.state");
+    std::fs::write(&state, "tcp_port=15500\n").unwrap();
+    let config = dir.path().join("monitor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[monitor]
+host = "db7"
+report_to = ["http://127.0.0.1:1"]
+[[monitor.check]]
+pool = "sql.local."
+kind = "exec"
+target = "cat {}"
+interval = "100ms"
+rise = 1
+
+[srp]
+[[srp.cluster]]
+name = "local"
+addresses = ["{cluster}"]
+[[srp.cluster.instance]]
+name = "SALES"
+tcp = 14330
+pool = "sql.local."
+"#,
+            state.display()
+        ),
+    )
+    .unwrap();
+    let _m = common::Proc(Command::new(VNAMED).args(["monitor", "--config"]).arg(&config).stderr(std::process::Stdio::null()).spawn().unwrap());
+    let name = format!("{cluster}\\SALES");
+    let answer = || resolve(&["--timeout", "100ms", &name]);
+    assert!(eventually(Duration::from_secs(5), || answer().1.contains(&format!("tcp  {cluster}:15500"))).is_some(), "{:?}", answer());
+    assert!(answer().1.contains("server db7"));
+    // Its check fails: the instance is not served from here any more.
+    std::fs::remove_file(&state).unwrap();
+    assert!(eventually(Duration::from_secs(3), || !answer().0).is_some(), "{:?}", answer());
+}

@@ -125,14 +125,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let has_ring = ring.is_some();
     let monitor = Monitor::start(mc, shutdown.clone()).await?;
+    let srp_counters = Arc::new(crate::metrics::Counters::default());
+    if let Some(srp) = config.srp.clone() {
+        let sockets = if srp.peers.is_empty() { crate::srp::server::bind_all(&srp).map_err(anyhow::Error::msg)? } else { Vec::new() };
+        let snapshot = Arc::new(arc_swap::ArcSwap::from_pointee(crate::dns::snapshot::Snapshot::default()));
+        tokio::spawn(serve_checks(monitor.shared.clone(), snapshot.clone(), shutdown.clone()));
+        tokio::spawn(crate::srp::server::run(srp, sockets, snapshot, srp_counters.clone(), shutdown.clone()));
+    }
+    let has_srp = config.srp.is_some();
     if let Some(listener) = metrics {
         let shared = monitor.shared.clone();
         let render = move || {
-            let (shared, counters) = (shared.clone(), counters.clone());
+            let (shared, counters, srp_counters) = (shared.clone(), counters.clone(), srp_counters.clone());
             async move {
                 let mut out = shared.render();
                 if has_ring {
                     counters.render(&mut out);
+                }
+                if has_srp {
+                    srp_counters.srp.render(&mut out);
                 }
                 out
             }
@@ -145,6 +156,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ring.await??;
     }
     Ok(())
+}
+
+/// Keeps the SRP responder's view of this host's members current: a
+/// member serves its instances while all its checks pass, on the port its
+/// checks report as `tcp_port` when they do.
+async fn serve_checks(shared: Arc<Shared>, snapshot: Arc<arc_swap::ArcSwap<crate::dns::snapshot::Snapshot>>, shutdown: CancellationToken) {
+    use crate::dns::snapshot::{Preferred, Snapshot};
+    let mut changes = shared.version.subscribe();
+    loop {
+        let mut preferred: HashMap<String, Vec<Preferred>> = HashMap::new();
+        for r in shared.batch().reports.into_iter().filter(|r| r.up) {
+            let tcp_port = r.metrics.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16);
+            let address = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+            preferred.entry(r.pool.trim_end_matches('.').to_ascii_lowercase()).or_default().push(Preferred { id: r.member, address, tcp_port });
+        }
+        let snap = Snapshot { preferred: preferred.into_iter().map(|(k, v)| (k, v.into())).collect(), ..Default::default() };
+        snapshot.store(Arc::new(snap));
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// A running monitor.
