@@ -93,12 +93,16 @@ np = '\\PROD\pipe\sql\query'
 }
 
 fn report(grpc: &str, tcp_port: Option<u16>) {
-    let grpc = grpc.to_owned();
+    report_member(grpc, "db1", tcp_port)
+}
+
+fn report_member(grpc: &str, member: &str, tcp_port: Option<u16>) {
+    let (grpc, member) = (grpc.to_owned(), member.to_owned());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let mut c = StatusClient::connect(grpc).await.unwrap();
         let metrics = tcp_port.map(|p| ("tcp_port".to_string(), p as f64)).into_iter().collect();
-        let r = MemberReport { pool: "sql.example.test.".into(), member: "db1".into(), up: true, metrics, ..Default::default() };
+        let r = MemberReport { pool: "sql.example.test.".into(), member, up: true, metrics, ..Default::default() };
         c.report(ReportBatch { source: "test".into(), reports: vec![r] }).await.unwrap();
     });
 }
@@ -317,4 +321,46 @@ pool = "sql.local."
     // Its check fails: the instance is not served from here any more.
     std::fs::remove_file(&state).unwrap();
     assert!(eventually(Duration::from_secs(3), || !answer().0).is_some(), "{:?}", answer());
+}
+
+#[test]
+fn clients_that_find_the_cluster_by_dns_follow_the_instance_to_another_server() {
+    let (m1, m2) = (unique_ip(), unique_ip());
+    let config = format!(
+        r#"
+[[pool]]
+name = "sql.example.test."
+policy = "priority"
+stale_after = "60s"
+members = [ {{ id = "db1", address = "{m1}" }}, {{ id = "db2", address = "{m2}" }} ]
+
+[srp]
+[[srp.cluster]]
+name = "prod"
+addresses = ["{m1}", "{m2}"]
+[[srp.cluster.instance]]
+name = "SALES"
+tcp = 14330
+pool = "sql.example.test."
+"#
+    );
+    let _i1 = FakeInstance::start((m1, 14330).into(), "SALES");
+    let i2 = FakeInstance::start((m2, 14330).into(), "SALES");
+    let a = Authority::start(&[("example.test.zone", ZONE)], &config);
+    report_member(&a.grpc, "db1", None);
+    report_member(&a.grpc, "db2", None);
+    let dns = format!("{}:{}", a.ip, a.port);
+    let by_dns = || resolve(&["--dns", &dns, "--timeout", "200ms", "sql.example.test\\SALES"]);
+    assert!(eventually(Duration::from_secs(3), || by_dns().1.contains(&format!("tcp  {m1}:14330"))).is_some(), "{:?}\n{}", by_dns(), a.log());
+    assert!(by_dns().1.contains("server db1"));
+    // Only the serving member's address answers for the instance.
+    assert!(!resolve(&["--timeout", "100ms", &format!("{m2}\\SALES")]).0);
+
+    // db1 goes out: DNS now sends clients to db2, and db2's address answers.
+    assert!(a.cli(&["member", "sql.example.test.", "db1", "--admin", "down"]).status.success());
+    assert!(eventually(Duration::from_secs(3), || by_dns().1.contains(&format!("tcp  {m2}:14330"))).is_some(), "{:?}", by_dns());
+    let (ok, out, err) = resolve(&["--dns", &dns, "--connect", "sql.example.test\\SALES"]);
+    assert!(ok && out.contains("server db2"), "{out}{err}");
+    assert_eq!(i2.seen(), 1, "the client reached the instance on its new server");
+    assert!(!resolve(&["--timeout", "100ms", &format!("{m1}\\SALES")]).0, "the old server's address no longer answers for it");
 }

@@ -26,6 +26,10 @@ pub struct ResolveArgs {
     pub cache: Option<PathBuf>,
     #[arg(long, default_value_t = 1434)]
     pub port: u16,
+    /// Look the cluster name up with this DNS server (say, the authority:
+    /// 127.0.0.1:5353) rather than the system resolver.
+    #[arg(long)]
+    pub dns: Option<std::net::SocketAddr>,
     /// Wait this long for each reply (tried three times).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -50,6 +54,7 @@ fn print(info: &InstanceInfo, host: &str) {
 pub async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     let mut r = Resolver::new(args.port);
     r.timeout = args.timeout;
+    r.dns = args.dns;
     if let Some(path) = args.cache {
         r = r.with_cache_file(path);
     }

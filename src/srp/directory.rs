@@ -49,6 +49,7 @@ pub const MAX_REQUEST: usize = 2 + codec::MAX_INSTANCE_NAME + 1;
 
 struct Cluster {
     name: String,
+    addresses: Vec<IpAddr>,
     instances: Vec<SrpInstance>,
 }
 
@@ -80,7 +81,7 @@ impl Directory {
                         enumerate_from.push(IpNet::new(*a, prefix).expect("valid prefix").trunc());
                     }
                 }
-                Cluster { name: c.name.clone(), instances: c.instance.clone() }
+                Cluster { name: c.name.clone(), addresses: c.addresses.clone(), instances: c.instance.clone() }
             })
             .collect();
         Self { clusters, by_address, enumerate_from, limit: RateLimit::new(cfg.rate, cfg.burst) }
@@ -108,7 +109,7 @@ impl Directory {
                 if !self.enumerate_from.iter().any(|n| n.contains(&peer)) {
                     return Err(NoReply::NotAllowed);
                 }
-                let infos: Vec<InstanceInfo> = cluster.instances.iter().filter_map(|i| info(&cluster.name, i, preferred)).collect();
+                let infos: Vec<InstanceInfo> = cluster.instances.iter().filter_map(|i| info(cluster, local, i, preferred)).collect();
                 if infos.is_empty() {
                     return Err(NoReply::Unavailable);
                 }
@@ -116,12 +117,12 @@ impl Directory {
             }
             Request::Instance(name) => {
                 let i = find(&cluster.instances, &name).ok_or(NoReply::UnknownInstance)?;
-                info(&cluster.name, i, preferred).map(|info| codec::encode_instance(&info)).ok_or(NoReply::Unavailable)
+                info(cluster, local, i, preferred).map(|info| codec::encode_instance(&info)).ok_or(NoReply::Unavailable)
             }
             Request::Dac(name) => {
                 let i = find(&cluster.instances, &name).ok_or(NoReply::UnknownInstance)?;
                 let port = i.dac.ok_or(NoReply::UnknownInstance)?;
-                info(&cluster.name, i, preferred).map(|_| codec::encode_dac(port)).ok_or(NoReply::Unavailable)
+                info(cluster, local, i, preferred).map(|_| codec::encode_dac(port)).ok_or(NoReply::Unavailable)
             }
         }
     }
@@ -130,7 +131,7 @@ impl Directory {
     pub fn list(&self, preferred: &HashMap<String, std::sync::Arc<[Preferred]>>) -> Vec<(String, InstanceInfo)> {
         self.clusters
             .iter()
-            .flat_map(|c| c.instances.iter().filter_map(|i| info(&c.name, i, preferred)).map(|i| (c.name.clone(), i)))
+            .flat_map(|c| c.instances.iter().filter_map(|i| info(c, IpAddr::from([0, 0, 0, 0]), i, preferred)).map(|i| (c.name.clone(), i)))
             .collect()
     }
 }
@@ -139,13 +140,23 @@ fn find<'a>(instances: &'a [SrpInstance], name: &str) -> Option<&'a SrpInstance>
     instances.iter().find(|i| i.name.eq_ignore_ascii_case(name))
 }
 
-/// An instance's reply as of now; `None` when its pool has no member to
-/// serve it.
-fn info(cluster: &str, i: &SrpInstance, preferred: &HashMap<String, std::sync::Arc<[Preferred]>>) -> Option<InstanceInfo> {
+/// An instance's reply as of now, asked at our address `local`; `None`
+/// when its pool has no member to serve it, or when the member serving it
+/// has an address of its own among the cluster's and that is not `local`
+/// (clients that find the cluster by DNS are sent to the member's address).
+fn info(cluster: &Cluster, local: IpAddr, i: &SrpInstance, preferred: &HashMap<String, std::sync::Arc<[Preferred]>>) -> Option<InstanceInfo> {
     let member = match &i.pool {
         Some(pool) => Some(preferred.get(&pool.trim_end_matches('.').to_ascii_lowercase())?.first()?.clone()),
         None => None,
     };
+    if let Some(m) = &member
+        && !local.is_unspecified()
+        && m.address != local
+        && cluster.addresses.contains(&m.address)
+    {
+        return None;
+    }
+    let cluster = &cluster.name;
     Some(InstanceInfo {
         server_name: i
             .server_name

@@ -56,8 +56,43 @@ pub fn split(name: &str) -> Result<(&str, &str), ResolveError> {
     }
 }
 
+/// The first A (else AAAA) record for `name` from the DNS server `server`.
+async fn dns_lookup(server: SocketAddr, name: &str, timeout: Duration) -> std::io::Result<IpAddr> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let mut qname = Name::from_ascii(name).map_err(|e| invalid(e.to_string()))?;
+    qname.set_fqdn(true);
+    let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("valid");
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(server).await?;
+    for qtype in [RecordType::A, RecordType::AAAA] {
+        let id = (std::process::id() as u16) ^ (crate::report::now_unix_ms() as u16);
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(qname.clone(), qtype));
+        socket.send(&m.to_vec().map_err(|e| invalid(e.to_string()))?).await?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(timeout, socket.recv(&mut buf)).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let reply = Message::from_vec(&buf[..n]).map_err(|e| invalid(e.to_string()))?;
+        if reply.metadata.id != id {
+            return Err(invalid("a DNS reply to another query".into()));
+        }
+        for r in &reply.answers {
+            match &r.data {
+                RData::A(a) => return Ok(IpAddr::V4(a.0)),
+                RData::AAAA(a) => return Ok(IpAddr::V6(a.0)),
+                _ => {}
+            }
+        }
+    }
+    Err(std::io::ErrorKind::NotFound.into())
+}
+
 pub struct Resolver {
     pub port: u16,
+    /// Look cluster names up with this DNS server (an authority) instead
+    /// of the system resolver.
+    pub dns: Option<SocketAddr>,
     pub timeout: Duration,
     pub attempts: u32,
     cache: HashMap<String, (IpAddr, InstanceInfo)>,
@@ -66,7 +101,7 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(port: u16) -> Self {
-        Self { port, timeout: Duration::from_millis(500), attempts: 3, cache: HashMap::new(), file: None }
+        Self { port, dns: None, timeout: Duration::from_millis(500), attempts: 3, cache: HashMap::new(), file: None }
     }
 
     /// Keeps the cache in `path` (read now, written on every change).
@@ -108,6 +143,10 @@ impl Resolver {
     }
 
     async fn cluster_addr(&self, cluster: &str) -> Result<SocketAddr, ResolveError> {
+        if let (Some(server), Err(_)) = (self.dns, cluster.parse::<IpAddr>()) {
+            let ip = dns_lookup(server, cluster, self.timeout).await.map_err(|e| ResolveError::Cluster(cluster.to_owned(), e))?;
+            return Ok(SocketAddr::new(ip, self.port));
+        }
         let mut addrs = tokio::net::lookup_host((cluster, self.port)).await.map_err(|e| ResolveError::Cluster(cluster.to_owned(), e))?;
         addrs.next().ok_or_else(|| ResolveError::Cluster(cluster.to_owned(), std::io::ErrorKind::NotFound.into()))
     }
