@@ -56,16 +56,29 @@ fn serve(
             let local = socket.local_addr().map(|a| a.ip()).expect("bound");
             // One byte more than the longest request: longer ones show as oversized.
             let mut buf = vec![0u8; 2048];
+            let mut stopping = false;
             loop {
-                let (n, peer) = tokio::select! {
-                    r = socket.recv_from(&mut buf) => match r {
+                let (n, peer) = if stopping {
+                    // Answer what is already queued: closing the socket
+                    // would drop it, and those clients asked in time.
+                    match socket.try_recv_from(&mut buf) {
                         Ok(x) => x,
-                        Err(error) => {
-                            debug!(%error, "srp receive failed");
+                        Err(_) => return,
+                    }
+                } else {
+                    tokio::select! {
+                        r = socket.recv_from(&mut buf) => match r {
+                            Ok(x) => x,
+                            Err(error) => {
+                                debug!(%error, "srp receive failed");
+                                continue;
+                            }
+                        },
+                        _ = stop.cancelled() => {
+                            stopping = true;
                             continue;
                         }
-                    },
-                    _ = stop.cancelled() => return,
+                    }
                 };
                 let answer = {
                     let snap = snapshot.load();
