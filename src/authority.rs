@@ -121,7 +121,7 @@ impl Authority {
                 let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
                 match zone::watch::watch_matching(&dir, move |p| p.file_name() == name.as_deref(), tx) {
                     Ok(w) => {
-                        tasks.spawn(follow_config(path.to_owned(), format!("{:?}", config.authority), rx, cmd_tx.clone(), shutdown.clone()));
+                        tasks.spawn(follow_config(path.to_owned(), format!("{:?}{:?}", config.authority, config.srp), rx, cmd_tx.clone(), shutdown.clone()));
                         Some(w)
                     }
                     Err(error) => {
@@ -217,7 +217,7 @@ async fn bind_optional(key: &str, addr: Option<SocketAddr>, problems: &mut Vec<S
 
 /// Applies edits of the configuration file to the pools while serving. An
 /// edit that does not parse or validate is refused whole and logged; the
-/// `[authority]` section itself needs a restart.
+/// `[authority]` and `[srp]` sections need a restart.
 async fn follow_config(
     path: PathBuf,
     mut authority_section: String,
@@ -240,9 +240,9 @@ async fn follow_config(
                 continue;
             }
         };
-        let section = format!("{:?}", config.authority);
+        let section = format!("{:?}{:?}", config.authority, config.srp);
         if section != authority_section {
-            warn!(file = %path.display(), "changes to [authority] take effect at the next restart");
+            warn!(file = %path.display(), "changes to [authority] and [srp] take effect at the next restart");
             authority_section = section;
         }
         let (tx, rx) = oneshot::channel();
