@@ -6,6 +6,7 @@ pub mod admin;
 pub mod authority;
 pub mod config;
 pub mod demo;
+pub mod dispatch;
 pub mod dns;
 pub mod farm;
 pub mod grpc;

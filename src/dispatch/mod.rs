@@ -1,0 +1,11 @@
+//! The packet dispatcher for virtual IPs: frames to a virtual IP are
+//! switched at layer 4 in application space, with layer 2 (L4/2) or
+//! layer 3 (L4/3) address translation, and every connection stays with the
+//! server it was given.
+//!
+//! `frame` (parsing, rewriting, checksums), `conntrack` (the connection
+//! map) and `engine` (the decisions) are pure.
+
+pub mod conntrack;
+pub mod engine;
+pub mod frame;
