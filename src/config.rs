@@ -189,6 +189,24 @@ pub enum PolicyName {
     Formula,
 }
 
+/// The configuration's (kebab-case) name.
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RoundRobin => "round-robin",
+            Self::Priority => "priority",
+            Self::LeastLoaded => "least-loaded",
+            Self::FewestConnections => "fewest-connections",
+            Self::FewestPending => "fewest-pending",
+            Self::Fastest => "fastest",
+            Self::Throughput => "throughput",
+            Self::Closest => "closest",
+            Self::Weighted => "weighted",
+            Self::Formula => "formula",
+        })
+    }
+}
+
 impl std::str::FromStr for PolicyName {
     type Err = String;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name, RecordType};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -67,6 +67,9 @@ pub enum Command {
     Pool { pool: String, change: PoolChange, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
     /// Every server of a pool in the policy's order.
     Resolve { pool: String, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
+    /// A pool's live servers in order and its policy, with a receiver that
+    /// changes whenever a new snapshot is published.
+    Watch { pool: String, reply: oneshot::Sender<Result<(Vec<IpAddr>, PolicyName, watch::Receiver<u64>), UpdateError>> },
     /// The ring's server table.
     Ring { op: RingOp, reply: oneshot::Sender<Result<RingReply, UpdateError>> },
     /// The pools of an edited configuration file: applied whole, or
@@ -175,6 +178,8 @@ pub struct Updater {
     written_rx: Option<mpsc::Receiver<WriteDone>>,
     ring: Registry,
     ring_file: Option<PathBuf>,
+    /// Bumped at every publish, for watchers.
+    published: watch::Sender<u64>,
 }
 
 /// The zone a pool's name lives in, if it may be a pool there.
@@ -299,7 +304,7 @@ impl Updater {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true, counters, written, written_rx: Some(written_rx), ring: Registry::default(), ring_file: None };
+        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true, counters, written, written_rx: Some(written_rx), ring: Registry::default(), ring_file: None, published: watch::channel(0).0 };
         for zone in updater.zones.values_mut() {
             if zone.dirty {
                 zone.serial = zone.serial.wrapping_add(1);
@@ -339,6 +344,7 @@ impl Updater {
         snap.fast.stable = self.stable.clone();
         snap.fast.dynamic = fast::build_dynamic(&snap);
         self.snapshot.store(Arc::new(snap));
+        self.published.send_modify(|v| *v += 1);
     }
 
     fn find_pool(&self, name: &str) -> Result<usize, UpdateError> {
@@ -415,6 +421,9 @@ impl Updater {
             }
             Command::Resolve { pool, reply } => {
                 let _ = reply.send(self.find_pool(&pool).map(|i| self.pools[i].order(now)));
+            }
+            Command::Watch { pool, reply } => {
+                let _ = reply.send(self.find_pool(&pool).map(|i| (self.pools[i].order(now), self.pools[i].policy, self.published.subscribe())));
             }
         }
     }

@@ -166,3 +166,28 @@ async fn report_stream_replies_per_batch_and_survives_a_vanishing_client() {
     .await
     .unwrap();
 }
+
+/// Watch streams a pool's live servers in order: at once, then on each
+/// change (the dispatcher follows a pool this way).
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_streams_the_order_as_it_changes() {
+    use vnamed::grpc::v1::PoolRequest;
+    use vnamed::grpc::v1::admin_client::AdminClient;
+    let a = tokio::task::spawn_blocking(|| Authority::start(&[("example.test.zone", ZONE)], POOL)).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut status = StatusClient::new(channel.clone());
+    status.report(batch(vec![report("web1", true, 0.5), report("web2", true, 0.1), report("web3", true, 0.9)])).await.unwrap();
+    let mut admin = AdminClient::new(channel);
+    let mut stream = admin.watch(PoolRequest { pool: "www.example.test.".into() }).await.unwrap().into_inner();
+    let first = next(&mut stream).await;
+    assert_eq!(first.servers, ["127.0.10.2", "127.0.10.1", "127.0.10.3"]);
+    assert_eq!(first.policy, "least-loaded");
+    status.report(batch(vec![report("web1", true, 0.5), report("web2", false, 0.1), report("web3", true, 0.9)])).await.unwrap();
+    assert_eq!(next(&mut stream).await.servers, ["127.0.10.1", "127.0.10.3"]);
+    let unknown = admin.watch(PoolRequest { pool: "nope.example.test.".into() }).await;
+    assert_eq!(unknown.err().map(|s| s.code()), Some(tonic::Code::NotFound));
+}
+
+async fn next(s: &mut tonic::Streaming<vnamed::grpc::v1::WatchReply>) -> vnamed::grpc::v1::WatchReply {
+    tokio::time::timeout(Duration::from_secs(3), s.message()).await.expect("a reply in time").unwrap().unwrap()
+}

@@ -340,6 +340,46 @@ impl Admin for AdminService {
         Ok(Response::new(v1::ResolveReply { servers: servers.iter().map(|a| a.to_string()).collect() }))
     }
 
+    type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::WatchReply, Status>> + Send>>;
+
+    async fn watch(&self, req: Request<v1::PoolRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let pool = req.into_inner().pool;
+        let p = pool.clone();
+        let (servers, policy, mut published) = self.ask(|reply| Command::Watch { pool: p, reply }).await?.map_err(status_of)?;
+        let (tx, rx) = mpsc::channel(4);
+        let updater = self.updater.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut current = (servers, policy);
+            loop {
+                if last.as_ref() != Some(&current) {
+                    let reply = v1::WatchReply { servers: current.0.iter().map(|a| a.to_string()).collect(), policy: current.1.to_string() };
+                    if tx.send(Ok(reply)).await.is_err() {
+                        return; // the watcher went away
+                    }
+                    last = Some(current.clone());
+                }
+                tokio::select! {
+                    r = published.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+                let p = pool.clone();
+                match ask(&updater, |reply| Command::Watch { pool: p, reply }).await {
+                    Ok(Ok((servers, policy, _))) => current = (servers, policy),
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(status_of(e))).await;
+                        return;
+                    }
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn show_zone(&self, req: Request<v1::ShowZoneRequest>) -> Result<Response<v1::ShowZoneReply>, Status> {
         let zone = req.into_inner().zone;
         let text = self.ask(|reply| Command::ShowZone { zone, reply }).await?.map_err(status_of)?;
