@@ -46,6 +46,10 @@ pub enum UpdateError {
     Setup(String),
 }
 
+/// A pool's live servers in order, its policy, and a receiver that
+/// changes at every publish.
+pub type Watched = (Vec<IpAddr>, PolicyName, watch::Receiver<u64>);
+
 /// Requests to the updater.
 pub enum Command {
     /// Operator override of a member's state or weight.
@@ -69,7 +73,7 @@ pub enum Command {
     Resolve { pool: String, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
     /// A pool's live servers in order and its policy, with a receiver that
     /// changes whenever a new snapshot is published.
-    Watch { pool: String, reply: oneshot::Sender<Result<(Vec<IpAddr>, PolicyName, watch::Receiver<u64>), UpdateError>> },
+    Watch { pool: String, reply: oneshot::Sender<Result<Watched, UpdateError>> },
     /// The ring's server table.
     Ring { op: RingOp, reply: oneshot::Sender<Result<RingReply, UpdateError>> },
     /// The pools of an edited configuration file: applied whole, or
