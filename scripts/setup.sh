@@ -15,6 +15,8 @@ if [ "${1:-}" != "--minimal" ]; then
   command -v gdnsd >/dev/null || need+=(gdnsd)
   command -v pdns_server >/dev/null || need+=(pdns-server pdns-backend-bind)
   command -v tsql >/dev/null || need+=(freetds-bin)
+  command -v curl >/dev/null || need+=(curl)
+  command -v ethtool >/dev/null || need+=(ethtool)
 fi
 # The independent gRPC client the tests use (Python grpcio, from PyPI).
 if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" 2>/dev/null; then

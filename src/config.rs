@@ -32,6 +32,56 @@ pub struct Config {
     pub farm: Option<FarmConfig>,
     pub ring: Option<RingConfig>,
     pub srp: Option<SrpConfig>,
+    pub dispatch: Option<DispatchConfig>,
+}
+
+/// `vnamed dispatch`: virtual IPs switched at layer 4 over raw sockets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// The network interface clients (and servers) are on.
+    pub interface: String,
+    /// The authority whose pools choose the servers (gRPC URL).
+    pub authority: String,
+    pub token: Option<String>,
+    /// A connection nothing was seen of for this long is forgotten.
+    #[serde(default = "dispatch_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// After a FIN, how long the connection's last packets still pass.
+    #[serde(default = "dispatch_linger", with = "humantime_serde")]
+    pub fin_timeout: Duration,
+    /// Prometheus metrics at `GET /metrics`.
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub vip: Vec<VipConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    pub address: std::net::Ipv4Addr,
+    /// TCP ports served; empty: all.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    pub mode: DispatchMode,
+    /// The pool whose policy picks the servers.
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DispatchMode {
+    #[serde(rename = "l4-2")]
+    L42,
+    #[serde(rename = "l4-3")]
+    L43,
+}
+
+fn dispatch_idle() -> Duration {
+    Duration::from_secs(300)
+}
+fn dispatch_linger() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The SRP responder: `CLUSTER\INSTANCE` resolved to endpoints on UDP 1434.
@@ -496,6 +546,20 @@ impl Config {
                 problems.push("authority.dns_listen: at least one address is required".into());
             }
         check_pools("pool", &self.pool, &mut problems);
+        if let Some(d) = &self.dispatch {
+            if d.vip.is_empty() {
+                problems.push("dispatch.vip: at least one virtual IP is required".into());
+            }
+            if !(d.authority.starts_with("http://") || d.authority.starts_with("https://")) {
+                problems.push(format!("dispatch.authority: {:?} must be a URL like http://127.0.0.1:7443", d.authority));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for v in &d.vip {
+                if !seen.insert(v.address) {
+                    problems.push(format!("dispatch.vip {}: listed twice", v.address));
+                }
+            }
+        }
         if let Some(srp) = &self.srp {
             // In a monitor, an instance's pool is one its checks report on.
             let mut known: Vec<&str> = self.pool.iter().map(|p| p.name.as_str()).collect();

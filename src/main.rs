@@ -37,6 +37,11 @@ enum Role {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Hold virtual IPs and switch their connections to servers (raw sockets).
+    Dispatch {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run an authority with three simulated backends on loopback.
     Demo(demo::DemoArgs),
     /// Show pools, members, their state and the current answer.
@@ -123,6 +128,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Role::Farm { config } => {
             let config = Config::read(&config)?;
             vnamed::farm::run(config, shutdown_on_signals()).await?;
+        }
+        Role::Dispatch { config } => {
+            let config = Config::read(&config)?;
+            vnamed::dispatch::driver::run(config, shutdown_on_signals()).await?;
         }
         Role::Demo(args) => demo::run(args, shutdown_on_signals()).await?,
         Role::Status(args) => admin::status(&args).await?,

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     for mode in [Mode::L42, Mode::L43] {
         let vip = Vip { ip: Ipv4Addr::new(10, 0, 0, 100), ports: vec![], mode };
         let mut e = Engine::new(vec![vip], [2, 0, 0, 0, 0, 1], Duration::from_secs(60), Duration::from_secs(5), t);
-        e.set_servers(vec![Server { ip: Ipv4Addr::new(10, 0, 1, 1), mac: Some([2, 0, 0, 0, 1, 1]) }], true);
+        e.set_servers(0, vec![Server { ip: Ipv4Addr::new(10, 0, 1, 1), mac: Some([2, 0, 0, 0, 1, 1]) }], true);
         let mut f = data.to_vec();
         match e.inbound(&mut f, t) {
             Verdict::Switch | Verdict::Route { .. } => assert!(parse_tcp4(&f, ETH_HEADER).is_ok()),

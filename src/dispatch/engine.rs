@@ -108,10 +108,10 @@ pub enum Verdict {
 pub struct Engine {
     vips: Vec<Vip>,
     mac: Mac,
-    servers: Vec<Server>,
-    /// Rotate through the servers connection by connection, rather than
-    /// always taking the first one the policy ranks.
-    rotate: bool,
+    /// Per virtual IP: its servers in the policy's order, and whether to
+    /// rotate through them connection by connection rather than always
+    /// take the first.
+    servers: Vec<(Vec<Server>, bool)>,
     next: usize,
     conns: ConnMap,
     dropped: [u64; Dropped::ALL.len()],
@@ -120,15 +120,21 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(vips: Vec<Vip>, mac: Mac, idle: Duration, linger: Duration, now: Instant) -> Self {
-        Self { vips, mac, servers: Vec::new(), rotate: false, next: 0, conns: ConnMap::new(idle, linger, now), dropped: [0; Dropped::ALL.len()], switched: 0 }
+        let servers = vec![(Vec::new(), false); vips.len()];
+        Self { vips, mac, servers, next: 0, conns: ConnMap::new(idle, linger, now), dropped: [0; Dropped::ALL.len()], switched: 0 }
     }
 
-    /// The servers in the policy's order, as the authority says now. A
-    /// server no longer listed gets no new connections; its established
-    /// ones are forgotten only when `forget` says it is dead.
-    pub fn set_servers(&mut self, servers: Vec<Server>, rotate: bool) {
-        self.servers = servers;
-        self.rotate = rotate;
+    /// A virtual IP's servers in the policy's order, as the authority says
+    /// now. A server no longer listed gets no new connections; its
+    /// established ones are forgotten only when `forget` says it is dead.
+    pub fn set_servers(&mut self, vip: usize, servers: Vec<Server>, rotate: bool) {
+        if let Some(s) = self.servers.get_mut(vip) {
+            *s = (servers, rotate);
+        }
+    }
+
+    pub fn vips(&self) -> &[Vip] {
+        &self.vips
     }
 
     /// A server is dead: its connections go.
@@ -167,12 +173,13 @@ impl Engine {
         Verdict::Drop(why)
     }
 
-    fn pick(&mut self, mode: Mode) -> Option<Server> {
-        let usable: Vec<Server> = self.servers.iter().copied().filter(|s| mode == Mode::L43 || s.mac.is_some()).collect();
+    fn pick(&mut self, v: usize, mode: Mode) -> Option<Server> {
+        let (servers, rotate) = &self.servers[v];
+        let usable: Vec<Server> = servers.iter().copied().filter(|s| mode == Mode::L43 || s.mac.is_some()).collect();
         if usable.is_empty() {
             return None;
         }
-        let i = if self.rotate {
+        let i = if *rotate {
             self.next = self.next.wrapping_add(1);
             self.next % usable.len()
         } else {
@@ -181,8 +188,8 @@ impl Engine {
         Some(usable[i])
     }
 
-    fn server_mac(&self, ip: Ipv4Addr) -> Option<Mac> {
-        self.servers.iter().find(|s| s.ip == ip).and_then(|s| s.mac)
+    fn server_mac(&self, v: usize, ip: Ipv4Addr) -> Option<Mac> {
+        self.servers[v].0.iter().find(|s| s.ip == ip).and_then(|s| s.mac)
     }
 
     /// A frame that arrived on the client side.
@@ -216,9 +223,9 @@ impl Engine {
         let server = if seg.syn() {
             // A SYN makes (or, for a reused port, remakes) the connection.
             match self.conns.touch(client, now) {
-                Some(c) if c.vip as usize == v && self.servers.iter().any(|s| s.ip == c.server()) => c.server(),
+                Some(c) if c.vip as usize == v && self.servers[v].0.iter().any(|s| s.ip == c.server()) => c.server(),
                 _ => {
-                    let Some(s) = self.pick(mode) else { return self.drop(Dropped::NoServer) };
+                    let Some(s) = self.pick(v, mode) else { return self.drop(Dropped::NoServer) };
                     self.conns.insert(client, s.ip, v as u16, now);
                     s.ip
                 }
@@ -239,7 +246,7 @@ impl Engine {
         self.switched += 1;
         match mode {
             Mode::L42 => {
-                let Some(mac) = self.server_mac(server) else { return self.drop(Dropped::NoServer) };
+                let Some(mac) = self.server_mac(v, server) else { return self.drop(Dropped::NoServer) };
                 frame::set_macs(f, mac, self.mac);
                 Verdict::Switch
             }
@@ -288,7 +295,7 @@ mod tests {
 
     fn engine(mode: Mode, now: Instant) -> Engine {
         let mut e = Engine::new(vec![Vip { ip: VIP.into(), ports: vec![80], mode }], ME, Duration::from_secs(300), Duration::from_secs(10), now);
-        e.set_servers(vec![S1, S2], true);
+        e.set_servers(0, vec![S1, S2], true);
         e
     }
 
@@ -322,7 +329,7 @@ mod tests {
     fn l4_3_rewrites_addresses_both_ways_with_valid_checksums() {
         let t = Instant::now();
         let mut e = engine(Mode::L43, t);
-        e.set_servers(vec![S1], false);
+        e.set_servers(0, vec![S1], false);
         let mut syn = frame((CLIENT, 1069), (VIP, 80), SYN, b"");
         assert_eq!(e.inbound(&mut syn, t), Verdict::Route { to: S1.ip });
         let seg = parse_tcp4(&syn, ETH_HEADER).expect("valid IP checksum");
@@ -364,7 +371,7 @@ mod tests {
         for (why, n) in [(Dropped::UnknownConnection, 1), (Dropped::Port, 1), (Dropped::Fragment, 1), (Dropped::Malformed, 1)] {
             assert_eq!(e.dropped(why), n, "{why:?}");
         }
-        e.set_servers(vec![], true);
+        e.set_servers(0, vec![], true);
         let mut syn = frame((CLIENT, 5001), (VIP, 80), SYN, b"");
         assert_eq!(e.inbound(&mut syn, t), Verdict::Drop(Dropped::NoServer));
     }
@@ -373,7 +380,7 @@ mod tests {
     fn a_dead_server_gets_no_new_connections_and_restored_ones_continue() {
         let t = Instant::now();
         let mut e = engine(Mode::L42, t);
-        e.set_servers(vec![S2], true);
+        e.set_servers(0, vec![S2], true);
         for port in 2000..2010 {
             let mut syn = frame((CLIENT, port), (VIP, 80), SYN, b"");
             assert_eq!(e.inbound(&mut syn, t), Verdict::Switch);

@@ -218,6 +218,20 @@ fn arp(op: u16, dst: Mac, src: Mac, sender_ip: Ipv4Addr, target_mac: Mac, target
     f
 }
 
+/// Who sent an ARP packet (request or reply): its MAC and IPv4 address.
+pub fn arp_sender(frame: &[u8]) -> Option<(Mac, Ipv4Addr)> {
+    let a = frame.get(ETH_HEADER..ETH_HEADER + 28)?;
+    if ethertype(frame)? != ETHERTYPE_ARP || a[0..6] != [0, 1, 8, 0, 6, 4] {
+        return None;
+    }
+    Some((a[8..14].try_into().ok()?, Ipv4Addr::new(a[14], a[15], a[16], a[17])))
+}
+
+/// "Who has `target`? Tell `ip`", broadcast.
+pub fn arp_who_has(mac: Mac, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    arp(1, [0xFF; 6], mac, ip, [0; 6], target)
+}
+
 /// The ARP reply "`ip` is at `mac`" to a requester.
 pub fn arp_reply(mac: Mac, ip: Ipv4Addr, to_mac: Mac, to_ip: Ipv4Addr) -> Vec<u8> {
     arp(2, to_mac, mac, ip, to_mac, to_ip)

@@ -7,5 +7,6 @@
 //! map) and `engine` (the decisions) are pure.
 
 pub mod conntrack;
+pub mod driver;
 pub mod engine;
 pub mod frame;

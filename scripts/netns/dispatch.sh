@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The dispatcher across real network namespaces: a client, an authority,
+# a dispatcher and three HTTP servers (each with its monitor), on a bridge
+# in a namespace of its own, with addresses only in 10.78.0.0/24 (hosts),
+# 10.79.0.0/24 (the client's second address) and 10.80.0.0/24 (the L4/3
+# virtual IP) inside those namespaces. Then, with curl from the client:
+#   1. L4/2 (VIP 10.78.0.200, held by the servers on loopback) and L4/3
+#      (VIP 10.80.0.201, the dispatcher as the servers' gateway) reach the
+#      server the pool's policy prefers; round-robin spreads connections;
+#   2. a killed server gets no new connections;
+#   3. UDP and fragmented frames to a virtual IP are dropped and counted.
+# Every wait is bounded; every namespace and process goes away at the end,
+# also on failure. Needs root. Exit 0 only when every check passed.
+#
+#   bash scripts/netns/dispatch.sh [path/to/vnamed]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+vnamed=${1:-$PWD/target/debug/vnamed}
+[ -x "$vnamed" ] || { echo "build vnamed first (cargo build)" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "needs root for network namespaces" >&2; exit 2; }
+for t in curl ethtool; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 2; }; done
+
+tag="vd$$"
+work=$(mktemp -d)
+net=10.78.0
+vip2=$net.200
+vip3=10.80.0.201
+auth_ip=$net.100
+disp_ip=$net.10
+fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -20 "$f" >&2; done; [ -n "${HOLD:-}" ] && sleep "$HOLD"; exit 1; }
+
+cleanup() {
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  done
+  sleep 0.2
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
+
+ip netns add "$tag-br"
+in_ns br ip link add br0 type bridge
+in_ns br ip link set br0 up
+attach() { # $1 name, $2 address
+  ip netns add "$tag-$1"
+  ip link add "v$1" netns "$tag-$1" type veth peer name "p$1" netns "$tag-br"
+  in_ns "$1" ip addr add "$2/24" dev "v$1"
+  in_ns "$1" ip link set "v$1" up
+  in_ns "$1" ip link set lo up
+  in_ns br ip link set "p$1" master br0
+  in_ns br ip link set "p$1" up
+  # Frames leave with their checksums filled in, as from a real NIC (veth
+  # would otherwise leave them to an offload that never happens).
+  in_ns "$1" ethtool -K "v$1" tx off >/dev/null
+}
+attach c "$net.50"
+attach a "$auth_ip"
+attach d "$disp_ip"
+for i in 1 2 3; do attach "s$i" "$net.2$i"; done
+
+# The client: a second address, and the L4/3 virtual IP's network on the link.
+in_ns c ip addr add 10.79.0.50/24 dev vc
+in_ns c ip route add 10.80.0.0/24 dev vc src 10.79.0.50
+# The dispatcher forwards nothing itself: only what vnamed sends goes out.
+in_ns d sysctl -qw net.ipv4.ip_forward=0
+in_ns d ip route add 10.79.0.0/24 dev vd
+for i in 1 2 3; do
+  # L4/2: the virtual IP on loopback, never answered for by ARP.
+  in_ns "s$i" ip addr add "$vip2/32" dev lo
+  in_ns "s$i" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+  # L4/3: replies to the client's second network go through the dispatcher.
+  in_ns "s$i" ip route add 10.79.0.0/24 via "$disp_ip"
+  mkdir -p "$work/www$i"
+  echo "s$i" > "$work/www$i/index.html"
+  head -c 2000000 /dev/zero > "$work/www$i/big"
+  in_ns "s$i" python3 -m http.server --directory "$work/www$i" --bind 0.0.0.0 80 >/dev/null 2>&1 &
+  cat > "$work/s$i.toml" <<EOT
+[monitor]
+host = "s$i"
+report_to = ["http://$auth_ip:7443"]
+refresh = "500ms"
+[[monitor.check]]
+pool = "www.dispatch.test."
+kind = "tcp"
+target = "$net.2$i:80"
+interval = "200ms"
+EOT
+  in_ns "s$i" "$vnamed" monitor --config "$work/s$i.toml" 2>"$work/s$i.log" &
+done
+
+mkdir -p "$work/zones"
+printf '$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A %s\n' "$auth_ip" > "$work/zones/dispatch.test.zone"
+cat > "$work/auth.toml" <<EOT
+[authority]
+dns_listen = ["$auth_ip:53"]
+grpc_listen = "$auth_ip:7443"
+zones_dir = "$work/zones"
+
+[[pool]]
+name = "www.dispatch.test."
+policy = "priority"
+answers = 3
+stale_after = "3s"
+members = [ { id = "s1", address = "$net.21" }, { id = "s2", address = "$net.22" }, { id = "s3", address = "$net.23" } ]
+EOT
+in_ns a "$vnamed" authority --config "$work/auth.toml" 2>"$work/auth.log" &
+
+cat > "$work/d.toml" <<EOT
+[dispatch]
+interface = "vd"
+authority = "http://$auth_ip:7443"
+metrics_listen = "$disp_ip:9400"
+[[dispatch.vip]]
+address = "$vip2"
+ports = [80]
+mode = "l4-2"
+pool = "www.dispatch.test."
+[[dispatch.vip]]
+address = "$vip3"
+ports = [80]
+mode = "l4-3"
+pool = "www.dispatch.test."
+EOT
+in_ns d env RUST_LOG="${DISPATCH_LOG:-info}" "$vnamed" dispatch --config "$work/d.toml" 2>"$work/d.log" &
+
+wait_for() { # $1 seconds, then a command that must succeed
+  local limit=$(( $(date +%s%3N) + $1 * 1000 )); shift
+  while [ "$(date +%s%3N)" -lt "$limit" ]; do "$@" && return 0; sleep 0.1; done
+  return 1
+}
+get() { in_ns c curl -s --max-time 2 "http://$1/" 2>/dev/null || true; }
+is() { [ "$(get "$1")" = "$2" ]; }
+metric() { in_ns c curl -s --max-time 2 "http://$disp_ip:9400/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
+
+wait_for 15 is "$vip2" s1 || fail "L4/2: no answer from s1 through $vip2 (got '$(get "$vip2")')"
+for _ in 1 2 3 4 5; do is "$vip2" s1 || fail "L4/2: priority policy, expected s1"; done
+echo "L4/2: $vip2 reaches s1, the policy's first"
+wait_for 10 is "$vip3" s1 || fail "L4/3: no answer from s1 through $vip3 (got '$(get "$vip3")')"
+for _ in 1 2 3 4 5; do is "$vip3" s1 || fail "L4/3: priority policy, expected s1"; done
+echo "L4/3: $vip3 reaches s1, the policy's first"
+size=$(in_ns c curl -s --max-time 10 "http://$vip3/big" | wc -c)
+[ "$size" -eq 2000000 ] || fail "L4/3: a 2 MB download came back with $size bytes"
+size=$(in_ns c curl -s --max-time 10 "http://$vip2/big" | wc -c)
+[ "$size" -eq 2000000 ] || fail "L4/2: a 2 MB download came back with $size bytes"
+echo "2 MB downloads through both virtual IPs: complete"
+
+in_ns a "$vnamed" policy www.dispatch.test. round-robin --server "http://$auth_ip:7443" >/dev/null
+spread() { local seen; seen=$(for _ in 1 2 3 4 5 6; do get "$1"; echo; done | sort -u | grep -c '^s'); [ "$seen" -eq 3 ]; }
+wait_for 5 spread "$vip2" || fail "L4/2: round-robin did not spread connections over the three servers"
+wait_for 5 spread "$vip3" || fail "L4/3: round-robin did not spread connections over the three servers"
+echo "round-robin: new connections spread over s1, s2, s3 on both virtual IPs"
+
+# A killed server gets no new connections.
+pkill -9 -f "directory $work/www1" || true
+never_s1() { for _ in 1 2 3 4 5 6; do r=$(get "$1"); [ "$r" = s2 ] || [ "$r" = s3 ] || return 1; done; }
+wait_for 5 never_s1 "$vip2" || fail "L4/2: connections still went to the killed s1"
+never_s1 "$vip3" || fail "L4/3: connections still went to the killed s1"
+echo "kill -9 of s1's server: new connections go to s2 and s3 only"
+
+# Frames to a virtual IP that are not TCP, or are fragments: dropped, counted.
+in_ns c python3 -c "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3): s.sendto(b'x', ('$vip2', 80))
+# Too big for the link, and allowed to fragment: the kernel sends fragments.
+s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT
+s.sendto(b'y' * 3000, ('$vip2', 80))
+"
+counted() { [ "$(metric "vnamed_dispatch_dropped_total{reason=\"not_tcp\"}")" -ge 3 ] && [ "$(metric "vnamed_dispatch_dropped_total{reason=\"fragment\"}")" -ge 1 ]; }
+wait_for 3 counted || fail "drops not counted: $(in_ns c curl -s "http://$disp_ip:9400/metrics" | grep dropped)"
+echo "UDP and fragmented frames to $vip2: dropped and counted"
+echo "netns dispatch: all checks passed"

@@ -1,0 +1,282 @@
+//! `vnamed dispatch`: the sockets around the pure engine. Frames are
+//! captured on the interface with AF_PACKET (pnet); L4/2 frames go back out
+//! on the link, L4/3 packets out through a raw IP socket. The dispatcher
+//! answers ARP for its virtual IPs itself (they are not configured on the
+//! host, so the kernel never answers for them) and announces them with
+//! gratuitous ARP when it takes them over. Each virtual IP follows its
+//! pool over the authority's `Admin.Watch` stream; servers' MACs are learnt
+//! with ARP. With a `[ring]` section the host is a ring member and holds
+//! the virtual IPs only while it is the elected dispatcher.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::engine::{Dropped, Engine, Mode, Server, Verdict, Vip};
+use super::frame::{self, Mac};
+use crate::config::{Config, DispatchConfig, DispatchMode};
+use crate::grpc::Bearer;
+use crate::grpc::v1::PoolRequest;
+use crate::grpc::v1::admin_client::AdminClient;
+
+/// What the async side shares with the capture thread.
+struct Shared {
+    engine: Mutex<Engine>,
+    /// Server MACs learnt from ARP.
+    macs: Mutex<HashMap<Ipv4Addr, Mac>>,
+    /// Per virtual IP: the pool's servers in order, and whether to rotate.
+    wanted: Mutex<Vec<(Vec<Ipv4Addr>, bool)>>,
+    active: AtomicBool,
+    stop: AtomicBool,
+    sent: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+impl Shared {
+    /// Gives the engine each virtual IP's servers with the MACs known.
+    fn apply(&self) {
+        let macs = self.macs.lock().expect("not poisoned").clone();
+        let wanted = self.wanted.lock().expect("not poisoned").clone();
+        let mut engine = self.engine.lock().expect("not poisoned");
+        for (v, (ips, rotate)) in wanted.into_iter().enumerate() {
+            let servers = ips.into_iter().map(|ip| Server { ip, mac: macs.get(&ip).copied() }).collect();
+            engine.set_servers(v, servers, rotate);
+        }
+    }
+
+    fn render(&self) -> String {
+        let engine = self.engine.lock().expect("not poisoned");
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP vnamed_dispatch_active 1 while this host holds the virtual IPs.\n# TYPE vnamed_dispatch_active gauge\nvnamed_dispatch_active {}", self.active.load(Ordering::Relaxed) as u8);
+        let _ = writeln!(out, "# HELP vnamed_dispatch_switched_total Packets switched to a server.\n# TYPE vnamed_dispatch_switched_total counter\nvnamed_dispatch_switched_total {}", engine.switched);
+        let _ = writeln!(out, "# HELP vnamed_dispatch_connections Connections in the connection map.\n# TYPE vnamed_dispatch_connections gauge\nvnamed_dispatch_connections {}", engine.conns().len());
+        out.push_str("# HELP vnamed_dispatch_dropped_total Frames to a virtual IP dropped, by reason.\n# TYPE vnamed_dispatch_dropped_total counter\n");
+        for why in Dropped::ALL {
+            let _ = writeln!(out, "vnamed_dispatch_dropped_total{{reason=\"{}\"}} {}", why.label(), engine.dropped(why));
+        }
+        let _ = writeln!(out, "# HELP vnamed_dispatch_send_errors_total Frames the kernel refused to send.\n# TYPE vnamed_dispatch_send_errors_total counter\nvnamed_dispatch_send_errors_total {}", self.send_errors.load(Ordering::Relaxed));
+        out
+    }
+}
+
+type Tx = Arc<Mutex<Box<dyn pnet_datalink::DataLinkSender>>>;
+
+fn send_frame(tx: &Tx, shared: &Shared, f: &[u8]) {
+    match tx.lock().expect("not poisoned").send_to(f, None) {
+        Some(Ok(())) => {
+            shared.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            shared.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `vnamed dispatch --config FILE`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dc: DispatchConfig = config.dispatch.clone().context("[dispatch] section is required for this role")?;
+    let iface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == dc.interface)
+        .with_context(|| format!("dispatch.interface: no interface {:?}", dc.interface))?;
+    let mac: Mac = iface.mac.with_context(|| format!("interface {} has no MAC address", iface.name))?.octets();
+    let my_ip = iface
+        .ips
+        .iter()
+        .find_map(|n| match n.ip() {
+            IpAddr::V4(a) => Some(a),
+            _ => None,
+        })
+        .with_context(|| format!("interface {} has no IPv4 address", iface.name))?;
+    let vips: Vec<Vip> = dc
+        .vip
+        .iter()
+        .map(|v| Vip { ip: v.address, ports: v.ports.clone(), mode: if v.mode == DispatchMode::L42 { Mode::L42 } else { Mode::L43 } })
+        .collect();
+    let pnet_config = pnet_datalink::Config { read_timeout: Some(Duration::from_millis(100)), ..Default::default() };
+    let (tx, mut rx) = match pnet_datalink::channel(&iface, pnet_config).with_context(|| format!("capture on {}", iface.name))? {
+        pnet_datalink::Channel::Ethernet(tx, rx) => (tx, rx),
+        _ => anyhow::bail!("capture on {}: not an Ethernet channel", iface.name),
+    };
+    let tx: Tx = Arc::new(Mutex::new(tx));
+    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW)))
+        .context("raw IP socket (needs CAP_NET_RAW)")?;
+    let shared = Arc::new(Shared {
+        engine: Mutex::new(Engine::new(vips.clone(), mac, dc.idle_timeout, dc.fin_timeout, Instant::now())),
+        macs: Mutex::new(HashMap::new()),
+        wanted: Mutex::new(vec![(Vec::new(), false); vips.len()]),
+        active: AtomicBool::new(config.ring.is_none()),
+        stop: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        send_errors: AtomicU64::new(0),
+    });
+
+    // The ring decides who holds the virtual IPs.
+    let ring_counters = Arc::new(crate::ring::driver::RingCounters::default());
+    let ring = config.ring.clone().map(|mut rc| {
+        rc.dispatch_capable = true;
+        tokio::spawn(crate::ring::driver::run(rc, vec![dc.authority.clone()], dc.token.clone(), ring_counters.clone(), shutdown.clone()))
+    });
+
+    // The capture thread: every frame to us, through the engine.
+    let capture = {
+        let (shared, tx) = (shared.clone(), tx.clone());
+        std::thread::Builder::new().name("dispatch-capture".into()).spawn(move || {
+            while !shared.stop.load(Ordering::Relaxed) {
+                let f = match rx.next() {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                    Err(e) => {
+                        warn!(error = %e, "capture failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                if f.len() < frame::ETH_HEADER || frame::src_mac(f) == mac {
+                    continue; // our own frames, seen on their way out
+                }
+                if let Some((m, ip)) = frame::arp_sender(f) {
+                    let mut macs = shared.macs.lock().expect("not poisoned");
+                    if macs.get(&ip) != Some(&m) {
+                        macs.insert(ip, m);
+                        drop(macs);
+                        shared.apply();
+                    }
+                }
+                let to = frame::dst_mac(f);
+                if !shared.active.load(Ordering::Relaxed) || (to != mac && to != [0xFF; 6]) {
+                    continue;
+                }
+                let mut f = f.to_vec();
+                let now = Instant::now();
+                let verdict = {
+                    let mut e = shared.engine.lock().expect("not poisoned");
+                    match e.inbound(&mut f, now) {
+                        Verdict::Pass => e.outbound(&mut f, now),
+                        v => v,
+                    }
+                };
+                match verdict {
+                    Verdict::Switch => send_frame(&tx, &shared, &f),
+                    Verdict::Route { to } => {
+                        let dest: SocketAddr = (to, 0).into();
+                        if raw.send_to(&f[frame::ETH_HEADER..], &dest.into()).is_err() {
+                            shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Verdict::Reply(r) => send_frame(&tx, &shared, &r),
+                    Verdict::Drop(why) => debug!(reason = why.label(), "frame dropped"),
+                    Verdict::Pass => {}
+                }
+            }
+        })?
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (v, vc) in dc.vip.iter().enumerate() {
+        tasks.spawn(follow_pool(v, vc.pool.clone(), dc.authority.clone(), dc.token.clone(), shared.clone(), shutdown.clone()));
+    }
+    // ARP for servers whose MAC is not known yet; expire idle connections;
+    // announce the virtual IPs when taking them over.
+    {
+        let (shared, tx, vips, shutdown) = (shared.clone(), tx.clone(), vips.clone(), shutdown.clone());
+        let ring_counters = ring_counters.clone();
+        let ringed = config.ring.is_some();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut n = 0u64;
+            let mut announced = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                n += 1;
+                if ringed {
+                    let elected = ring_counters.dispatcher.load(Ordering::Relaxed) == 1;
+                    if elected != shared.active.swap(elected, Ordering::Relaxed) {
+                        info!(elected, "dispatcher role changed");
+                        announced = 0;
+                    }
+                }
+                let active = shared.active.load(Ordering::Relaxed);
+                if active && announced < 3 {
+                    announced += 1;
+                    for v in &vips {
+                        send_frame(&tx, &shared, &frame::gratuitous_arp(mac, v.ip));
+                    }
+                    if announced == 1 {
+                        info!(vips = ?vips.iter().map(|v| v.ip).collect::<Vec<_>>(), "holding the virtual IPs");
+                    }
+                }
+                if n % 5 == 0 {
+                    let known = shared.macs.lock().expect("not poisoned").clone();
+                    let wanted = shared.wanted.lock().expect("not poisoned").clone();
+                    for ip in wanted.iter().flat_map(|(ips, _)| ips) {
+                        if !known.contains_key(ip) {
+                            send_frame(&tx, &shared, &frame::arp_who_has(mac, my_ip, *ip));
+                        }
+                    }
+                }
+                if n % 10 == 0 {
+                    shared.engine.lock().expect("not poisoned").expire(Instant::now());
+                }
+            }
+        });
+    }
+    if let Some(addr) = dc.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("dispatch.metrics_listen {addr}"))?;
+        let s = shared.clone();
+        let render = move || {
+            let s = s.clone();
+            async move { s.render() }
+        };
+        tasks.spawn(crate::metrics::serve_text(listener, render, shutdown.clone()));
+    }
+    info!(interface = %iface.name, %my_ip, vips = vips.len(), "dispatcher running");
+    shutdown.cancelled().await;
+    shared.stop.store(true, Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+    let _ = tokio::task::spawn_blocking(move || capture.join()).await;
+    if let Some(ring) = ring {
+        let _ = ring.await;
+    }
+    info!("dispatcher stopped");
+    Ok(())
+}
+
+/// Follows a pool's live servers over `Admin.Watch`, reconnecting while
+/// the authority is away.
+async fn follow_pool(v: usize, pool: String, authority: String, token: Option<String>, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Ok(bearer) = Bearer::new(token.as_deref()) else { return };
+    loop {
+        let attempt = async {
+            let endpoint = tonic::transport::Endpoint::from_shared(authority.clone())?.connect_timeout(Duration::from_secs(1));
+            let channel = endpoint.connect().await?;
+            let mut client = AdminClient::with_interceptor(channel, bearer.clone());
+            let mut stream = client.watch(PoolRequest { pool: pool.clone() }).await?.into_inner();
+            while let Some(reply) = stream.message().await? {
+                let ips: Vec<Ipv4Addr> = reply.servers.iter().filter_map(|s| s.parse().ok()).collect();
+                info!(%pool, servers = ?ips, "servers");
+                shared.wanted.lock().expect("not poisoned")[v] = (ips, reply.policy == "round-robin");
+                shared.apply();
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        tokio::select! {
+            r = attempt => if let Err(error) = r { warn!(%pool, %error, "watching the pool failed; retrying") },
+            _ = shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
