@@ -216,7 +216,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                         info!(vips = ?vips.iter().map(|v| v.ip).collect::<Vec<_>>(), "holding the virtual IPs");
                     }
                 }
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     let known = shared.macs.lock().expect("not poisoned").clone();
                     let wanted = shared.wanted.lock().expect("not poisoned").clone();
                     for ip in wanted.iter().flat_map(|(ips, _)| ips) {
@@ -225,7 +225,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                         }
                     }
                 }
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     shared.engine.lock().expect("not poisoned").expire(Instant::now());
                 }
             }
