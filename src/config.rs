@@ -52,6 +52,13 @@ pub struct DispatchConfig {
     pub fin_timeout: Duration,
     /// Prometheus metrics at `GET /metrics`.
     pub metrics_listen: Option<SocketAddr>,
+    /// The port of the servers' monitors (`monitor.listen`): a dispatcher
+    /// that takes over asks them for their connections.
+    pub monitor_port: Option<u16>,
+    /// An address the active dispatcher answers ARP for, besides the
+    /// virtual IPs: the servers' gateway in L4/3, so that it moves with
+    /// the dispatcher.
+    pub gateway: Option<std::net::Ipv4Addr>,
     #[serde(default)]
     pub vip: Vec<VipConfig>,
 }

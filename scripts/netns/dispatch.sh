@@ -8,7 +8,11 @@
 #      (VIP 10.80.0.201, the dispatcher as the servers' gateway) reach the
 #      server the pool's policy prefers; round-robin spreads connections;
 #   2. a killed server gets no new connections;
-#   3. UDP and fragmented frames to a virtual IP are dropped and counted.
+#   3. UDP and fragmented frames to a virtual IP are dropped and counted;
+#   4. two dispatchers are ring members with the servers' monitors: a long
+#      download through each virtual IP survives kill -9 of the active
+#      dispatcher, as the standby takes the addresses over and rebuilds its
+#      connection map from the servers' connections.
 # Every wait is bounded; every namespace and process goes away at the end,
 # also on failure. Needs root. Exit 0 only when every check passed.
 #
@@ -27,6 +31,8 @@ vip2=$net.200
 vip3=10.80.0.201
 auth_ip=$net.100
 disp_ip=$net.10
+disp2_ip=$net.11
+gateway=$net.9
 fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -20 "$f" >&2; done; [ -n "${HOLD:-}" ] && sleep "$HOLD"; exit 1; }
 
 cleanup() {
@@ -59,20 +65,31 @@ attach() { # $1 name, $2 address
 attach c "$net.50"
 attach a "$auth_ip"
 attach d "$disp_ip"
+attach e "$disp2_ip"
 for i in 1 2 3; do attach "s$i" "$net.2$i"; done
 
 # The client: a second address, and the L4/3 virtual IP's network on the link.
 in_ns c ip addr add 10.79.0.50/24 dev vc
 in_ns c ip route add 10.80.0.0/24 dev vc src 10.79.0.50
-# The dispatcher forwards nothing itself: only what vnamed sends goes out.
-in_ns d sysctl -qw net.ipv4.ip_forward=0
-in_ns d ip route add 10.79.0.0/24 dev vd
+# A small receive window: a rate-limited download is really in flight
+# (not already sitting in the client's buffers) when the dispatcher dies.
+in_ns c sysctl -qw net.ipv4.tcp_rmem="4096 16384 65536"
+# The dispatchers forward nothing themselves: only what vnamed sends goes out.
+for d in d e; do
+  in_ns $d sysctl -qw net.ipv4.ip_forward=0
+  in_ns $d ip route add 10.79.0.0/24 dev "v$d"
+done
+ring_peers="\"$disp_ip:7946\", \"$disp2_ip:7946\", \"$net.21:7946\", \"$net.22:7946\", \"$net.23:7946\""
+ring() { # $1 address
+  printf '[ring]\nlisten = "%s:7946"\nping_interval = "100ms"\nmisses = 3\ntoken_timeout = "400ms"\nbroadcast_timeout = "300ms"\npeers = [ %s ]\nkey = "netns-dispatch"\n' "$1" "$ring_peers"
+}
 for i in 1 2 3; do
   # L4/2: the virtual IP on loopback, never answered for by ARP.
   in_ns "s$i" ip addr add "$vip2/32" dev lo
   in_ns "s$i" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
-  # L4/3: replies to the client's second network go through the dispatcher.
-  in_ns "s$i" ip route add 10.79.0.0/24 via "$disp_ip"
+  # L4/3: replies to the client's second network go through the active
+  # dispatcher, by the gateway address it holds.
+  in_ns "s$i" ip route add 10.79.0.0/24 via "$gateway"
   mkdir -p "$work/www$i"
   echo "s$i" > "$work/www$i/index.html"
   head -c 2000000 /dev/zero > "$work/www$i/big"
@@ -82,11 +99,13 @@ for i in 1 2 3; do
 host = "s$i"
 report_to = ["http://$auth_ip:7443"]
 refresh = "500ms"
+listen = "$net.2$i:7450"
 [[monitor.check]]
 pool = "www.dispatch.test."
 kind = "tcp"
 target = "$net.2$i:80"
 interval = "200ms"
+$(ring "$net.2$i")
 EOT
   in_ns "s$i" "$vnamed" monitor --config "$work/s$i.toml" 2>"$work/s$i.log" &
 done
@@ -108,11 +127,14 @@ members = [ { id = "s1", address = "$net.21" }, { id = "s2", address = "$net.22"
 EOT
 in_ns a "$vnamed" authority --config "$work/auth.toml" 2>"$work/auth.log" &
 
-cat > "$work/d.toml" <<EOT
+dispatcher() { # $1 namespace, $2 address
+cat > "$work/$1.toml" <<EOT
 [dispatch]
-interface = "vd"
+interface = "v$1"
 authority = "http://$auth_ip:7443"
-metrics_listen = "$disp_ip:9400"
+metrics_listen = "$2:9400"
+monitor_port = 7450
+gateway = "$gateway"
 [[dispatch.vip]]
 address = "$vip2"
 ports = [80]
@@ -123,8 +145,12 @@ address = "$vip3"
 ports = [80]
 mode = "l4-3"
 pool = "www.dispatch.test."
+$(ring "$2")
 EOT
-in_ns d env RUST_LOG="${DISPATCH_LOG:-info}" "$vnamed" dispatch --config "$work/d.toml" 2>"$work/d.log" &
+in_ns "$1" env RUST_LOG="${DISPATCH_LOG:-info}" "$vnamed" dispatch --config "$work/$1.toml" 2>"$work/$1.log" &
+}
+dispatcher d "$disp_ip"
+dispatcher e "$disp2_ip"
 
 wait_for() { # $1 seconds, then a command that must succeed
   local limit=$(( $(date +%s%3N) + $1 * 1000 )); shift
@@ -172,4 +198,27 @@ s.sendto(b'y' * 3000, ('$vip2', 80))
 counted() { [ "$(metric "vnamed_dispatch_dropped_total{reason=\"not_tcp\"}")" -ge 3 ] && [ "$(metric "vnamed_dispatch_dropped_total{reason=\"fragment\"}")" -ge 1 ]; }
 wait_for 3 counted || fail "drops not counted: $(in_ns c curl -s "http://$disp_ip:9400/metrics" | grep dropped)"
 echo "UDP and fragmented frames to $vip2: dropped and counted"
+
+# Fail-over: long downloads through both virtual IPs; kill -9 the active
+# dispatcher (d, the smaller address) in the middle.
+grep -q "holding the virtual IPs" "$work/d.log" || fail "d should be the elected dispatcher"
+grep -q "holding the virtual IPs" "$work/e.log" && fail "e should be standing by"
+in_ns c curl -s --max-time 30 --limit-rate 400k -o "$work/dl2" "http://$vip2/big" & dl2=$!
+in_ns c curl -s --max-time 30 --limit-rate 400k -o "$work/dl3" "http://$vip3/big" & dl3=$!
+sleep 1.5
+for p in $(ip netns pids "$tag-d"); do kill -9 "$p"; done
+start=$(date +%s%3N)
+wait_for 5 grep -q "holding the virtual IPs" "$work/e.log" || fail "the standby did not take over"
+echo "kill -9 of the active dispatcher: the standby holds the virtual IPs after $(( $(date +%s%3N) - start )) ms"
+wait "$dl2" || fail "L4/2: the download through $vip2 failed across the fail-over (curl $?)"
+wait "$dl3" || fail "L4/3: the download through $vip3 failed across the fail-over (curl $?)"
+for f in dl2 dl3; do
+  size=$(wc -c < "$work/$f")
+  [ "$size" -eq 2000000 ] || fail "$f: $size bytes of 2000000 across the fail-over"
+done
+rebuilt=$(grep "connection map rebuilt" "$work/e.log" | tail -1)
+echo "new dispatcher: ${rebuilt#*driver: }"
+restored=$(sed -n 's/.*restored=\([0-9]*\).*/\1/p' <<<"$rebuilt")
+[ "${restored:-0}" -ge 2 ] || fail "the new dispatcher should have rebuilt both connections from the servers: $rebuilt"
+echo "L4/2 and L4/3: 2 MB downloads survived kill -9 of the active dispatcher"
 echo "netns dispatch: all checks passed"

@@ -108,8 +108,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tx: Tx = Arc::new(Mutex::new(tx));
     let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW)))
         .context("raw IP socket (needs CAP_NET_RAW)")?;
+    let mut engine = Engine::new(vips.clone(), mac, dc.idle_timeout, dc.fin_timeout, Instant::now());
+    if let Some(g) = dc.gateway {
+        engine.answer_arp_for(g);
+    }
     let shared = Arc::new(Shared {
-        engine: Mutex::new(Engine::new(vips.clone(), mac, dc.idle_timeout, dc.fin_timeout, Instant::now())),
+        engine: Mutex::new(engine),
         macs: Mutex::new(HashMap::new()),
         wanted: Mutex::new(vec![(Vec::new(), false); vips.len()]),
         active: AtomicBool::new(config.ring.is_none()),
@@ -188,6 +192,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     {
         let (shared, tx, vips, shutdown) = (shared.clone(), tx.clone(), vips.clone(), shutdown.clone());
         let ring_counters = ring_counters.clone();
+        let (gateway, monitor_port) = (dc.gateway, dc.monitor_port);
         let ringed = config.ring.is_some();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -209,11 +214,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 let active = shared.active.load(Ordering::Relaxed);
                 if active && announced < 3 {
                     announced += 1;
-                    for v in &vips {
-                        send_frame(&tx, &shared, &frame::gratuitous_arp(mac, v.ip));
+                    for ip in vips.iter().map(|v| v.ip).chain(gateway) {
+                        send_frame(&tx, &shared, &frame::gratuitous_arp(mac, ip));
                     }
                     if announced == 1 {
-                        info!(vips = ?vips.iter().map(|v| v.ip).collect::<Vec<_>>(), "holding the virtual IPs");
+                        info!(vips = ?vips.iter().map(|v| v.ip).collect::<Vec<_>>(), ?gateway, "holding the virtual IPs");
+                        if let Some(port) = monitor_port {
+                            tokio::spawn(reconstruct(shared.clone(), vips.clone(), port));
+                        }
                     }
                 }
                 if n.is_multiple_of(5) {
@@ -250,6 +258,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     info!("dispatcher stopped");
     Ok(())
+}
+
+/// State reconstruction after taking over: every server's monitor says
+/// which connections it has on each virtual IP (L4/2: to the virtual IP
+/// itself; L4/3: to the server's own address), and they go back into the
+/// connection map with that server, so established connections continue.
+async fn reconstruct(shared: Arc<Shared>, vips: Vec<Vip>, monitor_port: u16) {
+    use crate::grpc::v1::ConnectionsRequest;
+    use crate::grpc::v1::host_client::HostClient;
+    let started = Instant::now();
+    let wanted = shared.wanted.lock().expect("not poisoned").clone();
+    let mut restored = 0;
+    for (v, vip) in vips.iter().enumerate() {
+        let Some((servers, _)) = wanted.get(v) else { continue };
+        for server in servers {
+            let url = format!("http://{server}:{monitor_port}");
+            let ask = async {
+                let endpoint = tonic::transport::Endpoint::from_shared(url.clone())?.connect_timeout(Duration::from_millis(500));
+                let mut client = HostClient::new(endpoint.connect().await?);
+                let local = if vip.mode == Mode::L42 { vip.ip } else { *server };
+                let mut found = Vec::new();
+                for port in if vip.ports.is_empty() { vec![0] } else { vip.ports.clone() } {
+                    let reply = client.connections(ConnectionsRequest { local: local.to_string(), port: u32::from(port) }).await?.into_inner();
+                    found.extend(reply.connections.into_iter().filter_map(|c| Some(((c.client.parse::<Ipv4Addr>().ok()?, u16::try_from(c.client_port).ok()?), *server))));
+                }
+                Ok::<_, anyhow::Error>(found)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), ask).await {
+                Ok(Ok(found)) => {
+                    let n = shared.engine.lock().expect("not poisoned").restore(vip.ip, found.iter().copied(), Instant::now());
+                    debug!(vip = %vip.ip, %server, reported = found.len(), restored = n, "connections from a server");
+                    restored += n;
+                }
+                Ok(Err(error)) => warn!(%server, %error, "could not ask a server for its connections"),
+                Err(_) => warn!(%server, "a server's monitor did not say its connections in time"),
+            }
+        }
+    }
+    info!(restored, took = ?started.elapsed(), "connection map rebuilt from the servers");
 }
 
 /// Follows a pool's live servers over `Admin.Watch`, reconnecting while

@@ -116,12 +116,14 @@ pub struct Engine {
     conns: ConnMap,
     dropped: [u64; Dropped::ALL.len()],
     pub switched: u64,
+    /// Addresses we answer ARP for besides the virtual IPs (a gateway).
+    arp_also: Vec<Ipv4Addr>,
 }
 
 impl Engine {
     pub fn new(vips: Vec<Vip>, mac: Mac, idle: Duration, linger: Duration, now: Instant) -> Self {
         let servers = vec![(Vec::new(), false); vips.len()];
-        Self { vips, mac, servers, next: 0, conns: ConnMap::new(idle, linger, now), dropped: [0; Dropped::ALL.len()], switched: 0 }
+        Self { vips, mac, servers, next: 0, conns: ConnMap::new(idle, linger, now), dropped: [0; Dropped::ALL.len()], switched: 0, arp_also: Vec::new() }
     }
 
     /// A virtual IP's servers in the policy's order, as the authority says
@@ -131,6 +133,11 @@ impl Engine {
         if let Some(s) = self.servers.get_mut(vip) {
             *s = (servers, rotate);
         }
+    }
+
+    /// Answers ARP for `ip` too.
+    pub fn answer_arp_for(&mut self, ip: Ipv4Addr) {
+        self.arp_also.push(ip);
     }
 
     pub fn vips(&self) -> &[Vip] {
@@ -197,7 +204,7 @@ impl Engine {
         match frame::ethertype(f) {
             Some(ETHERTYPE_ARP) => {
                 return match frame::arp_request(f) {
-                    Some((mac, ip, target)) if self.vips.iter().any(|v| v.ip == target) => Verdict::Reply(frame::arp_reply(self.mac, target, mac, ip)),
+                    Some((mac, ip, target)) if self.vips.iter().any(|v| v.ip == target) || self.arp_also.contains(&target) => Verdict::Reply(frame::arp_reply(self.mac, target, mac, ip)),
                     _ => Verdict::Pass,
                 };
             }

@@ -9,6 +9,7 @@
 
 pub mod health;
 pub mod probe;
+pub mod tcp_table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -180,6 +181,24 @@ async fn serve_checks(shared: Arc<Shared>, snapshot: Arc<arc_swap::ArcSwap<crate
     }
 }
 
+/// What the monitor tells about its host: its established connections.
+struct HostService;
+
+#[tonic::async_trait]
+impl crate::grpc::v1::host_server::Host for HostService {
+    async fn connections(&self, req: Request<v1::ConnectionsRequest>) -> Result<Response<v1::ConnectionsReply>, Status> {
+        let req = req.into_inner();
+        let local: std::net::Ipv4Addr = req.local.parse().map_err(|_| Status::invalid_argument(format!("local {:?} is not an IPv4 address", req.local)))?;
+        let text = tokio::fs::read_to_string("/proc/net/tcp").await.map_err(|e| Status::unavailable(format!("/proc/net/tcp: {e}")))?;
+        let connections = tcp_table::established(&text)
+            .into_iter()
+            .filter(|(l, _)| *l.ip() == local && (req.port == 0 || u32::from(l.port()) == req.port))
+            .map(|(l, r)| v1::Connection { client: r.ip().to_string(), client_port: u32::from(r.port()), local_port: u32::from(l.port()) })
+            .collect();
+        Ok(Response::new(v1::ConnectionsReply { connections }))
+    }
+}
+
 /// A running monitor.
 pub struct Monitor {
     tasks: tokio::task::JoinSet<()>,
@@ -218,7 +237,10 @@ impl Monitor {
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                if let Err(error) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
+                let host = crate::grpc::v1::host_server::HostServer::new(HostService);
+                if let Err(error) =
+                    tonic::transport::Server::builder().add_service(svc).add_service(host).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
+                {
                     warn!(%error, "push listener stopped");
                 }
             });
