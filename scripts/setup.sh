@@ -3,7 +3,8 @@
 # named-checkzone (BIND utilities), NSD (a real secondary), dnsperf, gdnsd and
 # PowerDNS (benchmark peers), FreeTDS tsql (a real SQL client for the SRP
 # responder), and Python grpcio (an independent gRPC client). Safe to
-# run again: it installs only what is missing. --minimal: only what the demo needs.
+# run again: it installs only what is missing. --minimal: only what the demo
+# needs; --bench: also HAProxy, wrk and nginx for scripts/bench/dispatch.sh.
 set -euo pipefail
 
 need=()
@@ -23,6 +24,11 @@ if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_he
   echo "installing: grpcio grpcio-tools grpcio-health-checking grpcio-reflection (PyPI)" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     grpcio grpcio-tools grpcio-health-checking grpcio-reflection
+fi
+# Only scripts/bench/dispatch.sh needs these.
+if [ "${1:-}" = "--bench" ]; then
+  for t in haproxy wrk nginx; do command -v $t >/dev/null || need+=("$t"); done
+  [[ " ${need[*]} " == *" nginx "* ]] && need=("${need[@]/nginx/nginx-light}")
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# The dispatcher against HAProxy, in one run and one topology (network
+# namespaces on a bridge, addresses only in 10.88.0.0/24, 10.89.0.0/24 and
+# 10.90.0.0/24 inside them): a client running wrk, three nginx servers, and
+# a dispatcher namespace running in turn HAProxy (mode tcp, round-robin)
+# and vnamed (L4/2 and L4/3, round-robin); plus the client straight to one
+# server as a baseline. The dispatcher is pinned to core 0 and wrk to core
+# 1. Each is driven with keep-alive and with a new connection per request;
+# requests/s, p99 latency and vnamed's ratios to HAProxy are printed. Last,
+# the connection map's memory for 1,000,000 connections. Needs root.
+#
+#   bash scripts/bench/dispatch.sh [SECONDS]     (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-10}
+[ "$(id -u)" -eq 0 ] || { echo "needs root for network namespaces" >&2; exit 2; }
+bash scripts/setup.sh --bench
+cargo build --release --quiet --bin vnamed --example connmap
+vnamed=$PWD/target/release/vnamed
+
+tag="vb$$"
+work=$(mktemp -d)
+net=10.88.0
+cleanup() {
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  done
+  sleep 0.2
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
+
+ip netns add "$tag-br"
+in_ns br ip link add br0 type bridge
+in_ns br ip link set br0 up
+attach() { # $1 name, $2 address
+  ip netns add "$tag-$1"
+  ip link add "v$1" netns "$tag-$1" type veth peer name "p$1" netns "$tag-br"
+  in_ns "$1" ip addr add "$2/24" dev "v$1"
+  in_ns "$1" ip link set "v$1" up
+  in_ns "$1" ip link set lo up
+  in_ns br ip link set "p$1" master br0
+  in_ns br ip link set "p$1" up
+  in_ns "$1" ethtool -K "v$1" tx off >/dev/null
+}
+attach c "$net.50"
+attach a "$net.100"
+attach d "$net.10"
+for i in 1 2 3; do attach "s$i" "$net.2$i"; done
+in_ns c ip addr add 10.89.0.50/24 dev vc
+in_ns c ip route add 10.90.0.0/24 dev vc src 10.89.0.50
+in_ns d sysctl -qw net.ipv4.ip_forward=0
+in_ns d ip route add 10.89.0.0/24 dev vd
+in_ns d ip addr add "$net.210/32" dev vd          # HAProxy's address
+for i in 1 2 3; do
+  in_ns "s$i" ip addr add "$net.200/32" dev lo
+  in_ns "s$i" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+  in_ns "s$i" ip route add 10.89.0.0/24 via "$net.10"
+  mkdir -p "$work/s$i/www"
+  echo "s$i" > "$work/s$i/www/index.html"
+  cat > "$work/s$i/nginx.conf" <<EOT
+user root;
+worker_processes 1;
+pid $work/s$i/nginx.pid;
+error_log $work/s$i/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 80 backlog=4096; root $work/s$i/www; }
+}
+EOT
+  in_ns "s$i" nginx -c "$work/s$i/nginx.conf" -g 'daemon off;' &
+done
+
+mkdir -p "$work/zones"
+printf '$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A %s\n' "$net.100" > "$work/zones/bench.test.zone"
+cat > "$work/auth.toml" <<EOT
+[authority]
+dns_listen = ["$net.100:53"]
+grpc_listen = "$net.100:7443"
+zones_dir = "$work/zones"
+[[pool]]
+name = "www.bench.test."
+policy = "round-robin"
+answers = 3
+stale_after = "3600s"
+members = [ { id = "s1", address = "$net.21" }, { id = "s2", address = "$net.22" }, { id = "s3", address = "$net.23" } ]
+EOT
+in_ns a "$vnamed" authority --config "$work/auth.toml" 2>"$work/auth.log" &
+
+cat > "$work/haproxy.cfg" <<EOT
+global
+  maxconn 8000
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend f
+  bind $net.210:80
+  default_backend b
+backend b
+  balance roundrobin
+  server s1 $net.21:80
+  server s2 $net.22:80
+  server s3 $net.23:80
+EOT
+cat > "$work/d.toml" <<EOT
+[dispatch]
+interface = "vd"
+authority = "http://$net.100:7443"
+[[dispatch.vip]]
+address = "$net.200"
+ports = [80]
+mode = "l4-2"
+pool = "www.bench.test."
+[[dispatch.vip]]
+address = "10.90.0.201"
+ports = [80]
+mode = "l4-3"
+pool = "www.bench.test."
+EOT
+
+wait_for() { local limit=$(( $(date +%s) + $1 )); shift; while [ "$(date +%s)" -lt "$limit" ]; do "$@" && return 0; sleep 0.2; done; return 1; }
+ok() { in_ns c curl -s --max-time 1 "http://$1/" | grep -q '^s'; }
+# run NAME URL: wrk keep-alive, then a new connection per request.
+declare -A rps p99
+run() {
+  local name=$1 url=$2 out
+  for kind in keepalive close; do
+    local extra=()
+    [ "$kind" = close ] && extra=(-H "Connection: close")
+    out=$(in_ns c taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "${extra[@]}" "$url" 2>&1)
+    rps[$name/$kind]=$(awk '/Requests\/sec/ {printf "%d", $2}' <<<"$out")
+    p99[$name/$kind]=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  done
+}
+
+wait_for 10 ok "$net.21" || { echo "nginx did not start" >&2; exit 1; }
+run direct "http://$net.21/"
+
+in_ns d taskset -c 0 haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" &
+hp=$!
+wait_for 10 ok "$net.210" || { echo "haproxy did not start" >&2; cat "$work/haproxy.log" >&2; exit 1; }
+run haproxy "http://$net.210/"
+kill "$hp"; wait "$hp" 2>/dev/null || true
+
+in_ns d taskset -c 0 "$vnamed" dispatch --config "$work/d.toml" 2>"$work/d.log" &
+wait_for 15 ok "$net.200" || { echo "vnamed dispatch (L4/2) did not start" >&2; tail "$work/d.log" >&2; exit 1; }
+wait_for 10 ok "10.90.0.201" || { echo "vnamed dispatch (L4/3) did not answer" >&2; exit 1; }
+run vnamed-l4-2 "http://$net.200/"
+run vnamed-l4-3 "http://10.90.0.201/"
+
+echo
+printf '%-14s %14s %10s %14s %10s\n' "" "keep-alive r/s" "p99" "new-conn r/s" "p99"
+for n in direct haproxy vnamed-l4-2 vnamed-l4-3; do
+  printf '%-14s %14s %10s %14s %10s\n' "$n" "${rps[$n/keepalive]:-0}" "${p99[$n/keepalive]:-n/a}" "${rps[$n/close]:-0}" "${p99[$n/close]:-n/a}"
+done
+ratio() { awk -v a="${rps[$1]:-0}" -v b="${rps[$2]:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo
+echo "vnamed L4/2 / HAProxy: keep-alive x$(ratio vnamed-l4-2/keepalive haproxy/keepalive), new connections x$(ratio vnamed-l4-2/close haproxy/close)   (target: >= 1.0)"
+echo "vnamed L4/3 / HAProxy: keep-alive x$(ratio vnamed-l4-3/keepalive haproxy/keepalive), new connections x$(ratio vnamed-l4-3/close haproxy/close)"
+echo
+"$PWD/target/release/examples/connmap" 1000000
