@@ -71,7 +71,18 @@ pub struct VipConfig {
     #[serde(default)]
     pub ports: Vec<u16>,
     pub mode: DispatchMode,
-    /// The pool whose policy picks the servers.
+    /// The pool whose policy picks the servers (in L7, for requests that
+    /// no route matches).
+    pub pool: String,
+    /// L7: requests whose path starts with a prefix go to that pool.
+    #[serde(default)]
+    pub route: Vec<L7Route>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L7Route {
+    pub prefix: String,
     pub pool: String,
 }
 
@@ -82,6 +93,8 @@ pub enum DispatchMode {
     L42,
     #[serde(rename = "l4-3")]
     L43,
+    /// Content-based: the request line picks the server class.
+    L7,
 }
 
 fn dispatch_idle() -> Duration {
@@ -564,6 +577,12 @@ impl Config {
             for v in &d.vip {
                 if !seen.insert(v.address) {
                     problems.push(format!("dispatch.vip {}: listed twice", v.address));
+                }
+                if v.mode == DispatchMode::L7 && (d.gateway.is_none() || v.ports.len() != 1) {
+                    problems.push(format!("dispatch.vip {}: l7 needs dispatch.gateway (its address towards the servers) and exactly one port", v.address));
+                }
+                if v.mode != DispatchMode::L7 && !v.route.is_empty() {
+                    problems.push(format!("dispatch.vip {}: routes are for l7 only", v.address));
                 }
             }
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use vnamed::dispatch::engine::{Engine, Mode, Server, Verdict, Vip};
 use vnamed::dispatch::frame::{ETH_HEADER, parse_tcp4};
+use vnamed::dispatch::splice::{Route, Splicer};
 
 fuzz_target!(|data: &[u8]| {
     let t = Instant::now();
@@ -24,5 +25,14 @@ fuzz_target!(|data: &[u8]| {
         }
         let mut g = data.to_vec();
         let _ = e.outbound(&mut g, t);
+    }
+    // L7: any packet, from a client or a server; every packet sent is valid.
+    let mut s = Splicer::new(Ipv4Addr::new(10, 0, 0, 100), 80, Ipv4Addr::new(10, 0, 0, 9), vec![Route { prefix: "/i/".into(), class: 1 }], 2, Duration::from_secs(60), 1);
+    s.set_servers(0, vec![Ipv4Addr::new(10, 0, 1, 1)], true);
+    s.set_servers(1, vec![Ipv4Addr::new(10, 0, 1, 2)], false);
+    for half in data.chunks(data.len() / 2 + 1) {
+        for (p, _) in s.from_client(half, t).into_iter().chain(s.from_server(half, t)) {
+            assert!(parse_tcp4(&p, 0).is_ok());
+        }
     }
 });

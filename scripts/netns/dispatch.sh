@@ -8,8 +8,10 @@
 #      (VIP 10.80.0.201, the dispatcher as the servers' gateway) reach the
 #      server the pool's policy prefers; round-robin spreads connections;
 #   2. a killed server gets no new connections;
-#   3. UDP and fragmented frames to a virtual IP are dropped and counted;
-#   4. two dispatchers are ring members with the servers' monitors: a long
+#   3. L7 (VIP 10.78.0.202): /images/ goes to the image pool (s3), the
+#      rest to the web pool, through connections the dispatcher relays;
+#   4. UDP and fragmented frames to a virtual IP are dropped and counted;
+#   5. two dispatchers are ring members with the servers' monitors: a long
 #      download through each virtual IP survives kill -9 of the active
 #      dispatcher, as the standby takes the addresses over and rebuilds its
 #      connection map from the servers' connections.
@@ -29,6 +31,7 @@ work=$(mktemp -d)
 net=10.78.0
 vip2=$net.200
 vip3=10.80.0.201
+vip7=$net.202
 auth_ip=$net.100
 disp_ip=$net.10
 disp2_ip=$net.11
@@ -92,6 +95,8 @@ for i in 1 2 3; do
   in_ns "s$i" ip route add 10.79.0.0/24 via "$gateway"
   mkdir -p "$work/www$i"
   echo "s$i" > "$work/www$i/index.html"
+  mkdir -p "$work/www$i/images"
+  echo "img-s$i" > "$work/www$i/images/index.html"
   head -c 2000000 /dev/zero > "$work/www$i/big"
   in_ns "s$i" python3 -m http.server --directory "$work/www$i" --bind 0.0.0.0 80 >/dev/null 2>&1 &
   cat > "$work/s$i.toml" <<EOT
@@ -124,6 +129,11 @@ policy = "priority"
 answers = 3
 stale_after = "3s"
 members = [ { id = "s1", address = "$net.21" }, { id = "s2", address = "$net.22" }, { id = "s3", address = "$net.23" } ]
+
+[[pool]]
+name = "img.dispatch.test."
+stale_after = "3s"
+members = [ { id = "s3", address = "$net.23" } ]
 EOT
 in_ns a "$vnamed" authority --config "$work/auth.toml" 2>"$work/auth.log" &
 
@@ -145,6 +155,12 @@ address = "$vip3"
 ports = [80]
 mode = "l4-3"
 pool = "www.dispatch.test."
+[[dispatch.vip]]
+address = "$vip7"
+ports = [80]
+mode = "l7"
+pool = "www.dispatch.test."
+route = [ { prefix = "/images/", pool = "img.dispatch.test." } ]
 $(ring "$2")
 EOT
 in_ns "$1" env RUST_LOG="${DISPATCH_LOG:-info}" "$vnamed" dispatch --config "$work/$1.toml" 2>"$work/$1.log" &
@@ -178,6 +194,16 @@ spread() { local seen; seen=$(for _ in 1 2 3 4 5 6; do get "$1"; echo; done | so
 wait_for 5 spread "$vip2" || fail "L4/2: round-robin did not spread connections over the three servers"
 wait_for 5 spread "$vip3" || fail "L4/3: round-robin did not spread connections over the three servers"
 echo "round-robin: new connections spread over s1, s2, s3 on both virtual IPs"
+
+# L7: the request line picks the server class.
+get_path() { in_ns c curl -s --max-time 2 "http://$vip7$1" 2>/dev/null || true; }
+images_to_s3() { for _ in 1 2 3 4; do [ "$(get_path /images/)" = img-s3 ] || return 1; done; }
+wait_for 5 images_to_s3 || fail "L7: /images/ should always reach s3 (got '$(get_path /images/)')"
+spread7() { local seen; seen=$(for _ in 1 2 3 4 5 6; do get_path /; echo; done | sort -u | grep -c '^s'); [ "$seen" -eq 3 ]; }
+wait_for 5 spread7 || fail "L7: / should spread over the web pool"
+size=$(in_ns c curl -s --max-time 10 "http://$vip7/big" | wc -c)
+[ "$size" -eq 2000000 ] || fail "L7: a 2 MB download came back with $size bytes"
+echo "L7: /images/ reaches the image pool (s3), / spreads over the web pool, 2 MB downloads complete"
 
 # A killed server gets no new connections.
 pkill -9 -f "directory $work/www1" || true
@@ -221,4 +247,6 @@ echo "new dispatcher: ${rebuilt#*driver: }"
 restored=$(sed -n 's/.*restored=\([0-9]*\).*/\1/p' <<<"$rebuilt")
 [ "${restored:-0}" -ge 2 ] || fail "the new dispatcher should have rebuilt both connections from the servers: $rebuilt"
 echo "L4/2 and L4/3: 2 MB downloads survived kill -9 of the active dispatcher"
+wait_for 5 images_to_s3 || fail "L7: the new dispatcher does not serve new connections"
+echo "L7: new connections served by the new dispatcher"
 echo "netns dispatch: all checks passed"

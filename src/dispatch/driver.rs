@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::engine::{Dropped, Engine, Mode, Server, Verdict, Vip};
 use super::frame::{self, Mac};
+use super::splice::{Route, Splicer};
 use crate::config::{Config, DispatchConfig, DispatchMode};
 use crate::grpc::Bearer;
 use crate::grpc::v1::PoolRequest;
@@ -31,8 +32,10 @@ struct Shared {
     engine: Mutex<Engine>,
     /// Server MACs learnt from ARP.
     macs: Mutex<HashMap<Ipv4Addr, Mac>>,
-    /// Per virtual IP: the pool's servers in order, and whether to rotate.
+    /// Per L4 virtual IP: the pool's servers in order, and whether to rotate.
     wanted: Mutex<Vec<(Vec<Ipv4Addr>, bool)>>,
+    /// The L7 virtual IPs.
+    splicers: Mutex<Vec<Splicer>>,
     active: AtomicBool,
     stop: AtomicBool,
     sent: AtomicU64,
@@ -61,6 +64,9 @@ impl Shared {
         for why in Dropped::ALL {
             let _ = writeln!(out, "vnamed_dispatch_dropped_total{{reason=\"{}\"}} {}", why.label(), engine.dropped(why));
         }
+        let splicers = self.splicers.lock().expect("not poisoned");
+        let _ = writeln!(out, "# HELP vnamed_dispatch_l7_connections L7 connections being relayed.\n# TYPE vnamed_dispatch_l7_connections gauge\nvnamed_dispatch_l7_connections {}", splicers.iter().map(Splicer::len).sum::<usize>());
+        let _ = writeln!(out, "# HELP vnamed_dispatch_l7_refused_total L7 requests reset (not HTTP, no server).\n# TYPE vnamed_dispatch_l7_refused_total counter\nvnamed_dispatch_l7_refused_total {}", splicers.iter().map(|s| s.refused).sum::<u64>());
         let _ = writeln!(out, "# HELP vnamed_dispatch_send_errors_total Frames the kernel refused to send.\n# TYPE vnamed_dispatch_send_errors_total counter\nvnamed_dispatch_send_errors_total {}", self.send_errors.load(Ordering::Relaxed));
         out
     }
@@ -98,8 +104,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let vips: Vec<Vip> = dc
         .vip
         .iter()
+        .filter(|v| v.mode != DispatchMode::L7)
         .map(|v| Vip { ip: v.address, ports: v.ports.clone(), mode: if v.mode == DispatchMode::L42 { Mode::L42 } else { Mode::L43 } })
         .collect();
+    let seed = crate::report::now_unix_ms() as u32 ^ std::process::id();
+    let splicers: Vec<Splicer> = dc
+        .vip
+        .iter()
+        .filter(|v| v.mode == DispatchMode::L7)
+        .map(|v| {
+            let routes = v.route.iter().enumerate().map(|(i, r)| Route { prefix: r.prefix.clone(), class: i + 1 }).collect();
+            let local = dc.gateway.expect("validated: l7 has a gateway");
+            Splicer::new(v.address, v.ports[0], local, routes, v.route.len() + 1, dc.idle_timeout, seed)
+        })
+        .collect();
+    let l7_ips: Vec<Ipv4Addr> = dc.vip.iter().filter(|v| v.mode == DispatchMode::L7).map(|v| v.address).collect();
     let pnet_config = pnet_datalink::Config { read_timeout: Some(Duration::from_millis(100)), ..Default::default() };
     let (tx, mut rx) = match pnet_datalink::channel(&iface, pnet_config).with_context(|| format!("capture on {}", iface.name))? {
         pnet_datalink::Channel::Ethernet(tx, rx) => (tx, rx),
@@ -109,13 +128,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW)))
         .context("raw IP socket (needs CAP_NET_RAW)")?;
     let mut engine = Engine::new(vips.clone(), mac, dc.idle_timeout, dc.fin_timeout, Instant::now());
-    if let Some(g) = dc.gateway {
-        engine.answer_arp_for(g);
+    for ip in dc.gateway.iter().chain(&l7_ips) {
+        engine.answer_arp_for(*ip);
     }
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
         macs: Mutex::new(HashMap::new()),
         wanted: Mutex::new(vec![(Vec::new(), false); vips.len()]),
+        splicers: Mutex::new(splicers),
         active: AtomicBool::new(config.ring.is_none()),
         stop: AtomicBool::new(false),
         sent: AtomicU64::new(0),
@@ -131,7 +151,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // The capture thread: every frame to us, through the engine.
     let capture = {
-        let (shared, tx) = (shared.clone(), tx.clone());
+        let (shared, tx, l7_ips) = (shared.clone(), tx.clone(), l7_ips.clone());
         std::thread::Builder::new().name("dispatch-capture".into()).spawn(move || {
             while !shared.stop.load(Ordering::Relaxed) {
                 let f = match rx.next() {
@@ -160,6 +180,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
                 let mut f = f.to_vec();
                 let now = Instant::now();
+                // L7 virtual IPs, and servers answering their relayed connections.
+                let spliced = {
+                    let mut splicers = shared.splicers.lock().expect("not poisoned");
+                    let ip = &f[frame::ETH_HEADER..];
+                    splicers.iter_mut().find(|s| s.wants(ip)).map(|s| {
+                        if l7_ips.iter().any(|v| ip.get(16..20) == Some(&v.octets()[..])) { s.from_client(ip, now) } else { s.from_server(ip, now) }
+                    })
+                };
+                if let Some(packets) = spliced {
+                    for (p, to) in packets {
+                        let dest: SocketAddr = (to, 0).into();
+                        if raw.send_to(&p, &dest.into()).is_err() {
+                            shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
                 let verdict = {
                     let mut e = shared.engine.lock().expect("not poisoned");
                     match e.inbound(&mut f, now) {
@@ -184,8 +221,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     let mut tasks = tokio::task::JoinSet::new();
-    for (v, vc) in dc.vip.iter().enumerate() {
-        tasks.spawn(follow_pool(v, vc.pool.clone(), dc.authority.clone(), dc.token.clone(), shared.clone(), shutdown.clone()));
+    let (mut l4, mut l7) = (0, 0);
+    for vc in &dc.vip {
+        if vc.mode == DispatchMode::L7 {
+            let pools = std::iter::once(&vc.pool).chain(vc.route.iter().map(|r| &r.pool));
+            for (class, pool) in pools.enumerate() {
+                tasks.spawn(follow_pool(Target::Splice(l7, class), pool.clone(), dc.authority.clone(), dc.token.clone(), shared.clone(), shutdown.clone()));
+            }
+            l7 += 1;
+        } else {
+            tasks.spawn(follow_pool(Target::Engine(l4), vc.pool.clone(), dc.authority.clone(), dc.token.clone(), shared.clone(), shutdown.clone()));
+            l4 += 1;
+        }
     }
     // ARP for servers whose MAC is not known yet; expire idle connections;
     // announce the virtual IPs when taking them over.
@@ -193,6 +240,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let (shared, tx, vips, shutdown) = (shared.clone(), tx.clone(), vips.clone(), shutdown.clone());
         let ring_counters = ring_counters.clone();
         let (gateway, monitor_port) = (dc.gateway, dc.monitor_port);
+        let l7_all = l7_ips.clone();
         let ringed = config.ring.is_some();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -214,7 +262,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 let active = shared.active.load(Ordering::Relaxed);
                 if active && announced < 3 {
                     announced += 1;
-                    for ip in vips.iter().map(|v| v.ip).chain(gateway) {
+                    for ip in vips.iter().map(|v| v.ip).chain(gateway).chain(l7_all.iter().copied()) {
                         send_frame(&tx, &shared, &frame::gratuitous_arp(mac, ip));
                     }
                     if announced == 1 {
@@ -235,6 +283,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
                 if n.is_multiple_of(10) {
                     shared.engine.lock().expect("not poisoned").expire(Instant::now());
+                    for s in shared.splicers.lock().expect("not poisoned").iter_mut() {
+                        s.expire(Instant::now());
+                    }
                 }
             }
         });
@@ -299,9 +350,18 @@ async fn reconstruct(shared: Arc<Shared>, vips: Vec<Vip>, monitor_port: u16) {
     info!(restored, took = ?started.elapsed(), "connection map rebuilt from the servers");
 }
 
+/// Whose servers a watched pool gives.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// An L4 virtual IP of the engine.
+    Engine(usize),
+    /// A server class of an L7 virtual IP.
+    Splice(usize, usize),
+}
+
 /// Follows a pool's live servers over `Admin.Watch`, reconnecting while
 /// the authority is away.
-async fn follow_pool(v: usize, pool: String, authority: String, token: Option<String>, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn follow_pool(target: Target, pool: String, authority: String, token: Option<String>, shared: Arc<Shared>, shutdown: CancellationToken) {
     let Ok(bearer) = Bearer::new(token.as_deref()) else { return };
     loop {
         let attempt = async {
@@ -312,8 +372,13 @@ async fn follow_pool(v: usize, pool: String, authority: String, token: Option<St
             while let Some(reply) = stream.message().await? {
                 let ips: Vec<Ipv4Addr> = reply.servers.iter().filter_map(|s| s.parse().ok()).collect();
                 info!(%pool, servers = ?ips, "servers");
-                shared.wanted.lock().expect("not poisoned")[v] = (ips, reply.policy == "round-robin");
-                shared.apply();
+                match target {
+                    Target::Engine(v) => {
+                        shared.wanted.lock().expect("not poisoned")[v] = (ips, reply.policy == "round-robin");
+                        shared.apply();
+                    }
+                    Target::Splice(v, class) => shared.splicers.lock().expect("not poisoned")[v].set_servers(class, ips, reply.policy == "round-robin"),
+                }
             }
             Ok::<(), anyhow::Error>(())
         };

@@ -10,3 +10,4 @@ pub mod conntrack;
 pub mod driver;
 pub mod engine;
 pub mod frame;
+pub mod splice;
