@@ -53,6 +53,9 @@ in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
 ip netns add "$tag-br"
 in_ns br ip link add br0 type bridge
 in_ns br ip link set br0 up
+# A plain switch: bridged frames skip the host's IP filtering (which would
+# drop, for one, the bad checksums this script sends to the dispatcher).
+in_ns br sh -c 'for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ -e "$f" ] && echo 0 > "$f"; done; true'
 attach() { # $1 name, $2 address
   ip netns add "$tag-$1"
   ip link add "v$1" netns "$tag-$1" type veth peer name "p$1" netns "$tag-br"
@@ -210,7 +213,8 @@ pkill -9 -f "directory $work/www1" || true
 never_s1() { for _ in 1 2 3 4 5 6; do r=$(get "$1"); [ "$r" = s2 ] || [ "$r" = s3 ] || return 1; done; }
 wait_for 5 never_s1 "$vip2" || fail "L4/2: connections still went to the killed s1"
 never_s1 "$vip3" || fail "L4/3: connections still went to the killed s1"
-echo "kill -9 of s1's server: new connections go to s2 and s3 only"
+never_s1 "$vip7" || fail "L7: connections still went to the killed s1"
+echo "kill -9 of s1's server: new connections go to s2 and s3 only (L4/2, L4/3, L7)"
 
 # Frames to a virtual IP that are not TCP, or are fragments: dropped, counted.
 in_ns c python3 -c "
@@ -221,9 +225,33 @@ for _ in range(3): s.sendto(b'x', ('$vip2', 80))
 s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT
 s.sendto(b'y' * 3000, ('$vip2', 80))
 "
-counted() { [ "$(metric "vnamed_dispatch_dropped_total{reason=\"not_tcp\"}")" -ge 3 ] && [ "$(metric "vnamed_dispatch_dropped_total{reason=\"fragment\"}")" -ge 1 ]; }
+# Malformed frames, sent raw to the dispatcher's MAC: a bad IP checksum and
+# a TCP header cut short.
+dmac=$(in_ns c ip neigh show "$vip2" | awk '{print $5}')
+in_ns c python3 -c "
+import socket, struct
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('vc', 0))
+dst = bytes.fromhex('$dmac'.replace(':', ''))
+src = open('/sys/class/net/vc/address').read().strip().replace(':', '')
+eth = dst + bytes.fromhex(src) + b'\x08\x00'
+def ip(total, proto, csum_ok=True):
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, total, 1, 0, 64, proto, 0, socket.inet_aton('$net.50'), socket.inet_aton('$vip2'))
+    c = sum(struct.unpack('!10H', h)); c = (c & 0xffff) + (c >> 16); c = ~((c & 0xffff) + (c >> 16)) & 0xffff
+    if not csum_ok: c ^= 0x1234
+    return h[:10] + struct.pack('!H', c) + h[12:]
+tcp = struct.pack('!HHIIBBHHH', 40000, 80, 1, 0, 0x50, 0x02, 65535, 0, 0)
+s.send(eth + ip(40, 6, csum_ok=False) + tcp)
+s.send(eth + ip(30, 6) + tcp[:10])
+"
+counted() {
+  [ "$(metric "vnamed_dispatch_dropped_total{reason=\"not_tcp\"}")" -ge 3 ] &&
+  [ "$(metric "vnamed_dispatch_dropped_total{reason=\"fragment\"}")" -ge 1 ] &&
+  [ "$(metric "vnamed_dispatch_dropped_total{reason=\"bad_checksum\"}")" -ge 1 ] &&
+  [ "$(metric "vnamed_dispatch_dropped_total{reason=\"malformed\"}")" -ge 1 ]
+}
 wait_for 3 counted || fail "drops not counted: $(in_ns c curl -s "http://$disp_ip:9400/metrics" | grep dropped)"
-echo "UDP and fragmented frames to $vip2: dropped and counted"
+echo "UDP, fragmented and malformed frames to $vip2: dropped and counted"
 
 # Fail-over: long downloads through both virtual IPs; kill -9 the active
 # dispatcher (d, the smaller address) in the middle.

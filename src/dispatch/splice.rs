@@ -160,7 +160,9 @@ impl Splicer {
             next: 0,
             conns: HashMap::new(),
             by_port: HashMap::new(),
-            next_port: FIRST_PORT,
+            // Start somewhere else each run: a new dispatcher after a fail-over
+            // should not reuse the ports its predecessor just closed.
+            next_port: FIRST_PORT + (seed % u32::from(LAST_PORT - FIRST_PORT)) as u16,
             seed,
             idle,
             refused: 0,
@@ -297,6 +299,13 @@ impl Splicer {
                 let req = Segment { src: self.local, dst: server, sport: lport, dport: self.port, seq: irs.wrapping_add(1), ack, flags: ACK | PSH, window: WINDOW, payload: request };
                 out.push((req.encode(), server));
                 conn.state = State::Spliced { server, lport, delta };
+            }
+            State::Connecting { server, lport, .. } if seg.flags & (SYN | RST) == 0 && seg.flags & ACK != 0 => {
+                // An ACK for an older connection on the same ports (the
+                // server still holds it in TIME_WAIT): reset that one; our
+                // SYN goes again when the client retransmits.
+                let rst = Segment { src: self.local, dst: *server, sport: *lport, dport: self.port, seq: seg.ack, ack: 0, flags: RST, window: 0, payload: Vec::new() };
+                out.push((rst.encode(), *server));
             }
             State::Connecting { .. } if seg.flags & RST != 0 => {
                 let Some(c) = self.conns.get(&client) else { return out };
@@ -464,6 +473,20 @@ mod tests {
         // A segment for a connection we do not know: reset.
         let (rst, _) = one(s.from_client(&seg((CLIENT, 3000), (VIP, 80), 9, 9, ACK, b"x"), t));
         assert_eq!(rst.flags & RST, RST);
+    }
+
+    #[test]
+    fn an_old_connection_on_the_same_ports_is_reset() {
+        let t = Instant::now();
+        let mut s = splicer();
+        let (synack, _) = one(s.from_client(&seg((CLIENT, 4000), (VIP, 80), 100, 0, SYN, b""), t));
+        let (syn, _) = one(s.from_client(&seg((CLIENT, 4000), (VIP, 80), 101, synack.seq + 1, ACK | PSH, b"GET / HTTP/1.1\r\n\r\n"), t));
+        // The server still has the ports in TIME_WAIT and answers with an ACK.
+        let (rst, to) = one(s.from_server(&seg((WEB, 80), (ME, syn.sport), 777, 555, ACK, b""), t));
+        assert_eq!((to, rst.flags, rst.seq), (WEB, RST, 555));
+        // The client retransmits: the SYN goes again.
+        let (again, _) = one(s.from_client(&seg((CLIENT, 4000), (VIP, 80), 101, synack.seq + 1, ACK | PSH, b"GET / HTTP/1.1\r\n\r\n"), t));
+        assert_eq!((again.flags, again.seq, again.sport), (SYN, 100, syn.sport));
     }
 
     #[test]
