@@ -35,6 +35,7 @@ in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
 ip netns add "$tag-br"
 in_ns br ip link add br0 type bridge
 in_ns br ip link set br0 up
+in_ns br sh -c 'for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ -e "$f" ] && echo 0 > "$f"; done; true'
 attach() { # $1 name, $2 address
   ip netns add "$tag-$1"
   ip link add "v$1" netns "$tag-$1" type veth peer name "p$1" netns "$tag-br"
