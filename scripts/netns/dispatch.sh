@@ -186,6 +186,9 @@ echo "L4/2: $vip2 reaches s1, the policy's first"
 wait_for 10 is "$vip3" s1 || fail "L4/3: no answer from s1 through $vip3 (got '$(get "$vip3")')"
 for _ in 1 2 3 4 5; do is "$vip3" s1 || fail "L4/3: priority policy, expected s1"; done
 echo "L4/3: $vip3 reaches s1, the policy's first"
+wait_for 10 is "$vip7" s1 || fail "L7: no answer from s1 through $vip7 (got '$(get "$vip7")')"
+for _ in 1 2 3; do is "$vip7" s1 || fail "L7: priority policy, expected s1"; done
+echo "L7: $vip7 reaches s1, the policy's first"
 size=$(in_ns c curl -s --max-time 10 "http://$vip3/big" | wc -c)
 [ "$size" -eq 2000000 ] || fail "L4/3: a 2 MB download came back with $size bytes"
 size=$(in_ns c curl -s --max-time 10 "http://$vip2/big" | wc -c)
