@@ -55,6 +55,9 @@ in_ns c ip route add 10.90.0.0/24 dev vc src 10.89.0.50
 in_ns d sysctl -qw net.ipv4.ip_forward=0
 in_ns d ip route add 10.89.0.0/24 dev vd
 in_ns d ip addr add "$net.210/32" dev vd          # HAProxy's address
+# HAProxy opens a connection to a server per client connection: give it
+# the ports and TIME_WAIT reuse a proxy host would have.
+in_ns d sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
 for i in 1 2 3; do
   in_ns "s$i" ip addr add "$net.200/32" dev lo
   in_ns "s$i" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
