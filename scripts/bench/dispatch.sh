@@ -21,35 +21,12 @@ vnamed=$PWD/target/release/vnamed
 tag="vb$$"
 work=$(mktemp -d)
 net=10.88.0
-cleanup() {
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-  done
-  sleep 0.2
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do ip netns del "$ns" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
-
-ip netns add "$tag-br"
-in_ns br ip link add br0 type bridge
-in_ns br ip link set br0 up
-in_ns br sh -c 'for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ -e "$f" ] && echo 0 > "$f"; done; true'
-attach() { # $1 name, $2 address
-  ip netns add "$tag-$1"
-  ip link add "v$1" netns "$tag-$1" type veth peer name "p$1" netns "$tag-br"
-  in_ns "$1" ip addr add "$2/24" dev "v$1"
-  in_ns "$1" ip link set "v$1" up
-  in_ns "$1" ip link set lo up
-  in_ns br ip link set "p$1" master br0
-  in_ns br ip link set "p$1" up
-  in_ns "$1" ethtool -K "v$1" tx off >/dev/null
-}
-attach c "$net.50"
-attach a "$net.100"
-attach d "$net.10"
-for i in 1 2 3; do attach "s$i" "$net.2$i"; done
+source scripts/netns/lib.sh
+netns_begin
+netns_attach c "$net.50"
+netns_attach a "$net.100"
+netns_attach d "$net.10"
+for i in 1 2 3; do netns_attach "s$i" "$net.2$i"; done
 in_ns c ip addr add 10.89.0.50/24 dev vc
 in_ns c ip route add 10.90.0.0/24 dev vc src 10.89.0.50
 in_ns d sysctl -qw net.ipv4.ip_forward=0
@@ -129,7 +106,6 @@ mode = "l4-3"
 pool = "www.bench.test."
 EOT
 
-wait_for() { local limit=$(( $(date +%s) + $1 )); shift; while [ "$(date +%s)" -lt "$limit" ]; do "$@" && return 0; sleep 0.2; done; return 1; }
 ok() { in_ns c curl -s --max-time 1 "http://$1/" | grep -q '^s'; }
 # run NAME URL: wrk keep-alive, then a new connection per request.
 declare -A rps p99

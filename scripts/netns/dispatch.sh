@@ -38,41 +38,13 @@ disp2_ip=$net.11
 gateway=$net.9
 fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -20 "$f" >&2; done; [ -n "${HOLD:-}" ] && sleep "$HOLD"; exit 1; }
 
-cleanup() {
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-  done
-  sleep 0.2
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do ip netns del "$ns" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
-
-ip netns add "$tag-br"
-in_ns br ip link add br0 type bridge
-in_ns br ip link set br0 up
-# A plain switch: bridged frames skip the host's IP filtering (which would
-# drop, for one, the bad checksums this script sends to the dispatcher).
-in_ns br sh -c 'for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ -e "$f" ] && echo 0 > "$f"; done; true'
-attach() { # $1 name, $2 address
-  ip netns add "$tag-$1"
-  ip link add "v$1" netns "$tag-$1" type veth peer name "p$1" netns "$tag-br"
-  in_ns "$1" ip addr add "$2/24" dev "v$1"
-  in_ns "$1" ip link set "v$1" up
-  in_ns "$1" ip link set lo up
-  in_ns br ip link set "p$1" master br0
-  in_ns br ip link set "p$1" up
-  # Frames leave with their checksums filled in, as from a real NIC (veth
-  # would otherwise leave them to an offload that never happens).
-  in_ns "$1" ethtool -K "v$1" tx off >/dev/null
-}
-attach c "$net.50"
-attach a "$auth_ip"
-attach d "$disp_ip"
-attach e "$disp2_ip"
-for i in 1 2 3; do attach "s$i" "$net.2$i"; done
+source scripts/netns/lib.sh
+netns_begin
+netns_attach c "$net.50"
+netns_attach a "$auth_ip"
+netns_attach d "$disp_ip"
+netns_attach e "$disp2_ip"
+for i in 1 2 3; do netns_attach "s$i" "$net.2$i"; done
 
 # The client: a second address, and the L4/3 virtual IP's network on the link.
 in_ns c ip addr add 10.79.0.50/24 dev vc
@@ -171,11 +143,6 @@ in_ns "$1" env RUST_LOG="${DISPATCH_LOG:-info}" "$vnamed" dispatch --config "$wo
 dispatcher d "$disp_ip"
 dispatcher e "$disp2_ip"
 
-wait_for() { # $1 seconds, then a command that must succeed
-  local limit=$(( $(date +%s%3N) + $1 * 1000 )); shift
-  while [ "$(date +%s%3N)" -lt "$limit" ]; do "$@" && return 0; sleep 0.1; done
-  return 1
-}
 get() { in_ns c curl -s --max-time 2 "http://$1/" 2>/dev/null || true; }
 is() { [ "$(get "$1")" = "$2" ]; }
 metric() { in_ns c curl -s --max-time 2 "http://$disp_ip:9400/metrics" | awk -v k="$1" '$1 == k {print $2}'; }

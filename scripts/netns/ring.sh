@@ -15,6 +15,7 @@ cd "$(dirname "$0")/../.."
 vnamed=${1:-$PWD/target/debug/vnamed}
 [ -x "$vnamed" ] || { echo "build vnamed first (cargo build)" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "needs root for network namespaces" >&2; exit 2; }
+command -v ethtool >/dev/null || { echo "needs ethtool" >&2; exit 2; }
 
 tag="vn$$"
 work=$(mktemp -d)
@@ -23,35 +24,12 @@ auth_ip=$net.100
 n=5
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-cleanup() {
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-  done
-  sleep 0.2
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do ip netns del "$ns" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
-
-# The bridge lives in its own namespace; every host hangs off it by a veth pair.
-ip netns add "$tag-br"
-in_ns br ip link add br0 type bridge
+source scripts/netns/lib.sh
+netns_begin
 in_ns br ip link add br1 type bridge      # the other side of a partition
-in_ns br ip link set br0 up
 in_ns br ip link set br1 up
-attach() { # $1 name, $2 address
-  ip netns add "$tag-$1"
-  ip link add "v$1" netns "$tag-$1" type veth peer name "p$1" netns "$tag-br"
-  in_ns "$1" ip addr add "$2/24" dev "v$1"
-  in_ns "$1" ip link set "v$1" up
-  in_ns "$1" ip link set lo up
-  in_ns br ip link set "p$1" master br0
-  in_ns br ip link set "p$1" up
-}
-attach a "$auth_ip"
-for i in $(seq $n); do attach "h$i" "$net.$i"; done
+netns_attach a "$auth_ip"
+for i in $(seq $n); do netns_attach "h$i" "$net.$i"; done
 
 mkdir -p "$work/zones"
 printf '$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A %s\n' "$auth_ip" > "$work/zones/ring.test.zone"
@@ -102,11 +80,6 @@ done
 
 answer() { in_ns a dig +short +time=1 +tries=1 @"$auth_ip" www.ring.test A 2>/dev/null | sort | tr '\n' ' '; }
 table() { in_ns a "$vnamed" ring table --server "http://$auth_ip:7443" 2>/dev/null || true; }
-wait_for() { # $1 seconds, then a command that must succeed
-  local limit=$(( $(date +%s%3N) + $1 * 1000 )); shift
-  while [ "$(date +%s%3N)" -lt "$limit" ]; do "$@" && return 0; sleep 0.05; done
-  return 1
-}
 has() { answer | grep -qw "$1"; }
 lacks() { ! answer | grep -qw "$1"; }
 members_are() { table | grep -q "ring ($1 members)"; }
