@@ -153,6 +153,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let capture = {
         let (shared, tx, l7_ips) = (shared.clone(), tx.clone(), l7_ips.clone());
         std::thread::Builder::new().name("dispatch-capture".into()).spawn(move || {
+            let mut buf: Vec<u8> = Vec::with_capacity(65_536);
             while !shared.stop.load(Ordering::Relaxed) {
                 let f = match rx.next() {
                     Ok(f) => f,
@@ -178,10 +179,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 if !shared.active.load(Ordering::Relaxed) || (to != mac && to != [0xFF; 6]) {
                     continue;
                 }
-                let mut f = f.to_vec();
+                // One buffer for every frame: rewritten in place, no allocation.
+                buf.clear();
+                buf.extend_from_slice(f);
+                let f = &mut buf;
                 let now = Instant::now();
                 // L7 virtual IPs, and servers answering their relayed connections.
-                let spliced = {
+                let spliced = if l7_ips.is_empty() {
+                    None
+                } else {
                     let mut splicers = shared.splicers.lock().expect("not poisoned");
                     let ip = &f[frame::ETH_HEADER..];
                     splicers.iter_mut().find(|s| s.wants(ip)).map(|s| {
@@ -199,13 +205,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
                 let verdict = {
                     let mut e = shared.engine.lock().expect("not poisoned");
-                    match e.inbound(&mut f, now) {
-                        Verdict::Pass => e.outbound(&mut f, now),
+                    match e.inbound(f, now) {
+                        Verdict::Pass => e.outbound(f, now),
                         v => v,
                     }
                 };
                 match verdict {
-                    Verdict::Switch => send_frame(&tx, &shared, &f),
+                    Verdict::Switch => send_frame(&tx, &shared, f),
                     Verdict::Route { to } => {
                         let dest: SocketAddr = (to, 0).into();
                         if raw.send_to(&f[frame::ETH_HEADER..], &dest.into()).is_err() {

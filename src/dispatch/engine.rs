@@ -182,17 +182,18 @@ impl Engine {
 
     fn pick(&mut self, v: usize, mode: Mode) -> Option<Server> {
         let (servers, rotate) = &self.servers[v];
-        let usable: Vec<Server> = servers.iter().copied().filter(|s| mode == Mode::L43 || s.mac.is_some()).collect();
-        if usable.is_empty() {
+        let usable = |s: &&Server| mode == Mode::L43 || s.mac.is_some();
+        let n = servers.iter().filter(usable).count();
+        if n == 0 {
             return None;
         }
         let i = if *rotate {
             self.next = self.next.wrapping_add(1);
-            self.next % usable.len()
+            self.next % n
         } else {
             0
         };
-        Some(usable[i])
+        servers.iter().filter(usable).nth(i).copied()
     }
 
     fn server_mac(&self, v: usize, ip: Ipv4Addr) -> Option<Mac> {
