@@ -242,7 +242,29 @@ fn restore(zone: &mut ZoneState, mut pool: PoolState, now: Instant) -> PoolState
 fn answer_for(pool: &PoolState, d: Decision) -> PoolAnswer {
     let mut a = PoolAnswer::new(pool.name.clone(), pool.ttl, d.addresses, pool.answers, d.rotate, d.servfail);
     a.counters = pool.counters.clone();
+    a.preferred = preferred(pool, &a.addresses);
     a
+}
+
+/// The members behind an answer's addresses, in its order, with the port
+/// each reports (`tcp_port`).
+fn preferred(pool: &PoolState, addresses: &[IpAddr]) -> Arc<[Preferred]> {
+    // An answer is mostly a few addresses: look each up. Round-robin
+    // answers carry every member: index them first, or this is quadratic.
+    let by_address: Option<HashMap<IpAddr, &crate::pool::MemberState>> =
+        (addresses.len() > 8).then(|| pool.members.iter().rev().map(|m| (m.address, m)).collect());
+    addresses
+        .iter()
+        .filter_map(|a| match &by_address {
+            Some(index) => index.get(a).copied(),
+            None => pool.members.iter().find(|m| m.address == *a),
+        })
+        .map(|m| Preferred {
+            id: m.id.clone(),
+            address: m.address,
+            tcp_port: m.custom.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16),
+        })
+        .collect()
 }
 
 fn same(a: &PoolAnswer, d: &Decision) -> bool {
@@ -328,18 +350,8 @@ impl Updater {
         }
         for (pool, origin) in self.pools.iter().zip(&self.pool_zone) {
             let Some(answer) = self.zones.get(origin).and_then(|z| z.answers.get(&LowerName::from(&pool.name))) else { continue };
-            let order: Vec<Preferred> = answer
-                .addresses
-                .iter()
-                .filter_map(|a| pool.members.iter().find(|m| m.address == *a))
-                .map(|m| Preferred {
-                    id: m.id.clone(),
-                    address: m.address,
-                    tcp_port: m.custom.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16),
-                })
-                .collect();
             let key = pool.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-            snap.preferred.insert(key, order.into());
+            snap.preferred.insert(key, answer.preferred.clone());
         }
         if self.stable_stale {
             self.stable = Arc::new(fast::build_stable(&snap));
@@ -460,13 +472,15 @@ impl Updater {
         let mut touched = Vec::new();
         // A member's reported port is served by SRP even when the DNS
         // answer stays the same.
-        let mut ports_moved = false;
+        let mut ports_moved = Vec::new();
         for (r, (i, m)) in reports.into_iter().zip(targets) {
             let smoothing = self.pools[i].smoothing;
             let member = &mut self.pools[i].members[m];
             let port = member.custom.get("tcp_port").copied();
             member.absorb(r.up, r.metrics, r.custom, smoothing, now.checked_sub(r.age).unwrap_or(now));
-            ports_moved |= member.custom.get("tcp_port").copied() != port;
+            if member.custom.get("tcp_port").copied() != port && !ports_moved.contains(&i) {
+                ports_moved.push(i);
+            }
             if let Some(first) = r.addresses.first() {
                 member.address = *first;
             }
@@ -475,15 +489,28 @@ impl Updater {
             }
         }
         let mut zones = Vec::new();
+        let mut republish = false;
         for i in touched {
-            if self.redecide(i, now) && !zones.contains(&self.pool_zone[i]) {
-                zones.push(self.pool_zone[i].clone());
+            if self.redecide(i, now) {
+                if !zones.contains(&self.pool_zone[i]) {
+                    zones.push(self.pool_zone[i].clone());
+                }
+            } else if ports_moved.contains(&i) {
+                // Same answer, a member's port moved: only its members change.
+                let pool = &self.pools[i];
+                let zone = self.zones.get_mut(&self.pool_zone[i]).expect("pool zone exists");
+                if let Some(a) = zone.answers.get_mut(&LowerName::from(&pool.name)) {
+                    let mut fresh = (**a).clone();
+                    fresh.preferred = preferred(pool, &fresh.addresses);
+                    *a = Arc::new(fresh);
+                    republish = true;
+                }
             }
         }
         if !zones.is_empty() {
             self.changed(&zones);
             self.counters.report_to_answer.observe(received.elapsed());
-        } else if ports_moved {
+        } else if republish {
             self.publish();
         }
         Ok(n)

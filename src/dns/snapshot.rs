@@ -27,12 +27,14 @@ pub struct PoolAnswer {
     pub servfail: bool,
     /// Responses given for this name; the same counters across answers.
     pub counters: Arc<crate::metrics::PoolCounters>,
+    /// The members behind `addresses`, for the SRP responder.
+    pub preferred: Arc<[Preferred]>,
 }
 
 impl PoolAnswer {
     pub fn new(name: Name, ttl: u32, addresses: Vec<IpAddr>, answers: usize, rotate: bool, servfail: bool) -> Self {
         let (a, aaaa) = address_records(&name, ttl, &addresses);
-        Self { name, ttl, addresses, a, aaaa, answers, rotate, servfail, counters: Arc::default() }
+        Self { name, ttl, addresses, a, aaaa, answers, rotate, servfail, counters: Arc::default(), preferred: Arc::from([]) }
     }
 }
 
