@@ -59,16 +59,13 @@ impl Authority {
             }
         };
         let metrics = bind_optional("metrics_listen", auth.metrics_listen, &mut problems).await;
-        // With peers, the cluster addresses are bound only while active.
-        let srp_sockets = match &config.srp {
-            Some(srp) if srp.peers.is_empty() => match crate::srp::server::bind_all(srp) {
-                Ok(s) => s,
-                Err(p) => {
-                    problems.push(p);
-                    Vec::new()
-                }
-            },
-            _ => Vec::new(),
+        let srp_sockets = match config.srp.as_ref().map(crate::srp::server::bind_at_start) {
+            Some(Ok(s)) => s,
+            Some(Err(p)) => {
+                problems.push(p);
+                Vec::new()
+            }
+            None => Vec::new(),
         };
         let grpc = bind_optional("grpc_listen", auth.grpc_listen, &mut problems).await;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));

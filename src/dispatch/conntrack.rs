@@ -96,11 +96,6 @@ impl ConnMap {
         self.map.retain(|_, c| ms.saturating_sub(c.last) < if c.closing { linger } else { idle });
         before - self.map.len()
     }
-
-    /// Every connection: (client, its server).
-    pub fn iter(&self) -> impl Iterator<Item = ((Ipv4Addr, u16), Ipv4Addr)> + '_ {
-        self.map.iter().map(|((ip, port), c)| ((Ipv4Addr::from(*ip), *port), Ipv4Addr::from(c.server)))
-    }
 }
 
 #[cfg(test)]

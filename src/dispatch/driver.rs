@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::engine::{Dropped, Engine, Mode, Server, Verdict, Vip};
 use super::frame::{self, Mac};
-use super::splice::{Route, Splicer};
+use super::splice::{Route, Segment, Splicer};
 use crate::config::{Config, DispatchConfig, DispatchMode};
 use crate::grpc::Bearer;
 use crate::grpc::v1::PoolRequest;
@@ -189,10 +189,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     None
                 } else {
                     let mut splicers = shared.splicers.lock().expect("not poisoned");
-                    let ip = &f[frame::ETH_HEADER..];
-                    splicers.iter_mut().find(|s| s.wants(ip)).map(|s| {
-                        if l7_ips.iter().any(|v| ip.get(16..20) == Some(&v.octets()[..])) { s.from_client(ip, now) } else { s.from_server(ip, now) }
-                    })
+                    Segment::parse(&f[frame::ETH_HEADER..])
+                        .and_then(|seg| splicers.iter_mut().find(|s| s.is_ours(&seg)).map(|s| s.handle(seg, now)))
                 };
                 if let Some(packets) = spliced {
                     for (p, to) in packets {

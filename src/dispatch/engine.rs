@@ -140,10 +140,6 @@ impl Engine {
         self.arp_also.push(ip);
     }
 
-    pub fn vips(&self) -> &[Vip] {
-        &self.vips
-    }
-
     /// A server is dead: its connections go.
     pub fn forget(&mut self, server: Ipv4Addr) -> usize {
         self.conns.drop_server(server)

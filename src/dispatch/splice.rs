@@ -183,15 +183,22 @@ impl Splicer {
         self.conns.is_empty()
     }
 
-    /// Is this IPv4 packet for us (to the virtual IP's port, or back from a
-    /// server to one of our ports)?
-    pub fn wants(&self, ip: &[u8]) -> bool {
-        let Ok(t) = frame::parse_tcp4(ip, 0) else { return false };
-        (t.dst == self.vip && t.dport == self.port) || (t.dst == self.local && self.by_port.contains_key(&t.dport))
+    fn to_the_vip(&self, seg: &Segment) -> bool {
+        seg.dst == self.vip && seg.dport == self.port
     }
 
-    fn iss(&mut self, client: (Ipv4Addr, u16), now: Instant) -> u32 {
-        let _ = now;
+    /// Is this segment for us (to the virtual IP's port, or back from a
+    /// server to one of our ports)?
+    pub fn is_ours(&self, seg: &Segment) -> bool {
+        self.to_the_vip(seg) || (seg.dst == self.local && self.by_port.contains_key(&seg.dport))
+    }
+
+    /// A segment `is_ours` said is ours, from whichever side it comes.
+    pub fn handle(&mut self, seg: Segment, now: Instant) -> Vec<(Vec<u8>, Ipv4Addr)> {
+        if self.to_the_vip(&seg) { self.client_segment(seg, now) } else { self.server_segment(seg, now) }
+    }
+
+    fn iss(&mut self, client: (Ipv4Addr, u16)) -> u32 {
         self.seed = self.seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223) ^ u32::from(client.0) ^ u32::from(client.1);
         self.seed
     }
@@ -214,7 +221,10 @@ impl Splicer {
 
     /// A packet from a client to the virtual IP; returns packets to send.
     pub fn from_client(&mut self, ip: &[u8], now: Instant) -> Vec<(Vec<u8>, Ipv4Addr)> {
-        let Some(seg) = Segment::parse(ip) else { return Vec::new() };
+        Segment::parse(ip).map(|seg| self.client_segment(seg, now)).unwrap_or_default()
+    }
+
+    fn client_segment(&mut self, seg: Segment, now: Instant) -> Vec<(Vec<u8>, Ipv4Addr)> {
         let client = (seg.src, seg.sport);
         let mut out = Vec::new();
         if seg.flags & SYN != 0 && seg.flags & ACK == 0 {
@@ -222,7 +232,7 @@ impl Splicer {
                 Some(State::Accepted { iss, irs, .. }) if *irs == seg.seq => *iss, // a retransmitted SYN
                 _ => {
                     self.remove(client);
-                    let iss = self.iss(client, now);
+                    let iss = self.iss(client);
                     self.conns.insert(client, Conn { state: State::Accepted { iss, irs: seg.seq, request: Vec::new() }, last: now, fins: 0 });
                     iss
                 }
@@ -283,7 +293,10 @@ impl Splicer {
 
     /// A packet from a server to one of our ports.
     pub fn from_server(&mut self, ip: &[u8], now: Instant) -> Vec<(Vec<u8>, Ipv4Addr)> {
-        let Some(seg) = Segment::parse(ip) else { return Vec::new() };
+        Segment::parse(ip).map(|seg| self.server_segment(seg, now)).unwrap_or_default()
+    }
+
+    fn server_segment(&mut self, seg: Segment, now: Instant) -> Vec<(Vec<u8>, Ipv4Addr)> {
         let Some(&client) = self.by_port.get(&seg.dport) else { return Vec::new() };
         let Some(conn) = self.conns.get_mut(&client) else { return Vec::new() };
         conn.last = now;
@@ -456,7 +469,7 @@ mod tests {
         one(s.from_server(&seg((IMG, 80), (ME, lport), 5_000_001 + body.len() as u32, 1041, FIN | ACK, b""), t));
         assert_eq!(s.expire(t + Duration::from_secs(6)), 1);
         assert!(s.is_empty());
-        assert!(!s.wants(&seg((IMG, 80), (ME, lport), 1, 1, ACK, b"")), "its port is free again");
+        assert!(!s.is_ours(&Segment::parse(&seg((IMG, 80), (ME, lport), 1, 1, ACK, b"")).unwrap()), "its port is free again");
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let monitor = Monitor::start(mc, shutdown.clone()).await?;
     let srp_counters = Arc::new(crate::metrics::Counters::default());
     if let Some(srp) = config.srp.clone() {
-        let sockets = if srp.peers.is_empty() { crate::srp::server::bind_all(&srp).map_err(anyhow::Error::msg)? } else { Vec::new() };
+        let sockets = crate::srp::server::bind_at_start(&srp).map_err(anyhow::Error::msg)?;
         let snapshot = Arc::new(arc_swap::ArcSwap::from_pointee(crate::dns::snapshot::Snapshot::default()));
         tokio::spawn(serve_checks(monitor.shared.clone(), snapshot.clone(), shutdown.clone()));
         tokio::spawn(crate::srp::server::run(srp, sockets, snapshot, srp_counters.clone(), shutdown.clone()));

@@ -126,14 +126,6 @@ impl Directory {
             }
         }
     }
-
-    /// Every instance as it is served now, per cluster (for status output).
-    pub fn list(&self, preferred: &HashMap<String, std::sync::Arc<[Preferred]>>) -> Vec<(String, InstanceInfo)> {
-        self.clusters
-            .iter()
-            .flat_map(|c| c.instances.iter().filter_map(|i| info(c, IpAddr::from([0, 0, 0, 0]), i, preferred)).map(|i| (c.name.clone(), i)))
-            .collect()
-    }
 }
 
 fn find<'a>(instances: &'a [SrpInstance], name: &str) -> Option<&'a SrpInstance> {
@@ -150,7 +142,6 @@ fn info(cluster: &Cluster, local: IpAddr, i: &SrpInstance, preferred: &HashMap<S
         None => None,
     };
     if let Some(m) = &member
-        && !local.is_unspecified()
         && m.address != local
         && cluster.addresses.contains(&m.address)
     {

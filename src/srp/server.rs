@@ -100,14 +100,20 @@ fn serve(
     }
 }
 
-/// Binds every cluster address at once (startup checks them this way).
-pub fn bind_all(cfg: &SrpConfig) -> Result<Vec<UdpSocket>, String> {
+/// Binds every cluster address at once.
+fn bind_all(cfg: &SrpConfig) -> Result<Vec<UdpSocket>, String> {
     addresses(cfg).into_iter().map(|a| bind(a).map_err(|e| format!("srp cluster address {a}: {e}"))).collect()
 }
 
-/// Runs the responder until shutdown. `sockets` are the cluster sockets
-/// bound at startup when there are no peers (this responder is then always
-/// the active one).
+/// The cluster sockets to bind at startup, so that an address in use is a
+/// startup problem: all of them for a lone responder; none with peers
+/// (then they are bound only while this responder is the active one).
+pub fn bind_at_start(cfg: &SrpConfig) -> Result<Vec<UdpSocket>, String> {
+    if cfg.peers.is_empty() { bind_all(cfg) } else { Ok(Vec::new()) }
+}
+
+/// Runs the responder until shutdown, with the sockets `bind_at_start`
+/// gave (a lone responder is always the active one).
 pub async fn run(
     cfg: SrpConfig,
     sockets: Vec<UdpSocket>,
@@ -116,6 +122,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let directory = Arc::new(Mutex::new(Directory::new(&cfg)));
+    // Validation ties the two: peers need this responder's control address.
     let Some(control_addr) = cfg.control.filter(|_| !cfg.peers.is_empty()) else {
         counters.srp.active.store(1, Ordering::Relaxed);
         counters.srp.activations.fetch_add(1, Ordering::Relaxed);
