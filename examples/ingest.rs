@@ -116,7 +116,9 @@ async fn main() -> anyhow::Result<()> {
         }
         sent = bg.await?;
         latencies.sort();
-        let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+        let pct = |p: f64| {
+            latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default()
+        };
         println!("steady_reports_per_s {:.0}", sent as f64 / start.elapsed().as_secs_f64());
         println!("report_to_answer_samples {}", latencies.len());
         println!("report_to_answer_p50_ms {:.2}", pct(0.5).as_secs_f64() * 1000.0);

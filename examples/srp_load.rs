@@ -5,8 +5,8 @@
 //!     cargo run --release --example srp_load -- 127.0.0.1:1434 SALES 10 2 32
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -50,5 +50,9 @@ fn main() {
         w.join().unwrap();
     }
     let (r, s) = (replies.load(Ordering::Relaxed), sent.load(Ordering::Relaxed));
-    println!("sent {s} replies {r} in {seconds:.1} s: {:.0} resolutions/s, {:.2}% unanswered", r as f64 / seconds, 100.0 * (s - r) as f64 / s.max(1) as f64);
+    println!(
+        "sent {s} replies {r} in {seconds:.1} s: {:.0} resolutions/s, {:.2}% unanswered",
+        r as f64 / seconds,
+        100.0 * (s - r) as f64 / s.max(1) as f64
+    );
 }

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the tests talk to (dig, named-checkzone, NSD, ...) and runs
 # every test: unit tests of the pure cores and integration tests against
-# real processes and real clients. Ends with one summary line.
+# real processes and real clients, after checking formatting and clippy.
+# Ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The habits CI holds every change to: formatted, and clippy-clean with
+# every unsafe block explained (clippy::undocumented_unsafe_blocks in lib.rs).
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo fmt --check
+cargo clippy --quiet --all-targets -- -D warnings
 cargo build --quiet --all-targets
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

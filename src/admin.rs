@@ -174,7 +174,12 @@ pub async fn ring(cmd: RingCmd) -> anyhow::Result<()> {
             print_ring(&t);
         }
         RingCmd::Announce { member, server } => {
-            let b = ring_client(&server).await?.server_announce(crate::grpc::v1::Member { address: member.clone() }).await.map_err(fail)?.into_inner();
+            let b = ring_client(&server)
+                .await?
+                .server_announce(crate::grpc::v1::Member { address: member.clone() })
+                .await
+                .map_err(fail)?
+                .into_inner();
             println!("{member}: buddies {} {}", b.a, b.b);
         }
         RingCmd::Delete { member, reporter, server } => {
@@ -254,7 +259,11 @@ pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
 pub async fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
     let reply = client(&args.server)
         .await?
-        .set_policy(SetPolicyRequest { pool: args.pool.clone(), policy: args.policy.clone(), formula: args.formula.clone().unwrap_or_default() })
+        .set_policy(SetPolicyRequest {
+            pool: args.pool.clone(),
+            policy: args.policy.clone(),
+            formula: args.formula.clone().unwrap_or_default(),
+        })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     println!("{}: policy {}; answer: {}", args.pool, args.policy, reply.into_inner().answer.join(", "));
@@ -302,9 +311,7 @@ pub async fn zone(cmd: ZoneCmd) -> anyhow::Result<ExitCode> {
                         n.set_fqdn(true);
                         n
                     })?,
-                    None => origin_for(&path).with_context(|| {
-                        format!("{}: name the file <zone>.zone or pass --origin", path.display())
-                    })?,
+                    None => origin_for(&path).with_context(|| format!("{}: name the file <zone>.zone or pass --origin", path.display()))?,
                 };
                 let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
                 match ZoneFile::parse(&path, origin.clone(), text) {
@@ -318,11 +325,7 @@ pub async fn zone(cmd: ZoneCmd) -> anyhow::Result<ExitCode> {
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         ZoneCmd::Show { zone, server } => {
-            let reply = client(&server)
-                .await?
-                .show_zone(ShowZoneRequest { zone })
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            let reply = client(&server).await?.show_zone(ShowZoneRequest { zone }).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             print!("{}", reply.into_inner().text);
             Ok(ExitCode::SUCCESS)
         }

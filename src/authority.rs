@@ -74,13 +74,15 @@ impl Authority {
         // With the zones loaded, the pools are checked against them even
         // when an address could not be bound, so every problem shows at once.
         let updater = match files {
-            Some(files) => match Updater::new(config, files, snapshot.clone(), notify_tx, counters.clone(), auth.zone_write_interval, Instant::now()) {
-                Ok(u) => Some(u),
-                Err(p) => {
-                    problems.extend(p);
-                    None
+            Some(files) => {
+                match Updater::new(config, files, snapshot.clone(), notify_tx, counters.clone(), auth.zone_write_interval, Instant::now()) {
+                    Ok(u) => Some(u),
+                    Err(p) => {
+                        problems.extend(p);
+                        None
+                    }
                 }
-            },
+            }
             None => None,
         };
         if !problems.is_empty() {
@@ -88,8 +90,9 @@ impl Authority {
         }
         let ring_file = auth.ring_table.clone().unwrap_or_else(|| auth.zones_dir.join(".vnamed-ring"));
         let ring = match std::fs::read_to_string(&ring_file) {
-            Ok(text) => crate::ring::registry::Registry::from_text(&text)
-                .map_err(|e| anyhow::anyhow!("ring table {}: {e}", ring_file.display()))?,
+            Ok(text) => {
+                crate::ring::registry::Registry::from_text(&text).map_err(|e| anyhow::anyhow!("ring table {}: {e}", ring_file.display()))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(e) => anyhow::bail!("ring table {}: {e}", ring_file.display()),
         };
@@ -118,7 +121,13 @@ impl Authority {
                 let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
                 match zone::watch::watch_matching(&dir, move |p| p.file_name() == name.as_deref(), tx) {
                     Ok(w) => {
-                        tasks.spawn(follow_config(path.to_owned(), format!("{:?}{:?}", config.authority, config.srp), rx, cmd_tx.clone(), shutdown.clone()));
+                        tasks.spawn(follow_config(
+                            path.to_owned(),
+                            format!("{:?}{:?}", config.authority, config.srp),
+                            rx,
+                            cmd_tx.clone(),
+                            shutdown.clone(),
+                        ));
                         Some(w)
                     }
                     Err(error) => {
@@ -145,7 +154,10 @@ impl Authority {
         if let Some(listener) = grpc {
             let check = TokenCheck::new(auth.token.as_deref(), counters.clone());
             let admin = tonic::service::interceptor::InterceptedService::new(AdminService::server(cmd_tx.clone()), check.clone());
-            let status = tonic::service::interceptor::InterceptedService::new(StatusService::server(cmd_tx.clone(), counters.clone()), check.clone());
+            let status = tonic::service::interceptor::InterceptedService::new(
+                StatusService::server(cmd_tx.clone(), counters.clone()),
+                check.clone(),
+            );
             let ring = tonic::service::interceptor::InterceptedService::new(RingService::server(cmd_tx.clone()), check);
             let stop = shutdown.clone();
             let reflection = tonic_reflection::server::Builder::configure()

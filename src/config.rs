@@ -540,10 +540,7 @@ fn check_pools(prefix: &str, pools: &[PoolConfig], problems: &mut Vec<String>) {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Syntax(msg) => ConfigError::Syntax(format!("{}: {msg}", path.display())),
             other => other,
@@ -552,8 +549,7 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -562,9 +558,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if let Some(auth) = &self.authority
-            && auth.dns_listen.is_empty() {
-                problems.push("authority.dns_listen: at least one address is required".into());
-            }
+            && auth.dns_listen.is_empty()
+        {
+            problems.push("authority.dns_listen: at least one address is required".into());
+        }
         check_pools("pool", &self.pool, &mut problems);
         if let Some(d) = &self.dispatch {
             if d.vip.is_empty() {
@@ -579,7 +576,10 @@ impl Config {
                     problems.push(format!("dispatch.vip {}: listed twice", v.address));
                 }
                 if v.mode == DispatchMode::L7 && (d.gateway.is_none() || v.ports.len() != 1) {
-                    problems.push(format!("dispatch.vip {}: l7 needs dispatch.gateway (its address towards the servers) and exactly one port", v.address));
+                    problems.push(format!(
+                        "dispatch.vip {}: l7 needs dispatch.gateway (its address towards the servers) and exactly one port",
+                        v.address
+                    ));
                 }
                 if v.mode != DispatchMode::L7 && !v.route.is_empty() {
                     problems.push(format!("dispatch.vip {}: routes are for l7 only", v.address));
@@ -642,7 +642,6 @@ impl Config {
                 if p.members.iter().any(|m| m.address.is_none()) {
                     problems.push(format!("farm.pool[{i}] ({}): every farm member needs an address", p.name));
                 }
-
             }
         }
         if let Some(ring) = &self.ring {
@@ -659,18 +658,12 @@ impl Config {
                 }
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
     /// The authority section, or an error naming what is missing.
     pub fn authority(&self) -> Result<&AuthorityConfig, ConfigError> {
-        self.authority
-            .as_ref()
-            .ok_or_else(|| ConfigError::Invalid(vec!["[authority] section is required for this role".into()]))
+        self.authority.as_ref().ok_or_else(|| ConfigError::Invalid(vec!["[authority] section is required for this role".into()]))
     }
 }
 
@@ -725,7 +718,6 @@ fn check_srp(srp: &SrpConfig, pools: &[&str], problems: &mut Vec<String>) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,9 +762,7 @@ report_to = ["http://127.0.0.1:7443"]
 name = "not a name"
 members = []
 "#;
-        let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else {
-            panic!("expected validation problems")
-        };
+        let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else { panic!("expected validation problems") };
         assert!(problems.iter().any(|p| p.starts_with("farm.pool[0]") && p.contains("members must not be empty")), "{problems:?}");
     }
 
@@ -784,9 +774,7 @@ name = "relative.example"
 answers = 0
 members = [ { id = "a", address = "127.0.0.1" }, { id = "a", address = "127.0.0.2" } ]
 "#;
-        let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else {
-            panic!("expected validation problems")
-        };
+        let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else { panic!("expected validation problems") };
         assert_eq!(problems.len(), 3, "{problems:?}");
     }
 }

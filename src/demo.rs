@@ -79,12 +79,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     if !zone_path.exists() {
         std::fs::write(&zone_path, ZONE).with_context(|| format!("cannot write {}", zone_path.display()))?;
     }
-    let members: Vec<String> = args
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{{ id = \"web{}\", address = \"{a}\" }}", i + 1))
-        .collect();
+    let members: Vec<String> =
+        args.backends.iter().enumerate().map(|(i, a)| format!("{{ id = \"web{}\", address = \"{a}\" }}", i + 1)).collect();
     let toml = format!(
         "[authority]\ndns_listen = [\"{}\"]\ngrpc_listen = \"{}\"\nmetrics_listen = \"{}\"\nzones_dir = {:?}\nallow_transfer = [\"127.0.0.0/8\"]\n\n\
          [[pool]]\nname = \"www.demo.example.\"\npolicy = \"least-loaded\"\nanswers = 1\nttl = 5\nfallback = \"last-known\"\nstale_after = \"3s\"\nmembers = [{}]\n\n\
@@ -103,9 +99,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     // The backends first, so the answer always points at something that listens.
     let mut backends = Vec::new();
     for (i, addr) in args.backends.iter().enumerate() {
-        let listener = TcpListener::bind((*addr, 8080))
-            .await
-            .with_context(|| format!("cannot listen on {addr}:8080 for backend web{}", i + 1))?;
+        let listener =
+            TcpListener::bind((*addr, 8080)).await.with_context(|| format!("cannot listen on {addr}:8080 for backend web{}", i + 1))?;
         backends.push(tokio::spawn(backend(listener, format!("web{}", i + 1), shutdown.clone())));
     }
     let sql_addr = SocketAddr::new(args.srp.ip(), args.sql_port);
@@ -239,7 +234,8 @@ async fn backend(listener: TcpListener, id: String, shutdown: CancellationToken)
 mod tests {
     #[test]
     fn the_least_loaded_backend_changes_over_a_period() {
-        let best = |t: f64| (0..3).min_by(|&a, &b| super::simulated_load(a, t, 30.0).total_cmp(&super::simulated_load(b, t, 30.0))).unwrap();
+        let best =
+            |t: f64| (0..3).min_by(|&a, &b| super::simulated_load(a, t, 30.0).total_cmp(&super::simulated_load(b, t, 30.0))).unwrap();
         let seen: std::collections::HashSet<usize> = (0..30).map(|t| best(t as f64)).collect();
         assert_eq!(seen.len(), 3);
     }

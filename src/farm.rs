@@ -36,7 +36,9 @@ impl Farm {
         for (index, r) in reports.iter().enumerate() {
             let i = pools
                 .iter()
-                .position(|p| p.name.to_string().eq_ignore_ascii_case(&r.pool) || p.name.to_string().eq_ignore_ascii_case(&format!("{}.", r.pool)))
+                .position(|p| {
+                    p.name.to_string().eq_ignore_ascii_case(&r.pool) || p.name.to_string().eq_ignore_ascii_case(&format!("{}.", r.pool))
+                })
                 .ok_or_else(|| ReportError::NoPool { index, pool: r.pool.clone() })?;
             let m = pools[i].position(&r.member).ok_or_else(|| ReportError::NoMember {
                 index,
@@ -161,7 +163,9 @@ pub async fn start(fc: FarmConfig, shutdown: CancellationToken) -> anyhow::Resul
     let stop = shutdown.clone();
     tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        if let Err(error) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
+        if let Err(error) =
+            tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
+        {
             warn!(%error, "farm listener stopped");
         }
     });

@@ -2,6 +2,8 @@
 //! the servers their pool's policy prefers right now; see `DESIGN.md` for
 //! how the parts fit.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod admin;
 pub mod authority;
 pub mod config;

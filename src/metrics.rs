@@ -149,10 +149,18 @@ pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: 
     }
     out.push_str("# HELP vnamed_report_batches_refused_total Report batches refused, by reason.\n# TYPE vnamed_report_batches_refused_total counter\n");
     for (i, reason) in REFUSALS.iter().enumerate() {
-        let _ = writeln!(out, "vnamed_report_batches_refused_total{{reason=\"{reason}\"}} {}", counters.reports_refused[i].load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "vnamed_report_batches_refused_total{{reason=\"{reason}\"}} {}",
+            counters.reports_refused[i].load(Ordering::Relaxed)
+        );
     }
     counters.srp.render(&mut out);
-    counters.report_to_answer.render(&mut out, "vnamed_report_to_answer_seconds", "Time from a report's arrival to the answer it changed being served.");
+    counters.report_to_answer.render(
+        &mut out,
+        "vnamed_report_to_answer_seconds",
+        "Time from a report's arrival to the answer it changed being served.",
+    );
     out.push_str("# HELP vnamed_pool_responses_total DNS responses for virtual names, by pool and rcode.\n# TYPE vnamed_pool_responses_total counter\n");
     let snap = snapshot.load();
     let mut pools: Vec<_> = snap.zones.values().flat_map(|z| z.pools.values()).collect();
@@ -173,18 +181,21 @@ pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: 
     }
     let (tx, rx) = oneshot::channel();
     if updater.send(Command::Status { reply: tx }).await.is_ok()
-        && let Ok(pools) = rx.await {
-            out.push_str("# HELP vnamed_member_up Whether a pool member is in service (1) or not (0).\n# TYPE vnamed_member_up gauge\n");
-            out.push_str("# HELP vnamed_member_in_answer Whether a pool member is in the current answer.\n# TYPE vnamed_member_in_answer gauge\n");
-            for p in &pools {
-                for m in &p.members {
-                    let up = m.state.starts_with("up") as u8;
-                    let labels = format!("pool=\"{}\",member=\"{}\"", p.name, m.id);
-                    let _ = writeln!(out, "vnamed_member_up{{{labels}}} {up}");
-                    let _ = writeln!(out, "vnamed_member_in_answer{{{labels}}} {}", m.in_answer as u8);
-                }
+        && let Ok(pools) = rx.await
+    {
+        out.push_str("# HELP vnamed_member_up Whether a pool member is in service (1) or not (0).\n# TYPE vnamed_member_up gauge\n");
+        out.push_str(
+            "# HELP vnamed_member_in_answer Whether a pool member is in the current answer.\n# TYPE vnamed_member_in_answer gauge\n",
+        );
+        for p in &pools {
+            for m in &p.members {
+                let up = m.state.starts_with("up") as u8;
+                let labels = format!("pool=\"{}\",member=\"{}\"", p.name, m.id);
+                let _ = writeln!(out, "vnamed_member_up{{{labels}}} {up}");
+                let _ = writeln!(out, "vnamed_member_in_answer{{{labels}}} {}", m.in_answer as u8);
             }
         }
+    }
     out
 }
 

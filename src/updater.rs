@@ -16,11 +16,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::config::PolicyName;
 use crate::config::{Config, PoolConfig};
-use crate::metrics::Counters;
 use crate::dns::fast;
 use crate::dns::snapshot::{PoolAnswer, Preferred, Snapshot, ZoneView, zone_records};
-use crate::config::PolicyName;
+use crate::metrics::Counters;
 use crate::pool::{AdminState, Decision, MemberState, PoolState};
 use crate::report::{Report, ReportError};
 use crate::ring::registry::Registry;
@@ -53,13 +53,7 @@ pub type Watched = (Vec<IpAddr>, PolicyName, watch::Receiver<u64>);
 /// Requests to the updater.
 pub enum Command {
     /// Operator override of a member's state or weight.
-    SetMember {
-        pool: String,
-        id: String,
-        admin: Option<AdminState>,
-        weight: Option<u32>,
-        reply: oneshot::Sender<Result<(), UpdateError>>,
-    },
+    SetMember { pool: String, id: String, admin: Option<AdminState>, weight: Option<u32>, reply: oneshot::Sender<Result<(), UpdateError>> },
     /// A checked batch of reports: stored whole, or refused whole when a
     /// report names a pool or member that is not served.
     Reports { reports: Vec<Report>, received: Instant, reply: oneshot::Sender<Result<usize, ReportError>> },
@@ -86,7 +80,10 @@ pub enum Command {
 pub enum RingOp {
     Announce(SocketAddr),
     /// `reporter` is the member itself on a normal shutdown.
-    Delete { dead: SocketAddr, reporter: SocketAddr },
+    Delete {
+        dead: SocketAddr,
+        reporter: SocketAddr,
+    },
     Table,
 }
 
@@ -103,8 +100,14 @@ pub enum PoolChange {
     /// A formula for the formula policy.
     Formula(String),
     Pause(bool),
-    AddMember { id: String, address: IpAddr, weight: u32 },
-    RemoveMember { id: String },
+    AddMember {
+        id: String,
+        address: IpAddr,
+        weight: u32,
+    },
+    RemoveMember {
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -330,7 +333,22 @@ impl Updater {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let mut updater = Self { pools, pool_zone, zones, snapshot, notify, write_interval, stable: Arc::default(), stable_stale: true, counters, written, written_rx: Some(written_rx), ring: Registry::default(), ring_file: None, published: watch::channel(0).0 };
+        let mut updater = Self {
+            pools,
+            pool_zone,
+            zones,
+            snapshot,
+            notify,
+            write_interval,
+            stable: Arc::default(),
+            stable_stale: true,
+            counters,
+            written,
+            written_rx: Some(written_rx),
+            ring: Registry::default(),
+            ring_file: None,
+            published: watch::channel(0).0,
+        };
         for zone in updater.zones.values_mut() {
             if zone.dirty {
                 zone.serial = zone.serial.wrapping_add(1);
@@ -370,10 +388,7 @@ impl Updater {
                 LowerName::from(n)
             })
             .map_err(|_| UpdateError::NoPool(name.to_owned()))?;
-        self.pools
-            .iter()
-            .position(|p| LowerName::from(&p.name) == lower)
-            .ok_or_else(|| UpdateError::NoPool(name.to_owned()))
+        self.pools.iter().position(|p| LowerName::from(&p.name) == lower).ok_or_else(|| UpdateError::NoPool(name.to_owned()))
     }
 
     /// Re-applies a pool's policy; returns whether its answer changed.
@@ -439,7 +454,8 @@ impl Updater {
                 let _ = reply.send(self.find_pool(&pool).map(|i| self.pools[i].order(now)));
             }
             Command::Watch { pool, reply } => {
-                let _ = reply.send(self.find_pool(&pool).map(|i| (self.pools[i].order(now), self.pools[i].policy, self.published.subscribe())));
+                let _ =
+                    reply.send(self.find_pool(&pool).map(|i| (self.pools[i].order(now), self.pools[i].policy, self.published.subscribe())));
             }
         }
     }
@@ -564,9 +580,10 @@ impl Updater {
             }
         };
         if let Some(file) = &self.ring_file
-            && let Err(e) = writer::write_atomic(file, &self.ring.to_text()) {
-                error!(file = %file.display(), error = %e, "cannot save the ring table");
-            }
+            && let Err(e) = writer::write_atomic(file, &self.ring.to_text())
+        {
+            error!(file = %file.display(), error = %e, "cannot save the ring table");
+        }
         self.apply_ring(now);
         Ok(reply)
     }
@@ -708,12 +725,17 @@ impl Updater {
                 if p.members.iter().any(|m| m.id == id) {
                     return Err(UpdateError::MemberExists { pool: pool.to_owned(), id });
                 }
-                let config = crate::config::MemberConfig { id, address: Some(address), farm: None, weight, until: None, maintenance: Vec::new() };
+                let config =
+                    crate::config::MemberConfig { id, address: Some(address), farm: None, weight, until: None, maintenance: Vec::new() };
                 p.members.push(MemberState::from_config(&config, now, SystemTime::now()));
                 p.reindex();
             }
             PoolChange::RemoveMember { id } => {
-                let at = p.members.iter().position(|m| m.id == id).ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.clone() })?;
+                let at = p
+                    .members
+                    .iter()
+                    .position(|m| m.id == id)
+                    .ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.clone() })?;
                 if p.members.len() == 1 {
                     return Err(UpdateError::LastMember(pool.to_owned()));
                 }
@@ -732,11 +754,16 @@ impl Updater {
         Ok(zone.answers[&LowerName::from(&self.pools[i].name)].addresses.clone())
     }
 
-    fn set_member(&mut self, pool: &str, id: &str, admin: Option<AdminState>, weight: Option<u32>, now: Instant) -> Result<(), UpdateError> {
+    fn set_member(
+        &mut self,
+        pool: &str,
+        id: &str,
+        admin: Option<AdminState>,
+        weight: Option<u32>,
+        now: Instant,
+    ) -> Result<(), UpdateError> {
         let i = self.find_pool(pool)?;
-        let m = self.pools[i]
-            .member_mut(id)
-            .ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.to_owned() })?;
+        let m = self.pools[i].member_mut(id).ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.to_owned() })?;
         if let Some(a) = admin {
             m.admin = a;
         }
@@ -772,11 +799,8 @@ impl Updater {
             .map(|(i, p)| {
                 let zone = &self.zones[&self.pool_zone[i]];
                 let answer = &zone.answers[&LowerName::from(&p.name)];
-                let shown: Vec<IpAddr> = if answer.rotate {
-                    answer.addresses.clone()
-                } else {
-                    answer.addresses.iter().take(p.answers).cloned().collect()
-                };
+                let shown: Vec<IpAddr> =
+                    if answer.rotate { answer.addresses.clone() } else { answer.addresses.iter().take(p.answers).cloned().collect() };
                 let order = p.order(now);
                 PoolStatus {
                     name: p.name.to_string(),
@@ -795,7 +819,12 @@ impl Updater {
                             weight: m.weight,
                             load: m.metrics.load,
                             in_answer: shown.contains(&m.address),
-                            metrics: m.metrics.pairs().map(|(k, v)| (k.to_owned(), v)).chain(m.custom.iter().map(|(k, v)| (k.clone(), *v))).collect(),
+                            metrics: m
+                                .metrics
+                                .pairs()
+                                .map(|(k, v)| (k.to_owned(), v))
+                                .chain(m.custom.iter().map(|(k, v)| (k.clone(), *v)))
+                                .collect(),
                             score: crate::pool::policy::score(p.policy, p.formula.as_deref(), m),
                             rank: if m.eligible(now, p.stale_after) {
                                 order.iter().position(|a| *a == m.address).map(|i| i as u32 + 1).unwrap_or(0)
@@ -845,12 +874,13 @@ impl Updater {
             let path = self.zones[&origin].file.path.clone();
             // An operator edit we have not seen yet wins over our write.
             if let Ok(disk) = std::fs::read_to_string(&path)
-                && disk != self.zones[&origin].disk_text {
-                    self.reload(&path);
-                    if self.zones.get(&origin).is_none_or(|z| z.broken || !z.dirty) {
-                        continue;
-                    }
+                && disk != self.zones[&origin].disk_text
+            {
+                self.reload(&path);
+                if self.zones.get(&origin).is_none_or(|z| z.broken || !z.dirty) {
+                    continue;
                 }
+            }
             self.write(&origin, now, force);
         }
     }
@@ -898,7 +928,14 @@ impl Updater {
         z.writing = true;
         z.writing_text = Some(parsed.text.clone());
         z.last_write = Some(now);
-        let done = WriteDone { origin: origin.clone(), based_on: z.disk_text.clone(), dropped: std::mem::take(&mut z.drop_blocks), serial: z.serial, result: Ok(()), file: parsed };
+        let done = WriteDone {
+            origin: origin.clone(),
+            based_on: z.disk_text.clone(),
+            dropped: std::mem::take(&mut z.drop_blocks),
+            serial: z.serial,
+            result: Ok(()),
+            file: parsed,
+        };
         if wait || tokio::runtime::Handle::try_current().is_err() {
             let mut done = done;
             done.result = writer::write_atomic(&path, &done.file.text);
@@ -974,9 +1011,10 @@ impl Updater {
                 return;
             }
         };
-        let stray = self.zones.get(&origin).and_then(|z| {
-            z.pools.iter().find_map(|&i| file.stray_addresses(&self.pools[i].name).first().map(|l| (i, *l)))
-        });
+        let stray = self
+            .zones
+            .get(&origin)
+            .and_then(|z| z.pools.iter().find_map(|&i| file.stray_addresses(&self.pools[i].name).first().map(|l| (i, *l))));
         if let Some((i, line)) = stray {
             error!(
                 file = %path.display(),

@@ -69,7 +69,10 @@ fn malformed_requests_get_errors_or_silence_and_serving_goes_on() {
     // Garbage, oversized garbage, and a response posing as a query.
     for junk in [vec![0xffu8; 64], vec![0x5a; 3000], (0..=255u8).cycle().take(700).collect()] {
         if let Some(reply) = exchange(&a, &junk) {
-            assert!(matches!(reply.metadata.response_code, ResponseCode::FormErr | ResponseCode::NotImp | ResponseCode::Refused), "{reply:?}");
+            assert!(
+                matches!(reply.metadata.response_code, ResponseCode::FormErr | ResponseCode::NotImp | ResponseCode::Refused),
+                "{reply:?}"
+            );
         }
     }
     let mut response = good.clone();

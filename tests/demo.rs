@@ -18,7 +18,17 @@ fn answers_move_between_live_backends() {
     let backends: Vec<_> = (0..3).map(|_| unique_ip()).collect();
     let list = backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
     let mut child = Command::new(VNAMED)
-        .args(["demo", "--dns", &format!("{ip}:5353"), "--grpc", &format!("{ip}:7443"), "--metrics", &format!("{ip}:9353"), "--backends", &list])
+        .args([
+            "demo",
+            "--dns",
+            &format!("{ip}:5353"),
+            "--grpc",
+            &format!("{ip}:7443"),
+            "--metrics",
+            &format!("{ip}:9353"),
+            "--backends",
+            &list,
+        ])
         .args(["--period", "3", "--duration", "60s", "--srp", &format!("{ip}:1434")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -57,7 +67,11 @@ fn answers_move_between_live_backends() {
     assert!(value("vnamed_dns_responses_total{path=\"tcp\",rcode=\"NOERROR\"}") >= 1.0, "{metrics}");
     assert!(value("vnamed_answer_changes_total") >= 1.0, "{metrics}");
     assert!(value("vnamed_zone_serial{zone=\"demo.example.\"}") >= 2.0, "{metrics}");
-    assert_eq!(metrics.lines().filter(|l| l.starts_with("vnamed_member_up{pool=\"www.demo.example.\"") && l.ends_with(" 1")).count(), 3, "{metrics}");
+    assert_eq!(
+        metrics.lines().filter(|l| l.starts_with("vnamed_member_up{pool=\"www.demo.example.\"") && l.ends_with(" 1")).count(),
+        3,
+        "{metrics}"
+    );
 
     // SRP: the demo's instance DEMO resolves, and the server at the port
     // returned answers to that name; tsql lists it.

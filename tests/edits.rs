@@ -29,14 +29,20 @@ fn valid_edits_are_served_within_a_second() {
     assert_eq!(a.dig("static.example.test A +short").trim(), "192.0.2.11");
     // The pool still answers, and the operator's text is kept in the file we write back.
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1");
-    assert!(eventually(Duration::from_secs(2), || {
-        let t = a.zone_text("example.test.zone");
-        t.contains("new     IN TXT \"added\"") && named_checkzone("example.test", &path).is_ok()
-    })
-    .is_some());
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let t = a.zone_text("example.test.zone");
+            t.contains("new     IN TXT \"added\"") && named_checkzone("example.test", &path).is_ok()
+        })
+        .is_some()
+    );
 
     // A new zone file is served too.
-    std::fs::write(a.zones_dir().join("other.test.zone"), "@ 60 IN SOA ns1.other.test. h.other.test. 1 60 60 60 60\n@ 60 IN NS ns1.other.test.\nns1 60 IN A 192.0.2.1\n").unwrap();
+    std::fs::write(
+        a.zones_dir().join("other.test.zone"),
+        "@ 60 IN SOA ns1.other.test. h.other.test. 1 60 60 60 60\n@ 60 IN NS ns1.other.test.\nns1 60 IN A 192.0.2.1\n",
+    )
+    .unwrap();
     assert!(eventually(Duration::from_secs(1), || a.dig("ns1.other.test A +short").contains("192.0.2.1")).is_some());
 }
 
@@ -71,7 +77,8 @@ fn address_records_for_a_virtual_name_outside_its_block_are_refused() {
     let a = Authority::start(&[("example.test.zone", ZONE)], POOL);
     let path = a.zones_dir().join("example.test.zone");
     assert!(eventually(Duration::from_secs(3), || a.zone_text("example.test.zone").contains("vnamed:begin")).is_some());
-    let stray = a.zone_text("example.test.zone").replace("static  IN A   192.0.2.10", "static  IN A   192.0.2.10\nwww     IN A   192.0.2.77");
+    let stray =
+        a.zone_text("example.test.zone").replace("static  IN A   192.0.2.10", "static  IN A   192.0.2.10\nwww     IN A   192.0.2.77");
     std::fs::write(&path, &stray).unwrap();
     assert!(eventually(Duration::from_secs(2), || a.log().contains("belong in its managed block")).is_some(), "{}", a.log());
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1");
@@ -84,7 +91,11 @@ fn address_records_for_a_virtual_name_outside_its_block_are_refused() {
     std::fs::create_dir(dir.path().join("zones")).unwrap();
     std::fs::write(dir.path().join("zones/example.test.zone"), &stray).unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, format!("[authority]\ndns_listen = [\"{}:5300\"]\nzones_dir = \"{}/zones\"\n{POOL}", common::unique_ip(), dir.path().display())).unwrap();
+    std::fs::write(
+        &config,
+        format!("[authority]\ndns_listen = [\"{}:5300\"]\nzones_dir = \"{}/zones\"\n{POOL}", common::unique_ip(), dir.path().display()),
+    )
+    .unwrap();
     let out = std::process::Command::new(common::VNAMED).args(["authority", "--config"]).arg(&config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let line = stray.lines().position(|l| l.contains("192.0.2.77")).unwrap() + 1;

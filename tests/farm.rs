@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Proc, Authority, VNAMED, ZONE, eventually, unique_ip};
+use common::{Authority, Proc, VNAMED, ZONE, eventually, unique_ip};
 
 fn spawn(dir: &Path, role: &str, name: &str, config: String) -> Proc {
     let path = dir.join(format!("{name}.toml"));
@@ -96,14 +96,24 @@ members = [ {{ id = "b2", address = "{b2}" }}, {{ id = "b1", address = "{b1}" }}
     let _monitors = [monitor(d, "web1", web1, &a.grpc), monitor(d, "b1", b1, &farm_url), monitor(d, "b2", b2, &farm_url)];
     let answer = || a.dig("www.example.test A +short").trim().to_owned();
     let logs = || {
-        ["east", "web1", "b1", "b2"].iter().map(|n| format!("--- {n}\n{}", std::fs::read_to_string(d.join(format!("{n}.log"))).unwrap_or_default())).collect::<String>()
+        ["east", "web1", "b1", "b2"]
+            .iter()
+            .map(|n| format!("--- {n}\n{}", std::fs::read_to_string(d.join(format!("{n}.log"))).unwrap_or_default()))
+            .collect::<String>()
             + &a.log()
     };
 
     // Global least-loaded: web1 (0.5) beats the farm, whose figure is its preferred b2's (0.7).
-    assert!(eventually(Duration::from_secs(5), || answer() == web1.to_string() && a.dig("example.test SOA").contains("NOERROR")).is_some(), "{}", logs());
+    assert!(
+        eventually(Duration::from_secs(5), || answer() == web1.to_string() && a.dig("example.test SOA").contains("NOERROR")).is_some(),
+        "{}",
+        logs()
+    );
     let status = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
-    assert!(eventually(Duration::from_secs(3), || String::from_utf8(a.cli(&["status"]).stdout).unwrap().contains(&b2.to_string())).is_some(), "the farm entity takes its preferred server's address: {status}");
+    assert!(
+        eventually(Duration::from_secs(3), || String::from_utf8(a.cli(&["status"]).stdout).unwrap().contains(&b2.to_string())).is_some(),
+        "the farm entity takes its preferred server's address: {status}"
+    );
 
     // web1 gets busy: the farm wins, and inside it the local policy (priority) picks b2,
     // although b1 is less loaded.

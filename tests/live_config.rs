@@ -59,7 +59,10 @@ fn pool_edits_take_effect_while_serving() {
     // Invalid edits change nothing and say why.
     write(&pool(&format!("{web0}, {web1}"), "weighted", "ttl = \"five\"\n"));
     assert!(eventually(Duration::from_secs(2), || a.log().contains("configuration edit refused")).is_some(), "{}", a.log());
-    write(&format!("{}\n[[pool]]\nname = \"www.elsewhere.test.\"\nmembers = [ {web1} ]\n", pool(&format!("{web0}, {web1}"), "priority", "")));
+    write(&format!(
+        "{}\n[[pool]]\nname = \"www.elsewhere.test.\"\nmembers = [ {web1} ]\n",
+        pool(&format!("{web0}, {web1}"), "priority", "")
+    ));
     assert!(eventually(Duration::from_secs(2), || a.log().contains("www.elsewhere.test.: no zone file")).is_some(), "{}", a.log());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(answer(), "127.0.10.1", "refused edits changed nothing");
@@ -71,7 +74,11 @@ fn pool_edits_take_effect_while_serving() {
     assert!(eventually(Duration::from_secs(2), || a.zone_text("example.test.zone").contains("vnamed:begin api.example.test.")).is_some());
     write(&pool(&format!("{web1}, {web2}"), "priority", ""));
     assert!(eventually(Duration::from_secs(1), || a.dig("api.example.test A").contains("status: NXDOMAIN")).is_some(), "{}", a.log());
-    assert!(eventually(Duration::from_secs(2), || !a.zone_text("example.test.zone").contains("api.example.test.")).is_some(), "{}", a.zone_text("example.test.zone"));
+    assert!(
+        eventually(Duration::from_secs(2), || !a.zone_text("example.test.zone").contains("api.example.test.")).is_some(),
+        "{}",
+        a.zone_text("example.test.zone")
+    );
     named_checkzone("example.test", &a.zones_dir().join("example.test.zone")).unwrap();
     assert_eq!(answer(), "127.0.10.1");
 }

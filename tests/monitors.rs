@@ -15,7 +15,7 @@ use vnamed::grpc::Bearer;
 use vnamed::grpc::v1::status_client::StatusClient;
 use vnamed::grpc::v1::{MemberReport, ReportBatch};
 
-use common::{Proc, Authority, VNAMED, ZONE, eventually, unique_ip};
+use common::{Authority, Proc, VNAMED, ZONE, eventually, unique_ip};
 
 fn start_monitor(dir: &std::path::Path, host: &str, backend: Ipv4Addr, push: Ipv4Addr, authority: &Authority) -> Proc {
     let config = dir.join(format!("{host}.toml"));
@@ -72,12 +72,15 @@ async fn answers_follow_monitored_backends() {
     let backends: Vec<Ipv4Addr> = (0..3).map(|_| unique_ip()).collect();
     let pushes: Vec<Ipv4Addr> = (0..3).map(|_| unique_ip()).collect();
     let mut listeners: Vec<Option<TcpListener>> = backends.iter().map(|ip| Some(TcpListener::bind((*ip, 8080)).unwrap())).collect();
-    let members: Vec<String> = backends.iter().enumerate().map(|(i, ip)| format!("{{ id = \"web{}\", address = \"{ip}\" }}", i + 1)).collect();
+    let members: Vec<String> =
+        backends.iter().enumerate().map(|(i, ip)| format!("{{ id = \"web{}\", address = \"{ip}\" }}", i + 1)).collect();
     let pool = format!(
         "[[pool]]\nname = \"www.example.test.\"\npolicy = \"least-loaded\"\nstale_after = \"3s\"\nfallback = \"servfail\"\nmembers = [{}]\n",
         members.join(", ")
     );
-    let a = tokio::task::spawn_blocking(move || Authority::start_with(&[("example.test.zone", ZONE)], &pool, "token = \"t0ken\"")).await.unwrap();
+    let a = tokio::task::spawn_blocking(move || Authority::start_with(&[("example.test.zone", ZONE)], &pool, "token = \"t0ken\""))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _monitors: Vec<Proc> = (0..3).map(|i| start_monitor(dir.path(), &format!("web{}", i + 1), backends[i], pushes[i], &a)).collect();
     let a = std::sync::Arc::new(a);
@@ -87,9 +90,7 @@ async fn answers_follow_monitored_backends() {
     };
     let wait_for = |want: Ipv4Addr, within: Duration| {
         let answer = answer.clone();
-        async move {
-            tokio::task::spawn_blocking(move || eventually(within, || answer() == want.to_string())).await.unwrap()
-        }
+        async move { tokio::task::spawn_blocking(move || eventually(within, || answer() == want.to_string())).await.unwrap() }
     };
 
     // Monitors come up and the pushed loads decide.
@@ -172,7 +173,15 @@ interval = "100ms"
     )
     .unwrap();
     let log = dir.path().join("m.log");
-    let _m = Proc(Command::new(VNAMED).args(["monitor", "--config"]).arg(&config).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap());
+    let _m = Proc(
+        Command::new(VNAMED)
+            .args(["monitor", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let answer = |a: &Authority| a.dig("www.example.test A +short").trim().to_owned();
     let reported_up = |a: &Authority| String::from_utf8(a.cli(&["status"]).stdout).unwrap().lines().filter(|l| l.contains(" up ")).count();
     assert!(eventually(Duration::from_secs(3), || reported_up(&a) == 2).is_some(), "both reported up");

@@ -41,7 +41,9 @@ fn member_changes_move_the_answer_and_the_zone_file() {
     assert!(serial(&a) > first, "serial bumped");
 
     // The file follows within a few writes, keeps the operator's text and validates.
-    assert!(eventually(Duration::from_secs(3), || a.zone_text("example.test.zone").contains("www.example.test. 5 IN A 127.0.10.2")).is_some());
+    assert!(
+        eventually(Duration::from_secs(3), || a.zone_text("example.test.zone").contains("www.example.test. 5 IN A 127.0.10.2")).is_some()
+    );
     let text = a.zone_text("example.test.zone");
     assert!(text.starts_with("; operator comment at the top\n$TTL 300\n"), "{text}");
     assert!(text.contains("( ") && text.contains(" 3600 600 86400 30 ) ; keep me"), "{text}");
@@ -95,7 +97,8 @@ fn restart_serves_the_last_answer_from_the_zone_file() {
     a.stop();
     // Hand the file an answer as if the last decision had been web3.
     let path = a.zones_dir().join("example.test.zone");
-    let text = std::fs::read_to_string(&path).unwrap().replace("www.example.test. 5 IN A 127.0.10.1", "www.example.test. 5 IN AAAA 2001:db8::3");
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace("www.example.test. 5 IN A 127.0.10.1", "www.example.test. 5 IN AAAA 2001:db8::3");
     std::fs::write(&path, text).unwrap();
     a.spawn();
     assert_eq!(a.dig("www.example.test AAAA +short").trim(), "2001:db8::3", "state comes back from the zone file");
@@ -128,7 +131,9 @@ fn rapid_changes_are_coalesced_into_a_few_writes() {
     }
     let elapsed = start.elapsed();
     // The last change is web1 back to auto: the file ends up saying so.
-    assert!(eventually(Duration::from_secs(2), || a.zone_text("example.test.zone").contains("www.example.test. 5 IN A 127.0.10.1")).is_some());
+    assert!(
+        eventually(Duration::from_secs(2), || a.zone_text("example.test.zone").contains("www.example.test. 5 IN A 127.0.10.1")).is_some()
+    );
     std::thread::sleep(Duration::from_millis(400));
     let made = writes(&a.log()) - before;
     // At most one write per 250 ms interval, plus the first and the last.

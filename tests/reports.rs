@@ -44,7 +44,8 @@ fn batch(reports: Vec<MemberReport>) -> ReportBatch {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reports_steer_the_answer_and_bad_ones_change_nothing() {
-    let a = tokio::task::spawn_blocking(|| Authority::start_with(&[("example.test.zone", ZONE)], POOL, "token = \"s3cret\"")).await.unwrap();
+    let a =
+        tokio::task::spawn_blocking(|| Authority::start_with(&[("example.test.zone", ZONE)], POOL, "token = \"s3cret\"")).await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
     let mut anonymous = StatusClient::with_interceptor(channel.clone(), Bearer::new(None).unwrap());
     let mut wrong = StatusClient::with_interceptor(channel.clone(), Bearer::new(Some("guess")).unwrap());

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, Authority, VNAMED, ZONE, eventually, unique_ip};
+use common::{Authority, Proc, VNAMED, ZONE, eventually, unique_ip};
 
 fn monitor(dir: &Path, n: usize, hosts: &[Ipv4Addr], grpc: &str) -> Proc {
     let me = hosts[n];
@@ -46,7 +46,16 @@ key = "ring-secret"
     )
     .unwrap();
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("m{n}.log"))).unwrap();
-    Proc(Command::new(VNAMED).args(["monitor", "--config"]).arg(&config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn().unwrap())
+    Proc(
+        Command::new(VNAMED)
+            .args(["monitor", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -61,7 +70,12 @@ fn a_killed_host_leaves_the_answers_at_once_and_returns_when_it_rejoins() {
     let a = Authority::start(&[("example.test.zone", ZONE)], &pool);
     let dir = tempfile::tempdir().unwrap();
     let mut procs: Vec<Option<Proc>> = (0..3).map(|n| Some(monitor(dir.path(), n, &hosts, &a.grpc))).collect();
-    let logs = || (0..3).map(|n| std::fs::read_to_string(dir.path().join(format!("m{n}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n---\n");
+    let logs = || {
+        (0..3)
+            .map(|n| std::fs::read_to_string(dir.path().join(format!("m{n}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
     let table = || String::from_utf8(a.cli(&["ring", "table"]).stdout).unwrap();
     assert!(eventually(Duration::from_secs(5), || table().contains("ring (3 members)")).is_some(), "{}\n{}", table(), logs());
     assert!(eventually(Duration::from_secs(3), || a.dig("www.example.test A +short").trim() == hosts[0].to_string()).is_some());
@@ -103,7 +117,12 @@ fn a_killed_host_leaves_the_answers_at_once_and_returns_when_it_rejoins() {
 
     // It comes back: rejoins the ring and the answers.
     procs[0] = Some(monitor(dir.path(), 0, &hosts, &a.grpc));
-    assert!(eventually(Duration::from_secs(5), || a.dig("www.example.test A +short").trim() == hosts[0].to_string()).is_some(), "{}\n{}", table(), logs());
+    assert!(
+        eventually(Duration::from_secs(5), || a.dig("www.example.test A +short").trim() == hosts[0].to_string()).is_some(),
+        "{}\n{}",
+        table(),
+        logs()
+    );
 
     // A graceful stop leaves the ring without a death.
     let pid = procs[2].as_ref().unwrap().0.id();

@@ -55,7 +55,10 @@ fn deaths_leave_every_answer_at_once_and_the_table_survives_restarts() {
     a.spawn();
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.20.5");
     let table = run(&a, &["ring", "table"]);
-    assert!(table.contains("ring (3 members)") && table.contains("127.0.20.4:7946          buddies 127.0.20.5:7946 127.0.20.6:7946"), "{table}");
+    assert!(
+        table.contains("ring (3 members)") && table.contains("127.0.20.4:7946          buddies 127.0.20.5:7946 127.0.20.6:7946"),
+        "{table}"
+    );
 
     // .2 rejoins: back in the answers.
     run(&a, &["ring", "announce", "127.0.20.2:7946"]);

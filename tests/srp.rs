@@ -315,7 +315,8 @@ pool = "sql.local."
         ),
     )
     .unwrap();
-    let _m = common::Proc(Command::new(VNAMED).args(["monitor", "--config"]).arg(&config).stderr(std::process::Stdio::null()).spawn().unwrap());
+    let _m =
+        common::Proc(Command::new(VNAMED).args(["monitor", "--config"]).arg(&config).stderr(std::process::Stdio::null()).spawn().unwrap());
     let name = format!("{cluster}\\SALES");
     let answer = || resolve(&["--timeout", "100ms", &name]);
     assert!(eventually(Duration::from_secs(5), || answer().1.contains(&format!("tcp  {cluster}:15500"))).is_some(), "{:?}", answer());
@@ -353,7 +354,12 @@ pool = "sql.example.test."
     report_member(&a.grpc, "db2", None);
     let dns = format!("{}:{}", a.ip, a.port);
     let by_dns = || resolve(&["--dns", &dns, "--timeout", "200ms", "sql.example.test\\SALES"]);
-    assert!(eventually(Duration::from_secs(3), || by_dns().1.contains(&format!("tcp  {m1}:14330"))).is_some(), "{:?}\n{}", by_dns(), a.log());
+    assert!(
+        eventually(Duration::from_secs(3), || by_dns().1.contains(&format!("tcp  {m1}:14330"))).is_some(),
+        "{:?}\n{}",
+        by_dns(),
+        a.log()
+    );
     assert!(by_dns().1.contains("server db1"));
     // Only the serving member's address answers for the instance.
     assert!(!resolve(&["--timeout", "100ms", &format!("{m2}\\SALES")]).0);

@@ -57,17 +57,41 @@ impl Shared {
     fn render(&self) -> String {
         let engine = self.engine.lock().expect("not poisoned");
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP vnamed_dispatch_active 1 while this host holds the virtual IPs.\n# TYPE vnamed_dispatch_active gauge\nvnamed_dispatch_active {}", self.active.load(Ordering::Relaxed) as u8);
-        let _ = writeln!(out, "# HELP vnamed_dispatch_switched_total Packets switched to a server.\n# TYPE vnamed_dispatch_switched_total counter\nvnamed_dispatch_switched_total {}", engine.switched);
-        let _ = writeln!(out, "# HELP vnamed_dispatch_connections Connections in the connection map.\n# TYPE vnamed_dispatch_connections gauge\nvnamed_dispatch_connections {}", engine.conns().len());
+        let _ = writeln!(
+            out,
+            "# HELP vnamed_dispatch_active 1 while this host holds the virtual IPs.\n# TYPE vnamed_dispatch_active gauge\nvnamed_dispatch_active {}",
+            self.active.load(Ordering::Relaxed) as u8
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vnamed_dispatch_switched_total Packets switched to a server.\n# TYPE vnamed_dispatch_switched_total counter\nvnamed_dispatch_switched_total {}",
+            engine.switched
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vnamed_dispatch_connections Connections in the connection map.\n# TYPE vnamed_dispatch_connections gauge\nvnamed_dispatch_connections {}",
+            engine.conns().len()
+        );
         out.push_str("# HELP vnamed_dispatch_dropped_total Frames to a virtual IP dropped, by reason.\n# TYPE vnamed_dispatch_dropped_total counter\n");
         for why in Dropped::ALL {
             let _ = writeln!(out, "vnamed_dispatch_dropped_total{{reason=\"{}\"}} {}", why.label(), engine.dropped(why));
         }
         let splicers = self.splicers.lock().expect("not poisoned");
-        let _ = writeln!(out, "# HELP vnamed_dispatch_l7_connections L7 connections being relayed.\n# TYPE vnamed_dispatch_l7_connections gauge\nvnamed_dispatch_l7_connections {}", splicers.iter().map(Splicer::len).sum::<usize>());
-        let _ = writeln!(out, "# HELP vnamed_dispatch_l7_refused_total L7 requests reset (not HTTP, no server).\n# TYPE vnamed_dispatch_l7_refused_total counter\nvnamed_dispatch_l7_refused_total {}", splicers.iter().map(|s| s.refused).sum::<u64>());
-        let _ = writeln!(out, "# HELP vnamed_dispatch_send_errors_total Frames the kernel refused to send.\n# TYPE vnamed_dispatch_send_errors_total counter\nvnamed_dispatch_send_errors_total {}", self.send_errors.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP vnamed_dispatch_l7_connections L7 connections being relayed.\n# TYPE vnamed_dispatch_l7_connections gauge\nvnamed_dispatch_l7_connections {}",
+            splicers.iter().map(Splicer::len).sum::<usize>()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vnamed_dispatch_l7_refused_total L7 requests reset (not HTTP, no server).\n# TYPE vnamed_dispatch_l7_refused_total counter\nvnamed_dispatch_l7_refused_total {}",
+            splicers.iter().map(|s| s.refused).sum::<u64>()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vnamed_dispatch_send_errors_total Frames the kernel refused to send.\n# TYPE vnamed_dispatch_send_errors_total counter\nvnamed_dispatch_send_errors_total {}",
+            self.send_errors.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -230,11 +254,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         if vc.mode == DispatchMode::L7 {
             let pools = std::iter::once(&vc.pool).chain(vc.route.iter().map(|r| &r.pool));
             for (class, pool) in pools.enumerate() {
-                tasks.spawn(follow_pool(Target::Splice(l7, class), pool.clone(), dc.authority.clone(), dc.token.clone(), shared.clone(), shutdown.clone()));
+                tasks.spawn(follow_pool(
+                    Target::Splice(l7, class),
+                    pool.clone(),
+                    dc.authority.clone(),
+                    dc.token.clone(),
+                    shared.clone(),
+                    shutdown.clone(),
+                ));
             }
             l7 += 1;
         } else {
-            tasks.spawn(follow_pool(Target::Engine(l4), vc.pool.clone(), dc.authority.clone(), dc.token.clone(), shared.clone(), shutdown.clone()));
+            tasks.spawn(follow_pool(
+                Target::Engine(l4),
+                vc.pool.clone(),
+                dc.authority.clone(),
+                dc.token.clone(),
+                shared.clone(),
+                shutdown.clone(),
+            ));
             l4 += 1;
         }
     }
@@ -335,8 +373,14 @@ async fn reconstruct(shared: Arc<Shared>, vips: Vec<Vip>, monitor_port: u16) {
                 let local = if vip.mode == Mode::L42 { vip.ip } else { *server };
                 let mut found = Vec::new();
                 for port in if vip.ports.is_empty() { vec![0] } else { vip.ports.clone() } {
-                    let reply = client.connections(ConnectionsRequest { local: local.to_string(), port: u32::from(port) }).await?.into_inner();
-                    found.extend(reply.connections.into_iter().filter_map(|c| Some(((c.client.parse::<Ipv4Addr>().ok()?, u16::try_from(c.client_port).ok()?), *server))));
+                    let reply =
+                        client.connections(ConnectionsRequest { local: local.to_string(), port: u32::from(port) }).await?.into_inner();
+                    found.extend(
+                        reply
+                            .connections
+                            .into_iter()
+                            .filter_map(|c| Some(((c.client.parse::<Ipv4Addr>().ok()?, u16::try_from(c.client_port).ok()?), *server))),
+                    );
                 }
                 Ok::<_, anyhow::Error>(found)
             };
@@ -365,7 +409,14 @@ enum Target {
 
 /// Follows a pool's live servers over `Admin.Watch`, reconnecting while
 /// the authority is away.
-async fn follow_pool(target: Target, pool: String, authority: String, token: Option<String>, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn follow_pool(
+    target: Target,
+    pool: String,
+    authority: String,
+    token: Option<String>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let Ok(bearer) = Bearer::new(token.as_deref()) else { return };
     loop {
         let attempt = async {
@@ -381,7 +432,9 @@ async fn follow_pool(target: Target, pool: String, authority: String, token: Opt
                         shared.wanted.lock().expect("not poisoned")[v] = (ips, reply.policy == "round-robin");
                         shared.apply();
                     }
-                    Target::Splice(v, class) => shared.splicers.lock().expect("not poisoned")[v].set_servers(class, ips, reply.policy == "round-robin"),
+                    Target::Splice(v, class) => {
+                        shared.splicers.lock().expect("not poisoned")[v].set_servers(class, ips, reply.policy == "round-robin")
+                    }
                 }
             }
             Ok::<(), anyhow::Error>(())

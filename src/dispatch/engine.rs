@@ -97,7 +97,9 @@ pub enum Verdict {
     Switch,
     /// L4/3: the IP packet (the frame from byte 14, rewritten in place)
     /// goes out through a raw IP socket to `to`.
-    Route { to: Ipv4Addr },
+    Route {
+        to: Ipv4Addr,
+    },
     /// Send this frame (an ARP reply).
     Reply(Vec<u8>),
     Drop(Dropped),
@@ -123,7 +125,16 @@ pub struct Engine {
 impl Engine {
     pub fn new(vips: Vec<Vip>, mac: Mac, idle: Duration, linger: Duration, now: Instant) -> Self {
         let servers = vec![(Vec::new(), false); vips.len()];
-        Self { vips, mac, servers, next: 0, conns: ConnMap::new(idle, linger, now), dropped: [0; Dropped::ALL.len()], switched: 0, arp_also: Vec::new() }
+        Self {
+            vips,
+            mac,
+            servers,
+            next: 0,
+            conns: ConnMap::new(idle, linger, now),
+            dropped: [0; Dropped::ALL.len()],
+            switched: 0,
+            arp_also: Vec::new(),
+        }
     }
 
     /// A virtual IP's servers in the policy's order, as the authority says
@@ -201,7 +212,9 @@ impl Engine {
         match frame::ethertype(f) {
             Some(ETHERTYPE_ARP) => {
                 return match frame::arp_request(f) {
-                    Some((mac, ip, target)) if self.vips.iter().any(|v| v.ip == target) || self.arp_also.contains(&target) => Verdict::Reply(frame::arp_reply(self.mac, target, mac, ip)),
+                    Some((mac, ip, target)) if self.vips.iter().any(|v| v.ip == target) || self.arp_also.contains(&target) => {
+                        Verdict::Reply(frame::arp_reply(self.mac, target, mac, ip))
+                    }
                     _ => Verdict::Pass,
                 };
             }
@@ -298,7 +311,8 @@ mod tests {
     const S2: Server = Server { ip: Ipv4Addr::new(192, 168, 3, 23), mac: Some([0x00, 0x60, 0xEA, 0x34, 0x09, 0x6B]) };
 
     fn engine(mode: Mode, now: Instant) -> Engine {
-        let mut e = Engine::new(vec![Vip { ip: VIP.into(), ports: vec![80], mode }], ME, Duration::from_secs(300), Duration::from_secs(10), now);
+        let mut e =
+            Engine::new(vec![Vip { ip: VIP.into(), ports: vec![80], mode }], ME, Duration::from_secs(300), Duration::from_secs(10), now);
         e.set_servers(0, vec![S1, S2], true);
         e
     }

@@ -93,10 +93,24 @@ impl Segment {
 #[derive(Debug, Clone)]
 enum State {
     /// Our SYN-ACK is out; waiting for the request.
-    Accepted { iss: u32, irs: u32, request: Vec<u8> },
+    Accepted {
+        iss: u32,
+        irs: u32,
+        request: Vec<u8>,
+    },
     /// Connecting to the server; the request waits.
-    Connecting { iss: u32, irs: u32, request: Vec<u8>, server: Ipv4Addr, lport: u16 },
-    Spliced { server: Ipv4Addr, lport: u16, delta: u32 },
+    Connecting {
+        iss: u32,
+        irs: u32,
+        request: Vec<u8>,
+        server: Ipv4Addr,
+        lport: u16,
+    },
+    Spliced {
+        server: Ipv4Addr,
+        lport: u16,
+        delta: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -233,7 +247,8 @@ impl Splicer {
                 _ => {
                     self.remove(client);
                     let iss = self.iss(client);
-                    self.conns.insert(client, Conn { state: State::Accepted { iss, irs: seg.seq, request: Vec::new() }, last: now, fins: 0 });
+                    self.conns
+                        .insert(client, Conn { state: State::Accepted { iss, irs: seg.seq, request: Vec::new() }, last: now, fins: 0 });
                     iss
                 }
             };
@@ -251,7 +266,17 @@ impl Splicer {
         if seg.flags & RST != 0 {
             let state = conn.state.clone();
             if let State::Spliced { server, lport, delta, .. } = state {
-                let s = Segment { src: self.local, dst: server, sport: lport, dport: self.port, seq: seg.seq, ack: seg.ack.wrapping_add(delta), flags: seg.flags, window: seg.window, payload: Vec::new() };
+                let s = Segment {
+                    src: self.local,
+                    dst: server,
+                    sport: lport,
+                    dport: self.port,
+                    seq: seg.seq,
+                    ack: seg.ack.wrapping_add(delta),
+                    flags: seg.flags,
+                    window: seg.window,
+                    payload: Vec::new(),
+                };
                 out.push((s.encode(), server));
             }
             self.remove(client);
@@ -276,7 +301,17 @@ impl Splicer {
             }
             State::Connecting { irs, server, lport, .. } => {
                 // The client retransmits while the server answers: send the SYN again.
-                let syn = Segment { src: self.local, dst: *server, sport: *lport, dport: self.port, seq: *irs, ack: 0, flags: SYN, window: WINDOW, payload: Vec::new() };
+                let syn = Segment {
+                    src: self.local,
+                    dst: *server,
+                    sport: *lport,
+                    dport: self.port,
+                    seq: *irs,
+                    ack: 0,
+                    flags: SYN,
+                    window: WINDOW,
+                    payload: Vec::new(),
+                };
                 out.push((syn.encode(), *server));
             }
             State::Spliced { server, lport, delta, .. } => {
@@ -284,7 +319,17 @@ impl Splicer {
                     conn.fins += 1;
                 }
                 let ack = if seg.flags & ACK != 0 { seg.ack.wrapping_add(*delta) } else { 0 };
-                let s = Segment { src: self.local, dst: *server, sport: *lport, dport: self.port, seq: seg.seq, ack, flags: seg.flags, window: seg.window, payload: seg.payload };
+                let s = Segment {
+                    src: self.local,
+                    dst: *server,
+                    sport: *lport,
+                    dport: self.port,
+                    seq: seg.seq,
+                    ack,
+                    flags: seg.flags,
+                    window: seg.window,
+                    payload: seg.payload,
+                };
                 out.push((s.encode(), *server));
             }
         }
@@ -307,9 +352,29 @@ impl Splicer {
                 let request = std::mem::take(request);
                 let delta = seg.seq.wrapping_sub(iss);
                 let ack = seg.seq.wrapping_add(1);
-                let hello = Segment { src: self.local, dst: server, sport: lport, dport: self.port, seq: irs.wrapping_add(1), ack, flags: ACK, window: WINDOW, payload: Vec::new() };
+                let hello = Segment {
+                    src: self.local,
+                    dst: server,
+                    sport: lport,
+                    dport: self.port,
+                    seq: irs.wrapping_add(1),
+                    ack,
+                    flags: ACK,
+                    window: WINDOW,
+                    payload: Vec::new(),
+                };
                 out.push((hello.encode(), server));
-                let req = Segment { src: self.local, dst: server, sport: lport, dport: self.port, seq: irs.wrapping_add(1), ack, flags: ACK | PSH, window: WINDOW, payload: request };
+                let req = Segment {
+                    src: self.local,
+                    dst: server,
+                    sport: lport,
+                    dport: self.port,
+                    seq: irs.wrapping_add(1),
+                    ack,
+                    flags: ACK | PSH,
+                    window: WINDOW,
+                    payload: request,
+                };
                 out.push((req.encode(), server));
                 conn.state = State::Spliced { server, lport, delta };
             }
@@ -317,7 +382,17 @@ impl Splicer {
                 // An ACK for an older connection on the same ports (the
                 // server still holds it in TIME_WAIT): reset that one; our
                 // SYN goes again when the client retransmits.
-                let rst = Segment { src: self.local, dst: *server, sport: *lport, dport: self.port, seq: seg.ack, ack: 0, flags: RST, window: 0, payload: Vec::new() };
+                let rst = Segment {
+                    src: self.local,
+                    dst: *server,
+                    sport: *lport,
+                    dport: self.port,
+                    seq: seg.ack,
+                    ack: 0,
+                    flags: RST,
+                    window: 0,
+                    payload: Vec::new(),
+                };
                 out.push((rst.encode(), *server));
             }
             State::Connecting { .. } if seg.flags & RST != 0 => {
@@ -362,7 +437,17 @@ impl Splicer {
         let request = std::mem::take(request);
         conn.state = State::Connecting { iss, irs, request, server, lport };
         self.by_port.insert(lport, client);
-        let syn = Segment { src: self.local, dst: server, sport: lport, dport: self.port, seq: irs, ack: 0, flags: SYN, window: WINDOW, payload: Vec::new() };
+        let syn = Segment {
+            src: self.local,
+            dst: server,
+            sport: lport,
+            dport: self.port,
+            seq: irs,
+            ack: 0,
+            flags: SYN,
+            window: WINDOW,
+            payload: Vec::new(),
+        };
         vec![(syn.encode(), server)]
     }
 
@@ -477,7 +562,8 @@ mod tests {
         let t = Instant::now();
         let mut s = splicer();
         let (synack, _) = one(s.from_client(&seg((CLIENT, 2000), (VIP, 80), 1, 0, SYN, b""), t));
-        let (syn, to) = one(s.from_client(&seg((CLIENT, 2000), (VIP, 80), 2, synack.seq + 1, ACK | PSH, b"GET /index.html HTTP/1.0\r\n\r\n"), t));
+        let (syn, to) =
+            one(s.from_client(&seg((CLIENT, 2000), (VIP, 80), 2, synack.seq + 1, ACK | PSH, b"GET /index.html HTTP/1.0\r\n\r\n"), t));
         assert_eq!((to, syn.flags), (WEB, SYN));
         let (synack, _) = one(s.from_client(&seg((CLIENT, 2001), (VIP, 80), 1, 0, SYN, b""), t));
         let (rst, to) = one(s.from_client(&seg((CLIENT, 2001), (VIP, 80), 2, synack.seq + 1, ACK, b"\x16\x03\x01 not http\r\n"), t));

@@ -261,7 +261,8 @@ mod tests {
     use crate::zone::ZoneFile;
 
     fn snap() -> Snapshot {
-        let text = "$TTL 300\n@ IN SOA ns1 h 1 3600 600 86400 60\n  IN NS ns1\nns1 IN A 127.0.0.1\nalias IN CNAME ns1\n*.w IN A 192.0.2.1\n";
+        let text =
+            "$TTL 300\n@ IN SOA ns1 h 1 3600 600 86400 60\n  IN NS ns1\nns1 IN A 127.0.0.1\nalias IN CNAME ns1\n*.w IN A 192.0.2.1\n";
         let z = ZoneFile::parse(Path::new("x.zone"), Name::from_ascii("example.").unwrap(), text.into()).unwrap();
         let www = Name::from_ascii("www.example.").unwrap();
         let addrs = vec!["127.0.10.1".parse().unwrap(), "127.0.10.2".parse().unwrap()];

@@ -31,9 +31,20 @@ a.b.c   IN A   192.0.2.3
 
 /// Names worth asking about in the fixture.
 pub const NAMES: &[&str] = &[
-    "example.", "ns1.example.", "mail.example.", "alias.example.", "txt.example.", "srv.example.",
-    "x.wild.example.", "host.sub.example.", "b.c.example.", "a.b.c.example.", "www.example.",
-    "api.example.", "nope.example.", "example.org.",
+    "example.",
+    "ns1.example.",
+    "mail.example.",
+    "alias.example.",
+    "txt.example.",
+    "srv.example.",
+    "x.wild.example.",
+    "host.sub.example.",
+    "b.c.example.",
+    "a.b.c.example.",
+    "www.example.",
+    "api.example.",
+    "nope.example.",
+    "example.org.",
 ];
 
 pub fn snapshot() -> Snapshot {

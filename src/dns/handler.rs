@@ -19,8 +19,8 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use super::lookup::lookup;
-use crate::metrics::{Counters, Path};
 use super::snapshot::{Snapshot, zone_records};
+use crate::metrics::{Counters, Path};
 
 /// The UDP payload size vnamed advertises and never exceeds (DNS flag day 2020).
 pub const UDP_PAYLOAD: u16 = 1232;
@@ -68,12 +68,7 @@ fn serve_failed(request: &Request) -> ResponseInfo {
     ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
 }
 
-async fn send_code<R: ResponseHandler>(
-    request: &Request,
-    code: ResponseCode,
-    edns: Option<&Edns>,
-    mut handle: R,
-) -> ResponseInfo {
+async fn send_code<R: ResponseHandler>(request: &Request, code: ResponseCode, edns: Option<&Edns>, mut handle: R) -> ResponseInfo {
     let mut edns = edns.cloned();
     if let Some(e) = edns.as_mut() {
         e.set_rcode_high(code.high());
@@ -102,9 +97,10 @@ impl DnsHandler {
     async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> ResponseInfo {
         let edns = request.edns.as_ref().map(response_edns);
         if let Some(req) = request.edns.as_ref()
-            && req.version() > 0 {
-                return send_code(request, ResponseCode::BADVERS, edns.as_ref(), handle).await;
-            }
+            && req.version() > 0
+        {
+            return send_code(request, ResponseCode::BADVERS, edns.as_ref(), handle).await;
+        }
         match request.metadata.op_code {
             OpCode::Query => {}
             OpCode::Notify | OpCode::Update => {
@@ -158,13 +154,7 @@ impl DnsHandler {
 impl DnsHandler {
     /// AXFR, and IXFR answered with the whole zone (RFC 1995 §4) or with
     /// the SOA alone when the secondary is current.
-    async fn transfer<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        snap: &Snapshot,
-        edns: Option<&Edns>,
-        mut handle: R,
-    ) -> ResponseInfo {
+    async fn transfer<R: ResponseHandler>(&self, request: &Request, snap: &Snapshot, edns: Option<&Edns>, mut handle: R) -> ResponseInfo {
         let query = &request.queries.queries()[0];
         let src = request.src();
         if !self.may_transfer(src.ip()) {

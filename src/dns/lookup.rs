@@ -82,21 +82,22 @@ fn step(zone: &ZoneView, qname: &LowerName, qtype: RecordType, turn: usize, out:
         return Step::Done;
     }
     if let Some(pool) = zone.pools.get(qname)
-        && matches!(qtype, RecordType::A | RecordType::AAAA) {
-            if pool.servfail {
-                out.rcode = ResponseCode::ServFail;
-                out.authoritative = false;
-                return Step::Done;
-            }
-            let set = if qtype == RecordType::A { &pool.a } else { &pool.aaaa };
-            if set.is_empty() {
-                negative(zone, out, ResponseCode::NoError);
-            } else {
-                let start = if pool.rotate { turn % set.len() } else { 0 };
-                out.answers.extend(set.iter().cycle().skip(start).take(pool.answers.min(set.len())).cloned());
-            }
+        && matches!(qtype, RecordType::A | RecordType::AAAA)
+    {
+        if pool.servfail {
+            out.rcode = ResponseCode::ServFail;
+            out.authoritative = false;
             return Step::Done;
         }
+        let set = if qtype == RecordType::A { &pool.a } else { &pool.aaaa };
+        if set.is_empty() {
+            negative(zone, out, ResponseCode::NoError);
+        } else {
+            let start = if pool.rotate { turn % set.len() } else { 0 };
+            out.answers.extend(set.iter().cycle().skip(start).take(pool.answers.min(set.len())).cloned());
+        }
+        return Step::Done;
+    }
     let node = match data.nodes.get(qname) {
         Some(node) => node,
         None => match wildcard(zone, qname) {
@@ -121,19 +122,20 @@ fn answer_node(zone: &ZoneView, node: &Node, synth: Option<&LowerName>, qtype: R
         None => r.clone(),
     };
     if qtype != RecordType::CNAME
-        && let Some(cname) = node.get(RecordType::CNAME) {
-            let record = owned(&cname.records[0]);
-            let target = match &record.data {
-                RData::CNAME(c) => c.0.clone(),
-                _ => unreachable!("CNAME set holds CNAME data"),
-            };
-            if out.answers.iter().any(|r| r.name == record.name && r.record_type() == RecordType::CNAME) {
-                // A loop: stop here with what we have.
-                return Step::Done;
-            }
-            out.answers.push(record);
-            return Step::Follow(target);
+        && let Some(cname) = node.get(RecordType::CNAME)
+    {
+        let record = owned(&cname.records[0]);
+        let target = match &record.data {
+            RData::CNAME(c) => c.0.clone(),
+            _ => unreachable!("CNAME set holds CNAME data"),
+        };
+        if out.answers.iter().any(|r| r.name == record.name && r.record_type() == RecordType::CNAME) {
+            // A loop: stop here with what we have.
+            return Step::Done;
         }
+        out.answers.push(record);
+        return Step::Follow(target);
+    }
     let rtype = if qtype == RecordType::SOA { RecordType::SOA } else { qtype };
     if rtype == RecordType::SOA && node.get(RecordType::SOA).is_some() {
         out.answers.push(zone.soa.clone());
@@ -162,13 +164,14 @@ fn delegation(zone: &ZoneView, qname: &LowerName, qtype: RecordType) -> Option<L
     // From the top down: the highest cut wins.
     for name in chain.iter().rev() {
         if let Some(node) = zone.data.nodes.get(name)
-            && node.get(RecordType::NS).is_some() {
-                // DS lives on the parent side of the cut.
-                if qtype == RecordType::DS && name == qname {
-                    return None;
-                }
-                return Some(name.clone());
+            && node.get(RecordType::NS).is_some()
+        {
+            // DS lives on the parent side of the cut.
+            if qtype == RecordType::DS && name == qname {
+                return None;
             }
+            return Some(name.clone());
+        }
     }
     None
 }

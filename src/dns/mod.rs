@@ -73,7 +73,12 @@ pub struct DnsService {
 
 impl DnsService {
     /// Starts serving on bound sockets.
-    pub fn start(listeners: Listeners, snapshot: Arc<ArcSwap<Snapshot>>, allow_transfer: Vec<IpNet>, counters: Arc<Counters>) -> std::io::Result<Self> {
+    pub fn start(
+        listeners: Listeners,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        allow_transfer: Vec<IpNet>,
+        counters: Arc<Counters>,
+    ) -> std::io::Result<Self> {
         let mut tcp = Server::new(DnsHandler::new(snapshot.clone(), allow_transfer.clone(), counters.clone()));
         for l in listeners.tcp {
             tcp.register_listener(l, TCP_IDLE, 64);

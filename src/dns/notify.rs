@@ -38,10 +38,7 @@ pub fn is_ack(reply: &[u8], id: u16) -> Option<ResponseCode> {
 async fn notify_one(target: SocketAddr, sources: &[IpAddr], zone: &Name, serial: u32) {
     // Secondaries accept NOTIFY by the primary's address: send from ours.
     let source = sources.iter().find(|ip| ip.is_ipv4() == target.is_ipv4()).copied();
-    let bind = SocketAddr::new(
-        source.unwrap_or(if target.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) }),
-        0,
-    );
+    let bind = SocketAddr::new(source.unwrap_or(if target.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) }), 0);
     let socket = match UdpSocket::bind(bind).await {
         Ok(s) => s,
         Err(error) => return warn!(%target, %error, "cannot open a socket for NOTIFY"),

@@ -110,8 +110,7 @@ pub fn zone_records(zone: &ZoneView) -> Vec<Record> {
     let mut records: Vec<Record> = Vec::with_capacity(zone.data.record_count + 2);
     records.push(zone.soa.clone());
     for r in zone.data.records_sorted() {
-        let managed = matches!(r.record_type(), RecordType::A | RecordType::AAAA)
-            && zone.pools.contains_key(&LowerName::from(&r.name));
+        let managed = matches!(r.record_type(), RecordType::A | RecordType::AAAA) && zone.pools.contains_key(&LowerName::from(&r.name));
         if !managed {
             records.push(r.clone());
         }

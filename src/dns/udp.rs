@@ -79,21 +79,29 @@ pub fn start(
         .enumerate()
         .map(|(i, socket)| {
             let (snapshot, slow, counters, stop) = (snapshot.clone(), slow.clone(), counters.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(format!("dns-udp-{i}"))
-                .spawn(move || worker(Arc::new(socket), snapshot, slow, counters, stop))
+            std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || worker(Arc::new(socket), snapshot, slow, counters, stop))
         })
         .collect()
 }
 
-fn worker(socket: Arc<UdpSocket>, snapshot: Arc<ArcSwap<Snapshot>>, slow: mpsc::Sender<SlowQuery>, counters: Arc<Counters>, stop: Arc<AtomicBool>) {
+fn worker(
+    socket: Arc<UdpSocket>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    slow: mpsc::Sender<SlowQuery>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+) {
     let mut rx = RecvBatch::new(BATCH);
     let mut tx = SendBatch::new(BATCH);
     let mut turn: usize = std::process::id() as usize;
     while !stop.load(Ordering::Relaxed) {
         let n = match rx.recv(&*socket) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) =>
+            {
+                continue;
+            }
             Err(error) => {
                 warn!(%error, "UDP receive failed");
                 std::thread::sleep(Duration::from_millis(10));
@@ -151,7 +159,12 @@ async fn answer_slow(handler: &DnsHandler, q: SlowQuery) {
 /// Answers one UDP datagram through the hickory-server handler: FORMERR
 /// when only the header decodes, silence when not even that does or when
 /// the datagram is itself a response. `send` gets the encoded reply.
-pub async fn respond(handler: &DnsHandler, bytes: Vec<u8>, src: SocketAddr, mut send: impl FnMut(&[u8]) + Send + Sync + Clone + Unpin + 'static) {
+pub async fn respond(
+    handler: &DnsHandler,
+    bytes: Vec<u8>,
+    src: SocketAddr,
+    mut send: impl FnMut(&[u8]) + Send + Sync + Clone + Unpin + 'static,
+) {
     let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else { return };
     if header.metadata.message_type == MessageType::Response {
         return; // never answer a response: no reflection loops
@@ -227,13 +240,23 @@ mod tests {
         let snap = fixture::snapshot();
         let table = snap.fast.clone();
         let handler = DnsHandler::new(Arc::new(ArcSwap::from_pointee(snap)), Vec::new(), Arc::default());
-        let types = [RecordType::A, RecordType::AAAA, RecordType::MX, RecordType::TXT, RecordType::SRV, RecordType::NS, RecordType::SOA, RecordType::CNAME];
+        let types = [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::MX,
+            RecordType::TXT,
+            RecordType::SRV,
+            RecordType::NS,
+            RecordType::SOA,
+            RecordType::CNAME,
+        ];
         let mut fast_hits = 0;
         for (n, name) in fixture::NAMES.iter().enumerate() {
             for (t, &qtype) in types.iter().enumerate() {
                 for shape in 0..3 {
                     // Mixed case, as resolvers using 0x20 send.
-                    let mixed: String = name.chars().enumerate().map(|(i, c)| if (i + n + t) % 2 == 0 { c.to_ascii_uppercase() } else { c }).collect();
+                    let mixed: String =
+                        name.chars().enumerate().map(|(i, c)| if (i + n + t) % 2 == 0 { c.to_ascii_uppercase() } else { c }).collect();
                     let mut m = Message::new((n * 100 + t) as u16, MessageType::Query, OpCode::Query);
                     m.metadata.recursion_desired = t % 2 == 0;
                     m.metadata.checking_disabled = n % 3 == 0;

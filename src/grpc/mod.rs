@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use crate::config::PolicyName;
 use crate::metrics::Counters;
 use crate::pool::AdminState;
 use crate::report;
-use crate::config::PolicyName;
 use crate::updater::{Command, PoolChange, RingOp, RingReply, UpdateError};
 
 pub mod v1 {
@@ -43,9 +43,8 @@ impl tonic::service::Interceptor for TokenCheck {
         let Some(expected) = &self.expected else { return Ok(req) };
         let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         // Compare without an early exit, so timing does not tell how much matched.
-        let ok = given.is_some_and(|g| {
-            g.len() == expected.len() && g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-        });
+        let ok =
+            given.is_some_and(|g| g.len() == expected.len() && g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
         if ok {
             Ok(req)
         } else {
@@ -98,7 +97,11 @@ impl v1::ring_server::Ring for RingService {
     async fn table(&self, _: Request<v1::TableRequest>) -> Result<Response<v1::TableReply>, Status> {
         let RingReply::Table(r) = self.op(RingOp::Table).await? else { return Err(Status::internal("unexpected reply")) };
         Ok(Response::new(v1::TableReply {
-            entries: r.table.entries().map(|(m, [a, b])| v1::TableEntry { member: m.to_string(), a: a.to_string(), b: b.to_string() }).collect(),
+            entries: r
+                .table
+                .entries()
+                .map(|(m, [a, b])| v1::TableEntry { member: m.to_string(), a: a.to_string(), b: b.to_string() })
+                .collect(),
             dead: r.dead.iter().map(|d| d.to_string()).collect(),
         }))
     }
@@ -190,12 +193,10 @@ impl Ingest for StatusService {
             self.counters.refused(e.reason());
             Status::invalid_argument(e.to_string())
         })?;
-        let accepted = ask(&self.updater, |reply| Command::Reports { reports, received, reply })
-            .await?
-            .map_err(|e| {
-                self.counters.refused(e.reason());
-                Status::not_found(e.to_string())
-            })?;
+        let accepted = ask(&self.updater, |reply| Command::Reports { reports, received, reply }).await?.map_err(|e| {
+            self.counters.refused(e.reason());
+            Status::not_found(e.to_string())
+        })?;
         self.counters.reports_accepted.fetch_add(accepted as u64, Ordering::Relaxed);
         Ok(accepted as u32)
     }
@@ -230,10 +231,7 @@ impl AdminService {
 /// by `CALL_TIMEOUT`: the one way every gRPC service here reaches it.
 async fn ask<T>(updater: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
     let (tx, rx) = oneshot::channel();
-    updater
-        .send_timeout(make(tx), CALL_TIMEOUT)
-        .await
-        .map_err(|_| Status::unavailable("the updater is not accepting requests"))?;
+    updater.send_timeout(make(tx), CALL_TIMEOUT).await.map_err(|_| Status::unavailable("the updater is not accepting requests"))?;
     tokio::time::timeout(CALL_TIMEOUT, rx)
         .await
         .map_err(|_| Status::deadline_exceeded("the updater did not answer in time"))?
@@ -291,9 +289,10 @@ impl Admin for AdminService {
         let req = req.into_inner();
         let admin = match req.admin.as_deref() {
             None => None,
-            Some(s) => Some(AdminState::parse(s).ok_or_else(|| {
-                Status::invalid_argument(format!("admin must be up, down, drain or auto, not {s:?}"))
-            })?),
+            Some(s) => Some(
+                AdminState::parse(s)
+                    .ok_or_else(|| Status::invalid_argument(format!("admin must be up, down, drain or auto, not {s:?}")))?,
+            ),
         };
         if admin.is_none() && req.weight.is_none() {
             return Err(Status::invalid_argument("nothing to set: give admin and/or weight"));
@@ -322,7 +321,8 @@ impl Admin for AdminService {
 
     async fn add_member(&self, req: Request<v1::AddMemberRequest>) -> Result<Response<v1::PoolReply>, Status> {
         let req = req.into_inner();
-        let address = req.address.parse().map_err(|_| Status::invalid_argument(format!("address {:?} is not an IP address", req.address)))?;
+        let address =
+            req.address.parse().map_err(|_| Status::invalid_argument(format!("address {:?} is not an IP address", req.address)))?;
         if req.id.is_empty() {
             return Err(Status::invalid_argument("id must not be empty"));
         }
@@ -353,7 +353,8 @@ impl Admin for AdminService {
             let mut current = (servers, policy);
             loop {
                 if last.as_ref() != Some(&current) {
-                    let reply = v1::WatchReply { servers: current.0.iter().map(|a| a.to_string()).collect(), policy: current.1.to_string() };
+                    let reply =
+                        v1::WatchReply { servers: current.0.iter().map(|a| a.to_string()).collect(), policy: current.1.to_string() };
                     if tx.send(Ok(reply)).await.is_err() {
                         return; // the watcher went away
                     }

@@ -64,10 +64,19 @@ impl Shared {
     /// Prometheus text: each check's state.
     fn render(&self) -> String {
         use std::fmt::Write;
-        let mut out = String::from("# HELP vnamed_monitor_check_up 1 when the check passes (rise/fall applied), 0 when not; absent before its first result.\n# TYPE vnamed_monitor_check_up gauge\n");
+        let mut out = String::from(
+            "# HELP vnamed_monitor_check_up 1 when the check passes (rise/fall applied), 0 when not; absent before its first result.\n# TYPE vnamed_monitor_check_up gauge\n",
+        );
         for c in self.checks.lock().expect("not poisoned").iter() {
             if let Some(up) = c.up {
-                let _ = writeln!(out, "vnamed_monitor_check_up{{pool=\"{}\",member=\"{}\",check=\"{}\"}} {}", esc(&c.pool), esc(&c.member), esc(&c.name), up as u8);
+                let _ = writeln!(
+                    out,
+                    "vnamed_monitor_check_up{{pool=\"{}\",member=\"{}\",check=\"{}\"}} {}",
+                    esc(&c.pool),
+                    esc(&c.member),
+                    esc(&c.name),
+                    up as u8
+                );
             }
         }
         out
@@ -121,9 +130,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => None,
     };
     let counters = Arc::new(crate::ring::driver::RingCounters::default());
-    let ring = config.ring.clone().map(|rc| {
-        tokio::spawn(crate::ring::driver::run(rc, mc.report_to.clone(), mc.token.clone(), counters.clone(), shutdown.clone()))
-    });
+    let ring = config
+        .ring
+        .clone()
+        .map(|rc| tokio::spawn(crate::ring::driver::run(rc, mc.report_to.clone(), mc.token.clone(), counters.clone(), shutdown.clone())));
     let has_ring = ring.is_some();
     let monitor = Monitor::start(mc, shutdown.clone()).await?;
     let srp_counters = Arc::new(crate::metrics::Counters::default());
@@ -170,7 +180,11 @@ async fn serve_checks(shared: Arc<Shared>, snapshot: Arc<arc_swap::ArcSwap<crate
         for r in shared.batch().reports.into_iter().filter(|r| r.up) {
             let tcp_port = r.metrics.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16);
             let address = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-            preferred.entry(r.pool.trim_end_matches('.').to_ascii_lowercase()).or_default().push(Preferred { id: r.member, address, tcp_port });
+            preferred.entry(r.pool.trim_end_matches('.').to_ascii_lowercase()).or_default().push(Preferred {
+                id: r.member,
+                address,
+                tcp_port,
+            });
         }
         let snap = Snapshot { preferred: preferred.into_iter().map(|(k, v)| (k, v.into())).collect(), ..Default::default() };
         snapshot.store(Arc::new(snap));
@@ -188,7 +202,8 @@ struct HostService;
 impl crate::grpc::v1::host_server::Host for HostService {
     async fn connections(&self, req: Request<v1::ConnectionsRequest>) -> Result<Response<v1::ConnectionsReply>, Status> {
         let req = req.into_inner();
-        let local: std::net::Ipv4Addr = req.local.parse().map_err(|_| Status::invalid_argument(format!("local {:?} is not an IPv4 address", req.local)))?;
+        let local: std::net::Ipv4Addr =
+            req.local.parse().map_err(|_| Status::invalid_argument(format!("local {:?} is not an IPv4 address", req.local)))?;
         let text = tokio::fs::read_to_string("/proc/net/tcp").await.map_err(|e| Status::unavailable(format!("/proc/net/tcp: {e}")))?;
         let connections = tcp_table::established(&text)
             .into_iter()
@@ -238,8 +253,11 @@ impl Monitor {
             tasks.spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 let host = crate::grpc::v1::host_server::HostServer::new(HostService);
-                if let Err(error) =
-                    tonic::transport::Server::builder().add_service(svc).add_service(host).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
+                if let Err(error) = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .add_service(host)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
                 {
                     warn!(%error, "push listener stopped");
                 }
@@ -288,7 +306,9 @@ async fn run_check(i: usize, c: CheckConfig, shared: Arc<Shared>, shutdown: Canc
             CheckKind::Push => {
                 let pushed = shared.pushed.lock().expect("not poisoned").get(&(c.pool.clone(), member.clone())).cloned();
                 match pushed {
-                    Some(p) if p.at.elapsed() <= c.interval * 3 => Probe { ok: p.up, metrics: p.metrics, error: (!p.up).then(|| "pushed down".into()) },
+                    Some(p) if p.at.elapsed() <= c.interval * 3 => {
+                        Probe { ok: p.up, metrics: p.metrics, error: (!p.up).then(|| "pushed down".into()) }
+                    }
                     Some(_) => Probe::failed("pushes stopped"),
                     None => Probe::failed("nothing pushed yet"),
                 }
@@ -402,11 +422,15 @@ impl Ingest for PushService {
         }
         let reports = report::decode(&batch, report::now_unix_ms()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         for (index, r) in reports.iter().enumerate() {
-            let known = self.checks.iter().any(|c| {
-                c.kind == CheckKind::Push && c.pool == r.pool && c.member.as_deref().unwrap_or(&self.shared.host) == r.member
-            });
+            let known = self
+                .checks
+                .iter()
+                .any(|c| c.kind == CheckKind::Push && c.pool == r.pool && c.member.as_deref().unwrap_or(&self.shared.host) == r.member);
             if !known {
-                return Err(Status::not_found(format!("report {index}: no push check for pool {} member {} on this monitor", r.pool, r.member)));
+                return Err(Status::not_found(format!(
+                    "report {index}: no push check for pool {} member {} on this monitor",
+                    r.pool, r.member
+                )));
             }
         }
         let n = reports.len();

@@ -164,9 +164,7 @@ fn count_processes(m: &ProcessMatch, root: &Path) -> Result<usize, String> {
             continue;
         }
         let hit = match m {
-            ProcessMatch::Name(want) => {
-                std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim_end() == want)
-            }
+            ProcessMatch::Name(want) => std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim_end() == want),
             ProcessMatch::Cmdline(pattern) => std::fs::read(entry.path().join("cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(pattern.as_str())),
             ProcessMatch::Pidfile(_) => false,

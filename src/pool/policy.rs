@@ -27,9 +27,7 @@ pub fn score(policy: PolicyName, formula: Option<&Formula>, m: &MemberState) -> 
 /// authorities fed the same reports give the same answer.
 pub fn order(policy: PolicyName, formula: Option<&Formula>, members: &[&MemberState]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..members.len()).collect();
-    let key = |f: fn(&MemberState) -> Option<f64>, missing: f64| {
-        move |i: &usize| f(members[*i]).unwrap_or(missing)
-    };
+    let key = |f: fn(&MemberState) -> Option<f64>, missing: f64| move |i: &usize| f(members[*i]).unwrap_or(missing);
     let sort_by = |idx: &mut Vec<usize>, k: &dyn Fn(&usize) -> f64| {
         idx.sort_by(|a, b| k(a).total_cmp(&k(b)));
     };

@@ -61,7 +61,9 @@ impl RingCounters {
         let _ = writeln!(out, "vnamed_ring_members {}", self.members.load(Ordering::Relaxed));
         out.push_str("# HELP vnamed_ring_dispatcher 1 while this host is the elected dispatcher.\n# TYPE vnamed_ring_dispatcher gauge\n");
         let _ = writeln!(out, "vnamed_ring_dispatcher {}", self.dispatcher.load(Ordering::Relaxed));
-        out.push_str("# HELP vnamed_ring_deaths_found_total Ring members this host found dead.\n# TYPE vnamed_ring_deaths_found_total counter\n");
+        out.push_str(
+            "# HELP vnamed_ring_deaths_found_total Ring members this host found dead.\n# TYPE vnamed_ring_deaths_found_total counter\n",
+        );
         let _ = writeln!(out, "vnamed_ring_deaths_found_total {}", self.deaths_found.load(Ordering::Relaxed));
     }
 }
@@ -226,10 +228,9 @@ async fn report_to(authorities: Vec<String>, token: Option<String>, mut rx: mpsc
             for attempt in 0..attempts {
                 let result = match &report {
                     Report::Announce(a) => client.server_announce(MemberMsg { address: a.to_string() }).await.map(|_| ()),
-                    Report::Delete { dead, reporter } => client
-                        .server_delete(DeleteRequest { dead: dead.to_string(), reporter: reporter.to_string() })
-                        .await
-                        .map(|_| ()),
+                    Report::Delete { dead, reporter } => {
+                        client.server_delete(DeleteRequest { dead: dead.to_string(), reporter: reporter.to_string() }).await.map(|_| ())
+                    }
                 };
                 match result {
                     Ok(()) => break,

@@ -47,26 +47,47 @@ pub struct Carried {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    Ping { seq: u64 },
-    Pong { seq: u64 },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
     /// The heartbeat token, circulating from each member to the next;
     /// `hops` bounds its life while views disagree (say, after a partition).
-    Token { round: u64, hops: u16, carried: Vec<Carried> },
+    Token {
+        round: u64,
+        hops: u16,
+        carried: Vec<Carried>,
+    },
     /// Broadcast by a member that wants in.
-    Join { capable: bool },
+    Join {
+        capable: bool,
+    },
     /// Who I am, in answer to a Join or during a rebuild.
-    Hello { capable: bool },
+    Hello {
+        capable: bool,
+    },
     /// Broadcast by a member leaving gracefully.
     Leave,
     /// Out of band: `dead` stopped answering its buddy `from`.
-    Dead { dead: SocketAddr },
+    Dead {
+        dead: SocketAddr,
+    },
     /// Out of band: the token was lost; everyone leaves and re-enters.
-    Purge { epoch: u64 },
+    Purge {
+        epoch: u64,
+    },
     /// The seeds' ServerReplace, member to member: in your buddy list,
     /// replace `replace` with `with` (dispatch-capable or not). `gone`:
     /// `replace` left the ring (a death or a shutdown), rather than just
     /// moved away from you because `with` joined between you.
-    Replace { replace: SocketAddr, with: SocketAddr, with_capable: bool, gone: bool },
+    Replace {
+        replace: SocketAddr,
+        with: SocketAddr,
+        with_capable: bool,
+        gone: bool,
+    },
 }
 
 /// Where a message goes.
@@ -95,10 +116,14 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Broadcast a Join; collecting Hellos until the deadline.
-    Joining { until: Instant },
+    Joining {
+        until: Instant,
+    },
     Member,
     /// Purged: collecting Hellos until the deadline.
-    Rebuilding { until: Instant },
+    Rebuilding {
+        until: Instant,
+    },
     Left,
 }
 
@@ -216,12 +241,13 @@ impl Member {
     /// one, and everyone that we left.
     pub fn leave(&mut self) {
         if let Some((next, prev)) = self.buddies()
-            && next != prev {
-                let cap = |a| self.members.get(&a).copied().unwrap_or(false);
-                let (cap_next, cap_prev) = (cap(next), cap(prev));
-                self.outbox.push_back((To::One(next), Msg::Replace { replace: self.me, with: prev, with_capable: cap_prev, gone: true }));
-                self.outbox.push_back((To::One(prev), Msg::Replace { replace: self.me, with: next, with_capable: cap_next, gone: true }));
-            }
+            && next != prev
+        {
+            let cap = |a| self.members.get(&a).copied().unwrap_or(false);
+            let (cap_next, cap_prev) = (cap(next), cap(prev));
+            self.outbox.push_back((To::One(next), Msg::Replace { replace: self.me, with: prev, with_capable: cap_prev, gone: true }));
+            self.outbox.push_back((To::One(prev), Msg::Replace { replace: self.me, with: next, with_capable: cap_next, gone: true }));
+        }
         self.outbox.push_back((To::All, Msg::Leave));
         self.phase = Phase::Left;
     }
@@ -307,10 +333,11 @@ impl Member {
             Msg::Ping { seq } => self.outbox.push_back((To::One(from), Msg::Pong { seq })),
             Msg::Pong { seq } => {
                 if let Some(w) = self.watch.get_mut(&from)
-                    && w.outstanding == Some(seq) {
-                        w.missed = 0;
-                        w.outstanding = None;
-                    }
+                    && w.outstanding == Some(seq)
+                {
+                    w.missed = 0;
+                    w.outstanding = None;
+                }
             }
             Msg::Join { capable } => {
                 self.add(from, capable);
@@ -422,12 +449,13 @@ impl Member {
                     self.become_member(now);
                     // Tell the new buddies that we now stand between them.
                     if let Some((next, prev)) = self.buddies()
-                        && next != prev {
-                            let with = self.me;
-                            let with_capable = self.capable;
-                            self.outbox.push_back((To::One(next), Msg::Replace { replace: prev, with, with_capable, gone: false }));
-                            self.outbox.push_back((To::One(prev), Msg::Replace { replace: next, with, with_capable, gone: false }));
-                        }
+                        && next != prev
+                    {
+                        let with = self.me;
+                        let with_capable = self.capable;
+                        self.outbox.push_back((To::One(next), Msg::Replace { replace: prev, with, with_capable, gone: false }));
+                        self.outbox.push_back((To::One(prev), Msg::Replace { replace: next, with, with_capable, gone: false }));
+                    }
                 }
             }
             Phase::Rebuilding { until } => {
@@ -443,18 +471,20 @@ impl Member {
                     return;
                 }
                 if let Some(t) = self.next_token
-                    && now >= t && self.is_master() {
-                        self.next_token = None;
-                        self.round += 1;
-                        self.last_token = now;
-                        match self.buddies() {
-                            Some((next, _)) => {
-                                let carried = std::mem::take(&mut self.to_carry);
-                                self.outbox.push_back((To::One(next), Msg::Token { round: self.round, hops: 1, carried }));
-                            }
-                            None => self.next_token = Some(now + self.timing.ping_interval),
+                    && now >= t
+                    && self.is_master()
+                {
+                    self.next_token = None;
+                    self.round += 1;
+                    self.last_token = now;
+                    match self.buddies() {
+                        Some((next, _)) => {
+                            let carried = std::mem::take(&mut self.to_carry);
+                            self.outbox.push_back((To::One(next), Msg::Token { round: self.round, hops: 1, carried }));
                         }
+                        None => self.next_token = Some(now + self.timing.ping_interval),
                     }
+                }
                 if self.members.len() < 2 {
                     self.last_token = now; // alone: nothing to miss
                 }

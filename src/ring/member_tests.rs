@@ -28,13 +28,22 @@ struct Net {
 impl Net {
     fn new(timing: Timing) -> Self {
         let now = Instant::now();
-        Self { now, start: now, timing, nodes: BTreeMap::new(), down: BTreeSet::new(), side: None, drop_tokens: false, drop_out_of_band: false, replaces: Vec::new(), events: Vec::new() }
+        Self {
+            now,
+            start: now,
+            timing,
+            nodes: BTreeMap::new(),
+            down: BTreeSet::new(),
+            side: None,
+            drop_tokens: false,
+            drop_out_of_band: false,
+            replaces: Vec::new(),
+            events: Vec::new(),
+        }
     }
 
     fn reachable(&self, a: SocketAddr, b: SocketAddr) -> bool {
-        !self.down.contains(&a)
-            && !self.down.contains(&b)
-            && self.side.as_ref().is_none_or(|s| s.contains(&a) == s.contains(&b))
+        !self.down.contains(&a) && !self.down.contains(&b) && self.side.as_ref().is_none_or(|s| s.contains(&a) == s.contains(&b))
     }
 
     fn join(&mut self, last: u8, capable: bool) {
@@ -99,12 +108,7 @@ impl Net {
         let end = self.now + d;
         loop {
             self.deliver();
-            let next = self
-                .nodes
-                .iter()
-                .filter(|(a, _)| !self.down.contains(a))
-                .filter_map(|(_, m)| m.poll_timeout())
-                .min();
+            let next = self.nodes.iter().filter(|(a, _)| !self.down.contains(a)).filter_map(|(_, m)| m.poll_timeout()).min();
             match next {
                 Some(t) if t <= end => {
                     self.now = self.now.max(t);
@@ -290,7 +294,6 @@ fn token_messages_reach_their_addressee_and_stop_there() {
     assert_eq!(delivered(3, b"all"), 0, "removed when back at its sender");
 }
 
-
 fn replace(replace: u8, with: u8, gone: bool) -> Msg {
     Msg::Replace { replace: addr(replace), with: addr(with), with_capable: true, gone }
 }
@@ -304,10 +307,7 @@ fn a_joiner_tells_its_new_buddies_with_server_replace() {
     net.replaces.clear();
     net.join(4, true);
     net.run(Duration::from_secs(3));
-    assert_eq!(
-        net.replaces,
-        vec![(addr(4), addr(5), replace(2, 4, false)), (addr(4), addr(2), replace(5, 4, false))],
-    );
+    assert_eq!(net.replaces, vec![(addr(4), addr(5), replace(2, 4, false)), (addr(4), addr(2), replace(5, 4, false))],);
     // Nobody left: every member still knows all four.
     assert!(net.live().all(|(_, m)| m.members().len() == 4));
 }
@@ -332,10 +332,7 @@ fn server_replace_alone_relinks_the_ring_when_the_broadcasts_are_lost() {
     net.nodes.get_mut(&addr(2)).unwrap().leave();
     net.deliver();
     net.down.insert(addr(2));
-    assert_eq!(
-        net.replaces,
-        vec![(addr(2), addr(4), replace(2, 1, true)), (addr(2), addr(1), replace(2, 4, true))],
-    );
+    assert_eq!(net.replaces, vec![(addr(2), addr(4), replace(2, 1, true)), (addr(2), addr(1), replace(2, 4, true))],);
     for a in [1, 4] {
         assert!(net.events.iter().any(|(_, at, e)| *at == addr(a) && *e == Event::Left(addr(2))), "{:?}", net.events);
     }

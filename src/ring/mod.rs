@@ -4,6 +4,6 @@
 
 pub mod driver;
 pub mod member;
-pub mod wire;
 pub mod registry;
 pub mod table;
+pub mod wire;

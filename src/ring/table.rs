@@ -211,7 +211,13 @@ mod tests {
             for s in 1..=n {
                 let next = if s == n { 1 } else { s + 1 };
                 let prev = if s == 1 { n } else { s - 1 };
-                let want = if n == 1 { [1, 1] } else if n == 2 { [next, next] } else { [next, prev] };
+                let want = if n == 1 {
+                    [1, 1]
+                } else if n == 2 {
+                    [next, next]
+                } else {
+                    [next, prev]
+                };
                 assert_eq!(t.buddies(&s).unwrap(), want, "server {s} of {n}");
             }
         }

@@ -36,7 +36,14 @@ pub struct ResolveArgs {
 }
 
 fn print(info: &InstanceInfo, host: &str) {
-    println!("{}\\{}  server {}  version {}{}", host, info.instance_name, info.server_name, info.version, if info.clustered { "  clustered" } else { "" });
+    println!(
+        "{}\\{}  server {}  version {}{}",
+        host,
+        info.instance_name,
+        info.server_name,
+        info.version,
+        if info.clustered { "  clustered" } else { "" }
+    );
     if let Some(p) = info.tcp {
         println!("  tcp  {host}:{p}");
     }

@@ -136,7 +136,12 @@ fn find<'a>(instances: &'a [SrpInstance], name: &str) -> Option<&'a SrpInstance>
 /// when its pool has no member to serve it, or when the member serving it
 /// has an address of its own among the cluster's and that is not `local`
 /// (clients that find the cluster by DNS are sent to the member's address).
-fn info(cluster: &Cluster, local: IpAddr, i: &SrpInstance, preferred: &HashMap<String, std::sync::Arc<[Preferred]>>) -> Option<InstanceInfo> {
+fn info(
+    cluster: &Cluster,
+    local: IpAddr,
+    i: &SrpInstance,
+    preferred: &HashMap<String, std::sync::Arc<[Preferred]>>,
+) -> Option<InstanceInfo> {
     let member = match &i.pool {
         Some(pool) => Some(preferred.get(&pool.trim_end_matches('.').to_ascii_lowercase())?.first()?.clone()),
         None => None,
@@ -201,7 +206,11 @@ np = '\\PROD\pipe\sql\query'
         let v: Vec<Preferred> = members
             .iter()
             .enumerate()
-            .map(|(n, (id, port))| Preferred { id: id.to_string(), address: format!("127.0.0.{}", 51 + n).parse().unwrap(), tcp_port: *port })
+            .map(|(n, (id, port))| Preferred {
+                id: id.to_string(),
+                address: format!("127.0.0.{}", 51 + n).parse().unwrap(),
+                tcp_port: *port,
+            })
             .collect();
         HashMap::from([("sql.example.test".to_string(), v.into())])
     }
@@ -209,7 +218,8 @@ np = '\\PROD\pipe\sql\query'
     const HERE: &str = "127.0.0.50";
 
     fn ask(d: &mut Directory, data: &[u8], live: &HashMap<String, Arc<[Preferred]>>) -> Result<Vec<InstanceInfo>, NoReply> {
-        d.answer(HERE.parse().unwrap(), "127.0.0.9".parse().unwrap(), data, live, Instant::now()).map(|r| codec::decode_response(&r).unwrap())
+        d.answer(HERE.parse().unwrap(), "127.0.0.9".parse().unwrap(), data, live, Instant::now())
+            .map(|r| codec::decode_response(&r).unwrap())
     }
 
     #[test]
@@ -260,7 +270,8 @@ np = '\\PROD\pipe\sql\query'
         let mut d = Directory::new(&cfg);
         let l = live(&[("db1", None)]);
         let t = Instant::now();
-        let answered = (0..50).filter(|_| d.answer(HERE.parse().unwrap(), "127.0.0.9".parse().unwrap(), b"\x04SALES\x00", &l, t).is_ok()).count();
+        let answered =
+            (0..50).filter(|_| d.answer(HERE.parse().unwrap(), "127.0.0.9".parse().unwrap(), b"\x04SALES\x00", &l, t).is_ok()).count();
         assert_eq!(answered, 5);
     }
 }

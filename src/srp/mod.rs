@@ -49,14 +49,21 @@ impl SrpCounters {
             "# HELP vnamed_srp_replies_total SRP replies sent.\n# TYPE vnamed_srp_replies_total counter\nvnamed_srp_replies_total {}",
             self.replies.load(Ordering::Relaxed)
         );
-        out.push_str("# HELP vnamed_srp_dropped_total SRP requests left without a reply, by reason.\n# TYPE vnamed_srp_dropped_total counter\n");
+        out.push_str(
+            "# HELP vnamed_srp_dropped_total SRP requests left without a reply, by reason.\n# TYPE vnamed_srp_dropped_total counter\n",
+        );
         for why in NoReply::ALL {
             let _ = writeln!(out, "vnamed_srp_dropped_total{{reason=\"{}\"}} {}", why.label(), self.no_replies(why));
         }
         for (name, help, kind, v) in [
             ("vnamed_srp_active", "1 while this SRP responder is the active one.", "gauge", &self.active),
             ("vnamed_srp_activations_total", "Times this SRP responder became the active one.", "counter", &self.activations),
-            ("vnamed_srp_peer_dropped_total", "SRP peer messages dropped (malformed, forged, replayed, not from a peer).", "counter", &self.peer_dropped),
+            (
+                "vnamed_srp_peer_dropped_total",
+                "SRP peer messages dropped (malformed, forged, replayed, not from a peer).",
+                "counter",
+                &self.peer_dropped,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
         }

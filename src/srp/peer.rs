@@ -24,14 +24,23 @@ const MAX_PASSIVES: usize = 64;
 pub enum PeerMsg {
     Join,
     /// From the active responder: you are passive; here is the list.
-    JoinAck { passives: Vec<SocketAddr> },
+    JoinAck {
+        passives: Vec<SocketAddr>,
+    },
     Leave,
     /// From a stopping active responder: you are active now.
-    Activate { passives: Vec<SocketAddr> },
+    Activate {
+        passives: Vec<SocketAddr>,
+    },
     /// From the new active responder: I serve now; you may stop.
     ActivateAck,
-    KeepAlive { seq: u64 },
-    KeepAliveAck { seq: u64, passives: Vec<SocketAddr> },
+    KeepAlive {
+        seq: u64,
+    },
+    KeepAliveAck {
+        seq: u64,
+        passives: Vec<SocketAddr>,
+    },
     /// From a responder that just became active.
     Active,
 }
@@ -105,11 +114,22 @@ impl PeerMsg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     /// Asked the peers who is active; waiting for an answer.
-    Starting { until: Instant },
-    Active { passives: Vec<SocketAddr> },
-    Passive { active: SocketAddr, passives: Vec<SocketAddr>, last_ack: Instant, next_keepalive: Instant },
+    Starting {
+        until: Instant,
+    },
+    Active {
+        passives: Vec<SocketAddr>,
+    },
+    Passive {
+        active: SocketAddr,
+        passives: Vec<SocketAddr>,
+        last_ack: Instant,
+        next_keepalive: Instant,
+    },
     /// Handed over; serving until the new active one acknowledges.
-    Stopping { until: Instant },
+    Stopping {
+        until: Instant,
+    },
     Stopped,
 }
 
@@ -254,9 +274,10 @@ impl Peer {
                 self.become_passive(from, passives, now);
                 self.outbox.push_back((from, PeerMsg::Join));
             }
-            (Role::Passive { active, passives, last_ack, .. }, PeerMsg::KeepAliveAck { passives: list, .. } | PeerMsg::JoinAck { passives: list })
-                if *active == from =>
-            {
+            (
+                Role::Passive { active, passives, last_ack, .. },
+                PeerMsg::KeepAliveAck { passives: list, .. } | PeerMsg::JoinAck { passives: list },
+            ) if *active == from => {
                 *last_ack = now;
                 *passives = list;
             }
@@ -402,7 +423,11 @@ mod tests {
             }
         }
         fn active(&self) -> Vec<SocketAddr> {
-            self.nodes.iter().filter(|(k, p)| !self.down.contains(k) && matches!(p.role(), Role::Active { .. } | Role::Stopping { .. })).map(|(k, _)| *k).collect()
+            self.nodes
+                .iter()
+                .filter(|(k, p)| !self.down.contains(k) && matches!(p.role(), Role::Active { .. } | Role::Stopping { .. }))
+                .map(|(k, _)| *k)
+                .collect()
         }
     }
 
@@ -487,7 +512,8 @@ mod tests {
         assert_eq!(net.active(), vec![a(1)]);
         for (from, to, m) in &net.sent {
             if matches!(m, PeerMsg::KeepAlive { .. }) {
-                let answered_with_keepalive = net.sent.iter().any(|(f, t, m2)| f == to && t == from && matches!(m2, PeerMsg::KeepAlive { .. }));
+                let answered_with_keepalive =
+                    net.sent.iter().any(|(f, t, m2)| f == to && t == from && matches!(m2, PeerMsg::KeepAlive { .. }));
                 assert!(!answered_with_keepalive, "{from} and {to} exchanged keep-alives");
             }
         }

@@ -72,7 +72,9 @@ async fn dns_lookup(server: SocketAddr, name: &str, timeout: Duration) -> std::i
         m.add_query(Query::query(qname.clone(), qtype));
         socket.send(&m.to_vec().map_err(|e| invalid(e.to_string()))?).await?;
         let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(timeout, socket.recv(&mut buf)).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let n = tokio::time::timeout(timeout, socket.recv(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         let reply = Message::from_vec(&buf[..n]).map_err(|e| invalid(e.to_string()))?;
         if reply.metadata.id != id {
             return Err(invalid("a DNS reply to another query".into()));
@@ -113,9 +115,10 @@ impl Resolver {
                 let Ok(ip) = ip.parse() else { continue };
                 let data = [&[codec::SVR_RESP][..], &(reply.len() as u16).to_le_bytes(), reply.as_bytes()].concat();
                 if let Ok(mut infos) = codec::decode_response(&data)
-                    && infos.len() == 1 {
-                        self.cache.insert(key.to_owned(), (ip, infos.remove(0)));
-                    }
+                    && infos.len() == 1
+                {
+                    self.cache.insert(key.to_owned(), (ip, infos.remove(0)));
+                }
             }
         }
         self.file = Some(path);
@@ -124,7 +127,8 @@ impl Resolver {
 
     fn save(&self) {
         let Some(path) = &self.file else { return };
-        let text: String = self.cache.iter().map(|(k, (ip, info))| format!("{k}\t{ip}\t{}\n", info.to_text(codec::MAX_INSTANCE_RESPONSE))).collect();
+        let text: String =
+            self.cache.iter().map(|(k, (ip, info))| format!("{k}\t{ip}\t{}\n", info.to_text(codec::MAX_INSTANCE_RESPONSE))).collect();
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, path);
@@ -213,7 +217,10 @@ impl Resolver {
     async fn try_connect(&self, r: &Resolved, instance: &str) -> Result<TcpStream, ResolveError> {
         let addr = r.tcp().ok_or_else(|| ResolveError::NoTcp(instance.to_owned()))?;
         let io = |e| ResolveError::Io(addr.to_string(), e);
-        let mut s = tokio::time::timeout(self.timeout * 2, TcpStream::connect(addr)).await.map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?.map_err(io)?;
+        let mut s = tokio::time::timeout(self.timeout * 2, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(io)?;
         s.write_all(&tds::prelogin(instance)).await.map_err(io)?;
         let mut header = [0u8; tds::HEADER];
         let read = async {
@@ -223,7 +230,8 @@ impl Resolver {
             s.read_exact(&mut rest).await?;
             Ok::<_, std::io::Error>([&header[..], &rest].concat())
         };
-        let response = tokio::time::timeout(self.timeout * 2, read).await.map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?.map_err(io)?;
+        let response =
+            tokio::time::timeout(self.timeout * 2, read).await.map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?.map_err(io)?;
         match tds::instance_accepted(&response) {
             Some(true) => Ok(s),
             _ => Err(ResolveError::NotVerified { addr, instance: instance.to_owned() }),

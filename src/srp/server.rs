@@ -16,11 +16,11 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::metrics::Counters;
 use super::directory::Directory;
 use super::peer::{Peer, PeerEvent, PeerMsg};
 use crate::config::SrpConfig;
 use crate::dns::snapshot::Snapshot;
+use crate::metrics::Counters;
 use crate::ring::wire::{Envelope, ReplayGuard};
 
 /// Binds one cluster address, sharing the port only with other vnamed

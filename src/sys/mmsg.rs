@@ -21,19 +21,24 @@ pub struct RecvBatch {
     count: usize,
 }
 
-// The raw pointers only ever point into the batch's own boxes.
+// SAFETY: the raw pointers only ever point into the batch's own boxes,
+// which move with it and are never shared.
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
     pub fn new(n: usize) -> Self {
         let mut bufs = vec![[0u8; DATAGRAM]; n].into_boxed_slice();
-        let mut addrs: Box<[libc::sockaddr_storage]> = (0..n).map(|_| unsafe { zeroed() }).collect();
-        let mut iovs: Box<[libc::iovec]> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: DATAGRAM })
+        let mut addrs: Box<[libc::sockaddr_storage]> = (0..n)
+            .map(|_| {
+                // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid (AF_UNSPEC) value.
+                unsafe { zeroed() }
+            })
             .collect();
+        let mut iovs: Box<[libc::iovec]> =
+            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: DATAGRAM }).collect();
         let hdrs: Box<[libc::mmsghdr]> = (0..n)
             .map(|i| {
+                // SAFETY: mmsghdr is plain old data; null pointers and zero lengths are valid until set below.
                 let mut h: libc::mmsghdr = unsafe { zeroed() };
                 h.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
                 h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
@@ -55,9 +60,10 @@ impl RecvBatch {
             h.msg_len = 0;
             debug_assert_eq!(h.msg_hdr.msg_iov, &mut self.iovs[i] as *mut _);
         }
-        let n = unsafe {
-            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), self.hdrs.len() as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
-        };
+        // SAFETY: every header points at this batch's own buffer, address and iovec,
+        // which live as long as `self` and are not moved; the kernel writes at most
+        // the lengths the headers give.
+        let n = unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), self.hdrs.len() as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
         if n < 0 {
             self.count = 0;
             return Err(io::Error::last_os_error());
@@ -109,7 +115,7 @@ pub struct SendBatch {
     hdrs: Vec<libc::mmsghdr>,
 }
 
-// The scratch pointers are rebuilt on every flush and never outlive it.
+// SAFETY: the scratch pointers are rebuilt on every flush and never outlive it.
 unsafe impl Send for SendBatch {}
 
 impl SendBatch {
@@ -149,7 +155,9 @@ impl SendBatch {
         let hdrs = &mut self.hdrs;
         hdrs.clear();
         for (iov, addr) in iovs.iter_mut().zip(&self.addrs[..self.count]) {
+            // SAFETY: `commit` initialised every address below `count`.
             let addr = unsafe { addr.assume_init_ref() };
+            // SAFETY: mmsghdr is plain old data; all zeroes is valid until set below.
             let mut h: libc::mmsghdr = unsafe { zeroed() };
             h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
             h.msg_hdr.msg_namelen = addr.len();
@@ -159,6 +167,8 @@ impl SendBatch {
         }
         let mut sent = 0;
         while sent < hdrs.len() {
+            // SAFETY: the headers point into `bufs`, `addrs` and `iovs`, all alive and
+            // unmoved for the call; the kernel only reads them.
             let n = unsafe { libc::sendmmsg(fd, hdrs[sent..].as_mut_ptr(), (hdrs.len() - sent) as u32, 0) };
             if n <= 0 {
                 // Skip the datagram that failed and go on with the rest.
@@ -168,6 +178,7 @@ impl SendBatch {
             sent += n as usize;
         }
         for a in &mut self.addrs[..self.count] {
+            // SAFETY: `commit` initialised every address below `count`; each is dropped once.
             unsafe { a.assume_init_drop() };
         }
         let total = self.count;
@@ -179,6 +190,7 @@ impl SendBatch {
 impl Drop for SendBatch {
     fn drop(&mut self) {
         for a in &mut self.addrs[..self.count] {
+            // SAFETY: `commit` initialised every address below `count`; each is dropped once.
             unsafe { a.assume_init_drop() };
         }
     }

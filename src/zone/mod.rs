@@ -112,12 +112,9 @@ impl ZoneFile {
     /// Reads and validates a zone file whose origin comes from its name.
     pub fn load(path: &Path) -> Result<Self, ZoneError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ZoneError::Read { file: file.clone(), source: Arc::new(e) })?;
-        let origin = origin_for(path).ok_or_else(|| ZoneError::Whole {
-            file: file.clone(),
-            message: "file name must be <zone name>.zone".into(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ZoneError::Read { file: file.clone(), source: Arc::new(e) })?;
+        let origin = origin_for(path)
+            .ok_or_else(|| ZoneError::Whole { file: file.clone(), message: "file name must be <zone name>.zone".into() })?;
         Self::parse(path, origin, text)
     }
 
@@ -226,9 +223,7 @@ impl ZoneFile {
 
     /// The managed block for a pool, if the file has one.
     pub fn block(&self, pool: &Name) -> Option<&Block> {
-        self.blocks.iter().find(|b| {
-            Name::from_ascii(&b.pool).is_ok_and(|n| LowerName::from(&n) == LowerName::from(pool))
-        })
+        self.blocks.iter().find(|b| Name::from_ascii(&b.pool).is_ok_and(|n| LowerName::from(&n) == LowerName::from(pool)))
     }
 
     /// Lines of A/AAAA records for a virtual name outside its managed block:
@@ -297,9 +292,7 @@ fn parse_records(src: &str, entries: &[text::Entry], origin: &Name) -> Result<Pa
             one.push_str(&src[r.clone()]);
         }
         one.push('\n');
-        let (_, sets) = Parser::new(one, None, Some(origin.clone()))
-            .parse()
-            .map_err(|e| (line, e.to_string()))?;
+        let (_, sets) = Parser::new(one, None, Some(origin.clone())).parse().map_err(|e| (line, e.to_string()))?;
         for set in sets.into_values() {
             for record in set.records_without_rrsigs() {
                 last_owner = Some(record.name.clone());
@@ -354,13 +347,9 @@ pub fn address_records(name: &Name, ttl: u32, addresses: &[IpAddr]) -> (Vec<Reco
 /// All `*.zone` files in a directory, each loaded; every broken file is
 /// reported, not just the first.
 pub fn load_dir(dir: &Path) -> Result<BTreeMap<LowerName, ZoneFile>, Vec<ZoneError>> {
-    let read = std::fs::read_dir(dir).map_err(|e| {
-        vec![ZoneError::Read { file: dir.display().to_string(), source: Arc::new(e) }]
-    })?;
-    let mut paths: Vec<PathBuf> = read
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "zone"))
-        .collect();
+    let read = std::fs::read_dir(dir).map_err(|e| vec![ZoneError::Read { file: dir.display().to_string(), source: Arc::new(e) }])?;
+    let mut paths: Vec<PathBuf> =
+        read.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "zone")).collect();
     paths.sort();
     let mut zones = BTreeMap::new();
     let mut errors = Vec::new();

@@ -58,9 +58,10 @@ pub fn entries(src: &str) -> Result<Vec<Entry>, TextError> {
                 i += 1;
                 at_line_start = true;
                 if depth == 0
-                    && let Some(e) = current.take() {
-                        out.push(e);
-                    }
+                    && let Some(e) = current.take()
+                {
+                    out.push(e);
+                }
                 continue;
             }
             b' ' | b'\t' | b'\r' => {
@@ -76,11 +77,7 @@ pub fn entries(src: &str) -> Result<Vec<Entry>, TextError> {
             }
             _ => {}
         }
-        let entry = current.get_or_insert_with(|| Entry {
-            line,
-            tokens: Vec::new(),
-            blank_owner: !at_line_start,
-        });
+        let entry = current.get_or_insert_with(|| Entry { line, tokens: Vec::new(), blank_owner: !at_line_start });
         at_line_start = false;
         match c {
             b'(' => {
@@ -104,10 +101,7 @@ pub fn entries(src: &str) -> Result<Vec<Entry>, TextError> {
                 loop {
                     match bytes.get(i) {
                         None => {
-                            return Err(TextError {
-                                line: open_line,
-                                message: "unterminated quoted string".into(),
-                            });
+                            return Err(TextError { line: open_line, message: "unterminated quoted string".into() });
                         }
                         Some(b'\\') => i += 2,
                         Some(b'"') => {
@@ -220,13 +214,7 @@ pub fn blocks(src: &str) -> Result<Vec<Block>, TextError> {
 /// Rewrites `src`: each block named in `replace` (by lower-case pool name)
 /// gets the new body, blocks that do not exist yet are appended, and the SOA
 /// serial at `serial_span` becomes `serial`. Everything else is kept.
-pub fn rewrite(
-    src: &str,
-    found: &[Block],
-    serial_span: Range<usize>,
-    serial: u32,
-    replace: &BTreeMap<String, String>,
-) -> String {
+pub fn rewrite(src: &str, found: &[Block], serial_span: Range<usize>, serial: u32, replace: &BTreeMap<String, String>) -> String {
     let mut edits: Vec<(Range<usize>, String)> = vec![(serial_span, serial.to_string())];
     let mut appended = String::new();
     for (pool, body) in replace {
@@ -280,7 +268,9 @@ mod tests {
 
     #[test]
     fn rewrite_touches_only_blocks_and_serial() {
-        let src = format!("{ZONE}; vnamed:begin www.example.\n; vnamed:member web1 admin=down\nwww.example. 5 IN A 127.0.0.9\n; vnamed:end\n; trailing comment\n");
+        let src = format!(
+            "{ZONE}; vnamed:begin www.example.\n; vnamed:member web1 admin=down\nwww.example. 5 IN A 127.0.0.9\n; vnamed:end\n; trailing comment\n"
+        );
         let found = blocks(&src).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].members, vec![("web1".to_owned(), vec![("admin".to_owned(), "down".to_owned())])]);

@@ -71,15 +71,8 @@ impl Authority {
             ),
         )
         .unwrap();
-        let mut a = Self {
-            ip,
-            port,
-            grpc: format!("http://{ip}:{grpc_port}"),
-            log: dir.path().join("vnamed.log"),
-            dir,
-            config,
-            child: None,
-        };
+        let mut a =
+            Self { ip, port, grpc: format!("http://{ip}:{grpc_port}"), log: dir.path().join("vnamed.log"), dir, config, child: None };
         a.spawn();
         a
     }
