@@ -123,7 +123,7 @@ impl StatusApi for FarmService {
 
 impl Ingest for FarmService {
     async fn ingest(&self, batch: ReportBatch) -> Result<u32, Status> {
-        let reports = report::decode(&batch, report::now_unix_ms()).map_err(|e| {
+        let reports = report::decode(&batch, crate::clock::unix_ms()).map_err(|e| {
             self.counters.refused(e.reason());
             Status::invalid_argument(e.to_string())
         })?;

@@ -6,10 +6,12 @@
 
 pub mod admin;
 pub mod authority;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod dns;
+pub mod envelope;
 pub mod farm;
 pub mod grpc;
 pub mod metrics;

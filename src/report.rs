@@ -134,11 +134,6 @@ pub fn decode(batch: &v1::ReportBatch, now_unix_ms: i64) -> Result<Vec<Report>, 
         .collect()
 }
 
-/// The current time in Unix milliseconds.
-pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,7 +72,7 @@ async fn reports_steer_the_answer_and_bad_ones_change_nothing() {
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains("has no member web9"), "{}", e.message());
     let mut future = report("web3", true, 0.0);
-    future.observed_unix_ms = vnamed::report::now_unix_ms() + 3_600_000;
+    future.observed_unix_ms = vnamed::clock::unix_ms() + 3_600_000;
     assert_eq!(client.report(batch(vec![future])).await.unwrap_err().code(), Code::InvalidArgument);
     // Oversized: refused by size before anything is decoded.
     let mut big = report("web3", true, 0.0);

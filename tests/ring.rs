@@ -86,8 +86,9 @@ fn a_killed_host_leaves_the_answers_at_once_and_returns_when_it_rejoins() {
     assert!(metric(1, "vnamed_ring_members 3"), "{}", common::scrape((hosts[1], 9400)));
     assert!(metric(1, &format!("vnamed_monitor_check_up{{pool=\"www.example.test.\",member=\"web1\",check=\"tcp:{}:8080\"}} 1", hosts[1])));
     {
+        use vnamed::envelope::Envelope;
         use vnamed::ring::member::Msg;
-        use vnamed::ring::wire::{Envelope, encode};
+        use vnamed::ring::wire::encode;
         let s = std::net::UdpSocket::bind((hosts[2], 0)).unwrap();
         let to = (hosts[1], 7946);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;

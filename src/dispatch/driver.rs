@@ -131,7 +131,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .filter(|v| v.mode != DispatchMode::L7)
         .map(|v| Vip { ip: v.address, ports: v.ports.clone(), mode: if v.mode == DispatchMode::L42 { Mode::L42 } else { Mode::L43 } })
         .collect();
-    let seed = crate::report::now_unix_ms() as u32 ^ std::process::id();
+    let seed = crate::clock::unix_ms() as u32 ^ std::process::id();
     let splicers: Vec<Splicer> = dc
         .vip
         .iter()

@@ -329,7 +329,7 @@ async fn run_check(i: usize, c: CheckConfig, shared: Arc<Shared>, shutdown: Canc
             if result.ok || !result.metrics.is_empty() {
                 s.metrics = result.metrics;
             }
-            s.observed_unix_ms = report::now_unix_ms();
+            s.observed_unix_ms = crate::clock::unix_ms();
         }
         shared.version.send_modify(|v| *v += 1);
     }
@@ -420,7 +420,7 @@ impl Ingest for PushService {
                 r.member = self.shared.host.clone();
             }
         }
-        let reports = report::decode(&batch, report::now_unix_ms()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reports = report::decode(&batch, crate::clock::unix_ms()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         for (index, r) in reports.iter().enumerate() {
             let known = self
                 .checks

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::member::{Event, Member, Timing, To};
-use super::wire::{self, Envelope, ReplayGuard};
+use super::wire;
 use crate::config::RingConfig;
+use crate::envelope::{Envelope, EnvelopeError, ReplayGuard};
 use crate::grpc::Bearer;
 use crate::grpc::v1::ring_client::RingClient;
 use crate::grpc::v1::{DeleteRequest, Member as MemberMsg};
@@ -39,8 +40,8 @@ pub struct RingCounters {
 }
 
 impl RingCounters {
-    fn count_drop(&self, error: &wire::WireError) {
-        use wire::WireError::*;
+    fn count_drop(&self, error: &EnvelopeError) {
+        use EnvelopeError::*;
         let c = match error {
             Short | Magic | Version(_) | Kind(_) | Malformed(_) => &self.malformed,
             Untagged | Forged => &self.unauthenticated,
@@ -76,7 +77,7 @@ enum Report {
 }
 
 fn now_ms() -> u64 {
-    crate::report::now_unix_ms().max(0) as u64
+    crate::clock::unix_ms().max(0) as u64
 }
 
 /// Runs this host as a ring member until shutdown, then leaves gracefully.

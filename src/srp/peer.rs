@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::ring::wire::{self, Envelope, Reader, WireError, put_addr};
+use crate::envelope::{self, Envelope, EnvelopeError, Reader, put_addr};
 
 const MAGIC: &[u8; 2] = b"VS";
 /// Passive responders listed in one message, at most.
@@ -77,16 +77,16 @@ impl PeerMsg {
                 list(&mut body, passives);
             }
         }
-        wire::seal(MAGIC, self.kind(), env, &body, key)
+        envelope::seal(MAGIC, self.kind(), env, &body, key)
     }
 
-    pub fn decode(data: &[u8], key: Option<&[u8]>) -> Result<(Self, Envelope), WireError> {
-        let (kind, env, body) = wire::open(MAGIC, data, key)?;
+    pub fn decode(data: &[u8], key: Option<&[u8]>) -> Result<(Self, Envelope), EnvelopeError> {
+        let (kind, env, body) = envelope::open(MAGIC, data, key)?;
         let mut r = Reader { b: body };
-        let list = |r: &mut Reader| -> Result<Vec<SocketAddr>, WireError> {
+        let list = |r: &mut Reader| -> Result<Vec<SocketAddr>, EnvelopeError> {
             let n = r.u8("passive list")? as usize;
             if n > MAX_PASSIVES {
-                return Err(WireError::Malformed("passive list too long"));
+                return Err(EnvelopeError::Malformed("passive list too long"));
             }
             (0..n).map(|_| r.addr("passive")).collect()
         };
@@ -102,10 +102,10 @@ impl PeerMsg {
                 Self::KeepAliveAck { seq, passives: list(&mut r)? }
             }
             0x48 => Self::Active,
-            k => return Err(WireError::Kind(k)),
+            k => return Err(EnvelopeError::Kind(k)),
         };
         if !r.b.is_empty() {
-            return Err(WireError::Malformed("trailing bytes"));
+            return Err(EnvelopeError::Malformed("trailing bytes"));
         }
         Ok((msg, env))
     }
@@ -538,8 +538,8 @@ mod tests {
         ] {
             let bytes = m.encode(env, Some(b"k"));
             assert_eq!(PeerMsg::decode(&bytes, Some(b"k")), Ok((m.clone(), env)));
-            assert_eq!(PeerMsg::decode(&bytes, Some(b"other")), Err(WireError::Forged));
-            assert_eq!(PeerMsg::decode(&m.encode(env, None), Some(b"k")), Err(WireError::Untagged));
+            assert_eq!(PeerMsg::decode(&bytes, Some(b"other")), Err(EnvelopeError::Forged));
+            assert_eq!(PeerMsg::decode(&m.encode(env, None), Some(b"k")), Err(EnvelopeError::Untagged));
             // An SRP request is never mistaken for a peer message.
             assert!(PeerMsg::decode(b"\x04SALES\x00", None).is_err());
         }

@@ -67,7 +67,7 @@ async fn dns_lookup(server: SocketAddr, name: &str, timeout: Duration) -> std::i
     let socket = UdpSocket::bind(local).await?;
     socket.connect(server).await?;
     for qtype in [RecordType::A, RecordType::AAAA] {
-        let id = (std::process::id() as u16) ^ (crate::report::now_unix_ms() as u16);
+        let id = (std::process::id() as u16) ^ (crate::clock::unix_ms() as u16);
         let mut m = Message::new(id, MessageType::Query, OpCode::Query);
         m.add_query(Query::query(qname.clone(), qtype));
         socket.send(&m.to_vec().map_err(|e| invalid(e.to_string()))?).await?;

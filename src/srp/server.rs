@@ -20,8 +20,8 @@ use super::directory::Directory;
 use super::peer::{Peer, PeerEvent, PeerMsg};
 use crate::config::SrpConfig;
 use crate::dns::snapshot::Snapshot;
+use crate::envelope::{Envelope, ReplayGuard};
 use crate::metrics::Counters;
-use crate::ring::wire::{Envelope, ReplayGuard};
 
 /// Binds one cluster address, sharing the port only with other vnamed
 /// responders of the same user (SO_REUSEPORT).
@@ -140,7 +140,7 @@ pub async fn run(
         }
     };
     let key = cfg.key.as_ref().map(|k| k.as_bytes().to_vec());
-    let boot = crate::report::now_unix_ms() as u64 ^ u64::from(std::process::id()) << 40;
+    let boot = crate::clock::unix_ms() as u64 ^ u64::from(std::process::id()) << 40;
     let mut seq = 0u64;
     let mut guard = ReplayGuard::default();
     let mut peer = Peer::start(control_addr, cfg.peers.clone(), cfg.keepalive_interval, cfg.keepalive_timeout, Instant::now());
@@ -172,7 +172,7 @@ pub async fn run(
         }
         while let Some((to, msg)) = peer.poll_transmit() {
             seq += 1;
-            let bytes = msg.encode(Envelope { boot, seq, time_ms: crate::report::now_unix_ms() as u64 }, key.as_deref());
+            let bytes = msg.encode(Envelope { boot, seq, time_ms: crate::clock::unix_ms() as u64 }, key.as_deref());
             let _ = control.send_to(&bytes, to).await;
         }
         if stopping && peer.is_stopped() {
@@ -186,7 +186,7 @@ pub async fn run(
                     counters.srp.peer_dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let now_ms = crate::report::now_unix_ms() as u64;
+                let now_ms = crate::clock::unix_ms() as u64;
                 match PeerMsg::decode(&buf[..n], key.as_deref()).and_then(|(m, env)| guard.check(from, env, now_ms).map(|()| m)) {
                     Ok(msg) => peer.handle(Instant::now(), from, msg),
                     Err(error) => {
