@@ -75,7 +75,15 @@ impl Authority {
         // when an address could not be bound, so every problem shows at once.
         let updater = match files {
             Some(files) => {
-                match Updater::new(config, files, snapshot.clone(), notify_tx, counters.clone(), auth.zone_write_interval, Instant::now()) {
+                match Updater::new(
+                    config,
+                    files,
+                    snapshot.clone(),
+                    notify_tx,
+                    counters.clone(),
+                    auth.zone_write_interval,
+                    crate::clock::Now::read(),
+                ) {
                     Ok(u) => Some(u),
                     Err(p) => {
                         problems.extend(p);

@@ -5,100 +5,105 @@
 //! preferred servers) or each member as it is.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::clock::Now;
 use crate::config::{Config, FarmConfig, FarmMode};
+use crate::grpc::report;
 use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
 use crate::grpc::v1::{MemberReport, ReportBatch, ReportReply};
 use crate::grpc::{Bearer, Ingest, ReplyStream, TokenCheck, report_stream};
 use crate::metrics::Counters;
 use crate::monitor::{report_to, upstream_client};
-use crate::pool::PoolState;
-use crate::report::{self, Report, ReportError};
+use crate::pool::Table;
+use crate::pool::{Report, ReportError};
 
 struct Farm {
     name: String,
     mode: FarmMode,
-    pools: Mutex<Vec<PoolState>>,
+    table: Mutex<Table>,
     version: watch::Sender<u64>,
 }
 
 impl Farm {
+    /// The table; a batch refused halfway changes nothing, so a lock
+    /// poisoned by a panic elsewhere still guards a consistent table.
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Stores a checked batch whole, or refuses it whole.
     fn store(&self, reports: Vec<Report>, now: Instant) -> Result<usize, ReportError> {
-        let mut pools = self.pools.lock().expect("not poisoned");
-        let mut targets = Vec::with_capacity(reports.len());
-        for (index, r) in reports.iter().enumerate() {
-            let i = pools
-                .iter()
-                .position(|p| {
-                    p.name.to_string().eq_ignore_ascii_case(&r.pool) || p.name.to_string().eq_ignore_ascii_case(&format!("{}.", r.pool))
-                })
-                .ok_or_else(|| ReportError::NoPool { index, pool: r.pool.clone() })?;
-            let m = pools[i].position(&r.member).ok_or_else(|| ReportError::NoMember {
-                index,
-                pool: r.pool.clone(),
-                member: r.member.clone(),
-            })?;
-            targets.push((i, m));
-        }
-        let n = reports.len();
-        for (r, (i, m)) in reports.into_iter().zip(targets) {
-            let smoothing = pools[i].smoothing;
-            pools[i].members[m].absorb(r.up, r.metrics, r.custom, smoothing, now.checked_sub(r.age).unwrap_or(now));
-        }
-        drop(pools);
+        let absorbed = self.table().absorb(reports, now)?;
         self.version.send_modify(|v| *v += 1);
-        Ok(n)
+        Ok(absorbed.count)
     }
 
     /// What goes upward now.
     fn batch(&self, now: Instant) -> ReportBatch {
-        let pools = self.pools.lock().expect("not poisoned");
-        let mut reports = Vec::new();
-        for p in pools.iter() {
-            match self.mode {
-                FarmMode::Members => {
-                    for m in p.members.iter().filter(|m| m.health.is_some()) {
-                        reports.push(MemberReport {
-                            pool: p.name.to_string(),
-                            member: m.id.clone(),
-                            up: m.eligible(now, p.stale_after),
-                            metrics: m.metrics.pairs().map(|(k, v)| (k.to_owned(), v)).chain(m.custom.clone()).collect(),
-                            observed_unix_ms: 0,
-                            check: format!("farm {}", self.name),
-                            addresses: Vec::new(),
-                        });
-                    }
-                }
-                FarmMode::Entity => {
-                    if p.members.iter().all(|m| m.health.is_none()) {
-                        continue; // nothing known yet: say nothing rather than "down"
-                    }
-                    let order = p.order(now);
-                    // The farm's metrics to the global policy are its preferred member's.
-                    let best = order.first().and_then(|a| p.members.iter().find(|m| m.address == *a));
-                    reports.push(MemberReport {
-                        pool: p.name.to_string(),
-                        member: self.name.clone(),
-                        up: !order.is_empty(),
-                        metrics: best
-                            .map(|m| m.metrics.pairs().map(|(k, v)| (k.to_owned(), v)).chain(m.custom.clone()).collect())
-                            .unwrap_or_default(),
-                        observed_unix_ms: 0,
-                        check: format!("farm {} ({:?})", self.name, p.policy).to_ascii_lowercase(),
-                        addresses: order.iter().map(|a| a.to_string()).collect(),
+        let reports = upward(&self.table(), &self.name, self.mode, now)
+            .into_iter()
+            .map(|r| MemberReport {
+                pool: r.pool,
+                member: r.member,
+                up: r.up,
+                metrics: r.metrics.pairs().map(|(k, v)| (k.to_owned(), v)).chain(r.custom).collect(),
+                observed_unix_ms: 0,
+                check: r.check,
+                addresses: r.addresses.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect();
+        ReportBatch { source: self.name.clone(), reports }
+    }
+}
+
+/// The reports a farm named `farm` sends upward from its table: each member
+/// as it is, or the farm as one entity (up while any member serves, with
+/// its preferred member's metrics and the local policy's order).
+pub fn upward(table: &Table, farm: &str, mode: FarmMode, now: Instant) -> Vec<Report> {
+    let mut out = Vec::new();
+    for p in table.pools() {
+        let pool = p.name.to_string();
+        match mode {
+            FarmMode::Members => {
+                for m in p.members.iter().filter(|m| m.health.is_some()) {
+                    out.push(Report {
+                        pool: pool.clone(),
+                        member: m.id.clone(),
+                        up: m.eligible(now, p.stale_after),
+                        metrics: m.metrics,
+                        custom: m.custom.clone(),
+                        age: Duration::ZERO,
+                        check: format!("farm {farm}"),
+                        addresses: Vec::new(),
                     });
                 }
             }
+            FarmMode::Entity => {
+                if p.members.iter().all(|m| m.health.is_none()) {
+                    continue; // nothing known yet: say nothing rather than "down"
+                }
+                let order = p.order(now);
+                let best = order.first().and_then(|a| p.members.iter().find(|m| m.address == *a));
+                out.push(Report {
+                    pool,
+                    member: farm.to_owned(),
+                    up: !order.is_empty(),
+                    metrics: best.map(|m| m.metrics).unwrap_or_default(),
+                    custom: best.map(|m| m.custom.clone()).unwrap_or_default(),
+                    age: Duration::ZERO,
+                    check: format!("farm {farm} ({:?})", p.policy).to_ascii_lowercase(),
+                    addresses: order,
+                });
+            }
         }
-        ReportBatch { source: self.name.clone(), reports }
     }
+    out
 }
 
 #[derive(Clone)]
@@ -148,12 +153,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// Starts the farm monitor; it stops when `shutdown` is cancelled.
 pub async fn start(fc: FarmConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (version, _) = watch::channel(0u64);
-    let farm = Arc::new(Farm {
-        name: fc.name.clone(),
-        mode: fc.mode,
-        pools: Mutex::new(fc.pool.iter().map(|p| PoolState::from_config(p, Instant::now(), std::time::SystemTime::now())).collect()),
-        version,
-    });
+    let farm = Arc::new(Farm { name: fc.name.clone(), mode: fc.mode, table: Mutex::new(Table::new(&fc.pool, Now::read())), version });
     let listener = tokio::net::TcpListener::bind(fc.listen).await.map_err(|e| anyhow::anyhow!("farm.listen {}: {e}", fc.listen))?;
     let counters = Arc::new(Counters::default());
     let svc = tonic::service::interceptor::InterceptedService::new(

@@ -17,7 +17,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod monitor;
 pub mod pool;
-pub mod report;
 pub mod ring;
 pub mod srp;
 pub mod sys;

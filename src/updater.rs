@@ -1,14 +1,14 @@
-//! The updater: owns the pools and the zones, turns member changes into new
-//! answers through each pool's policy, swaps the snapshot the DNS path
-//! reads, bumps serials, tells secondaries (NOTIFY) and keeps the zone files
-//! true (coalesced atomic rewrites that keep the operator's text).
+//! The updater: owns the member table and the zones, turns member changes
+//! into new answers through each pool's policy, swaps the snapshot the DNS
+//! path reads, bumps serials, tells secondaries (NOTIFY) and keeps the zone
+//! files true (coalesced atomic rewrites that keep the operator's text).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name, RecordType};
@@ -16,34 +16,30 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::PolicyName;
-use crate::config::{Config, PoolConfig};
+use crate::clock::Now;
+use crate::config::{Config, PolicyName, PoolConfig};
 use crate::dns::fast;
 use crate::dns::snapshot::{PoolAnswer, Preferred, Snapshot, ZoneView, zone_records};
 use crate::metrics::Counters;
-use crate::pool::{AdminState, Decision, MemberState, PoolState};
-use crate::report::{Report, ReportError};
+use crate::pool::table::{PoolId, Table, TableError};
+use crate::pool::{AdminState, Decision, PoolState, Report, ReportError};
 use crate::ring::registry::Registry;
 use crate::zone::{MemberNote, ZoneFile, render_block, text, writer};
 
+pub use crate::pool::table::{Change as PoolChange, MemberStatus};
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpdateError {
-    #[error("no pool named {0}")]
-    NoPool(String),
-    #[error("pool {pool} has no member {id}")]
-    NoMember { pool: String, id: String },
+    #[error(transparent)]
+    Pool(#[from] TableError),
     #[error("no zone named {0}")]
     NoZone(String),
-    #[error("pool {pool} already has a member {id}")]
-    MemberExists { pool: String, id: String },
-    #[error("pool {0} cannot lose its last member")]
-    LastMember(String),
-    #[error("{0}")]
-    Invalid(String),
     #[error("ring: {0}")]
     Ring(#[from] crate::ring::table::TableError),
-    #[error("{0}")]
-    Setup(String),
+    /// The updater's own state disagrees with itself; the request is
+    /// refused and logged, and everything else keeps working.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// A pool's live servers in order, its policy, and a receiver that
@@ -93,39 +89,6 @@ pub enum RingReply {
     Table(Registry),
 }
 
-/// Operator changes to a pool while it serves.
-#[derive(Debug, Clone)]
-pub enum PoolChange {
-    Policy(PolicyName),
-    /// A formula for the formula policy.
-    Formula(String),
-    Pause(bool),
-    AddMember {
-        id: String,
-        address: IpAddr,
-        weight: u32,
-    },
-    RemoveMember {
-        id: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct MemberStatus {
-    pub id: String,
-    pub address: IpAddr,
-    pub state: String,
-    pub admin: AdminState,
-    pub weight: u32,
-    pub load: Option<f64>,
-    pub in_answer: bool,
-    pub metrics: Vec<(String, f64)>,
-    pub score: Option<f64>,
-    /// 1-based place in the policy's order; 0 when out of service.
-    pub rank: u32,
-    pub report_age: Option<Duration>,
-}
-
 #[derive(Debug, Clone)]
 pub struct PoolStatus {
     pub name: String,
@@ -143,9 +106,10 @@ struct ZoneState {
     /// What we believe the file on disk holds; anything else is an operator edit.
     disk_text: String,
     serial: u32,
+    /// Each pool's answer, by the pool's key.
     answers: HashMap<LowerName, Arc<PoolAnswer>>,
-    /// Pool indexes whose names live in this zone.
-    pools: Vec<usize>,
+    /// The pools whose names live in this zone.
+    pools: Vec<PoolId>,
     dirty: bool,
     last_write: Option<Instant>,
     /// The file on disk does not parse; writes wait until the operator fixes it.
@@ -156,6 +120,24 @@ struct ZoneState {
     writing: bool,
     /// The text being written, so its arrival on disk is not taken for an edit.
     writing_text: Option<String>,
+}
+
+impl ZoneState {
+    fn new(file: ZoneFile, disk_text: String) -> Self {
+        Self {
+            disk_text,
+            serial: file.serial,
+            file,
+            answers: HashMap::new(),
+            pools: Vec::new(),
+            dirty: false,
+            last_write: None,
+            broken: false,
+            drop_blocks: Vec::new(),
+            writing: false,
+            writing_text: None,
+        }
+    }
 }
 
 /// The outcome of a zone file write done off the updater's task.
@@ -170,7 +152,8 @@ struct WriteDone {
 }
 
 pub struct Updater {
-    pools: Vec<PoolState>,
+    table: Table,
+    /// The zone each pool's name lives in, by pool id.
     pool_zone: Vec<LowerName>,
     zones: BTreeMap<LowerName, ZoneState>,
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -192,14 +175,13 @@ pub struct Updater {
 /// The zone a pool's name lives in, if it may be a pool there.
 fn zone_for(zones: &BTreeMap<LowerName, ZoneState>, name: &Name) -> Result<LowerName, String> {
     let lower = LowerName::from(name);
-    let Some(origin) = zones.keys().filter(|o| o.zone_of(&lower)).max_by_key(|o| o.num_labels()).cloned() else {
+    let Some((origin, zone)) = zones.iter().filter(|(o, _)| o.zone_of(&lower)).max_by_key(|(o, _)| o.num_labels()) else {
         return Err(format!("pool {name}: no zone file in zones_dir holds this name"));
     };
-    let zone = &zones[&origin];
     if zone.file.data.nodes.get(&lower).is_some_and(|n| n.get(RecordType::CNAME).is_some()) {
         return Err(format!("pool {name}: the zone file has a CNAME at this name"));
     }
-    if lower == origin {
+    if &lower == origin {
         return Err(format!("pool {name}: a pool cannot be the zone apex"));
     }
     if let Some(line) = zone.file.stray_addresses(name).first() {
@@ -208,37 +190,26 @@ fn zone_for(zones: &BTreeMap<LowerName, ZoneState>, name: &Name) -> Result<Lower
             zone.file.path.display()
         ));
     }
-    Ok(origin)
+    Ok(origin.clone())
 }
 
-/// Brings a new pool into its zone: the operator's notes and the last
-/// answer come back from the zone file when they still make sense.
-fn restore(zone: &mut ZoneState, mut pool: PoolState, now: Instant) -> PoolState {
-    if let Some(block) = zone.file.block(&pool.name) {
-        for (id, pairs) in &block.members {
-            let Some(m) = pool.member_mut(id) else { continue };
-            for (k, v) in pairs {
-                match k.as_str() {
-                    "admin" => m.admin = AdminState::parse(v).unwrap_or(m.admin),
-                    "weight" => m.weight = v.parse().unwrap_or(m.weight),
-                    _ => {}
-                }
+/// The zone of every pool, or every pool that has none.
+fn zones_of(zones: &BTreeMap<LowerName, ZoneState>, configs: &[PoolConfig]) -> Result<Vec<LowerName>, Vec<String>> {
+    let (found, problems): (Vec<_>, Vec<_>) = configs
+        .iter()
+        .map(|c| match Name::from_ascii(&c.name) {
+            Ok(mut name) => {
+                name.set_fqdn(true);
+                zone_for(zones, &name)
             }
-        }
-    }
-    let previous = zone.file.addresses(&pool.name);
-    let live: Vec<IpAddr> = pool.members.iter().filter(|m| m.eligible(now, pool.stale_after)).map(|m| m.address).collect();
-    let restored = zone.file.block(&pool.name).is_some() && !previous.is_empty() && previous.iter().all(|a| live.contains(a));
-    let decision = if restored {
-        pool.last_known = previous.clone();
-        Decision { addresses: previous, rotate: pool.policy == PolicyName::RoundRobin, servfail: false }
+            Err(e) => Err(format!("pool {}: {e}", c.name)),
+        })
+        .partition(Result::is_ok);
+    if problems.is_empty() {
+        Ok(found.into_iter().map(Result::unwrap).collect())
     } else {
-        zone.dirty = true;
-        pool.decide(now)
-    };
-    let answer = answer_for(&pool, decision);
-    zone.answers.insert(LowerName::from(&pool.name), Arc::new(answer));
-    pool
+        Err(problems.into_iter().map(|p| p.unwrap_err()).collect())
+    }
 }
 
 /// The answer a pool gives for a decision, counted with the pool's counters.
@@ -289,52 +260,19 @@ impl Updater {
         notify: mpsc::Sender<(Name, u32)>,
         counters: Arc<Counters>,
         write_interval: Duration,
-        now: Instant,
+        now: Now,
     ) -> Result<Self, Vec<String>> {
-        let mut problems = Vec::new();
         let (written, written_rx) = mpsc::channel(64);
-        let mut zones: BTreeMap<LowerName, ZoneState> = files
+        let zones: BTreeMap<LowerName, ZoneState> = files
             .into_iter()
             .map(|(origin, file)| {
-                let state = ZoneState {
-                    disk_text: file.text.clone(),
-                    serial: file.serial,
-                    file,
-                    answers: HashMap::new(),
-                    pools: Vec::new(),
-                    dirty: false,
-                    last_write: None,
-                    broken: false,
-                    drop_blocks: Vec::new(),
-                    writing: false,
-                    writing_text: None,
-                };
-                (origin, state)
+                let text = file.text.clone();
+                (origin, ZoneState::new(file, text))
             })
             .collect();
-        let wall = SystemTime::now();
-        let mut pools = Vec::new();
-        let mut pool_zone = Vec::new();
-        for c in &config.pool {
-            let pool = PoolState::from_config(c, now, wall);
-            let origin = match zone_for(&zones, &pool.name) {
-                Ok(o) => o,
-                Err(p) => {
-                    problems.push(p);
-                    continue;
-                }
-            };
-            let zone = zones.get_mut(&origin).expect("found above");
-            let pool = restore(zone, pool, now);
-            zone.pools.push(pools.len());
-            pool_zone.push(origin);
-            pools.push(pool);
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+        let pool_zone = zones_of(&zones, &config.pool)?;
         let mut updater = Self {
-            pools,
+            table: Table::new(&config.pool, now),
             pool_zone,
             zones,
             snapshot,
@@ -349,6 +287,10 @@ impl Updater {
             ring_file: None,
             published: watch::channel(0).0,
         };
+        updater.bind_zones();
+        for i in 0..updater.table.pools().len() {
+            updater.restore(i, now.instant);
+        }
         for zone in updater.zones.values_mut() {
             if zone.dirty {
                 zone.serial = zone.serial.wrapping_add(1);
@@ -356,6 +298,61 @@ impl Updater {
         }
         updater.publish();
         Ok(updater)
+    }
+
+    /// Lists each zone's pools anew from `pool_zone`.
+    fn bind_zones(&mut self) {
+        for z in self.zones.values_mut() {
+            z.pools.clear();
+        }
+        for (i, origin) in self.pool_zone.iter().enumerate() {
+            match self.zones.get_mut(origin) {
+                Some(z) => z.pools.push(i),
+                None => error!(zone = %origin, pool = i, "internal: a pool's zone is not served; the pool is left out"),
+            }
+        }
+    }
+
+    /// The zone pool `i` lives in, and the pool, when both are there.
+    fn zone_mut(&mut self, i: PoolId) -> Result<(&PoolState, &mut ZoneState), UpdateError> {
+        let pool = self.table.get(i).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
+        let zone = self
+            .pool_zone
+            .get(i)
+            .and_then(|o| self.zones.get_mut(o))
+            .ok_or_else(|| UpdateError::Internal(format!("pool {}: its zone is not served", pool.name)))?;
+        Ok((pool, zone))
+    }
+
+    /// Brings a pool (new to this updater) into its zone: the operator's
+    /// notes and the last answer come back from the zone file when they
+    /// still make sense.
+    fn restore(&mut self, i: PoolId, now: Instant) {
+        let Ok((pool, zone)) = self.zone_mut(i) else { return };
+        let name = pool.name.to_string();
+        let block = zone.file.block(&pool.name).cloned();
+        let previous = zone.file.addresses(&pool.name);
+        for (id, pairs) in block.as_ref().map(|b| b.members.as_slice()).unwrap_or_default() {
+            let admin = pairs.iter().find(|(k, _)| k == "admin").and_then(|(_, v)| AdminState::parse(v));
+            let weight = pairs.iter().find(|(k, _)| k == "weight").and_then(|(_, v)| v.parse().ok());
+            let _ = self.table.change(&name, PoolChange::Member { id: id.clone(), admin, weight }, Now::read());
+        }
+        let Some(pool) = self.table.get(i) else { return };
+        let live: Vec<IpAddr> = pool.members.iter().filter(|m| m.eligible(now, pool.stale_after)).map(|m| m.address).collect();
+        let restored = block.is_some() && !previous.is_empty() && previous.iter().all(|a| live.contains(a));
+        let decision = if restored {
+            let rotate = pool.policy == PolicyName::RoundRobin;
+            self.table.restore_last_known(i, previous.clone());
+            Some(Decision { addresses: previous, rotate, servfail: false })
+        } else {
+            self.table.decide_anyway(i, now)
+        };
+        let Some(decision) = decision else { return };
+        if let Ok((pool, zone)) = self.zone_mut(i) {
+            let answer = answer_for(pool, decision);
+            zone.dirty |= !restored;
+            zone.answers.insert(pool.key.clone(), Arc::new(answer));
+        }
     }
 
     /// Swaps in a snapshot of every zone as it is now, with its
@@ -366,8 +363,8 @@ impl Updater {
         for (origin, z) in &self.zones {
             snap.zones.insert(origin.clone(), Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone())));
         }
-        for (pool, origin) in self.pools.iter().zip(&self.pool_zone) {
-            let Some(answer) = self.zones.get(origin).and_then(|z| z.answers.get(&LowerName::from(&pool.name))) else { continue };
+        for (pool, origin) in self.table.pools().iter().zip(&self.pool_zone) {
+            let Some(answer) = self.zones.get(origin).and_then(|z| z.answers.get(&pool.key)) else { continue };
             let key = pool.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
             snap.preferred.insert(key, answer.preferred.clone());
         }
@@ -381,62 +378,65 @@ impl Updater {
         self.published.send_modify(|v| *v += 1);
     }
 
-    fn find_pool(&self, name: &str) -> Result<usize, UpdateError> {
-        let lower = Name::from_ascii(name)
-            .map(|mut n| {
-                n.set_fqdn(true);
-                LowerName::from(n)
-            })
-            .map_err(|_| UpdateError::NoPool(name.to_owned()))?;
-        self.pools.iter().position(|p| LowerName::from(&p.name) == lower).ok_or_else(|| UpdateError::NoPool(name.to_owned()))
+    fn find_pool(&self, name: &str) -> Result<PoolId, UpdateError> {
+        Ok(self.table.find(name).ok_or_else(|| TableError::NoPool(name.to_owned()))?)
     }
 
-    /// Re-applies a pool's policy; returns whether its answer changed.
-    fn redecide(&mut self, i: usize, now: Instant) -> bool {
-        if self.pools[i].paused {
-            return false;
-        }
-        let decision = self.pools[i].decide(now);
-        let pool = &self.pools[i];
-        let zone = self.zones.get_mut(&self.pool_zone[i]).expect("pool zone exists");
-        let lower = LowerName::from(&pool.name);
-        if zone.answers.get(&lower).is_some_and(|a| same(a, &decision)) {
-            return false;
+    /// Re-applies a pool's policy (unless it is paused); returns its zone
+    /// when its answer changed.
+    fn redecide(&mut self, i: PoolId, now: Instant) -> Option<LowerName> {
+        let decision = self.table.decide(i, now)?;
+        self.answer(i, decision)
+    }
+
+    /// Serves `decision` as pool `i`'s answer; returns its zone when the
+    /// answer changed.
+    fn answer(&mut self, i: PoolId, decision: Decision) -> Option<LowerName> {
+        let (pool, zone) = match self.zone_mut(i) {
+            Ok(found) => found,
+            Err(e) => {
+                error!(error = %e, "answer not changed");
+                return None;
+            }
+        };
+        if zone.answers.get(&pool.key).is_some_and(|a| same(a, &decision)) {
+            return None;
         }
         info!(pool = %pool.name, answer = ?decision.addresses, servfail = decision.servfail, "answer changed");
-        self.counters.answer_changes.fetch_add(1, Ordering::Relaxed);
         let answer = answer_for(pool, decision);
-        zone.answers.insert(lower, Arc::new(answer));
+        zone.answers.insert(pool.key.clone(), Arc::new(answer));
         zone.serial = zone.serial.wrapping_add(1);
         zone.dirty = true;
-        true
+        self.counters.answer_changes.fetch_add(1, Ordering::Relaxed);
+        self.pool_zone.get(i).cloned()
     }
 
     /// Publishes and tells secondaries about the zones whose serial moved.
-    fn changed(&mut self, zones: &[LowerName]) {
+    fn changed(&mut self, mut zones: Vec<LowerName>) {
         if zones.is_empty() {
             return;
         }
+        zones.sort();
+        zones.dedup();
         self.publish();
         for origin in zones {
-            let z = &self.zones[origin];
+            let Some(z) = self.zones.get(&origin) else { continue };
             if self.notify.try_send((z.file.data.origin.clone(), z.serial)).is_err() {
                 warn!(zone = %z.file.data.origin, "notify queue full; secondaries will catch up on refresh");
             }
         }
     }
 
-    pub fn handle(&mut self, cmd: Command, now: Instant) {
+    pub fn handle(&mut self, cmd: Command, now: Now) {
         match cmd {
             Command::SetMember { pool, id, admin, weight, reply } => {
-                let result = self.set_member(&pool, &id, admin, weight, now);
-                let _ = reply.send(result);
+                let _ = reply.send(self.change_pool(&pool, PoolChange::Member { id, admin, weight }, now).map(drop));
             }
             Command::Reports { reports, received, reply } => {
-                let _ = reply.send(self.reports(reports, received, now));
+                let _ = reply.send(self.reports(reports, received, now.instant));
             }
             Command::Status { reply } => {
-                let _ = reply.send(self.status(now));
+                let _ = reply.send(self.status(now.instant));
             }
             Command::ShowZone { zone, reply } => {
                 let _ = reply.send(self.show_zone(&zone));
@@ -445,91 +445,49 @@ impl Updater {
                 let _ = reply.send(self.change_pool(&pool, change, now));
             }
             Command::Ring { op, reply } => {
-                let _ = reply.send(self.ring_op(op, now));
+                let _ = reply.send(self.ring_op(op, now.instant));
             }
             Command::Reconfigure { pools, reply } => {
                 let _ = reply.send(self.reconfigure(&pools, now));
             }
             Command::Resolve { pool, reply } => {
-                let _ = reply.send(self.find_pool(&pool).map(|i| self.pools[i].order(now)));
+                let _ = reply.send(self.find_pool(&pool).map(|i| self.table.order(i, now.instant)));
             }
             Command::Watch { pool, reply } => {
-                let _ =
-                    reply.send(self.find_pool(&pool).map(|i| (self.pools[i].order(now), self.pools[i].policy, self.published.subscribe())));
+                let watched = self.find_pool(&pool).and_then(|i| {
+                    let policy = self.table.get(i).map(|p| p.policy).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
+                    Ok((self.table.order(i, now.instant), policy, self.published.subscribe()))
+                });
+                let _ = reply.send(watched);
             }
         }
     }
 
     fn reports(&mut self, reports: Vec<Report>, received: Instant, now: Instant) -> Result<usize, ReportError> {
-        // Resolve every report first, so nothing is stored from a batch that is refused.
-        let mut targets = Vec::with_capacity(reports.len());
-        let mut last: Option<(&str, usize)> = None;
-        for (index, r) in reports.iter().enumerate() {
-            // Batches mostly name one pool: look it up once.
-            let i = match last {
-                Some((name, i)) if name == r.pool => i,
-                _ => {
-                    let i = self.find_pool(&r.pool).map_err(|_| ReportError::NoPool { index, pool: r.pool.clone() })?;
-                    last = Some((&r.pool, i));
-                    i
-                }
-            };
-            let m = self.pools[i].position(&r.member).ok_or_else(|| ReportError::NoMember {
-                index,
-                pool: r.pool.clone(),
-                member: r.member.clone(),
-            })?;
-            if !r.addresses.is_empty() && self.pools[i].members[m].farm.is_none() {
-                return Err(ReportError::NotFarm { index, pool: r.pool.clone(), member: r.member.clone() });
-            }
-            targets.push((i, m));
-        }
-        let n = reports.len();
-        let mut touched = Vec::new();
-        // A member's reported port is served by SRP even when the DNS
-        // answer stays the same.
-        let mut ports_moved = Vec::new();
-        for (r, (i, m)) in reports.into_iter().zip(targets) {
-            let smoothing = self.pools[i].smoothing;
-            let member = &mut self.pools[i].members[m];
-            let port = member.custom.get("tcp_port").copied();
-            member.absorb(r.up, r.metrics, r.custom, smoothing, now.checked_sub(r.age).unwrap_or(now));
-            if member.custom.get("tcp_port").copied() != port && !ports_moved.contains(&i) {
-                ports_moved.push(i);
-            }
-            if let Some(first) = r.addresses.first() {
-                member.address = *first;
-            }
-            if !touched.contains(&i) {
-                touched.push(i);
-            }
-        }
+        let absorbed = self.table.absorb(reports, now)?;
         let mut zones = Vec::new();
         let mut republish = false;
-        for i in touched {
-            if self.redecide(i, now) {
-                if !zones.contains(&self.pool_zone[i]) {
-                    zones.push(self.pool_zone[i].clone());
-                }
-            } else if ports_moved.contains(&i) {
+        for &i in &absorbed.pools {
+            if let Some(z) = self.redecide(i, now) {
+                zones.push(z);
+            } else if absorbed.ports_moved.contains(&i)
+                && let Ok((pool, zone)) = self.zone_mut(i)
+                && let Some(a) = zone.answers.get_mut(&pool.key)
+            {
                 // Same answer, a member's port moved: only its members change.
-                let pool = &self.pools[i];
-                let zone = self.zones.get_mut(&self.pool_zone[i]).expect("pool zone exists");
-                if let Some(a) = zone.answers.get_mut(&LowerName::from(&pool.name)) {
-                    let mut fresh = (**a).clone();
-                    fresh.preferred = preferred(pool, &fresh.addresses);
-                    *a = Arc::new(fresh);
-                    republish = true;
-                }
+                let mut fresh = (**a).clone();
+                fresh.preferred = preferred(pool, &fresh.addresses);
+                *a = Arc::new(fresh);
+                republish = true;
             }
         }
         if !zones.is_empty() {
-            self.changed(&zones);
+            self.changed(zones);
             self.counters.report_to_answer.observe(received.elapsed());
         } else if republish {
             self.publish();
         }
-        Ok(n)
+        Ok(absorbed.count)
     }
 
     /// Takes the ring registry (loaded from `file`) and applies its deaths.
@@ -540,24 +498,11 @@ impl Updater {
         self
     }
 
-    /// Marks every pool member whose host the ring says is dead; returns
-    /// the zones whose answers changed.
+    /// Takes every pool member whose host the ring says is dead out of the answers.
     fn apply_ring(&mut self, now: Instant) {
         let dead: Vec<IpAddr> = self.ring.dead.iter().map(|a| a.ip()).collect();
-        let mut zones = Vec::new();
-        for i in 0..self.pools.len() {
-            let mut touched = false;
-            for m in &mut self.pools[i].members {
-                let is_dead = dead.contains(&m.address);
-                touched |= m.ring_dead != is_dead;
-                m.ring_dead = is_dead;
-            }
-            if touched && self.redecide(i, now) {
-                zones.push(self.pool_zone[i].clone());
-            }
-        }
-        zones.dedup();
-        self.changed(&zones);
+        let zones = self.table.set_ring_dead(dead).into_iter().filter_map(|i| self.redecide(i, now)).collect();
+        self.changed(zones);
     }
 
     fn ring_op(&mut self, op: RingOp, now: Instant) -> Result<RingReply, UpdateError> {
@@ -591,253 +536,118 @@ impl Updater {
     /// Applies the pools of an edited configuration: new pools join, removed
     /// ones leave (with their managed blocks), and kept ones take the new
     /// policy and members while keeping what was reported about them.
-    fn reconfigure(&mut self, configs: &[PoolConfig], now: Instant) -> Result<(), Vec<String>> {
-        let wall = SystemTime::now();
-        let mut problems = Vec::new();
-        let mut planned = Vec::new();
-        for c in configs {
-            let pool = PoolState::from_config(c, now, wall);
-            match zone_for(&self.zones, &pool.name) {
-                Ok(origin) => planned.push((pool, origin)),
-                Err(p) => problems.push(p),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        let named = |p: &PoolState, q: &PoolState| LowerName::from(&p.name) == LowerName::from(&q.name);
+    fn reconfigure(&mut self, configs: &[PoolConfig], now: Now) -> Result<(), Vec<String>> {
+        let origins = zones_of(&self.zones, configs)?;
         let mut touched: Vec<LowerName> = Vec::new();
-        // Pools that are gone.
-        let keep: Vec<bool> = self.pools.iter().map(|p| planned.iter().any(|(q, _)| named(p, q))).collect();
-        for (i, kept) in keep.iter().enumerate() {
-            if !kept {
-                let name = self.pools[i].name.clone();
-                let zone = self.zones.get_mut(&self.pool_zone[i]).expect("pool zone exists");
-                let lower = LowerName::from(&name);
-                zone.answers.remove(&lower);
-                // The file's copy of its answer goes too, now rather than at the next write.
-                let data = Arc::make_mut(&mut zone.file.data);
-                if let Some(node) = data.nodes.get_mut(&lower) {
-                    node.rrsets.retain(|s| !matches!(s.rtype, RecordType::A | RecordType::AAAA));
-                    if node.rrsets.is_empty() && !data.nodes.keys().any(|n| n != &lower && lower.zone_of(n)) {
-                        data.nodes.remove(&lower);
-                    }
+        let changes = self.table.reconfigure(configs, now);
+        for gone in &changes.removed {
+            let Some((origin, zone)) = self.zones.iter_mut().find(|(_, z)| z.answers.contains_key(&gone.key)) else { continue };
+            zone.answers.remove(&gone.key);
+            // The file's copy of its answer goes too, now rather than at the next write.
+            let data = Arc::make_mut(&mut zone.file.data);
+            if let Some(node) = data.nodes.get_mut(&gone.key) {
+                node.rrsets.retain(|s| !matches!(s.rtype, RecordType::A | RecordType::AAAA));
+                if node.rrsets.is_empty() && !data.nodes.keys().any(|n| n != &gone.key && gone.key.zone_of(n)) {
+                    data.nodes.remove(&gone.key);
                 }
-                self.stable_stale = true;
-                zone.drop_blocks.push(name.to_string());
-                zone.serial = zone.serial.wrapping_add(1);
-                zone.dirty = true;
-                touched.push(self.pool_zone[i].clone());
-                info!(pool = %name, "pool removed by configuration edit");
+            }
+            self.stable_stale = true;
+            zone.drop_blocks.push(gone.name.to_string());
+            zone.serial = zone.serial.wrapping_add(1);
+            zone.dirty = true;
+            touched.push(origin.clone());
+            info!(pool = %gone.name, "pool removed by configuration edit");
+        }
+        // Pool ids follow the new table; each pool's zone comes from its name.
+        let by_key: HashMap<String, LowerName> =
+            configs.iter().zip(origins).map(|(c, o)| (c.name.trim_end_matches('.').to_ascii_lowercase(), o)).collect();
+        self.pool_zone = self
+            .table
+            .pools()
+            .iter()
+            .map(|p| {
+                by_key
+                    .get(p.name.to_ascii().trim_end_matches('.').to_ascii_lowercase().as_str())
+                    .cloned()
+                    .unwrap_or_else(LowerName::default)
+            })
+            .collect();
+        self.bind_zones();
+        for &i in &changes.reshaped {
+            // A new TTL or answer size: the old answer cannot stand, even while paused.
+            if let Ok((pool, zone)) = self.zone_mut(i) {
+                zone.answers.remove(&pool.key);
             }
         }
-        let mut k = keep.iter();
-        self.pools.retain(|_| *k.next().expect("one flag per pool"));
-        let mut k = keep.iter();
-        self.pool_zone.retain(|_| *k.next().expect("one flag per pool"));
-        // Pools that stay or come.
-        for (fresh, origin) in planned {
-            match self.pools.iter().position(|p| named(p, &fresh)) {
-                Some(i) => {
-                    let old = &mut self.pools[i];
-                    let reshaped = old.ttl != fresh.ttl || old.answers != fresh.answers;
-                    let members = fresh
-                        .members
-                        .iter()
-                        .map(|new| match old.members.iter().find(|m| m.id == new.id) {
-                            Some(known) => MemberState {
-                                // A farm entity's address comes from its farm's reports.
-                                address: if new.address.is_unspecified() { known.address } else { new.address },
-                                ..known.clone()
-                            }
-                            .with_schedule_of(new),
-                            None => new.clone(),
-                        })
-                        .collect();
-                    let mut fresh = fresh;
-                    fresh.members = members;
-                    fresh.last_known = std::mem::take(&mut old.last_known);
-                    fresh.paused = old.paused;
-                    fresh.counters = old.counters.clone();
-                    *old = fresh.reindexed();
-                    let zone = self.zones.get_mut(&origin).expect("zone exists");
-                    if reshaped {
-                        zone.answers.remove(&LowerName::from(&self.pools[i].name));
-                    }
-                    zone.dirty = true;
+        for i in 0..self.table.pools().len() {
+            let Some(origin) = self.pool_zone.get(i).cloned() else { continue };
+            if changes.added.contains(&i) {
+                info!(pool = %self.table.pools()[i].name, "pool added by configuration edit");
+                self.restore(i, now.instant);
+                if let Some(z) = self.zones.get_mut(&origin) {
+                    z.serial = z.serial.wrapping_add(1);
                 }
-                None => {
-                    info!(pool = %fresh.name, "pool added by configuration edit");
-                    let zone = self.zones.get_mut(&origin).expect("zone exists");
-                    let pool = restore(zone, fresh, now);
-                    zone.serial = zone.serial.wrapping_add(1);
-                    self.pools.push(pool);
-                    self.pool_zone.push(origin.clone());
+            } else if changes.reshaped.contains(&i) {
+                if let Some(d) = self.table.decide_anyway(i, now.instant) {
+                    self.answer(i, d);
                 }
+            } else {
+                self.redecide(i, now.instant);
+            }
+            if let Some(z) = self.zones.get_mut(&origin) {
+                z.dirty = true;
             }
             touched.push(origin);
         }
-        for z in self.zones.values_mut() {
-            z.pools.clear();
-        }
-        for (i, origin) in self.pool_zone.iter().enumerate() {
-            self.zones.get_mut(origin).expect("zone exists").pools.push(i);
-        }
-        for i in 0..self.pools.len() {
-            let origin = self.pool_zone[i].clone();
-            let lower = LowerName::from(&self.pools[i].name);
-            if self.zones[&origin].answers.contains_key(&lower) {
-                self.redecide(i, now);
-                continue;
-            }
-            // Reshaped (new TTL or answer size): answer anew, even while paused.
-            let p = &mut self.pools[i];
-            let paused = std::mem::replace(&mut p.paused, false);
-            let decision = p.decide(now);
-            p.paused = paused;
-            let answer = answer_for(p, decision);
-            let zone = self.zones.get_mut(&origin).expect("zone exists");
-            zone.answers.insert(lower, Arc::new(answer));
-            zone.serial = zone.serial.wrapping_add(1);
-        }
-        touched.sort();
-        touched.dedup();
-        info!(pools = self.pools.len(), "configuration edit applied");
-        self.changed(&touched);
-        self.apply_ring(now);
+        info!(pools = self.table.pools().len(), "configuration edit applied");
+        self.changed(touched);
+        self.apply_ring(now.instant);
         Ok(())
     }
 
-    fn change_pool(&mut self, pool: &str, change: PoolChange, now: Instant) -> Result<Vec<IpAddr>, UpdateError> {
-        let i = self.find_pool(pool)?;
-        let p = &mut self.pools[i];
-        match change {
-            PoolChange::Policy(PolicyName::Formula) if p.formula.is_none() => {
-                return Err(UpdateError::Invalid(format!("pool {pool} has no formula; give one first")));
-            }
-            PoolChange::Policy(policy) => p.policy = policy,
-            PoolChange::Formula(text) => {
-                let f = crate::pool::formula::Formula::parse(&text).map_err(UpdateError::Invalid)?;
-                p.formula = Some(Arc::new(f));
-            }
-            PoolChange::Pause(paused) => p.paused = paused,
-            PoolChange::AddMember { id, address, weight } => {
-                if p.members.iter().any(|m| m.id == id) {
-                    return Err(UpdateError::MemberExists { pool: pool.to_owned(), id });
-                }
-                let config =
-                    crate::config::MemberConfig { id, address: Some(address), farm: None, weight, until: None, maintenance: Vec::new() };
-                p.members.push(MemberState::from_config(&config, now, SystemTime::now()));
-                p.reindex();
-            }
-            PoolChange::RemoveMember { id } => {
-                let at = p
-                    .members
-                    .iter()
-                    .position(|m| m.id == id)
-                    .ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.clone() })?;
-                if p.members.len() == 1 {
-                    return Err(UpdateError::LastMember(pool.to_owned()));
-                }
-                let gone = p.members.remove(at);
-                p.reindex();
-                p.last_known.retain(|a| *a != gone.address);
-            }
-        }
-        info!(pool, policy = ?p.policy, paused = p.paused, members = p.members.len(), "pool changed by operator");
-        let origin = self.pool_zone[i].clone();
-        self.zones.get_mut(&origin).expect("pool zone exists").dirty = true;
-        if self.redecide(i, now) {
-            self.changed(&[origin]);
-        }
-        let zone = &self.zones[&self.pool_zone[i]];
-        Ok(zone.answers[&LowerName::from(&self.pools[i].name)].addresses.clone())
-    }
-
-    fn set_member(
-        &mut self,
-        pool: &str,
-        id: &str,
-        admin: Option<AdminState>,
-        weight: Option<u32>,
-        now: Instant,
-    ) -> Result<(), UpdateError> {
-        let i = self.find_pool(pool)?;
-        let m = self.pools[i].member_mut(id).ok_or_else(|| UpdateError::NoMember { pool: pool.to_owned(), id: id.to_owned() })?;
-        if let Some(a) = admin {
-            m.admin = a;
-        }
-        if let Some(w) = weight {
-            m.weight = w;
-        }
-        info!(pool, member = id, admin = ?admin, weight = ?weight, "member set by operator");
-        let origin = self.pool_zone[i].clone();
+    fn change_pool(&mut self, pool: &str, change: PoolChange, now: Now) -> Result<Vec<IpAddr>, UpdateError> {
+        let what = format!("{change:?}");
+        let i = self.table.change(pool, change, now)?;
+        info!(pool, change = %what, "pool changed by operator");
+        let (_, zone) = self.zone_mut(i)?;
         // The notes in the file change even when the answer does not.
-        self.zones.get_mut(&origin).expect("pool zone exists").dirty = true;
-        if self.redecide(i, now) {
-            self.changed(&[origin]);
+        zone.dirty = true;
+        if let Some(origin) = self.redecide(i, now.instant) {
+            self.changed(vec![origin]);
         }
-        Ok(())
+        let (pool, zone) = self.zone_mut(i)?;
+        let answer = zone.answers.get(&pool.key).ok_or_else(|| UpdateError::Internal(format!("pool {}: no answer", pool.name)))?;
+        Ok(answer.addresses.clone())
     }
 
     /// Re-decides pools whose members report, so stale reports take effect.
     pub fn tick(&mut self, now: Instant) {
-        let mut zones = Vec::new();
-        for i in 0..self.pools.len() {
-            let timed = self.pools[i].members.iter().any(|m| m.reported_at.is_some() || m.until.is_some() || !m.maintenance.is_empty());
-            if timed && self.redecide(i, now) {
-                zones.push(self.pool_zone[i].clone());
-            }
-        }
-        self.changed(&zones);
+        let timed: Vec<PoolId> = self.table.timed().collect();
+        let zones = timed.into_iter().filter_map(|i| self.redecide(i, now)).collect();
+        self.changed(zones);
     }
 
     pub fn status(&self, now: Instant) -> Vec<PoolStatus> {
-        self.pools
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let zone = &self.zones[&self.pool_zone[i]];
-                let answer = &zone.answers[&LowerName::from(&p.name)];
-                let shown: Vec<IpAddr> =
-                    if answer.rotate { answer.addresses.clone() } else { answer.addresses.iter().take(p.answers).cloned().collect() };
-                let order = p.order(now);
-                PoolStatus {
-                    name: p.name.to_string(),
-                    policy: format!("{:?}", p.policy),
-                    zone: zone.file.data.origin.to_string(),
-                    serial: zone.serial,
-                    servfail: answer.servfail,
-                    members: p
-                        .members
-                        .iter()
-                        .map(|m| MemberStatus {
-                            id: m.id.clone(),
-                            address: m.address,
-                            state: m.state(now, p.stale_after).to_owned(),
-                            admin: m.admin,
-                            weight: m.weight,
-                            load: m.metrics.load,
-                            in_answer: shown.contains(&m.address),
-                            metrics: m
-                                .metrics
-                                .pairs()
-                                .map(|(k, v)| (k.to_owned(), v))
-                                .chain(m.custom.iter().map(|(k, v)| (k.clone(), *v)))
-                                .collect(),
-                            score: crate::pool::policy::score(p.policy, p.formula.as_deref(), m),
-                            rank: if m.eligible(now, p.stale_after) {
-                                order.iter().position(|a| *a == m.address).map(|i| i as u32 + 1).unwrap_or(0)
-                            } else {
-                                0
-                            },
-                            report_age: m.reported_at.map(|t| now.saturating_duration_since(t)),
-                        })
-                        .collect(),
-                    answer: shown,
-                }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.table.pools().len());
+        for (i, p) in self.table.pools().iter().enumerate() {
+            let Some(zone) = self.pool_zone.get(i).and_then(|o| self.zones.get(o)) else { continue };
+            let Some(answer) = zone.answers.get(&p.key) else {
+                error!(pool = %p.name, "internal: a pool without an answer is left out of the status");
+                continue;
+            };
+            let shown: Vec<IpAddr> =
+                if answer.rotate { answer.addresses.clone() } else { answer.addresses.iter().take(p.answers).cloned().collect() };
+            out.push(PoolStatus {
+                name: p.name.to_string(),
+                policy: format!("{:?}", p.policy),
+                zone: zone.file.data.origin.to_string(),
+                serial: zone.serial,
+                servfail: answer.servfail,
+                members: self.table.members_status(i, &shown, now),
+                answer: shown,
+            });
+        }
+        out
     }
 
     fn show_zone(&self, zone: &str) -> Result<String, UpdateError> {
@@ -871,10 +681,10 @@ impl Updater {
             .map(|(o, _)| o.clone())
             .collect();
         for origin in due {
-            let path = self.zones[&origin].file.path.clone();
+            let Some((path, disk_text)) = self.zones.get(&origin).map(|z| (z.file.path.clone(), z.disk_text.clone())) else { continue };
             // An operator edit we have not seen yet wins over our write.
             if let Ok(disk) = std::fs::read_to_string(&path)
-                && disk != self.zones[&origin].disk_text
+                && disk != disk_text
             {
                 self.reload(&path);
                 if self.zones.get(&origin).is_none_or(|z| z.broken || !z.dirty) {
@@ -885,19 +695,20 @@ impl Updater {
         }
     }
 
-    fn render(&self, origin: &LowerName) -> String {
-        let z = &self.zones[origin];
+    fn render(&self, origin: &LowerName) -> Option<String> {
+        let z = self.zones.get(origin)?;
         let mut blocks = BTreeMap::new();
         for &i in &z.pools {
-            let p = &self.pools[i];
-            let answer = &z.answers[&LowerName::from(&p.name)];
-            let notes: Vec<MemberNote> = p
-                .members
-                .iter()
-                .map(|m| MemberNote {
-                    id: m.id.clone(),
-                    pairs: vec![("admin".into(), m.admin.as_str().into()), ("weight".into(), m.weight.to_string())],
-                })
+            let Some(p) = self.table.get(i) else { continue };
+            let Some(answer) = z.answers.get(&p.key) else {
+                error!(pool = %p.name, "internal: a pool without an answer keeps its block as it is");
+                continue;
+            };
+            let notes: Vec<MemberNote> = self
+                .table
+                .notes(i)
+                .into_iter()
+                .map(|(id, pairs)| MemberNote { id, pairs: pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() })
                 .collect();
             let addresses: &[IpAddr] = if answer.servfail { &[] } else { &answer.addresses };
             blocks.insert(p.name.to_string(), render_block(&p.name, p.ttl, addresses, &notes));
@@ -905,15 +716,15 @@ impl Updater {
         for gone in &z.drop_blocks {
             blocks.entry(gone.clone()).or_default();
         }
-        text::rewrite(&z.file.text, &z.file.blocks, z.file.serial_span.clone(), z.serial, &blocks)
+        Some(text::rewrite(&z.file.text, &z.file.blocks, z.file.serial_span.clone(), z.serial, &blocks))
     }
 
     /// Writes a zone's file: rendered and validated here, written (with
     /// its fsyncs) on a blocking thread so answers keep moving meanwhile,
     /// unless `wait` (at shutdown).
     fn write(&mut self, origin: &LowerName, now: Instant, wait: bool) {
-        let text = self.render(origin);
-        let z = self.zones.get_mut(origin).expect("zone exists");
+        let Some(text) = self.render(origin) else { return };
+        let Some(z) = self.zones.get_mut(origin) else { return };
         let path = z.file.path.clone();
         let parsed = match ZoneFile::parse(&path, z.file.data.origin.clone(), text) {
             Ok(f) => f,
@@ -1011,15 +822,14 @@ impl Updater {
                 return;
             }
         };
-        let stray = self
-            .zones
-            .get(&origin)
-            .and_then(|z| z.pools.iter().find_map(|&i| file.stray_addresses(&self.pools[i].name).first().map(|l| (i, *l))));
-        if let Some((i, line)) = stray {
+        let stray = self.zones.get(&origin).and_then(|z| {
+            z.pools.iter().filter_map(|&i| self.table.get(i)).find_map(|p| file.stray_addresses(&p.name).first().map(|l| (p, *l)))
+        });
+        if let Some((p, line)) = stray {
             error!(
                 file = %path.display(),
                 line,
-                pool = %self.pools[i].name,
+                pool = %p.name,
                 "zone edit refused: address records for a virtual name belong in its managed block; still serving the last good version"
             );
             self.counters.zone_edits_refused.fetch_add(1, Ordering::Relaxed);
@@ -1034,10 +844,11 @@ impl Updater {
                 let served = z.serial;
                 z.serial = if serial_gt(file.serial, served) { file.serial } else { served.wrapping_add(1) };
                 // Write back when the serial had to move or the managed blocks differ from what we answer.
-                let blocks_differ = z.pools.iter().any(|&i| {
-                    let p = &self.pools[i];
-                    let a = &z.answers[&LowerName::from(&p.name)];
-                    let want: &[IpAddr] = if a.servfail { &[] } else { &a.addresses };
+                let blocks_differ = z.pools.iter().filter_map(|&i| self.table.get(i)).any(|p| {
+                    let want: &[IpAddr] = match z.answers.get(&p.key) {
+                        Some(a) if !a.servfail => &a.addresses,
+                        _ => &[],
+                    };
                     file.addresses(&p.name) != want || file.block(&p.name).is_none()
                 });
                 z.dirty |= z.serial != file.serial || blocks_differ;
@@ -1050,25 +861,10 @@ impl Updater {
             None => {
                 info!(file = %path.display(), serial = file.serial, "new zone file served");
                 self.stable_stale = true;
-                self.zones.insert(
-                    origin.clone(),
-                    ZoneState {
-                        disk_text: text,
-                        serial: file.serial,
-                        file,
-                        answers: HashMap::new(),
-                        pools: Vec::new(),
-                        dirty: false,
-                        last_write: None,
-                        broken: false,
-                        drop_blocks: Vec::new(),
-                        writing: false,
-                        writing_text: None,
-                    },
-                );
+                self.zones.insert(origin.clone(), ZoneState::new(file, text));
             }
         }
-        self.changed(&[origin]);
+        self.changed(vec![origin]);
     }
 
     /// Runs the updater until shutdown, then writes what is pending.
@@ -1085,7 +881,7 @@ impl Updater {
                 }
             };
             tokio::select! {
-                Some(cmd) = commands.recv() => self.handle(cmd, Instant::now()),
+                Some(cmd) = commands.recv() => self.handle(cmd, Now::read()),
                 Some(path) = edits.recv() => self.reload(&path),
                 Some(done) = written.recv() => self.finish_write(done),
                 _ = write_due => self.flush(Instant::now(), false),
@@ -1102,5 +898,87 @@ impl Updater {
         }
         self.flush(Instant::now(), true);
         info!("updater stopped; zone files are current");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZONE: &str = "$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n";
+
+    fn updater() -> Updater {
+        let config = Config::from_toml(
+            r#"
+[[pool]]
+name = "www.one.example."
+policy = "priority"
+members = [ { id = "a", address = "127.0.0.1" }, { id = "b", address = "127.0.0.2" } ]
+
+[[pool]]
+name = "www.two.example."
+members = [ { id = "c", address = "127.0.0.3" } ]
+"#,
+        )
+        .unwrap();
+        let files = ["one.example.", "two.example."]
+            .into_iter()
+            .map(|z| {
+                let name = Name::from_ascii(z).unwrap();
+                let file = ZoneFile::parse(Path::new(&format!("/nonexistent/{z}zone")), name.clone(), ZONE.into()).unwrap();
+                (LowerName::from(&name), file)
+            })
+            .collect();
+        let (notify, _) = mpsc::channel(16);
+        Updater::new(&config, files, Arc::default(), notify, Arc::default(), Duration::from_secs(3600), Now::read()).unwrap()
+    }
+
+    fn ask<T>(u: &mut Updater, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> T {
+        let (tx, mut rx) = oneshot::channel();
+        u.handle(make(tx), Now::read());
+        rx.try_recv().expect("the updater answers at once")
+    }
+
+    fn set_down(pool: &str, id: &str) -> impl FnOnce(oneshot::Sender<Result<(), UpdateError>>) -> Command {
+        let (pool, id) = (pool.to_owned(), id.to_owned());
+        move |reply| Command::SetMember { pool, id, admin: Some(AdminState::Down), weight: None, reply }
+    }
+
+    #[test]
+    fn an_operator_change_moves_the_answer_and_the_serial() {
+        let mut u = updater();
+        let serial = u.snapshot.load().zones[&LowerName::from(Name::from_ascii("one.example.").unwrap())].serial;
+        ask(&mut u, set_down("www.one.example.", "a")).unwrap();
+        let snap = u.snapshot.load();
+        let zone = &snap.zones[&LowerName::from(Name::from_ascii("one.example.").unwrap())];
+        assert_eq!(zone.serial, serial.wrapping_add(1));
+        let status = ask(&mut u, |reply| Command::Status { reply });
+        assert_eq!(status[0].answer, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert!(matches!(ask(&mut u, set_down("www.nope.example.", "a")), Err(UpdateError::Pool(TableError::NoPool(_)))));
+    }
+
+    #[test]
+    fn a_pool_whose_zone_went_missing_is_refused_and_the_rest_keep_working() {
+        let mut u = updater();
+        // Inject an internal inconsistency: pool 0's zone disappears.
+        u.zones.remove(&LowerName::from(Name::from_ascii("one.example.").unwrap()));
+        assert!(matches!(ask(&mut u, set_down("www.one.example.", "a")), Err(UpdateError::Internal(_))));
+        let reports = vec![Report {
+            pool: "www.one.example.".into(),
+            member: "b".into(),
+            up: false,
+            metrics: Default::default(),
+            custom: Default::default(),
+            age: Duration::ZERO,
+            check: "test".into(),
+            addresses: Vec::new(),
+        }];
+        assert_eq!(ask(&mut u, |reply| Command::Reports { reports, received: Instant::now(), reply }), Ok(1), "stored, answer left alone");
+        u.tick(Instant::now());
+        let status = ask(&mut u, |reply| Command::Status { reply });
+        assert_eq!(status.len(), 1, "the broken pool is left out of the status");
+        ask(&mut u, set_down("www.two.example.", "c")).unwrap();
+        assert_eq!(ask(&mut u, |reply| Command::Resolve { pool: "www.two.example.".into(), reply }).unwrap(), Vec::<IpAddr>::new());
+        u.flush(Instant::now(), true);
     }
 }

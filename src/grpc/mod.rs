@@ -12,8 +12,9 @@ use tonic::{Request, Response, Status};
 use crate::config::PolicyName;
 use crate::metrics::Counters;
 use crate::pool::AdminState;
-use crate::report;
 use crate::updater::{Command, PoolChange, RingOp, RingReply, UpdateError};
+
+pub mod report;
 
 pub mod v1 {
     tonic::include_proto!("vnamed.v1");
@@ -239,14 +240,16 @@ async fn ask<T>(updater: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Send
 }
 
 fn status_of(e: UpdateError) -> Status {
+    use crate::pool::TableError;
+    use crate::ring::table::TableError as RingError;
     match e {
-        UpdateError::NoPool(_) | UpdateError::NoMember { .. } | UpdateError::NoZone(_) => Status::not_found(e.to_string()),
-        UpdateError::MemberExists { .. } => Status::already_exists(e.to_string()),
-        UpdateError::LastMember(_) => Status::failed_precondition(e.to_string()),
-        UpdateError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        UpdateError::Ring(crate::ring::table::TableError::Present(_)) => Status::already_exists(e.to_string()),
-        UpdateError::Ring(crate::ring::table::TableError::Absent(_)) => Status::not_found(e.to_string()),
-        UpdateError::Setup(_) => Status::internal(e.to_string()),
+        UpdateError::Pool(TableError::NoPool(_) | TableError::NoMember { .. }) | UpdateError::NoZone(_) => Status::not_found(e.to_string()),
+        UpdateError::Pool(TableError::MemberExists { .. }) => Status::already_exists(e.to_string()),
+        UpdateError::Pool(TableError::LastMember(_)) => Status::failed_precondition(e.to_string()),
+        UpdateError::Pool(TableError::Invalid(_)) => Status::invalid_argument(e.to_string()),
+        UpdateError::Ring(RingError::Present(_)) => Status::already_exists(e.to_string()),
+        UpdateError::Ring(RingError::Absent(_)) => Status::not_found(e.to_string()),
+        UpdateError::Internal(_) => Status::internal(e.to_string()),
     }
 }
 

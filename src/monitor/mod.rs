@@ -22,11 +22,11 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::config::{CheckConfig, CheckKind, Config, MonitorConfig};
+use crate::grpc::report;
 use crate::grpc::v1::status_client::StatusClient;
 use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
 use crate::grpc::v1::{MemberReport, ReportBatch, ReportReply};
 use crate::grpc::{Bearer, Ingest, ReplyStream, report_stream, v1};
-use crate::report;
 use health::{Health, Probe};
 
 /// Longest wait between two attempts to reach an upstream.

@@ -3,21 +3,20 @@
 
 pub mod formula;
 pub mod policy;
+pub mod report;
+pub mod table;
+
+pub use report::{Report, ReportError};
+pub use table::{Table, TableError};
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{LowerName, Name};
+
+use crate::clock::Now;
 
 use crate::config::{Fallback, MemberConfig, PolicyName, PoolConfig};
-
-/// The instant at which wall-clock time `t` falls, seen from (`now`, `wall`).
-pub fn instant_at(t: SystemTime, now: Instant, wall: SystemTime) -> Instant {
-    match t.duration_since(wall) {
-        Ok(ahead) => now + ahead,
-        Err(e) => now.checked_sub(e.duration()).unwrap_or(now),
-    }
-}
 
 /// What an operator said about a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,9 +103,9 @@ pub struct MemberState {
 
 impl MemberState {
     /// A member as configured, with nothing reported yet. Configured
-    /// wall-clock times become instants relative to (`now`, `wall`).
-    pub fn from_config(m: &MemberConfig, now: Instant, wall: SystemTime) -> Self {
-        let at = |s: &str| crate::config::parse_time(s).ok().map(|t| instant_at(t, now, wall));
+    /// wall-clock times become instants seen from `now`.
+    pub fn from_config(m: &MemberConfig, now: Now) -> Self {
+        let at = |s: &str| crate::config::parse_time(s).ok().map(|t| now.instant_at(t));
         Self {
             id: m.id.clone(),
             address: m.address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
@@ -226,6 +225,8 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct PoolState {
     pub name: Name,
+    /// The name as DNS compares it (lower case), the pool's key everywhere.
+    pub key: LowerName,
     pub policy: PolicyName,
     pub answers: usize,
     pub ttl: u32,
@@ -245,17 +246,21 @@ pub struct PoolState {
 }
 
 impl PoolState {
-    pub fn from_config(c: &PoolConfig, now: Instant, wall: SystemTime) -> Self {
-        let mut name = Name::from_ascii(&c.name).expect("validated pool name");
+    /// A pool as configured, with nothing reported yet. A name the
+    /// configuration check let through always parses; the root stands in
+    /// for one that does not, so no input panics here.
+    pub fn from_config(c: &PoolConfig, now: Now) -> Self {
+        let mut name = Name::from_ascii(&c.name).unwrap_or_else(|_| Name::root());
         name.set_fqdn(true);
         Self {
+            key: LowerName::from(&name),
             name,
             policy: c.policy,
             answers: c.answers,
             ttl: c.ttl,
             fallback: c.fallback,
             stale_after: c.stale_after,
-            members: c.members.iter().map(|m| MemberState::from_config(m, now, wall)).collect(),
+            members: c.members.iter().map(|m| MemberState::from_config(m, now)).collect(),
             last_known: Vec::new(),
             paused: false,
             formula: c.formula.as_deref().and_then(|f| formula::Formula::parse(f).ok()).map(std::sync::Arc::new),
@@ -335,7 +340,7 @@ mod tests {
             "[[pool]]\nname = \"www.example.\"\nfallback = \"{fallback}\"\nmembers = [{{ id = \"a\", address = \"127.0.0.1\" }}, {{ id = \"b\", address = \"127.0.0.2\" }}]\n"
         ))
         .unwrap();
-        PoolState::from_config(&c.pool[0], Instant::now(), SystemTime::now())
+        PoolState::from_config(&c.pool[0], Now::read())
     }
 
     #[test]
@@ -365,7 +370,7 @@ mod tests {
         .unwrap();
         let wall = crate::config::parse_time("2030-01-01T00:00:00Z").unwrap();
         let t0 = Instant::now();
-        let mut p = PoolState::from_config(&c.pool[0], t0, wall);
+        let mut p = PoolState::from_config(&c.pool[0], Now { instant: t0, wall });
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(p.order(at(1)).len(), 2);
         assert_eq!(p.members[1].state(at(6), p.stale_after), "maintenance");

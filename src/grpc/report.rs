@@ -1,77 +1,13 @@
-//! Status reports as they arrive over the wire: decoded and checked
-//! (finite, non-negative metrics, sane timestamps, bounded sizes) before
-//! anything is stored. Pure: the caller passes the current time.
+//! Status reports as they arrive over the wire: the generated gRPC types
+//! decoded into checked `pool::Report`s. Pure: the caller passes the
+//! current time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::grpc::v1;
 use crate::pool::Metrics;
-
-/// Most reports one batch may carry.
-pub const MAX_BATCH: usize = 100_000;
-/// Most custom metrics one report may carry.
-pub const MAX_METRICS: usize = 64;
-/// How far in the future an observation time may be (clock skew).
-pub const MAX_SKEW: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ReportError {
-    #[error("batch of {0} reports is larger than {MAX_BATCH}")]
-    TooMany(usize),
-    #[error("report {index}: pool and member must be named")]
-    Unnamed { index: usize },
-    #[error("report {index}: metric {name:?} is {value}; metrics must be finite and not negative")]
-    BadMetric { index: usize, name: String, value: f64 },
-    #[error("report {index}: {count} metrics is more than {MAX_METRICS}")]
-    TooManyMetrics { index: usize, count: usize },
-    #[error("report {index}: metric name {name:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
-    BadName { index: usize, name: String },
-    #[error("report {index}: observed {ahead_ms} ms in the future")]
-    Future { index: usize, ahead_ms: i64 },
-    #[error("report {index}: pool {pool} is not served here")]
-    NoPool { index: usize, pool: String },
-    #[error("report {index}: pool {pool} has no member {member}")]
-    NoMember { index: usize, pool: String, member: String },
-    #[error("report {index}: {value:?} is not an IP address")]
-    BadAddress { index: usize, value: String },
-    #[error("report {index}: member {member} of pool {pool} is not a farm; its address is configured")]
-    NotFarm { index: usize, pool: String, member: String },
-}
-
-impl ReportError {
-    /// A short label for counting refusals by reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ReportError::TooMany(_) | ReportError::TooManyMetrics { .. } => "too_large",
-            ReportError::Unnamed { .. } | ReportError::BadName { .. } | ReportError::BadAddress { .. } | ReportError::NotFarm { .. } => {
-                "malformed"
-            }
-            ReportError::BadMetric { .. } => "bad_metric",
-            ReportError::Future { .. } => "future",
-            ReportError::NoPool { .. } | ReportError::NoMember { .. } => "unknown_member",
-        }
-    }
-}
-
-/// One checked report.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Report {
-    pub pool: String,
-    pub member: String,
-    pub up: bool,
-    pub metrics: Metrics,
-    pub custom: BTreeMap<String, f64>,
-    /// How long ago it was observed.
-    pub age: Duration,
-    pub check: String,
-    /// A farm's preferred servers, best first (farm entities only).
-    pub addresses: Vec<std::net::IpAddr>,
-}
-
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
+use crate::pool::report::{MAX_BATCH, MAX_METRICS, MAX_SKEW, Report, ReportError, valid_name};
 
 /// Checks a batch; the first problem refuses all of it.
 pub fn decode(batch: &v1::ReportBatch, now_unix_ms: i64) -> Result<Vec<Report>, ReportError> {

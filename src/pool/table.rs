@@ -1,0 +1,636 @@
+//! The replicated monitor's member table: every pool, its members, their
+//! latest reports, the operator's word on them and the ring's deaths. Pure:
+//! time is passed in. The authority's updater and a farm monitor each keep
+//! one. Every change says which pools it touched, so only those are
+//! decided again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::LowerName;
+
+use super::formula::Formula;
+use super::{AdminState, Decision, MemberState, PoolState, Report, ReportError, policy};
+use crate::clock::Now;
+use crate::config::{MemberConfig, PolicyName, PoolConfig};
+
+/// A pool's place in the table; stable until the next `reconfigure`.
+pub type PoolId = usize;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("no pool named {0}")]
+    NoPool(String),
+    #[error("pool {pool} has no member {id}")]
+    NoMember { pool: String, id: String },
+    #[error("pool {pool} already has a member {id}")]
+    MemberExists { pool: String, id: String },
+    #[error("pool {0} cannot lose its last member")]
+    LastMember(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Operator changes to a pool while it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Policy(PolicyName),
+    /// A formula for the formula policy.
+    Formula(String),
+    Pause(bool),
+    AddMember {
+        id: String,
+        address: IpAddr,
+        weight: u32,
+    },
+    RemoveMember {
+        id: String,
+    },
+    /// An override of a member's state or weight.
+    Member {
+        id: String,
+        admin: Option<AdminState>,
+        weight: Option<u32>,
+    },
+}
+
+/// What a batch of reports touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Absorbed {
+    /// Reports stored.
+    pub count: usize,
+    /// Pools with a new report, each once, in the order first seen.
+    pub pools: Vec<PoolId>,
+    /// Of those, the pools where a member's reported `tcp_port` moved: its
+    /// SRP answer changes even when the DNS answer stays.
+    pub ports_moved: Vec<PoolId>,
+}
+
+/// What a new configuration did to the table.
+#[derive(Debug, Default)]
+pub struct Reconfigured {
+    /// Pools no longer configured, as they were.
+    pub removed: Vec<PoolState>,
+    /// Pools configured for the first time (ids in the new table).
+    pub added: Vec<PoolId>,
+    /// Kept pools whose answer shape (TTL, addresses per answer) changed.
+    pub reshaped: Vec<PoolId>,
+}
+
+/// One member as `vnamed status` and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberStatus {
+    pub id: String,
+    pub address: IpAddr,
+    pub state: String,
+    pub admin: AdminState,
+    pub weight: u32,
+    pub load: Option<f64>,
+    pub in_answer: bool,
+    pub metrics: Vec<(String, f64)>,
+    pub score: Option<f64>,
+    /// 1-based place in the policy's order; 0 when out of service.
+    pub rank: u32,
+    pub report_age: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    pools: Vec<PoolState>,
+    /// Pool key (lower case, no final dot) → place in `pools`.
+    index: HashMap<String, PoolId>,
+    /// Hosts the ring says are dead, by address.
+    dead: Vec<IpAddr>,
+}
+
+/// How a pool name is looked up: lower case, without the final dot.
+fn key_of(name: &str) -> std::borrow::Cow<'_, str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) { name.to_ascii_lowercase().into() } else { name.into() }
+}
+
+fn key_of_pool(p: &PoolState) -> String {
+    key_of(&p.name.to_ascii()).into_owned()
+}
+
+impl Table {
+    /// The pools as configured, nothing reported yet.
+    pub fn new(configs: &[PoolConfig], now: Now) -> Self {
+        let mut t = Self { pools: configs.iter().map(|c| PoolState::from_config(c, now)).collect(), ..Self::default() };
+        t.reindex();
+        t
+    }
+
+    fn reindex(&mut self) {
+        self.index = self.pools.iter().enumerate().map(|(i, p)| (key_of_pool(p), i)).collect();
+    }
+
+    pub fn pools(&self) -> &[PoolState] {
+        &self.pools
+    }
+
+    pub fn get(&self, id: PoolId) -> Option<&PoolState> {
+        self.pools.get(id)
+    }
+
+    /// The pool named `name`, in any case, with or without the final dot.
+    pub fn find(&self, name: &str) -> Option<PoolId> {
+        self.index.get(key_of(name).as_ref()).copied()
+    }
+
+    /// The pool whose key is `key`.
+    pub fn find_key(&self, key: &LowerName) -> Option<PoolId> {
+        self.find(&key.to_string())
+    }
+
+    fn resolve(&self, pool: &str) -> Result<PoolId, TableError> {
+        self.find(pool).ok_or_else(|| TableError::NoPool(pool.to_owned()))
+    }
+
+    /// Stores a batch of reports whole, or refuses it whole (a report names
+    /// a pool or member that is not here, or gives addresses for a member
+    /// that is not a farm) with nothing stored.
+    pub fn absorb(&mut self, reports: Vec<Report>, now: Instant) -> Result<Absorbed, ReportError> {
+        let mut targets = Vec::with_capacity(reports.len());
+        let mut last: Option<(&str, PoolId)> = None;
+        for (index, r) in reports.iter().enumerate() {
+            // Batches mostly name one pool: look it up once.
+            let i = match last {
+                Some((name, i)) if name == r.pool => i,
+                _ => {
+                    let i = self.find(&r.pool).ok_or_else(|| ReportError::NoPool { index, pool: r.pool.clone() })?;
+                    last = Some((&r.pool, i));
+                    i
+                }
+            };
+            let pool = &self.pools[i];
+            let m =
+                pool.position(&r.member).ok_or_else(|| ReportError::NoMember { index, pool: r.pool.clone(), member: r.member.clone() })?;
+            if !r.addresses.is_empty() && pool.members[m].farm.is_none() {
+                return Err(ReportError::NotFarm { index, pool: r.pool.clone(), member: r.member.clone() });
+            }
+            targets.push((i, m));
+        }
+        let mut out = Absorbed { count: reports.len(), ..Absorbed::default() };
+        for (r, (i, m)) in reports.into_iter().zip(targets) {
+            let smoothing = self.pools[i].smoothing;
+            let member = &mut self.pools[i].members[m];
+            let port = member.custom.get("tcp_port").copied();
+            member.absorb(r.up, r.metrics, r.custom, smoothing, now.checked_sub(r.age).unwrap_or(now));
+            if let Some(first) = r.addresses.first() {
+                member.address = *first;
+                member.ring_dead = self.dead.contains(first);
+            }
+            if member.custom.get("tcp_port").copied() != port && !out.ports_moved.contains(&i) {
+                out.ports_moved.push(i);
+            }
+            if !out.pools.contains(&i) {
+                out.pools.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies an operator's change to pool `pool`.
+    pub fn change(&mut self, pool: &str, change: Change, now: Now) -> Result<PoolId, TableError> {
+        let i = self.resolve(pool)?;
+        let dead = &self.dead;
+        let p = &mut self.pools[i];
+        let no_member = |id: &str| TableError::NoMember { pool: pool.to_owned(), id: id.to_owned() };
+        match change {
+            Change::Policy(PolicyName::Formula) if p.formula.is_none() => {
+                return Err(TableError::Invalid(format!("pool {pool} has no formula; give one first")));
+            }
+            Change::Policy(policy) => p.policy = policy,
+            Change::Formula(text) => p.formula = Some(Arc::new(Formula::parse(&text).map_err(TableError::Invalid)?)),
+            Change::Pause(paused) => p.paused = paused,
+            Change::AddMember { id, address, weight } => {
+                if p.position(&id).is_some() {
+                    return Err(TableError::MemberExists { pool: pool.to_owned(), id });
+                }
+                let config = MemberConfig { id, address: Some(address), farm: None, weight, until: None, maintenance: Vec::new() };
+                let mut member = MemberState::from_config(&config, now);
+                member.ring_dead = dead.contains(&address);
+                p.members.push(member);
+                p.reindex();
+            }
+            Change::RemoveMember { id } => {
+                let at = p.position(&id).ok_or_else(|| no_member(&id))?;
+                if p.members.len() == 1 {
+                    return Err(TableError::LastMember(pool.to_owned()));
+                }
+                let gone = p.members.remove(at);
+                p.reindex();
+                p.last_known.retain(|a| *a != gone.address);
+            }
+            Change::Member { id, admin, weight } => {
+                let m = p.member_mut(&id).ok_or_else(|| no_member(&id))?;
+                m.admin = admin.unwrap_or(m.admin);
+                m.weight = weight.unwrap_or(m.weight);
+            }
+        }
+        Ok(i)
+    }
+
+    /// Takes the ring's dead hosts; returns the pools where a member's
+    /// state changed.
+    pub fn set_ring_dead(&mut self, dead: Vec<IpAddr>) -> Vec<PoolId> {
+        let mut touched = Vec::new();
+        for (i, p) in self.pools.iter_mut().enumerate() {
+            let mut changed = false;
+            for m in &mut p.members {
+                let is_dead = dead.contains(&m.address);
+                changed |= m.ring_dead != is_dead;
+                m.ring_dead = is_dead;
+            }
+            if changed {
+                touched.push(i);
+            }
+        }
+        self.dead = dead;
+        touched
+    }
+
+    /// Takes the pools of a new configuration (already checked): new pools
+    /// join, removed ones leave, and kept ones take the new policy and
+    /// members while keeping what was reported and set about them, their
+    /// last answer and whether they are paused.
+    pub fn reconfigure(&mut self, configs: &[PoolConfig], now: Now) -> Reconfigured {
+        let was: HashMap<String, PoolId> = std::mem::take(&mut self.index);
+        let mut old: HashMap<String, PoolState> = self.pools.drain(..).map(|p| (key_of_pool(&p), p)).collect();
+        // (old place, reshaped, pool): kept pools stay in their old order, new ones follow.
+        let mut next: Vec<(Option<PoolId>, bool, PoolState)> = Vec::with_capacity(configs.len());
+        for c in configs {
+            let mut fresh = PoolState::from_config(c, now);
+            let key = key_of_pool(&fresh);
+            let Some(mut known) = old.remove(&key) else {
+                self.mark_dead(&mut fresh);
+                next.push((None, false, fresh));
+                continue;
+            };
+            let reshaped = known.ttl != fresh.ttl || known.answers != fresh.answers;
+            fresh.members = fresh
+                .members
+                .iter()
+                .map(|new| match known.members.iter().find(|m| m.id == new.id) {
+                    Some(k) => MemberState {
+                        // A farm entity's address comes from its farm's reports.
+                        address: if new.address.is_unspecified() { k.address } else { new.address },
+                        ..k.clone()
+                    }
+                    .with_schedule_of(new),
+                    None => new.clone(),
+                })
+                .collect();
+            self.mark_dead(&mut fresh);
+            fresh.last_known = std::mem::take(&mut known.last_known);
+            fresh.paused = known.paused;
+            fresh.counters = known.counters.clone();
+            fresh.reindex();
+            next.push((was.get(&key).copied(), reshaped, fresh));
+        }
+        next.sort_by_key(|(place, _, _)| place.unwrap_or(PoolId::MAX));
+        let mut out = Reconfigured::default();
+        for (i, (place, reshaped, pool)) in next.into_iter().enumerate() {
+            if place.is_none() {
+                out.added.push(i);
+            } else if reshaped {
+                out.reshaped.push(i);
+            }
+            self.pools.push(pool);
+        }
+        let mut removed: Vec<PoolState> = old.into_values().collect();
+        removed.sort_by_key(|p| was.get(&key_of_pool(p)).copied());
+        out.removed = removed;
+        self.reindex();
+        out
+    }
+
+    fn mark_dead(&self, pool: &mut PoolState) {
+        for m in &mut pool.members {
+            m.ring_dead = self.dead.contains(&m.address);
+        }
+    }
+
+    /// Takes `addresses` as pool `id`'s last answer (served before a restart).
+    pub fn restore_last_known(&mut self, id: PoolId, addresses: Vec<IpAddr>) {
+        if let Some(p) = self.pools.get_mut(id) {
+            p.last_known = addresses;
+        }
+    }
+
+    /// Applies pool `id`'s policy; `None` while an operator holds it paused.
+    pub fn decide(&mut self, id: PoolId, now: Instant) -> Option<Decision> {
+        let p = self.pools.get_mut(id)?;
+        (!p.paused).then(|| p.decide(now))
+    }
+
+    /// Applies pool `id`'s policy even while it is paused (its answer's
+    /// shape changed, so the old answer cannot stand).
+    pub fn decide_anyway(&mut self, id: PoolId, now: Instant) -> Option<Decision> {
+        Some(self.pools.get_mut(id)?.decide(now))
+    }
+
+    /// Pools whose answers can change with time alone: members that report
+    /// (and go stale), or have a lifetime or maintenance windows.
+    pub fn timed(&self) -> impl Iterator<Item = PoolId> + '_ {
+        self.pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.members.iter().any(|m| m.reported_at.is_some() || m.until.is_some() || !m.maintenance.is_empty()))
+            .map(|(i, _)| i)
+    }
+
+    /// Every server of pool `id` in service, most preferred first.
+    pub fn order(&self, id: PoolId, now: Instant) -> Vec<IpAddr> {
+        self.pools.get(id).map(|p| p.order(now)).unwrap_or_default()
+    }
+
+    /// Pool `id`'s members as operators see them, given the addresses its
+    /// answer holds now.
+    pub fn members_status(&self, id: PoolId, answer: &[IpAddr], now: Instant) -> Vec<MemberStatus> {
+        let Some(p) = self.pools.get(id) else { return Vec::new() };
+        let order = p.order(now);
+        p.members
+            .iter()
+            .map(|m| MemberStatus {
+                id: m.id.clone(),
+                address: m.address,
+                state: m.state(now, p.stale_after).to_owned(),
+                admin: m.admin,
+                weight: m.weight,
+                load: m.metrics.load,
+                in_answer: answer.contains(&m.address),
+                metrics: m.metrics.pairs().map(|(k, v)| (k.to_owned(), v)).chain(m.custom.iter().map(|(k, v)| (k.clone(), *v))).collect(),
+                score: policy::score(p.policy, p.formula.as_deref(), m),
+                rank: if m.eligible(now, p.stale_after) {
+                    order.iter().position(|a| *a == m.address).map(|i| i as u32 + 1).unwrap_or(0)
+                } else {
+                    0
+                },
+                report_age: m.reported_at.map(|t| now.saturating_duration_since(t)),
+            })
+            .collect()
+    }
+
+    /// The operator's notes on pool `id`'s members, to keep with its zone.
+    pub fn notes(&self, id: PoolId) -> Vec<(String, BTreeMap<&'static str, String>)> {
+        let Some(p) = self.pools.get(id) else { return Vec::new() };
+        p.members
+            .iter()
+            .map(|m| (m.id.clone(), BTreeMap::from([("admin", m.admin.as_str().into()), ("weight", m.weight.to_string())])))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::pool::Metrics;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn configs(text: &str) -> Vec<PoolConfig> {
+        Config::from_toml(text).unwrap().pool
+    }
+
+    const TWO: &str = r#"
+[[pool]]
+name = "www.example."
+policy = "least-loaded"
+stale_after = "3s"
+members = [ { id = "a", address = "127.0.0.1" }, { id = "b", address = "127.0.0.2" } ]
+
+[[pool]]
+name = "db.example."
+policy = "priority"
+fallback = "servfail"
+members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" } ]
+"#;
+
+    fn report(pool: &str, member: &str, up: bool, load: f64) -> Report {
+        Report {
+            pool: pool.into(),
+            member: member.into(),
+            up,
+            metrics: Metrics { load: Some(load), ..Metrics::default() },
+            custom: BTreeMap::new(),
+            age: Duration::ZERO,
+            check: "test".into(),
+            addresses: Vec::new(),
+        }
+    }
+
+    fn start() -> (Table, Now) {
+        let now = Now::read();
+        (Table::new(&configs(TWO), now), now)
+    }
+
+    #[test]
+    fn pools_are_found_in_any_case_with_or_without_the_final_dot() {
+        let (t, _) = start();
+        assert_eq!(t.find("www.example."), Some(0));
+        assert_eq!(t.find("WWW.Example"), Some(0));
+        assert_eq!(t.find("db.example"), Some(1));
+        assert_eq!(t.find("example."), None);
+        assert_eq!(t.find_key(&LowerName::from(&t.pools()[1].name)), Some(1));
+    }
+
+    #[test]
+    fn a_batch_is_stored_whole_or_refused_whole() {
+        let (mut t, now) = start();
+        let bad = vec![report("www.example.", "a", true, 0.9), report("www.example.", "nobody", true, 0.1)];
+        assert_eq!(
+            t.absorb(bad, now.instant),
+            Err(ReportError::NoMember { index: 1, pool: "www.example.".into(), member: "nobody".into() })
+        );
+        assert!(t.pools()[0].members[0].health.is_none(), "nothing from a refused batch is stored");
+        let bad = vec![report("www.example.", "a", true, 0.9), report("nope.example.", "a", true, 0.1)];
+        assert!(matches!(t.absorb(bad, now.instant), Err(ReportError::NoPool { index: 1, .. })));
+        let mut with_address = report("www.example.", "a", true, 0.1);
+        with_address.addresses = vec![ip("127.0.9.9")];
+        assert!(matches!(t.absorb(vec![with_address], now.instant), Err(ReportError::NotFarm { index: 0, .. })));
+
+        let good =
+            vec![report("WWW.example", "a", true, 0.9), report("www.example.", "b", true, 0.1), report("db.example.", "p", true, 0.5)];
+        let got = t.absorb(good, now.instant).unwrap();
+        assert_eq!(got, Absorbed { count: 3, pools: vec![0, 1], ports_moved: vec![] });
+        assert_eq!(t.decide(0, now.instant).unwrap().addresses, vec![ip("127.0.0.2")], "least loaded first");
+    }
+
+    #[test]
+    fn reports_go_stale_and_the_member_leaves_until_the_next_one() {
+        let (mut t, now) = start();
+        t.absorb(vec![report("www.example.", "a", true, 0.1), report("www.example.", "b", true, 0.5)], now.instant).unwrap();
+        assert_eq!(t.decide(0, now.instant).unwrap().addresses, vec![ip("127.0.0.1")]);
+        let later = now.after(Duration::from_secs(2));
+        t.absorb(vec![report("www.example.", "b", true, 0.5)], later.instant).unwrap();
+        let stale = now.instant + Duration::from_millis(3_001);
+        assert_eq!(t.decide(0, stale).unwrap().addresses, vec![ip("127.0.0.2")], "a's report is older than stale_after");
+        assert_eq!(t.members_status(0, &[], stale)[0].state, "unknown (stale)");
+        assert_eq!(t.timed().collect::<Vec<_>>(), vec![0], "only pools with reports change with time");
+        t.absorb(vec![report("www.example.", "a", true, 0.1)], stale).unwrap();
+        assert_eq!(t.decide(0, stale).unwrap().addresses, vec![ip("127.0.0.1")]);
+        // A report observed long ago counts from when it was observed.
+        let mut old = report("www.example.", "b", true, 0.0);
+        old.age = Duration::from_secs(10);
+        t.absorb(vec![old], stale).unwrap();
+        assert!(!t.pools()[0].members[1].eligible(stale, Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn fallbacks_decide_when_every_member_is_out() {
+        let text = |fallback: &str, answers: u32| {
+            format!(
+                "[[pool]]\nname = \"x.example.\"\npolicy = \"priority\"\nanswers = {answers}\nfallback = \"{fallback}\"\nmembers = [ {{ id = \"a\", address = \"127.0.0.1\" }}, {{ id = \"b\", address = \"127.0.0.2\" }} ]\n"
+            )
+        };
+        let now = Now::read();
+        let all_down = |t: &mut Table| {
+            t.absorb(vec![report("x.example.", "a", false, 0.0), report("x.example.", "b", false, 0.0)], now.instant).unwrap();
+            t.decide(0, now.instant).unwrap()
+        };
+        let mut t = Table::new(&configs(&text("servfail", 1)), now);
+        assert_eq!(all_down(&mut t), Decision { addresses: vec![], rotate: false, servfail: true });
+        let mut t = Table::new(&configs(&text("all", 1)), now);
+        assert_eq!(all_down(&mut t).addresses, vec![ip("127.0.0.1"), ip("127.0.0.2")], "all means every member");
+        let mut t = Table::new(&configs(&text("last-known", 1)), now);
+        t.absorb(vec![report("x.example.", "a", false, 0.0)], now.instant).unwrap();
+        assert_eq!(t.decide(0, now.instant).unwrap().addresses, vec![ip("127.0.0.2")]);
+        assert_eq!(all_down(&mut t).addresses, vec![ip("127.0.0.2")], "the last answer given");
+        let mut t = Table::new(&configs(&text("last-known", 1)), now);
+        assert_eq!(all_down(&mut t).addresses, vec![ip("127.0.0.1")], "never answered: the first members");
+    }
+
+    #[test]
+    fn lifetimes_and_maintenance_windows_follow_the_virtual_clock() {
+        let text = r#"
+[[pool]]
+name = "x.example."
+policy = "priority"
+members = [ { id = "a", address = "127.0.0.1", until = "2030-01-01T00:00:10Z" },
+            { id = "b", address = "127.0.0.2", maintenance = [ { from = "2030-01-01T00:00:00Z", until = "2030-01-01T00:00:20Z" } ] } ]
+"#;
+        let wall = crate::config::parse_time("2030-01-01T00:00:00Z").unwrap();
+        let now = Now { instant: Instant::now(), wall };
+        let mut t = Table::new(&configs(text), now);
+        assert_eq!(t.timed().count(), 1);
+        let at = |s| now.after(Duration::from_secs(s)).instant;
+        assert_eq!(t.decide(0, at(1)).unwrap().addresses, vec![ip("127.0.0.1")], "b is in maintenance");
+        assert_eq!(t.decide(0, at(15)).unwrap().addresses, vec![ip("127.0.0.1")], "a expired; nobody left: last known");
+        assert_eq!(t.members_status(0, &[], at(15))[0].state, "expired");
+        assert_eq!(t.decide(0, at(21)).unwrap().addresses, vec![ip("127.0.0.2")], "b's window is over");
+    }
+
+    #[test]
+    fn a_farm_entity_answers_where_its_farm_says() {
+        let (mut t, now) = start();
+        t.absorb(vec![report("db.example.", "p", false, 0.0)], now.instant).unwrap();
+        assert!(t.decide(1, now.instant).unwrap().servfail, "the entity has no address yet");
+        let mut farm = report("db.example.", "farm1", true, 0.2);
+        farm.addresses = vec![ip("10.9.0.1"), ip("10.9.0.2")];
+        t.absorb(vec![farm], now.instant).unwrap();
+        assert_eq!(t.decide(1, now.instant).unwrap().addresses, vec![ip("10.9.0.1")]);
+    }
+
+    #[test]
+    fn ring_deaths_take_members_out_at_once_and_stick_to_new_members() {
+        let (mut t, now) = start();
+        assert_eq!(t.set_ring_dead(vec![ip("127.0.0.1")]), vec![0]);
+        assert_eq!(t.decide(0, now.instant).unwrap().addresses, vec![ip("127.0.0.2")]);
+        assert_eq!(t.members_status(0, &[], now.instant)[0].state, "dead (ring)");
+        assert_eq!(t.set_ring_dead(vec![ip("127.0.0.1")]), Vec::<PoolId>::new(), "nothing new");
+        t.change("www.example.", Change::AddMember { id: "c".into(), address: ip("127.0.1.1"), weight: 1 }, now).unwrap();
+        t.set_ring_dead(vec![ip("127.0.0.1"), ip("127.0.1.1")]);
+        t.change("db.example.", Change::Member { id: "p".into(), admin: Some(AdminState::Up), weight: None }, now).unwrap();
+        assert!(t.decide(1, now.instant).unwrap().servfail, "admin up does not raise the dead");
+        assert_eq!(t.set_ring_dead(vec![]), vec![0, 1]);
+        assert_eq!(t.decide(1, now.instant).unwrap().addresses, vec![ip("127.0.1.1")]);
+    }
+
+    #[test]
+    fn operator_changes_are_checked() {
+        let (mut t, now) = start();
+        let add = |id: &str| Change::AddMember { id: id.into(), address: ip("127.0.0.9"), weight: 3 };
+        assert_eq!(t.change("nope.", Change::Pause(true), now), Err(TableError::NoPool("nope.".into())));
+        assert_eq!(t.change("www.example.", add("a"), now), Err(TableError::MemberExists { pool: "www.example.".into(), id: "a".into() }));
+        assert_eq!(t.change("www.example.", add("c"), now), Ok(0));
+        assert_eq!(t.pools()[0].members[2].weight, 3);
+        assert!(matches!(t.change("www.example.", Change::Policy(PolicyName::Formula), now), Err(TableError::Invalid(_))));
+        assert!(matches!(t.change("www.example.", Change::Formula("load +".into()), now), Err(TableError::Invalid(_))));
+        t.change("www.example.", Change::Formula("load * 2".into()), now).unwrap();
+        t.change("www.example.", Change::Policy(PolicyName::Formula), now).unwrap();
+        for id in ["a", "b"] {
+            t.change("www.example.", Change::RemoveMember { id: id.into() }, now).unwrap();
+        }
+        assert_eq!(
+            t.change("www.example.", Change::RemoveMember { id: "c".into() }, now),
+            Err(TableError::LastMember("www.example.".into()))
+        );
+        assert_eq!(
+            t.change("www.example.", Change::RemoveMember { id: "a".into() }, now),
+            Err(TableError::NoMember { pool: "www.example.".into(), id: "a".into() })
+        );
+        t.change("www.example.", Change::Pause(true), now).unwrap();
+        assert_eq!(t.decide(0, now.instant), None, "a paused pool keeps its answer");
+        assert_eq!(t.decide_anyway(0, now.instant).unwrap().addresses, vec![ip("127.0.0.9")]);
+        assert_eq!(t.notes(0), vec![("c".to_owned(), BTreeMap::from([("admin", "auto".to_owned()), ("weight", "3".to_owned())]))]);
+    }
+
+    #[test]
+    fn a_moved_port_is_told_even_when_nothing_else_changes() {
+        let (mut t, now) = start();
+        let with_port = |port: f64| {
+            let mut r = report("www.example.", "a", true, 0.1);
+            r.custom.insert("tcp_port".into(), port);
+            r
+        };
+        assert_eq!(t.absorb(vec![with_port(1433.0)], now.instant).unwrap().ports_moved, vec![0]);
+        assert_eq!(t.absorb(vec![with_port(1433.0)], now.instant).unwrap().ports_moved, Vec::<PoolId>::new());
+        assert_eq!(t.absorb(vec![with_port(1434.0)], now.instant).unwrap().ports_moved, vec![0]);
+    }
+
+    #[test]
+    fn reconfiguration_keeps_what_was_reported_and_set() {
+        let (mut t, now) = start();
+        t.absorb(vec![report("www.example.", "a", true, 0.7), report("www.example.", "b", true, 0.2)], now.instant).unwrap();
+        t.change("www.example.", Change::Member { id: "a".into(), admin: Some(AdminState::Drain), weight: Some(5) }, now).unwrap();
+        t.change("www.example.", Change::Pause(true), now).unwrap();
+        t.set_ring_dead(vec![ip("127.0.0.3")]);
+        let edited = r#"
+[[pool]]
+name = "new.example."
+members = [ { id = "n", address = "127.0.2.1" } ]
+
+[[pool]]
+name = "www.example."
+policy = "priority"
+answers = 2
+members = [ { id = "a", address = "127.0.0.1", weight = 9 }, { id = "c", address = "127.0.0.3" } ]
+"#;
+        let r = t.reconfigure(&configs(edited), now);
+        assert_eq!(r.removed.iter().map(|p| p.name.to_string()).collect::<Vec<_>>(), vec!["db.example."]);
+        assert_eq!((r.added.clone(), r.reshaped.clone()), (vec![1], vec![0]), "kept pools first, then new ones");
+        assert_eq!(t.find("www.example."), Some(0));
+        assert_eq!(t.find("new.example."), Some(1));
+        assert_eq!(t.find("db.example."), None);
+        let www = &t.pools()[0];
+        assert_eq!(www.policy, PolicyName::Priority);
+        assert!(www.paused, "still paused");
+        let a = &www.members[0];
+        assert_eq!(
+            (a.admin, a.weight, a.metrics.load),
+            (AdminState::Drain, 9, Some(0.7)),
+            "override and reports kept, weight from the file"
+        );
+        assert!(www.members[1].ring_dead, "a new member the ring knows is dead starts dead");
+        assert!(t.find("WWW.EXAMPLE").is_some());
+        let r = t.reconfigure(&configs(edited), now);
+        assert!(r.removed.is_empty() && r.added.is_empty() && r.reshaped.is_empty(), "the same file changes nothing");
+    }
+}
