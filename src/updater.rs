@@ -3,7 +3,7 @@
 //! path reads, bumps serials, tells secondaries (NOTIFY) and keeps the zone
 //! files true (coalesced atomic rewrites that keep the operator's text).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +24,9 @@ use crate::metrics::Counters;
 use crate::pool::table::{PoolId, Table, TableError};
 use crate::pool::{AdminState, Decision, PoolState, Report, ReportError};
 use crate::ring::registry::Registry;
-use crate::zone::{MemberNote, ZoneFile, render_block, text, writer};
+use crate::zone::io::{Done, Job, WriteJob, ZoneIo};
+use crate::zone::sync::{After, FileSync, Origin as SyncOrigin, Written};
+use crate::zone::{self, MemberNote, ZoneFile, writer};
 
 pub use crate::pool::table::{Change as PoolChange, MemberStatus};
 
@@ -103,52 +105,19 @@ pub struct PoolStatus {
 struct ZoneState {
     /// The last good version read from (or written to) disk.
     file: ZoneFile,
-    /// What we believe the file on disk holds; anything else is an operator edit.
-    disk_text: String,
     serial: u32,
     /// Each pool's answer, by the pool's key.
     answers: HashMap<LowerName, Arc<PoolAnswer>>,
     /// The pools whose names live in this zone.
     pools: Vec<PoolId>,
-    dirty: bool,
-    last_write: Option<Instant>,
-    /// The file on disk does not parse; writes wait until the operator fixes it.
-    broken: bool,
-    /// Managed blocks of pools that were removed, to take out at the next write.
-    drop_blocks: Vec<String>,
-    /// A write of the file is under way.
-    writing: bool,
-    /// The text being written, so its arrival on disk is not taken for an edit.
-    writing_text: Option<String>,
+    /// Keeping the file true to what is served.
+    sync: FileSync,
 }
 
 impl ZoneState {
     fn new(file: ZoneFile, disk_text: String) -> Self {
-        Self {
-            disk_text,
-            serial: file.serial,
-            file,
-            answers: HashMap::new(),
-            pools: Vec::new(),
-            dirty: false,
-            last_write: None,
-            broken: false,
-            drop_blocks: Vec::new(),
-            writing: false,
-            writing_text: None,
-        }
+        Self { serial: file.serial, file, answers: HashMap::new(), pools: Vec::new(), sync: FileSync::new(disk_text) }
     }
-}
-
-/// The outcome of a zone file write done off the updater's task.
-struct WriteDone {
-    origin: LowerName,
-    /// What was on disk when the write was prepared.
-    based_on: String,
-    dropped: Vec<String>,
-    serial: u32,
-    file: ZoneFile,
-    result: std::io::Result<()>,
 }
 
 pub struct Updater {
@@ -164,8 +133,14 @@ pub struct Updater {
     stable: Arc<HashMap<Box<[u8]>, fast::Entry>>,
     stable_stale: bool,
     counters: Arc<Counters>,
-    written: mpsc::Sender<WriteDone>,
-    written_rx: Option<mpsc::Receiver<WriteDone>>,
+    /// The zone files' reads and writes, done off this task.
+    io: ZoneIo,
+    io_results: mpsc::Receiver<Done>,
+    /// Zones whose file is being read, and those to read again after.
+    reading: BTreeSet<LowerName>,
+    reread: BTreeSet<LowerName>,
+    /// Each pool's member notes as last rendered, by pool id.
+    notes: Vec<Option<Arc<[MemberNote]>>>,
     ring: Registry,
     ring_file: Option<PathBuf>,
     /// Bumped at every publish, for watchers.
@@ -262,7 +237,7 @@ impl Updater {
         write_interval: Duration,
         now: Now,
     ) -> Result<Self, Vec<String>> {
-        let (written, written_rx) = mpsc::channel(64);
+        let (io, io_results) = ZoneIo::start();
         let zones: BTreeMap<LowerName, ZoneState> = files
             .into_iter()
             .map(|(origin, file)| {
@@ -281,8 +256,11 @@ impl Updater {
             stable: Arc::default(),
             stable_stale: true,
             counters,
-            written,
-            written_rx: Some(written_rx),
+            io,
+            io_results,
+            reading: BTreeSet::new(),
+            reread: BTreeSet::new(),
+            notes: Vec::new(),
             ring: Registry::default(),
             ring_file: None,
             published: watch::channel(0).0,
@@ -292,7 +270,7 @@ impl Updater {
             updater.restore(i, now.instant);
         }
         for zone in updater.zones.values_mut() {
-            if zone.dirty {
+            if zone.sync.is_dirty() {
                 zone.serial = zone.serial.wrapping_add(1);
             }
         }
@@ -328,6 +306,9 @@ impl Updater {
     /// notes and the last answer come back from the zone file when they
     /// still make sense.
     fn restore(&mut self, i: PoolId, now: Instant) {
+        if let Some(n) = self.notes.get_mut(i) {
+            *n = None;
+        }
         let Ok((pool, zone)) = self.zone_mut(i) else { return };
         let name = pool.name.to_string();
         let block = zone.file.block(&pool.name).cloned();
@@ -350,7 +331,9 @@ impl Updater {
         let Some(decision) = decision else { return };
         if let Ok((pool, zone)) = self.zone_mut(i) {
             let answer = answer_for(pool, decision);
-            zone.dirty |= !restored;
+            if !restored {
+                zone.sync.touch();
+            }
             zone.answers.insert(pool.key.clone(), Arc::new(answer));
         }
     }
@@ -406,7 +389,7 @@ impl Updater {
         let answer = answer_for(pool, decision);
         zone.answers.insert(pool.key.clone(), Arc::new(answer));
         zone.serial = zone.serial.wrapping_add(1);
-        zone.dirty = true;
+        zone.sync.touch();
         self.counters.answer_changes.fetch_add(1, Ordering::Relaxed);
         self.pool_zone.get(i).cloned()
     }
@@ -552,9 +535,8 @@ impl Updater {
                 }
             }
             self.stable_stale = true;
-            zone.drop_blocks.push(gone.name.to_string());
+            zone.sync.drop_block(gone.name.to_string());
             zone.serial = zone.serial.wrapping_add(1);
-            zone.dirty = true;
             touched.push(origin.clone());
             info!(pool = %gone.name, "pool removed by configuration edit");
         }
@@ -573,6 +555,7 @@ impl Updater {
             })
             .collect();
         self.bind_zones();
+        self.notes.clear();
         for &i in &changes.reshaped {
             // A new TTL or answer size: the old answer cannot stand, even while paused.
             if let Ok((pool, zone)) = self.zone_mut(i) {
@@ -595,7 +578,7 @@ impl Updater {
                 self.redecide(i, now.instant);
             }
             if let Some(z) = self.zones.get_mut(&origin) {
-                z.dirty = true;
+                z.sync.touch();
             }
             touched.push(origin);
         }
@@ -609,9 +592,12 @@ impl Updater {
         let what = format!("{change:?}");
         let i = self.table.change(pool, change, now)?;
         info!(pool, change = %what, "pool changed by operator");
+        if let Some(n) = self.notes.get_mut(i) {
+            *n = None;
+        }
         let (_, zone) = self.zone_mut(i)?;
         // The notes in the file change even when the answer does not.
-        zone.dirty = true;
+        zone.sync.touch();
         if let Some(origin) = self.redecide(i, now.instant) {
             self.changed(vec![origin]);
         }
@@ -664,181 +650,157 @@ impl Updater {
     }
 
     /// When the next coalesced write is due, if any.
-    pub fn next_write(&self) -> Option<Instant> {
-        self.zones
-            .values()
-            .filter(|z| z.dirty && !z.broken && !z.writing)
-            .map(|z| z.last_write.map(|t| t + self.write_interval).unwrap_or_else(Instant::now))
-            .min()
+    pub fn next_write(&self, now: Instant) -> Option<Instant> {
+        self.zones.values().filter_map(|z| z.sync.due_at(self.write_interval, now)).min()
     }
 
-    /// Writes every dirty zone whose interval has passed (all of them when `force`).
+    /// Starts a write of every zone whose turn has come (every changed one
+    /// when `force`).
     pub fn flush(&mut self, now: Instant, force: bool) {
-        let due: Vec<LowerName> = self
-            .zones
-            .iter()
-            .filter(|(_, z)| z.dirty && !z.broken && !z.writing && (force || z.last_write.is_none_or(|t| now >= t + self.write_interval)))
-            .map(|(o, _)| o.clone())
-            .collect();
+        let due: Vec<LowerName> =
+            self.zones.iter().filter(|(_, z)| z.sync.is_due(now, self.write_interval, force)).map(|(o, _)| o.clone()).collect();
         for origin in due {
-            let Some((path, disk_text)) = self.zones.get(&origin).map(|z| (z.file.path.clone(), z.disk_text.clone())) else { continue };
-            // An operator edit we have not seen yet wins over our write.
-            if let Ok(disk) = std::fs::read_to_string(&path)
-                && disk != disk_text
-            {
-                self.reload(&path);
-                if self.zones.get(&origin).is_none_or(|z| z.broken || !z.dirty) {
-                    continue;
-                }
-            }
-            self.write(&origin, now, force);
+            self.write(&origin, now);
         }
     }
 
-    fn render(&self, origin: &LowerName) -> Option<String> {
-        let z = self.zones.get(origin)?;
-        let mut blocks = BTreeMap::new();
-        for &i in &z.pools {
-            let Some(p) = self.table.get(i) else { continue };
+    /// The member notes of pool `i`, as its managed block keeps them.
+    fn notes(&mut self, i: PoolId) -> Arc<[MemberNote]> {
+        if let Some(Some(n)) = self.notes.get(i) {
+            return n.clone();
+        }
+        let notes: Arc<[MemberNote]> = self
+            .table
+            .notes(i)
+            .into_iter()
+            .map(|(id, pairs)| MemberNote { id, pairs: pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() })
+            .collect();
+        if self.notes.len() <= i {
+            self.notes.resize(i + 1, None);
+        }
+        self.notes[i] = Some(notes.clone());
+        notes
+    }
+
+    /// Hands a zone's file to the I/O thread to be rewritten from what is served.
+    fn write(&mut self, origin: &LowerName, now: Instant) {
+        let pools = self.zones.get(origin).map(|z| z.pools.clone()).unwrap_or_default();
+        let mut blocks = Vec::with_capacity(pools.len());
+        for i in pools {
+            let notes = self.notes(i);
+            let (Some(p), Some(z)) = (self.table.get(i), self.zones.get(origin)) else { continue };
             let Some(answer) = z.answers.get(&p.key) else {
                 error!(pool = %p.name, "internal: a pool without an answer keeps its block as it is");
                 continue;
             };
-            let notes: Vec<MemberNote> = self
-                .table
-                .notes(i)
-                .into_iter()
-                .map(|(id, pairs)| MemberNote { id, pairs: pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() })
-                .collect();
-            let addresses: &[IpAddr] = if answer.servfail { &[] } else { &answer.addresses };
-            blocks.insert(p.name.to_string(), render_block(&p.name, p.ttl, addresses, &notes));
+            let addresses = if answer.servfail { Vec::new() } else { answer.addresses.clone() };
+            blocks.push(zone::io::Block { name: p.name.clone(), ttl: p.ttl, addresses, notes });
         }
-        for gone in &z.drop_blocks {
-            blocks.entry(gone.clone()).or_default();
-        }
-        Some(text::rewrite(&z.file.text, &z.file.blocks, z.file.serial_span.clone(), z.serial, &blocks))
-    }
-
-    /// Writes a zone's file: rendered and validated here, written (with
-    /// its fsyncs) on a blocking thread so answers keep moving meanwhile,
-    /// unless `wait` (at shutdown).
-    fn write(&mut self, origin: &LowerName, now: Instant, wait: bool) {
-        let Some(text) = self.render(origin) else { return };
         let Some(z) = self.zones.get_mut(origin) else { return };
-        let path = z.file.path.clone();
-        let parsed = match ZoneFile::parse(&path, z.file.data.origin.clone(), text) {
-            Ok(f) => f,
-            Err(e) => {
-                // Never put a file on disk that we would refuse to load.
-                error!(error = %e, "refusing to write a zone file that does not validate");
-                z.dirty = false;
-                return;
-            }
-        };
-        z.dirty = false;
-        z.writing = true;
-        z.writing_text = Some(parsed.text.clone());
-        z.last_write = Some(now);
-        let done = WriteDone {
-            origin: origin.clone(),
-            based_on: z.disk_text.clone(),
-            dropped: std::mem::take(&mut z.drop_blocks),
-            serial: z.serial,
-            result: Ok(()),
-            file: parsed,
-        };
-        if wait || tokio::runtime::Handle::try_current().is_err() {
-            let mut done = done;
-            done.result = writer::write_atomic(&path, &done.file.text);
-            self.finish_write(done);
-            return;
+        let ticket = z.sync.begin_write(now);
+        let job = WriteJob { origin: origin.clone(), base: z.file.clone(), serial: z.serial, blocks, ticket };
+        if let Err(Job::Write(job)) = self.io.submit(Job::Write(Box::new(job))) {
+            warn!(zone = %origin, "zone file queue full; the write will be retried");
+            z.sync.end_write(job.ticket, &Written::Failed);
         }
-        let tx = self.written.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut done = done;
-            done.result = writer::write_atomic(&path, &done.file.text);
-            let _ = tx.blocking_send(done);
-        });
     }
 
     /// Takes the outcome of a zone file write.
-    fn finish_write(&mut self, done: WriteDone) {
-        let Some(z) = self.zones.get_mut(&done.origin) else { return };
-        z.writing = false;
-        z.writing_text = None;
-        let path = done.file.path.clone();
-        if let Err(e) = done.result {
-            error!(file = %path.display(), error = %e, "cannot write zone file; will retry");
-            z.dirty = true;
-            z.drop_blocks.extend(done.dropped);
-            return;
+    fn written(&mut self, done: zone::io::WriteDone) {
+        let origin = done.origin.clone();
+        let Some(z) = self.zones.get_mut(&origin) else { return };
+        let path = z.file.path.clone();
+        match (&done.outcome, &done.error) {
+            (Written::Done(_), _) => {
+                info!(file = %path.display(), serial = done.file.as_ref().map(|f| f.serial), "zone file written");
+                self.counters.zone_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            (Written::Invalid, e) => error!(file = %path.display(), error = ?e, "refusing to write a zone file that does not validate"),
+            (Written::Failed, e) => error!(file = %path.display(), error = ?e, "cannot write zone file; will retry"),
+            (Written::Edited, _) => info!(file = %path.display(), "zone file edited meanwhile; written again from the edit"),
         }
-        info!(file = %path.display(), serial = done.serial, "zone file written");
-        self.counters.zone_writes.fetch_add(1, Ordering::Relaxed);
-        if z.disk_text != done.based_on {
-            // The operator's edit was read while we wrote: write again from it.
-            z.dirty = true;
-            return;
+        if z.sync.end_write(done.ticket, &done.outcome) == After::Adopt
+            && let Some(mut file) = done.file
+        {
+            // Our own write changes only pool records, which the answers
+            // override anyway: keep serving (and the pre-encoded table
+            // built from) the same data unless it lacked a pool's name.
+            if z.answers.keys().all(|p| z.file.data.nodes.contains_key(p)) {
+                file.data = z.file.data.clone();
+            } else {
+                self.stable_stale = true;
+            }
+            z.file = file;
         }
-        let mut parsed = done.file;
-        // Our own write changes only pool records, which the answers
-        // override anyway: keep serving (and the pre-encoded table built
-        // from) the same data unless it lacked a pool's name.
-        if z.answers.keys().all(|p| z.file.data.nodes.contains_key(p)) {
-            parsed.data = z.file.data.clone();
-        } else {
-            self.stable_stale = true;
+        if let Some((text, parsed)) = done.edit {
+            self.edit(origin, path, text, parsed);
         }
-        z.disk_text = parsed.text.clone();
-        z.file = parsed;
     }
 
-    /// An operator changed a zone file: serve the new version if it is
-    /// valid, otherwise keep the last good one and say why.
-    pub fn reload(&mut self, path: &Path) {
-        let Some(origin) = crate::zone::origin_for(path).map(LowerName::from) else { return };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                if self.zones.contains_key(&origin) {
-                    warn!(file = %path.display(), error = %e, "zone file unreadable; still serving the last good version");
-                }
-                return;
-            }
-        };
-        if self.zones.get(&origin).is_some_and(|z| z.disk_text == text || z.writing_text.as_deref() == Some(text.as_str())) {
+    /// An operator may have changed a zone file: have it read.
+    pub fn edited(&mut self, path: &Path) {
+        let Some(origin) = zone::origin_for(path).map(LowerName::from) else { return };
+        if !self.reading.insert(origin.clone()) {
+            self.reread.insert(origin); // read again once the read under way ends
             return;
         }
-        let name = Name::from(&origin);
-        let file = match ZoneFile::parse(path, name, text.clone()) {
-            Ok(f) => f,
-            Err(e) => {
-                error!(error = %e, "zone edit refused; still serving the last good version");
+        if self.io.submit(Job::Read { origin: origin.clone(), path: path.to_owned() }).is_err() {
+            warn!(file = %path.display(), "zone file queue full; the edit is read at the next change");
+            self.reading.remove(&origin);
+        }
+    }
+
+    /// Takes the result of an I/O job.
+    fn io_done(&mut self, done: Done) {
+        match done {
+            Done::Write(w) => self.written(*w),
+            Done::Read { origin, path, read } => {
+                self.reading.remove(&origin);
+                if self.reread.remove(&origin) {
+                    self.edited(&path);
+                }
+                match *read {
+                    Ok((text, parsed)) => self.edit(origin, path, text, parsed),
+                    Err(e) if self.zones.contains_key(&origin) => {
+                        warn!(file = %path.display(), error = %e, "zone file unreadable; still serving the last good version")
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Text read from a zone file: if it is an operator's edit, serve it
+    /// when valid, otherwise keep the last good version and say why.
+    fn edit(&mut self, origin: LowerName, path: PathBuf, text: String, parsed: Result<ZoneFile, zone::ZoneError>) {
+        if self.zones.get(&origin).is_some_and(|z| z.sync.origin_of(&text) == SyncOrigin::Ours) {
+            return;
+        }
+        let refused = match parsed {
+            Err(e) => Err(e.to_string()),
+            Ok(file) => {
+                let stray = self.zones.get(&origin).and_then(|z| {
+                    z.pools.iter().filter_map(|&i| self.table.get(i)).find_map(|p| file.stray_addresses(&p.name).first().map(|l| (p, *l)))
+                });
+                match stray {
+                    Some((p, line)) => {
+                        Err(format!("{}:{line}: address records for virtual name {} belong in its managed block", path.display(), p.name))
+                    }
+                    None => Ok(file),
+                }
+            }
+        };
+        let file = match refused {
+            Ok(file) => file,
+            Err(error) => {
+                error!(%error, "zone edit refused; still serving the last good version");
                 self.counters.zone_edits_refused.fetch_add(1, Ordering::Relaxed);
                 if let Some(z) = self.zones.get_mut(&origin) {
-                    z.broken = true;
-                    z.disk_text = text;
+                    z.sync.refuse(&text);
                 }
                 return;
             }
         };
-        let stray = self.zones.get(&origin).and_then(|z| {
-            z.pools.iter().filter_map(|&i| self.table.get(i)).find_map(|p| file.stray_addresses(&p.name).first().map(|l| (p, *l)))
-        });
-        if let Some((p, line)) = stray {
-            error!(
-                file = %path.display(),
-                line,
-                pool = %p.name,
-                "zone edit refused: address records for a virtual name belong in its managed block; still serving the last good version"
-            );
-            self.counters.zone_edits_refused.fetch_add(1, Ordering::Relaxed);
-            if let Some(z) = self.zones.get_mut(&origin) {
-                z.broken = true;
-                z.disk_text = text;
-            }
-            return;
-        }
         match self.zones.get_mut(&origin) {
             Some(z) => {
                 let served = z.serial;
@@ -851,9 +813,7 @@ impl Updater {
                     };
                     file.addresses(&p.name) != want || file.block(&p.name).is_none()
                 });
-                z.dirty |= z.serial != file.serial || blocks_differ;
-                z.broken = false;
-                z.disk_text = text;
+                z.sync.accept(&text, z.serial != file.serial || blocks_differ);
                 z.file = file;
                 self.stable_stale = true;
                 info!(file = %path.display(), serial = z.serial, "zone file reloaded");
@@ -867,13 +827,22 @@ impl Updater {
         self.changed(vec![origin]);
     }
 
+    /// Waits for the zone file work under way (at shutdown, and in tests).
+    pub async fn settle(&mut self) {
+        while self.zones.values().any(|z| z.sync.is_writing()) || !self.reading.is_empty() {
+            match self.io_results.recv().await {
+                Some(done) => self.io_done(done),
+                None => break,
+            }
+        }
+    }
+
     /// Runs the updater until shutdown, then writes what is pending.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut edits: mpsc::Receiver<PathBuf>, shutdown: CancellationToken) {
-        let mut written = self.written_rx.take().expect("run once");
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next = self.next_write();
+            let next = self.next_write(Instant::now());
             let write_due = async {
                 match next {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -882,22 +851,23 @@ impl Updater {
             };
             tokio::select! {
                 Some(cmd) = commands.recv() => self.handle(cmd, Now::read()),
-                Some(path) = edits.recv() => self.reload(&path),
-                Some(done) = written.recv() => self.finish_write(done),
+                Some(path) = edits.recv() => self.edited(&path),
+                Some(done) = self.io_results.recv() => self.io_done(done),
                 _ = write_due => self.flush(Instant::now(), false),
                 _ = tick.tick() => self.tick(Instant::now()),
                 _ = shutdown.cancelled() => break,
             }
         }
         // Writes under way finish first, then whatever is still pending.
-        while self.zones.values().any(|z| z.writing) {
-            match written.recv().await {
-                Some(done) => self.finish_write(done),
-                None => break,
-            }
-        }
+        self.settle().await;
         self.flush(Instant::now(), true);
-        info!("updater stopped; zone files are current");
+        self.settle().await;
+        let behind: Vec<String> = self.zones.values().filter(|z| z.sync.is_dirty()).map(|z| z.file.path.display().to_string()).collect();
+        if behind.is_empty() {
+            info!("updater stopped; zone files are current");
+        } else {
+            error!(files = ?behind, "updater stopped; these zone files could not be brought up to date");
+        }
     }
 }
 

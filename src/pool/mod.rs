@@ -322,9 +322,9 @@ impl PoolState {
                 },
             };
         }
-        let order = policy::order(self.policy, self.formula.as_deref(), &live);
-        let take = if rotate { order.len() } else { self.answers };
-        let addresses: Vec<IpAddr> = order.iter().take(take).map(|&i| live[i].address).collect();
+        let take = if rotate { live.len() } else { self.answers };
+        let best = policy::best(self.policy, self.formula.as_deref(), &live, take);
+        let addresses: Vec<IpAddr> = best.iter().map(|&i| live[i].address).collect();
         self.last_known = addresses.clone();
         Decision { addresses, rotate, servfail: false }
     }

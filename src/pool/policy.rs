@@ -26,24 +26,49 @@ pub fn score(policy: PolicyName, formula: Option<&Formula>, m: &MemberState) -> 
 /// configured order, so answers are stable and deterministic: several
 /// authorities fed the same reports give the same answer.
 pub fn order(policy: PolicyName, formula: Option<&Formula>, members: &[&MemberState]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..members.len()).collect();
-    let key = |f: fn(&MemberState) -> Option<f64>, missing: f64| move |i: &usize| f(members[*i]).unwrap_or(missing);
-    let sort_by = |idx: &mut Vec<usize>, k: &dyn Fn(&usize) -> f64| {
-        idx.sort_by(|a, b| k(a).total_cmp(&k(b)));
-    };
-    match policy {
+    best(policy, formula, members, members.len())
+}
+
+/// The `k` most preferred eligible members, in `order`'s order, without
+/// ranking the rest: a pool of thousands answered with one address costs
+/// one pass over its members, not a sort.
+pub fn best(policy: PolicyName, formula: Option<&Formula>, members: &[&MemberState], k: usize) -> Vec<usize> {
+    let k = k.min(members.len());
+    // Lower sorts first; each member's key is computed once.
+    let key: Option<fn(&MemberState) -> Option<f64>> = match policy {
         // Configured order; the DNS path rotates it query by query.
-        PolicyName::RoundRobin | PolicyName::Priority => {}
-        PolicyName::Formula => sort_by(&mut idx, &|i: &usize| score(policy, formula, members[*i]).unwrap_or(f64::MAX)),
-        PolicyName::LeastLoaded => sort_by(&mut idx, &key(|m| m.metrics.load, f64::MAX)),
-        PolicyName::FewestConnections => sort_by(&mut idx, &key(|m| m.metrics.connections, f64::MAX)),
-        PolicyName::FewestPending => sort_by(&mut idx, &key(|m| m.metrics.pending, f64::MAX)),
-        PolicyName::Fastest => sort_by(&mut idx, &key(|m| m.metrics.response_ms, f64::MAX)),
-        PolicyName::Closest => sort_by(&mut idx, &key(|m| m.metrics.distance, f64::MAX)),
-        PolicyName::Throughput => sort_by(&mut idx, &key(|m| m.metrics.throughput.map(|t| -t), 0.0)),
-        PolicyName::Weighted => sort_by(&mut idx, &|i: &usize| -(members[*i].weight as f64)),
+        PolicyName::RoundRobin | PolicyName::Priority => return (0..k).collect(),
+        PolicyName::Formula => None,
+        PolicyName::LeastLoaded => Some(|m| m.metrics.load),
+        PolicyName::FewestConnections => Some(|m| m.metrics.connections),
+        PolicyName::FewestPending => Some(|m| m.metrics.pending),
+        PolicyName::Fastest => Some(|m| m.metrics.response_ms),
+        PolicyName::Closest => Some(|m| m.metrics.distance),
+        PolicyName::Throughput => Some(|m| m.metrics.throughput.map(|t| -t).or(Some(0.0))),
+        PolicyName::Weighted => Some(|m| Some(-(m.weight as f64))),
+    };
+    let mut keyed: Vec<(f64, usize)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let v = match key {
+                Some(f) => f(m),
+                None => score(policy, formula, m),
+            };
+            (v.unwrap_or(f64::MAX), i)
+        })
+        .collect();
+    // (key, place) is a total order, so the selection is deterministic.
+    let cmp = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    if k == 0 {
+        return Vec::new();
     }
-    idx
+    if k < keyed.len() {
+        keyed.select_nth_unstable_by(k - 1, cmp);
+        keyed.truncate(k);
+    }
+    keyed.sort_unstable_by(cmp);
+    keyed.into_iter().map(|(_, i)| i).collect()
 }
 
 #[cfg(test)]
@@ -92,5 +117,20 @@ mod tests {
         let refs: Vec<&MemberState> = ms.iter().collect();
         assert_eq!(score(PolicyName::Formula, Some(&f), refs[0]), Some(100.0));
         assert_eq!(order(PolicyName::Formula, Some(&f), &refs), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn the_best_few_are_the_head_of_the_full_order() {
+        let loads = [0.5, 0.1, 0.9, 0.1, 0.3, 0.7, 0.5, 0.2];
+        let ms: Vec<MemberState> = loads.iter().enumerate().map(|(i, l)| member(&i.to_string(), Some(*l), (i % 3) as u32)).collect();
+        let refs: Vec<&MemberState> = ms.iter().collect();
+        for policy in [PolicyName::LeastLoaded, PolicyName::Weighted, PolicyName::Throughput, PolicyName::Priority] {
+            let full = order(policy, None, &refs);
+            assert_eq!(full.len(), ms.len());
+            for k in 0..=ms.len() + 1 {
+                assert_eq!(best(policy, None, &refs, k), full[..k.min(ms.len())], "{policy} k={k}");
+            }
+        }
+        assert_eq!(order(PolicyName::LeastLoaded, None, &refs)[..2], [1, 3], "ties keep the configured order");
     }
 }

@@ -3,6 +3,8 @@
 //! problem with its file and line), and rendering the managed blocks vnamed
 //! writes back for its virtual names.
 
+pub mod io;
+pub mod sync;
 pub mod text;
 pub mod watch;
 pub mod writer;

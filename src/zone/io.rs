@@ -1,0 +1,251 @@
+//! The zone files' I/O, off the updater's task: one thread that reads and
+//! parses edited files, and renders, validates and writes (atomically, with
+//! fsyncs) what is served. Jobs run one at a time in the order given, so a
+//! read asked for after a write sees that write's end first. Bounded both
+//! ways: a full queue refuses a job instead of growing.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use hickory_proto::rr::{LowerName, Name};
+use tokio::sync::mpsc;
+
+use super::sync::{WriteTicket, Written};
+use super::{MemberNote, ZoneError, ZoneFile, render_block, text, writer};
+
+/// Jobs waiting, at most.
+const QUEUE: usize = 64;
+
+/// A pool's managed block as it should be written.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub name: Name,
+    pub ttl: u32,
+    pub addresses: Vec<IpAddr>,
+    pub notes: Arc<[MemberNote]>,
+}
+
+/// Work for the I/O thread.
+#[derive(Debug)]
+pub enum Job {
+    /// Read and parse a file an operator may have changed.
+    Read { origin: LowerName, path: PathBuf },
+    /// Write what is served into the zone file, keeping the operator's text.
+    Write(Box<WriteJob>),
+}
+
+#[derive(Debug)]
+pub struct WriteJob {
+    pub origin: LowerName,
+    /// The file as last read: its text is rewritten.
+    pub base: ZoneFile,
+    pub serial: u32,
+    pub blocks: Vec<Block>,
+    pub ticket: WriteTicket,
+}
+
+/// A file's text and what parsing it gave.
+pub type Read = (String, Result<ZoneFile, ZoneError>);
+
+/// What the I/O thread did.
+#[derive(Debug)]
+pub enum Done {
+    /// The file's text and what parsing it gave.
+    Read {
+        origin: LowerName,
+        path: PathBuf,
+        read: Box<Result<Read, std::io::Error>>,
+    },
+    Write(Box<WriteDone>),
+}
+
+#[derive(Debug)]
+pub struct WriteDone {
+    pub origin: LowerName,
+    pub ticket: WriteTicket,
+    pub outcome: Written,
+    /// The file written, parsed (when `outcome` is `Done`).
+    pub file: Option<ZoneFile>,
+    /// The edit found on disk instead of `ticket.based_on` (when `Edited`).
+    pub edit: Option<Read>,
+    /// Why the write failed or was invalid.
+    pub error: Option<String>,
+}
+
+/// The handle the updater keeps.
+pub struct ZoneIo {
+    jobs: std_mpsc::SyncSender<Job>,
+}
+
+impl ZoneIo {
+    /// Starts the I/O thread; results arrive on the returned receiver. The
+    /// thread ends when the handle is dropped.
+    pub fn start() -> (Self, mpsc::Receiver<Done>) {
+        let (jobs, rx) = std_mpsc::sync_channel::<Job>(QUEUE);
+        let (done, results) = mpsc::channel(QUEUE);
+        let spawned = std::thread::Builder::new().name("vnamed-zone-io".into()).spawn(move || {
+            for job in rx {
+                if done.blocking_send(run(job)).is_err() {
+                    return; // the updater is gone
+                }
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the zone file thread; zone files will not be written");
+        }
+        (Self { jobs }, results)
+    }
+
+    /// Queues a job; gives it back when the queue is full (or the thread is gone).
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            std_mpsc::TrySendError::Full(j) | std_mpsc::TrySendError::Disconnected(j) => j,
+        })
+    }
+}
+
+fn read(path: &std::path::Path, origin: &LowerName) -> Result<Read, std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    let parsed = ZoneFile::parse(path, Name::from(origin), text.clone());
+    Ok((text, parsed))
+}
+
+/// Does one job.
+pub fn run(job: Job) -> Done {
+    match job {
+        Job::Read { origin, path } => {
+            let read = Box::new(read(&path, &origin));
+            Done::Read { origin, path, read }
+        }
+        Job::Write(job) => Done::Write(Box::new(write(*job))),
+    }
+}
+
+fn write(job: WriteJob) -> WriteDone {
+    let WriteJob { origin, base, serial, blocks, ticket } = job;
+    let mut done = WriteDone { origin, ticket, outcome: Written::Failed, file: None, edit: None, error: None };
+    let path = base.path.clone();
+    // An edit we have not read yet wins over our write.
+    match read(&path, &done.origin) {
+        Ok((text, parsed)) if *text != *done.ticket.based_on => {
+            done.outcome = Written::Edited;
+            done.edit = Some((text, parsed));
+            return done;
+        }
+        Ok(_) => {}
+        // Gone or unreadable: write it anew from what we hold.
+        Err(_) => {}
+    }
+    let mut rendered: BTreeMap<String, String> =
+        blocks.iter().map(|b| (b.name.to_string(), render_block(&b.name, b.ttl, &b.addresses, &b.notes))).collect();
+    for gone in &done.ticket.dropped {
+        rendered.entry(gone.clone()).or_default();
+    }
+    let text = text::rewrite(&base.text, &base.blocks, base.serial_span.clone(), serial, &rendered);
+    // Never put a file on disk that we would refuse to load.
+    let file = match ZoneFile::parse(&path, base.data.origin.clone(), text) {
+        Ok(f) => f,
+        Err(e) => {
+            done.outcome = Written::Invalid;
+            done.error = Some(e.to_string());
+            return done;
+        }
+    };
+    match writer::write_atomic(&path, &file.text) {
+        Ok(()) => {
+            done.outcome = Written::Done(file.text.as_str().into());
+            done.file = Some(file);
+        }
+        Err(e) => done.error = Some(e.to_string()),
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zone::sync::FileSync;
+    use std::time::Instant;
+
+    const ZONE: &str = "$TTL 300\n@ IN SOA ns1 hostmaster ( 7 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n";
+
+    fn setup() -> (tempfile::TempDir, ZoneFile, LowerName) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("example.zone");
+        std::fs::write(&path, ZONE).unwrap();
+        let file = ZoneFile::load(&path).unwrap();
+        let origin = file.data.lower_origin.clone();
+        (dir, file, origin)
+    }
+
+    fn block(addr: &str) -> Block {
+        Block {
+            name: Name::from_ascii("www.example.").unwrap(),
+            ttl: 5,
+            addresses: vec![addr.parse().unwrap()],
+            notes: Arc::from([MemberNote { id: "a".into(), pairs: vec![("admin".into(), "auto".into())] }]),
+        }
+    }
+
+    fn job(file: &ZoneFile, origin: &LowerName, sync: &mut FileSync, serial: u32, addr: &str) -> Job {
+        let ticket = sync.begin_write(Instant::now());
+        Job::Write(Box::new(WriteJob { origin: origin.clone(), base: file.clone(), serial, blocks: vec![block(addr)], ticket }))
+    }
+
+    #[test]
+    fn a_write_keeps_the_operators_text_and_a_read_sees_it() {
+        let (_dir, file, origin) = setup();
+        let mut sync = FileSync::new(file.text.as_str());
+        let Done::Write(done) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1")) else { panic!("a write") };
+        assert!(matches!(done.outcome, Written::Done(_)), "{:?}", done.error);
+        let written = done.file.unwrap();
+        assert_eq!(written.serial, 8);
+        assert!(written.text.contains("ns1 IN A 127.0.0.1"));
+        assert_eq!(written.addresses(&Name::from_ascii("www.example.").unwrap()), vec!["127.0.10.1".parse::<IpAddr>().unwrap()]);
+        let Done::Read { read, .. } = run(Job::Read { origin: origin.clone(), path: file.path.clone() }) else { panic!("a read") };
+        let (text, parsed) = read.unwrap();
+        assert_eq!(text, written.text);
+        assert_eq!(parsed.unwrap().serial, 8);
+    }
+
+    #[test]
+    fn an_edit_found_on_disk_is_not_written_over() {
+        let (_dir, file, origin) = setup();
+        let mut sync = FileSync::new(file.text.as_str());
+        let edited = ZONE.replace("( 7", "( 9").replace("ns1 IN A 127.0.0.1", "ns1 IN A 127.0.0.2");
+        std::fs::write(&file.path, &edited).unwrap();
+        let Done::Write(done) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1")) else { panic!("a write") };
+        assert_eq!(done.outcome, Written::Edited);
+        let (text, parsed) = done.edit.unwrap();
+        assert_eq!((text.as_str(), parsed.unwrap().serial), (edited.as_str(), 9));
+        assert_eq!(std::fs::read_to_string(&file.path).unwrap(), edited, "the edit is untouched");
+    }
+
+    #[test]
+    fn a_rendering_that_would_not_load_is_never_written() {
+        let (_dir, file, origin) = setup();
+        let mut sync = FileSync::new(file.text.as_str());
+        let mut bad = block("127.0.10.1");
+        bad.notes = Arc::from([MemberNote { id: "x\nevil".into(), pairs: vec![] }]);
+        let ticket = sync.begin_write(Instant::now());
+        let job = Job::Write(Box::new(WriteJob { origin: origin.clone(), base: file.clone(), serial: 8, blocks: vec![bad], ticket }));
+        let Done::Write(done) = run(job) else { panic!("a write") };
+        assert_eq!(done.outcome, Written::Invalid);
+        assert_eq!(std::fs::read_to_string(&file.path).unwrap(), ZONE);
+    }
+
+    #[test]
+    fn the_thread_answers_in_order() {
+        let (_dir, file, origin) = setup();
+        let mut sync = FileSync::new(file.text.as_str());
+        let (io, mut done) = ZoneIo::start();
+        io.submit(job(&file, &origin, &mut sync, 8, "127.0.10.1")).unwrap();
+        io.submit(Job::Read { origin: origin.clone(), path: file.path.clone() }).unwrap();
+        assert!(matches!(done.blocking_recv(), Some(Done::Write(_))));
+        let Some(Done::Read { read, .. }) = done.blocking_recv() else { panic!("then the read") };
+        assert_eq!(read.unwrap().1.unwrap().serial, 8);
+    }
+}
