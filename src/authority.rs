@@ -15,9 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::dns::metrics::{DnsCounters, SnapshotMetrics};
 use crate::dns::{self, DnsService, snapshot::Snapshot};
+use crate::grpc::ReportCounters;
 use crate::grpc::{AdminService, RingService, StatusService, TokenCheck};
-use crate::metrics::Counters;
+use crate::metrics::Registry;
+use crate::srp::SrpCounters;
+use crate::updater::UpdaterCounters;
 use crate::updater::{Command, Updater};
 use crate::zone;
 
@@ -69,7 +73,10 @@ impl Authority {
         };
         let grpc = bind_optional("grpc_listen", auth.grpc_listen, &mut problems).await;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
-        let counters = Arc::new(Counters::default());
+        let dns_counters = Arc::new(DnsCounters::default());
+        let updater_counters = Arc::new(UpdaterCounters::default());
+        let report_counters = Arc::new(ReportCounters::default());
+        let srp_counters = Arc::new(SrpCounters::default());
         let (notify_tx, notify_rx) = mpsc::channel(1024);
         // With the zones loaded, the pools are checked against them even
         // when an address could not be bound, so every problem shows at once.
@@ -80,7 +87,7 @@ impl Authority {
                     files,
                     snapshot.clone(),
                     notify_tx,
-                    counters.clone(),
+                    updater_counters.clone(),
                     auth.zone_write_interval,
                     crate::clock::Now::read(),
                 ) {
@@ -108,7 +115,7 @@ impl Authority {
 
         let listeners = listeners.expect("no problems");
         let dns_addrs = listeners.addrs.clone();
-        let server = DnsService::start(listeners, snapshot.clone(), auth.allow_transfer.clone(), counters.clone())?;
+        let server = DnsService::start(listeners, snapshot.clone(), auth.allow_transfer.clone(), dns_counters.clone())?;
         info!(addresses = ?dns_addrs, udp_workers = workers, zones = snapshot.load().zones.len(), "DNS authority serving");
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -151,19 +158,28 @@ impl Authority {
         let sources: Vec<_> = dns_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
         tasks.spawn(dns::notify::run(auth.notify.clone(), sources, notify_rx, shutdown.child_token()));
         if let Some(srp) = &config.srp {
-            tasks.spawn(crate::srp::server::run(srp.clone(), srp_sockets, snapshot.clone(), counters.clone(), shutdown.clone()));
+            tasks.spawn(crate::srp::server::run(srp.clone(), srp_sockets, snapshot.clone(), srp_counters.clone(), shutdown.clone()));
         }
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = metrics {
             info!(address = ?metrics_addr, "metrics serving at /metrics");
-            tasks.spawn(crate::metrics::serve(listener, counters.clone(), snapshot.clone(), cmd_tx.clone(), shutdown.clone()));
+            // One registry for the role; each part brings its own metrics.
+            let mut registry = Registry::default();
+            crate::metrics::register(&mut registry, dns_counters.clone());
+            crate::metrics::register(&mut registry, updater_counters.clone());
+            crate::metrics::register(&mut registry, report_counters.clone());
+            if config.srp.is_some() {
+                crate::metrics::register(&mut registry, srp_counters.clone());
+            }
+            crate::metrics::register(&mut registry, Arc::new(SnapshotMetrics(snapshot.clone())));
+            tasks.spawn(crate::metrics::serve(listener, Arc::new(registry), shutdown.clone()));
         }
         let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = grpc {
-            let check = TokenCheck::new(auth.token.as_deref(), counters.clone());
+            let check = TokenCheck::new(auth.token.as_deref(), report_counters.clone());
             let admin = tonic::service::interceptor::InterceptedService::new(AdminService::server(cmd_tx.clone()), check.clone());
             let status = tonic::service::interceptor::InterceptedService::new(
-                StatusService::server(cmd_tx.clone(), counters.clone()),
+                StatusService::server(cmd_tx.clone(), report_counters.clone()),
                 check.clone(),
             );
             let ring = tonic::service::interceptor::InterceptedService::new(RingService::server(cmd_tx.clone()), check);

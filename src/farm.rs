@@ -17,8 +17,7 @@ use crate::config::{Config, FarmConfig, FarmMode};
 use crate::grpc::report;
 use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
 use crate::grpc::v1::{MemberReport, ReportBatch, ReportReply};
-use crate::grpc::{Bearer, Ingest, ReplyStream, TokenCheck, report_stream};
-use crate::metrics::Counters;
+use crate::grpc::{Bearer, Ingest, ReplyStream, ReportCounters, TokenCheck, report_stream};
 use crate::monitor::{report_to, upstream_client};
 use crate::pool::Table;
 use crate::pool::{Report, ReportError};
@@ -109,7 +108,7 @@ pub fn upward(table: &Table, farm: &str, mode: FarmMode, now: Instant) -> Vec<Re
 #[derive(Clone)]
 struct FarmService {
     farm: Arc<Farm>,
-    counters: Arc<Counters>,
+    counters: Arc<ReportCounters>,
 }
 
 #[tonic::async_trait]
@@ -155,7 +154,7 @@ pub async fn start(fc: FarmConfig, shutdown: CancellationToken) -> anyhow::Resul
     let (version, _) = watch::channel(0u64);
     let farm = Arc::new(Farm { name: fc.name.clone(), mode: fc.mode, table: Mutex::new(Table::new(&fc.pool, Now::read())), version });
     let listener = tokio::net::TcpListener::bind(fc.listen).await.map_err(|e| anyhow::anyhow!("farm.listen {}: {e}", fc.listen))?;
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(ReportCounters::default());
     let svc = tonic::service::interceptor::InterceptedService::new(
         StatusServer::new(FarmService { farm: farm.clone(), counters: counters.clone() }),
         TokenCheck::new(fc.accept_token.as_deref(), counters),

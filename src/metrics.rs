@@ -1,234 +1,196 @@
-//! Counters the DNS path and the updater keep, and the Prometheus text
-//! exposition of them at `metrics_listen` (`GET /metrics`).
+//! Metrics, at the bottom: one `prometheus_client` registry per role, into
+//! which each module registers its own typed metrics, and the `GET /metrics`
+//! server that encodes it. Hot paths count in plain atomics; their modules
+//! read them into the exposition at scrape time through a `Collector`, so a
+//! scrape never waits for (or asks) anything else.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+pub use prometheus_client::metrics::histogram::Histogram;
+pub use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::dns::snapshot::Snapshot;
-use crate::updater::Command;
+/// A metric family's samples: label pairs and a value.
+pub type Samples<'a, V> = Vec<(Vec<(&'static str, Cow<'a, str>)>, V)>;
 
-/// Where a query was answered.
-#[derive(Debug, Clone, Copy)]
-pub enum Path {
-    /// Pre-encoded response over UDP.
-    UdpFast = 0,
-    /// The hickory-server handler over UDP.
-    UdpSlow = 1,
-    Tcp = 2,
+/// Writes metric families into a scrape, from whatever a module counts.
+pub struct Writer<'a, 'e> {
+    encoder: &'a mut DescriptorEncoder<'e>,
 }
 
-const PATHS: [&str; 3] = ["udp_fast", "udp", "tcp"];
+/// A label value made safe for the text format (`\`, `"` and newlines escaped).
+pub fn label(v: &str) -> Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) { v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").into() } else { v.into() }
+}
 
+impl Writer<'_, '_> {
+    /// A counter; `name` without the `_total` the format adds.
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) -> fmt::Result {
+        ConstCounter::new(value).encode(self.encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: i64) -> fmt::Result {
+        ConstGauge::new(value).encode(self.encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+    }
+
+    /// A counter family with labels.
+    pub fn counters(&mut self, name: &str, help: &str, samples: Samples<'_, u64>) -> fmt::Result {
+        let mut family = self.encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, v) in samples {
+            ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// A latency histogram.
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) -> fmt::Result {
+        h.encode(self.encoder.encode_descriptor(name, help, None, MetricType::Histogram)?)
+    }
+
+    /// A gauge family with labels.
+    pub fn gauges(&mut self, name: &str, help: &str, samples: Samples<'_, i64>) -> fmt::Result {
+        let mut family = self.encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, v) in samples {
+            ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Something that writes its metrics at each scrape.
+pub trait Expose: Send + Sync + 'static {
+    fn expose(&self, w: &mut Writer<'_, '_>) -> fmt::Result;
+}
+
+struct Exposed<T>(Arc<T>);
+
+impl<T> fmt::Debug for Exposed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Exposed")
+    }
+}
+
+impl<T: Expose> Collector for Exposed<T> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        self.0.expose(&mut Writer { encoder: &mut encoder })
+    }
+}
+
+/// Registers `source`, read at every scrape.
+pub fn register<T: Expose>(registry: &mut Registry, source: Arc<T>) {
+    registry.register_collector(Box::new(Exposed(source)));
+}
+
+/// A counter in a plain atomic, for hot paths.
 #[derive(Debug, Default)]
-pub struct Counters {
-    /// Responses by path and RCODE (the low four bits).
-    responses: [[AtomicU64; 16]; 3],
-    /// Datagrams dropped: truncated, from port 0, or the slow queue full.
-    pub udp_dropped: AtomicU64,
-    pub answer_changes: AtomicU64,
-    pub zone_writes: AtomicU64,
-    pub zone_edits_refused: AtomicU64,
-    pub reports_accepted: AtomicU64,
-    /// From a report's arrival to the new answer being served.
-    pub report_to_answer: Histogram,
-    /// Refused report batches, by reason (see `REFUSALS`).
-    reports_refused: [AtomicU64; REFUSALS.len()],
-    /// The SRP responder's, when it runs.
-    pub srp: crate::srp::SrpCounters,
+pub struct Count(AtomicU64);
+
+impl Count {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
-/// Responses for one virtual name, by RCODE.
+/// Responses for one virtual name, by RCODE: counted on the DNS path.
 #[derive(Debug, Default)]
 pub struct PoolCounters {
-    rcodes: [AtomicU64; 16],
+    rcodes: [Count; 16],
 }
 
 impl PoolCounters {
     pub fn response(&self, rcode: u16) {
-        self.rcodes[(rcode & 0xf) as usize].fetch_add(1, Ordering::Relaxed);
+        self.rcodes[(rcode & 0xf) as usize].inc();
+    }
+
+    /// The counts by RCODE (the low four bits).
+    pub fn by_rcode(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.rcodes.iter().map(Count::get).enumerate()
     }
 }
 
-/// A latency histogram in milliseconds, Prometheus style.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_MS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-const BUCKETS_MS: [f64; 11] = [0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
-
-impl Histogram {
-    pub fn observe(&self, d: std::time::Duration) {
-        let ms = d.as_secs_f64() * 1000.0;
-        for (b, le) in self.buckets.iter().zip(BUCKETS_MS) {
-            if ms <= le {
-                b.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, le) in self.buckets.iter().zip(BUCKETS_MS) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {}", le / 1000.0, b.load(Ordering::Relaxed));
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
-
-/// Reasons a report batch is refused.
-pub const REFUSALS: [&str; 6] = ["too_large", "malformed", "bad_metric", "future", "unknown_member", "unauthenticated"];
-
-impl Counters {
-    pub fn response(&self, path: Path, rcode: u16) {
-        self.responses[path as usize][(rcode & 0xf) as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn refused(&self, reason: &str) {
-        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
-            self.reports_refused[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn refusals(&self, reason: &str) -> u64 {
-        REFUSALS.iter().position(|r| *r == reason).map(|i| self.reports_refused[i].load(Ordering::Relaxed)).unwrap_or(0)
-    }
-
-    pub fn add_responses(&self, path: Path, rcode: u16, n: u64) {
-        if n > 0 {
-            self.responses[path as usize][(rcode & 0xf) as usize].fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    pub fn responses(&self, path: Path, rcode: u16) -> u64 {
-        self.responses[path as usize][(rcode & 0xf) as usize].load(Ordering::Relaxed)
-    }
+/// A histogram of latencies in seconds, from 0.5 ms to 1 s.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
 }
 
 /// The RCODE mnemonics of RFC 1035 and RFC 2136, as dig prints them.
-fn rcode_name(code: usize) -> String {
+pub fn rcode_name(code: usize) -> Cow<'static, str> {
     const NAMES: [&str; 11] =
         ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE"];
-    NAMES.get(code).map(|n| n.to_string()).unwrap_or_else(|| format!("RCODE{code}"))
+    NAMES.get(code).map(|n| Cow::Borrowed(*n)).unwrap_or_else(|| format!("RCODE{code}").into())
 }
 
-/// Renders every metric in the Prometheus text format.
-pub async fn render(counters: &Counters, snapshot: &ArcSwap<Snapshot>, updater: &mpsc::Sender<Command>) -> String {
+/// The registry in the text exposition format.
+pub fn text(registry: &Registry) -> String {
     let mut out = String::new();
-    out.push_str("# HELP vnamed_dns_responses_total DNS responses sent, by path and rcode.\n# TYPE vnamed_dns_responses_total counter\n");
-    for (p, path) in PATHS.iter().enumerate() {
-        for (code, n) in counters.responses[p].iter().enumerate() {
-            let n = n.load(Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(out, "vnamed_dns_responses_total{{path=\"{path}\",rcode=\"{}\"}} {n}", rcode_name(code));
-            }
-        }
-    }
-    for (name, help, v) in [
-        ("vnamed_dns_udp_dropped_total", "UDP datagrams dropped (truncated, bad source, slow path full).", &counters.udp_dropped),
-        ("vnamed_answer_changes_total", "Times a virtual name's answer changed.", &counters.answer_changes),
-        ("vnamed_zone_writes_total", "Zone file rewrites.", &counters.zone_writes),
-        ("vnamed_zone_edits_refused_total", "Operator zone edits refused as invalid.", &counters.zone_edits_refused),
-        ("vnamed_reports_accepted_total", "Member status reports stored.", &counters.reports_accepted),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
-    }
-    out.push_str("# HELP vnamed_report_batches_refused_total Report batches refused, by reason.\n# TYPE vnamed_report_batches_refused_total counter\n");
-    for (i, reason) in REFUSALS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "vnamed_report_batches_refused_total{{reason=\"{reason}\"}} {}",
-            counters.reports_refused[i].load(Ordering::Relaxed)
-        );
-    }
-    counters.srp.render(&mut out);
-    counters.report_to_answer.render(
-        &mut out,
-        "vnamed_report_to_answer_seconds",
-        "Time from a report's arrival to the answer it changed being served.",
-    );
-    out.push_str("# HELP vnamed_pool_responses_total DNS responses for virtual names, by pool and rcode.\n# TYPE vnamed_pool_responses_total counter\n");
-    let snap = snapshot.load();
-    let mut pools: Vec<_> = snap.zones.values().flat_map(|z| z.pools.values()).collect();
-    pools.sort_by(|a, b| a.name.cmp(&b.name));
-    for p in pools {
-        for (code, n) in p.counters.rcodes.iter().enumerate() {
-            let n = n.load(Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(out, "vnamed_pool_responses_total{{pool=\"{}\",rcode=\"{}\"}} {n}", p.name, rcode_name(code));
-            }
-        }
-    }
-    out.push_str("# HELP vnamed_zone_serial SOA serial served.\n# TYPE vnamed_zone_serial gauge\n");
-    let mut zones: Vec<_> = snap.zones.values().collect();
-    zones.sort_by(|a, b| a.data.origin.cmp(&b.data.origin));
-    for z in zones {
-        let _ = writeln!(out, "vnamed_zone_serial{{zone=\"{}\"}} {}", z.data.origin, z.serial);
-    }
-    let (tx, rx) = oneshot::channel();
-    if updater.send(Command::Status { reply: tx }).await.is_ok()
-        && let Ok(pools) = rx.await
-    {
-        out.push_str("# HELP vnamed_member_up Whether a pool member is in service (1) or not (0).\n# TYPE vnamed_member_up gauge\n");
-        out.push_str(
-            "# HELP vnamed_member_in_answer Whether a pool member is in the current answer.\n# TYPE vnamed_member_in_answer gauge\n",
-        );
-        for p in &pools {
-            for m in &p.members {
-                let up = m.state.starts_with("up") as u8;
-                let labels = format!("pool=\"{}\",member=\"{}\"", p.name, m.id);
-                let _ = writeln!(out, "vnamed_member_up{{{labels}}} {up}");
-                let _ = writeln!(out, "vnamed_member_in_answer{{{labels}}} {}", m.in_answer as u8);
-            }
-        }
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        warn!(%error, "cannot encode metrics");
     }
     out
 }
 
-/// Serves the authority's `GET /metrics` until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    counters: Arc<Counters>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    updater: mpsc::Sender<Command>,
-    shutdown: CancellationToken,
-) {
-    let render = move || {
-        let (counters, snapshot, updater) = (counters.clone(), snapshot.clone(), updater.clone());
-        async move { render(&counters, &snapshot, &updater).await }
-    };
-    serve_text(listener, render, shutdown).await
-}
-
-/// Serves `GET /metrics` with what `render` returns, until shutdown.
-pub async fn serve_text<F, Fut>(listener: TcpListener, render: F, shutdown: CancellationToken)
-where
-    F: Fn() -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = String> + Send + 'static,
-{
+/// Serves `GET /metrics` from `registry` until shutdown.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) {
     use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let render = render.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render().await) }
-        }),
-    );
+    let app =
+        axum::Router::new().route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text(&registry))
+                }
+            }),
+        );
     if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
         warn!(%error, "metrics server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Two;
+
+    impl Expose for Two {
+        fn expose(&self, w: &mut Writer<'_, '_>) -> fmt::Result {
+            w.counter("vnamed_things", "Things.", 3)?;
+            w.gauges("vnamed_level", "Levels.", vec![(vec![("name", label("a\"b\nc"))], 2)])
+        }
+    }
+
+    #[test]
+    fn modules_write_their_families_and_labels_are_escaped() {
+        let mut r = Registry::default();
+        register(&mut r, Arc::new(Two));
+        let text = text(&r);
+        assert!(text.contains("# TYPE vnamed_things counter\nvnamed_things_total 3\n"), "{text}");
+        assert!(text.contains("vnamed_level{name=\"a\\\"b\\nc\"} 2\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(rcode_name(3), "NXDOMAIN");
+        assert_eq!(rcode_name(12), "RCODE12");
     }
 }

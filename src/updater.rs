@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -19,8 +18,8 @@ use tracing::{error, info, warn};
 use crate::clock::Now;
 use crate::config::{Config, PolicyName, PoolConfig};
 use crate::dns::fast;
-use crate::dns::snapshot::{PoolAnswer, Preferred, Snapshot, ZoneView, zone_records};
-use crate::metrics::Counters;
+use crate::dns::snapshot::{MemberHealth, PoolAnswer, Preferred, Snapshot, ZoneView, zone_records};
+use crate::metrics::{Count, Expose, Histogram, Writer, latency_histogram};
 use crate::pool::table::{PoolId, Table, TableError};
 use crate::pool::{AdminState, Decision, PoolState, Report, ReportError};
 use crate::ring::registry::Registry;
@@ -91,6 +90,40 @@ pub enum RingReply {
     Table(Registry),
 }
 
+/// What the updater counts.
+#[derive(Debug)]
+pub struct UpdaterCounters {
+    pub answer_changes: Count,
+    pub zone_writes: Count,
+    pub zone_edits_refused: Count,
+    /// From a report's arrival to the answer it changed being served.
+    pub report_to_answer: Histogram,
+}
+
+impl Default for UpdaterCounters {
+    fn default() -> Self {
+        Self {
+            answer_changes: Count::default(),
+            zone_writes: Count::default(),
+            zone_edits_refused: Count::default(),
+            report_to_answer: latency_histogram(),
+        }
+    }
+}
+
+impl Expose for UpdaterCounters {
+    fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+        w.counter("vnamed_answer_changes", "Times a virtual name's answer changed.", self.answer_changes.get())?;
+        w.counter("vnamed_zone_writes", "Zone file rewrites.", self.zone_writes.get())?;
+        w.counter("vnamed_zone_edits_refused", "Operator zone edits refused as invalid.", self.zone_edits_refused.get())?;
+        w.histogram(
+            "vnamed_report_to_answer_seconds",
+            "Time from a report's arrival to the answer it changed being served.",
+            &self.report_to_answer,
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolStatus {
     pub name: String,
@@ -132,13 +165,15 @@ pub struct Updater {
     /// changed since they were built.
     stable: Arc<HashMap<Box<[u8]>, fast::Entry>>,
     stable_stale: bool,
-    counters: Arc<Counters>,
+    counters: Arc<UpdaterCounters>,
     /// The zone files' reads and writes, done off this task.
     io: ZoneIo,
     io_results: mpsc::Receiver<Done>,
     /// Zones whose file is being read, and those to read again after.
     reading: BTreeSet<LowerName>,
     reread: BTreeSet<LowerName>,
+    /// What `/metrics` shows of each pool's members, by pool name.
+    health: HashMap<String, Arc<[MemberHealth]>>,
     /// Each pool's member notes as last rendered, by pool id.
     notes: Vec<Option<Arc<[MemberNote]>>>,
     ring: Registry,
@@ -233,7 +268,7 @@ impl Updater {
         files: BTreeMap<LowerName, ZoneFile>,
         snapshot: Arc<ArcSwap<Snapshot>>,
         notify: mpsc::Sender<(Name, u32)>,
-        counters: Arc<Counters>,
+        counters: Arc<UpdaterCounters>,
         write_interval: Duration,
         now: Now,
     ) -> Result<Self, Vec<String>> {
@@ -261,6 +296,7 @@ impl Updater {
             reading: BTreeSet::new(),
             reread: BTreeSet::new(),
             notes: Vec::new(),
+            health: HashMap::new(),
             ring: Registry::default(),
             ring_file: None,
             published: watch::channel(0).0,
@@ -302,6 +338,17 @@ impl Updater {
         Ok((pool, zone))
     }
 
+    /// The zone pool `i` lives in, and the pool, when both are there.
+    fn zone_ref(&self, i: PoolId) -> Result<(&PoolState, &ZoneState), UpdateError> {
+        let pool = self.table.get(i).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
+        let zone = self
+            .pool_zone
+            .get(i)
+            .and_then(|o| self.zones.get(o))
+            .ok_or_else(|| UpdateError::Internal(format!("pool {}: its zone is not served", pool.name)))?;
+        Ok((pool, zone))
+    }
+
     /// Brings a pool (new to this updater) into its zone: the operator's
     /// notes and the last answer come back from the zone file when they
     /// still make sense.
@@ -336,6 +383,7 @@ impl Updater {
             }
             zone.answers.insert(pool.key.clone(), Arc::new(answer));
         }
+        self.refresh_health(i, now);
     }
 
     /// Swaps in a snapshot of every zone as it is now, with its
@@ -356,6 +404,7 @@ impl Updater {
             self.stable_stale = false;
         }
         snap.fast.stable = self.stable.clone();
+        snap.health = self.health.clone();
         snap.fast.dynamic = fast::build_dynamic(&snap);
         self.snapshot.store(Arc::new(snap));
         self.published.send_modify(|v| *v += 1);
@@ -368,8 +417,29 @@ impl Updater {
     /// Re-applies a pool's policy (unless it is paused); returns its zone
     /// when its answer changed.
     fn redecide(&mut self, i: PoolId, now: Instant) -> Option<LowerName> {
-        let decision = self.table.decide(i, now)?;
-        self.answer(i, decision)
+        let changed = self.table.decide(i, now).and_then(|d| self.answer(i, d));
+        self.refresh_health(i, now);
+        changed
+    }
+
+    /// Recomputes what `/metrics` shows of pool `i`'s members.
+    fn refresh_health(&mut self, i: PoolId, now: Instant) {
+        let Ok((pool, zone)) = self.zone_ref(i) else { return };
+        let Some(answer) = zone.answers.get(&pool.key) else { return };
+        let shown = if answer.rotate { &answer.addresses[..] } else { &answer.addresses[..answer.addresses.len().min(pool.answers)] };
+        let shown: &[IpAddr] = if answer.servfail { &[] } else { shown };
+        let index: Option<std::collections::HashSet<IpAddr>> = (shown.len() > 8).then(|| shown.iter().copied().collect());
+        let members: Arc<[MemberHealth]> = pool
+            .members
+            .iter()
+            .map(|m| MemberHealth {
+                id: m.id.clone(),
+                up: m.eligible(now, pool.stale_after),
+                in_answer: index.as_ref().map_or_else(|| shown.contains(&m.address), |ix| ix.contains(&m.address)),
+            })
+            .collect();
+        let name = pool.name.to_string();
+        self.health.insert(name, members);
     }
 
     /// Serves `decision` as pool `i`'s answer; returns its zone when the
@@ -390,7 +460,7 @@ impl Updater {
         zone.answers.insert(pool.key.clone(), Arc::new(answer));
         zone.serial = zone.serial.wrapping_add(1);
         zone.sync.touch();
-        self.counters.answer_changes.fetch_add(1, Ordering::Relaxed);
+        self.counters.answer_changes.inc();
         self.pool_zone.get(i).cloned()
     }
 
@@ -466,7 +536,7 @@ impl Updater {
         }
         if !zones.is_empty() {
             self.changed(zones);
-            self.counters.report_to_answer.observe(received.elapsed());
+            self.counters.report_to_answer.observe(received.elapsed().as_secs_f64());
         } else if republish {
             self.publish();
         }
@@ -523,6 +593,9 @@ impl Updater {
         let origins = zones_of(&self.zones, configs)?;
         let mut touched: Vec<LowerName> = Vec::new();
         let changes = self.table.reconfigure(configs, now);
+        for gone in &changes.removed {
+            self.health.remove(&gone.name.to_string());
+        }
         for gone in &changes.removed {
             let Some((origin, zone)) = self.zones.iter_mut().find(|(_, z)| z.answers.contains_key(&gone.key)) else { continue };
             zone.answers.remove(&gone.key);
@@ -598,8 +671,9 @@ impl Updater {
         let (_, zone) = self.zone_mut(i)?;
         // The notes in the file change even when the answer does not.
         zone.sync.touch();
-        if let Some(origin) = self.redecide(i, now.instant) {
-            self.changed(vec![origin]);
+        match self.redecide(i, now.instant) {
+            Some(origin) => self.changed(vec![origin]),
+            None => self.publish(), // the members' state may have moved
         }
         let (pool, zone) = self.zone_mut(i)?;
         let answer = zone.answers.get(&pool.key).ok_or_else(|| UpdateError::Internal(format!("pool {}: no answer", pool.name)))?;
@@ -713,7 +787,7 @@ impl Updater {
         match (&done.outcome, &done.error) {
             (Written::Done(_), _) => {
                 info!(file = %path.display(), serial = done.file.as_ref().map(|f| f.serial), "zone file written");
-                self.counters.zone_writes.fetch_add(1, Ordering::Relaxed);
+                self.counters.zone_writes.inc();
             }
             (Written::Invalid, e) => error!(file = %path.display(), error = ?e, "refusing to write a zone file that does not validate"),
             (Written::Failed, e) => error!(file = %path.display(), error = ?e, "cannot write zone file; will retry"),
@@ -794,7 +868,7 @@ impl Updater {
             Ok(file) => file,
             Err(error) => {
                 error!(%error, "zone edit refused; still serving the last good version");
-                self.counters.zone_edits_refused.fetch_add(1, Ordering::Relaxed);
+                self.counters.zone_edits_refused.inc();
                 if let Some(z) = self.zones.get_mut(&origin) {
                     z.sync.refuse(&text);
                 }

@@ -9,7 +9,6 @@
 //! the virtual IPs only while it is the elected dispatcher.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +25,7 @@ use crate::config::{Config, DispatchConfig, DispatchMode};
 use crate::grpc::Bearer;
 use crate::grpc::v1::PoolRequest;
 use crate::grpc::v1::admin_client::AdminClient;
+use crate::metrics::{Expose, Registry, Writer};
 
 /// What the async side shares with the capture thread.
 struct Shared {
@@ -53,46 +53,26 @@ impl Shared {
             engine.set_servers(v, servers, rotate);
         }
     }
+}
 
-    fn render(&self) -> String {
-        let engine = self.engine.lock().expect("not poisoned");
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP vnamed_dispatch_active 1 while this host holds the virtual IPs.\n# TYPE vnamed_dispatch_active gauge\nvnamed_dispatch_active {}",
-            self.active.load(Ordering::Relaxed) as u8
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vnamed_dispatch_switched_total Packets switched to a server.\n# TYPE vnamed_dispatch_switched_total counter\nvnamed_dispatch_switched_total {}",
-            engine.switched
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vnamed_dispatch_connections Connections in the connection map.\n# TYPE vnamed_dispatch_connections gauge\nvnamed_dispatch_connections {}",
-            engine.conns().len()
-        );
-        out.push_str("# HELP vnamed_dispatch_dropped_total Frames to a virtual IP dropped, by reason.\n# TYPE vnamed_dispatch_dropped_total counter\n");
-        for why in Dropped::ALL {
-            let _ = writeln!(out, "vnamed_dispatch_dropped_total{{reason=\"{}\"}} {}", why.label(), engine.dropped(why));
-        }
-        let splicers = self.splicers.lock().expect("not poisoned");
-        let _ = writeln!(
-            out,
-            "# HELP vnamed_dispatch_l7_connections L7 connections being relayed.\n# TYPE vnamed_dispatch_l7_connections gauge\nvnamed_dispatch_l7_connections {}",
-            splicers.iter().map(Splicer::len).sum::<usize>()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vnamed_dispatch_l7_refused_total L7 requests reset (not HTTP, no server).\n# TYPE vnamed_dispatch_l7_refused_total counter\nvnamed_dispatch_l7_refused_total {}",
-            splicers.iter().map(|s| s.refused).sum::<u64>()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vnamed_dispatch_send_errors_total Frames the kernel refused to send.\n# TYPE vnamed_dispatch_send_errors_total counter\nvnamed_dispatch_send_errors_total {}",
-            self.send_errors.load(Ordering::Relaxed)
-        );
-        out
+impl Expose for Shared {
+    fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+        let (switched, connections, dropped) = {
+            let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+            let dropped: Vec<_> = Dropped::ALL.iter().map(|why| (vec![("reason", why.label().into())], engine.dropped(*why))).collect();
+            (engine.switched, engine.conns().len(), dropped)
+        };
+        let (l7_connections, l7_refused) = {
+            let splicers = self.splicers.lock().unwrap_or_else(|e| e.into_inner());
+            (splicers.iter().map(Splicer::len).sum::<usize>(), splicers.iter().map(|s| s.refused).sum::<u64>())
+        };
+        w.gauge("vnamed_dispatch_active", "1 while this host holds the virtual IPs.", i64::from(self.active.load(Ordering::Relaxed)))?;
+        w.counter("vnamed_dispatch_switched", "Packets switched to a server.", switched)?;
+        w.gauge("vnamed_dispatch_connections", "Connections in the connection map.", connections as i64)?;
+        w.counters("vnamed_dispatch_dropped", "Frames to a virtual IP dropped, by reason.", dropped)?;
+        w.gauge("vnamed_dispatch_l7_connections", "L7 connections being relayed.", l7_connections as i64)?;
+        w.counter("vnamed_dispatch_l7_refused", "L7 requests reset (not HTTP, no server).", l7_refused)?;
+        w.counter("vnamed_dispatch_send_errors", "Frames the kernel refused to send.", self.send_errors.load(Ordering::Relaxed))
     }
 }
 
@@ -170,7 +150,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let ring_counters = Arc::new(crate::ring::driver::RingCounters::default());
     let ring = config.ring.clone().map(|mut rc| {
         rc.dispatch_capable = true;
-        tokio::spawn(crate::ring::driver::run(rc, vec![dc.authority.clone()], dc.token.clone(), ring_counters.clone(), shutdown.clone()))
+        tokio::spawn(crate::grpc::ring::run_member(
+            rc,
+            vec![dc.authority.clone()],
+            dc.token.clone(),
+            ring_counters.clone(),
+            shutdown.clone(),
+        ))
     });
 
     // The capture thread: every frame to us, through the engine.
@@ -334,12 +320,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     if let Some(addr) = dc.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("dispatch.metrics_listen {addr}"))?;
-        let s = shared.clone();
-        let render = move || {
-            let s = s.clone();
-            async move { s.render() }
-        };
-        tasks.spawn(crate::metrics::serve_text(listener, render, shutdown.clone()));
+        let mut registry = Registry::default();
+        crate::metrics::register(&mut registry, shared.clone());
+        crate::metrics::register(&mut registry, ring_counters.clone());
+        tasks.spawn(crate::metrics::serve(listener, Arc::new(registry), shutdown.clone()));
     }
     info!(interface = %iface.name, %my_ip, vips = vips.len(), "dispatcher running");
     shutdown.cancelled().await;

@@ -19,8 +19,8 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use super::lookup::lookup;
+use super::metrics::{DnsCounters, Path};
 use super::snapshot::{Snapshot, zone_records};
-use crate::metrics::{Counters, Path};
 
 /// The UDP payload size vnamed advertises and never exceeds (DNS flag day 2020).
 pub const UDP_PAYLOAD: u16 = 1232;
@@ -31,13 +31,13 @@ const XFR_CHUNK: usize = 16 * 1024;
 /// Answers queries from a snapshot that the updater swaps.
 pub struct DnsHandler {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    counters: Arc<Counters>,
+    counters: Arc<DnsCounters>,
     allow_transfer: Vec<IpNet>,
     turn: Arc<AtomicUsize>,
 }
 
 impl DnsHandler {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, allow_transfer: Vec<IpNet>, counters: Arc<Counters>) -> Self {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, allow_transfer: Vec<IpNet>, counters: Arc<DnsCounters>) -> Self {
         Self { snapshot, counters, allow_transfer, turn: Arc::default() }
     }
 

@@ -7,6 +7,7 @@ pub mod fast;
 pub mod fixture;
 pub mod handler;
 pub mod lookup;
+pub mod metrics;
 pub mod notify;
 pub mod snapshot;
 pub mod udp;
@@ -23,8 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::metrics::Counters;
 use handler::DnsHandler;
+use metrics::DnsCounters;
 use snapshot::Snapshot;
 
 /// How long an idle TCP client may hold a connection.
@@ -77,7 +78,7 @@ impl DnsService {
         listeners: Listeners,
         snapshot: Arc<ArcSwap<Snapshot>>,
         allow_transfer: Vec<IpNet>,
-        counters: Arc<Counters>,
+        counters: Arc<DnsCounters>,
     ) -> std::io::Result<Self> {
         let mut tcp = Server::new(DnsHandler::new(snapshot.clone(), allow_transfer.clone(), counters.clone()));
         for l in listeners.tcp {

@@ -67,9 +67,21 @@ impl ZoneView {
     }
 }
 
+/// A member's state as `/metrics` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberHealth {
+    pub id: String,
+    /// In service now.
+    pub up: bool,
+    /// In the answer served now.
+    pub in_answer: bool,
+}
+
 /// Every zone served.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// Each pool's members, by pool name.
+    pub health: HashMap<String, Arc<[MemberHealth]>>,
     pub zones: HashMap<LowerName, Arc<ZoneView>>,
     /// Each pool's members in the policy's order, by pool name (lower case,
     /// no final dot): what the SRP responder serves instances from.

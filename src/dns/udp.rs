@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::handler::{DnsHandler, UDP_PAYLOAD};
+use super::metrics::{DnsCounters, Path};
 use super::snapshot::Snapshot;
-use crate::metrics::{Counters, Path};
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 
 /// Datagrams taken per system call.
@@ -71,7 +71,7 @@ pub fn start(
     sockets: Vec<UdpSocket>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     slow: mpsc::Sender<SlowQuery>,
-    counters: Arc<Counters>,
+    counters: Arc<DnsCounters>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     sockets
@@ -88,7 +88,7 @@ fn worker(
     socket: Arc<UdpSocket>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     slow: mpsc::Sender<SlowQuery>,
-    counters: Arc<Counters>,
+    counters: Arc<DnsCounters>,
     stop: Arc<AtomicBool>,
 ) {
     let mut rx = RecvBatch::new(BATCH);
@@ -136,7 +136,7 @@ fn worker(
         tx.flush(&*socket);
         counters.add_responses(Path::UdpFast, 0, noerror);
         if dropped > 0 {
-            counters.udp_dropped.fetch_add(dropped, Ordering::Relaxed);
+            counters.udp_dropped.add(dropped);
         }
     }
 }

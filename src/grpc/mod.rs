@@ -3,18 +3,18 @@
 //! gRPC status codes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::config::PolicyName;
-use crate::metrics::Counters;
+use crate::metrics::{Count, Expose, Writer};
 use crate::pool::AdminState;
 use crate::updater::{Command, PoolChange, RingOp, RingReply, UpdateError};
 
 pub mod report;
+pub mod ring;
 
 pub mod v1 {
     tonic::include_proto!("vnamed.v1");
@@ -26,15 +26,46 @@ pub mod v1 {
 use v1::admin_server::{Admin, AdminServer};
 use v1::status_server::{Status as StatusApi, StatusServer};
 
+/// Reasons a report batch is refused.
+pub const REFUSALS: [&str; 6] = ["too_large", "malformed", "bad_metric", "future", "unknown_member", "unauthenticated"];
+
+/// What report ingestion counts.
+#[derive(Debug, Default)]
+pub struct ReportCounters {
+    pub accepted: Count,
+    /// Refused batches, by reason (see `REFUSALS`).
+    refused: [Count; REFUSALS.len()],
+}
+
+impl ReportCounters {
+    pub fn refused(&self, reason: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.refused[i].inc();
+        }
+    }
+
+    pub fn refusals(&self, reason: &str) -> u64 {
+        REFUSALS.iter().position(|r| *r == reason).map(|i| self.refused[i].get()).unwrap_or(0)
+    }
+}
+
+impl Expose for ReportCounters {
+    fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+        w.counter("vnamed_reports_accepted", "Member status reports stored.", self.accepted.get())?;
+        let samples = REFUSALS.iter().zip(&self.refused).map(|(r, c)| (vec![("reason", (*r).into())], c.get())).collect();
+        w.counters("vnamed_report_batches_refused", "Report batches refused, by reason.", samples)
+    }
+}
+
 /// Checks the shared token, when one is configured.
 #[derive(Clone)]
 pub struct TokenCheck {
     expected: Option<Arc<str>>,
-    counters: Arc<Counters>,
+    counters: Arc<ReportCounters>,
 }
 
 impl TokenCheck {
-    pub fn new(token: Option<&str>, counters: Arc<Counters>) -> Self {
+    pub fn new(token: Option<&str>, counters: Arc<ReportCounters>) -> Self {
         Self { expected: token.map(Arc::from), counters }
     }
 }
@@ -164,11 +195,11 @@ pub fn report_stream<T: Ingest>(this: &T, mut inbound: tonic::Streaming<v1::Repo
 #[derive(Clone)]
 pub struct StatusService {
     updater: mpsc::Sender<Command>,
-    counters: Arc<Counters>,
+    counters: Arc<ReportCounters>,
 }
 
 impl StatusService {
-    pub fn server(updater: mpsc::Sender<Command>, counters: Arc<Counters>) -> StatusServer<Self> {
+    pub fn server(updater: mpsc::Sender<Command>, counters: Arc<ReportCounters>) -> StatusServer<Self> {
         StatusServer::new(Self { updater, counters }).max_decoding_message_size(MAX_MESSAGE)
     }
 }
@@ -198,7 +229,7 @@ impl Ingest for StatusService {
             self.counters.refused(e.reason());
             Status::not_found(e.to_string())
         })?;
-        self.counters.reports_accepted.fetch_add(accepted as u64, Ordering::Relaxed);
+        self.counters.accepted.add(accepted as u64);
         Ok(accepted as u32)
     }
 }

@@ -27,6 +27,7 @@ use crate::grpc::v1::status_client::StatusClient;
 use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
 use crate::grpc::v1::{MemberReport, ReportBatch, ReportReply};
 use crate::grpc::{Bearer, Ingest, ReplyStream, report_stream, v1};
+use crate::metrics::{Expose, Registry, Writer, label};
 use health::{Health, Probe};
 
 /// Longest wait between two attempts to reach an upstream.
@@ -61,27 +62,6 @@ struct Shared {
 }
 
 impl Shared {
-    /// Prometheus text: each check's state.
-    fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::from(
-            "# HELP vnamed_monitor_check_up 1 when the check passes (rise/fall applied), 0 when not; absent before its first result.\n# TYPE vnamed_monitor_check_up gauge\n",
-        );
-        for c in self.checks.lock().expect("not poisoned").iter() {
-            if let Some(up) = c.up {
-                let _ = writeln!(
-                    out,
-                    "vnamed_monitor_check_up{{pool=\"{}\",member=\"{}\",check=\"{}\"}} {}",
-                    esc(&c.pool),
-                    esc(&c.member),
-                    esc(&c.name),
-                    up as u8
-                );
-            }
-        }
-        out
-    }
-
     /// One report per member from the latest state of its checks.
     fn batch(&self) -> ReportBatch {
         let checks = self.checks.lock().expect("not poisoned");
@@ -112,8 +92,23 @@ impl Shared {
 }
 
 /// A Prometheus label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+impl Expose for Shared {
+    /// Each check's state, once it has a result.
+    fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+        let checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        let samples = checks
+            .iter()
+            .filter_map(|c| {
+                let up = c.up?;
+                Some((vec![("pool", label(&c.pool)), ("member", label(&c.member)), ("check", label(&c.name))], i64::from(up)))
+            })
+            .collect();
+        w.gauges(
+            "vnamed_monitor_check_up",
+            "1 when the check passes (rise/fall applied), 0 when not; absent before its first result.",
+            samples,
+        )
+    }
 }
 
 fn check_name(c: &CheckConfig) -> String {
@@ -130,36 +125,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => None,
     };
     let counters = Arc::new(crate::ring::driver::RingCounters::default());
-    let ring = config
-        .ring
-        .clone()
-        .map(|rc| tokio::spawn(crate::ring::driver::run(rc, mc.report_to.clone(), mc.token.clone(), counters.clone(), shutdown.clone())));
+    let ring = config.ring.clone().map(|rc| {
+        tokio::spawn(crate::grpc::ring::run_member(rc, mc.report_to.clone(), mc.token.clone(), counters.clone(), shutdown.clone()))
+    });
     let has_ring = ring.is_some();
     let monitor = Monitor::start(mc, shutdown.clone()).await?;
-    let srp_counters = Arc::new(crate::metrics::Counters::default());
+    let srp_counters = Arc::new(crate::srp::SrpCounters::default());
     if let Some(srp) = config.srp.clone() {
         let sockets = crate::srp::server::bind_at_start(&srp).map_err(anyhow::Error::msg)?;
         let snapshot = Arc::new(arc_swap::ArcSwap::from_pointee(crate::dns::snapshot::Snapshot::default()));
         tokio::spawn(serve_checks(monitor.shared.clone(), snapshot.clone(), shutdown.clone()));
         tokio::spawn(crate::srp::server::run(srp, sockets, snapshot, srp_counters.clone(), shutdown.clone()));
     }
-    let has_srp = config.srp.is_some();
     if let Some(listener) = metrics {
-        let shared = monitor.shared.clone();
-        let render = move || {
-            let (shared, counters, srp_counters) = (shared.clone(), counters.clone(), srp_counters.clone());
-            async move {
-                let mut out = shared.render();
-                if has_ring {
-                    counters.render(&mut out);
-                }
-                if has_srp {
-                    srp_counters.srp.render(&mut out);
-                }
-                out
-            }
-        };
-        tokio::spawn(crate::metrics::serve_text(listener, render, shutdown.clone()));
+        let mut registry = Registry::default();
+        crate::metrics::register(&mut registry, monitor.shared.clone());
+        if has_ring {
+            crate::metrics::register(&mut registry, counters);
+        }
+        if config.srp.is_some() {
+            crate::metrics::register(&mut registry, srp_counters);
+        }
+        tokio::spawn(crate::metrics::serve(listener, Arc::new(registry), shutdown.clone()));
     }
     shutdown.cancelled().await;
     monitor.stop().await;

@@ -1,7 +1,6 @@
 //! Pools (virtual names): their members, each member's administrative and
 //! reported state, and the decision of what the name answers now.
 
-pub mod formula;
 pub mod policy;
 pub mod report;
 pub mod table;
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::{LowerName, Name};
 
 use crate::clock::Now;
+use crate::config::formula::Formula;
 
 use crate::config::{Fallback, MemberConfig, PolicyName, PoolConfig};
 
@@ -237,7 +237,7 @@ pub struct PoolState {
     pub last_known: Vec<IpAddr>,
     /// Paused by an operator: the answer stays as it is.
     pub paused: bool,
-    pub formula: Option<std::sync::Arc<formula::Formula>>,
+    pub formula: Option<std::sync::Arc<Formula>>,
     pub smoothing: f64,
     /// Responses given for the pool's name, kept across answers.
     pub counters: std::sync::Arc<crate::metrics::PoolCounters>,
@@ -263,7 +263,7 @@ impl PoolState {
             members: c.members.iter().map(|m| MemberState::from_config(m, now)).collect(),
             last_known: Vec::new(),
             paused: false,
-            formula: c.formula.as_deref().and_then(|f| formula::Formula::parse(f).ok()).map(std::sync::Arc::new),
+            formula: c.formula.as_deref().and_then(|f| Formula::parse(f).ok()).map(std::sync::Arc::new),
             smoothing: c.smoothing,
             counters: Default::default(),
             index: Default::default(),

@@ -4,7 +4,7 @@
 use crate::config::PolicyName;
 
 use super::MemberState;
-use super::formula::Formula;
+use crate::config::formula::Formula;
 
 /// The value a policy ranks a member by, as shown to operators: lower is
 /// better except for throughput and weight. `None` when not reported.

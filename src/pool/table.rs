@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::rr::LowerName;
 
-use super::formula::Formula;
 use super::{AdminState, Decision, MemberState, PoolState, Report, ReportError, policy};
 use crate::clock::Now;
+use crate::config::formula::Formula;
 use crate::config::{MemberConfig, PolicyName, PoolConfig};
 
 /// A pool's place in the table; stable until the next `reconfigure`.

@@ -1,7 +1,8 @@
 //! The ring's UDP driver: owns the socket, feeds the pure member state
 //! machine with what arrives and with its timeouts, sends what it says,
-//! and tells the authorities (gRPC `Ring`) about joins, deaths and leaves.
-//! Malformed, forged and replayed datagrams are dropped and counted.
+//! and hands joins, deaths and leaves to whoever tells the authorities
+//! (`grpc::ring`). Malformed, forged and replayed datagrams are dropped and
+//! counted.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -18,9 +19,7 @@ use super::member::{Event, Member, Timing, To};
 use super::wire;
 use crate::config::RingConfig;
 use crate::envelope::{Envelope, EnvelopeError, ReplayGuard};
-use crate::grpc::Bearer;
-use crate::grpc::v1::ring_client::RingClient;
-use crate::grpc::v1::{DeleteRequest, Member as MemberMsg};
+use crate::metrics::{Expose, Writer};
 
 /// What the driver counts, for the monitor's `/metrics`.
 #[derive(Debug, Default)]
@@ -49,29 +48,24 @@ impl RingCounters {
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// Prometheus text exposition.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        out.push_str("# HELP vnamed_ring_datagrams_dropped_total Ring datagrams dropped, by reason.\n");
-        out.push_str("# TYPE vnamed_ring_datagrams_dropped_total counter\n");
-        for (reason, c) in [("malformed", &self.malformed), ("unauthenticated", &self.unauthenticated), ("replayed", &self.replayed)] {
-            let _ = writeln!(out, "vnamed_ring_datagrams_dropped_total{{reason=\"{reason}\"}} {}", c.load(Ordering::Relaxed));
-        }
-        out.push_str("# HELP vnamed_ring_members Members in this host's view of the ring.\n# TYPE vnamed_ring_members gauge\n");
-        let _ = writeln!(out, "vnamed_ring_members {}", self.members.load(Ordering::Relaxed));
-        out.push_str("# HELP vnamed_ring_dispatcher 1 while this host is the elected dispatcher.\n# TYPE vnamed_ring_dispatcher gauge\n");
-        let _ = writeln!(out, "vnamed_ring_dispatcher {}", self.dispatcher.load(Ordering::Relaxed));
-        out.push_str(
-            "# HELP vnamed_ring_deaths_found_total Ring members this host found dead.\n# TYPE vnamed_ring_deaths_found_total counter\n",
-        );
-        let _ = writeln!(out, "vnamed_ring_deaths_found_total {}", self.deaths_found.load(Ordering::Relaxed));
+impl Expose for RingCounters {
+    fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+        let dropped = [("malformed", &self.malformed), ("unauthenticated", &self.unauthenticated), ("replayed", &self.replayed)]
+            .into_iter()
+            .map(|(reason, c)| (vec![("reason", reason.into())], c.load(Ordering::Relaxed)))
+            .collect();
+        w.counters("vnamed_ring_datagrams_dropped", "Ring datagrams dropped, by reason.", dropped)?;
+        w.gauge("vnamed_ring_members", "Members in this host's view of the ring.", self.members.load(Ordering::Relaxed) as i64)?;
+        w.gauge("vnamed_ring_dispatcher", "1 while this host is the elected dispatcher.", self.dispatcher.load(Ordering::Relaxed) as i64)?;
+        w.counter("vnamed_ring_deaths_found", "Ring members this host found dead.", self.deaths_found.load(Ordering::Relaxed))
     }
 }
 
 /// What the authorities are told.
-#[derive(Debug, Clone)]
-enum Report {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
     Announce(SocketAddr),
     Delete { dead: SocketAddr, reporter: SocketAddr },
 }
@@ -80,11 +74,11 @@ fn now_ms() -> u64 {
     crate::clock::unix_ms().max(0) as u64
 }
 
-/// Runs this host as a ring member until shutdown, then leaves gracefully.
+/// Runs this host as a ring member until shutdown, then leaves gracefully;
+/// what the authorities must hear goes to `reports`, in order.
 pub async fn run(
     cfg: RingConfig,
-    authorities: Vec<String>,
-    token: Option<String>,
+    reports: mpsc::Sender<Report>,
     counters: Arc<RingCounters>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -106,8 +100,6 @@ pub async fn run(
     let mut seq = 0u64;
     let mut guard = ReplayGuard::default();
     let mut member = Member::join(me, cfg.dispatch_capable, timing, Instant::now());
-    let (reports, rx) = mpsc::channel(256);
-    let reporter = tokio::spawn(report_to(authorities, token, rx));
     let mut announced = false;
     let mut known: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut buf = vec![0u8; 65_536];
@@ -207,42 +199,6 @@ pub async fn run(
         }
     }
     let _ = reports.send(Report::Delete { dead: me, reporter: me }).await;
-    drop(reports);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), reporter).await;
     info!(%me, "left the ring");
     Ok(())
-}
-
-/// Tells every authority, in order, retrying a few times while one is away.
-async fn report_to(authorities: Vec<String>, token: Option<String>, mut rx: mpsc::Receiver<Report>) {
-    let Ok(bearer) = Bearer::new(token.as_deref()) else { return };
-    let clients: Vec<_> = authorities
-        .iter()
-        .filter_map(|url| tonic::transport::Endpoint::from_shared(url.clone()).ok())
-        .map(|e| RingClient::with_interceptor(e.connect_timeout(std::time::Duration::from_secs(1)).connect_lazy(), bearer.clone()))
-        .collect();
-    while let Some(report) = rx.recv().await {
-        for client in &clients {
-            let mut client = client.clone();
-            // A death that cannot be told at once is stale soon: views move on.
-            let attempts = if matches!(report, Report::Delete { .. }) { 3 } else { 6 };
-            for attempt in 0..attempts {
-                let result = match &report {
-                    Report::Announce(a) => client.server_announce(MemberMsg { address: a.to_string() }).await.map(|_| ()),
-                    Report::Delete { dead, reporter } => {
-                        client.server_delete(DeleteRequest { dead: dead.to_string(), reporter: reporter.to_string() }).await.map(|_| ())
-                    }
-                };
-                match result {
-                    Ok(()) => break,
-                    // Already known (a restart) or already gone (reported by another buddy).
-                    Err(s) if matches!(s.code(), tonic::Code::AlreadyExists | tonic::Code::NotFound) => break,
-                    Err(s) => {
-                        debug!(?report, code = ?s.code(), attempt, "ring report not delivered; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-                    }
-                }
-            }
-        }
-    }
 }

@@ -16,56 +16,43 @@ pub mod resolver;
 pub mod server;
 pub mod tds;
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-
+use crate::metrics::{Count, Expose, Writer};
 use directory::NoReply;
 
-/// What the responder counts, for the authority's `/metrics`.
+/// What the responder counts.
 #[derive(Debug, Default)]
 pub struct SrpCounters {
-    pub replies: AtomicU64,
-    no_reply: [AtomicU64; NoReply::ALL.len()],
+    pub replies: Count,
+    no_reply: [Count; NoReply::ALL.len()],
     /// 1 while this responder is the active one.
-    pub active: AtomicU64,
+    pub active: Count,
     /// Times this responder became the active one.
-    pub activations: AtomicU64,
+    pub activations: Count,
     /// Peer messages dropped (malformed, forged, replayed, not from a peer).
-    pub peer_dropped: AtomicU64,
+    pub peer_dropped: Count,
 }
 
 impl SrpCounters {
     pub fn no_reply(&self, why: NoReply) {
-        self.no_reply[why as usize].fetch_add(1, Ordering::Relaxed);
+        self.no_reply[why as usize].inc();
     }
 
     pub fn no_replies(&self, why: NoReply) -> u64 {
-        self.no_reply[why as usize].load(Ordering::Relaxed)
+        self.no_reply[why as usize].get()
     }
+}
 
-    pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP vnamed_srp_replies_total SRP replies sent.\n# TYPE vnamed_srp_replies_total counter\nvnamed_srp_replies_total {}",
-            self.replies.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP vnamed_srp_dropped_total SRP requests left without a reply, by reason.\n# TYPE vnamed_srp_dropped_total counter\n",
-        );
-        for why in NoReply::ALL {
-            let _ = writeln!(out, "vnamed_srp_dropped_total{{reason=\"{}\"}} {}", why.label(), self.no_replies(why));
-        }
-        for (name, help, kind, v) in [
-            ("vnamed_srp_active", "1 while this SRP responder is the active one.", "gauge", &self.active),
-            ("vnamed_srp_activations_total", "Times this SRP responder became the active one.", "counter", &self.activations),
-            (
-                "vnamed_srp_peer_dropped_total",
-                "SRP peer messages dropped (malformed, forged, replayed, not from a peer).",
-                "counter",
-                &self.peer_dropped,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
-        }
+impl Expose for SrpCounters {
+    fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+        w.counter("vnamed_srp_replies", "SRP replies sent.", self.replies.get())?;
+        let dropped = NoReply::ALL.iter().map(|why| (vec![("reason", why.label().into())], self.no_replies(*why))).collect();
+        w.counters("vnamed_srp_dropped", "SRP requests left without a reply, by reason.", dropped)?;
+        w.gauge("vnamed_srp_active", "1 while this SRP responder is the active one.", self.active.get() as i64)?;
+        w.counter("vnamed_srp_activations", "Times this SRP responder became the active one.", self.activations.get())?;
+        w.counter(
+            "vnamed_srp_peer_dropped",
+            "SRP peer messages dropped (malformed, forged, replayed, not from a peer).",
+            self.peer_dropped.get(),
+        )
     }
 }

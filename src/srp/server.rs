@@ -7,7 +7,6 @@
 //! gap.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,12 +15,12 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::SrpCounters;
 use super::directory::Directory;
 use super::peer::{Peer, PeerEvent, PeerMsg};
 use crate::config::SrpConfig;
 use crate::dns::snapshot::Snapshot;
 use crate::envelope::{Envelope, ReplayGuard};
-use crate::metrics::Counters;
 
 /// Binds one cluster address, sharing the port only with other vnamed
 /// responders of the same user (SO_REUSEPORT).
@@ -47,7 +46,7 @@ fn serve(
     sockets: Vec<UdpSocket>,
     directory: Arc<Mutex<Directory>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    counters: Arc<Counters>,
+    counters: Arc<SrpCounters>,
     stop: CancellationToken,
 ) {
     for socket in sockets {
@@ -87,11 +86,11 @@ fn serve(
                 match answer {
                     Ok(reply) => {
                         if socket.send_to(&reply, peer).await.is_ok() {
-                            counters.srp.replies.fetch_add(1, Ordering::Relaxed);
+                            counters.replies.inc();
                         }
                     }
                     Err(why) => {
-                        counters.srp.no_reply(why);
+                        counters.no_reply(why);
                         debug!(%peer, reason = why.label(), "srp request left without a reply");
                     }
                 }
@@ -118,14 +117,14 @@ pub async fn run(
     cfg: SrpConfig,
     sockets: Vec<UdpSocket>,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    counters: Arc<Counters>,
+    counters: Arc<SrpCounters>,
     shutdown: CancellationToken,
 ) {
     let directory = Arc::new(Mutex::new(Directory::new(&cfg)));
     // Validation ties the two: peers need this responder's control address.
     let Some(control_addr) = cfg.control.filter(|_| !cfg.peers.is_empty()) else {
-        counters.srp.active.store(1, Ordering::Relaxed);
-        counters.srp.activations.fetch_add(1, Ordering::Relaxed);
+        counters.active.set(1);
+        counters.activations.inc();
         info!(addresses = ?addresses(&cfg), "srp responder serving");
         serve(sockets, directory, snapshot, counters, shutdown.clone());
         shutdown.cancelled().await;
@@ -158,15 +157,15 @@ pub async fn run(
                         let token = CancellationToken::new();
                         serve(sockets, directory.clone(), snapshot.clone(), counters.clone(), token.clone());
                         serving = Some(token);
-                        counters.srp.active.store(1, Ordering::Relaxed);
-                        counters.srp.activations.fetch_add(1, Ordering::Relaxed);
+                        counters.active.set(1);
+                        counters.activations.inc();
                         info!(control = %control_addr, "srp responder active");
                     }
                     Err(error) => warn!(%error, "srp responder cannot serve"),
                 }
             } else if let Some(token) = serving.take() {
                 token.cancel();
-                counters.srp.active.store(0, Ordering::Relaxed);
+                counters.active.set(0);
                 info!(control = %control_addr, "srp responder passive");
             }
         }
@@ -183,14 +182,14 @@ pub async fn run(
             r = control.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
                 if !peer.is_peer(from) {
-                    counters.srp.peer_dropped.fetch_add(1, Ordering::Relaxed);
+                    counters.peer_dropped.inc();
                     continue;
                 }
                 let now_ms = crate::clock::unix_ms() as u64;
                 match PeerMsg::decode(&buf[..n], key.as_deref()).and_then(|(m, env)| guard.check(from, env, now_ms).map(|()| m)) {
                     Ok(msg) => peer.handle(Instant::now(), from, msg),
                     Err(error) => {
-                        counters.srp.peer_dropped.fetch_add(1, Ordering::Relaxed);
+                        counters.peer_dropped.inc();
                         debug!(%from, %error, "srp peer message dropped");
                     }
                 }
@@ -205,6 +204,6 @@ pub async fn run(
     if let Some(token) = serving.take() {
         token.cancel();
     }
-    counters.srp.active.store(0, Ordering::Relaxed);
+    counters.active.set(0);
     info!(control = %control_addr, "srp responder stopped");
 }

@@ -2,6 +2,8 @@
 //! are errors), then validated as a whole so that every mistake is reported
 //! at once instead of one per restart.
 
+pub mod formula;
+
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -501,7 +503,7 @@ fn check_pools(prefix: &str, pools: &[PoolConfig], problems: &mut Vec<String>) {
         match (&pool.formula, pool.policy) {
             (None, PolicyName::Formula) => problems.push(format!("{at}: policy \"formula\" needs a formula")),
             (Some(f), _) => {
-                if let Err(e) = crate::pool::formula::Formula::parse(f) {
+                if let Err(e) = formula::Formula::parse(f) {
                     problems.push(format!("{at}: {e}"));
                 }
             }
