@@ -104,13 +104,7 @@ impl Authority {
             anyhow::bail!("cannot start the authority:\n  - {}", problems.join("\n  - "));
         }
         let ring_file = auth.ring_table.clone().unwrap_or_else(|| auth.zones_dir.join(".vnamed-ring"));
-        let ring = match std::fs::read_to_string(&ring_file) {
-            Ok(text) => {
-                crate::ring::registry::Registry::from_text(&text).map_err(|e| anyhow::anyhow!("ring table {}: {e}", ring_file.display()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-            Err(e) => anyhow::bail!("ring table {}: {e}", ring_file.display()),
-        };
+        let ring = crate::ring::store::load(&ring_file)?;
         let updater = updater.expect("no problems").with_ring(ring, Some(ring_file), Instant::now());
 
         let listeners = listeners.expect("no problems");
@@ -120,7 +114,7 @@ impl Authority {
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (edit_tx, edit_rx) = mpsc::channel(256);
-        let watcher = match zone::watch::watch(&auth.zones_dir, edit_tx) {
+        let watcher = match crate::sys::watch::watch_matching(&auth.zones_dir, |p| p.extension().is_some_and(|x| x == "zone"), edit_tx) {
             Ok(w) => Some(w),
             Err(error) => {
                 warn!(%error, dir = %auth.zones_dir.display(), "cannot watch zones_dir; operator edits need a restart");
@@ -134,7 +128,7 @@ impl Authority {
                 let (tx, rx) = mpsc::channel(16);
                 let name = path.file_name().map(|n| n.to_owned());
                 let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-                match zone::watch::watch_matching(&dir, move |p| p.file_name() == name.as_deref(), tx) {
+                match crate::sys::watch::watch_matching(&dir, move |p| p.file_name() == name.as_deref(), tx) {
                     Ok(w) => {
                         tasks.spawn(follow_config(
                             path.to_owned(),

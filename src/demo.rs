@@ -175,7 +175,7 @@ async fn simulate_loads(files: Vec<PathBuf>, period: f64, shutdown: Cancellation
         let t = start.elapsed().as_secs_f64();
         for (i, path) in files.iter().enumerate() {
             let text = format!("load={:.3}\n", simulated_load(i, t, period));
-            if let Err(error) = crate::zone::writer::write_atomic(path, &text) {
+            if let Err(error) = crate::sys::fs::write_atomic(path, &text) {
                 warn!(%error, file = %path.display(), "cannot write simulated load");
             }
         }

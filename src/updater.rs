@@ -25,7 +25,7 @@ use crate::pool::{AdminState, Decision, PoolState, Report, ReportError};
 use crate::ring::registry::Registry;
 use crate::zone::io::{Done, Job, WriteJob, ZoneIo};
 use crate::zone::sync::{After, FileSync, Origin as SyncOrigin, Written};
-use crate::zone::{self, MemberNote, ZoneFile, writer};
+use crate::zone::{self, MemberNote, ZoneFile};
 
 pub use crate::pool::table::{Change as PoolChange, MemberStatus};
 
@@ -578,9 +578,9 @@ impl Updater {
             }
         };
         if let Some(file) = &self.ring_file
-            && let Err(e) = writer::write_atomic(file, &self.ring.to_text())
+            && let Err(e) = crate::ring::store::save(file, &self.ring)
         {
-            error!(file = %file.display(), error = %e, "cannot save the ring table");
+            error!(error = %e, "cannot save the ring table");
         }
         self.apply_ring(now);
         Ok(reply)

@@ -1,4 +1,7 @@
-//! The Linux system calls vnamed uses beyond what std, tokio and socket2
-//! offer. All unsafe code lives under this module.
+//! What vnamed needs from the operating system beyond std, tokio and
+//! socket2: batched UDP system calls, atomic file replacement, directory
+//! watching. All unsafe code lives under this module.
 
+pub mod fs;
 pub mod mmsg;
+pub mod watch;

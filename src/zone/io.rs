@@ -14,7 +14,8 @@ use hickory_proto::rr::{LowerName, Name};
 use tokio::sync::mpsc;
 
 use super::sync::{WriteTicket, Written};
-use super::{MemberNote, ZoneError, ZoneFile, render_block, text, writer};
+use super::{MemberNote, ZoneError, ZoneFile, render_block, text};
+use crate::sys::fs::write_atomic;
 
 /// Jobs waiting, at most.
 const QUEUE: usize = 64;
@@ -154,7 +155,7 @@ fn write(job: WriteJob) -> WriteDone {
             return done;
         }
     };
-    match writer::write_atomic(&path, &file.text) {
+    match write_atomic(&path, &file.text) {
         Ok(()) => {
             done.outcome = Written::Done(file.text.as_str().into());
             done.file = Some(file);

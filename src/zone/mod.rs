@@ -6,8 +6,6 @@
 pub mod io;
 pub mod sync;
 pub mod text;
-pub mod watch;
-pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

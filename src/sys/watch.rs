@@ -8,11 +8,6 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-/// Watches `dir` for changed `*.zone` files; the watcher must be kept alive.
-pub fn watch(dir: &Path, tx: mpsc::Sender<PathBuf>) -> notify::Result<notify::RecommendedWatcher> {
-    watch_matching(dir, |p| p.extension().is_some_and(|x| x == "zone"), tx)
-}
-
 /// Watches `dir` for changes to the files `wanted` accepts.
 pub fn watch_matching(
     dir: &Path,
@@ -31,7 +26,7 @@ pub fn watch_matching(
                 }
             }
         }
-        Err(error) => warn!(%error, "zone directory watch error"),
+        Err(error) => warn!(%error, "directory watch error"),
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)

@@ -1,6 +1,6 @@
-//! Writing a zone file so that a reader (the operator, a secondary's
-//! tooling, vnamed after a crash) never sees half of it: write a temporary
-//! file beside it, fsync, rename over the original, fsync the directory.
+//! Replacing a file so that a reader (the operator, a secondary's tooling,
+//! vnamed after a crash) never sees half of it: write a temporary file
+//! beside it, fsync, rename over the original, fsync the directory.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -8,7 +8,7 @@ use std::path::Path;
 
 pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| io::Error::other("zone path has no file name"))?;
+    let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
     let tmp = dir.join(format!(".{}.vnamed-tmp", name.to_string_lossy()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
