@@ -15,7 +15,7 @@ use vnamed::grpc::Bearer;
 use vnamed::grpc::v1::status_client::StatusClient;
 use vnamed::grpc::v1::{MemberReport, ReportBatch};
 
-use common::{Authority, Proc, VNAMED, ZONE, eventually, unique_ip};
+use common::{Authority, Proc, VNAMED, ZONE, eventually, unique_ip, wait_listening};
 
 fn start_monitor(dir: &std::path::Path, host: &str, backend: Ipv4Addr, push: Ipv4Addr, authority: &Authority) -> Proc {
     let config = dir.join(format!("{host}.toml"));
@@ -94,11 +94,8 @@ async fn answers_follow_monitored_backends() {
     };
 
     // Monitors come up and the pushed loads decide.
-    for _ in 0..50 {
-        if std::net::TcpStream::connect((pushes[2], 7500)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for ip in pushes.clone() {
+        tokio::task::spawn_blocking(move || wait_listening((ip, 7500).into(), Duration::from_secs(20))).await.unwrap();
     }
     for (ip, load) in pushes.iter().zip([0.9, 0.2, 0.5]) {
         push(*ip, load).await;

@@ -190,6 +190,13 @@ pub fn scrape(addr: (Ipv4Addr, u16)) -> String {
     s
 }
 
+/// Waits until something accepts TCP connections at `addr`: readiness,
+/// bounded by `within`, instead of a fixed sleep. Panics naming what never came up.
+pub fn wait_listening(addr: std::net::SocketAddr, within: Duration) {
+    let up = eventually(within, || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok());
+    assert!(up.is_some(), "nothing listening at {addr} after {within:?}");
+}
+
 /// Polls `f` until it returns true or `within` passes; returns the time it took.
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
