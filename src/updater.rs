@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -43,9 +44,11 @@ pub enum UpdateError {
     Internal(String),
 }
 
-/// A pool's live servers in order, its policy, and a receiver that
-/// changes at every publish.
-pub type Watched = (Vec<IpAddr>, PolicyName, watch::Receiver<u64>);
+/// A pool's live servers in the policy's order, and its policy.
+pub type Servers = (Vec<IpAddr>, PolicyName);
+
+/// A pool's servers as they change; closed when the pool goes away.
+pub type Watched = watch::Receiver<Servers>;
 
 /// Requests to the updater.
 pub enum Command {
@@ -62,8 +65,7 @@ pub enum Command {
     Pool { pool: String, change: PoolChange, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
     /// Every server of a pool in the policy's order.
     Resolve { pool: String, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
-    /// A pool's live servers in order and its policy, with a receiver that
-    /// changes whenever a new snapshot is published.
+    /// A pool's live servers in order and its policy, as they change.
     Watch { pool: String, reply: oneshot::Sender<Result<Watched, UpdateError>> },
     /// The ring's server table.
     Ring { op: RingOp, reply: oneshot::Sender<Result<RingReply, UpdateError>> },
@@ -161,10 +163,25 @@ pub struct Updater {
     snapshot: Arc<ArcSwap<Snapshot>>,
     notify: mpsc::Sender<(Name, u32)>,
     write_interval: Duration,
-    /// The pre-encoded static responses, and whether some zone's data
-    /// changed since they were built.
+    /// What the last publish served, kept so the next one redoes only
+    /// what changed: each zone's view (with the data it was built from),
+    /// the pre-encoded static responses (stale when some zone's data
+    /// changed), the virtual names' entries and which keys each pool owns.
+    views: HashMap<LowerName, (Arc<zone::ZoneData>, Arc<ZoneView>)>,
     stable: Arc<HashMap<Box<[u8]>, fast::Entry>>,
     stable_stale: bool,
+    dynamic: fast::Dynamic,
+    pool_keys: HashMap<LowerName, Vec<Box<[u8]>>>,
+    /// Pools (by zone and key) whose entries must be encoded anew, and
+    /// zones whose views must be rebuilt.
+    dirty_pools: BTreeSet<(LowerName, LowerName)>,
+    dirty_zones: BTreeSet<LowerName>,
+    /// Each zone's serial as the pre-encoded responses carry it.
+    serials: HashMap<LowerName, Arc<AtomicU32>>,
+    /// Each pool's members in the policy's order, for SRP, by pool name.
+    preferred: Arc<HashMap<String, Arc<[Preferred]>>>,
+    /// Pools' servers for watchers, by pool key.
+    watchers: HashMap<LowerName, watch::Sender<Servers>>,
     counters: Arc<UpdaterCounters>,
     /// The zone files' reads and writes, done off this task.
     io: ZoneIo,
@@ -173,13 +190,11 @@ pub struct Updater {
     reading: BTreeSet<LowerName>,
     reread: BTreeSet<LowerName>,
     /// What `/metrics` shows of each pool's members, by pool name.
-    health: HashMap<String, Arc<[MemberHealth]>>,
+    health: Arc<HashMap<String, Arc<[MemberHealth]>>>,
     /// Each pool's member notes as last rendered, by pool id.
     notes: Vec<Option<Arc<[MemberNote]>>>,
     ring: Registry,
     ring_file: Option<PathBuf>,
-    /// Bumped at every publish, for watchers.
-    published: watch::Sender<u64>,
 }
 
 /// The zone a pool's name lives in, if it may be a pool there.
@@ -288,18 +303,25 @@ impl Updater {
             snapshot,
             notify,
             write_interval,
+            views: HashMap::new(),
             stable: Arc::default(),
             stable_stale: true,
+            dynamic: fast::Dynamic::default(),
+            pool_keys: HashMap::new(),
+            dirty_pools: BTreeSet::new(),
+            dirty_zones: BTreeSet::new(),
+            serials: HashMap::new(),
+            preferred: Arc::default(),
+            watchers: HashMap::new(),
             counters,
             io,
             io_results,
             reading: BTreeSet::new(),
             reread: BTreeSet::new(),
             notes: Vec::new(),
-            health: HashMap::new(),
+            health: Arc::default(),
             ring: Registry::default(),
             ring_file: None,
-            published: watch::channel(0).0,
         };
         updater.bind_zones();
         for i in 0..updater.table.pools().len() {
@@ -381,33 +403,97 @@ impl Updater {
             if !restored {
                 zone.sync.touch();
             }
-            zone.answers.insert(pool.key.clone(), Arc::new(answer));
+            let (key, name) = (pool.key.clone(), pool.name.clone());
+            if let Some(origin) = self.pool_zone.get(i).cloned() {
+                self.put_answer(&origin, &key, &name, Some(Arc::new(answer)));
+            }
         }
         self.refresh_health(i, now);
     }
 
-    /// Swaps in a snapshot of every zone as it is now, with its
-    /// pre-encoded responses: the static ones are rebuilt only when a zone's
-    /// data changed, the virtual names' every time.
+    /// A receiver of pool `pool`'s servers as they change.
+    fn watch(&mut self, pool: &str, now: Instant) -> Result<Watched, UpdateError> {
+        let i = self.find_pool(pool)?;
+        let p = self.table.get(i).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
+        let servers = (self.table.order(i, now), p.policy);
+        let tx = self.watchers.entry(p.key.clone()).or_insert_with(|| watch::channel(servers.clone()).0);
+        tx.send_if_modified(|w| std::mem::replace(w, servers.clone()) != servers);
+        Ok(tx.subscribe())
+    }
+
+    /// Serves `answer` (or nothing) as the answer of the pool keyed `key`
+    /// in zone `origin`; its entries are encoded anew at the next publish.
+    fn put_answer(&mut self, origin: &LowerName, key: &LowerName, name: &Name, answer: Option<Arc<PoolAnswer>>) {
+        let Some(zone) = self.zones.get_mut(origin) else { return };
+        let srp_key = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        match answer {
+            Some(a) => {
+                Arc::make_mut(&mut self.preferred).insert(srp_key, a.preferred.clone());
+                zone.answers.insert(key.clone(), a);
+            }
+            None => {
+                Arc::make_mut(&mut self.preferred).remove(&srp_key);
+                zone.answers.remove(key);
+            }
+        }
+        self.dirty_pools.insert((origin.clone(), key.clone()));
+        self.dirty_zones.insert(origin.clone());
+    }
+
+    /// Swaps in a snapshot of what is served now, redoing only what changed
+    /// since the last one: the views of changed zones, the static
+    /// responses when some zone's data changed, and the entries of pools
+    /// whose answer changed. The serial in pre-encoded responses is a cell
+    /// per zone, set here.
     fn publish(&mut self) {
-        let mut snap = Snapshot::default();
         for (origin, z) in &self.zones {
-            snap.zones.insert(origin.clone(), Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone())));
+            let data_changed = self.views.get(origin).is_none_or(|(data, _)| !Arc::ptr_eq(data, &z.file.data));
+            let stale =
+                data_changed || self.dirty_zones.contains(origin) || self.views.get(origin).is_some_and(|(_, v)| v.serial != z.serial);
+            if !stale {
+                continue;
+            }
+            if data_changed {
+                // Answers that carry zone data (the SOA of NODATA) change with it.
+                self.stable_stale = true;
+                self.dirty_pools.extend(z.answers.keys().map(|k| (origin.clone(), k.clone())));
+            }
+            let view = Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone()));
+            self.views.insert(origin.clone(), (z.file.data.clone(), view));
+            self.serials.entry(origin.clone()).or_insert_with(|| Arc::new(AtomicU32::new(z.serial)));
         }
-        for (pool, origin) in self.table.pools().iter().zip(&self.pool_zone) {
-            let Some(answer) = self.zones.get(origin).and_then(|z| z.answers.get(&pool.key)) else { continue };
-            let key = pool.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-            snap.preferred.insert(key, answer.preferred.clone());
-        }
+        self.dirty_zones.clear();
+        let mut snap = Snapshot {
+            zones: self.views.iter().map(|(o, (_, v))| (o.clone(), v.clone())).collect(),
+            preferred: self.preferred.clone(),
+            health: self.health.clone(),
+            ..Snapshot::default()
+        };
         if self.stable_stale {
-            self.stable = Arc::new(fast::build_stable(&snap));
+            self.stable = Arc::new(fast::build_stable(&snap, &self.serials));
             self.stable_stale = false;
         }
-        snap.fast.stable = self.stable.clone();
-        snap.health = self.health.clone();
-        snap.fast.dynamic = fast::build_dynamic(&snap);
+        for (origin, key) in std::mem::take(&mut self.dirty_pools) {
+            for old in self.pool_keys.remove(&key).unwrap_or_default() {
+                self.dynamic.remove(&old);
+            }
+            let (Some(answer), Some(serial)) = (self.zones.get(&origin).and_then(|z| z.answers.get(&key)), self.serials.get(&origin))
+            else {
+                continue;
+            };
+            let entries = fast::pool_entries(&snap, &key, answer, serial);
+            self.pool_keys.insert(key, entries.iter().map(|(k, _)| k.clone()).collect());
+            for (k, e) in entries {
+                self.dynamic.insert(k, e);
+            }
+        }
+        snap.fast = fast::FastTable { stable: self.stable.clone(), dynamic: self.dynamic.clone() };
+        for (origin, z) in &self.zones {
+            if let Some(cell) = self.serials.get(origin) {
+                cell.store(z.serial, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         self.snapshot.store(Arc::new(snap));
-        self.published.send_modify(|v| *v += 1);
     }
 
     fn find_pool(&self, name: &str) -> Result<PoolId, UpdateError> {
@@ -439,7 +525,17 @@ impl Updater {
             })
             .collect();
         let name = pool.name.to_string();
-        self.health.insert(name, members);
+        let (key, policy) = (pool.key.clone(), pool.policy);
+        Arc::make_mut(&mut self.health).insert(name, members);
+        // Watchers get the whole order; it is worked out only for them.
+        if let Some(tx) = self.watchers.get(&key) {
+            if tx.receiver_count() == 0 {
+                self.watchers.remove(&key);
+            } else {
+                let servers = (self.table.order(i, now), policy);
+                tx.send_if_modified(|w| std::mem::replace(w, servers.clone()) != servers);
+            }
+        }
     }
 
     /// Serves `decision` as pool `i`'s answer; returns its zone when the
@@ -457,11 +553,13 @@ impl Updater {
         }
         info!(pool = %pool.name, answer = ?decision.addresses, servfail = decision.servfail, "answer changed");
         let answer = answer_for(pool, decision);
-        zone.answers.insert(pool.key.clone(), Arc::new(answer));
         zone.serial = zone.serial.wrapping_add(1);
         zone.sync.touch();
+        let (key, name) = (pool.key.clone(), pool.name.clone());
+        let origin = self.pool_zone.get(i).cloned()?;
+        self.put_answer(&origin, &key, &name, Some(Arc::new(answer)));
         self.counters.answer_changes.inc();
-        self.pool_zone.get(i).cloned()
+        Some(origin)
     }
 
     /// Publishes and tells secondaries about the zones whose serial moved.
@@ -507,11 +605,7 @@ impl Updater {
                 let _ = reply.send(self.find_pool(&pool).map(|i| self.table.order(i, now.instant)));
             }
             Command::Watch { pool, reply } => {
-                let watched = self.find_pool(&pool).and_then(|i| {
-                    let policy = self.table.get(i).map(|p| p.policy).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
-                    Ok((self.table.order(i, now.instant), policy, self.published.subscribe()))
-                });
-                let _ = reply.send(watched);
+                let _ = reply.send(self.watch(&pool, now.instant));
             }
         }
     }
@@ -524,13 +618,15 @@ impl Updater {
             if let Some(z) = self.redecide(i, now) {
                 zones.push(z);
             } else if absorbed.ports_moved.contains(&i)
-                && let Ok((pool, zone)) = self.zone_mut(i)
-                && let Some(a) = zone.answers.get_mut(&pool.key)
+                && let Ok((pool, zone)) = self.zone_ref(i)
+                && let Some(a) = zone.answers.get(&pool.key)
+                && let Some(origin) = self.pool_zone.get(i).cloned()
             {
                 // Same answer, a member's port moved: only its members change.
                 let mut fresh = (**a).clone();
                 fresh.preferred = preferred(pool, &fresh.addresses);
-                *a = Arc::new(fresh);
+                let (key, name) = (pool.key.clone(), pool.name.clone());
+                self.put_answer(&origin, &key, &name, Some(Arc::new(fresh)));
                 republish = true;
             }
         }
@@ -594,11 +690,16 @@ impl Updater {
         let mut touched: Vec<LowerName> = Vec::new();
         let changes = self.table.reconfigure(configs, now);
         for gone in &changes.removed {
-            self.health.remove(&gone.name.to_string());
+            Arc::make_mut(&mut self.health).remove(&gone.name.to_string());
+            // Its watchers see the pool close.
+            self.watchers.remove(&gone.key);
         }
         for gone in &changes.removed {
-            let Some((origin, zone)) = self.zones.iter_mut().find(|(_, z)| z.answers.contains_key(&gone.key)) else { continue };
-            zone.answers.remove(&gone.key);
+            let Some(origin) = self.zones.iter().find(|(_, z)| z.answers.contains_key(&gone.key)).map(|(o, _)| o.clone()) else {
+                continue;
+            };
+            self.put_answer(&origin, &gone.key, &gone.name, None);
+            let Some(zone) = self.zones.get_mut(&origin) else { continue };
             // The file's copy of its answer goes too, now rather than at the next write.
             let data = Arc::make_mut(&mut zone.file.data);
             if let Some(node) = data.nodes.get_mut(&gone.key) {
@@ -631,8 +732,9 @@ impl Updater {
         self.notes.clear();
         for &i in &changes.reshaped {
             // A new TTL or answer size: the old answer cannot stand, even while paused.
-            if let Ok((pool, zone)) = self.zone_mut(i) {
-                zone.answers.remove(&pool.key);
+            if let (Ok((pool, _)), Some(origin)) = (self.zone_ref(i), self.pool_zone.get(i).cloned()) {
+                let (key, name) = (pool.key.clone(), pool.name.clone());
+                self.put_answer(&origin, &key, &name, None);
             }
         }
         for i in 0..self.table.pools().len() {
@@ -647,6 +749,7 @@ impl Updater {
                 if let Some(d) = self.table.decide_anyway(i, now.instant) {
                     self.answer(i, d);
                 }
+                self.refresh_health(i, now.instant);
             } else {
                 self.redecide(i, now.instant);
             }
@@ -962,6 +1065,10 @@ members = [ { id = "a", address = "127.0.0.1" }, { id = "b", address = "127.0.0.
 [[pool]]
 name = "www.two.example."
 members = [ { id = "c", address = "127.0.0.3" } ]
+
+[[pool]]
+name = "api.one.example."
+members = [ { id = "d", address = "127.0.0.4" } ]
 "#,
         )
         .unwrap();
@@ -1024,5 +1131,29 @@ members = [ { id = "c", address = "127.0.0.3" } ]
         ask(&mut u, set_down("www.two.example.", "c")).unwrap();
         assert_eq!(ask(&mut u, |reply| Command::Resolve { pool: "www.two.example.".into(), reply }).unwrap(), Vec::<IpAddr>::new());
         u.flush(Instant::now(), true);
+    }
+
+    #[test]
+    fn a_publish_encodes_only_the_pools_that_changed() {
+        let mut u = updater();
+        let key = |name: &str| fast::key_of(&LowerName::from(Name::from_ascii(name).unwrap()), RecordType::A, fast::Shape::Plain);
+        let entry = |u: &Updater, name: &str| u.snapshot.load().fast.dynamic.get(&key(name)).cloned().expect("pre-encoded");
+        let (www, api, two) = (entry(&u, "www.one.example."), entry(&u, "api.one.example."), entry(&u, "www.two.example."));
+        let stable = u.snapshot.load().fast.stable.clone();
+        ask(&mut u, set_down("www.one.example.", "a")).unwrap();
+        assert!(!Arc::ptr_eq(&www, &entry(&u, "www.one.example.")), "the changed pool is encoded anew");
+        assert!(Arc::ptr_eq(&api, &entry(&u, "api.one.example.")), "its neighbour in the same zone is not");
+        assert!(Arc::ptr_eq(&two, &entry(&u, "www.two.example.")), "nor a pool of another zone");
+        assert!(Arc::ptr_eq(&stable, &u.snapshot.load().fast.stable), "static responses stay");
+        let mut out = [0u8; 512];
+        let mut q = hickory_proto::op::Message::new(1, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
+        q.add_query(hickory_proto::op::Query::query(Name::from_ascii("one.example.").unwrap(), RecordType::SOA));
+        let n = u.snapshot.load().fast.respond(&q.to_vec().unwrap(), &mut out, 0).unwrap();
+        let soa = hickory_proto::op::Message::from_vec(&out[..n]).unwrap();
+        let serial = u.snapshot.load().zones[&LowerName::from(Name::from_ascii("one.example.").unwrap())].serial;
+        assert!(
+            matches!(&soa.answers[0].data, hickory_proto::rr::RData::SOA(x) if x.serial == serial),
+            "the apex SOA serves the new serial"
+        );
     }
 }

@@ -2,19 +2,21 @@
 //! names, and every static name and type a zone holds) the full response is
 //! encoded ahead of time, per EDNS shape, by the same lookup the slow path
 //! uses. Answering is then a hash lookup and a copy with the query's ID,
-//! RD/CD bits and question bytes (0x20 case preserved) patched in. Pure:
-//! no I/O; the updater rebuilds the tables when answers change.
+//! RD/CD bits and question bytes (0x20 case preserved) patched in, and the
+//! zone's serial where the response carries it. Pure: no I/O; the updater
+//! re-encodes a virtual name's entries when its answer changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
 use super::handler::UDP_PAYLOAD;
 use super::lookup::{Answer, lookup};
-use super::snapshot::Snapshot;
+use super::snapshot::{PoolAnswer, Snapshot};
 
 /// Longest wire-format name.
 const MAX_NAME: usize = 255;
@@ -112,21 +114,82 @@ pub fn parse(req: &[u8], key: &mut [u8; MAX_KEY]) -> Option<FastQuery> {
     Some(FastQuery { id: [req[0], req[1]], rd: b2 & 1 != 0, cd: b3 & 0x10 != 0, question_end, max_size, key_len: k + 3 })
 }
 
+/// Where a pre-encoded response carries its zone's SOA serial, and the
+/// zone's serial now: the serial moves with every answer change, so it is
+/// written in when answering instead of re-encoding every response that
+/// holds it (the apex SOA, NODATA answers of virtual names).
+#[derive(Debug, Clone)]
+pub struct SerialPatch {
+    pub at: usize,
+    pub serial: Arc<AtomicU32>,
+}
+
 /// Pre-encoded responses for one key: several for a rotating pool.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub responses: Box<[Box<[u8]>]>,
     /// The virtual name's counters, for entries of virtual names.
     pub counters: Option<Arc<crate::metrics::PoolCounters>>,
+    pub serial: Option<SerialPatch>,
+}
+
+/// Shards of the virtual names' entries: a change to one pool copies one
+/// shard's table, not every pool's entries.
+const SHARDS: usize = 64;
+
+/// One shard of the virtual names' entries.
+type Shard = Arc<HashMap<Box<[u8]>, Arc<Entry>>>;
+
+/// The virtual names' entries, sharded by key.
+#[derive(Debug, Clone)]
+pub struct Dynamic {
+    shards: [Shard; SHARDS],
+}
+
+impl Default for Dynamic {
+    fn default() -> Self {
+        Self { shards: std::array::from_fn(|_| Arc::default()) }
+    }
+}
+
+/// The shard of a key: FNV-1a over its bytes.
+fn shard(key: &[u8]) -> usize {
+    let h = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    (h as usize) % SHARDS
+}
+
+impl Dynamic {
+    pub fn get(&self, key: &[u8]) -> Option<&Arc<Entry>> {
+        self.shards[shard(key)].get(key)
+    }
+
+    pub fn insert(&mut self, key: Box<[u8]>, entry: Arc<Entry>) {
+        Arc::make_mut(&mut self.shards[shard(&key)]).insert(key, entry);
+    }
+
+    pub fn remove(&mut self, key: &[u8]) {
+        let s = &mut self.shards[shard(key)];
+        if s.contains_key(key) {
+            Arc::make_mut(s).remove(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Every pre-encoded response of a snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct FastTable {
-    /// Static names: rebuilt only when a zone file changes.
+    /// Static names and each apex SOA: rebuilt only when a zone file changes.
     pub stable: Arc<HashMap<Box<[u8]>, Entry>>,
-    /// Virtual names and the apex SOA: rebuilt on every change.
-    pub dynamic: HashMap<Box<[u8]>, Entry>,
+    /// Virtual names: each pool's re-encoded only when its answer changes.
+    pub dynamic: Dynamic,
 }
 
 impl FastTable {
@@ -135,7 +198,10 @@ impl FastTable {
         let mut key = [0u8; MAX_KEY];
         let q = parse(req, &mut key)?;
         let key = &key[..q.key_len];
-        let entry = self.dynamic.get(key).or_else(|| self.stable.get(key))?;
+        let entry = match self.dynamic.get(key) {
+            Some(e) => e.as_ref(),
+            None => self.stable.get(key)?,
+        };
         let resp = &entry.responses[turn % entry.responses.len()];
         if resp.len() > q.max_size || resp.len() > out.len() {
             return None; // the slow path truncates properly
@@ -150,11 +216,14 @@ impl FastTable {
         out[3] = (out[3] & !0x10) | ((q.cd as u8) << 4);
         // The question exactly as asked, so 0x20 case randomisation holds.
         out[12..q.question_end].copy_from_slice(&req[12..q.question_end]);
+        if let Some(p) = &entry.serial {
+            out[p.at..p.at + 4].copy_from_slice(&p.serial.load(Ordering::Relaxed).to_be_bytes());
+        }
         Some(resp.len())
     }
 }
 
-fn key_of(name: &LowerName, qtype: RecordType, shape: Shape) -> Box<[u8]> {
+pub fn key_of(name: &LowerName, qtype: RecordType, shape: Shape) -> Box<[u8]> {
     let mut key = Name::from(name).to_lowercase().to_bytes().unwrap_or_default();
     key.extend_from_slice(&u16::from(qtype).to_be_bytes());
     key.push(shape as u8);
@@ -184,39 +253,73 @@ pub fn encode(answer: &Answer, name: &LowerName, qtype: RecordType, shape: Shape
     (bytes.len() <= UDP_PAYLOAD as usize).then(|| bytes.into_boxed_slice())
 }
 
-fn add(
-    table: &mut HashMap<Box<[u8]>, Entry>,
+/// Where the one SOA serial in `answer`'s encoding is: found by encoding it
+/// again with every serial bit flipped. `None` when it holds no single SOA.
+fn serial_offset(answer: &Answer, name: &LowerName, qtype: RecordType, shape: Shape, encoded: &[u8]) -> Option<usize> {
+    let mut flipped = answer.clone();
+    let mut soas = 0;
+    for r in flipped.answers.iter_mut().chain(flipped.authority.iter_mut()) {
+        if let RData::SOA(soa) = &mut r.data {
+            soa.serial = !soa.serial;
+            soas += 1;
+        }
+    }
+    if soas != 1 {
+        return None;
+    }
+    let other = encode(&flipped, name, qtype, shape)?;
+    let first = encoded.iter().zip(other.iter()).position(|(a, b)| a != b)?;
+    let last = encoded.iter().zip(other.iter()).rposition(|(a, b)| a != b)?;
+    (other.len() == encoded.len() && last == first + 3).then_some(first)
+}
+
+fn has_soa(answer: &Answer) -> bool {
+    answer.authority.iter().chain(&answer.answers).any(|r| r.record_type() == RecordType::SOA)
+}
+
+/// The entries of one name and type in every EDNS shape (`turns` rotations
+/// each). `serial`: the zone's serial cell, for responses that carry it;
+/// without one, such responses are not pre-encoded.
+fn entries(
     snap: &Snapshot,
     name: &LowerName,
     qtype: RecordType,
     turns: usize,
     only_positive: bool,
     counters: Option<&Arc<crate::metrics::PoolCounters>>,
-) {
-    for shape in SHAPES {
+    serial: Option<&Arc<AtomicU32>>,
+) -> Vec<(Box<[u8]>, Entry)> {
+    let mut out = Vec::with_capacity(SHAPES.len());
+    'shapes: for shape in SHAPES {
         let mut responses = Vec::with_capacity(turns);
+        let mut at = None;
         for turn in 0..turns {
             let answer = lookup(snap, name, qtype, DNSClass::IN, turn);
             if only_positive && (answer.rcode != ResponseCode::NoError || answer.answers.is_empty() || !answer.authoritative) {
-                return;
+                return Vec::new();
             }
-            // Answers that carry the SOA depend on the serial: they are dynamic.
-            if only_positive && answer.authority.iter().chain(&answer.answers).any(|r| r.record_type() == RecordType::SOA) {
-                return;
+            let Some(bytes) = encode(&answer, name, qtype, shape) else { continue 'shapes };
+            if has_soa(&answer) {
+                match (serial, serial_offset(&answer, name, qtype, shape, &bytes)) {
+                    (Some(_), Some(offset)) if at.is_none_or(|a| a == offset) => at = Some(offset),
+                    _ => continue 'shapes,
+                }
             }
-            match encode(&answer, name, qtype, shape) {
-                Some(r) => responses.push(r),
-                None => return,
-            }
+            responses.push(bytes);
         }
-        table.insert(key_of(name, qtype, shape), Entry { responses: responses.into_boxed_slice(), counters: counters.cloned() });
+        let serial = at.zip(serial).map(|(at, s)| SerialPatch { at, serial: s.clone() });
+        out.push((key_of(name, qtype, shape), Entry { responses: responses.into_boxed_slice(), counters: counters.cloned(), serial }));
     }
+    out
 }
 
-/// Pre-encodes every static name and type the zones hold (positive answers only).
-pub fn build_stable(snap: &Snapshot) -> HashMap<Box<[u8]>, Entry> {
+/// Pre-encodes every static name and type the zones hold (positive answers
+/// without a serial only), and each apex SOA with its zone's serial cell.
+pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>>) -> HashMap<Box<[u8]>, Entry> {
     let mut table = HashMap::new();
     'zones: for zone in snap.zones.values() {
+        let origin = &zone.data.lower_origin;
+        table.extend(entries(snap, origin, RecordType::SOA, 1, false, None, serials.get(origin)));
         for (name, node) in &zone.data.nodes {
             if zone.pools.contains_key(name) || name.is_wildcard() {
                 continue;
@@ -229,26 +332,38 @@ pub fn build_stable(snap: &Snapshot) -> HashMap<Box<[u8]>, Entry> {
                 if table.len() >= MAX_STATIC {
                     break 'zones;
                 }
-                add(&mut table, snap, name, t, 1, true, None);
+                table.extend(entries(snap, name, t, 1, true, None, None));
             }
         }
     }
     table
 }
 
-/// Pre-encodes the virtual names (every rotation) and each apex SOA.
-pub fn build_dynamic(snap: &Snapshot) -> HashMap<Box<[u8]>, Entry> {
-    let mut table = HashMap::new();
-    for zone in snap.zones.values() {
-        add(&mut table, snap, &zone.data.lower_origin, RecordType::SOA, 1, false, None);
+/// Pre-encodes one virtual name (every rotation, A and AAAA); NODATA
+/// answers carry the zone's `serial` cell.
+pub fn pool_entries(snap: &Snapshot, name: &LowerName, pool: &PoolAnswer, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Arc<Entry>)> {
+    let turns = if pool.rotate { pool.addresses.len().max(1) } else { 1 };
+    [RecordType::A, RecordType::AAAA]
+        .into_iter()
+        .flat_map(|t| entries(snap, name, t, turns, false, Some(&pool.counters), Some(serial)))
+        .map(|(k, e)| (k, Arc::new(e)))
+        .collect()
+}
+
+/// Every table of a snapshot built at once (tests, fuzzing, benchmarks):
+/// serial cells hold each zone's serial as it is in `snap`.
+pub fn build_all(snap: &Snapshot) -> FastTable {
+    let serials: HashMap<LowerName, Arc<AtomicU32>> =
+        snap.zones.iter().map(|(o, z)| (o.clone(), Arc::new(AtomicU32::new(z.serial)))).collect();
+    let mut dynamic = Dynamic::default();
+    for (origin, zone) in &snap.zones {
         for (name, pool) in &zone.pools {
-            let turns = if pool.rotate { pool.addresses.len().max(1) } else { 1 };
-            for t in [RecordType::A, RecordType::AAAA] {
-                add(&mut table, snap, name, t, turns, false, Some(&pool.counters));
+            for (k, e) in pool_entries(snap, name, pool, &serials[origin]) {
+                dynamic.insert(k, e);
             }
         }
     }
-    table
+    FastTable { stable: Arc::new(build_stable(snap, &serials)), dynamic }
 }
 
 #[cfg(test)]
@@ -275,7 +390,7 @@ mod tests {
     }
 
     fn table(s: &Snapshot) -> FastTable {
-        FastTable { stable: Arc::new(build_stable(s)), dynamic: build_dynamic(s) }
+        build_all(s)
     }
 
     fn query(name: &str, t: RecordType, edns: Option<bool>, id: u16) -> Vec<u8> {
@@ -336,5 +451,50 @@ mod tests {
         let mut response = query("ns1.example.", RecordType::A, None, 1);
         response[2] |= 0x80;
         assert!(t.respond(&response, &mut out, 0).is_none(), "responses are not queries");
+    }
+
+    #[test]
+    fn the_zone_serial_is_written_in_when_answering() {
+        let s = snap();
+        let t = table(&s);
+        let serial_of = |m: &Message| {
+            m.answers.iter().chain(&m.authorities).find_map(|r| match &r.data {
+                hickory_proto::rr::RData::SOA(x) => Some(x.serial),
+                _ => None,
+            })
+        };
+        let ask = |name: &str, ty: RecordType, edns: Option<bool>| {
+            let mut out = [0u8; 1232];
+            let n = t.respond(&query(name, ty, edns, 7), &mut out, 0).expect("pre-encoded");
+            Message::from_vec(&out[..n]).unwrap()
+        };
+        assert_eq!(serial_of(&ask("example.", RecordType::SOA, None)), Some(3));
+        let nodata = ask("www.example.", RecordType::AAAA, Some(false));
+        assert!(nodata.answers.is_empty());
+        assert_eq!(serial_of(&nodata), Some(3), "NODATA for a virtual name carries the SOA");
+        let origin = LowerName::from(Name::from_ascii("example.").unwrap());
+        let cell =
+            t.stable[&key_of(&origin, RecordType::SOA, Shape::Plain)].serial.as_ref().expect("the apex SOA is patched").serial.clone();
+        cell.store(0xdead_beef, Ordering::Relaxed);
+        assert_eq!(serial_of(&ask("example.", RecordType::SOA, Some(true))), Some(0xdead_beef));
+        assert_eq!(serial_of(&ask("www.example.", RecordType::AAAA, None)), Some(0xdead_beef), "one cell per zone");
+        let a = ask("www.example.", RecordType::A, None);
+        assert_eq!(serial_of(&a), None, "positive answers carry no serial");
+    }
+
+    #[test]
+    fn dynamic_entries_change_one_shard_at_a_time() {
+        let t = table(&snap());
+        let mut d = t.dynamic.clone();
+        let key = key_of(&LowerName::from(Name::from_ascii("www.example.").unwrap()), RecordType::A, Shape::Plain);
+        let before = d.get(&key).unwrap().clone();
+        let shared = d.shards.iter().zip(t.dynamic.shards.iter()).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
+        assert_eq!(shared, SHARDS);
+        d.insert(key.clone(), Arc::new(Entry { responses: before.responses.clone(), counters: None, serial: None }));
+        let shared = d.shards.iter().zip(t.dynamic.shards.iter()).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
+        assert_eq!(shared, SHARDS - 1, "only the key's shard is copied");
+        assert!(Arc::ptr_eq(t.dynamic.get(&key).unwrap(), &before), "the old table is untouched");
+        d.remove(&key);
+        assert!(d.get(&key).is_none());
     }
 }

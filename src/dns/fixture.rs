@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use hickory_proto::rr::{LowerName, Name};
 
-use super::fast::{self, FastTable};
+use super::fast;
 use super::snapshot::{PoolAnswer, Snapshot, ZoneView};
 use crate::zone::ZoneFile;
 
@@ -60,6 +60,6 @@ pub fn snapshot() -> Snapshot {
     let view = ZoneView::new(z.data.clone(), 42, pools);
     let mut snap = Snapshot::default();
     snap.zones.insert(view.data.lower_origin.clone(), Arc::new(view));
-    snap.fast = FastTable { stable: Arc::new(fast::build_stable(&snap)), dynamic: fast::build_dynamic(&snap) };
+    snap.fast = fast::build_all(&snap);
     snap
 }

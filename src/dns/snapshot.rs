@@ -81,11 +81,11 @@ pub struct MemberHealth {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Each pool's members, by pool name.
-    pub health: HashMap<String, Arc<[MemberHealth]>>,
+    pub health: Arc<HashMap<String, Arc<[MemberHealth]>>>,
     pub zones: HashMap<LowerName, Arc<ZoneView>>,
     /// Each pool's members in the policy's order, by pool name (lower case,
     /// no final dot): what the SRP responder serves instances from.
-    pub preferred: HashMap<String, Arc<[Preferred]>>,
+    pub preferred: Arc<HashMap<String, Arc<[Preferred]>>>,
     /// Pre-encoded responses for the UDP fast path.
     pub fast: super::fast::FastTable,
 }

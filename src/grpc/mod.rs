@@ -378,37 +378,27 @@ impl Admin for AdminService {
 
     async fn watch(&self, req: Request<v1::PoolRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let pool = req.into_inner().pool;
-        let p = pool.clone();
-        let (servers, policy, mut published) = self.ask(|reply| Command::Watch { pool: p, reply }).await?.map_err(status_of)?;
+        let mut servers = self.ask(|reply| Command::Watch { pool, reply }).await?.map_err(status_of)?;
         let (tx, rx) = mpsc::channel(4);
-        let updater = self.updater.clone();
+        // Follows the pool's own channel: no call back into the updater.
         tokio::spawn(async move {
             let mut last = None;
-            let mut current = (servers, policy);
             loop {
+                let current = servers.borrow_and_update().clone();
                 if last.as_ref() != Some(&current) {
                     let reply =
                         v1::WatchReply { servers: current.0.iter().map(|a| a.to_string()).collect(), policy: current.1.to_string() };
                     if tx.send(Ok(reply)).await.is_err() {
                         return; // the watcher went away
                     }
-                    last = Some(current.clone());
+                    last = Some(current);
                 }
                 tokio::select! {
-                    r = published.changed() => if r.is_err() { return },
+                    r = servers.changed() => if r.is_err() {
+                        let _ = tx.send(Err(Status::not_found("the pool was removed"))).await;
+                        return;
+                    },
                     _ = tx.closed() => return,
-                }
-                let p = pool.clone();
-                match ask(&updater, |reply| Command::Watch { pool: p, reply }).await {
-                    Ok(Ok((servers, policy, _))) => current = (servers, policy),
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(status_of(e))).await;
-                        return;
-                    }
-                    Err(s) => {
-                        let _ = tx.send(Err(s)).await;
-                        return;
-                    }
                 }
             }
         });

@@ -173,7 +173,7 @@ async fn serve_checks(shared: Arc<Shared>, snapshot: Arc<arc_swap::ArcSwap<crate
                 tcp_port,
             });
         }
-        let snap = Snapshot { preferred: preferred.into_iter().map(|(k, v)| (k, v.into())).collect(), ..Default::default() };
+        let snap = Snapshot { preferred: Arc::new(preferred.into_iter().map(|(k, v)| (k, v.into())).collect()), ..Default::default() };
         snapshot.store(Arc::new(snap));
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
