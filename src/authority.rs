@@ -132,7 +132,7 @@ impl Authority {
                     Ok(w) => {
                         tasks.spawn(follow_config(
                             path.to_owned(),
-                            format!("{:?}{:?}", config.authority, config.srp),
+                            (config.authority.clone(), config.srp.clone()),
                             rx,
                             cmd_tx.clone(),
                             shutdown.clone(),
@@ -247,7 +247,7 @@ async fn bind_optional(key: &str, addr: Option<SocketAddr>, problems: &mut Vec<S
 /// `[authority]` and `[srp]` sections need a restart.
 async fn follow_config(
     path: PathBuf,
-    mut authority_section: String,
+    mut restart_sections: (Option<crate::config::AuthorityConfig>, Option<crate::config::SrpConfig>),
     mut edits: mpsc::Receiver<PathBuf>,
     updater: mpsc::Sender<Command>,
     shutdown: CancellationToken,
@@ -267,10 +267,10 @@ async fn follow_config(
                 continue;
             }
         };
-        let section = format!("{:?}{:?}", config.authority, config.srp);
-        if section != authority_section {
+        let sections = (config.authority.clone(), config.srp.clone());
+        if sections != restart_sections {
             warn!(file = %path.display(), "changes to [authority] and [srp] take effect at the next restart");
-            authority_section = section;
+            restart_sections = sections;
         }
         let (tx, rx) = oneshot::channel();
         if updater.send(Command::Reconfigure { pools: config.pool, reply: tx }).await.is_err() {

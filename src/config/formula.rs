@@ -4,16 +4,28 @@
 
 use evalexpr::{ContextWithMutableVariables, DefaultNumericTypes, HashMapContext, Node, Value};
 
-#[derive(Debug, Clone)]
+/// Read from the configuration as text and parsed there, so a bad
+/// formula is refused with the file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Formula {
     text: String,
     tree: Node<DefaultNumericTypes>,
     variables: Vec<String>,
 }
 
+/// Two formulas are the same when their text is.
 impl PartialEq for Formula {
     fn eq(&self, other: &Self) -> bool {
         self.text == other.text
+    }
+}
+
+impl TryFrom<String> for Formula {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
     }
 }
 

@@ -105,7 +105,7 @@ impl MemberState {
     /// A member as configured, with nothing reported yet. Configured
     /// wall-clock times become instants seen from `now`.
     pub fn from_config(m: &MemberConfig, now: Now) -> Self {
-        let at = |s: &str| crate::config::parse_time(s).ok().map(|t| now.instant_at(t));
+        let at = |t: &crate::config::Time| now.instant_at(t.0);
         Self {
             id: m.id.clone(),
             address: m.address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
@@ -117,8 +117,8 @@ impl MemberState {
             custom: Default::default(),
             reported_at: None,
             ring_dead: false,
-            until: m.until.as_deref().and_then(at),
-            maintenance: m.maintenance.iter().filter_map(|w| Some((at(&w.from)?, at(&w.until)?))).collect(),
+            until: m.until.as_ref().map(at),
+            maintenance: m.maintenance.iter().map(|w| (at(&w.from), at(&w.until))).collect(),
         }
     }
 
@@ -263,7 +263,7 @@ impl PoolState {
             members: c.members.iter().map(|m| MemberState::from_config(m, now)).collect(),
             last_known: Vec::new(),
             paused: false,
-            formula: c.formula.as_deref().and_then(|f| Formula::parse(f).ok()).map(std::sync::Arc::new),
+            formula: c.formula.clone().map(std::sync::Arc::new),
             smoothing: c.smoothing,
             counters: Default::default(),
             index: Default::default(),

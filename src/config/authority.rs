@@ -1,0 +1,45 @@
+//! `[authority]`: where the DNS authority listens, its zones and who may
+//! transfer them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    pub dns_listen: Vec<SocketAddr>,
+    pub grpc_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub zones_dir: PathBuf,
+    #[serde(default)]
+    pub notify: Vec<SocketAddr>,
+    #[serde(default)]
+    pub allow_transfer: Vec<IpNet>,
+    /// UDP workers for the pre-encoded fast path; 0 = one per core.
+    #[serde(default)]
+    pub udp_workers: usize,
+    /// Where the ring's server table is kept (default: `.vnamed-ring` in zones_dir).
+    pub ring_table: Option<PathBuf>,
+    /// Shared secret: when set, gRPC calls (reports and administration)
+    /// must carry `authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Minimum time between two rewrites of the same zone file.
+    #[serde(default = "default_write_interval", with = "humantime_serde")]
+    pub zone_write_interval: Duration,
+}
+
+fn default_write_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+impl AuthorityConfig {
+    pub(super) fn check(&self, problems: &mut Vec<String>) {
+        if self.dns_listen.is_empty() {
+            problems.push("authority.dns_listen: at least one address is required".into());
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `[farm]`: a farm monitor, its pools (each with the farm's local
+//! policy) and where it reports.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::pool::PoolConfig;
+
+/// A farm monitor: collects its farm's monitors and reports upward.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FarmConfig {
+    pub name: String,
+    /// gRPC address the farm's monitors report to.
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "super::urls")]
+    pub report_to: Vec<String>,
+    /// Token sent upstream.
+    pub token: Option<String>,
+    /// Token the farm's monitors must present.
+    pub accept_token: Option<String>,
+    #[serde(default)]
+    pub mode: FarmMode,
+    #[serde(default = "super::one_second", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// The farm's pools; each one's `policy` is the farm's local policy.
+    pub pool: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FarmMode {
+    /// Report the farm as one member, answered by the local policy's choice.
+    #[default]
+    Entity,
+    /// Pass each member's state upward.
+    Members,
+}
+
+impl FarmConfig {
+    pub(super) fn check(&self, problems: &mut Vec<String>) {
+        if self.name.is_empty() {
+            problems.push("farm.name: must not be empty".into());
+        }
+        if self.report_to.is_empty() {
+            problems.push("farm.report_to: at least one authority is required".into());
+        }
+        super::pool::check_pools("farm.pool", &self.pool, problems);
+        for (i, p) in self.pool.iter().enumerate() {
+            if p.members.iter().any(|m| m.address.is_none()) {
+                problems.push(format!("farm.pool[{i}] ({}): every farm member needs an address", p.name));
+            }
+        }
+    }
+}

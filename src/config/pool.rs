@@ -1,0 +1,195 @@
+//! `[[pool]]`: virtual names, their members, policy, answer shape and
+//! fallback (also a farm's `[[farm.pool]]`).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use hickory_proto::rr::Name;
+use serde::Deserialize;
+
+use super::formula::Formula;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyName {
+    RoundRobin,
+    Priority,
+    LeastLoaded,
+    FewestConnections,
+    FewestPending,
+    Fastest,
+    Throughput,
+    Closest,
+    Weighted,
+    Formula,
+}
+
+/// The configuration's (kebab-case) name.
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RoundRobin => "round-robin",
+            Self::Priority => "priority",
+            Self::LeastLoaded => "least-loaded",
+            Self::FewestConnections => "fewest-connections",
+            Self::FewestPending => "fewest-pending",
+            Self::Fastest => "fastest",
+            Self::Throughput => "throughput",
+            Self::Closest => "closest",
+            Self::Weighted => "weighted",
+            Self::Formula => "formula",
+        })
+    }
+}
+
+impl std::str::FromStr for PolicyName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        use serde::de::IntoDeserializer;
+        let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = s.into_deserializer();
+        Self::deserialize(d).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    /// Keep answering with the last non-empty answer.
+    #[default]
+    LastKnown,
+    /// Answer with every member, whatever its state.
+    All,
+    /// Answer SERVFAIL.
+    Servfail,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    #[serde(default = "default_policy")]
+    pub policy: PolicyName,
+    #[serde(default = "one")]
+    pub answers: usize,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    #[serde(default)]
+    pub fallback: Fallback,
+    #[serde(default = "default_stale", with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// For `policy = "formula"`: an expression over named metrics; lower wins.
+    pub formula: Option<Formula>,
+    /// Smoothing of reported metrics, 0 (none) to below 1: each new value
+    /// counts for (1 - smoothing), the previous smoothed value for the rest.
+    #[serde(default)]
+    pub smoothing: f64,
+    pub members: Vec<MemberConfig>,
+}
+
+fn default_policy() -> PolicyName {
+    PolicyName::LeastLoaded
+}
+fn one() -> usize {
+    1
+}
+fn default_ttl() -> u32 {
+    5
+}
+fn default_stale() -> Duration {
+    Duration::from_secs(3)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: String,
+    /// Required, except for a farm reported as one entity: its farm
+    /// monitor tells which server to answer with.
+    pub address: Option<IpAddr>,
+    pub farm: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// End of the member's lifetime (RFC 3339, e.g. "2026-12-01T00:00:00Z"):
+    /// it leaves the answers at that time.
+    pub until: Option<Time>,
+    /// Windows during which the member is out of the answers.
+    #[serde(default)]
+    pub maintenance: Vec<Window>,
+}
+
+/// A maintenance window (RFC 3339 times).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub from: Time,
+    pub until: Time,
+}
+
+/// Parses an RFC 3339 time ("2026-12-01T00:00:00Z"; a space for the T and
+/// no zone, meaning UTC, are accepted too).
+pub fn parse_time(s: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+}
+
+/// A wall-clock time, read from RFC 3339 text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Time(pub SystemTime);
+
+impl TryFrom<String> for Time {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        parse_time(&s).map(Time)
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Checks pools (`[[pool]]`, or a farm's `[[farm.pool]]`), collecting problems.
+pub(super) fn check_pools(prefix: &str, pools: &[PoolConfig], problems: &mut Vec<String>) {
+    let mut names = HashSet::new();
+    for (i, pool) in pools.iter().enumerate() {
+        let at = format!("{prefix}[{i}] ({})", pool.name);
+        match Name::from_ascii(&pool.name) {
+            Ok(name) if name.is_fqdn() => {
+                if !names.insert(name.to_lowercase()) {
+                    problems.push(format!("{at}: the same name is configured twice"));
+                }
+            }
+            Ok(_) => problems.push(format!("{at}: name must be absolute (end with '.')")),
+            Err(e) => problems.push(format!("{at}: bad name: {e}")),
+        }
+        if pool.answers == 0 {
+            problems.push(format!("{at}: answers must be at least 1"));
+        }
+        if pool.members.is_empty() {
+            problems.push(format!("{at}: members must not be empty"));
+        }
+        if pool.formula.is_none() && pool.policy == PolicyName::Formula {
+            problems.push(format!("{at}: policy \"formula\" needs a formula"));
+        }
+        if !(0.0..1.0).contains(&pool.smoothing) {
+            problems.push(format!("{at}: smoothing must be at least 0 and below 1"));
+        }
+        let mut ids = HashSet::new();
+        for m in &pool.members {
+            if m.id.is_empty() {
+                problems.push(format!("{at}: a member has an empty id"));
+            }
+            if m.maintenance.iter().any(|w| w.from >= w.until) {
+                problems.push(format!("{at}: member {:?}: maintenance window ends before it starts", m.id));
+            }
+            if m.address.is_none() && m.farm.is_none() {
+                problems.push(format!("{at}: member {:?} needs an address (only a farm entity may omit it)", m.id));
+            }
+            if !ids.insert(m.id.as_str()) {
+                problems.push(format!("{at}: member id {:?} appears twice", m.id));
+            }
+        }
+    }
+}
