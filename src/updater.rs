@@ -189,8 +189,10 @@ pub struct Updater {
     /// Zones whose file is being read, and those to read again after.
     reading: BTreeSet<LowerName>,
     reread: BTreeSet<LowerName>,
-    /// What `/metrics` shows of each pool's members, by pool name.
+    /// What `/metrics` shows of each pool's members, by pool name, and
+    /// the pools to bring up to date at the next tick.
     health: Arc<HashMap<String, Arc<[MemberHealth]>>>,
+    health_due: BTreeSet<PoolId>,
     /// Each pool's member notes as last rendered, by pool id.
     notes: Vec<Option<Arc<[MemberNote]>>>,
     ring: Registry,
@@ -320,6 +322,7 @@ impl Updater {
             reread: BTreeSet::new(),
             notes: Vec::new(),
             health: Arc::default(),
+            health_due: BTreeSet::new(),
             ring: Registry::default(),
             ring_file: None,
         };
@@ -504,8 +507,25 @@ impl Updater {
     /// when its answer changed.
     fn redecide(&mut self, i: PoolId, now: Instant) -> Option<LowerName> {
         let changed = self.table.decide(i, now).and_then(|d| self.answer(i, d));
-        self.refresh_health(i, now);
+        self.touched(i, now);
         changed
+    }
+
+    /// Pool `i`'s members may have changed state: its watchers hear at
+    /// once; what `/metrics` shows follows at the next tick, so a stream of
+    /// reports does not redo a large pool's member list for every batch.
+    fn touched(&mut self, i: PoolId, now: Instant) {
+        self.health_due.insert(i);
+        let Some(pool) = self.table.get(i) else { return };
+        let (key, policy) = (pool.key.clone(), pool.policy);
+        if let Some(tx) = self.watchers.get(&key) {
+            if tx.receiver_count() == 0 {
+                self.watchers.remove(&key);
+            } else {
+                let servers = (self.table.order(i, now), policy);
+                tx.send_if_modified(|w| std::mem::replace(w, servers.clone()) != servers);
+            }
+        }
     }
 
     /// Recomputes what `/metrics` shows of pool `i`'s members.
@@ -525,17 +545,7 @@ impl Updater {
             })
             .collect();
         let name = pool.name.to_string();
-        let (key, policy) = (pool.key.clone(), pool.policy);
         Arc::make_mut(&mut self.health).insert(name, members);
-        // Watchers get the whole order; it is worked out only for them.
-        if let Some(tx) = self.watchers.get(&key) {
-            if tx.receiver_count() == 0 {
-                self.watchers.remove(&key);
-            } else {
-                let servers = (self.table.order(i, now), policy);
-                tx.send_if_modified(|w| std::mem::replace(w, servers.clone()) != servers);
-            }
-        }
     }
 
     /// Serves `decision` as pool `i`'s answer; returns its zone when the
@@ -730,6 +740,7 @@ impl Updater {
             .collect();
         self.bind_zones();
         self.notes.clear();
+        self.health_due = (0..self.table.pools().len()).collect();
         for &i in &changes.reshaped {
             // A new TTL or answer size: the old answer cannot stand, even while paused.
             if let (Ok((pool, _)), Some(origin)) = (self.zone_ref(i), self.pool_zone.get(i).cloned()) {
@@ -749,7 +760,7 @@ impl Updater {
                 if let Some(d) = self.table.decide_anyway(i, now.instant) {
                     self.answer(i, d);
                 }
-                self.refresh_health(i, now.instant);
+                self.touched(i, now.instant);
             } else {
                 self.redecide(i, now.instant);
             }
@@ -783,10 +794,18 @@ impl Updater {
         Ok(answer.addresses.clone())
     }
 
-    /// Re-decides pools whose members report, so stale reports take effect.
+    /// Re-decides pools whose members report, so stale reports take
+    /// effect, and brings what `/metrics` shows up to date.
     pub fn tick(&mut self, now: Instant) {
         let timed: Vec<PoolId> = self.table.timed().collect();
-        let zones = timed.into_iter().filter_map(|i| self.redecide(i, now)).collect();
+        let zones: Vec<LowerName> = timed.into_iter().filter_map(|i| self.redecide(i, now)).collect();
+        let health = !self.health_due.is_empty();
+        for i in std::mem::take(&mut self.health_due) {
+            self.refresh_health(i, now);
+        }
+        if zones.is_empty() && health {
+            self.publish();
+        }
         self.changed(zones);
     }
 

@@ -4,4 +4,5 @@
 
 pub mod fs;
 pub mod mmsg;
+pub mod thread;
 pub mod watch;

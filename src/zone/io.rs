@@ -88,6 +88,11 @@ impl ZoneIo {
         let (jobs, rx) = std_mpsc::sync_channel::<Job>(QUEUE);
         let (done, results) = mpsc::channel(QUEUE);
         let spawned = std::thread::Builder::new().name("vnamed-zone-io".into()).spawn(move || {
+            // Rendering and checking a large zone takes milliseconds: never
+            // in front of the updater or the DNS workers on a busy core.
+            if let Err(error) = crate::sys::thread::lower_priority() {
+                tracing::debug!(%error, "zone file thread keeps its priority");
+            }
             for job in rx {
                 if done.blocking_send(run(job)).is_err() {
                     return; // the updater is gone
