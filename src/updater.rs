@@ -139,7 +139,7 @@ pub struct PoolStatus {
 
 struct ZoneState {
     /// The last good version read from (or written to) disk.
-    file: ZoneFile,
+    file: Arc<ZoneFile>,
     serial: u32,
     /// Each pool's answer, by the pool's key.
     answers: HashMap<LowerName, Arc<PoolAnswer>>,
@@ -151,7 +151,7 @@ struct ZoneState {
 
 impl ZoneState {
     fn new(file: ZoneFile, disk_text: String) -> Self {
-        Self { serial: file.serial, file, answers: HashMap::new(), pools: Vec::new(), sync: FileSync::new(disk_text) }
+        Self { serial: file.serial, file: Arc::new(file), answers: HashMap::new(), pools: Vec::new(), sync: FileSync::new(disk_text) }
     }
 }
 
@@ -711,7 +711,7 @@ impl Updater {
             self.put_answer(&origin, &gone.key, &gone.name, None);
             let Some(zone) = self.zones.get_mut(&origin) else { continue };
             // The file's copy of its answer goes too, now rather than at the next write.
-            let data = Arc::make_mut(&mut zone.file.data);
+            let data = Arc::make_mut(&mut Arc::make_mut(&mut zone.file).data);
             if let Some(node) = data.nodes.get_mut(&gone.key) {
                 node.rrsets.retain(|s| !matches!(s.rtype, RecordType::A | RecordType::AAAA));
                 if node.rrsets.is_empty() && !data.nodes.keys().any(|n| n != &gone.key && gone.key.zone_of(n)) {
@@ -926,7 +926,8 @@ impl Updater {
             } else {
                 self.stable_stale = true;
             }
-            z.file = file;
+            let old = std::mem::replace(&mut z.file, Arc::new(file));
+            let _ = self.io.submit(Job::Release(old));
         }
         if let Some((text, parsed)) = done.edit {
             self.edit(origin, path, text, parsed);
@@ -940,7 +941,7 @@ impl Updater {
             self.reread.insert(origin); // read again once the read under way ends
             return;
         }
-        if self.io.submit(Job::Read { origin: origin.clone(), path: path.to_owned() }).is_err() {
+        if self.io.submit(Job::Read { origin: origin.clone(), path: path.to_owned(), force: false }).is_err() {
             warn!(file = %path.display(), "zone file queue full; the edit is read at the next change");
             self.reading.remove(&origin);
         }
@@ -968,10 +969,17 @@ impl Updater {
 
     /// Text read from a zone file: if it is an operator's edit, serve it
     /// when valid, otherwise keep the last good version and say why.
-    fn edit(&mut self, origin: LowerName, path: PathBuf, text: String, parsed: Result<ZoneFile, zone::ZoneError>) {
+    fn edit(&mut self, origin: LowerName, path: PathBuf, text: String, parsed: Option<Result<ZoneFile, zone::ZoneError>>) {
         if self.zones.get(&origin).is_some_and(|z| z.sync.origin_of(&text) == SyncOrigin::Ours) {
             return;
         }
+        let Some(parsed) = parsed else {
+            // Text we wrote once but no longer believe is there: read it whole.
+            if self.reading.insert(origin.clone()) && self.io.submit(Job::Read { origin: origin.clone(), path, force: true }).is_err() {
+                self.reading.remove(&origin);
+            }
+            return;
+        };
         let refused = match parsed {
             Err(e) => Err(e.to_string()),
             Ok(file) => {
@@ -1010,7 +1018,8 @@ impl Updater {
                     file.addresses(&p.name) != want || file.block(&p.name).is_none()
                 });
                 z.sync.accept(&text, z.serial != file.serial || blocks_differ);
-                z.file = file;
+                let old = std::mem::replace(&mut z.file, Arc::new(file));
+                let _ = self.io.submit(Job::Release(old));
                 self.stable_stale = true;
                 info!(file = %path.display(), serial = z.serial, "zone file reloaded");
             }

@@ -4,7 +4,7 @@
 //! read asked for after a write sees that write's end first. Bounded both
 //! ways: a full queue refuses a job instead of growing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,24 +32,29 @@ pub struct Block {
 /// Work for the I/O thread.
 #[derive(Debug)]
 pub enum Job {
-    /// Read and parse a file an operator may have changed.
-    Read { origin: LowerName, path: PathBuf },
+    /// Read and parse a file an operator may have changed; unless `force`,
+    /// text this thread wrote last is not parsed again.
+    Read { origin: LowerName, path: PathBuf, force: bool },
     /// Write what is served into the zone file, keeping the operator's text.
     Write(Box<WriteJob>),
+    /// A zone file no longer served: freed here, where its size costs no
+    /// one a wait.
+    Release(Arc<ZoneFile>),
 }
 
 #[derive(Debug)]
 pub struct WriteJob {
     pub origin: LowerName,
     /// The file as last read: its text is rewritten.
-    pub base: ZoneFile,
+    pub base: Arc<ZoneFile>,
     pub serial: u32,
     pub blocks: Vec<Block>,
     pub ticket: WriteTicket,
 }
 
-/// A file's text and what parsing it gave.
-pub type Read = (String, Result<ZoneFile, ZoneError>);
+/// A file's text and what parsing it gave; `None` when the text is what
+/// this thread wrote last (so it parses, and the caller holds it already).
+pub type Read = (String, Option<Result<ZoneFile, ZoneError>>);
 
 /// What the I/O thread did.
 #[derive(Debug)]
@@ -93,8 +98,10 @@ impl ZoneIo {
             if let Err(error) = crate::sys::thread::lower_priority() {
                 tracing::debug!(%error, "zone file thread keeps its priority");
             }
+            let mut wrote: HashMap<LowerName, Arc<str>> = HashMap::new();
             for job in rx {
-                if done.blocking_send(run(job)).is_err() {
+                let Some(result) = run(job, &mut wrote) else { continue };
+                if done.blocking_send(result).is_err() {
                     return; // the updater is gone
                 }
             }
@@ -113,20 +120,33 @@ impl ZoneIo {
     }
 }
 
-fn read(path: &std::path::Path, origin: &LowerName) -> Result<Read, std::io::Error> {
+fn read(path: &std::path::Path, origin: &LowerName, skip: Option<&Arc<str>>) -> Result<Read, std::io::Error> {
     let text = std::fs::read_to_string(path)?;
+    if skip.is_some_and(|s| **s == *text) {
+        return Ok((text, None));
+    }
     let parsed = ZoneFile::parse(path, Name::from(origin), text.clone());
-    Ok((text, parsed))
+    Ok((text, Some(parsed)))
 }
 
-/// Does one job.
-pub fn run(job: Job) -> Done {
+/// Does one job; `wrote` keeps the text last written to each zone's file.
+pub fn run(job: Job, wrote: &mut HashMap<LowerName, Arc<str>>) -> Option<Done> {
     match job {
-        Job::Read { origin, path } => {
-            let read = Box::new(read(&path, &origin));
-            Done::Read { origin, path, read }
+        Job::Read { origin, path, force } => {
+            let read = Box::new(read(&path, &origin, wrote.get(&origin).filter(|_| !force)));
+            Some(Done::Read { origin, path, read })
         }
-        Job::Write(job) => Done::Write(Box::new(write(*job))),
+        Job::Write(job) => {
+            let done = write(*job);
+            if let Written::Done(text) = &done.outcome {
+                wrote.insert(done.origin.clone(), text.clone());
+            }
+            Some(Done::Write(Box::new(done)))
+        }
+        Job::Release(file) => {
+            drop(file);
+            None
+        }
     }
 }
 
@@ -135,7 +155,7 @@ fn write(job: WriteJob) -> WriteDone {
     let mut done = WriteDone { origin, ticket, outcome: Written::Failed, file: None, edit: None, error: None };
     let path = base.path.clone();
     // An edit we have not read yet wins over our write.
-    match read(&path, &done.origin) {
+    match read(&path, &done.origin, None) {
         Ok((text, parsed)) if *text != *done.ticket.based_on => {
             done.outcome = Written::Edited;
             done.edit = Some((text, parsed));
@@ -198,23 +218,32 @@ mod tests {
 
     fn job(file: &ZoneFile, origin: &LowerName, sync: &mut FileSync, serial: u32, addr: &str) -> Job {
         let ticket = sync.begin_write(Instant::now());
-        Job::Write(Box::new(WriteJob { origin: origin.clone(), base: file.clone(), serial, blocks: vec![block(addr)], ticket }))
+        Job::Write(Box::new(WriteJob { origin: origin.clone(), base: Arc::new(file.clone()), serial, blocks: vec![block(addr)], ticket }))
     }
 
     #[test]
     fn a_write_keeps_the_operators_text_and_a_read_sees_it() {
         let (_dir, file, origin) = setup();
         let mut sync = FileSync::new(file.text.as_str());
-        let Done::Write(done) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1")) else { panic!("a write") };
+        let mut wrote = HashMap::new();
+        let Some(Done::Write(done)) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1"), &mut wrote) else { panic!("a write") };
         assert!(matches!(done.outcome, Written::Done(_)), "{:?}", done.error);
         let written = done.file.unwrap();
         assert_eq!(written.serial, 8);
         assert!(written.text.contains("ns1 IN A 127.0.0.1"));
         assert_eq!(written.addresses(&Name::from_ascii("www.example.").unwrap()), vec!["127.0.10.1".parse::<IpAddr>().unwrap()]);
-        let Done::Read { read, .. } = run(Job::Read { origin: origin.clone(), path: file.path.clone() }) else { panic!("a read") };
+        let Some(Done::Read { read, .. }) = run(Job::Read { origin: origin.clone(), path: file.path.clone(), force: false }, &mut wrote)
+        else {
+            panic!("a read")
+        };
         let (text, parsed) = read.unwrap();
         assert_eq!(text, written.text);
-        assert_eq!(parsed.unwrap().serial, 8);
+        assert!(parsed.is_none(), "our own write is not parsed again");
+        let Some(Done::Read { read, .. }) = run(Job::Read { origin: origin.clone(), path: file.path.clone(), force: true }, &mut wrote)
+        else {
+            panic!("a read")
+        };
+        assert_eq!(read.unwrap().1.unwrap().unwrap().serial, 8);
     }
 
     #[test]
@@ -223,10 +252,10 @@ mod tests {
         let mut sync = FileSync::new(file.text.as_str());
         let edited = ZONE.replace("( 7", "( 9").replace("ns1 IN A 127.0.0.1", "ns1 IN A 127.0.0.2");
         std::fs::write(&file.path, &edited).unwrap();
-        let Done::Write(done) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1")) else { panic!("a write") };
+        let Some(Done::Write(done)) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1"), &mut HashMap::new()) else { panic!("a write") };
         assert_eq!(done.outcome, Written::Edited);
         let (text, parsed) = done.edit.unwrap();
-        assert_eq!((text.as_str(), parsed.unwrap().serial), (edited.as_str(), 9));
+        assert_eq!((text.as_str(), parsed.unwrap().unwrap().serial), (edited.as_str(), 9));
         assert_eq!(std::fs::read_to_string(&file.path).unwrap(), edited, "the edit is untouched");
     }
 
@@ -237,8 +266,9 @@ mod tests {
         let mut bad = block("127.0.10.1");
         bad.notes = Arc::from([MemberNote { id: "x\nevil".into(), pairs: vec![] }]);
         let ticket = sync.begin_write(Instant::now());
-        let job = Job::Write(Box::new(WriteJob { origin: origin.clone(), base: file.clone(), serial: 8, blocks: vec![bad], ticket }));
-        let Done::Write(done) = run(job) else { panic!("a write") };
+        let job =
+            Job::Write(Box::new(WriteJob { origin: origin.clone(), base: Arc::new(file.clone()), serial: 8, blocks: vec![bad], ticket }));
+        let Some(Done::Write(done)) = run(job, &mut HashMap::new()) else { panic!("a write") };
         assert_eq!(done.outcome, Written::Invalid);
         assert_eq!(std::fs::read_to_string(&file.path).unwrap(), ZONE);
     }
@@ -249,9 +279,9 @@ mod tests {
         let mut sync = FileSync::new(file.text.as_str());
         let (io, mut done) = ZoneIo::start();
         io.submit(job(&file, &origin, &mut sync, 8, "127.0.10.1")).unwrap();
-        io.submit(Job::Read { origin: origin.clone(), path: file.path.clone() }).unwrap();
+        io.submit(Job::Read { origin: origin.clone(), path: file.path.clone(), force: true }).unwrap();
         assert!(matches!(done.blocking_recv(), Some(Done::Write(_))));
         let Some(Done::Read { read, .. }) = done.blocking_recv() else { panic!("then the read") };
-        assert_eq!(read.unwrap().1.unwrap().serial, 8);
+        assert_eq!(read.unwrap().1.unwrap().unwrap().serial, 8);
     }
 }
