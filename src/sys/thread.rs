@@ -1,13 +1,16 @@
 //! Thread scheduling: background work (zone file writes) yields the core
 //! to the threads that answer and decide.
 
-/// Lowers the calling thread's scheduling priority (nice 10), so that on a
-/// busy core it runs only when the others wait. Best effort: a failure
-/// leaves the priority as it was.
+/// Moves the calling thread to the idle scheduling class (SCHED_IDLE), so
+/// that on a busy core it runs when nothing else wants the core, and is
+/// preempted at once when something does; it still gets a small share, so
+/// it is never starved outright. Best effort: a failure leaves the thread
+/// as it was.
 pub fn lower_priority() -> std::io::Result<()> {
-    // SAFETY: setpriority has no memory-safety preconditions; with
-    // PRIO_PROCESS and who = 0 it changes the calling thread on Linux.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; with
+    // pid 0 the call changes the calling thread only.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
@@ -17,9 +20,9 @@ mod tests {
     fn a_thread_can_step_back() {
         std::thread::spawn(|| {
             super::lower_priority().unwrap();
-            // SAFETY: getpriority has no memory-safety preconditions.
-            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-            assert!(nice >= 10, "nice {nice}");
+            // SAFETY: sched_getscheduler has no memory-safety preconditions.
+            let policy = unsafe { libc::sched_getscheduler(0) };
+            assert_eq!(policy, libc::SCHED_IDLE);
         })
         .join()
         .unwrap();
