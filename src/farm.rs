@@ -73,7 +73,7 @@ pub fn upward(table: &Table, farm: &str, mode: FarmMode, now: Instant) -> Vec<Re
                 for m in p.members.iter().filter(|m| m.health.is_some()) {
                     out.push(Report {
                         pool: pool.clone(),
-                        member: m.id.clone(),
+                        member: m.id.to_string(),
                         up: m.eligible(now, p.stale_after),
                         metrics: m.metrics,
                         custom: m.custom.clone(),

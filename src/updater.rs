@@ -261,7 +261,7 @@ fn preferred(pool: &PoolState, addresses: &[IpAddr]) -> Arc<[Preferred]> {
             None => pool.members.iter().find(|m| m.address == *a),
         })
         .map(|m| Preferred {
-            id: m.id.clone(),
+            id: m.id.to_string(),
             address: m.address,
             tcp_port: m.custom.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16),
         })

@@ -70,7 +70,7 @@ impl ZoneView {
 /// A member's state as `/metrics` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberHealth {
-    pub id: String,
+    pub id: Arc<str>,
     /// In service now.
     pub up: bool,
     /// In the answer served now.

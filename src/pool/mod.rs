@@ -83,7 +83,8 @@ impl Metrics {
 
 #[derive(Debug, Clone)]
 pub struct MemberState {
-    pub id: String,
+    /// Shared, so the lists built from members copy no text.
+    pub id: std::sync::Arc<str>,
     pub address: IpAddr,
     pub farm: Option<String>,
     pub weight: u32,
@@ -107,7 +108,7 @@ impl MemberState {
     pub fn from_config(m: &MemberConfig, now: Now) -> Self {
         let at = |t: &crate::config::Time| now.instant_at(t.0);
         Self {
-            id: m.id.clone(),
+            id: m.id.as_str().into(),
             address: m.address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
             farm: m.farm.clone(),
             weight: m.weight,
@@ -242,7 +243,7 @@ pub struct PoolState {
     /// Responses given for the pool's name, kept across answers.
     pub counters: std::sync::Arc<crate::metrics::PoolCounters>,
     /// Member id → index in `members`; a hint, checked on every use.
-    index: std::collections::HashMap<String, usize>,
+    index: std::collections::HashMap<std::sync::Arc<str>, usize>,
 }
 
 impl PoolState {
@@ -284,8 +285,8 @@ impl PoolState {
     /// Where member `id` is in `members`.
     pub fn position(&self, id: &str) -> Option<usize> {
         match self.index.get(id) {
-            Some(&i) if self.members.get(i).is_some_and(|m| m.id == id) => Some(i),
-            _ => self.members.iter().position(|m| m.id == id),
+            Some(&i) if self.members.get(i).is_some_and(|m| &*m.id == id) => Some(i),
+            _ => self.members.iter().position(|m| &*m.id == id),
         }
     }
 

@@ -356,7 +356,7 @@ impl Table {
         p.members
             .iter()
             .map(|m| MemberStatus {
-                id: m.id.clone(),
+                id: m.id.to_string(),
                 address: m.address,
                 state: m.state(now, p.stale_after).to_owned(),
                 admin: m.admin,
@@ -380,7 +380,7 @@ impl Table {
         let Some(p) = self.pools.get(id) else { return Vec::new() };
         p.members
             .iter()
-            .map(|m| (m.id.clone(), BTreeMap::from([("admin", m.admin.as_str().into()), ("weight", m.weight.to_string())])))
+            .map(|m| (m.id.to_string(), BTreeMap::from([("admin", m.admin.as_str().into()), ("weight", m.weight.to_string())])))
             .collect()
     }
 }
