@@ -5,25 +5,40 @@
 # report-to-answer latency (p50/p99, measured with real DNS queries) while
 # 10,000 reports/s arrive.
 #
-#   bash scripts/bench/ingest.sh [MEMBERS] [SECONDS]     (defaults: 10000, 10)
+# With AGAINST=<git revision> the same measurements run, in the same run,
+# against that revision built in a temporary worktree (e.g. AGAINST=HEAD~5),
+# and the ratios are printed.
+#
+#   [AGAINST=REV] bash scripts/bench/ingest.sh [MEMBERS] [SECONDS] [ROUNDS]
+#   (defaults: 10000, 10, 1; with several rounds the builds alternate and
+#   the median of each figure is kept)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 members=${1:-10000}
 secs=${2:-10}
+rounds=${3:-1}
 cargo build --release --quiet --bin vnamed --example ingest
-vnamed=$PWD/target/release/vnamed
 ingest=$PWD/target/release/examples/ingest
 
 work=$(mktemp -d)
 pid=""
+tree=""
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  [ -n "$tree" ] && git worktree remove --force "$tree" 2>/dev/null || true
   [ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
 
+builds=("current=$PWD/target/release/vnamed")
+if [ -n "${AGAINST:-}" ]; then
+  tree=$work/against
+  git worktree add --quiet --detach "$tree" "$AGAINST"
+  (cd "$tree" && CARGO_TARGET_DIR="${AGAINST_TARGET:-$tree/target}" cargo build --release --quiet --bin vnamed)
+  builds+=("$AGAINST=${AGAINST_TARGET:-$tree/target}/release/vnamed")
+fi
+
 mkdir -p "$work/zones"
-printf '$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n' > "$work/zones/bench.example.zone"
 python3 - "$members" > "$work/vnamed.toml" <<'PY'
 import ipaddress, sys
 n = int(sys.argv[1])
@@ -36,29 +51,61 @@ print(']')
 PY
 sed -i "s|ZONES|$work/zones|" "$work/vnamed.toml"
 
-taskset -c 0 "$vnamed" authority --config "$work/vnamed.toml" 2>"$work/vnamed.log" &
-pid=$!
-for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/7410) 2>/dev/null && break
-  sleep 0.1
-done
-
 stat() { sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}'; }
 hz=$(getconf CLK_TCK)
-before=$(stat)
-max=$(taskset -c 1 "$ingest" http://127.0.0.1:7410 127.0.0.1:5410 www.bench.example. "$members" max "$secs")
-after=$(stat)
-rate=$(awk '/max_reports_per_s/ {print $2}' <<<"$max")
-cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v r="$rate" -v s="$secs" 'BEGIN { printf "%.2f", (r > 0) ? (t / hz) / (r * s) * 1e6 : 0 }')
-steady=$(taskset -c 1 "$ingest" http://127.0.0.1:7410 127.0.0.1:5410 www.bench.example. "$members" steady 10000 "$secs")
-rss=$(awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status")
+
+# One measurement of one build: "rate cpu rss p50 p99" on stdout.
+measure() {
+  local vnamed=$1
+  printf '$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n' > "$work/zones/bench.example.zone"
+  taskset -c 0 "$vnamed" authority --config "$work/vnamed.toml" 2>"$work/vnamed.log" &
+  pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/7410) 2>/dev/null && break
+    sleep 0.1
+  done
+  local before after max rate cpu steady rss
+  before=$(stat)
+  max=$(taskset -c 1 "$ingest" http://127.0.0.1:7410 127.0.0.1:5410 www.bench.example. "$members" max "$secs")
+  after=$(stat)
+  rate=$(awk '/max_reports_per_s/ {print $2}' <<<"$max")
+  cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v r="$rate" -v s="$secs" 'BEGIN { printf "%.2f", (r > 0) ? (t / hz) / (r * s) * 1e6 : 0 }')
+  steady=$(taskset -c 1 "$ingest" http://127.0.0.1:7410 127.0.0.1:5410 www.bench.example. "$members" steady 10000 "$secs" 2>/dev/null)
+  rss=$(awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status")
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  pid=""
+  echo "$rate $cpu $rss $(awk '/p50_ms/ {p50=$2} /p99_ms/ {p99=$2} END {print p50, p99}' <<<"$steady")"
+}
+
+declare -A results
+for round in $(seq "$rounds"); do
+  for b in "${builds[@]}"; do
+    results[${b%%=*}]+="$(measure "${b#*=}")"$'\n'
+  done
+done
+
+median() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+column() { awk -v c="$2" 'NF {print $c}' <<<"${results[$1]}" | median; }
 
 echo
-echo "members                         $members"
-echo "reports/s, as fast as possible  $rate   (targets: >= 100000)"
-echo "authority CPU per report (us)   $cpu"
-echo "authority RSS (MB)              $rss   (target: <= 200)"
-awk '/steady_reports_per_s/ {print "steady reports/s                " $2}
-     /report_to_answer_samples/ {print "report-to-answer samples        " $2}
-     /report_to_answer_p50_ms/ {print "report-to-answer p50 (ms)       " $2}
-     /report_to_answer_p99_ms/ {print "report-to-answer p99 (ms)       " $2 "   (target: <= 10)"}' <<<"$steady"
+printf '%-32s' "members $members, $rounds round(s)"
+for b in "${builds[@]}"; do printf '%14s' "${b%%=*}"; done
+[ ${#builds[@]} -gt 1 ] && printf '%10s' "ratio"
+echo
+row() {
+  local label=$1 col=$2 target=$3
+  printf '%-32s' "$label"
+  local first="" v
+  for b in "${builds[@]}"; do
+    v=$(column "${b%%=*}" "$col")
+    printf '%14s' "$v"
+    [ -z "$first" ] && first=$v || printf '%10s' "$(awk -v a="$first" -v b="$v" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')"
+  done
+  echo "   $target"
+}
+row "reports/s, as fast as possible" 1 "(target: >= 450000)"
+row "authority CPU per report (us)" 2 ""
+row "authority RSS (MB)" 3 "(target: <= 200)"
+row "report-to-answer p50 (ms)" 4 ""
+row "report-to-answer p99 (ms)" 5 "(target: <= 5)"
