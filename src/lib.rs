@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod demo;

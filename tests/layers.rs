@@ -32,6 +32,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("dns", 1),
     ("dispatch/driver", 5),
     ("dispatch", 1),
+    // What is served: the member table, answers, snapshot, zone files.
+    ("catalog", 2),
     // The loop, then the services around it.
     ("updater", 3),
     ("grpc", 4),

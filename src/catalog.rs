@@ -1,0 +1,1076 @@
+//! What the authority serves, as one state machine with no I/O of its own:
+//! the member table, the zones each pool's name lives in, each pool's
+//! answer through its policy, serials, the published snapshot the DNS path
+//! reads (redone only where something changed), what `/metrics` and
+//! watchers see, and the zone files' sync. Time is passed in; what must
+//! reach disk or secondaries comes out as jobs and notices (`poll_job`,
+//! `poll_notice`) for the updater's loop to hand to its drivers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::{LowerName, Name, RecordType};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::clock::Now;
+use crate::config::{Config, PolicyName, PoolConfig};
+use crate::dns::fast;
+use crate::dns::snapshot::{MemberHealth, PoolAnswer, Preferred, Snapshot, ZoneView, zone_records};
+use crate::metrics::{Count, Expose, Histogram, Writer, latency_histogram};
+use crate::pool::table::{PoolId, Table, TableError};
+use crate::pool::{AdminState, Decision, PoolState, Report, ReportError};
+use crate::zone::io::{Done, Job, WriteJob};
+use crate::zone::sync::{After, FileSync, Origin as SyncOrigin, Written};
+use crate::zone::{self, MemberNote, ZoneFile};
+
+pub use crate::pool::table::{Change as PoolChange, MemberStatus};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Pool(#[from] TableError),
+    #[error("no zone named {0}")]
+    NoZone(String),
+    #[error("ring: {0}")]
+    Ring(#[from] crate::ring::table::TableError),
+    /// The updater's own state disagrees with itself; the request is
+    /// refused and logged, and everything else keeps working.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A pool's live servers in the policy's order, and its policy.
+pub type Servers = (Vec<IpAddr>, PolicyName);
+
+/// A pool's servers as they change; closed when the pool goes away.
+pub type Watched = watch::Receiver<Servers>;
+
+/// What the updater counts.
+#[derive(Debug)]
+pub struct UpdaterCounters {
+    pub answer_changes: Count,
+    pub zone_writes: Count,
+    pub zone_edits_refused: Count,
+    /// From a report's arrival to the answer it changed being served.
+    pub report_to_answer: Histogram,
+}
+
+impl Default for UpdaterCounters {
+    fn default() -> Self {
+        Self {
+            answer_changes: Count::default(),
+            zone_writes: Count::default(),
+            zone_edits_refused: Count::default(),
+            report_to_answer: latency_histogram(),
+        }
+    }
+}
+
+impl Expose for UpdaterCounters {
+    fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+        w.counter("vnamed_answer_changes", "Times a virtual name's answer changed.", self.answer_changes.get())?;
+        w.counter("vnamed_zone_writes", "Zone file rewrites.", self.zone_writes.get())?;
+        w.counter("vnamed_zone_edits_refused", "Operator zone edits refused as invalid.", self.zone_edits_refused.get())?;
+        w.histogram(
+            "vnamed_report_to_answer_seconds",
+            "Time from a report's arrival to the answer it changed being served.",
+            &self.report_to_answer,
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    pub name: String,
+    pub policy: String,
+    pub zone: String,
+    pub serial: u32,
+    pub answer: Vec<IpAddr>,
+    pub servfail: bool,
+    pub members: Vec<MemberStatus>,
+}
+
+struct ZoneState {
+    /// The last good version read from (or written to) disk.
+    file: Arc<ZoneFile>,
+    serial: u32,
+    /// Each pool's answer, by the pool's key.
+    answers: HashMap<LowerName, Arc<PoolAnswer>>,
+    /// The pools whose names live in this zone.
+    pools: Vec<PoolId>,
+    /// Keeping the file true to what is served.
+    sync: FileSync,
+}
+
+impl ZoneState {
+    fn new(file: ZoneFile, disk_text: String) -> Self {
+        Self { serial: file.serial, file: Arc::new(file), answers: HashMap::new(), pools: Vec::new(), sync: FileSync::new(disk_text) }
+    }
+}
+
+pub struct Catalog {
+    table: Table,
+    /// The zone each pool's name lives in, by pool id.
+    pool_zone: Vec<LowerName>,
+    zones: BTreeMap<LowerName, ZoneState>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    write_interval: Duration,
+    /// Work for the zone file thread, and NOTIFYs for secondaries, not yet taken.
+    jobs: VecDeque<Job>,
+    notices: VecDeque<(Name, u32)>,
+    /// What the last publish served, kept so the next one redoes only
+    /// what changed: each zone's view (with the data it was built from),
+    /// the pre-encoded static responses (stale when some zone's data
+    /// changed), the virtual names' entries and which keys each pool owns.
+    views: HashMap<LowerName, (Arc<zone::ZoneData>, Arc<ZoneView>)>,
+    stable: Arc<HashMap<Box<[u8]>, fast::Entry>>,
+    stable_stale: bool,
+    dynamic: fast::Dynamic,
+    pool_keys: HashMap<LowerName, Vec<Box<[u8]>>>,
+    /// Pools (by zone and key) whose entries must be encoded anew, and
+    /// zones whose views must be rebuilt.
+    dirty_pools: BTreeSet<(LowerName, LowerName)>,
+    dirty_zones: BTreeSet<LowerName>,
+    /// Each zone's serial as the pre-encoded responses carry it.
+    serials: HashMap<LowerName, Arc<AtomicU32>>,
+    /// Each pool's members in the policy's order, for SRP, by pool name.
+    preferred: Arc<HashMap<String, Arc<[Preferred]>>>,
+    /// Pools' servers for watchers, by pool key.
+    watchers: HashMap<LowerName, watch::Sender<Servers>>,
+    counters: Arc<UpdaterCounters>,
+    /// Zones whose file is being read, and those to read again after.
+    reading: BTreeSet<LowerName>,
+    reread: BTreeSet<LowerName>,
+    /// What `/metrics` shows of each pool's members, by pool name, and
+    /// the pools to bring up to date at the next tick.
+    health: Arc<HashMap<String, Arc<[MemberHealth]>>>,
+    health_due: BTreeSet<PoolId>,
+    /// Each pool's member notes as last rendered, by pool id.
+    notes: Vec<Option<Arc<[MemberNote]>>>,
+}
+
+/// The zone a pool's name lives in, if it may be a pool there.
+fn zone_for(zones: &BTreeMap<LowerName, ZoneState>, name: &Name) -> Result<LowerName, String> {
+    let lower = LowerName::from(name);
+    let Some((origin, zone)) = zones.iter().filter(|(o, _)| o.zone_of(&lower)).max_by_key(|(o, _)| o.num_labels()) else {
+        return Err(format!("pool {name}: no zone file in zones_dir holds this name"));
+    };
+    if zone.file.data.nodes.get(&lower).is_some_and(|n| n.get(RecordType::CNAME).is_some()) {
+        return Err(format!("pool {name}: the zone file has a CNAME at this name"));
+    }
+    if &lower == origin {
+        return Err(format!("pool {name}: a pool cannot be the zone apex"));
+    }
+    if let Some(line) = zone.file.stray_addresses(name).first() {
+        return Err(format!(
+            "pool {name}: {}:{line}: address records for a virtual name belong in its managed block, which vnamed writes; remove them",
+            zone.file.path.display()
+        ));
+    }
+    Ok(origin.clone())
+}
+
+/// The zone of every pool, or every pool that has none.
+fn zones_of(zones: &BTreeMap<LowerName, ZoneState>, configs: &[PoolConfig]) -> Result<Vec<LowerName>, Vec<String>> {
+    let (found, problems): (Vec<_>, Vec<_>) = configs
+        .iter()
+        .map(|c| match Name::from_ascii(&c.name) {
+            Ok(mut name) => {
+                name.set_fqdn(true);
+                zone_for(zones, &name)
+            }
+            Err(e) => Err(format!("pool {}: {e}", c.name)),
+        })
+        .partition(Result::is_ok);
+    if problems.is_empty() {
+        Ok(found.into_iter().map(Result::unwrap).collect())
+    } else {
+        Err(problems.into_iter().map(|p| p.unwrap_err()).collect())
+    }
+}
+
+/// The answer a pool gives for a decision, counted with the pool's counters.
+fn answer_for(pool: &PoolState, d: Decision) -> PoolAnswer {
+    let mut a = PoolAnswer::new(pool.name.clone(), pool.ttl, d.addresses, pool.answers, d.rotate, d.servfail);
+    a.counters = pool.counters.clone();
+    a.preferred = preferred(pool, &a.addresses);
+    a
+}
+
+/// The members behind an answer's addresses, in its order, with the port
+/// each reports (`tcp_port`).
+fn preferred(pool: &PoolState, addresses: &[IpAddr]) -> Arc<[Preferred]> {
+    // An answer is mostly a few addresses: look each up. Round-robin
+    // answers carry every member: index them first, or this is quadratic.
+    let by_address: Option<HashMap<IpAddr, &crate::pool::MemberState>> =
+        (addresses.len() > 8).then(|| pool.members.iter().rev().map(|m| (m.address, m)).collect());
+    addresses
+        .iter()
+        .filter_map(|a| match &by_address {
+            Some(index) => index.get(a).copied(),
+            None => pool.members.iter().find(|m| m.address == *a),
+        })
+        .map(|m| Preferred {
+            id: m.id.to_string(),
+            address: m.address,
+            tcp_port: m.custom.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16),
+        })
+        .collect()
+}
+
+fn same(a: &PoolAnswer, d: &Decision) -> bool {
+    a.addresses == d.addresses && a.rotate == d.rotate && a.servfail == d.servfail
+}
+
+/// Is `a` newer than `b` in serial-number arithmetic (RFC 1982)?
+fn serial_gt(a: u32, b: u32) -> bool {
+    a != b && (a.wrapping_sub(b) as i32) > 0
+}
+
+impl Catalog {
+    /// Builds the updater from the configuration and the zone files,
+    /// restoring each pool's last answer and member notes from its zone file.
+    pub fn new(
+        config: &Config,
+        files: BTreeMap<LowerName, ZoneFile>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        counters: Arc<UpdaterCounters>,
+        write_interval: Duration,
+        now: Now,
+    ) -> Result<Self, Vec<String>> {
+        let zones: BTreeMap<LowerName, ZoneState> = files
+            .into_iter()
+            .map(|(origin, file)| {
+                let text = file.text.clone();
+                (origin, ZoneState::new(file, text))
+            })
+            .collect();
+        let pool_zone = zones_of(&zones, &config.pool)?;
+        let mut catalog = Self {
+            table: Table::new(&config.pool, now),
+            pool_zone,
+            zones,
+            snapshot,
+            write_interval,
+            jobs: VecDeque::new(),
+            notices: VecDeque::new(),
+            views: HashMap::new(),
+            stable: Arc::default(),
+            stable_stale: true,
+            dynamic: fast::Dynamic::default(),
+            pool_keys: HashMap::new(),
+            dirty_pools: BTreeSet::new(),
+            dirty_zones: BTreeSet::new(),
+            serials: HashMap::new(),
+            preferred: Arc::default(),
+            watchers: HashMap::new(),
+            counters,
+            reading: BTreeSet::new(),
+            reread: BTreeSet::new(),
+            notes: Vec::new(),
+            health: Arc::default(),
+            health_due: BTreeSet::new(),
+        };
+        catalog.bind_zones();
+        for i in 0..catalog.table.pools().len() {
+            catalog.restore(i, now.instant);
+        }
+        for zone in catalog.zones.values_mut() {
+            if zone.sync.is_dirty() {
+                zone.serial = zone.serial.wrapping_add(1);
+            }
+        }
+        catalog.publish();
+        Ok(catalog)
+    }
+
+    /// Lists each zone's pools anew from `pool_zone`.
+    fn bind_zones(&mut self) {
+        for z in self.zones.values_mut() {
+            z.pools.clear();
+        }
+        for (i, origin) in self.pool_zone.iter().enumerate() {
+            match self.zones.get_mut(origin) {
+                Some(z) => z.pools.push(i),
+                None => error!(zone = %origin, pool = i, "internal: a pool's zone is not served; the pool is left out"),
+            }
+        }
+    }
+
+    /// The zone pool `i` lives in, and the pool, when both are there.
+    fn zone_mut(&mut self, i: PoolId) -> Result<(&PoolState, &mut ZoneState), UpdateError> {
+        let pool = self.table.get(i).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
+        let zone = self
+            .pool_zone
+            .get(i)
+            .and_then(|o| self.zones.get_mut(o))
+            .ok_or_else(|| UpdateError::Internal(format!("pool {}: its zone is not served", pool.name)))?;
+        Ok((pool, zone))
+    }
+
+    /// The zone pool `i` lives in, and the pool, when both are there.
+    fn zone_ref(&self, i: PoolId) -> Result<(&PoolState, &ZoneState), UpdateError> {
+        let pool = self.table.get(i).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
+        let zone = self
+            .pool_zone
+            .get(i)
+            .and_then(|o| self.zones.get(o))
+            .ok_or_else(|| UpdateError::Internal(format!("pool {}: its zone is not served", pool.name)))?;
+        Ok((pool, zone))
+    }
+
+    /// Brings a pool (new to this updater) into its zone: the operator's
+    /// notes and the last answer come back from the zone file when they
+    /// still make sense.
+    fn restore(&mut self, i: PoolId, now: Instant) {
+        if let Some(n) = self.notes.get_mut(i) {
+            *n = None;
+        }
+        let Ok((pool, zone)) = self.zone_mut(i) else { return };
+        let name = pool.name.to_string();
+        let block = zone.file.block(&pool.name).cloned();
+        let previous = zone.file.addresses(&pool.name);
+        for (id, pairs) in block.as_ref().map(|b| b.members.as_slice()).unwrap_or_default() {
+            let admin = pairs.iter().find(|(k, _)| k == "admin").and_then(|(_, v)| AdminState::parse(v));
+            let weight = pairs.iter().find(|(k, _)| k == "weight").and_then(|(_, v)| v.parse().ok());
+            let _ = self.table.change(&name, PoolChange::Member { id: id.clone(), admin, weight }, Now::read());
+        }
+        let Some(pool) = self.table.get(i) else { return };
+        let live: Vec<IpAddr> = pool.members.iter().filter(|m| m.eligible(now, pool.stale_after)).map(|m| m.address).collect();
+        let restored = block.is_some() && !previous.is_empty() && previous.iter().all(|a| live.contains(a));
+        let decision = if restored {
+            let rotate = pool.policy == PolicyName::RoundRobin;
+            self.table.restore_last_known(i, previous.clone());
+            Some(Decision { addresses: previous, rotate, servfail: false })
+        } else {
+            self.table.decide_anyway(i, now)
+        };
+        let Some(decision) = decision else { return };
+        if let Ok((pool, zone)) = self.zone_mut(i) {
+            let answer = answer_for(pool, decision);
+            if !restored {
+                zone.sync.touch();
+            }
+            let (key, name) = (pool.key.clone(), pool.name.clone());
+            if let Some(origin) = self.pool_zone.get(i).cloned() {
+                self.put_answer(&origin, &key, &name, Some(Arc::new(answer)));
+            }
+        }
+        self.refresh_health(i, now);
+    }
+
+    /// A receiver of pool `pool`'s servers as they change.
+    pub fn watch(&mut self, pool: &str, now: Instant) -> Result<Watched, UpdateError> {
+        let i = self.find_pool(pool)?;
+        let p = self.table.get(i).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
+        let servers = (self.table.order(i, now), p.policy);
+        let tx = self.watchers.entry(p.key.clone()).or_insert_with(|| watch::channel(servers.clone()).0);
+        tx.send_if_modified(|w| std::mem::replace(w, servers.clone()) != servers);
+        Ok(tx.subscribe())
+    }
+
+    /// Serves `answer` (or nothing) as the answer of the pool keyed `key`
+    /// in zone `origin`; its entries are encoded anew at the next publish.
+    fn put_answer(&mut self, origin: &LowerName, key: &LowerName, name: &Name, answer: Option<Arc<PoolAnswer>>) {
+        let Some(zone) = self.zones.get_mut(origin) else { return };
+        let srp_key = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        match answer {
+            Some(a) => {
+                Arc::make_mut(&mut self.preferred).insert(srp_key, a.preferred.clone());
+                zone.answers.insert(key.clone(), a);
+            }
+            None => {
+                Arc::make_mut(&mut self.preferred).remove(&srp_key);
+                zone.answers.remove(key);
+            }
+        }
+        self.dirty_pools.insert((origin.clone(), key.clone()));
+        self.dirty_zones.insert(origin.clone());
+    }
+
+    /// Swaps in a snapshot of what is served now, redoing only what changed
+    /// since the last one: the views of changed zones, the static
+    /// responses when some zone's data changed, and the entries of pools
+    /// whose answer changed. The serial in pre-encoded responses is a cell
+    /// per zone, set here.
+    fn publish(&mut self) {
+        for (origin, z) in &self.zones {
+            let data_changed = self.views.get(origin).is_none_or(|(data, _)| !Arc::ptr_eq(data, &z.file.data));
+            let stale =
+                data_changed || self.dirty_zones.contains(origin) || self.views.get(origin).is_some_and(|(_, v)| v.serial != z.serial);
+            if !stale {
+                continue;
+            }
+            if data_changed {
+                // Answers that carry zone data (the SOA of NODATA) change with it.
+                self.stable_stale = true;
+                self.dirty_pools.extend(z.answers.keys().map(|k| (origin.clone(), k.clone())));
+            }
+            let view = Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone()));
+            self.views.insert(origin.clone(), (z.file.data.clone(), view));
+            self.serials.entry(origin.clone()).or_insert_with(|| Arc::new(AtomicU32::new(z.serial)));
+        }
+        self.dirty_zones.clear();
+        let mut snap = Snapshot {
+            zones: self.views.iter().map(|(o, (_, v))| (o.clone(), v.clone())).collect(),
+            preferred: self.preferred.clone(),
+            health: self.health.clone(),
+            ..Snapshot::default()
+        };
+        if self.stable_stale {
+            self.stable = Arc::new(fast::build_stable(&snap, &self.serials));
+            self.stable_stale = false;
+        }
+        for (origin, key) in std::mem::take(&mut self.dirty_pools) {
+            for old in self.pool_keys.remove(&key).unwrap_or_default() {
+                self.dynamic.remove(&old);
+            }
+            let (Some(answer), Some(serial)) = (self.zones.get(&origin).and_then(|z| z.answers.get(&key)), self.serials.get(&origin))
+            else {
+                continue;
+            };
+            let entries = fast::pool_entries(&snap, &key, answer, serial);
+            self.pool_keys.insert(key, entries.iter().map(|(k, _)| k.clone()).collect());
+            for (k, e) in entries {
+                self.dynamic.insert(k, e);
+            }
+        }
+        snap.fast = fast::FastTable { stable: self.stable.clone(), dynamic: self.dynamic.clone() };
+        for (origin, z) in &self.zones {
+            if let Some(cell) = self.serials.get(origin) {
+                cell.store(z.serial, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.snapshot.store(Arc::new(snap));
+    }
+
+    pub fn find_pool(&self, name: &str) -> Result<PoolId, UpdateError> {
+        Ok(self.table.find(name).ok_or_else(|| TableError::NoPool(name.to_owned()))?)
+    }
+
+    /// Re-applies a pool's policy (unless it is paused); returns its zone
+    /// when its answer changed.
+    fn redecide(&mut self, i: PoolId, now: Instant) -> Option<LowerName> {
+        let changed = self.table.decide(i, now).and_then(|d| self.answer(i, d));
+        self.touched(i, now);
+        changed
+    }
+
+    /// Pool `i`'s members may have changed state: its watchers hear at
+    /// once; what `/metrics` shows follows at the next tick, so a stream of
+    /// reports does not redo a large pool's member list for every batch.
+    fn touched(&mut self, i: PoolId, now: Instant) {
+        self.health_due.insert(i);
+        let Some(pool) = self.table.get(i) else { return };
+        let (key, policy) = (pool.key.clone(), pool.policy);
+        if let Some(tx) = self.watchers.get(&key) {
+            if tx.receiver_count() == 0 {
+                self.watchers.remove(&key);
+            } else {
+                let servers = (self.table.order(i, now), policy);
+                tx.send_if_modified(|w| std::mem::replace(w, servers.clone()) != servers);
+            }
+        }
+    }
+
+    /// Recomputes what `/metrics` shows of pool `i`'s members.
+    fn refresh_health(&mut self, i: PoolId, now: Instant) {
+        let Ok((pool, zone)) = self.zone_ref(i) else { return };
+        let Some(answer) = zone.answers.get(&pool.key) else { return };
+        let shown = if answer.rotate { &answer.addresses[..] } else { &answer.addresses[..answer.addresses.len().min(pool.answers)] };
+        let shown: &[IpAddr] = if answer.servfail { &[] } else { shown };
+        let index: Option<std::collections::HashSet<IpAddr>> = (shown.len() > 8).then(|| shown.iter().copied().collect());
+        let members: Arc<[MemberHealth]> = pool
+            .members
+            .iter()
+            .map(|m| MemberHealth {
+                id: m.id.clone(),
+                up: m.eligible(now, pool.stale_after),
+                in_answer: index.as_ref().map_or_else(|| shown.contains(&m.address), |ix| ix.contains(&m.address)),
+            })
+            .collect();
+        let name = pool.name.to_string();
+        Arc::make_mut(&mut self.health).insert(name, members);
+    }
+
+    /// Serves `decision` as pool `i`'s answer; returns its zone when the
+    /// answer changed.
+    fn answer(&mut self, i: PoolId, decision: Decision) -> Option<LowerName> {
+        let (pool, zone) = match self.zone_mut(i) {
+            Ok(found) => found,
+            Err(e) => {
+                error!(error = %e, "answer not changed");
+                return None;
+            }
+        };
+        if zone.answers.get(&pool.key).is_some_and(|a| same(a, &decision)) {
+            return None;
+        }
+        info!(pool = %pool.name, answer = ?decision.addresses, servfail = decision.servfail, "answer changed");
+        let answer = answer_for(pool, decision);
+        zone.serial = zone.serial.wrapping_add(1);
+        zone.sync.touch();
+        let (key, name) = (pool.key.clone(), pool.name.clone());
+        let origin = self.pool_zone.get(i).cloned()?;
+        self.put_answer(&origin, &key, &name, Some(Arc::new(answer)));
+        self.counters.answer_changes.inc();
+        Some(origin)
+    }
+
+    /// Publishes and tells secondaries about the zones whose serial moved.
+    fn changed(&mut self, mut zones: Vec<LowerName>) {
+        if zones.is_empty() {
+            return;
+        }
+        zones.sort();
+        zones.dedup();
+        self.publish();
+        for origin in zones {
+            let Some(z) = self.zones.get(&origin) else { continue };
+            self.notices.push_back((z.file.data.origin.clone(), z.serial));
+        }
+    }
+
+    pub fn reports(&mut self, reports: Vec<Report>, received: Instant, now: Instant) -> Result<usize, ReportError> {
+        let absorbed = self.table.absorb(reports, now)?;
+        let mut zones = Vec::new();
+        let mut republish = false;
+        for &i in &absorbed.pools {
+            if let Some(z) = self.redecide(i, now) {
+                zones.push(z);
+            } else if absorbed.ports_moved.contains(&i)
+                && let Ok((pool, zone)) = self.zone_ref(i)
+                && let Some(a) = zone.answers.get(&pool.key)
+                && let Some(origin) = self.pool_zone.get(i).cloned()
+            {
+                // Same answer, a member's port moved: only its members change.
+                let mut fresh = (**a).clone();
+                fresh.preferred = preferred(pool, &fresh.addresses);
+                let (key, name) = (pool.key.clone(), pool.name.clone());
+                self.put_answer(&origin, &key, &name, Some(Arc::new(fresh)));
+                republish = true;
+            }
+        }
+        if !zones.is_empty() {
+            self.changed(zones);
+            self.counters.report_to_answer.observe(received.elapsed().as_secs_f64());
+        } else if republish {
+            self.publish();
+        }
+        Ok(absorbed.count)
+    }
+
+    /// Takes every pool member whose host the ring says is dead out of the
+    /// answers, and brings back those it no longer lists.
+    pub fn ring_dead(&mut self, dead: Vec<IpAddr>, now: Instant) {
+        let zones = self.table.set_ring_dead(dead).into_iter().filter_map(|i| self.redecide(i, now)).collect();
+        self.changed(zones);
+    }
+
+    /// Every server of pool `pool` in the policy's order.
+    pub fn resolve(&self, pool: &str, now: Instant) -> Result<Vec<IpAddr>, UpdateError> {
+        self.find_pool(pool).map(|i| self.table.order(i, now))
+    }
+
+    /// The next job for the zone file thread, if any.
+    pub fn poll_job(&mut self) -> Option<Job> {
+        self.jobs.pop_front()
+    }
+
+    /// The next NOTIFY for secondaries (zone, serial), if any.
+    pub fn poll_notice(&mut self) -> Option<(Name, u32)> {
+        self.notices.pop_front()
+    }
+
+    /// A job the zone file thread could not take (its queue was full):
+    /// a write is retried later, a read at the next change.
+    pub fn refused(&mut self, job: Job) {
+        match job {
+            Job::Write(job) => {
+                warn!(zone = %job.origin, "zone file queue full; the write will be retried");
+                if let Some(z) = self.zones.get_mut(&job.origin) {
+                    z.sync.end_write(job.ticket, &Written::Failed);
+                }
+            }
+            Job::Read { origin, path, .. } => {
+                warn!(file = %path.display(), "zone file queue full; the edit is read at the next change");
+                self.reading.remove(&origin);
+            }
+            Job::Release(_) => {}
+        }
+    }
+
+    /// Whether zone file work is under way.
+    pub fn io_pending(&self) -> bool {
+        self.zones.values().any(|z| z.sync.is_writing()) || !self.reading.is_empty()
+    }
+
+    /// Zone files that are behind what is served.
+    pub fn files_behind(&self) -> Vec<String> {
+        self.zones.values().filter(|z| z.sync.is_dirty()).map(|z| z.file.path.display().to_string()).collect()
+    }
+
+    /// Applies the pools of an edited configuration: new pools join, removed
+    /// ones leave (with their managed blocks), and kept ones take the new
+    /// policy and members while keeping what was reported about them.
+    pub fn reconfigure(&mut self, configs: &[PoolConfig], now: Now) -> Result<(), Vec<String>> {
+        let origins = zones_of(&self.zones, configs)?;
+        let mut touched: Vec<LowerName> = Vec::new();
+        let changes = self.table.reconfigure(configs, now);
+        for gone in &changes.removed {
+            Arc::make_mut(&mut self.health).remove(&gone.name.to_string());
+            // Its watchers see the pool close.
+            self.watchers.remove(&gone.key);
+        }
+        for gone in &changes.removed {
+            let Some(origin) = self.zones.iter().find(|(_, z)| z.answers.contains_key(&gone.key)).map(|(o, _)| o.clone()) else {
+                continue;
+            };
+            self.put_answer(&origin, &gone.key, &gone.name, None);
+            let Some(zone) = self.zones.get_mut(&origin) else { continue };
+            // The file's copy of its answer goes too, now rather than at the next write.
+            let data = Arc::make_mut(&mut Arc::make_mut(&mut zone.file).data);
+            if let Some(node) = data.nodes.get_mut(&gone.key) {
+                node.rrsets.retain(|s| !matches!(s.rtype, RecordType::A | RecordType::AAAA));
+                if node.rrsets.is_empty() && !data.nodes.keys().any(|n| n != &gone.key && gone.key.zone_of(n)) {
+                    data.nodes.remove(&gone.key);
+                }
+            }
+            self.stable_stale = true;
+            zone.sync.drop_block(gone.name.to_string());
+            zone.serial = zone.serial.wrapping_add(1);
+            touched.push(origin.clone());
+            info!(pool = %gone.name, "pool removed by configuration edit");
+        }
+        // Pool ids follow the new table; each pool's zone comes from its name.
+        let by_key: HashMap<String, LowerName> =
+            configs.iter().zip(origins).map(|(c, o)| (c.name.trim_end_matches('.').to_ascii_lowercase(), o)).collect();
+        self.pool_zone = self
+            .table
+            .pools()
+            .iter()
+            .map(|p| {
+                by_key
+                    .get(p.name.to_ascii().trim_end_matches('.').to_ascii_lowercase().as_str())
+                    .cloned()
+                    .unwrap_or_else(LowerName::default)
+            })
+            .collect();
+        self.bind_zones();
+        self.notes.clear();
+        self.health_due = (0..self.table.pools().len()).collect();
+        for &i in &changes.reshaped {
+            // A new TTL or answer size: the old answer cannot stand, even while paused.
+            if let (Ok((pool, _)), Some(origin)) = (self.zone_ref(i), self.pool_zone.get(i).cloned()) {
+                let (key, name) = (pool.key.clone(), pool.name.clone());
+                self.put_answer(&origin, &key, &name, None);
+            }
+        }
+        for i in 0..self.table.pools().len() {
+            let Some(origin) = self.pool_zone.get(i).cloned() else { continue };
+            if changes.added.contains(&i) {
+                info!(pool = %self.table.pools()[i].name, "pool added by configuration edit");
+                self.restore(i, now.instant);
+                if let Some(z) = self.zones.get_mut(&origin) {
+                    z.serial = z.serial.wrapping_add(1);
+                }
+            } else if changes.reshaped.contains(&i) {
+                if let Some(d) = self.table.decide_anyway(i, now.instant) {
+                    self.answer(i, d);
+                }
+                self.touched(i, now.instant);
+            } else {
+                self.redecide(i, now.instant);
+            }
+            if let Some(z) = self.zones.get_mut(&origin) {
+                z.sync.touch();
+            }
+            touched.push(origin);
+        }
+        info!(pools = self.table.pools().len(), "configuration edit applied");
+        self.changed(touched);
+        Ok(())
+    }
+
+    pub fn change_pool(&mut self, pool: &str, change: PoolChange, now: Now) -> Result<Vec<IpAddr>, UpdateError> {
+        let what = format!("{change:?}");
+        let i = self.table.change(pool, change, now)?;
+        info!(pool, change = %what, "pool changed by operator");
+        if let Some(n) = self.notes.get_mut(i) {
+            *n = None;
+        }
+        let (_, zone) = self.zone_mut(i)?;
+        // The notes in the file change even when the answer does not.
+        zone.sync.touch();
+        match self.redecide(i, now.instant) {
+            Some(origin) => self.changed(vec![origin]),
+            None => self.publish(), // the members' state may have moved
+        }
+        let (pool, zone) = self.zone_mut(i)?;
+        let answer = zone.answers.get(&pool.key).ok_or_else(|| UpdateError::Internal(format!("pool {}: no answer", pool.name)))?;
+        Ok(answer.addresses.clone())
+    }
+
+    /// Re-decides pools whose members report, so stale reports take
+    /// effect, and brings what `/metrics` shows up to date.
+    pub fn tick(&mut self, now: Instant) {
+        let timed: Vec<PoolId> = self.table.timed().collect();
+        let zones: Vec<LowerName> = timed.into_iter().filter_map(|i| self.redecide(i, now)).collect();
+        let health = !self.health_due.is_empty();
+        for i in std::mem::take(&mut self.health_due) {
+            self.refresh_health(i, now);
+        }
+        if zones.is_empty() && health {
+            self.publish();
+        }
+        self.changed(zones);
+    }
+
+    pub fn status(&self, now: Instant) -> Vec<PoolStatus> {
+        let mut out = Vec::with_capacity(self.table.pools().len());
+        for (i, p) in self.table.pools().iter().enumerate() {
+            let Some(zone) = self.pool_zone.get(i).and_then(|o| self.zones.get(o)) else { continue };
+            let Some(answer) = zone.answers.get(&p.key) else {
+                error!(pool = %p.name, "internal: a pool without an answer is left out of the status");
+                continue;
+            };
+            let shown: Vec<IpAddr> =
+                if answer.rotate { answer.addresses.clone() } else { answer.addresses.iter().take(p.answers).cloned().collect() };
+            out.push(PoolStatus {
+                name: p.name.to_string(),
+                policy: format!("{:?}", p.policy),
+                zone: zone.file.data.origin.to_string(),
+                serial: zone.serial,
+                servfail: answer.servfail,
+                members: self.table.members_status(i, &shown, now),
+                answer: shown,
+            });
+        }
+        out
+    }
+
+    pub fn show_zone(&self, zone: &str) -> Result<String, UpdateError> {
+        let mut name = Name::from_ascii(zone).map_err(|_| UpdateError::NoZone(zone.to_owned()))?;
+        name.set_fqdn(true);
+        let snap = self.snapshot.load();
+        let view = snap.zones.get(&LowerName::from(&name)).ok_or_else(|| UpdateError::NoZone(zone.to_owned()))?;
+        let mut out = format!("; zone {} serial {} as served by vnamed\n", view.data.origin, view.serial);
+        for r in zone_records(view) {
+            out.push_str(&r.to_string());
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// When the next coalesced write is due, if any.
+    pub fn next_write(&self, now: Instant) -> Option<Instant> {
+        self.zones.values().filter_map(|z| z.sync.due_at(self.write_interval, now)).min()
+    }
+
+    /// Starts a write of every zone whose turn has come (every changed one
+    /// when `force`).
+    pub fn flush(&mut self, now: Instant, force: bool) {
+        let due: Vec<LowerName> =
+            self.zones.iter().filter(|(_, z)| z.sync.is_due(now, self.write_interval, force)).map(|(o, _)| o.clone()).collect();
+        for origin in due {
+            self.write(&origin, now);
+        }
+    }
+
+    /// The member notes of pool `i`, as its managed block keeps them.
+    fn notes(&mut self, i: PoolId) -> Arc<[MemberNote]> {
+        if let Some(Some(n)) = self.notes.get(i) {
+            return n.clone();
+        }
+        let notes: Arc<[MemberNote]> = self
+            .table
+            .notes(i)
+            .into_iter()
+            .map(|(id, pairs)| MemberNote { id, pairs: pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() })
+            .collect();
+        if self.notes.len() <= i {
+            self.notes.resize(i + 1, None);
+        }
+        self.notes[i] = Some(notes.clone());
+        notes
+    }
+
+    /// Hands a zone's file to the I/O thread to be rewritten from what is served.
+    fn write(&mut self, origin: &LowerName, now: Instant) {
+        let pools = self.zones.get(origin).map(|z| z.pools.clone()).unwrap_or_default();
+        let mut blocks = Vec::with_capacity(pools.len());
+        for i in pools {
+            let notes = self.notes(i);
+            let (Some(p), Some(z)) = (self.table.get(i), self.zones.get(origin)) else { continue };
+            let Some(answer) = z.answers.get(&p.key) else {
+                error!(pool = %p.name, "internal: a pool without an answer keeps its block as it is");
+                continue;
+            };
+            let addresses = if answer.servfail { Vec::new() } else { answer.addresses.clone() };
+            blocks.push(zone::io::Block { name: p.name.clone(), ttl: p.ttl, addresses, notes });
+        }
+        let Some(z) = self.zones.get_mut(origin) else { return };
+        let ticket = z.sync.begin_write(now);
+        let job = WriteJob { origin: origin.clone(), base: z.file.clone(), serial: z.serial, blocks, ticket };
+        self.jobs.push_back(Job::Write(Box::new(job)));
+    }
+
+    /// Takes the outcome of a zone file write.
+    fn written(&mut self, done: zone::io::WriteDone) {
+        let origin = done.origin.clone();
+        let Some(z) = self.zones.get_mut(&origin) else { return };
+        let path = z.file.path.clone();
+        match (&done.outcome, &done.error) {
+            (Written::Done(_), _) => {
+                info!(file = %path.display(), serial = done.file.as_ref().map(|f| f.serial), "zone file written");
+                self.counters.zone_writes.inc();
+            }
+            (Written::Invalid, e) => error!(file = %path.display(), error = ?e, "refusing to write a zone file that does not validate"),
+            (Written::Failed, e) => error!(file = %path.display(), error = ?e, "cannot write zone file; will retry"),
+            (Written::Edited, _) => info!(file = %path.display(), "zone file edited meanwhile; written again from the edit"),
+        }
+        if z.sync.end_write(done.ticket, &done.outcome) == After::Adopt
+            && let Some(mut file) = done.file
+        {
+            // Our own write changes only pool records, which the answers
+            // override anyway: keep serving (and the pre-encoded table
+            // built from) the same data unless it lacked a pool's name.
+            if z.answers.keys().all(|p| z.file.data.nodes.contains_key(p)) {
+                file.data = z.file.data.clone();
+            } else {
+                self.stable_stale = true;
+            }
+            let old = std::mem::replace(&mut z.file, Arc::new(file));
+            self.jobs.push_back(Job::Release(old));
+        }
+        if let Some((text, parsed)) = done.edit {
+            self.edit(origin, path, text, parsed);
+        }
+    }
+
+    /// An operator may have changed a zone file: have it read.
+    pub fn edited(&mut self, path: &Path) {
+        let Some(origin) = zone::origin_for(path).map(LowerName::from) else { return };
+        if !self.reading.insert(origin.clone()) {
+            self.reread.insert(origin); // read again once the read under way ends
+            return;
+        }
+        self.jobs.push_back(Job::Read { origin, path: path.to_owned(), force: false });
+    }
+
+    /// Takes the result of a zone file job.
+    pub fn io_done(&mut self, done: Done) {
+        match done {
+            Done::Write(w) => self.written(*w),
+            Done::Read { origin, path, read } => {
+                self.reading.remove(&origin);
+                if self.reread.remove(&origin) {
+                    self.edited(&path);
+                }
+                match *read {
+                    Ok((text, parsed)) => self.edit(origin, path, text, parsed),
+                    Err(e) if self.zones.contains_key(&origin) => {
+                        warn!(file = %path.display(), error = %e, "zone file unreadable; still serving the last good version")
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Text read from a zone file: if it is an operator's edit, serve it
+    /// when valid, otherwise keep the last good version and say why.
+    fn edit(&mut self, origin: LowerName, path: PathBuf, text: String, parsed: Option<Result<ZoneFile, zone::ZoneError>>) {
+        if self.zones.get(&origin).is_some_and(|z| z.sync.origin_of(&text) == SyncOrigin::Ours) {
+            return;
+        }
+        let Some(parsed) = parsed else {
+            // Text we wrote once but no longer believe is there: read it whole.
+            if self.reading.insert(origin.clone()) {
+                self.jobs.push_back(Job::Read { origin, path, force: true });
+            }
+            return;
+        };
+        let refused = match parsed {
+            Err(e) => Err(e.to_string()),
+            Ok(file) => {
+                let stray = self.zones.get(&origin).and_then(|z| {
+                    z.pools.iter().filter_map(|&i| self.table.get(i)).find_map(|p| file.stray_addresses(&p.name).first().map(|l| (p, *l)))
+                });
+                match stray {
+                    Some((p, line)) => {
+                        Err(format!("{}:{line}: address records for virtual name {} belong in its managed block", path.display(), p.name))
+                    }
+                    None => Ok(file),
+                }
+            }
+        };
+        let file = match refused {
+            Ok(file) => file,
+            Err(error) => {
+                error!(%error, "zone edit refused; still serving the last good version");
+                self.counters.zone_edits_refused.inc();
+                if let Some(z) = self.zones.get_mut(&origin) {
+                    z.sync.refuse(&text);
+                }
+                return;
+            }
+        };
+        match self.zones.get_mut(&origin) {
+            Some(z) => {
+                let served = z.serial;
+                z.serial = if serial_gt(file.serial, served) { file.serial } else { served.wrapping_add(1) };
+                // Write back when the serial had to move or the managed blocks differ from what we answer.
+                let blocks_differ = z.pools.iter().filter_map(|&i| self.table.get(i)).any(|p| {
+                    let want: &[IpAddr] = match z.answers.get(&p.key) {
+                        Some(a) if !a.servfail => &a.addresses,
+                        _ => &[],
+                    };
+                    file.addresses(&p.name) != want || file.block(&p.name).is_none()
+                });
+                z.sync.accept(&text, z.serial != file.serial || blocks_differ);
+                let old = std::mem::replace(&mut z.file, Arc::new(file));
+                self.jobs.push_back(Job::Release(old));
+                self.stable_stale = true;
+                info!(file = %path.display(), serial = z.serial, "zone file reloaded");
+            }
+            None => {
+                info!(file = %path.display(), serial = file.serial, "new zone file served");
+                self.stable_stale = true;
+                self.zones.insert(origin.clone(), ZoneState::new(file, text));
+            }
+        }
+        self.changed(vec![origin]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZONE: &str = "$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n";
+
+    fn catalog() -> Catalog {
+        let config = Config::from_toml(
+            r#"
+[[pool]]
+name = "www.one.example."
+policy = "priority"
+members = [ { id = "a", address = "127.0.0.1" }, { id = "b", address = "127.0.0.2" } ]
+
+[[pool]]
+name = "www.two.example."
+members = [ { id = "c", address = "127.0.0.3" } ]
+
+[[pool]]
+name = "api.one.example."
+members = [ { id = "d", address = "127.0.0.4" } ]
+"#,
+        )
+        .unwrap();
+        let files = ["one.example.", "two.example."]
+            .into_iter()
+            .map(|z| {
+                let name = Name::from_ascii(z).unwrap();
+                let file = ZoneFile::parse(Path::new(&format!("/nonexistent/{z}zone")), name.clone(), ZONE.into()).unwrap();
+                (LowerName::from(&name), file)
+            })
+            .collect();
+        Catalog::new(&config, files, Arc::default(), Arc::default(), Duration::from_secs(3600), Now::read()).unwrap()
+    }
+
+    fn set_down(c: &mut Catalog, pool: &str, id: &str) -> Result<Vec<IpAddr>, UpdateError> {
+        c.change_pool(pool, PoolChange::Member { id: id.into(), admin: Some(AdminState::Down), weight: None }, Now::read())
+    }
+
+    fn origin(name: &str) -> LowerName {
+        LowerName::from(Name::from_ascii(name).unwrap())
+    }
+
+    #[test]
+    fn an_operator_change_moves_the_answer_and_the_serial_and_tells_secondaries() {
+        let mut c = catalog();
+        while c.poll_notice().is_some() {}
+        let serial = c.snapshot.load().zones[&origin("one.example.")].serial;
+        assert_eq!(set_down(&mut c, "www.one.example.", "a").unwrap(), vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+        let new = c.snapshot.load().zones[&origin("one.example.")].serial;
+        assert_eq!(new, serial.wrapping_add(1));
+        assert_eq!(c.poll_notice(), Some((Name::from_ascii("one.example.").unwrap(), new)));
+        assert_eq!(c.status(Instant::now())[0].answer, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert!(matches!(set_down(&mut c, "www.nope.example.", "a"), Err(UpdateError::Pool(TableError::NoPool(_)))));
+        // The zone file must follow: a write job is planned when it is due.
+        c.flush(Instant::now(), true);
+        assert!(matches!(c.poll_job(), Some(Job::Write(_))));
+        assert!(c.io_pending(), "until the write ends");
+    }
+
+    #[test]
+    fn a_pool_whose_zone_went_missing_is_refused_and_the_rest_keep_working() {
+        let mut c = catalog();
+        // Inject an internal inconsistency: pool 0's zone disappears.
+        c.zones.remove(&origin("one.example."));
+        assert!(matches!(set_down(&mut c, "www.one.example.", "a"), Err(UpdateError::Internal(_))));
+        let reports = vec![Report {
+            pool: "www.one.example.".into(),
+            member: "b".into(),
+            up: false,
+            metrics: Default::default(),
+            custom: Default::default(),
+            age: Duration::ZERO,
+            check: "test".into(),
+            addresses: Vec::new(),
+        }];
+        assert_eq!(c.reports(reports, Instant::now(), Instant::now()), Ok(1), "stored, answer left alone");
+        c.tick(Instant::now());
+        assert_eq!(c.status(Instant::now()).len(), 1, "the broken pool is left out of the status");
+        set_down(&mut c, "www.two.example.", "c").unwrap();
+        assert_eq!(c.resolve("www.two.example.", Instant::now()).unwrap(), Vec::<IpAddr>::new());
+        c.flush(Instant::now(), true);
+    }
+
+    #[test]
+    fn a_publish_encodes_only_the_pools_that_changed() {
+        let mut c = catalog();
+        let key = |name: &str| fast::key_of(&LowerName::from(Name::from_ascii(name).unwrap()), RecordType::A, fast::Shape::Plain);
+        let entry = |c: &Catalog, name: &str| c.snapshot.load().fast.dynamic.get(&key(name)).cloned().expect("pre-encoded");
+        let (www, api, two) = (entry(&c, "www.one.example."), entry(&c, "api.one.example."), entry(&c, "www.two.example."));
+        let stable = c.snapshot.load().fast.stable.clone();
+        set_down(&mut c, "www.one.example.", "a").unwrap();
+        assert!(!Arc::ptr_eq(&www, &entry(&c, "www.one.example.")), "the changed pool is encoded anew");
+        assert!(Arc::ptr_eq(&api, &entry(&c, "api.one.example.")), "its neighbour in the same zone is not");
+        assert!(Arc::ptr_eq(&two, &entry(&c, "www.two.example.")), "nor a pool of another zone");
+        assert!(Arc::ptr_eq(&stable, &c.snapshot.load().fast.stable), "static responses stay");
+        let mut out = [0u8; 512];
+        let mut q = hickory_proto::op::Message::new(1, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
+        q.add_query(hickory_proto::op::Query::query(Name::from_ascii("one.example.").unwrap(), RecordType::SOA));
+        let n = c.snapshot.load().fast.respond(&q.to_vec().unwrap(), &mut out, 0).unwrap();
+        let soa = hickory_proto::op::Message::from_vec(&out[..n]).unwrap();
+        let serial = c.snapshot.load().zones[&origin("one.example.")].serial;
+        assert!(
+            matches!(&soa.answers[0].data, hickory_proto::rr::RData::SOA(x) if x.serial == serial),
+            "the apex SOA serves the new serial"
+        );
+    }
+
+    #[test]
+    fn watchers_hear_of_a_death_at_once_and_of_a_removed_pool() {
+        let mut c = catalog();
+        let now = Instant::now();
+        let mut w = c.watch("www.one.example.", now).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(w.borrow_and_update().0, vec![ip("127.0.0.1"), ip("127.0.0.2")]);
+        c.ring_dead(vec![ip("127.0.0.1")], now);
+        assert!(w.has_changed().unwrap());
+        assert_eq!(w.borrow_and_update().0, vec![ip("127.0.0.2")]);
+        let config =
+            Config::from_toml("[[pool]]\nname = \"api.one.example.\"\nmembers = [ { id = \"d\", address = \"127.0.0.4\" } ]\n").unwrap();
+        c.reconfigure(&config.pool, Now::read()).unwrap();
+        assert!(w.has_changed().is_err(), "the pool is gone: its watchers see the channel close");
+    }
+}
