@@ -5,10 +5,17 @@
 //! watchers see, and the zone files' sync. Time is passed in; what must
 //! reach disk or secondaries comes out as jobs and notices (`poll_job`,
 //! `poll_notice`) for the updater's loop to hand to its drivers.
+//!
+//! `publish` keeps the snapshot and what watchers and `/metrics` see;
+//! `files` keeps the zone files true to what is served.
+
+mod files;
+mod publish;
+
+use publish::{answer_for, preferred, same};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
@@ -16,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::clock::Now;
 use crate::config::{Config, PolicyName, PoolConfig};
@@ -25,8 +32,8 @@ use crate::dns::snapshot::{MemberHealth, PoolAnswer, Preferred, Snapshot, ZoneVi
 use crate::metrics::{Count, Expose, Histogram, Writer, latency_histogram};
 use crate::pool::table::{PoolId, Table, TableError};
 use crate::pool::{AdminState, Decision, PoolState, Report, ReportError};
-use crate::zone::io::{Done, Job, WriteJob};
-use crate::zone::sync::{After, FileSync, Origin as SyncOrigin, Written};
+use crate::zone::io::Job;
+use crate::zone::sync::FileSync;
 use crate::zone::{self, MemberNote, ZoneFile};
 
 pub use crate::pool::table::{Change as PoolChange, MemberStatus};
@@ -195,39 +202,6 @@ fn zones_of(zones: &BTreeMap<LowerName, ZoneState>, configs: &[PoolConfig]) -> R
     }
 }
 
-/// The answer a pool gives for a decision, counted with the pool's counters.
-fn answer_for(pool: &PoolState, d: Decision) -> PoolAnswer {
-    let mut a = PoolAnswer::new(pool.name.clone(), pool.ttl, d.addresses, pool.answers, d.rotate, d.servfail);
-    a.counters = pool.counters.clone();
-    a.preferred = preferred(pool, &a.addresses);
-    a
-}
-
-/// The members behind an answer's addresses, in its order, with the port
-/// each reports (`tcp_port`).
-fn preferred(pool: &PoolState, addresses: &[IpAddr]) -> Arc<[Preferred]> {
-    // An answer is mostly a few addresses: look each up. Round-robin
-    // answers carry every member: index them first, or this is quadratic.
-    let by_address: Option<HashMap<IpAddr, &crate::pool::MemberState>> =
-        (addresses.len() > 8).then(|| pool.members.iter().rev().map(|m| (m.address, m)).collect());
-    addresses
-        .iter()
-        .filter_map(|a| match &by_address {
-            Some(index) => index.get(a).copied(),
-            None => pool.members.iter().find(|m| m.address == *a),
-        })
-        .map(|m| Preferred {
-            id: m.id.to_string(),
-            address: m.address,
-            tcp_port: m.custom.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16),
-        })
-        .collect()
-}
-
-fn same(a: &PoolAnswer, d: &Decision) -> bool {
-    a.addresses == d.addresses && a.rotate == d.rotate && a.servfail == d.servfail
-}
-
 /// Is `a` newer than `b` in serial-number arithmetic (RFC 1982)?
 fn serial_gt(a: u32, b: u32) -> bool {
     a != b && (a.wrapping_sub(b) as i32) > 0
@@ -375,81 +349,6 @@ impl Catalog {
         Ok(tx.subscribe())
     }
 
-    /// Serves `answer` (or nothing) as the answer of the pool keyed `key`
-    /// in zone `origin`; its entries are encoded anew at the next publish.
-    fn put_answer(&mut self, origin: &LowerName, key: &LowerName, name: &Name, answer: Option<Arc<PoolAnswer>>) {
-        let Some(zone) = self.zones.get_mut(origin) else { return };
-        let srp_key = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-        match answer {
-            Some(a) => {
-                Arc::make_mut(&mut self.preferred).insert(srp_key, a.preferred.clone());
-                zone.answers.insert(key.clone(), a);
-            }
-            None => {
-                Arc::make_mut(&mut self.preferred).remove(&srp_key);
-                zone.answers.remove(key);
-            }
-        }
-        self.dirty_pools.insert((origin.clone(), key.clone()));
-        self.dirty_zones.insert(origin.clone());
-    }
-
-    /// Swaps in a snapshot of what is served now, redoing only what changed
-    /// since the last one: the views of changed zones, the static
-    /// responses when some zone's data changed, and the entries of pools
-    /// whose answer changed. The serial in pre-encoded responses is a cell
-    /// per zone, set here.
-    fn publish(&mut self) {
-        for (origin, z) in &self.zones {
-            let data_changed = self.views.get(origin).is_none_or(|(data, _)| !Arc::ptr_eq(data, &z.file.data));
-            let stale =
-                data_changed || self.dirty_zones.contains(origin) || self.views.get(origin).is_some_and(|(_, v)| v.serial != z.serial);
-            if !stale {
-                continue;
-            }
-            if data_changed {
-                // Answers that carry zone data (the SOA of NODATA) change with it.
-                self.stable_stale = true;
-                self.dirty_pools.extend(z.answers.keys().map(|k| (origin.clone(), k.clone())));
-            }
-            let view = Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone()));
-            self.views.insert(origin.clone(), (z.file.data.clone(), view));
-            self.serials.entry(origin.clone()).or_insert_with(|| Arc::new(AtomicU32::new(z.serial)));
-        }
-        self.dirty_zones.clear();
-        let mut snap = Snapshot {
-            zones: self.views.iter().map(|(o, (_, v))| (o.clone(), v.clone())).collect(),
-            preferred: self.preferred.clone(),
-            health: self.health.clone(),
-            ..Snapshot::default()
-        };
-        if self.stable_stale {
-            self.stable = Arc::new(fast::build_stable(&snap, &self.serials));
-            self.stable_stale = false;
-        }
-        for (origin, key) in std::mem::take(&mut self.dirty_pools) {
-            for old in self.pool_keys.remove(&key).unwrap_or_default() {
-                self.dynamic.remove(&old);
-            }
-            let (Some(answer), Some(serial)) = (self.zones.get(&origin).and_then(|z| z.answers.get(&key)), self.serials.get(&origin))
-            else {
-                continue;
-            };
-            let entries = fast::pool_entries(&snap, &key, answer, serial);
-            self.pool_keys.insert(key, entries.iter().map(|(k, _)| k.clone()).collect());
-            for (k, e) in entries {
-                self.dynamic.insert(k, e);
-            }
-        }
-        snap.fast = fast::FastTable { stable: self.stable.clone(), dynamic: self.dynamic.clone() };
-        for (origin, z) in &self.zones {
-            if let Some(cell) = self.serials.get(origin) {
-                cell.store(z.serial, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        self.snapshot.store(Arc::new(snap));
-    }
-
     pub fn find_pool(&self, name: &str) -> Result<PoolId, UpdateError> {
         Ok(self.table.find(name).ok_or_else(|| TableError::NoPool(name.to_owned()))?)
     }
@@ -460,43 +359,6 @@ impl Catalog {
         let changed = self.table.decide(i, now).and_then(|d| self.answer(i, d));
         self.touched(i, now);
         changed
-    }
-
-    /// Pool `i`'s members may have changed state: its watchers hear at
-    /// once; what `/metrics` shows follows at the next tick, so a stream of
-    /// reports does not redo a large pool's member list for every batch.
-    fn touched(&mut self, i: PoolId, now: Instant) {
-        self.health_due.insert(i);
-        let Some(pool) = self.table.get(i) else { return };
-        let (key, policy) = (pool.key.clone(), pool.policy);
-        if let Some(tx) = self.watchers.get(&key) {
-            if tx.receiver_count() == 0 {
-                self.watchers.remove(&key);
-            } else {
-                let servers = (self.table.order(i, now), policy);
-                tx.send_if_modified(|w| std::mem::replace(w, servers.clone()) != servers);
-            }
-        }
-    }
-
-    /// Recomputes what `/metrics` shows of pool `i`'s members.
-    fn refresh_health(&mut self, i: PoolId, now: Instant) {
-        let Ok((pool, zone)) = self.zone_ref(i) else { return };
-        let Some(answer) = zone.answers.get(&pool.key) else { return };
-        let shown = if answer.rotate { &answer.addresses[..] } else { &answer.addresses[..answer.addresses.len().min(pool.answers)] };
-        let shown: &[IpAddr] = if answer.servfail { &[] } else { shown };
-        let index: Option<std::collections::HashSet<IpAddr>> = (shown.len() > 8).then(|| shown.iter().copied().collect());
-        let members: Arc<[MemberHealth]> = pool
-            .members
-            .iter()
-            .map(|m| MemberHealth {
-                id: m.id.clone(),
-                up: m.eligible(now, pool.stale_after),
-                in_answer: index.as_ref().map_or_else(|| shown.contains(&m.address), |ix| ix.contains(&m.address)),
-            })
-            .collect();
-        let name = pool.name.to_string();
-        Arc::make_mut(&mut self.health).insert(name, members);
     }
 
     /// Serves `decision` as pool `i`'s answer; returns its zone when the
@@ -576,44 +438,6 @@ impl Catalog {
     /// Every server of pool `pool` in the policy's order.
     pub fn resolve(&self, pool: &str, now: Instant) -> Result<Vec<IpAddr>, UpdateError> {
         self.find_pool(pool).map(|i| self.table.order(i, now))
-    }
-
-    /// The next job for the zone file thread, if any.
-    pub fn poll_job(&mut self) -> Option<Job> {
-        self.jobs.pop_front()
-    }
-
-    /// The next NOTIFY for secondaries (zone, serial), if any.
-    pub fn poll_notice(&mut self) -> Option<(Name, u32)> {
-        self.notices.pop_front()
-    }
-
-    /// A job the zone file thread could not take (its queue was full):
-    /// a write is retried later, a read at the next change.
-    pub fn refused(&mut self, job: Job) {
-        match job {
-            Job::Write(job) => {
-                warn!(zone = %job.origin, "zone file queue full; the write will be retried");
-                if let Some(z) = self.zones.get_mut(&job.origin) {
-                    z.sync.end_write(job.ticket, &Written::Failed);
-                }
-            }
-            Job::Read { origin, path, .. } => {
-                warn!(file = %path.display(), "zone file queue full; the edit is read at the next change");
-                self.reading.remove(&origin);
-            }
-            Job::Release(_) => {}
-        }
-    }
-
-    /// Whether zone file work is under way.
-    pub fn io_pending(&self) -> bool {
-        self.zones.values().any(|z| z.sync.is_writing()) || !self.reading.is_empty()
-    }
-
-    /// Zone files that are behind what is served.
-    pub fn files_behind(&self) -> Vec<String> {
-        self.zones.values().filter(|z| z.sync.is_dirty()).map(|z| z.file.path.display().to_string()).collect()
     }
 
     /// Applies the pools of an edited configuration: new pools join, removed
@@ -767,187 +591,6 @@ impl Catalog {
         }
         Ok(out)
     }
-
-    /// When the next coalesced write is due, if any.
-    pub fn next_write(&self, now: Instant) -> Option<Instant> {
-        self.zones.values().filter_map(|z| z.sync.due_at(self.write_interval, now)).min()
-    }
-
-    /// Starts a write of every zone whose turn has come (every changed one
-    /// when `force`).
-    pub fn flush(&mut self, now: Instant, force: bool) {
-        let due: Vec<LowerName> =
-            self.zones.iter().filter(|(_, z)| z.sync.is_due(now, self.write_interval, force)).map(|(o, _)| o.clone()).collect();
-        for origin in due {
-            self.write(&origin, now);
-        }
-    }
-
-    /// The member notes of pool `i`, as its managed block keeps them.
-    fn notes(&mut self, i: PoolId) -> Arc<[MemberNote]> {
-        if let Some(Some(n)) = self.notes.get(i) {
-            return n.clone();
-        }
-        let notes: Arc<[MemberNote]> = self
-            .table
-            .notes(i)
-            .into_iter()
-            .map(|(id, pairs)| MemberNote { id, pairs: pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() })
-            .collect();
-        if self.notes.len() <= i {
-            self.notes.resize(i + 1, None);
-        }
-        self.notes[i] = Some(notes.clone());
-        notes
-    }
-
-    /// Hands a zone's file to the I/O thread to be rewritten from what is served.
-    fn write(&mut self, origin: &LowerName, now: Instant) {
-        let pools = self.zones.get(origin).map(|z| z.pools.clone()).unwrap_or_default();
-        let mut blocks = Vec::with_capacity(pools.len());
-        for i in pools {
-            let notes = self.notes(i);
-            let (Some(p), Some(z)) = (self.table.get(i), self.zones.get(origin)) else { continue };
-            let Some(answer) = z.answers.get(&p.key) else {
-                error!(pool = %p.name, "internal: a pool without an answer keeps its block as it is");
-                continue;
-            };
-            let addresses = if answer.servfail { Vec::new() } else { answer.addresses.clone() };
-            blocks.push(zone::io::Block { name: p.name.clone(), ttl: p.ttl, addresses, notes });
-        }
-        let Some(z) = self.zones.get_mut(origin) else { return };
-        let ticket = z.sync.begin_write(now);
-        let job = WriteJob { origin: origin.clone(), base: z.file.clone(), serial: z.serial, blocks, ticket };
-        self.jobs.push_back(Job::Write(Box::new(job)));
-    }
-
-    /// Takes the outcome of a zone file write.
-    fn written(&mut self, done: zone::io::WriteDone) {
-        let origin = done.origin.clone();
-        let Some(z) = self.zones.get_mut(&origin) else { return };
-        let path = z.file.path.clone();
-        match (&done.outcome, &done.error) {
-            (Written::Done(_), _) => {
-                info!(file = %path.display(), serial = done.file.as_ref().map(|f| f.serial), "zone file written");
-                self.counters.zone_writes.inc();
-            }
-            (Written::Invalid, e) => error!(file = %path.display(), error = ?e, "refusing to write a zone file that does not validate"),
-            (Written::Failed, e) => error!(file = %path.display(), error = ?e, "cannot write zone file; will retry"),
-            (Written::Edited, _) => info!(file = %path.display(), "zone file edited meanwhile; written again from the edit"),
-        }
-        if z.sync.end_write(done.ticket, &done.outcome) == After::Adopt
-            && let Some(mut file) = done.file
-        {
-            // Our own write changes only pool records, which the answers
-            // override anyway: keep serving (and the pre-encoded table
-            // built from) the same data unless it lacked a pool's name.
-            if z.answers.keys().all(|p| z.file.data.nodes.contains_key(p)) {
-                file.data = z.file.data.clone();
-            } else {
-                self.stable_stale = true;
-            }
-            let old = std::mem::replace(&mut z.file, Arc::new(file));
-            self.jobs.push_back(Job::Release(old));
-        }
-        if let Some((text, parsed)) = done.edit {
-            self.edit(origin, path, text, parsed);
-        }
-    }
-
-    /// An operator may have changed a zone file: have it read.
-    pub fn edited(&mut self, path: &Path) {
-        let Some(origin) = zone::origin_for(path).map(LowerName::from) else { return };
-        if !self.reading.insert(origin.clone()) {
-            self.reread.insert(origin); // read again once the read under way ends
-            return;
-        }
-        self.jobs.push_back(Job::Read { origin, path: path.to_owned(), force: false });
-    }
-
-    /// Takes the result of a zone file job.
-    pub fn io_done(&mut self, done: Done) {
-        match done {
-            Done::Write(w) => self.written(*w),
-            Done::Read { origin, path, read } => {
-                self.reading.remove(&origin);
-                if self.reread.remove(&origin) {
-                    self.edited(&path);
-                }
-                match *read {
-                    Ok((text, parsed)) => self.edit(origin, path, text, parsed),
-                    Err(e) if self.zones.contains_key(&origin) => {
-                        warn!(file = %path.display(), error = %e, "zone file unreadable; still serving the last good version")
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
-    }
-
-    /// Text read from a zone file: if it is an operator's edit, serve it
-    /// when valid, otherwise keep the last good version and say why.
-    fn edit(&mut self, origin: LowerName, path: PathBuf, text: String, parsed: Option<Result<ZoneFile, zone::ZoneError>>) {
-        if self.zones.get(&origin).is_some_and(|z| z.sync.origin_of(&text) == SyncOrigin::Ours) {
-            return;
-        }
-        let Some(parsed) = parsed else {
-            // Text we wrote once but no longer believe is there: read it whole.
-            if self.reading.insert(origin.clone()) {
-                self.jobs.push_back(Job::Read { origin, path, force: true });
-            }
-            return;
-        };
-        let refused = match parsed {
-            Err(e) => Err(e.to_string()),
-            Ok(file) => {
-                let stray = self.zones.get(&origin).and_then(|z| {
-                    z.pools.iter().filter_map(|&i| self.table.get(i)).find_map(|p| file.stray_addresses(&p.name).first().map(|l| (p, *l)))
-                });
-                match stray {
-                    Some((p, line)) => {
-                        Err(format!("{}:{line}: address records for virtual name {} belong in its managed block", path.display(), p.name))
-                    }
-                    None => Ok(file),
-                }
-            }
-        };
-        let file = match refused {
-            Ok(file) => file,
-            Err(error) => {
-                error!(%error, "zone edit refused; still serving the last good version");
-                self.counters.zone_edits_refused.inc();
-                if let Some(z) = self.zones.get_mut(&origin) {
-                    z.sync.refuse(&text);
-                }
-                return;
-            }
-        };
-        match self.zones.get_mut(&origin) {
-            Some(z) => {
-                let served = z.serial;
-                z.serial = if serial_gt(file.serial, served) { file.serial } else { served.wrapping_add(1) };
-                // Write back when the serial had to move or the managed blocks differ from what we answer.
-                let blocks_differ = z.pools.iter().filter_map(|&i| self.table.get(i)).any(|p| {
-                    let want: &[IpAddr] = match z.answers.get(&p.key) {
-                        Some(a) if !a.servfail => &a.addresses,
-                        _ => &[],
-                    };
-                    file.addresses(&p.name) != want || file.block(&p.name).is_none()
-                });
-                z.sync.accept(&text, z.serial != file.serial || blocks_differ);
-                let old = std::mem::replace(&mut z.file, Arc::new(file));
-                self.jobs.push_back(Job::Release(old));
-                self.stable_stale = true;
-                info!(file = %path.display(), serial = z.serial, "zone file reloaded");
-            }
-            None => {
-                info!(file = %path.display(), serial = file.serial, "new zone file served");
-                self.stable_stale = true;
-                self.zones.insert(origin.clone(), ZoneState::new(file, text));
-            }
-        }
-        self.changed(vec![origin]);
-    }
 }
 
 #[cfg(test)]
@@ -978,7 +621,7 @@ members = [ { id = "d", address = "127.0.0.4" } ]
             .into_iter()
             .map(|z| {
                 let name = Name::from_ascii(z).unwrap();
-                let file = ZoneFile::parse(Path::new(&format!("/nonexistent/{z}zone")), name.clone(), ZONE.into()).unwrap();
+                let file = ZoneFile::parse(std::path::Path::new(&format!("/nonexistent/{z}zone")), name.clone(), ZONE.into()).unwrap();
                 (LowerName::from(&name), file)
             })
             .collect();

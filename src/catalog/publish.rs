@@ -1,0 +1,164 @@
+//! Publishing what is served: each pool's answer (built from a decision),
+//! the snapshot the DNS path reads, redone only where something changed,
+//! and what watchers and `/metrics` see of each pool's members.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Instant;
+
+use hickory_proto::rr::{LowerName, Name};
+
+use super::Catalog;
+use crate::dns::fast;
+use crate::dns::snapshot::{MemberHealth, PoolAnswer, Preferred, Snapshot, ZoneView};
+use crate::pool::table::PoolId;
+use crate::pool::{Decision, PoolState};
+
+/// The answer a pool gives for a decision, counted with the pool's counters.
+pub(super) fn answer_for(pool: &PoolState, d: Decision) -> PoolAnswer {
+    let mut a = PoolAnswer::new(pool.name.clone(), pool.ttl, d.addresses, pool.answers, d.rotate, d.servfail);
+    a.counters = pool.counters.clone();
+    a.preferred = preferred(pool, &a.addresses);
+    a
+}
+
+/// The members behind an answer's addresses, in its order, with the port
+/// each reports (`tcp_port`).
+pub(super) fn preferred(pool: &PoolState, addresses: &[IpAddr]) -> Arc<[Preferred]> {
+    // An answer is mostly a few addresses: look each up. Round-robin
+    // answers carry every member: index them first, or this is quadratic.
+    let by_address: Option<HashMap<IpAddr, &crate::pool::MemberState>> =
+        (addresses.len() > 8).then(|| pool.members.iter().rev().map(|m| (m.address, m)).collect());
+    addresses
+        .iter()
+        .filter_map(|a| match &by_address {
+            Some(index) => index.get(a).copied(),
+            None => pool.members.iter().find(|m| m.address == *a),
+        })
+        .map(|m| Preferred {
+            id: m.id.to_string(),
+            address: m.address,
+            tcp_port: m.custom.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16),
+        })
+        .collect()
+}
+
+pub(super) fn same(a: &PoolAnswer, d: &Decision) -> bool {
+    a.addresses == d.addresses && a.rotate == d.rotate && a.servfail == d.servfail
+}
+
+impl Catalog {
+    /// Serves `answer` (or nothing) as the answer of the pool keyed `key`
+    /// in zone `origin`; its entries are encoded anew at the next publish.
+    pub(super) fn put_answer(&mut self, origin: &LowerName, key: &LowerName, name: &Name, answer: Option<Arc<PoolAnswer>>) {
+        let Some(zone) = self.zones.get_mut(origin) else { return };
+        let srp_key = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        match answer {
+            Some(a) => {
+                Arc::make_mut(&mut self.preferred).insert(srp_key, a.preferred.clone());
+                zone.answers.insert(key.clone(), a);
+            }
+            None => {
+                Arc::make_mut(&mut self.preferred).remove(&srp_key);
+                zone.answers.remove(key);
+            }
+        }
+        self.dirty_pools.insert((origin.clone(), key.clone()));
+        self.dirty_zones.insert(origin.clone());
+    }
+
+    /// Swaps in a snapshot of what is served now, redoing only what changed
+    /// since the last one: the views of changed zones, the static
+    /// responses when some zone's data changed, and the entries of pools
+    /// whose answer changed. The serial in pre-encoded responses is a cell
+    /// per zone, set here.
+    pub(super) fn publish(&mut self) {
+        for (origin, z) in &self.zones {
+            let data_changed = self.views.get(origin).is_none_or(|(data, _)| !Arc::ptr_eq(data, &z.file.data));
+            let stale =
+                data_changed || self.dirty_zones.contains(origin) || self.views.get(origin).is_some_and(|(_, v)| v.serial != z.serial);
+            if !stale {
+                continue;
+            }
+            if data_changed {
+                // Answers that carry zone data (the SOA of NODATA) change with it.
+                self.stable_stale = true;
+                self.dirty_pools.extend(z.answers.keys().map(|k| (origin.clone(), k.clone())));
+            }
+            let view = Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone()));
+            self.views.insert(origin.clone(), (z.file.data.clone(), view));
+            self.serials.entry(origin.clone()).or_insert_with(|| Arc::new(AtomicU32::new(z.serial)));
+        }
+        self.dirty_zones.clear();
+        let mut snap = Snapshot {
+            zones: self.views.iter().map(|(o, (_, v))| (o.clone(), v.clone())).collect(),
+            preferred: self.preferred.clone(),
+            health: self.health.clone(),
+            ..Snapshot::default()
+        };
+        if self.stable_stale {
+            self.stable = Arc::new(fast::build_stable(&snap, &self.serials));
+            self.stable_stale = false;
+        }
+        for (origin, key) in std::mem::take(&mut self.dirty_pools) {
+            for old in self.pool_keys.remove(&key).unwrap_or_default() {
+                self.dynamic.remove(&old);
+            }
+            let (Some(answer), Some(serial)) = (self.zones.get(&origin).and_then(|z| z.answers.get(&key)), self.serials.get(&origin))
+            else {
+                continue;
+            };
+            let entries = fast::pool_entries(&snap, &key, answer, serial);
+            self.pool_keys.insert(key, entries.iter().map(|(k, _)| k.clone()).collect());
+            for (k, e) in entries {
+                self.dynamic.insert(k, e);
+            }
+        }
+        snap.fast = fast::FastTable { stable: self.stable.clone(), dynamic: self.dynamic.clone() };
+        for (origin, z) in &self.zones {
+            if let Some(cell) = self.serials.get(origin) {
+                cell.store(z.serial, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.snapshot.store(Arc::new(snap));
+    }
+
+    /// Pool `i`'s members may have changed state: its watchers hear at
+    /// once; what `/metrics` shows follows at the next tick, so a stream of
+    /// reports does not redo a large pool's member list for every batch.
+    pub(super) fn touched(&mut self, i: PoolId, now: Instant) {
+        self.health_due.insert(i);
+        let Some(pool) = self.table.get(i) else { return };
+        let (key, policy) = (pool.key.clone(), pool.policy);
+        if let Some(tx) = self.watchers.get(&key) {
+            if tx.receiver_count() == 0 {
+                self.watchers.remove(&key);
+            } else {
+                let servers = (self.table.order(i, now), policy);
+                tx.send_if_modified(|w| std::mem::replace(w, servers.clone()) != servers);
+            }
+        }
+    }
+
+    /// Recomputes what `/metrics` shows of pool `i`'s members.
+    pub(super) fn refresh_health(&mut self, i: PoolId, now: Instant) {
+        let Ok((pool, zone)) = self.zone_ref(i) else { return };
+        let Some(answer) = zone.answers.get(&pool.key) else { return };
+        let shown = if answer.rotate { &answer.addresses[..] } else { &answer.addresses[..answer.addresses.len().min(pool.answers)] };
+        let shown: &[IpAddr] = if answer.servfail { &[] } else { shown };
+        let index: Option<std::collections::HashSet<IpAddr>> = (shown.len() > 8).then(|| shown.iter().copied().collect());
+        let members: Arc<[MemberHealth]> = pool
+            .members
+            .iter()
+            .map(|m| MemberHealth {
+                id: m.id.clone(),
+                up: m.eligible(now, pool.stale_after),
+                in_answer: index.as_ref().map_or_else(|| shown.contains(&m.address), |ix| ix.contains(&m.address)),
+            })
+            .collect();
+        let name = pool.name.to_string();
+        Arc::make_mut(&mut self.health).insert(name, members);
+    }
+}
