@@ -11,7 +11,7 @@ use std::time::Instant;
 use ipnet::IpNet;
 
 use super::codec::{self, InstanceInfo, Request};
-use super::limit::RateLimit;
+use super::limit::Limiter;
 use crate::config::{SrpConfig, SrpInstance};
 use crate::dns::snapshot::Preferred;
 
@@ -51,13 +51,18 @@ struct Cluster {
     name: String,
     addresses: Vec<IpAddr>,
     instances: Vec<SrpInstance>,
+    /// Each instance's pool as the snapshot keys it (lower case, no final dot).
+    pools: Vec<Option<String>>,
 }
 
+/// The clusters and instances, read-only once built: responders on every
+/// socket share one without a lock; only the per-source limiter is shared
+/// state, sharded by source.
 pub struct Directory {
     clusters: Vec<Cluster>,
     by_address: HashMap<IpAddr, usize>,
     enumerate_from: Vec<IpNet>,
-    limit: RateLimit,
+    limit: Limiter,
 }
 
 impl Directory {
@@ -81,15 +86,16 @@ impl Directory {
                         enumerate_from.push(IpNet::new(*a, prefix).expect("valid prefix").trunc());
                     }
                 }
-                Cluster { name: c.name.clone(), addresses: c.addresses.clone(), instances: c.instance.clone() }
+                let pools = c.instance.iter().map(|i| i.pool.as_ref().map(|p| p.trim_end_matches('.').to_ascii_lowercase())).collect();
+                Cluster { name: c.name.clone(), addresses: c.addresses.clone(), instances: c.instance.clone(), pools }
             })
             .collect();
-        Self { clusters, by_address, enumerate_from, limit: RateLimit::new(cfg.rate, cfg.burst) }
+        Self { clusters, by_address, enumerate_from, limit: Limiter::new(cfg.rate, cfg.burst) }
     }
 
     /// The answer to `data`, which `peer` sent to our address `local`.
     pub fn answer(
-        &mut self,
+        &self,
         local: IpAddr,
         peer: IpAddr,
         data: &[u8],
@@ -109,7 +115,7 @@ impl Directory {
                 if !self.enumerate_from.iter().any(|n| n.contains(&peer)) {
                     return Err(NoReply::NotAllowed);
                 }
-                let infos: Vec<InstanceInfo> = cluster.instances.iter().filter_map(|i| info(cluster, local, i, preferred)).collect();
+                let infos: Vec<InstanceInfo> = (0..cluster.instances.len()).filter_map(|i| info(cluster, local, i, preferred)).collect();
                 if infos.is_empty() {
                     return Err(NoReply::Unavailable);
                 }
@@ -121,29 +127,25 @@ impl Directory {
             }
             Request::Dac(name) => {
                 let i = find(&cluster.instances, &name).ok_or(NoReply::UnknownInstance)?;
-                let port = i.dac.ok_or(NoReply::UnknownInstance)?;
+                let port = cluster.instances[i].dac.ok_or(NoReply::UnknownInstance)?;
                 info(cluster, local, i, preferred).map(|_| codec::encode_dac(port)).ok_or(NoReply::Unavailable)
             }
         }
     }
 }
 
-fn find<'a>(instances: &'a [SrpInstance], name: &str) -> Option<&'a SrpInstance> {
-    instances.iter().find(|i| i.name.eq_ignore_ascii_case(name))
+fn find(instances: &[SrpInstance], name: &str) -> Option<usize> {
+    instances.iter().position(|i| i.name.eq_ignore_ascii_case(name))
 }
 
 /// An instance's reply as of now, asked at our address `local`; `None`
 /// when its pool has no member to serve it, or when the member serving it
 /// has an address of its own among the cluster's and that is not `local`
 /// (clients that find the cluster by DNS are sent to the member's address).
-fn info(
-    cluster: &Cluster,
-    local: IpAddr,
-    i: &SrpInstance,
-    preferred: &HashMap<String, std::sync::Arc<[Preferred]>>,
-) -> Option<InstanceInfo> {
-    let member = match &i.pool {
-        Some(pool) => Some(preferred.get(&pool.trim_end_matches('.').to_ascii_lowercase())?.first()?.clone()),
+fn info(cluster: &Cluster, local: IpAddr, index: usize, preferred: &HashMap<String, std::sync::Arc<[Preferred]>>) -> Option<InstanceInfo> {
+    let i = &cluster.instances[index];
+    let member = match &cluster.pools[index] {
+        Some(pool) => Some(preferred.get(pool)?.first()?.clone()),
         None => None,
     };
     if let Some(m) = &member
@@ -217,31 +219,31 @@ np = '\\PROD\pipe\sql\query'
 
     const HERE: &str = "127.0.0.50";
 
-    fn ask(d: &mut Directory, data: &[u8], live: &HashMap<String, Arc<[Preferred]>>) -> Result<Vec<InstanceInfo>, NoReply> {
+    fn ask(d: &Directory, data: &[u8], live: &HashMap<String, Arc<[Preferred]>>) -> Result<Vec<InstanceInfo>, NoReply> {
         d.answer(HERE.parse().unwrap(), "127.0.0.9".parse().unwrap(), data, live, Instant::now())
             .map(|r| codec::decode_response(&r).unwrap())
     }
 
     #[test]
     fn an_instance_follows_its_pool_and_names_are_case_insensitive() {
-        let mut d = Directory::new(&config());
-        let r = ask(&mut d, b"\x04sales\x00", &live(&[("db1", None), ("db2", None)])).unwrap();
+        let d = Directory::new(&config());
+        let r = ask(&d, b"\x04sales\x00", &live(&[("db1", None), ("db2", None)])).unwrap();
         assert_eq!((r[0].server_name.as_str(), r[0].instance_name.as_str(), r[0].tcp, r[0].clustered), ("db1", "Sales", Some(14330), true));
         // The instance moved: another member, on another port.
-        let r = ask(&mut d, b"\x04SALES\x00", &live(&[("db2", Some(15000))])).unwrap();
+        let r = ask(&d, b"\x04SALES\x00", &live(&[("db2", Some(15000))])).unwrap();
         assert_eq!((r[0].server_name.as_str(), r[0].tcp), ("db2", Some(15000)));
         // Nobody serves it: no reply at all.
-        assert_eq!(ask(&mut d, b"\x04SALES\x00", &live(&[])), Err(NoReply::Unavailable));
+        assert_eq!(ask(&d, b"\x04SALES\x00", &live(&[])), Err(NoReply::Unavailable));
     }
 
     #[test]
     fn unknown_malformed_and_foreign_requests_get_no_reply() {
-        let mut d = Directory::new(&config());
+        let d = Directory::new(&config());
         let l = live(&[("db1", None)]);
-        assert_eq!(ask(&mut d, b"\x04NOPE\x00", &l), Err(NoReply::UnknownInstance));
-        assert_eq!(ask(&mut d, b"\x04", &l), Err(NoReply::Malformed));
-        assert_eq!(ask(&mut d, &[4; 200], &l), Err(NoReply::Oversized));
-        assert_eq!(ask(&mut d, b"", &l), Err(NoReply::Malformed));
+        assert_eq!(ask(&d, b"\x04NOPE\x00", &l), Err(NoReply::UnknownInstance));
+        assert_eq!(ask(&d, b"\x04", &l), Err(NoReply::Malformed));
+        assert_eq!(ask(&d, &[4; 200], &l), Err(NoReply::Oversized));
+        assert_eq!(ask(&d, b"", &l), Err(NoReply::Malformed));
         let elsewhere = d.answer("127.0.0.99".parse().unwrap(), "127.0.0.9".parse().unwrap(), b"\x04SALES\x00", &l, Instant::now());
         assert_eq!(elsewhere, Err(NoReply::UnknownInstance), "not a cluster address");
         let outsider = d.answer(HERE.parse().unwrap(), "10.1.2.3".parse().unwrap(), b"\x03", &l, Instant::now());
@@ -254,11 +256,11 @@ np = '\\PROD\pipe\sql\query'
 
     #[test]
     fn enumeration_lists_the_instances_served_now() {
-        let mut d = Directory::new(&config());
-        let r = ask(&mut d, b"\x03", &live(&[("db1", None)])).unwrap();
+        let d = Directory::new(&config());
+        let r = ask(&d, b"\x03", &live(&[("db1", None)])).unwrap();
         assert_eq!(r.iter().map(|i| i.instance_name.as_str()).collect::<Vec<_>>(), ["Sales", "REPORTS"]);
         assert_eq!(r[1].np.as_deref(), Some(r"\\PROD\pipe\sql\query"));
-        let r = ask(&mut d, b"\x02", &live(&[])).unwrap();
+        let r = ask(&d, b"\x02", &live(&[])).unwrap();
         assert_eq!(r.len(), 1, "Sales has no member now");
     }
 
@@ -267,7 +269,7 @@ np = '\\PROD\pipe\sql\query'
         let mut cfg = config();
         cfg.rate = 5;
         cfg.burst = 5;
-        let mut d = Directory::new(&cfg);
+        let d = Directory::new(&cfg);
         let l = live(&[("db1", None)]);
         let t = Instant::now();
         let answered =

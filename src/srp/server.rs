@@ -7,7 +7,7 @@
 //! gap.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -44,7 +44,7 @@ fn addresses(cfg: &SrpConfig) -> Vec<SocketAddr> {
 /// Answers on every cluster address until `stop`.
 fn serve(
     sockets: Vec<UdpSocket>,
-    directory: Arc<Mutex<Directory>>,
+    directory: Arc<Directory>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     counters: Arc<SrpCounters>,
     stop: CancellationToken,
@@ -81,7 +81,7 @@ fn serve(
                 };
                 let answer = {
                     let snap = snapshot.load();
-                    directory.lock().expect("not poisoned").answer(local, peer.ip(), &buf[..n], &snap.preferred, Instant::now())
+                    directory.answer(local, peer.ip(), &buf[..n], &snap.preferred, Instant::now())
                 };
                 match answer {
                     Ok(reply) => {
@@ -120,7 +120,7 @@ pub async fn run(
     counters: Arc<SrpCounters>,
     shutdown: CancellationToken,
 ) {
-    let directory = Arc::new(Mutex::new(Directory::new(&cfg)));
+    let directory = Arc::new(Directory::new(&cfg));
     // Validation ties the two: peers need this responder's control address.
     let Some(control_addr) = cfg.control.filter(|_| !cfg.peers.is_empty()) else {
         counters.active.set(1);
