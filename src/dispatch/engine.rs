@@ -178,6 +178,11 @@ impl Engine {
         self.conns.expire(now)
     }
 
+    /// One bounded step of expiry (one shard of the connection map).
+    pub fn expire_step(&mut self, now: Instant) -> usize {
+        self.conns.expire_step(now)
+    }
+
     pub fn dropped(&self, why: Dropped) -> u64 {
         self.dropped[why as usize]
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -16,17 +16,19 @@ use crate::config::RingConfig;
 use crate::ring::driver::{self, Report, RingCounters};
 
 /// Runs this host as a ring member until shutdown, telling `authorities`
-/// what it sees; after leaving, waits (at most 2 s) for the leave to be told.
+/// what it sees and `elected` whether it is the dispatcher; after leaving,
+/// waits (at most 2 s) for the leave to be told.
 pub async fn run_member(
     cfg: RingConfig,
     authorities: Vec<String>,
     token: Option<String>,
     counters: Arc<RingCounters>,
+    elected: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reports, rx) = mpsc::channel(256);
     let teller = tokio::spawn(tell(authorities, token, rx));
-    let result = driver::run(cfg, reports, counters, shutdown).await;
+    let result = driver::run(cfg, reports, counters, elected, shutdown).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), teller).await;
     result
 }

@@ -126,7 +126,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let counters = Arc::new(crate::ring::driver::RingCounters::default());
     let ring = config.ring.clone().map(|rc| {
-        tokio::spawn(crate::grpc::ring::run_member(rc, mc.report_to.clone(), mc.token.clone(), counters.clone(), shutdown.clone()))
+        tokio::spawn(crate::grpc::ring::run_member(
+            rc,
+            mc.report_to.clone(),
+            mc.token.clone(),
+            counters.clone(),
+            tokio::sync::watch::channel(false).0,
+            shutdown.clone(),
+        ))
     });
     let has_ring = ring.is_some();
     let monitor = Monitor::start(mc, shutdown.clone()).await?;

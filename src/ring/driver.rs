@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -75,11 +75,13 @@ fn now_ms() -> u64 {
 }
 
 /// Runs this host as a ring member until shutdown, then leaves gracefully;
-/// what the authorities must hear goes to `reports`, in order.
+/// what the authorities must hear goes to `reports`, in order, and
+/// `elected` says, as it changes, whether this host is the dispatcher.
 pub async fn run(
     cfg: RingConfig,
     reports: mpsc::Sender<Report>,
     counters: Arc<RingCounters>,
+    elected: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let socket = UdpSocket::bind(cfg.listen).await.map_err(|e| anyhow::anyhow!("ring.listen {}: {e}", cfg.listen))?;
@@ -146,6 +148,7 @@ pub async fn run(
                 Event::Dispatcher(d) => {
                     info!(dispatcher = ?d, "dispatcher elected");
                     counters.dispatcher.store((d == Some(me)) as u64, Ordering::Relaxed);
+                    elected.send_if_modified(|e| std::mem::replace(e, d == Some(me)) != (d == Some(me)));
                 }
                 Event::Rebuilt(members) => {
                     info!(members = members.len(), "ring rebuilt");
