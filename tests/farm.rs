@@ -7,26 +7,18 @@ mod common;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Authority, Proc, VNAMED, ZONE, eventually, unique_ip};
-
-fn spawn(dir: &Path, role: &str, name: &str, config: String) -> Proc {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    Proc(Command::new(VNAMED).args([role, "--config"]).arg(&path).stdout(Stdio::null()).stderr(log).spawn().unwrap())
-}
+use common::{Authority, Proc, ZONE, eventually, spawn_role, unique_ip};
 
 /// A monitor for `host` with a tcp check and a load file it reads.
 fn monitor(dir: &Path, host: &str, backend: Ipv4Addr, upstream: &str) -> Proc {
     let load = dir.join(format!("{host}.load"));
-    spawn(
+    spawn_role(
         dir,
         "monitor",
         host,
-        format!(
+        &format!(
             r#"
 [monitor]
 host = "{host}"
@@ -71,11 +63,11 @@ fn local_policy_inside_the_farm_global_policy_across() {
     for (host, load) in [("web1", 0.5), ("b1", 0.1), ("b2", 0.7)] {
         set_load(d, host, load);
     }
-    let _farm = spawn(
+    let _farm = spawn_role(
         d,
         "farm",
         "east",
-        format!(
+        &format!(
             r#"
 [farm]
 name = "east"

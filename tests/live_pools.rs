@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use vnamed::grpc::Bearer;
+use vnamed::grpc::v1::ReportBatch;
 use vnamed::grpc::v1::status_client::StatusClient;
-use vnamed::grpc::v1::{MemberReport, ReportBatch};
 
 use common::{Authority, ZONE};
 
@@ -30,15 +29,7 @@ async fn report(a: &Authority, loads: &[(&str, f64)]) {
     let mut c = StatusClient::with_interceptor(channel, Bearer::new(None).unwrap());
     let reports = loads
         .iter()
-        .map(|(m, l)| MemberReport {
-            pool: "www.example.test.".into(),
-            member: m.to_string(),
-            up: true,
-            metrics: HashMap::from([("load".to_owned(), *l), ("connections".to_owned(), 10.0 * l)]),
-            observed_unix_ms: 0,
-            check: "test".into(),
-            addresses: Vec::new(),
-        })
+        .map(|(m, l)| common::member_report("www.example.test.", m, true, &[("load", *l), ("connections", 10.0 * l)]))
         .collect();
     c.report(ReportBatch { source: "test".into(), reports }).await.unwrap();
 }

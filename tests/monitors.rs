@@ -6,22 +6,21 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use vnamed::grpc::Bearer;
+use vnamed::grpc::v1::ReportBatch;
 use vnamed::grpc::v1::status_client::StatusClient;
-use vnamed::grpc::v1::{MemberReport, ReportBatch};
 
-use common::{Authority, Proc, VNAMED, ZONE, eventually, unique_ip, wait_listening};
+use common::{Authority, Proc, ZONE, eventually, member_report, spawn_role, unique_ip, wait_listening};
 
 fn start_monitor(dir: &std::path::Path, host: &str, backend: Ipv4Addr, push: Ipv4Addr, authority: &Authority) -> Proc {
-    let config = dir.join(format!("{host}.toml"));
-    std::fs::write(
-        &config,
-        format!(
+    spawn_role(
+        dir,
+        "monitor",
+        host,
+        &format!(
             r#"
 [monitor]
 host = "{host}"
@@ -47,23 +46,12 @@ interval = "2s"
             grpc = authority.grpc
         ),
     )
-    .unwrap();
-    let log = std::fs::File::create(dir.join(format!("{host}.log"))).unwrap();
-    Proc(Command::new(VNAMED).args(["monitor", "--config"]).arg(&config).stdout(Stdio::null()).stderr(log).spawn().unwrap())
 }
 
 async fn push(ip: Ipv4Addr, load: f64) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{ip}:7500")).unwrap().connect().await.unwrap();
     let mut c = StatusClient::with_interceptor(channel, Bearer::new(None).unwrap());
-    let report = MemberReport {
-        pool: "www.example.test.".into(),
-        member: String::new(),
-        up: true,
-        metrics: HashMap::from([("load".to_owned(), load), ("mailbox_size".to_owned(), 7.0)]),
-        observed_unix_ms: 0,
-        check: "app".into(),
-        addresses: Vec::new(),
-    };
+    let report = member_report("www.example.test.", "", true, &[("load", load), ("mailbox_size", 7.0)]);
     c.report(ReportBatch { source: "app".into(), reports: vec![report] }).await.unwrap();
 }
 
@@ -144,10 +132,11 @@ fn proxy_checks_and_an_authority_that_restarts() {
     );
     let mut a = Authority::start(&[("example.test.zone", ZONE)], &pool);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("m.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let _m = spawn_role(
+        dir.path(),
+        "monitor",
+        "m",
+        &format!(
             r#"
 [monitor]
 host = "proxyhost"
@@ -167,18 +156,8 @@ interval = "100ms"
 "#,
             grpc = a.grpc
         ),
-    )
-    .unwrap();
-    let log = dir.path().join("m.log");
-    let _m = Proc(
-        Command::new(VNAMED)
-            .args(["monitor", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
     );
+    let log = dir.path().join("m.log");
     let answer = |a: &Authority| a.dig("www.example.test A +short").trim().to_owned();
     let reported_up = |a: &Authority| String::from_utf8(a.cli(&["status"]).stdout).unwrap().lines().filter(|l| l.contains(" up ")).count();
     assert!(eventually(Duration::from_secs(3), || reported_up(&a) == 2).is_some(), "both reported up");

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::Code;
@@ -13,7 +12,7 @@ use vnamed::grpc::Bearer;
 use vnamed::grpc::v1::status_client::StatusClient;
 use vnamed::grpc::v1::{MemberReport, ReportBatch};
 
-use common::{Authority, ZONE, eventually};
+use common::{Authority, ZONE, eventually, member_report};
 
 const POOL: &str = r#"
 [[pool]]
@@ -27,15 +26,7 @@ members = [ { id = "web1", address = "127.0.10.1" },
 "#;
 
 fn report(member: &str, up: bool, load: f64) -> MemberReport {
-    MemberReport {
-        pool: "www.example.test.".into(),
-        member: member.into(),
-        up,
-        metrics: HashMap::from([("load".to_owned(), load)]),
-        observed_unix_ms: 0,
-        check: "test".into(),
-        addresses: Vec::new(),
-    }
+    member_report("www.example.test.", member, up, &[("load", load)])
 }
 
 fn batch(reports: Vec<MemberReport>) -> ReportBatch {

@@ -8,18 +8,19 @@ mod common;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
-use common::{Authority, Proc, VNAMED, ZONE, eventually, unique_ip};
+use common::{Authority, Proc, ZONE, eventually, spawn_role, unique_ip};
 
 fn monitor(dir: &Path, n: usize, hosts: &[Ipv4Addr], grpc: &str) -> Proc {
     let me = hosts[n];
     let peers: Vec<String> = hosts.iter().map(|h| format!("\"{h}:7946\"")).collect();
-    let config = dir.join(format!("m{n}.toml"));
-    std::fs::write(
-        &config,
-        format!(
+    spawn_role(
+        dir,
+        "monitor",
+        &format!("m{n}"),
+        &format!(
             r#"
 [monitor]
 host = "web{n}"
@@ -43,18 +44,6 @@ key = "ring-secret"
 "#,
             peers.join(", ")
         ),
-    )
-    .unwrap();
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("m{n}.log"))).unwrap();
-    Proc(
-        Command::new(VNAMED)
-            .args(["monitor", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
     )
 }
 

@@ -159,6 +159,35 @@ impl Drop for Authority {
     }
 }
 
+/// Starts `vnamed ROLE` with `config` written to `DIR/NAME.toml`, its log
+/// appended to `DIR/NAME.log` (so a restarted process keeps one log).
+pub fn spawn_role(dir: &Path, role: &str, name: &str, config: &str) -> Proc {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
+    Proc(
+        Command::new(VNAMED).args([role, "--config"]).arg(&path).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn().unwrap(),
+    )
+}
+
+/// The log of a process `spawn_role` started as `NAME` in `DIR`.
+pub fn role_log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// A status report as a monitor sends it.
+pub fn member_report(pool: &str, member: &str, up: bool, metrics: &[(&str, f64)]) -> vnamed::grpc::v1::MemberReport {
+    vnamed::grpc::v1::MemberReport {
+        pool: pool.into(),
+        member: member.into(),
+        up,
+        metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        observed_unix_ms: 0,
+        check: "test".into(),
+        addresses: Vec::new(),
+    }
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped.
 pub struct Proc(pub Child);
 
