@@ -33,6 +33,10 @@ sub     IN NS  ns.sub
 ns.sub  IN A   192.0.2.53
 ";
 
+/// The gRPC and metrics ports of every test authority (each has its own address).
+pub const GRPC_PORT: u16 = 7400;
+pub const METRICS_PORT: u16 = 9300;
+
 /// A running `vnamed authority` with its own directory and address.
 pub struct Authority {
     pub ip: Ipv4Addr,
@@ -60,13 +64,13 @@ impl Authority {
             std::fs::write(zones_dir.join(name), text.replace("IP", &ip.to_string())).unwrap();
         }
         let port = 5300;
-        let grpc_port = 7400;
+        let grpc_port = GRPC_PORT;
         let config = dir.path().join("vnamed.toml");
         let transfer = if authority_extra.contains("allow_transfer") { "" } else { "allow_transfer = [\"127.0.0.0/8\"]\n" };
         std::fs::write(
             &config,
             format!(
-                "[authority]\ndns_listen = [\"{ip}:{port}\"]\ngrpc_listen = \"{ip}:{grpc_port}\"\nmetrics_listen = \"{ip}:9300\"\nzones_dir = \"{}\"\n{transfer}{authority_extra}\n{pools}\n",
+                "[authority]\ndns_listen = [\"{ip}:{port}\"]\ngrpc_listen = \"{ip}:{grpc_port}\"\nmetrics_listen = \"{ip}:{METRICS_PORT}\"\nzones_dir = \"{}\"\n{transfer}{authority_extra}\n{pools}\n",
                 zones_dir.display()
             ),
         )
@@ -98,7 +102,10 @@ impl Authority {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("vnamed exited early ({status}):\n{}", self.log());
             }
-            if std::net::TcpStream::connect((self.ip, self.port)).is_ok() {
+            // Ready when every listener is: DNS, gRPC and metrics are bound
+            // one after the other, so one being up says nothing of the rest.
+            let up = |port: u16| std::net::TcpStream::connect((self.ip, port)).is_ok();
+            if up(self.port) && up(GRPC_PORT) && up(METRICS_PORT) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
