@@ -189,7 +189,7 @@ async fn serve_checks(shared: Arc<Shared>, snapshot: Arc<arc_swap::ArcSwap<crate
     }
 }
 
-/// What the monitor tells about its host: its established connections.
+/// What the monitor tells about its host: its connections that still carry packets.
 struct HostService;
 
 #[tonic::async_trait]
@@ -199,7 +199,7 @@ impl crate::grpc::v1::host_server::Host for HostService {
         let local: std::net::Ipv4Addr =
             req.local.parse().map_err(|_| Status::invalid_argument(format!("local {:?} is not an IPv4 address", req.local)))?;
         let text = tokio::fs::read_to_string("/proc/net/tcp").await.map_err(|e| Status::unavailable(format!("/proc/net/tcp: {e}")))?;
-        let connections = tcp_table::established(&text)
+        let connections = tcp_table::live(&text)
             .into_iter()
             .filter(|(l, _)| *l.ip() == local && (req.port == 0 || u32::from(l.port()) == req.port))
             .map(|(l, r)| v1::Connection { client: r.ip().to_string(), client_port: u32::from(r.port()), local_port: u32::from(l.port()) })
