@@ -71,12 +71,17 @@ enum Role {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Log lines go to stderr from a thread of their own: a slow or blocked
+    // stderr (a file on a disk busy with fsyncs, a full pipe) never holds up
+    // the updater or a DNS worker. Lines are dropped, not waited for, if it
+    // falls far behind; the guard flushes what is queued at exit.
+    let (writer, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,hickory_net=warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // Colours only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

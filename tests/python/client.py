@@ -6,8 +6,10 @@ usage: client.py ADDRESS TOKEN POOL MEMBER LOAD
 Prints one JSON object with what it saw.
 """
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def stubs():
     out = tempfile.mkdtemp(prefix="vnamed-py-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     protos = [os.path.join("vnamed", "v1", p) for p in ("admin.proto", "status.proto")]
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(ROOT, "proto"),
