@@ -253,7 +253,7 @@ impl Catalog {
         };
         catalog.bind_zones();
         for i in 0..catalog.table.pools().len() {
-            catalog.restore(i, now.instant);
+            catalog.restore(i, now);
         }
         for zone in catalog.zones.values_mut() {
             if zone.sync.is_dirty() {
@@ -302,7 +302,8 @@ impl Catalog {
     /// Brings a pool (new to this updater) into its zone: the operator's
     /// notes and the last answer come back from the zone file when they
     /// still make sense.
-    fn restore(&mut self, i: PoolId, now: Instant) {
+    fn restore(&mut self, i: PoolId, clock: Now) {
+        let now = clock.instant;
         if let Some(n) = self.notes.get_mut(i) {
             *n = None;
         }
@@ -313,7 +314,7 @@ impl Catalog {
         for (id, pairs) in block.as_ref().map(|b| b.members.as_slice()).unwrap_or_default() {
             let admin = pairs.iter().find(|(k, _)| k == "admin").and_then(|(_, v)| AdminState::parse(v));
             let weight = pairs.iter().find(|(k, _)| k == "weight").and_then(|(_, v)| v.parse().ok());
-            let _ = self.table.change(&name, PoolChange::Member { id: id.clone(), admin, weight }, Now::read());
+            let _ = self.table.change(&name, PoolChange::Member { id: id.clone(), admin, weight }, clock);
         }
         let Some(pool) = self.table.get(i) else { return };
         let live: Vec<IpAddr> = pool.members.iter().filter(|m| m.eligible(now, pool.stale_after)).map(|m| m.address).collect();
@@ -500,7 +501,7 @@ impl Catalog {
             let Some(origin) = self.pool_zone.get(i).cloned() else { continue };
             if changes.added.contains(&i) {
                 info!(pool = %self.table.pools()[i].name, "pool added by configuration edit");
-                self.restore(i, now.instant);
+                self.restore(i, now);
                 if let Some(z) = self.zones.get_mut(&origin) {
                     z.serial = z.serial.wrapping_add(1);
                 }

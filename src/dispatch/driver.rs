@@ -97,8 +97,10 @@ struct Capture {
     /// Per L4 virtual IP: the pool's servers in order, and whether to rotate.
     wanted: Vec<(Vec<Ipv4Addr>, bool)>,
     active: bool,
-    /// Gratuitous ARP rounds sent since taking the virtual IPs.
+    /// Gratuitous ARP rounds sent since taking the virtual IPs (or since
+    /// the last periodic announcement), and whether taking them was logged.
     announced: u32,
+    holding: bool,
     tx: Box<dyn pnet_datalink::DataLinkSender>,
     raw: socket2::Socket,
     mac: Mac,
@@ -129,6 +131,7 @@ impl Capture {
                     info!(active, "dispatcher role changed");
                     self.active = active;
                     self.announced = 0;
+                    self.holding = false;
                     self.stats.active.store(active, Ordering::Relaxed);
                 }
             }
@@ -205,12 +208,18 @@ impl Capture {
     /// publish the counters.
     fn tick(&mut self, now: Instant) {
         self.ticks += 1;
+        // Announced three times on taking over, then every two seconds, so
+        // that a neighbour holding a stale entry learns where they are.
+        if self.active && self.ticks.is_multiple_of(20) {
+            self.announced = self.announced.min(2);
+        }
         if self.active && self.announced < 3 {
             self.announced += 1;
             for ip in self.held.clone() {
                 self.send_frame(&frame::gratuitous_arp(self.mac, ip));
             }
-            if self.announced == 1 {
+            if self.announced == 1 && !self.holding {
+                self.holding = true;
                 info!(held = ?self.held, "holding the virtual IPs");
             }
         }
@@ -304,6 +313,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             wanted: vec![(Vec::new(), false); vips.len()],
             active,
             announced: 0,
+            holding: false,
             tx,
             raw,
             mac,
@@ -371,20 +381,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             tasks.spawn(follow.run(dc.authority.clone(), dc.token.clone(), shutdown.clone()));
         }
     }
-    if config.ring.is_some() {
+    if let Some(rc) = &config.ring {
         let (control, servers, vips, shutdown) = (control.clone(), servers.clone(), vips.clone(), shutdown.clone());
         let monitor_port = dc.monitor_port;
+        // A ring that is still forming can elect a host for a moment: the
+        // addresses are taken only once an election has held this long,
+        // and given up at once.
+        let settle = (rc.ping_interval * 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
         tasks.spawn(async move {
+            let mut active = false;
             loop {
                 tokio::select! {
                     r = elected.changed() => if r.is_err() { return },
                     _ = shutdown.cancelled() => return,
                 }
-                let now_elected = *elected.borrow_and_update();
-                if control.send(Control::Active(now_elected)).await.is_err() {
+                if *elected.borrow_and_update() && !active {
+                    tokio::select! {
+                        _ = tokio::time::sleep(settle) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    if elected.has_changed().unwrap_or(true) {
+                        continue; // it moved meanwhile: judge the newest
+                    }
+                }
+                let now_elected = *elected.borrow();
+                if now_elected == active {
+                    continue;
+                }
+                active = now_elected;
+                if control.send(Control::Active(active)).await.is_err() {
                     return; // the capture thread is gone
                 }
-                if now_elected && let Some(port) = monitor_port {
+                if active && let Some(port) = monitor_port {
                     tokio::spawn(reconstruct(control.clone(), servers.clone(), vips.clone(), port));
                 }
             }
