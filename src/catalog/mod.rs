@@ -162,6 +162,16 @@ pub struct Catalog {
     notes: Vec<Option<Arc<[MemberNote]>>>,
 }
 
+/// Pool `i` and the origin of the zone it is bound to.
+fn place<'a>(table: &'a Table, pool_zone: &'a [LowerName], i: PoolId) -> Result<(&'a PoolState, &'a LowerName), UpdateError> {
+    let pool = table.get(i).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
+    Ok((pool, pool_zone.get(i).ok_or_else(|| unserved(pool))?))
+}
+
+fn unserved(pool: &PoolState) -> UpdateError {
+    UpdateError::Internal(format!("pool {}: its zone is not served", pool.name))
+}
+
 /// The zone a pool's name lives in, if it may be a pool there.
 fn zone_for(zones: &BTreeMap<LowerName, ZoneState>, name: &Name) -> Result<LowerName, String> {
     let lower = LowerName::from(name);
@@ -279,24 +289,14 @@ impl Catalog {
 
     /// The zone pool `i` lives in, and the pool, when both are there.
     fn zone_mut(&mut self, i: PoolId) -> Result<(&PoolState, &mut ZoneState), UpdateError> {
-        let pool = self.table.get(i).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
-        let zone = self
-            .pool_zone
-            .get(i)
-            .and_then(|o| self.zones.get_mut(o))
-            .ok_or_else(|| UpdateError::Internal(format!("pool {}: its zone is not served", pool.name)))?;
-        Ok((pool, zone))
+        let (pool, origin) = place(&self.table, &self.pool_zone, i)?;
+        Ok((pool, self.zones.get_mut(origin).ok_or_else(|| unserved(pool))?))
     }
 
     /// The zone pool `i` lives in, and the pool, when both are there.
     fn zone_ref(&self, i: PoolId) -> Result<(&PoolState, &ZoneState), UpdateError> {
-        let pool = self.table.get(i).ok_or_else(|| UpdateError::Internal(format!("no pool {i}")))?;
-        let zone = self
-            .pool_zone
-            .get(i)
-            .and_then(|o| self.zones.get(o))
-            .ok_or_else(|| UpdateError::Internal(format!("pool {}: its zone is not served", pool.name)))?;
-        Ok((pool, zone))
+        let (pool, origin) = place(&self.table, &self.pool_zone, i)?;
+        Ok((pool, self.zones.get(origin).ok_or_else(|| unserved(pool))?))
     }
 
     /// Brings a pool (new to this updater) into its zone: the operator's

@@ -173,14 +173,6 @@ impl Dynamic {
             Arc::make_mut(s).remove(key);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Every pre-encoded response of a snapshot.

@@ -9,8 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_proto::rr::LowerName;
-
 use super::{AdminState, Decision, MemberState, PoolState, Report, ReportError, policy};
 use crate::clock::Now;
 use crate::config::formula::Formula;
@@ -138,11 +136,6 @@ impl Table {
     /// The pool named `name`, in any case, with or without the final dot.
     pub fn find(&self, name: &str) -> Option<PoolId> {
         self.index.get(key_of(name).as_ref()).copied()
-    }
-
-    /// The pool whose key is `key`.
-    pub fn find_key(&self, key: &LowerName) -> Option<PoolId> {
-        self.find(&key.to_string())
     }
 
     fn resolve(&self, pool: &str) -> Result<PoolId, TableError> {
@@ -438,7 +431,6 @@ members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" }
         assert_eq!(t.find("WWW.Example"), Some(0));
         assert_eq!(t.find("db.example"), Some(1));
         assert_eq!(t.find("example."), None);
-        assert_eq!(t.find_key(&LowerName::from(&t.pools()[1].name)), Some(1));
     }
 
     #[test]

@@ -160,11 +160,6 @@ impl FileSync {
         if *self.disk == *text { Origin::Ours } else { Origin::Edit }
     }
 
-    /// What we believe the file holds.
-    pub fn disk(&self) -> &Arc<str> {
-        &self.disk
-    }
-
     /// An edit that does not load: keep serving the last good version, and
     /// write nothing until the operator fixes the file.
     pub fn refuse(&mut self, text: &str) {

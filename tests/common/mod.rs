@@ -177,11 +177,6 @@ pub fn spawn_role(dir: &Path, role: &str, name: &str, config: &str) -> Proc {
     )
 }
 
-/// The log of a process `spawn_role` started as `NAME` in `DIR`.
-pub fn role_log(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-}
-
 /// A status report as a monitor sends it.
 pub fn member_report(pool: &str, member: &str, up: bool, metrics: &[(&str, f64)]) -> vnamed::grpc::v1::MemberReport {
     vnamed::grpc::v1::MemberReport {
