@@ -4,10 +4,12 @@
 //! server it was given.
 //!
 //! `frame` (parsing, rewriting, checksums), `conntrack` (the connection
-//! map) and `engine` (the decisions) are pure.
+//! map), `engine` (the decisions) and `steer` (which capture thread owns a
+//! connection) are pure.
 
 pub mod conntrack;
 pub mod driver;
 pub mod engine;
 pub mod frame;
 pub mod splice;
+pub mod steer;

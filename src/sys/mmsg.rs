@@ -2,7 +2,7 @@
 //! moves up to a batch of datagrams each way.
 
 use std::io;
-use std::mem::{MaybeUninit, zeroed};
+use std::mem::zeroed;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -104,11 +104,13 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
     }
 }
 
-/// Responses waiting to go out in one `sendmmsg`.
+/// Datagrams (or frames) waiting to go out in one `sendmmsg`.
 pub struct SendBatch {
     bufs: Box<[[u8; DATAGRAM]]>,
     lens: Box<[usize]>,
-    addrs: Box<[MaybeUninit<SockAddr>]>,
+    /// Where each goes; none on a socket bound to its one destination
+    /// (a packet socket bound to an interface).
+    addrs: Box<[Option<SockAddr>]>,
     count: usize,
     // Scratch for flush, kept to avoid allocating per batch.
     iovs: Vec<libc::iovec>,
@@ -123,7 +125,7 @@ impl SendBatch {
         Self {
             bufs: vec![[0u8; DATAGRAM]; n].into_boxed_slice(),
             lens: vec![0; n].into_boxed_slice(),
-            addrs: (0..n).map(|_| MaybeUninit::uninit()).collect(),
+            addrs: (0..n).map(|_| None).collect(),
             count: 0,
             iovs: Vec::with_capacity(n),
             hdrs: Vec::with_capacity(n),
@@ -134,19 +136,35 @@ impl SendBatch {
         self.count == self.bufs.len()
     }
 
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// The buffer for the next response; `commit` it once written.
     pub fn next_buf(&mut self) -> &mut [u8] {
         &mut self.bufs[self.count]
     }
 
-    pub fn commit(&mut self, len: usize, to: SocketAddr) {
+    pub fn commit(&mut self, len: usize, to: impl Into<Option<SocketAddr>>) {
         self.lens[self.count] = len;
-        self.addrs[self.count] = MaybeUninit::new(SockAddr::from(to));
+        self.addrs[self.count] = to.into().map(SockAddr::from);
         self.count += 1;
     }
 
-    /// Sends everything queued; datagrams the kernel refuses are dropped
-    /// (UDP gives no guarantee, and the client will retry).
+    /// Queues a copy of `data` (cut to the buffer size).
+    pub fn push(&mut self, data: &[u8], to: impl Into<Option<SocketAddr>>) {
+        let len = data.len().min(DATAGRAM);
+        self.next_buf()[..len].copy_from_slice(&data[..len]);
+        self.commit(len, to);
+    }
+
+    /// Sends everything queued and says how many went; datagrams the
+    /// kernel refuses are dropped (UDP gives no guarantee, and the client
+    /// will retry).
     pub fn flush(&mut self, socket: &impl AsRawFd) -> usize {
         let fd = socket.as_raw_fd();
         let iovs = &mut self.iovs;
@@ -155,44 +173,31 @@ impl SendBatch {
         let hdrs = &mut self.hdrs;
         hdrs.clear();
         for (iov, addr) in iovs.iter_mut().zip(&self.addrs[..self.count]) {
-            // SAFETY: `commit` initialised every address below `count`.
-            let addr = unsafe { addr.assume_init_ref() };
             // SAFETY: mmsghdr is plain old data; all zeroes is valid until set below.
             let mut h: libc::mmsghdr = unsafe { zeroed() };
-            h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = addr.len();
+            if let Some(addr) = addr {
+                h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = addr.len();
+            }
             h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
             hdrs.push(h);
         }
-        let mut sent = 0;
-        while sent < hdrs.len() {
+        let (mut done, mut sent) = (0, 0);
+        while done < hdrs.len() {
             // SAFETY: the headers point into `bufs`, `addrs` and `iovs`, all alive and
             // unmoved for the call; the kernel only reads them.
-            let n = unsafe { libc::sendmmsg(fd, hdrs[sent..].as_mut_ptr(), (hdrs.len() - sent) as u32, 0) };
+            let n = unsafe { libc::sendmmsg(fd, hdrs[done..].as_mut_ptr(), (hdrs.len() - done) as u32, 0) };
             if n <= 0 {
                 // Skip the datagram that failed and go on with the rest.
-                sent += 1;
+                done += 1;
                 continue;
             }
+            done += n as usize;
             sent += n as usize;
         }
-        for a in &mut self.addrs[..self.count] {
-            // SAFETY: `commit` initialised every address below `count`; each is dropped once.
-            unsafe { a.assume_init_drop() };
-        }
-        let total = self.count;
         self.count = 0;
-        total
-    }
-}
-
-impl Drop for SendBatch {
-    fn drop(&mut self) {
-        for a in &mut self.addrs[..self.count] {
-            // SAFETY: `commit` initialised every address below `count`; each is dropped once.
-            unsafe { a.assume_init_drop() };
-        }
+        sent
     }
 }
 

@@ -1,8 +1,9 @@
 //! What vnamed needs from the operating system beyond std, tokio and
 //! socket2: batched UDP system calls, atomic file replacement, directory
-//! watching. All unsafe code lives under this module.
+//! watching, packet rings. All unsafe code lives under this module.
 
 pub mod fs;
 pub mod mmsg;
+pub mod packet;
 pub mod thread;
 pub mod watch;
