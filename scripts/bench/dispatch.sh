@@ -8,8 +8,11 @@
 # 1. Each is driven with keep-alive and with a new connection per request;
 # requests/s, p99 latency and vnamed's ratios to HAProxy are printed. Last,
 # the connection map's memory for 1,000,000 connections. Needs root.
+# With AGAINST=<git revision> that revision's dispatcher (built in a
+# temporary worktree) runs too, in the same run and topology, and the
+# ratios between the builds are printed.
 #
-#   bash scripts/bench/dispatch.sh [SECONDS]     (default 10)
+#   [AGAINST=REV] bash scripts/bench/dispatch.sh [SECONDS]     (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
@@ -20,9 +23,19 @@ vnamed=$PWD/target/release/vnamed
 
 tag="vb$$"
 work=$(mktemp -d)
+builds=("vnamed=$vnamed")
+if [ -n "${AGAINST:-}" ]; then
+  tree=$(mktemp -d)/against
+  git worktree add --quiet --detach "$tree" "$AGAINST"
+  (cd "$tree" && CARGO_TARGET_DIR="${AGAINST_TARGET:-$tree/target}" cargo build --release --quiet --bin vnamed)
+  builds+=("$AGAINST=${AGAINST_TARGET:-$tree/target}/release/vnamed")
+fi
 net=10.88.0
 source scripts/netns/lib.sh
 netns_begin
+if [ -n "${AGAINST:-}" ]; then
+  trap 'netns_cleanup; git worktree remove --force "$tree" 2>/dev/null || true' EXIT
+fi
 netns_attach c "$net.50"
 netns_attach a "$net.100"
 netns_attach d "$net.10"
@@ -106,6 +119,15 @@ mode = "l4-3"
 pool = "www.bench.test."
 EOT
 
+# stop_ns NAME: ends every process in the namespace (not only the
+# `ip netns exec` that started it), bounded.
+stop_ns() {
+  local pids
+  pids=$(ip netns pids "$tag-$1")
+  [ -n "$pids" ] && kill $pids 2>/dev/null
+  for _ in $(seq 50); do [ -z "$(ip netns pids "$tag-$1")" ] && return 0; sleep 0.1; done
+  kill -9 $(ip netns pids "$tag-$1") 2>/dev/null || true
+}
 ok() { in_ns c curl -s --max-time 1 "http://$1/" | grep -q '^s'; }
 # run NAME URL: wrk keep-alive, then a new connection per request.
 declare -A rps p99
@@ -124,25 +146,40 @@ wait_for 10 ok "$net.21" || { echo "nginx did not start" >&2; exit 1; }
 run direct "http://$net.21/"
 
 in_ns d taskset -c 0 haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" &
-hp=$!
 wait_for 10 ok "$net.210" || { echo "haproxy did not start" >&2; cat "$work/haproxy.log" >&2; exit 1; }
 run haproxy "http://$net.210/"
-kill "$hp"; wait "$hp" 2>/dev/null || true
+stop_ns d
 
-in_ns d taskset -c 0 "$vnamed" dispatch --config "$work/d.toml" 2>"$work/d.log" &
-wait_for 15 ok "$net.200" || { echo "vnamed dispatch (L4/2) did not start" >&2; tail "$work/d.log" >&2; exit 1; }
-wait_for 10 ok "10.90.0.201" || { echo "vnamed dispatch (L4/3) did not answer" >&2; exit 1; }
-run vnamed-l4-2 "http://$net.200/"
-run vnamed-l4-3 "http://10.90.0.201/"
+names=(direct haproxy)
+for b in "${builds[@]}"; do
+  name=${b%%=*} bin=${b#*=}
+  in_ns d taskset -c 0 "$bin" dispatch --config "$work/d.toml" 2>"$work/d.log" &
+  wait_for 15 ok "$net.200" || { echo "$name dispatch (L4/2) did not start" >&2; tail "$work/d.log" >&2; exit 1; }
+  wait_for 10 ok "10.90.0.201" || { echo "$name dispatch (L4/3) did not answer" >&2; exit 1; }
+  run "$name-l4-2" "http://$net.200/"
+  run "$name-l4-3" "http://10.90.0.201/"
+  names+=("$name-l4-2" "$name-l4-3")
+  stop_ns d
+  # The next build announces the addresses afresh; the client forgets the old MAC.
+  in_ns c ip neigh flush dev vc
+done
 
 echo
-printf '%-14s %14s %10s %14s %10s\n' "" "keep-alive r/s" "p99" "new-conn r/s" "p99"
-for n in direct haproxy vnamed-l4-2 vnamed-l4-3; do
-  printf '%-14s %14s %10s %14s %10s\n' "$n" "${rps[$n/keepalive]:-0}" "${p99[$n/keepalive]:-n/a}" "${rps[$n/close]:-0}" "${p99[$n/close]:-n/a}"
+printf '%-20s %14s %10s %14s %10s\n' "" "keep-alive r/s" "p99" "new-conn r/s" "p99"
+for n in "${names[@]}"; do
+  printf '%-20s %14s %10s %14s %10s\n' "$n" "${rps[$n/keepalive]:-0}" "${p99[$n/keepalive]:-n/a}" "${rps[$n/close]:-0}" "${p99[$n/close]:-n/a}"
 done
 ratio() { awk -v a="${rps[$1]:-0}" -v b="${rps[$2]:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
-echo "vnamed L4/2 / HAProxy: keep-alive x$(ratio vnamed-l4-2/keepalive haproxy/keepalive), new connections x$(ratio vnamed-l4-2/close haproxy/close)   (target: >= 1.0)"
-echo "vnamed L4/3 / HAProxy: keep-alive x$(ratio vnamed-l4-3/keepalive haproxy/keepalive), new connections x$(ratio vnamed-l4-3/close haproxy/close)"
+echo "vnamed L4/2 / HAProxy: keep-alive x$(ratio vnamed-l4-2/keepalive haproxy/keepalive), new connections x$(ratio vnamed-l4-2/close haproxy/close)   (target: keep-alive >= 1.3)"
+echo "vnamed L4/3 / HAProxy: keep-alive x$(ratio vnamed-l4-3/keepalive haproxy/keepalive), new connections x$(ratio vnamed-l4-3/close haproxy/close)   (target: keep-alive >= 1.3)"
+if [ -n "${AGAINST:-}" ]; then
+  for m in l4-2 l4-3; do
+    echo "$AGAINST ${m^^} / HAProxy: keep-alive x$(ratio "$AGAINST-$m/keepalive" haproxy/keepalive), new connections x$(ratio "$AGAINST-$m/close" haproxy/close)"
+  done
+  for m in l4-2 l4-3; do
+    echo "vnamed / $AGAINST ${m^^}: keep-alive x$(ratio "vnamed-$m/keepalive" "$AGAINST-$m/keepalive"), new connections x$(ratio "vnamed-$m/close" "$AGAINST-$m/close")"
+  done
+fi
 echo
 "$PWD/target/release/examples/connmap" 1000000

@@ -120,6 +120,7 @@ authority = "http://$auth_ip:7443"
 metrics_listen = "$2:9400"
 monitor_port = 7450
 gateway = "$gateway"
+threads = 3
 [[dispatch.vip]]
 address = "$vip2"
 ports = [80]
@@ -167,6 +168,12 @@ spread() { local seen; seen=$(for _ in 1 2 3 4 5 6; do get "$1"; echo; done | so
 wait_for 5 spread "$vip2" || fail "L4/2: round-robin did not spread connections over the three servers"
 wait_for 5 spread "$vip3" || fail "L4/3: round-robin did not spread connections over the three servers"
 echo "round-robin: new connections spread over s1, s2, s3 on both virtual IPs"
+# Three capture threads share the connections (a fanout group steered by
+# the connection's ports): more than one of them has switched packets.
+[ "$(metric vnamed_dispatch_threads)" = 3 ] || fail "expected 3 capture threads, metrics say '$(metric vnamed_dispatch_threads)'"
+busy=$(for t in 0 1 2; do metric "vnamed_dispatch_switched_total{thread=\"$t\"}"; done | awk '$1 > 0' | wc -l)
+[ "$busy" -ge 2 ] || fail "connections all went through one capture thread of 3 ($busy busy)"
+echo "fanout: connections spread over $busy of 3 capture threads"
 
 # L7: the request line picks the server class.
 get_path() { in_ns c curl -s --max-time 2 "http://$vip7$1" 2>/dev/null || true; }

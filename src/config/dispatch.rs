@@ -31,9 +31,17 @@ pub struct DispatchConfig {
     /// virtual IPs: the servers' gateway in L4/3, so that it moves with
     /// the dispatcher.
     pub gateway: Option<std::net::Ipv4Addr>,
+    /// Capture threads, each owning its share of the connections (a
+    /// fanout group); default: one per CPU the process may run on.
+    pub threads: Option<usize>,
     #[serde(default)]
     pub vip: Vec<VipConfig>,
 }
+
+/// L7 virtual IPs at most (the steering program tests each in turn).
+pub const MAX_L7: usize = 64;
+/// Capture threads at most.
+pub const MAX_THREADS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +88,14 @@ impl DispatchConfig {
     pub(super) fn check(&self, problems: &mut Vec<String>) {
         if self.vip.is_empty() {
             problems.push("dispatch.vip: at least one virtual IP is required".into());
+        }
+        if self.vip.iter().filter(|v| v.mode == DispatchMode::L7).count() > MAX_L7 {
+            problems.push(format!("dispatch.vip: at most {MAX_L7} l7 virtual IPs"));
+        }
+        if let Some(n) = self.threads
+            && !(1..=MAX_THREADS).contains(&n)
+        {
+            problems.push(format!("dispatch.threads: {n} is not between 1 and {MAX_THREADS}"));
         }
         let mut seen = std::collections::HashSet::new();
         for v in &self.vip {

@@ -1,27 +1,34 @@
-//! `vnamed dispatch`: the sockets around the pure engine. Frames are
-//! captured on the interface with AF_PACKET (pnet); L4/2 frames go back out
-//! on the link, L4/3 packets out through a raw IP socket. The dispatcher
-//! answers ARP for its virtual IPs itself (they are not configured on the
-//! host, so the kernel never answers for them) and announces them with
-//! gratuitous ARP when it takes them over. Each virtual IP follows its
-//! pool over the authority's `Admin.Watch` stream; servers' MACs are learnt
-//! with ARP. With a `[ring]` section the host is a ring member and holds
-//! the virtual IPs only while the ring elects it.
+//! `vnamed dispatch`: the sockets around the pure engine. Frames arrive
+//! in a packet ring on the interface (`sys::packet`); L4/2 frames go back
+//! out on the link, L4/3 packets out through a raw IP socket, a batch at a
+//! time (`sendmmsg`). The dispatcher answers ARP for its virtual IPs itself
+//! (they are not configured on the host, so the kernel never answers for
+//! them) and announces them with gratuitous ARP when it takes them over.
+//! Each virtual IP follows its pool over the authority's `Admin.Watch`
+//! stream; servers' MACs are learnt with ARP. With a `[ring]` section the
+//! host is a ring member and holds the virtual IPs only while the ring
+//! elects it.
 //!
-//! One owner: the capture thread alone holds the engine, the splicers and
-//! the servers' MACs, and does the periodic work (announcing, asking for
-//! MACs, expiring connections a shard at a time) between frames. The
-//! control side (pool watchers, the ring's election, state reconstruction)
-//! talks to it over a bounded channel; what it counts it publishes for
-//! `/metrics` in atomics.
+//! One owner per thread: the capture threads form a fanout group steered
+//! by connection (`steer`), and each alone holds its engine, its share of
+//! the connections and its sending sockets. Thread 0 also gets everything
+//! that is not an L4 connection: it answers ARP, learns MACs (published to
+//! the others through an `ArcSwap`), runs the L7 relays and announces the
+//! addresses. Each thread does its periodic work (expiring connections a
+//! shard at a time) between batches. The control side (pool watchers, the
+//! ring's election, state reconstruction) talks to the threads over
+//! bounded channels; what they count they publish for `/metrics` in
+//! atomics.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -29,17 +36,24 @@ use tracing::{debug, info, warn};
 use super::engine::{Dropped, Engine, Mode, Server, Verdict, Vip};
 use super::frame::{self, Mac};
 use super::splice::{Route, Segment, Splicer};
+use super::steer;
 use crate::config::{Config, DispatchConfig, DispatchMode};
 use crate::grpc::Bearer;
 use crate::grpc::v1::PoolRequest;
 use crate::grpc::v1::admin_client::AdminClient;
 use crate::metrics::{Expose, Registry, Writer};
+use crate::sys::mmsg::{DATAGRAM, SendBatch};
+use crate::sys::packet::{Ring, RingSize};
 
-/// Control messages queued for the capture thread, at most; senders wait
+/// Control messages queued for each capture thread, at most; senders wait
 /// for room rather than drop a change.
 const CONTROL_QUEUE: usize = 256;
-/// How often the capture thread does its periodic work.
+/// How often a capture thread does its periodic work.
 const TICK: Duration = Duration::from_millis(100);
+/// Frames taken from the ring before what they produced is sent.
+const BATCH: usize = 64;
+/// Receive ring per capture thread.
+const RING_BYTES: usize = 8 << 20;
 
 /// Whose servers a watched pool gives.
 #[derive(Debug, Clone, Copy)]
@@ -50,50 +64,156 @@ enum Target {
     Splice(usize, usize),
 }
 
-/// What the control side tells the capture thread.
+/// A connection a server says it has: (client, its port), the server's
+/// local port, the server.
+type Held = ((Ipv4Addr, u16), u16, Ipv4Addr);
+
+/// What the control side tells a capture thread.
 #[derive(Debug)]
 enum Control {
     /// A pool's live servers in order, and whether to rotate.
     Servers(Target, Vec<Ipv4Addr>, bool),
     /// Whether this host holds the virtual IPs.
     Active(bool),
-    /// Connections the servers say they have, after a take-over; how many
-    /// went back into the map is answered on `done`.
+    /// Connections the servers say they have, after a take-over (those
+    /// this thread owns); how many went back into the map is answered on
+    /// `done`.
     Restore { vip: Ipv4Addr, entries: Vec<((Ipv4Addr, u16), Ipv4Addr)>, done: oneshot::Sender<usize> },
 }
 
-/// What the capture thread publishes, for `/metrics`.
+/// The capture threads' control channels.
+#[derive(Clone)]
+struct Lanes(Arc<[mpsc::Sender<Control>]>);
+
+/// The capture threads are gone.
+#[derive(Debug)]
+struct Gone;
+
+impl Lanes {
+    /// Tells every thread; waits for room.
+    async fn tell(&self, make: impl Fn() -> Control) -> Result<(), Gone> {
+        for lane in self.0.iter() {
+            lane.send(make()).await.map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+
+    /// Gives each thread the connections it owns; how many went back.
+    async fn restore(&self, vip: Ipv4Addr, held: Vec<Held>) -> Result<usize, Gone> {
+        let n = self.0.len();
+        let mut share: Vec<Vec<((Ipv4Addr, u16), Ipv4Addr)>> = vec![Vec::new(); n];
+        for (client, port, server) in held {
+            share[steer::lane(client.1, port, n)].push((client, server));
+        }
+        let mut restored = 0;
+        for (lane, entries) in self.0.iter().zip(share) {
+            if entries.is_empty() {
+                continue;
+            }
+            let (done, answer) = oneshot::channel();
+            lane.send(Control::Restore { vip, entries, done }).await.map_err(|_| Gone)?;
+            restored += answer.await.map_err(|_| Gone)?;
+        }
+        Ok(restored)
+    }
+}
+
+/// What one capture thread counts.
 #[derive(Debug, Default)]
-struct Stats {
-    active: AtomicBool,
+struct LaneStats {
     switched: AtomicU64,
     connections: AtomicU64,
     dropped: [AtomicU64; Dropped::ALL.len()],
     l7_connections: AtomicU64,
     l7_refused: AtomicU64,
     send_errors: AtomicU64,
+    ring_drops: AtomicU64,
+    cut: AtomicU64,
+}
+
+/// What the capture threads publish, for `/metrics`.
+#[derive(Debug, Default)]
+struct Stats {
+    active: AtomicBool,
+    lanes: Vec<LaneStats>,
 }
 
 impl Expose for Stats {
     fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let dropped = Dropped::ALL.iter().zip(&self.dropped).map(|(why, n)| (vec![("reason", why.label().into())], get(n))).collect();
+        let sum = |f: fn(&LaneStats) -> &AtomicU64| self.lanes.iter().map(|l| f(l).load(Ordering::Relaxed)).sum::<u64>();
+        let dropped = Dropped::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, why)| (vec![("reason", why.label().into())], self.lanes.iter().map(|l| l.dropped[i].load(Ordering::Relaxed)).sum()))
+            .collect();
         w.gauge("vnamed_dispatch_active", "1 while this host holds the virtual IPs.", i64::from(self.active.load(Ordering::Relaxed)))?;
-        w.counter("vnamed_dispatch_switched", "Packets switched to a server.", get(&self.switched))?;
-        w.gauge("vnamed_dispatch_connections", "Connections in the connection map.", get(&self.connections) as i64)?;
+        w.gauge("vnamed_dispatch_threads", "Capture threads (each owns its share of the connections).", self.lanes.len() as i64)?;
+        let switched = self
+            .lanes
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (vec![("thread", i.to_string().into())], l.switched.load(Ordering::Relaxed)))
+            .collect();
+        w.counters("vnamed_dispatch_switched", "Packets switched to a server, by capture thread.", switched)?;
+        w.gauge("vnamed_dispatch_connections", "Connections in the connection map.", sum(|l| &l.connections) as i64)?;
         w.counters("vnamed_dispatch_dropped", "Frames to a virtual IP dropped, by reason.", dropped)?;
-        w.gauge("vnamed_dispatch_l7_connections", "L7 connections being relayed.", get(&self.l7_connections) as i64)?;
-        w.counter("vnamed_dispatch_l7_refused", "L7 requests reset (not HTTP, no server).", get(&self.l7_refused))?;
-        w.counter("vnamed_dispatch_send_errors", "Frames the kernel refused to send.", get(&self.send_errors))
+        w.gauge("vnamed_dispatch_l7_connections", "L7 connections being relayed.", sum(|l| &l.l7_connections) as i64)?;
+        w.counter("vnamed_dispatch_l7_refused", "L7 requests reset (not HTTP, no server).", sum(|l| &l.l7_refused))?;
+        w.counter("vnamed_dispatch_send_errors", "Frames the kernel refused to send.", sum(|l| &l.send_errors))?;
+        w.counter("vnamed_dispatch_ring_drops", "Frames lost because a capture ring was full.", sum(|l| &l.ring_drops))?;
+        w.counter(
+            "vnamed_dispatch_frames_cut",
+            "Frames longer than a ring slot, dropped (turn off GRO/LRO on the interface).",
+            sum(|l| &l.cut),
+        )
     }
 }
 
-/// The capture thread's state: the only owner of the engine, the
-/// splicers, the servers' MACs and the sending sockets.
+/// Frames and packets waiting to be sent, and the sockets they go on.
+struct Out {
+    link: SendBatch,
+    ip: SendBatch,
+    link_fd: OwnedFd,
+    raw: socket2::Socket,
+    errors: u64,
+}
+
+impl Out {
+    fn frame(&mut self, f: &[u8]) {
+        if self.link.is_full() {
+            self.flush();
+        }
+        self.link.push(f, None);
+    }
+
+    fn packet(&mut self, p: &[u8], to: Ipv4Addr) {
+        if self.ip.is_full() {
+            self.flush();
+        }
+        self.ip.push(p, SocketAddr::from((to, 0)));
+    }
+
+    fn flush(&mut self) {
+        if !self.link.is_empty() {
+            let queued = self.link.len();
+            self.errors += (queued - self.link.flush(&self.link_fd)) as u64;
+        }
+        if !self.ip.is_empty() {
+            let queued = self.ip.len();
+            self.errors += (queued - self.ip.flush(&self.raw)) as u64;
+        }
+    }
+}
+
+/// A capture thread's state: the only owner of its engine, its share of
+/// the connections, (on thread 0) the L7 relays, and its sending sockets.
 struct Capture {
+    lane: usize,
     engine: Engine,
     splicers: Vec<Splicer>,
-    macs: HashMap<Ipv4Addr, Mac>,
+    macs: Arc<HashMap<Ipv4Addr, Mac>>,
+    /// Servers' MACs as learnt by whichever thread saw the ARP.
+    learnt: Arc<ArcSwap<HashMap<Ipv4Addr, Mac>>>,
     /// Per L4 virtual IP: the pool's servers in order, and whether to rotate.
     wanted: Vec<(Vec<Ipv4Addr>, bool)>,
     active: bool,
@@ -101,13 +221,11 @@ struct Capture {
     /// the last periodic announcement), and whether taking them was logged.
     announced: u32,
     holding: bool,
-    tx: Box<dyn pnet_datalink::DataLinkSender>,
-    raw: socket2::Socket,
+    out: Out,
     mac: Mac,
     my_ip: Ipv4Addr,
     /// Addresses to answer and announce: the virtual IPs, the gateway, the L7 ones.
     held: Vec<Ipv4Addr>,
-    l7: bool,
     stats: Arc<Stats>,
     ticks: u64,
 }
@@ -128,11 +246,13 @@ impl Capture {
             }
             Control::Active(active) => {
                 if active != self.active {
-                    info!(active, "dispatcher role changed");
+                    if self.lane == 0 {
+                        info!(active, "dispatcher role changed");
+                        self.stats.active.store(active, Ordering::Relaxed);
+                    }
                     self.active = active;
                     self.announced = 0;
                     self.holding = false;
-                    self.stats.active.store(active, Ordering::Relaxed);
                 }
             }
             Control::Restore { vip, entries, done } => {
@@ -149,85 +269,93 @@ impl Capture {
         }
     }
 
-    fn send_frame(&mut self, f: &[u8]) {
-        if !matches!(self.tx.send_to(f, None), Some(Ok(()))) {
-            self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+    /// Takes up MACs another thread learnt.
+    fn sync_macs(&mut self) {
+        let now = self.learnt.load();
+        if !Arc::ptr_eq(&now, &self.macs) {
+            self.macs = Arc::clone(&now);
+            self.apply();
         }
     }
 
-    fn send_ip(&mut self, packet: &[u8], to: Ipv4Addr) {
-        let dest: SocketAddr = (to, 0).into();
-        if self.raw.send_to(packet, &dest.into()).is_err() {
-            self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// One captured frame; `buf` is the one buffer frames are rewritten in.
-    fn frame(&mut self, f: &[u8], buf: &mut Vec<u8>, now: Instant) {
+    /// One captured frame, rewritten in place in the ring.
+    fn frame(&mut self, f: &mut [u8], now: Instant) {
         if f.len() < frame::ETH_HEADER || frame::src_mac(f) == self.mac {
-            return; // our own frames, seen on their way out
+            return; // our own frames, where the kernel still shows them
         }
         if let Some((m, ip)) = frame::arp_sender(f)
             && self.macs.get(&ip) != Some(&m)
         {
-            self.macs.insert(ip, m);
-            self.apply();
+            self.learnt.rcu(|macs| {
+                let mut macs = HashMap::clone(macs);
+                macs.insert(ip, m);
+                macs
+            });
+            self.sync_macs();
         }
         let to = frame::dst_mac(f);
         if !self.active || (to != self.mac && to != [0xFF; 6]) {
             return;
         }
-        buf.clear();
-        buf.extend_from_slice(f);
         // L7 virtual IPs, and servers answering their relayed connections.
-        if self.l7 {
-            let spliced = Segment::parse(&buf[frame::ETH_HEADER..])
+        if !self.splicers.is_empty() {
+            let spliced = Segment::parse(&f[frame::ETH_HEADER..])
                 .and_then(|seg| self.splicers.iter_mut().find(|s| s.is_ours(&seg)).map(|s| s.handle(seg, now)));
             if let Some(packets) = spliced {
                 for (p, to) in packets {
-                    self.send_ip(&p, to);
+                    self.out.packet(&p, to);
                 }
                 return;
             }
         }
-        let verdict = match self.engine.inbound(buf, now) {
-            Verdict::Pass => self.engine.outbound(buf, now),
+        let verdict = match self.engine.inbound(f, now) {
+            Verdict::Pass => self.engine.outbound(f, now),
             v => v,
         };
         match verdict {
-            Verdict::Switch => self.send_frame(buf),
-            Verdict::Route { to } => self.send_ip(&buf[frame::ETH_HEADER..], to),
-            Verdict::Reply(r) => self.send_frame(&r),
+            Verdict::Switch => self.out.frame(f),
+            // A destination on the link whose MAC ARP told us: straight
+            // out as a frame; anything else through the host's routes.
+            Verdict::Route { to } => match self.macs.get(&to) {
+                Some(m) => {
+                    frame::set_macs(f, *m, self.mac);
+                    self.out.frame(f)
+                }
+                None => self.out.packet(&f[frame::ETH_HEADER..], to),
+            },
+            Verdict::Reply(r) => self.out.frame(&r),
             Verdict::Drop(why) => debug!(reason = why.label(), "frame dropped"),
             Verdict::Pass => {}
         }
     }
 
-    /// The periodic work, every `TICK`: announce the virtual IPs after
-    /// taking them, ask for servers' MACs, expire a shard of connections,
-    /// publish the counters.
-    fn tick(&mut self, now: Instant) {
+    /// The periodic work, every `TICK`: (thread 0) announce the virtual
+    /// IPs after taking them and ask for servers' MACs; expire a shard of
+    /// connections; publish the counters.
+    fn tick(&mut self, now: Instant, ring: &Ring) {
         self.ticks += 1;
-        // Announced three times on taking over, then every two seconds, so
-        // that a neighbour holding a stale entry learns where they are.
-        if self.active && self.ticks.is_multiple_of(20) {
-            self.announced = self.announced.min(2);
-        }
-        if self.active && self.announced < 3 {
-            self.announced += 1;
-            for ip in self.held.clone() {
-                self.send_frame(&frame::gratuitous_arp(self.mac, ip));
+        if self.lane == 0 {
+            // Announced three times on taking over, then every two seconds,
+            // so that a neighbour holding a stale entry learns where they are.
+            if self.active && self.ticks.is_multiple_of(20) {
+                self.announced = self.announced.min(2);
             }
-            if self.announced == 1 && !self.holding {
-                self.holding = true;
-                info!(held = ?self.held, "holding the virtual IPs");
+            if self.active && self.announced < 3 {
+                self.announced += 1;
+                for ip in self.held.clone() {
+                    self.out.frame(&frame::gratuitous_arp(self.mac, ip));
+                }
+                if self.announced == 1 && !self.holding {
+                    self.holding = true;
+                    info!(held = ?self.held, "holding the virtual IPs");
+                }
             }
-        }
-        if self.ticks.is_multiple_of(5) {
-            let unknown: Vec<Ipv4Addr> =
-                self.wanted.iter().flat_map(|(ips, _)| ips).filter(|ip| !self.macs.contains_key(ip)).copied().collect();
-            for ip in unknown {
-                self.send_frame(&frame::arp_who_has(self.mac, self.my_ip, ip));
+            if self.ticks.is_multiple_of(5) {
+                let unknown: Vec<Ipv4Addr> =
+                    self.wanted.iter().flat_map(|(ips, _)| ips).filter(|ip| !self.macs.contains_key(ip)).copied().collect();
+                for ip in unknown {
+                    self.out.frame(&frame::arp_who_has(self.mac, self.my_ip, ip));
+                }
             }
         }
         // One shard per tick: a whole pass in well under a couple of seconds.
@@ -237,7 +365,8 @@ impl Capture {
                 s.expire(now);
             }
         }
-        let s = &self.stats;
+        self.out.flush();
+        let s = &self.stats.lanes[self.lane];
         s.switched.store(self.engine.switched, Ordering::Relaxed);
         s.connections.store(self.engine.conns().len() as u64, Ordering::Relaxed);
         for (why, n) in Dropped::ALL.iter().zip(&s.dropped) {
@@ -245,7 +374,47 @@ impl Capture {
         }
         s.l7_connections.store(self.splicers.iter().map(Splicer::len).sum::<usize>() as u64, Ordering::Relaxed);
         s.l7_refused.store(self.splicers.iter().map(|s| s.refused).sum(), Ordering::Relaxed);
+        s.send_errors.store(self.out.errors, Ordering::Relaxed);
+        // The kernel's count restarts each time it is read.
+        if let Ok(n) = ring.drops() {
+            s.ring_drops.fetch_add(n, Ordering::Relaxed);
+        }
     }
+
+    /// The thread's loop: frames a batch at a time, then what they
+    /// produced is sent, then control messages and periodic work.
+    fn run(mut self, mut ring: Ring, mut inbox: mpsc::Receiver<Control>, stop: Arc<AtomicBool>) {
+        let mut next_tick = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = ring.wait(TICK) {
+                warn!(error = %e, "capture failed");
+                std::thread::sleep(TICK);
+            }
+            let now = Instant::now();
+            self.sync_macs();
+            for _ in 0..BATCH {
+                let Some(mut f) = ring.next() else { break };
+                if f.cut() || f.len() > DATAGRAM {
+                    self.stats.lanes[self.lane].cut.fetch_add(1, Ordering::Relaxed);
+                } else if !f.tagged() {
+                    self.frame(&mut f, now);
+                }
+            }
+            self.out.flush();
+            while let Ok(msg) = inbox.try_recv() {
+                self.control(msg, now);
+            }
+            if now >= next_tick {
+                self.tick(now, &ring);
+                next_tick = now + TICK;
+            }
+        }
+    }
+}
+
+/// The interface's MTU (1500 when it cannot be read).
+fn mtu(interface: &str) -> usize {
+    std::fs::read_to_string(format!("/sys/class/net/{interface}/mtu")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1500)
 }
 
 /// `vnamed dispatch --config FILE`.
@@ -286,66 +455,61 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         })
         .collect();
     let l7_ips: Vec<Ipv4Addr> = l7_vips.iter().map(|v| v.address).collect();
-    let pnet_config = pnet_datalink::Config { read_timeout: Some(TICK), ..Default::default() };
-    let (tx, mut rx) = match pnet_datalink::channel(&iface, pnet_config).with_context(|| format!("capture on {}", iface.name))? {
-        pnet_datalink::Channel::Ethernet(tx, rx) => (tx, rx),
-        _ => anyhow::bail!("capture on {}: not an Ethernet channel", iface.name),
-    };
-    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW)))
-        .context("raw IP socket (needs CAP_NET_RAW)")?;
-    let mut engine = Engine::new(vips.clone(), mac, dc.idle_timeout, dc.fin_timeout, Instant::now());
-    for ip in gateway.iter().chain(&l7_ips) {
-        engine.answer_arp_for(*ip);
+    let threads = dc.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let size = RingSize::for_mtu(mtu(&iface.name), RING_BYTES);
+    let mut rings = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        rings.push(Ring::open(iface.index, size).with_context(|| format!("capture ring on {} (needs CAP_NET_RAW)", iface.name))?);
     }
-    let stats = Arc::new(Stats::default());
+    if threads > 1 {
+        // Frames to an L7 address (and to the gateway, where the relays'
+        // server sides come back) stay with thread 0 and its relays.
+        let l7_addresses: Vec<Ipv4Addr> = gateway.iter().filter(|_| !l7_ips.is_empty()).chain(&l7_ips).copied().collect();
+        let program = steer::to_filters(&steer::program(&l7_addresses));
+        let group = rings[0].join(None, &program).context("fanout group for the capture threads")?;
+        for r in &rings[1..] {
+            r.join(Some(group), &program).context("joining the capture threads' fanout group")?;
+        }
+    }
+    let stats = Arc::new(Stats { lanes: (0..threads).map(|_| LaneStats::default()).collect(), ..Default::default() });
     let active = config.ring.is_none();
     stats.active.store(active, Ordering::Relaxed);
-    let (control, mut inbox) = mpsc::channel::<Control>(CONTROL_QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
-
-    // The capture thread: every frame to us, through the engine it owns.
-    let capture = {
-        let mut c = Capture {
+    let learnt = Arc::new(ArcSwap::from_pointee(HashMap::new()));
+    let held: Vec<Ipv4Addr> = vips.iter().map(|v| v.ip).chain(gateway).chain(l7_ips.iter().copied()).collect();
+    let mut splicers = Some(splicers);
+    let mut senders = Vec::with_capacity(threads);
+    let mut capture = Vec::with_capacity(threads);
+    for (lane, ring) in rings.into_iter().enumerate() {
+        let mut engine = Engine::new(vips.clone(), mac, dc.idle_timeout, dc.fin_timeout, Instant::now());
+        for ip in gateway.iter().chain(&l7_ips) {
+            engine.answer_arp_for(*ip);
+        }
+        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW)))
+            .context("raw IP socket (needs CAP_NET_RAW)")?;
+        let c = Capture {
+            lane,
             engine,
-            l7: !splicers.is_empty(),
-            splicers,
-            macs: HashMap::new(),
+            splicers: if lane == 0 { splicers.take().unwrap_or_default() } else { Vec::new() },
+            macs: learnt.load_full(),
+            learnt: learnt.clone(),
             wanted: vec![(Vec::new(), false); vips.len()],
             active,
             announced: 0,
             holding: false,
-            tx,
-            raw,
+            out: Out { link: SendBatch::new(BATCH), ip: SendBatch::new(BATCH), link_fd: ring.sender()?, raw, errors: 0 },
             mac,
             my_ip,
-            held: vips.iter().map(|v| v.ip).chain(gateway).chain(l7_ips.iter().copied()).collect(),
+            held: held.clone(),
             stats: stats.clone(),
             ticks: 0,
         };
+        let (tx, inbox) = mpsc::channel::<Control>(CONTROL_QUEUE);
+        senders.push(tx);
         let stop = stop.clone();
-        std::thread::Builder::new().name("dispatch-capture".into()).spawn(move || {
-            let mut buf: Vec<u8> = Vec::with_capacity(65_536);
-            let mut next_tick = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                match rx.next() {
-                    Ok(f) => c.frame(f, &mut buf, Instant::now()),
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                    Err(e) => {
-                        warn!(error = %e, "capture failed");
-                        std::thread::sleep(TICK);
-                    }
-                }
-                let now = Instant::now();
-                while let Ok(msg) = inbox.try_recv() {
-                    c.control(msg, now);
-                }
-                if now >= next_tick {
-                    c.tick(now);
-                    next_tick = now + TICK;
-                }
-            }
-        })?
-    };
+        capture.push(std::thread::Builder::new().name(format!("dispatch-{lane}")).spawn(move || c.run(ring, inbox, stop))?);
+    }
+    let lanes = Lanes(senders.into());
 
     // The ring decides who holds the virtual IPs.
     let ring_counters = Arc::new(crate::ring::driver::RingCounters::default());
@@ -377,12 +541,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             vec![(Target::Engine(l4 - 1), &vc.pool)]
         };
         for (target, pool) in pools {
-            let follow = Follow { target, pool: pool.clone(), control: control.clone(), servers: servers.clone() };
+            let follow = Follow { target, pool: pool.clone(), lanes: lanes.clone(), servers: servers.clone() };
             tasks.spawn(follow.run(dc.authority.clone(), dc.token.clone(), shutdown.clone()));
         }
     }
     if let Some(rc) = &config.ring {
-        let (control, servers, vips, shutdown) = (control.clone(), servers.clone(), vips.clone(), shutdown.clone());
+        let (lanes, servers, vips, shutdown) = (lanes.clone(), servers.clone(), vips.clone(), shutdown.clone());
         let monitor_port = dc.monitor_port;
         // A ring that is still forming can elect a host for a moment: the
         // addresses are taken only once an election has held this long,
@@ -409,11 +573,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     continue;
                 }
                 active = now_elected;
-                if control.send(Control::Active(active)).await.is_err() {
-                    return; // the capture thread is gone
+                if lanes.tell(|| Control::Active(active)).await.is_err() {
+                    return; // the capture threads are gone
                 }
                 if active && let Some(port) = monitor_port {
-                    tokio::spawn(reconstruct(control.clone(), servers.clone(), vips.clone(), port));
+                    tokio::spawn(reconstruct(lanes.clone(), servers.clone(), vips.clone(), port));
                 }
             }
         });
@@ -425,11 +589,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         crate::metrics::register(&mut registry, ring_counters.clone());
         tasks.spawn(crate::metrics::serve(listener, Arc::new(registry), shutdown.clone()));
     }
-    info!(interface = %iface.name, %my_ip, vips = vips.len(), "dispatcher running");
+    info!(interface = %iface.name, %my_ip, vips = vips.len(), threads, "dispatcher running");
     shutdown.cancelled().await;
     stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
-    let _ = tokio::task::spawn_blocking(move || capture.join()).await;
+    let _ = tokio::task::spawn_blocking(move || capture.into_iter().for_each(|t| drop(t.join()))).await;
     if let Some(ring) = ring {
         let _ = ring.await;
     }
@@ -441,7 +605,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// which connections it has on each virtual IP (L4/2: to the virtual IP
 /// itself; L4/3: to the server's own address), and they go back into the
 /// connection map with that server, so established connections continue.
-async fn reconstruct(control: mpsc::Sender<Control>, servers: Arc<Mutex<Vec<Vec<Ipv4Addr>>>>, vips: Vec<Vip>, monitor_port: u16) {
+async fn reconstruct(lanes: Lanes, servers: Arc<Mutex<Vec<Vec<Ipv4Addr>>>>, vips: Vec<Vip>, monitor_port: u16) {
     use crate::grpc::v1::ConnectionsRequest;
     use crate::grpc::v1::host_client::HostClient;
     let started = Instant::now();
@@ -459,23 +623,20 @@ async fn reconstruct(control: mpsc::Sender<Control>, servers: Arc<Mutex<Vec<Vec<
                 for port in if vip.ports.is_empty() { vec![0] } else { vip.ports.clone() } {
                     let reply =
                         client.connections(ConnectionsRequest { local: local.to_string(), port: u32::from(port) }).await?.into_inner();
-                    found.extend(
-                        reply
-                            .connections
-                            .into_iter()
-                            .filter_map(|c| Some(((c.client.parse::<Ipv4Addr>().ok()?, u16::try_from(c.client_port).ok()?), *server))),
-                    );
+                    found.extend(reply.connections.into_iter().filter_map(|c| {
+                        let client = (c.client.parse::<Ipv4Addr>().ok()?, u16::try_from(c.client_port).ok()?);
+                        let local_port = u16::try_from(c.local_port).ok().filter(|p| *p != 0).unwrap_or(port);
+                        Some((client, local_port, *server))
+                    }));
                 }
                 Ok::<_, anyhow::Error>(found)
             };
             match tokio::time::timeout(Duration::from_secs(2), ask).await {
                 Ok(Ok(found)) => {
                     let reported = found.len();
-                    let (done, n) = oneshot::channel();
-                    if control.send(Control::Restore { vip: vip.ip, entries: found, done }).await.is_err() {
-                        return; // the capture thread is gone
-                    }
-                    let n = n.await.unwrap_or(0);
+                    let Ok(n) = lanes.restore(vip.ip, found).await else {
+                        return; // the capture threads are gone
+                    };
                     debug!(vip = %vip.ip, %server, reported, restored = n, "connections from a server");
                     restored += n;
                 }
@@ -491,7 +652,7 @@ async fn reconstruct(control: mpsc::Sender<Control>, servers: Arc<Mutex<Vec<Vec<
 struct Follow {
     target: Target,
     pool: String,
-    control: mpsc::Sender<Control>,
+    lanes: Lanes,
     servers: Arc<Mutex<Vec<Vec<Ipv4Addr>>>>,
 }
 
@@ -517,7 +678,10 @@ impl Follow {
                     }
                     let rotate = reply.policy == "round-robin";
                     // Waits for room: a change of servers is never dropped.
-                    self.control.send(Control::Servers(self.target, ips, rotate)).await?;
+                    self.lanes
+                        .tell(|| Control::Servers(self.target, ips.clone(), rotate))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("the capture threads are gone"))?;
                 }
                 Ok::<(), anyhow::Error>(())
             };
