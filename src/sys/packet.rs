@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `ETH_P_ALL` in network byte order, as `bind` and `socket` want it.
 const ALL_PROTOCOLS: u16 = (libc::ETH_P_ALL as u16).to_be();
@@ -50,6 +50,43 @@ pub struct Ring {
     slot: usize,
     slots: usize,
     next: usize,
+    spin: Spin,
+}
+
+/// How long a reader looks for the next frame before it sleeps (pure):
+/// it grows while frames keep coming within it, or come soon after the
+/// reader fell asleep, and halves each time it passes in vain, so that a
+/// quiet interface costs no CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spin {
+    window: Duration,
+}
+
+impl Spin {
+    /// The longest look before sleeping.
+    pub const MAX: Duration = Duration::from_micros(400);
+    const STEP: Duration = Duration::from_micros(25);
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The look ended: a frame came within it, or it passed in vain.
+    pub fn caught(&mut self, caught: bool) {
+        self.window = if caught { (self.window * 2).max(Self::STEP).min(Self::MAX) } else { self.shrunk() };
+    }
+
+    /// The reader looked, then slept, `total` in all, and woke with a
+    /// frame or without: a frame that came within `MAX` of the look's
+    /// start would have been caught by a longer look.
+    pub fn slept(&mut self, ready: bool, total: Duration) {
+        self.window = if ready && total <= Self::MAX { (self.window * 2).max(Self::STEP).min(Self::MAX) } else { self.shrunk() };
+    }
+
+    fn shrunk(&self) -> Duration {
+        let half = self.window / 2;
+        if half < Self::STEP { Duration::ZERO } else { half }
+    }
 }
 
 // SAFETY: the mapping belongs to the ring alone (it is unmapped on drop and
@@ -95,7 +132,7 @@ impl Ring {
             return Err(io::Error::last_os_error());
         }
         let map = NonNull::new(map.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave a null ring"))?;
-        let ring = Self { fd, map, map_len, slot: size.slot, slots, next: 0 };
+        let ring = Self { fd, map, map_len, slot: size.slot, slots, next: 0, spin: Spin::default() };
         // Frames we send are not brought back to us (Linux 4.20 and later;
         // without it they are recognised by their source MAC and skipped).
         let _ = set_option(raw, libc::PACKET_IGNORE_OUTGOING, &1 as &libc::c_int);
@@ -133,21 +170,36 @@ impl Ring {
         Ok((value & 0xFFFF) as u16)
     }
 
-    /// Waits up to `timeout` for a frame; true when one is ready.
-    pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
+    /// Waits up to `timeout` for a frame; true when one is ready. Under
+    /// load it first gives the core away (`sched_yield`) and looks again,
+    /// for as long as `spin` says: a thread that never sleeps is never
+    /// woken, and waking it is a cross-CPU interrupt paid by whoever
+    /// sent the frame. When frames are far apart it just sleeps.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
         if self.ready() {
             return Ok(true);
+        }
+        let started = Instant::now();
+        let until = started + self.spin.window();
+        while Instant::now() < until {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+            if self.ready() {
+                self.spin.caught(true);
+                return Ok(true);
+            }
         }
         let mut p = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: `p` is one live pollfd for the call's duration.
-        match unsafe { libc::poll(&mut p, 1, ms) } {
-            n if n < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) }
-            }
-            _ => Ok(self.ready()),
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
         }
+        let ready = self.ready();
+        self.spin.slept(ready, started.elapsed());
+        Ok(ready)
     }
 
     fn header(&self, i: usize) -> *mut libc::tpacket2_hdr {
@@ -267,6 +319,35 @@ impl Drop for Frame<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_look_before_sleeping_grows_under_load_and_goes_when_quiet() {
+        let mut s = Spin::default();
+        assert_eq!(s.window(), Duration::ZERO);
+        // A frame soon after falling asleep: next time, look first.
+        s.slept(true, Duration::from_micros(30));
+        assert_eq!(s.window(), Spin::STEP);
+        for _ in 0..10 {
+            s.caught(true);
+        }
+        assert_eq!(s.window(), Spin::MAX);
+        // Looks in vain halve it, down to nothing.
+        let mut steps = 0;
+        while s.window() > Duration::ZERO {
+            s.caught(false);
+            steps += 1;
+        }
+        assert!(steps <= 5, "{steps}");
+        // Long sleeps (frames far apart) keep it at nothing.
+        s.slept(true, Duration::from_millis(5));
+        s.slept(false, Duration::from_millis(100));
+        assert_eq!(s.window(), Duration::ZERO);
+        // A look that ended in vain, then a frame while asleep but within
+        // the longest look: it grows again.
+        s = Spin { window: Spin::STEP * 2 };
+        s.slept(true, Duration::from_micros(150));
+        assert_eq!(s.window(), Spin::STEP * 4);
+    }
 
     #[test]
     fn slots_fit_the_mtu_and_the_ring_holds_at_least_a_block() {
