@@ -4,7 +4,8 @@
 //! control socket that drives the active/passive state machine. Only the
 //! active responder holds the cluster sockets. They are bound with
 //! SO_REUSEPORT so that a graceful hand-over overlaps instead of leaving a
-//! gap.
+//! gap; a socket that stops first stops matching new requests (it connects
+//! to itself), then answers what it had queued.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +75,18 @@ fn serve(
                             }
                         },
                         _ = stop.cancelled() => {
+                            // Connected to itself, the socket no longer
+                            // matches other senders: the port's other
+                            // (new) socket gets every datagram from now on,
+                            // and none lands here after the queue is drained.
+                            if let Ok(me) = socket.local_addr()
+                                && let Err(error) = socket.connect(me).await
+                            {
+                                debug!(%error, "srp socket kept taking requests while stopping");
+                            }
+                            // A datagram matched to this socket just before
+                            // is queued within microseconds; allow for that.
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                             stopping = true;
                             continue;
                         }
@@ -206,4 +219,44 @@ pub async fn run(
     }
     counters.active.set(0);
     info!(control = %control_addr, "srp responder stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-over's premise: once the stopping socket is connected to
+    /// itself, the kernel gives every new request on the shared port to
+    /// the other socket, whatever port it comes from.
+    #[tokio::test]
+    async fn a_socket_connected_to_itself_leaves_the_shared_port_to_the_other() {
+        let old = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = old.local_addr().unwrap();
+        let new = bind(addr).unwrap();
+        // Before: requests from many ports are spread over both.
+        let senders: Vec<std::net::UdpSocket> = (0..64).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        for s in &senders {
+            s.send_to(b"before", addr).unwrap();
+        }
+        let count = |sock: &UdpSocket| {
+            let mut buf = [0u8; 16];
+            let mut n = 0;
+            while sock.try_recv_from(&mut buf).is_ok() {
+                n += 1;
+            }
+            n
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (a, b) = (count(&old), count(&new));
+        assert_eq!(a + b, 64);
+        assert!(a > 0 && b > 0, "64 senders all hashed to one socket ({a}, {b})");
+        // After: all to the new one.
+        old.connect(addr).await.unwrap();
+        for s in &senders {
+            s.send_to(b"after", addr).unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(count(&old), 0);
+        assert_eq!(count(&new), 64);
+    }
 }
