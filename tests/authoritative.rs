@@ -16,7 +16,7 @@ fn big_zone() -> String {
 
 #[test]
 fn answers_like_an_authority() {
-    let a = Authority::start(&[("example.test.zone", &big_zone())], "");
+    let a = Authority::in_process(&[("example.test.zone", &big_zone())], "");
 
     let out = a.dig("static.example.test A");
     assert!(out.contains("status: NOERROR") && out.contains("flags: qr aa"), "{out}");
@@ -50,7 +50,7 @@ fn answers_like_an_authority() {
 
 #[test]
 fn large_answers_truncate_and_retry_over_tcp() {
-    let a = Authority::start(&[("example.test.zone", &big_zone())], "");
+    let a = Authority::in_process(&[("example.test.zone", &big_zone())], "");
     let udp = a.dig("big.example.test TXT +ignore +noedns");
     assert!(udp.contains("flags: qr aa tc"), "TC set over UDP: {udp}");
     let retried = a.dig("big.example.test TXT +noedns");
@@ -66,7 +66,7 @@ members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "1
 
 #[test]
 fn zone_transfers_carry_the_live_answers_to_allowed_clients_only() {
-    let a = Authority::start(&[("example.test.zone", ZONE)], POOL);
+    let a = Authority::in_process(&[("example.test.zone", ZONE)], POOL);
     assert!(a.cli(&["member", "www.example.test.", "web1", "--admin", "down"]).status.success());
     let axfr = a.dig("example.test AXFR");
     let soa_lines = axfr.lines().filter(|l| l.contains("\tSOA\t")).count();

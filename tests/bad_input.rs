@@ -38,7 +38,7 @@ fn rcode(a: &Authority, m: &Message) -> ResponseCode {
 
 #[test]
 fn malformed_requests_get_errors_or_silence_and_serving_goes_on() {
-    let a = Authority::start(&[("example.test.zone", ZONE)], "");
+    let a = Authority::in_process(&[("example.test.zone", ZONE)], "");
     let good = query("static.example.test.", RecordType::A, DNSClass::IN);
     assert_eq!(rcode(&a, &good), ResponseCode::NoError);
 
@@ -87,7 +87,7 @@ fn malformed_requests_get_errors_or_silence_and_serving_goes_on() {
 #[test]
 fn garbage_over_tcp_closes_that_connection_only() {
     use std::io::{Read, Write};
-    let a = Authority::start(&[("example.test.zone", ZONE)], "");
+    let a = Authority::in_process(&[("example.test.zone", ZONE)], "");
     let mut c = std::net::TcpStream::connect((a.ip, a.port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     // A length prefix promising more than is sent, then garbage.

@@ -36,7 +36,7 @@ async fn report(a: &Authority, loads: &[(&str, f64)]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn policy_switches_never_give_an_empty_or_failed_answer() {
-    let a = Arc::new(tokio::task::spawn_blocking(|| Authority::start(&[("example.test.zone", ZONE)], POOL)).await.unwrap());
+    let a = Arc::new(tokio::task::spawn_blocking(|| Authority::in_process(&[("example.test.zone", ZONE)], POOL)).await.unwrap());
     report(&a, &[("web1", 0.3), ("web2", 0.6), ("web3", 0.9)]).await;
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1");
 

@@ -16,7 +16,7 @@ name = "www.example.test."
 policy = "least-loaded"
 members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
 "#;
-    let a = Authority::start_with(&[("example.test.zone", ZONE)], pool, "token = \"py-token\"");
+    let a = Authority::in_process_with(&[("example.test.zone", ZONE)], pool, "token = \"py-token\"");
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1");
     let address = a.grpc.trim_start_matches("http://").to_owned();
     // web1 reports a high load: web2, never reported, has no load and sorts last;

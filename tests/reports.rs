@@ -35,8 +35,9 @@ fn batch(reports: Vec<MemberReport>) -> ReportBatch {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reports_steer_the_answer_and_bad_ones_change_nothing() {
-    let a =
-        tokio::task::spawn_blocking(|| Authority::start_with(&[("example.test.zone", ZONE)], POOL, "token = \"s3cret\"")).await.unwrap();
+    let a = tokio::task::spawn_blocking(|| Authority::in_process_with(&[("example.test.zone", ZONE)], POOL, "token = \"s3cret\""))
+        .await
+        .unwrap();
     let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
     let mut anonymous = StatusClient::with_interceptor(channel.clone(), Bearer::new(None).unwrap());
     let mut wrong = StatusClient::with_interceptor(channel.clone(), Bearer::new(Some("guess")).unwrap());
@@ -106,7 +107,7 @@ async fn reports_steer_the_answer_and_bad_ones_change_nothing() {
 /// The admin CLI without the token is refused.
 #[test]
 fn admin_calls_need_the_token_too() {
-    let a = Authority::start_with(&[("example.test.zone", ZONE)], POOL, "token = \"s3cret\"");
+    let a = Authority::in_process_with(&[("example.test.zone", ZONE)], POOL, "token = \"s3cret\"");
     let out = a.cli(&["status"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("valid token is required"));
@@ -114,7 +115,7 @@ fn admin_calls_need_the_token_too() {
 }
 
 fn reqwest_metrics(a: &Authority) -> String {
-    common::scrape((a.ip, 9300))
+    common::scrape((a.ip, a.metrics))
 }
 
 /// The streaming form: one reply per batch, a refused batch does not end
@@ -122,7 +123,7 @@ fn reqwest_metrics(a: &Authority) -> String {
 /// serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn report_stream_replies_per_batch_and_survives_a_vanishing_client() {
-    let a = tokio::task::spawn_blocking(|| Authority::start(&[("example.test.zone", ZONE)], POOL)).await.unwrap();
+    let a = tokio::task::spawn_blocking(|| Authority::in_process(&[("example.test.zone", ZONE)], POOL)).await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
     let mut client = StatusClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -165,7 +166,7 @@ async fn report_stream_replies_per_batch_and_survives_a_vanishing_client() {
 async fn watch_streams_the_order_as_it_changes() {
     use vnamed::grpc::v1::PoolRequest;
     use vnamed::grpc::v1::admin_client::AdminClient;
-    let a = tokio::task::spawn_blocking(|| Authority::start(&[("example.test.zone", ZONE)], POOL)).await.unwrap();
+    let a = tokio::task::spawn_blocking(|| Authority::in_process(&[("example.test.zone", ZONE)], POOL)).await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
     let mut status = StatusClient::new(channel.clone());
     status.report(batch(vec![report("web1", true, 0.5), report("web2", true, 0.1), report("web3", true, 0.9)])).await.unwrap();

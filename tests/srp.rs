@@ -169,7 +169,7 @@ fn tsql_resolves_through_the_responder_and_follows_the_instance() {
         s.send_to(bytes, to).unwrap();
         assert!(s.recv_from(&mut buf).is_err(), "no reply to {what}");
     }
-    let metrics = scrape((a.ip, 9300));
+    let metrics = scrape((a.ip, a.metrics));
     for line in [
         "vnamed_srp_dropped_total{reason=\"malformed\"} 4",
         "vnamed_srp_dropped_total{reason=\"oversized\"} 1",
@@ -238,7 +238,7 @@ fn a_passive_responder_takes_over_from_a_killed_or_stopping_active_one() {
     assert!(eventually(Duration::from_secs(3), || asks(&s, to)).is_some(), "{}", first.log());
     let mut second = Authority::start(&[("example.test.zone", ZONE)], &config(cluster, &peers(c2)));
     report(&second.grpc, None);
-    let active = |a: &Authority| scrape((a.ip, 9300)).lines().any(|l| l == "vnamed_srp_active 1");
+    let active = |a: &Authority| scrape((a.ip, a.metrics)).lines().any(|l| l == "vnamed_srp_active 1");
     std::thread::sleep(Duration::from_millis(500));
     assert!(active(&first) && !active(&second), "the first is active, the second passive");
 

@@ -1,6 +1,8 @@
-//! Shared helpers for the integration tests: a real `vnamed` process on its
-//! own loopback address, and the real `dig` to talk to it. Every process a
-//! helper starts is stopped when its handle drops.
+//! Shared helpers for the integration tests: a `vnamed` authority on its
+//! own loopback address (a real process, or, where a test needs neither
+//! restarts nor the log, the library inside the test process on ports the
+//! kernel picks), and the real `dig` to talk to it. Every process or
+//! authority a helper starts is stopped when its handle drops.
 
 #![allow(dead_code)]
 
@@ -42,10 +44,18 @@ pub struct Authority {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub grpc: String,
+    pub metrics: u16,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     child: Option<Child>,
+    inside: Option<Inside>,
     log: PathBuf,
+}
+
+/// An authority run by the library on a thread of the test process.
+struct Inside {
+    shutdown: tokio_util::sync::CancellationToken,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Authority {
@@ -56,6 +66,55 @@ impl Authority {
     }
 
     pub fn start_with(zones: &[(&str, &str)], pools: &str, authority_extra: &str) -> Self {
+        let mut a = Self::prepare(zones, pools, authority_extra, (5300, GRPC_PORT, METRICS_PORT));
+        a.spawn();
+        a
+    }
+
+    /// The same authority inside the test process, through the library,
+    /// on ports the kernel picks (the handle says which): ready when it
+    /// returns. It cannot be restarted, and logs to the test's stderr
+    /// (`log` is empty); tests of those use `start`.
+    pub fn in_process(zones: &[(&str, &str)], pools: &str) -> Self {
+        Self::in_process_with(zones, pools, "")
+    }
+
+    pub fn in_process_with(zones: &[(&str, &str)], pools: &str, authority_extra: &str) -> Self {
+        let mut a = Self::prepare(zones, pools, authority_extra, (0, 0, 0));
+        let config = vnamed::config::Config::read(&a.config).unwrap();
+        let path = a.config.clone();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                match vnamed::authority::Authority::start(&config, Some(&path), token).await {
+                    Ok(running) => {
+                        let _ = tx.send(Ok((running.dns[0].port(), running.grpc.unwrap().port(), running.metrics.unwrap().port())));
+                        running.wait().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{e:#}")));
+                    }
+                }
+            });
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok((dns, grpc, metrics))) => {
+                a.port = dns;
+                a.grpc = format!("http://{}:{grpc}", a.ip);
+                a.metrics = metrics;
+            }
+            Ok(Err(e)) => panic!("the authority did not start: {e}"),
+            Err(e) => panic!("the authority did not start in time: {e}"),
+        }
+        a.inside = Some(Inside { shutdown, thread });
+        a
+    }
+
+    /// Writes `zones` and the config for ports (DNS, gRPC, metrics).
+    fn prepare(zones: &[(&str, &str)], pools: &str, authority_extra: &str, (port, grpc_port, metrics): (u16, u16, u16)) -> Self {
         let ip = unique_ip();
         let dir = tempfile::tempdir().unwrap();
         let zones_dir = dir.path().join("zones");
@@ -63,22 +122,27 @@ impl Authority {
         for (name, text) in zones {
             std::fs::write(zones_dir.join(name), text.replace("IP", &ip.to_string())).unwrap();
         }
-        let port = 5300;
-        let grpc_port = GRPC_PORT;
         let config = dir.path().join("vnamed.toml");
         let transfer = if authority_extra.contains("allow_transfer") { "" } else { "allow_transfer = [\"127.0.0.0/8\"]\n" };
         std::fs::write(
             &config,
             format!(
-                "[authority]\ndns_listen = [\"{ip}:{port}\"]\ngrpc_listen = \"{ip}:{grpc_port}\"\nmetrics_listen = \"{ip}:{METRICS_PORT}\"\nzones_dir = \"{}\"\n{transfer}{authority_extra}\n{pools}\n",
+                "[authority]\ndns_listen = [\"{ip}:{port}\"]\ngrpc_listen = \"{ip}:{grpc_port}\"\nmetrics_listen = \"{ip}:{metrics}\"\nzones_dir = \"{}\"\n{transfer}{authority_extra}\n{pools}\n",
                 zones_dir.display()
             ),
         )
         .unwrap();
-        let mut a =
-            Self { ip, port, grpc: format!("http://{ip}:{grpc_port}"), log: dir.path().join("vnamed.log"), dir, config, child: None };
-        a.spawn();
-        a
+        Self {
+            ip,
+            port,
+            grpc: format!("http://{ip}:{grpc_port}"),
+            metrics,
+            log: dir.path().join("vnamed.log"),
+            dir,
+            config,
+            child: None,
+            inside: None,
+        }
     }
 
     pub fn zones_dir(&self) -> PathBuf {
@@ -87,6 +151,7 @@ impl Authority {
 
     /// Starts (or restarts) the process and waits until it answers.
     pub fn spawn(&mut self) {
+        assert!(self.inside.is_none(), "an authority inside the test process cannot be restarted");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(VNAMED)
             .args(["authority", "--config"])
@@ -105,7 +170,7 @@ impl Authority {
             // Ready when every listener is: DNS, gRPC and metrics are bound
             // one after the other, so one being up says nothing of the rest.
             let up = |port: u16| std::net::TcpStream::connect((self.ip, port)).is_ok();
-            if up(self.port) && up(GRPC_PORT) && up(METRICS_PORT) {
+            if up(self.port) && up(GRPC_PORT) && up(self.metrics) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -115,6 +180,7 @@ impl Authority {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
+        assert!(self.inside.is_none(), "an authority inside the test process is stopped by dropping it");
         let mut child = self.child.take().expect("running");
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -162,6 +228,10 @@ impl Drop for Authority {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(inside) = self.inside.take() {
+            inside.shutdown.cancel();
+            let _ = inside.thread.join();
         }
     }
 }
