@@ -3,8 +3,9 @@
 # namespaces on a bridge, addresses only in 10.88.0.0/24, 10.89.0.0/24 and
 # 10.90.0.0/24 inside them): a client running wrk, three nginx servers, and
 # a dispatcher namespace running in turn HAProxy (mode tcp, round-robin)
-# and vnamed (L4/2 and L4/3, round-robin); plus the client straight to one
-# server as a baseline. The dispatcher is pinned to core 0 and wrk to core
+# and vnamed (L4/2 and L4/3, round-robin; with a virtual MAC, as for
+# fail-over, and again with the interface's own); plus the client straight
+# to one server as a baseline. The dispatcher is pinned to core 0 and wrk to core
 # 1. Each is driven with keep-alive and with a new connection per request;
 # requests/s, p99 latency and vnamed's ratios to HAProxy are printed. Last,
 # the connection map's memory for 1,000,000 connections. Needs root.
@@ -23,12 +24,12 @@ vnamed=$PWD/target/release/vnamed
 
 tag="vb$$"
 work=$(mktemp -d)
-builds=("vnamed=$vnamed")
+builds=("vnamed=$vnamed=d" "vnamed-own-mac=$vnamed=own-mac")
 if [ -n "${AGAINST:-}" ]; then
   tree=$(mktemp -d)/against
   git worktree add --quiet --detach "$tree" "$AGAINST"
   (cd "$tree" && CARGO_TARGET_DIR="${AGAINST_TARGET:-$tree/target}" cargo build --release --quiet --bin vnamed)
-  builds+=("$AGAINST=${AGAINST_TARGET:-$tree/target}/release/vnamed")
+  builds+=("$AGAINST=${AGAINST_TARGET:-$tree/target}/release/vnamed=own-mac")
 fi
 net=10.88.0
 source scripts/netns/lib.sh
@@ -51,7 +52,7 @@ in_ns d sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reu
 for i in 1 2 3; do
   in_ns "s$i" ip addr add "$net.200/32" dev lo
   in_ns "s$i" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
-  in_ns "s$i" ip route add 10.89.0.0/24 via "$net.10"
+  in_ns "s$i" ip route add 10.89.0.0/24 via "$net.11"   # the dispatcher's gateway address
   mkdir -p "$work/s$i/www"
   echo "s$i" > "$work/s$i/www/index.html"
   cat > "$work/s$i/nginx.conf" <<EOT
@@ -103,10 +104,15 @@ backend b
   server s2 $net.22:80
   server s3 $net.23:80
 EOT
-cat > "$work/d.toml" <<EOT
+# vnamed as deployed for fail-over: the servers' gateway is an address the
+# dispatcher holds, and both it and the virtual IPs are answered with a
+# virtual MAC (d.toml); the same without the virtual MAC (own-mac.toml),
+# which is also what a previous build (AGAINST) runs.
+cat > "$work/own-mac.toml" <<EOT
 [dispatch]
 interface = "vd"
 authority = "http://$net.100:7443"
+gateway = "$net.11"
 [[dispatch.vip]]
 address = "$net.200"
 ports = [80]
@@ -118,6 +124,7 @@ ports = [80]
 mode = "l4-3"
 pool = "www.bench.test."
 EOT
+sed 's/^gateway = .*/&\nvirtual_mac = "02:76:6e:00:00:01"/' "$work/own-mac.toml" > "$work/d.toml"
 
 # stop_ns NAME: ends every process in the namespace (not only the
 # `ip netns exec` that started it), bounded.
@@ -152,8 +159,8 @@ stop_ns d
 
 names=(direct haproxy)
 for b in "${builds[@]}"; do
-  name=${b%%=*} bin=${b#*=}
-  in_ns d taskset -c 0 "$bin" dispatch --config "$work/d.toml" 2>"$work/d.log" &
+  IFS== read -r name bin conf <<<"$b"
+  in_ns d taskset -c 0 "$bin" dispatch --config "$work/$conf.toml" 2>"$work/d.log" &
   wait_for 15 ok "$net.200" || { echo "$name dispatch (L4/2) did not start" >&2; tail "$work/d.log" >&2; exit 1; }
   wait_for 10 ok "10.90.0.201" || { echo "$name dispatch (L4/3) did not answer" >&2; exit 1; }
   run "$name-l4-2" "http://$net.200/"
@@ -173,6 +180,9 @@ ratio() { awk -v a="${rps[$1]:-0}" -v b="${rps[$2]:-0}" 'BEGIN { if (b > 0) prin
 echo
 echo "vnamed L4/2 / HAProxy: keep-alive x$(ratio vnamed-l4-2/keepalive haproxy/keepalive), new connections x$(ratio vnamed-l4-2/close haproxy/close)   (target: keep-alive >= 1.3)"
 echo "vnamed L4/3 / HAProxy: keep-alive x$(ratio vnamed-l4-3/keepalive haproxy/keepalive), new connections x$(ratio vnamed-l4-3/close haproxy/close)   (target: keep-alive >= 1.3)"
+for m in l4-2 l4-3; do
+  echo "vnamed without the virtual MAC ${m^^} / HAProxy: keep-alive x$(ratio "vnamed-own-mac-$m/keepalive" haproxy/keepalive), new connections x$(ratio "vnamed-own-mac-$m/close" haproxy/close)"
+done
 if [ -n "${AGAINST:-}" ]; then
   for m in l4-2 l4-3; do
     echo "$AGAINST ${m^^} / HAProxy: keep-alive x$(ratio "$AGAINST-$m/keepalive" haproxy/keepalive), new connections x$(ratio "$AGAINST-$m/close" haproxy/close)"

@@ -15,6 +15,9 @@
 #      download through each virtual IP survives kill -9 of the active
 #      dispatcher, as the standby takes the addresses over and rebuilds its
 #      connection map from the servers' connections.
+# With VMAC=<mac> the dispatchers answer for the virtual IPs with that
+# shared virtual MAC, and the client is checked to keep it across the
+# take-over.
 # Every wait is bounded; every namespace and process goes away at the end,
 # also on failure. Needs root. Exit 0 only when every check passed.
 #
@@ -112,6 +115,9 @@ members = [ { id = "s3", address = "$net.23" } ]
 EOT
 in_ns a "$vnamed" authority --config "$work/auth.toml" 2>"$work/auth.log" &
 
+# With VMAC set, the dispatchers answer for the virtual IPs with that MAC.
+vmac_line=""
+[ -n "${VMAC:-}" ] && vmac_line="virtual_mac = \"$VMAC\""
 dispatcher() { # $1 namespace, $2 address
 cat > "$work/$1.toml" <<EOT
 [dispatch]
@@ -121,6 +127,7 @@ metrics_listen = "$2:9400"
 monitor_port = 7450
 gateway = "$gateway"
 threads = 3
+$vmac_line
 [[dispatch.vip]]
 address = "$vip2"
 ports = [80]
@@ -229,6 +236,10 @@ counted() {
 }
 wait_for 3 counted || fail "drops not counted: $(in_ns c curl -s "http://$disp_ip:9400/metrics" | grep dropped)"
 echo "UDP, fragmented and malformed frames to $vip2: dropped and counted"
+if [ -n "${VMAC:-}" ]; then
+  [ "$dmac" = "$VMAC" ] || fail "$vip2 should be answered with the virtual MAC $VMAC, the client has $dmac"
+  echo "virtual MAC: the client reaches $vip2 at $VMAC"
+fi
 
 # Fail-over: long downloads through both virtual IPs; kill -9 the active
 # dispatcher (d, the smaller address) in the middle.
@@ -254,4 +265,9 @@ restored=$(sed -n 's/.*restored=\([0-9]*\).*/\1/p' <<<"$rebuilt")
 echo "L4/2 and L4/3: 2 MB downloads survived kill -9 of the active dispatcher"
 wait_for 5 images_to_s3 || fail "L7: the new dispatcher does not serve new connections"
 echo "L7: new connections served by the new dispatcher"
+if [ -n "${VMAC:-}" ]; then
+  now=$(in_ns c ip neigh show "$vip2" | awk '{print $5}')
+  [ "$now" = "$VMAC" ] || fail "after the take-over the client should still reach $vip2 at $VMAC, not $now"
+  echo "virtual MAC: unchanged across the take-over"
+fi
 echo "netns dispatch: all checks passed"

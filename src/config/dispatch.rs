@@ -34,8 +34,41 @@ pub struct DispatchConfig {
     /// Capture threads, each owning its share of the connections (a
     /// fanout group); default: one per CPU the process may run on.
     pub threads: Option<usize>,
+    /// The MAC the virtual IPs (and the gateway) are answered with,
+    /// instead of the interface's: shared by every dispatcher of the
+    /// cluster, like a VRRP MAC, so that a take-over moves only the
+    /// switch's entry. The host's IP stack sees frames to it as not its
+    /// own and drops them at once rather than route them.
+    pub virtual_mac: Option<MacAddr>,
     #[serde(default)]
     pub vip: Vec<VipConfig>,
+}
+
+/// A unicast MAC address, written `02:00:5e:10:00:01`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let mut mac = [0u8; 6];
+        if parts.len() != 6 {
+            return Err(format!("{s:?} is not a MAC address (six hex octets with colons)"));
+        }
+        for (o, p) in mac.iter_mut().zip(&parts) {
+            *o = match u8::from_str_radix(p, 16) {
+                Ok(v) if p.len() == 2 => v,
+                _ => return Err(format!("{s:?} is not a MAC address (six hex octets with colons)")),
+            };
+        }
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(format!("{s:?} is not a unicast MAC address"));
+        }
+        Ok(MacAddr(mac))
+    }
 }
 
 /// L7 virtual IPs at most (the steering program tests each in turn).
@@ -111,6 +144,27 @@ impl DispatchConfig {
             if v.mode != DispatchMode::L7 && !v.route.is_empty() {
                 problems.push(format!("dispatch.vip {}: routes are for l7 only", v.address));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MacAddr;
+
+    #[test]
+    fn a_virtual_mac_is_six_hex_octets_and_unicast() {
+        assert_eq!(MacAddr::try_from("02:00:5e:10:00:01".to_string()), Ok(MacAddr([2, 0, 0x5e, 0x10, 0, 1])));
+        for bad in [
+            "02:00:5e:10:00",
+            "02:00:5e:10:00:01:02",
+            "02-00-5e-10-00-01",
+            "0g:00:5e:10:00:01",
+            "2:0:5e:10:0:1",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            assert!(MacAddr::try_from(bad.to_string()).is_err(), "{bad}");
         }
     }
 }

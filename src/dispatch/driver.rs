@@ -3,7 +3,9 @@
 //! out on the link, L4/3 packets out through a raw IP socket, a batch at a
 //! time (`sendmmsg`). The dispatcher answers ARP for its virtual IPs itself
 //! (they are not configured on the host, so the kernel never answers for
-//! them) and announces them with gratuitous ARP when it takes them over.
+//! them) and announces them with gratuitous ARP when it takes them over,
+//! with the interface's MAC or a virtual one shared by the cluster
+//! (`dispatch.virtual_mac`).
 //! Each virtual IP follows its pool over the authority's `Admin.Watch`
 //! stream; servers' MACs are learnt with ARP. With a `[ring]` section the
 //! host is a ring member and holds the virtual IPs only while the ring
@@ -222,7 +224,11 @@ struct Capture {
     announced: u32,
     holding: bool,
     out: Out,
+    /// The interface's MAC, for our own ARP questions.
     mac: Mac,
+    /// The MAC the virtual IPs are answered and announced with (the
+    /// interface's, or `dispatch.virtual_mac`).
+    vmac: Mac,
     my_ip: Ipv4Addr,
     /// Addresses to answer and announce: the virtual IPs, the gateway, the L7 ones.
     held: Vec<Ipv4Addr>,
@@ -280,7 +286,7 @@ impl Capture {
 
     /// One captured frame, rewritten in place in the ring.
     fn frame(&mut self, f: &mut [u8], now: Instant) {
-        if f.len() < frame::ETH_HEADER || frame::src_mac(f) == self.mac {
+        if f.len() < frame::ETH_HEADER || frame::src_mac(f) == self.mac || frame::src_mac(f) == self.vmac {
             return; // our own frames, where the kernel still shows them
         }
         if let Some((m, ip)) = frame::arp_sender(f)
@@ -294,7 +300,7 @@ impl Capture {
             self.sync_macs();
         }
         let to = frame::dst_mac(f);
-        if !self.active || (to != self.mac && to != [0xFF; 6]) {
+        if !self.active || (to != self.mac && to != self.vmac && to != [0xFF; 6]) {
             return;
         }
         // L7 virtual IPs, and servers answering their relayed connections.
@@ -318,7 +324,7 @@ impl Capture {
             // out as a frame; anything else through the host's routes.
             Verdict::Route { to } => match self.macs.get(&to) {
                 Some(m) => {
-                    frame::set_macs(f, *m, self.mac);
+                    frame::set_macs(f, *m, self.vmac);
                     self.out.frame(f)
                 }
                 None => self.out.packet(&f[frame::ETH_HEADER..], to),
@@ -343,7 +349,7 @@ impl Capture {
             if self.active && self.announced < 3 {
                 self.announced += 1;
                 for ip in self.held.clone() {
-                    self.out.frame(&frame::gratuitous_arp(self.mac, ip));
+                    self.out.frame(&frame::gratuitous_arp(self.vmac, ip));
                 }
                 if self.announced == 1 && !self.holding {
                     self.holding = true;
@@ -461,6 +467,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for _ in 0..threads {
         rings.push(Ring::open(iface.index, size).with_context(|| format!("capture ring on {} (needs CAP_NET_RAW)", iface.name))?);
     }
+    let vmac: Mac = dc.virtual_mac.map_or(mac, |m| m.0);
+    if vmac != mac {
+        rings[0].accept_mac(iface.index, vmac).with_context(|| format!("receiving frames to the virtual MAC on {}", iface.name))?;
+    }
     if threads > 1 {
         // Frames to an L7 address (and to the gateway, where the relays'
         // server sides come back) stay with thread 0 and its relays.
@@ -481,7 +491,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut senders = Vec::with_capacity(threads);
     let mut capture = Vec::with_capacity(threads);
     for (lane, ring) in rings.into_iter().enumerate() {
-        let mut engine = Engine::new(vips.clone(), mac, dc.idle_timeout, dc.fin_timeout, Instant::now());
+        let mut engine = Engine::new(vips.clone(), vmac, dc.idle_timeout, dc.fin_timeout, Instant::now());
         for ip in gateway.iter().chain(&l7_ips) {
             engine.answer_arp_for(*ip);
         }
@@ -499,6 +509,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             holding: false,
             out: Out { link: SendBatch::new(BATCH), ip: SendBatch::new(BATCH), link_fd: ring.sender()?, raw, errors: 0 },
             mac,
+            vmac,
             my_ip,
             held: held.clone(),
             stats: stats.clone(),

@@ -170,6 +170,16 @@ impl Ring {
         Ok((value & 0xFFFF) as u16)
     }
 
+    /// Has the interface accept frames to `mac` too (on a NIC, an entry
+    /// in its unicast filter, or promiscuous mode where it has none).
+    pub fn accept_mac(&self, ifindex: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut address = [0u8; 8];
+        address[..6].copy_from_slice(&mac);
+        // PACKET_MR_UNICAST (linux/if_packet.h)
+        let m = libc::packet_mreq { mr_ifindex: ifindex as i32, mr_type: 3, mr_alen: 6, mr_address: address };
+        set_option(self.fd.as_raw_fd(), libc::PACKET_ADD_MEMBERSHIP, &m)
+    }
+
     /// Waits up to `timeout` for a frame; true when one is ready. Under
     /// load it first gives the core away (`sched_yield`) and looks again,
     /// for as long as `spin` says: a thread that never sleeps is never
