@@ -184,3 +184,34 @@ async fn watch_streams_the_order_as_it_changes() {
 async fn next(s: &mut tonic::Streaming<vnamed::grpc::v1::WatchReply>) -> vnamed::grpc::v1::WatchReply {
     tokio::time::timeout(Duration::from_secs(3), s.message()).await.expect("a reply in time").unwrap().unwrap()
 }
+
+/// `fallback = "all"`: with every member reported down, each answer
+/// carries every member not taken out by hand, whatever `answers` says.
+#[tokio::test(flavor = "multi_thread")]
+async fn fallback_all_answers_every_member_whatever_answers_says() {
+    const ALL: &str = r#"
+[[pool]]
+name = "www.example.test."
+answers = 1
+fallback = "all"
+members = [ { id = "web1", address = "127.0.10.1" },
+            { id = "web2", address = "127.0.10.2" },
+            { id = "web3", address = "127.0.10.3" } ]
+"#;
+    let a = tokio::task::spawn_blocking(|| Authority::in_process(&[("example.test.zone", ZONE)], ALL)).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut client = StatusClient::with_interceptor(channel, Bearer::new(None).unwrap());
+    let answer = |a: &Authority| {
+        let mut lines: Vec<String> = a.dig("www.example.test A +short").lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    client.report(batch(vec![report("web1", true, 0.1), report("web2", true, 0.2), report("web3", true, 0.3)])).await.unwrap();
+    assert!(eventually(Duration::from_secs(2), || answer(&a).len() == 1).is_some(), "{:?}", answer(&a));
+    client.report(batch(vec![report("web1", false, 0.1), report("web2", false, 0.2), report("web3", false, 0.3)])).await.unwrap();
+    let every = vec!["127.0.10.1".to_owned(), "127.0.10.2".into(), "127.0.10.3".into()];
+    assert!(eventually(Duration::from_secs(2), || answer(&a) == every).is_some(), "{:?}", answer(&a));
+    assert!(a.cli(&["member", "www.example.test.", "web2", "--admin", "down"]).status.success());
+    let without_web2 = vec!["127.0.10.1".to_owned(), "127.0.10.3".into()];
+    assert!(eventually(Duration::from_secs(2), || answer(&a) == without_web2).is_some(), "{:?}", answer(&a));
+}

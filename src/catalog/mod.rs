@@ -322,7 +322,7 @@ impl Catalog {
         let decision = if restored {
             let rotate = pool.policy == PolicyName::RoundRobin;
             self.table.restore_last_known(i, previous.clone());
-            Some(Decision { addresses: previous, rotate, servfail: false })
+            Some(Decision { addresses: previous, rotate, servfail: false, every: false })
         } else {
             self.table.decide_anyway(i, now)
         };
@@ -372,7 +372,7 @@ impl Catalog {
                 return None;
             }
         };
-        if zone.answers.get(&pool.key).is_some_and(|a| same(a, &decision)) {
+        if zone.answers.get(&pool.key).is_some_and(|a| same(a, &decision, pool.answers)) {
             return None;
         }
         info!(pool = %pool.name, answer = ?decision.addresses, servfail = decision.servfail, "answer changed");
@@ -566,7 +566,7 @@ impl Catalog {
                 continue;
             };
             let shown: Vec<IpAddr> =
-                if answer.rotate { answer.addresses.clone() } else { answer.addresses.iter().take(p.answers).cloned().collect() };
+                if answer.rotate { answer.addresses.clone() } else { answer.addresses.iter().take(answer.answers).cloned().collect() };
             out.push(PoolStatus {
                 name: p.name.to_string(),
                 policy: format!("{:?}", p.policy),

@@ -18,7 +18,8 @@ use crate::pool::{Decision, PoolState};
 
 /// The answer a pool gives for a decision, counted with the pool's counters.
 pub(super) fn answer_for(pool: &PoolState, d: Decision) -> PoolAnswer {
-    let mut a = PoolAnswer::new(pool.name.clone(), pool.ttl, d.addresses, pool.answers, d.rotate, d.servfail);
+    let per_answer = per_answer(&d, pool.answers);
+    let mut a = PoolAnswer::new(pool.name.clone(), pool.ttl, d.addresses, per_answer, d.rotate, d.servfail);
     a.counters = pool.counters.clone();
     a.preferred = preferred(pool, &a.addresses);
     a
@@ -45,8 +46,15 @@ pub(super) fn preferred(pool: &PoolState, addresses: &[IpAddr]) -> Arc<[Preferre
         .collect()
 }
 
-pub(super) fn same(a: &PoolAnswer, d: &Decision) -> bool {
-    a.addresses == d.addresses && a.rotate == d.rotate && a.servfail == d.servfail
+/// How many addresses one answer carries: the pool's `answers`, or every
+/// one when the decision says so.
+fn per_answer(d: &Decision, answers: usize) -> usize {
+    if d.every { d.addresses.len().max(1) } else { answers }
+}
+
+/// Whether `a` already serves decision `d` (of a pool answering `answers`).
+pub(super) fn same(a: &PoolAnswer, d: &Decision, answers: usize) -> bool {
+    a.addresses == d.addresses && a.rotate == d.rotate && a.servfail == d.servfail && a.answers == per_answer(d, answers)
 }
 
 impl Catalog {
@@ -146,7 +154,7 @@ impl Catalog {
     pub(super) fn refresh_health(&mut self, i: PoolId, now: Instant) {
         let Ok((pool, zone)) = self.zone_ref(i) else { return };
         let Some(answer) = zone.answers.get(&pool.key) else { return };
-        let shown = if answer.rotate { &answer.addresses[..] } else { &answer.addresses[..answer.addresses.len().min(pool.answers)] };
+        let shown = if answer.rotate { &answer.addresses[..] } else { &answer.addresses[..answer.addresses.len().min(answer.answers)] };
         let shown: &[IpAddr] = if answer.servfail { &[] } else { shown };
         let index: Option<std::collections::HashSet<IpAddr>> = (shown.len() > 8).then(|| shown.iter().copied().collect());
         let members: Arc<[MemberHealth]> = pool

@@ -221,6 +221,9 @@ pub struct Decision {
     pub addresses: Vec<IpAddr>,
     pub rotate: bool,
     pub servfail: bool,
+    /// Every address in each answer, whatever the pool's `answers`
+    /// (`fallback = "all"`).
+    pub every: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -307,19 +310,28 @@ impl PoolState {
         let rotate = self.policy == PolicyName::RoundRobin;
         if live.is_empty() {
             return match self.fallback {
-                Fallback::Servfail => Decision { addresses: Vec::new(), rotate: false, servfail: true },
+                Fallback::Servfail => Decision { addresses: Vec::new(), rotate: false, servfail: true, every: false },
+                // Every member the operator has not taken out, all at once.
                 Fallback::All => Decision {
-                    addresses: self.members.iter().map(|m| m.address).filter(|a| !a.is_unspecified()).collect(),
-                    rotate,
+                    addresses: self
+                        .members
+                        .iter()
+                        .filter(|m| !matches!(m.admin, AdminState::Down | AdminState::Drain))
+                        .map(|m| m.address)
+                        .filter(|a| !a.is_unspecified())
+                        .collect(),
+                    rotate: false,
                     servfail: false,
+                    every: true,
                 },
                 Fallback::LastKnown if !self.last_known.is_empty() => {
-                    Decision { addresses: self.last_known.clone(), rotate, servfail: false }
+                    Decision { addresses: self.last_known.clone(), rotate, servfail: false, every: false }
                 }
                 Fallback::LastKnown => Decision {
                     addresses: self.members.iter().map(|m| m.address).filter(|a| !a.is_unspecified()).take(self.answers).collect(),
                     rotate,
                     servfail: false,
+                    every: false,
                 },
             };
         }
@@ -327,7 +339,7 @@ impl PoolState {
         let best = policy::best(self.policy, self.formula.as_deref(), &live, take);
         let addresses: Vec<IpAddr> = best.iter().map(|&i| live[i].address).collect();
         self.last_known = addresses.clone();
-        Decision { addresses, rotate, servfail: false }
+        Decision { addresses, rotate, servfail: false, every: false }
     }
 }
 
@@ -359,6 +371,31 @@ mod tests {
         p.member_mut("a").unwrap().admin = AdminState::Down;
         p.member_mut("b").unwrap().admin = AdminState::Down;
         assert_eq!(p.decide(now).addresses, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn fallback_all_gives_every_member_not_taken_out_by_hand_in_each_answer() {
+        let now = Instant::now();
+        let c = Config::from_toml(
+            "[[pool]]\nname = \"www.example.\"\nfallback = \"all\"\nanswers = 1\npolicy = \"round-robin\"\nmembers = [\n\
+             { id = \"a\", address = \"127.0.0.1\" }, { id = \"b\", address = \"127.0.0.2\" }, { id = \"c\", address = \"127.0.0.3\" } ]\n",
+        )
+        .unwrap();
+        let mut p = PoolState::from_config(&c.pool[0], Now::read());
+        let live = p.decide(now);
+        assert!(!live.every && live.rotate, "{live:?}");
+        for m in &mut p.members {
+            m.health = Some(false);
+            m.reported_at = Some(now);
+        }
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let all = p.decide(now);
+        assert_eq!(all.addresses, vec![ip("127.0.0.1"), ip("127.0.0.2"), ip("127.0.0.3")]);
+        assert!(all.every && !all.rotate && !all.servfail, "{all:?}");
+        // Taken out by hand (down, or draining): not given even then.
+        p.member_mut("b").unwrap().admin = AdminState::Down;
+        p.member_mut("c").unwrap().admin = AdminState::Drain;
+        assert_eq!(p.decide(now).addresses, vec![ip("127.0.0.1")]);
     }
 
     #[test]

@@ -488,7 +488,7 @@ members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" }
             t.decide(0, now.instant).unwrap()
         };
         let mut t = Table::new(&configs(&text("servfail", 1)), now);
-        assert_eq!(all_down(&mut t), Decision { addresses: vec![], rotate: false, servfail: true });
+        assert_eq!(all_down(&mut t), Decision { addresses: vec![], rotate: false, servfail: true, every: false });
         let mut t = Table::new(&configs(&text("all", 1)), now);
         assert_eq!(all_down(&mut t).addresses, vec![ip("127.0.0.1"), ip("127.0.0.2")], "all means every member");
         let mut t = Table::new(&configs(&text("last-known", 1)), now);
