@@ -243,8 +243,9 @@ async fn bind_optional(key: &str, addr: Option<SocketAddr>, problems: &mut Vec<S
 }
 
 /// Applies edits of the configuration file to the pools while serving. An
-/// edit that does not parse or validate is refused whole and logged; the
-/// `[authority]` and `[srp]` sections need a restart.
+/// edit that does not parse or validate, has no `[authority]` section, or
+/// would remove every pool is refused whole and logged; the `[authority]`
+/// and `[srp]` sections need a restart.
 async fn follow_config(
     path: PathBuf,
     mut restart_sections: (Option<crate::config::AuthorityConfig>, Option<crate::config::SrpConfig>),
@@ -267,6 +268,20 @@ async fn follow_config(
                 continue;
             }
         };
+        // Never looser than start-up, and never everything at once: a file
+        // caught half-written (or emptied) is far likelier than intent.
+        if config.authority.is_none() {
+            error!(file = %path.display(), "configuration edit refused: no [authority] section (a half-written file?); nothing changed");
+            continue;
+        }
+        if config.pool.is_empty() {
+            error!(
+                file = %path.display(),
+                "configuration edit refused: it would remove every pool (a half-written file?); nothing changed. \
+                 Remove pools while keeping one, or restart with the new file"
+            );
+            continue;
+        }
         let sections = (config.authority.clone(), config.srp.clone());
         if sections != restart_sections {
             warn!(file = %path.display(), "changes to [authority] and [srp] take effect at the next restart");

@@ -82,3 +82,30 @@ fn pool_edits_take_effect_while_serving() {
     named_checkzone("example.test", &a.zones_dir().join("example.test.zone")).unwrap();
     assert_eq!(answer(), "127.0.10.1");
 }
+
+/// A configuration file caught empty (an editor or a deployment tool in
+/// the middle of writing it), or left with no pools, is refused: every
+/// name keeps answering, the managed blocks and hand overrides stay.
+#[test]
+fn an_emptied_or_pool_less_config_file_is_refused() {
+    let pool = "[[pool]]\nname = \"www.example.test.\"\nmembers = [ { id = \"web1\", address = \"127.0.10.1\" }, { id = \"web2\", address = \"127.0.10.2\" } ]\n";
+    let a = Authority::start(&[("example.test.zone", ZONE)], pool);
+    let full = std::fs::read_to_string(&a.config).unwrap();
+    let answer = || a.dig("www.example.test A +short").trim().to_owned();
+    assert!(a.cli(&["member", "www.example.test.", "web1", "--admin", "down"]).status.success());
+    assert!(eventually(Duration::from_secs(1), || answer() == "127.0.10.2").is_some(), "{}", answer());
+
+    std::fs::write(&a.config, "").unwrap();
+    assert!(eventually(Duration::from_secs(2), || a.log().contains("no [authority] section")).is_some(), "{}", a.log());
+    let authority_only = &full[..full.find("[[pool]]").unwrap()];
+    std::fs::write(&a.config, authority_only).unwrap();
+    assert!(eventually(Duration::from_secs(2), || a.log().contains("would remove every pool")).is_some(), "{}", a.log());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(answer(), "127.0.10.2", "the pool still answers, web1 still down by hand");
+    assert!(a.zone_text("example.test.zone").contains("vnamed:begin www.example.test."), "{}", a.zone_text("example.test.zone"));
+
+    // The whole file back: nothing was lost, the override included.
+    std::fs::write(&a.config, &full).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(answer(), "127.0.10.2");
+}
