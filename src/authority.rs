@@ -270,8 +270,8 @@ async fn follow_config(
         };
         // Never looser than start-up, and never everything at once: a file
         // caught half-written (or emptied) is far likelier than intent.
-        if config.authority.is_none() {
-            error!(file = %path.display(), "configuration edit refused: no [authority] section (a half-written file?); nothing changed");
+        if let Err(error) = config.authority() {
+            error!(file = %path.display(), %error, "configuration edit refused: no [authority] section (a half-written file?); nothing changed");
             continue;
         }
         if config.pool.is_empty() {

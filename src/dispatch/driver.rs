@@ -196,15 +196,17 @@ impl Out {
     }
 
     fn flush(&mut self) {
-        if !self.link.is_empty() {
-            let queued = self.link.len();
-            self.errors += (queued - self.link.flush(&self.link_fd)) as u64;
-        }
-        if !self.ip.is_empty() {
-            let queued = self.ip.len();
-            self.errors += (queued - self.ip.flush(&self.raw)) as u64;
-        }
+        self.errors += unsent(&mut self.link, &self.link_fd) + unsent(&mut self.ip, &self.raw);
     }
+}
+
+/// Sends what `batch` holds on `fd`; how many the kernel refused.
+fn unsent(batch: &mut SendBatch, fd: &impl std::os::fd::AsRawFd) -> u64 {
+    if batch.is_empty() {
+        return 0;
+    }
+    let queued = batch.len();
+    (queued - batch.flush(fd)) as u64
 }
 
 /// A capture thread's state: the only owner of its engine, its share of
@@ -286,7 +288,7 @@ impl Capture {
 
     /// One captured frame, rewritten in place in the ring.
     fn frame(&mut self, f: &mut [u8], now: Instant) {
-        if f.len() < frame::ETH_HEADER || frame::src_mac(f) == self.mac || frame::src_mac(f) == self.vmac {
+        if f.len() < frame::ETH_HEADER || [self.mac, self.vmac].contains(&frame::src_mac(f)) {
             return; // our own frames, where the kernel still shows them
         }
         if let Some((m, ip)) = frame::arp_sender(f)

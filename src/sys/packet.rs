@@ -80,7 +80,7 @@ impl Spin {
     /// frame or without: a frame that came within `MAX` of the look's
     /// start would have been caught by a longer look.
     pub fn slept(&mut self, ready: bool, total: Duration) {
-        self.window = if ready && total <= Self::MAX { (self.window * 2).max(Self::STEP).min(Self::MAX) } else { self.shrunk() };
+        self.caught(ready && total <= Self::MAX);
     }
 
     fn shrunk(&self) -> Duration {
