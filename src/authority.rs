@@ -78,13 +78,24 @@ impl Authority {
         let report_counters = Arc::new(ReportCounters::default());
         let srp_counters = Arc::new(SrpCounters::default());
         let (notify_tx, notify_rx) = mpsc::channel(1024);
+        let state = match crate::state::Store::open(&auth.state_dir()) {
+            Ok((store, loaded)) => Some((Arc::new(store), loaded)),
+            Err(e) => {
+                problems
+                    .push(format!("{e} (another authority using the same state_dir, or a damaged store: move it away to start afresh)"));
+                None
+            }
+        };
+        let state_counters = state.as_ref().map(|(s, _)| s.counters.clone()).unwrap_or_default();
         // With the zones loaded, the pools are checked against them even
         // when an address could not be bound, so every problem shows at once.
-        let updater = match files {
-            Some(files) => {
+        let updater = match (files, &state) {
+            (Some(files), Some((store, loaded))) => {
                 match Updater::new(
                     config,
                     files,
+                    store.clone(),
+                    loaded,
                     snapshot.clone(),
                     notify_tx,
                     updater_counters.clone(),
@@ -98,14 +109,28 @@ impl Authority {
                     }
                 }
             }
-            None => None,
+            _ => None,
         };
         if !problems.is_empty() {
             anyhow::bail!("cannot start the authority:\n  - {}", problems.join("\n  - "));
         }
-        let ring_file = auth.ring_table.clone().unwrap_or_else(|| auth.zones_dir.join(".vnamed-ring"));
-        let ring = crate::ring::store::load(&ring_file)?;
-        let updater = updater.expect("no problems").with_ring(ring, Some(ring_file), Instant::now());
+        let (store, loaded) = state.expect("no problems");
+        let ring = match &loaded.ring {
+            Some(text) => crate::ring::registry::Registry::from_text(text)
+                .map_err(|e| anyhow::anyhow!("{}: ring table: {e}", store.path().display()))?,
+            None => {
+                // Kept in a file of its own by earlier versions: taken into the store once.
+                let file = auth.ring_table.clone().unwrap_or_else(|| auth.zones_dir.join(".vnamed-ring"));
+                let ring = crate::ring::store::load(&file)?;
+                if ring != crate::ring::registry::Registry::default() {
+                    store.write([&crate::state::Put::Ring(ring.to_text())])?;
+                    info!(file = %file.display(), "ring table taken into the state store");
+                }
+                ring
+            }
+        };
+        info!(store = %store.path().display(), fresh = loaded.fresh, "state store open");
+        let updater = updater.expect("no problems").with_ring(ring, Instant::now());
 
         let listeners = listeners.expect("no problems");
         let dns_addrs = listeners.addrs.clone();
@@ -162,6 +187,7 @@ impl Authority {
             crate::metrics::register(&mut registry, dns_counters.clone());
             crate::metrics::register(&mut registry, updater_counters.clone());
             crate::metrics::register(&mut registry, report_counters.clone());
+            crate::metrics::register(&mut registry, state_counters.clone());
             if config.srp.is_some() {
                 crate::metrics::register(&mut registry, srp_counters.clone());
             }

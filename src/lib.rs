@@ -20,6 +20,7 @@ pub mod monitor;
 pub mod pool;
 pub mod ring;
 pub mod srp;
+pub mod state;
 pub mod sys;
 pub mod updater;
 pub mod zone;

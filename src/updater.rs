@@ -2,8 +2,10 @@
 //! (reports, operator changes, ring events, configuration edits) and zone
 //! file edits, hands them to the catalog (pure: the member table, answers,
 //! serials, the published snapshot), and passes what the catalog asks for
-//! to its drivers: the zone file thread, NOTIFY to secondaries, the ring
-//! registry's file.
+//! to its drivers: the state store, the zone file thread, NOTIFY to
+//! secondaries. Nothing is acknowledged before the store holds it: an
+//! operator's change is saved, then applied; a ring change likewise; a
+//! new serial is published only below the store's high-water mark.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,11 +13,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::state::{Loaded, Put, Saver, Store};
+
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+/// How often the members' last known state is saved, at most.
+const MEMBER_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Backoff bounds for a serial mark the store refused.
+const RESERVE_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
 pub use crate::catalog::{Catalog, MemberStatus, PoolChange, PoolStatus, Servers, UpdateError, UpdaterCounters, Watched};
 use crate::clock::Now;
@@ -45,6 +54,8 @@ pub enum Command {
     Watch { pool: String, reply: oneshot::Sender<Result<Watched, UpdateError>> },
     /// The ring's server table.
     Ring { op: RingOp, reply: oneshot::Sender<Result<RingReply, UpdateError>> },
+    /// Every pool's API overrides, one line per setting, by pool name.
+    Overrides { reply: oneshot::Sender<Vec<(String, Vec<String>)>> },
     /// The pools of an edited configuration file: applied whole, or
     /// refused whole with every problem.
     Reconfigure { pools: Vec<PoolConfig>, reply: oneshot::Sender<Result<(), Vec<String>>> },
@@ -75,75 +86,162 @@ pub struct Updater {
     io_results: mpsc::Receiver<Done>,
     /// Secondaries to tell of new serials.
     notify: mpsc::Sender<(Name, u32)>,
-    /// The ring's server table, and where it is kept.
+    /// The ring's server table.
     ring: Registry,
-    ring_file: Option<PathBuf>,
+    /// The durable state, written here for what is acknowledged, and by
+    /// the saver for the rest.
+    store: Arc<Store>,
+    saver: Saver,
+    /// Saves the saver could not take yet.
+    unsent: Vec<Put>,
+    next_member_save: Instant,
+    /// When a serial mark the store refused is tried again, and the backoff.
+    reserve_retry: Option<(Instant, Duration)>,
 }
 
 impl Updater {
-    /// Builds the updater from the configuration and the zone files,
-    /// restoring each pool's last answer and member notes from its zone file.
+    /// Builds the updater from the configuration, the zone files and the
+    /// state store (`saved` is what it held at start-up).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         files: BTreeMap<LowerName, ZoneFile>,
+        store: Arc<Store>,
+        saved: &Loaded,
         snapshot: Arc<ArcSwap<Snapshot>>,
         notify: mpsc::Sender<(Name, u32)>,
         counters: Arc<UpdaterCounters>,
         write_interval: Duration,
         now: Now,
     ) -> Result<Self, Vec<String>> {
-        let catalog = Catalog::new(config, files, snapshot, counters, write_interval, now)?;
+        let catalog = Catalog::new(config, files, saved, snapshot, counters, write_interval, now)?;
         let (io, io_results) = ZoneIo::start();
-        let mut u = Self { catalog, io, io_results, notify, ring: Registry::default(), ring_file: None };
+        let saver = Saver::start(store.clone()).map_err(|e| vec![format!("cannot start the state saver: {e}")])?;
+        let mut u = Self {
+            catalog,
+            io,
+            io_results,
+            notify,
+            ring: Registry::default(),
+            store,
+            saver,
+            unsent: Vec::new(),
+            next_member_save: now.instant + MEMBER_SAVE_INTERVAL,
+            reserve_retry: None,
+        };
         u.drive();
         Ok(u)
     }
 
-    /// Takes the ring registry (loaded from `file`) and applies its deaths.
-    pub fn with_ring(mut self, ring: Registry, file: Option<PathBuf>, now: Instant) -> Self {
+    /// Takes the ring registry (from the store) and applies its deaths.
+    pub fn with_ring(mut self, ring: Registry, now: Instant) -> Self {
         self.ring = ring;
-        self.ring_file = file;
         self.catalog.ring_dead(self.ring.dead.iter().map(|a| a.ip()).collect(), now);
         self.drive();
         self
     }
 
+    /// Checks an operator's change, saves it, then applies it: a change
+    /// the store cannot hold is refused and nothing changes.
+    fn operator_change(&mut self, pool: &str, change: PoolChange, now: Now) -> Result<Vec<IpAddr>, UpdateError> {
+        let staged = self.catalog.stage(pool, change, now)?;
+        self.store.write([&staged.save()]).map_err(|e| UpdateError::State(e.to_string()))?;
+        self.catalog.commit(staged, now)
+    }
+
     pub fn handle(&mut self, cmd: Command, now: Now) {
-        let c = &mut self.catalog;
+        // Each reply goes out once what it says is published.
         match cmd {
             Command::SetMember { pool, id, admin, weight, reply } => {
-                let _ = reply.send(c.change_pool(&pool, PoolChange::Member { id, admin, weight }, now).map(drop));
+                let r = self.operator_change(&pool, PoolChange::Member { id, admin, weight }, now).map(drop);
+                self.drive();
+                let _ = reply.send(r);
             }
             Command::Reports { reports, received, reply } => {
-                let _ = reply.send(c.reports(reports, received, now.instant));
+                let r = self.catalog.reports(reports, received, now.instant);
+                self.drive();
+                let _ = reply.send(r);
             }
             Command::Status { reply } => {
-                let _ = reply.send(c.status(now.instant));
+                let _ = reply.send(self.catalog.status(now.instant));
             }
             Command::ShowZone { zone, reply } => {
-                let _ = reply.send(c.show_zone(&zone));
+                let _ = reply.send(self.catalog.show_zone(&zone));
             }
             Command::Pool { pool, change, reply } => {
-                let _ = reply.send(c.change_pool(&pool, change, now));
+                let r = self.operator_change(&pool, change, now);
+                self.drive();
+                let _ = reply.send(r);
+            }
+            Command::Overrides { reply } => {
+                let _ = reply.send(self.catalog.overrides());
             }
             Command::Ring { op, reply } => {
-                let _ = reply.send(self.ring_op(op, now.instant));
+                let r = self.ring_op(op, now.instant);
+                self.drive();
+                let _ = reply.send(r);
             }
             Command::Reconfigure { pools, reply } => {
-                let _ = reply.send(c.reconfigure(&pools, now));
+                let r = self.catalog.reconfigure(&pools, now);
+                self.drive();
+                let _ = reply.send(r);
             }
             Command::Resolve { pool, reply } => {
-                let _ = reply.send(c.resolve(&pool, now.instant));
+                let _ = reply.send(self.catalog.resolve(&pool, now.instant));
             }
             Command::Watch { pool, reply } => {
-                let _ = reply.send(c.watch(&pool, now.instant));
+                let _ = reply.send(self.catalog.watch(&pool, now.instant));
             }
         }
-        self.drive();
+    }
+
+    /// Moves the store's serial marks ahead of what is about to be served;
+    /// when the store refuses, serves anyway (answers come first), says so
+    /// and retries with backoff.
+    fn reserve(&mut self, now: Instant) {
+        let due = self.catalog.reservations_due();
+        if due.is_empty() || self.reserve_retry.is_some_and(|(at, _)| now < at) {
+            return;
+        }
+        match self.store.write(&due) {
+            Ok(()) => {
+                for put in &due {
+                    if let Put::Serial(zone, high) = put {
+                        self.catalog.reserved(zone, *high);
+                    }
+                }
+                if self.reserve_retry.take().is_some() {
+                    info!("serial marks saved again");
+                }
+                self.store.counters.owed.set(0);
+            }
+            Err(error) => {
+                let backoff = self.reserve_retry.map_or(RESERVE_RETRY.0, |(_, b)| (b * 2).min(RESERVE_RETRY.1));
+                if self.reserve_retry.is_none() {
+                    error!(%error, "cannot save the zones' serial marks; serving anyway, retrying with backoff");
+                }
+                self.reserve_retry = Some((now + backoff, backoff));
+                self.store.counters.owed.set(due.len() as u64);
+            }
+        }
     }
 
     /// Hands what the catalog asks for to the drivers.
     fn drive(&mut self) {
+        let now = Instant::now();
+        self.reserve(now);
+        self.catalog.publish_pending();
+        let mut saves = std::mem::take(&mut self.unsent);
+        while let Some(put) = self.catalog.poll_save() {
+            saves.push(put);
+        }
+        if now >= self.next_member_save {
+            self.next_member_save = now + MEMBER_SAVE_INTERVAL;
+            saves.extend(self.catalog.member_saves(Now::read()));
+        }
+        if let Err(back) = self.saver.send(saves) {
+            self.unsent = back;
+        }
         while let Some(job) = self.catalog.poll_job() {
             if let Err(job) = self.io.submit(job) {
                 self.catalog.refused(job);
@@ -157,29 +255,30 @@ impl Updater {
     }
 
     fn ring_op(&mut self, op: RingOp, now: Instant) -> Result<RingReply, UpdateError> {
-        let reply = match op {
+        let before = self.ring.clone();
+        let (reply, said) = match op {
             RingOp::Table => return Ok(RingReply::Table(self.ring.clone())),
             RingOp::Announce(member) => {
                 let b = self.ring.announce(member)?;
-                info!(%member, buddy_a = %b[0], buddy_b = %b[1], "ring member joined");
-                RingReply::Buddies(b)
+                (RingReply::Buddies(b), format!("ring member {member} joined (buddies {} and {})", b[0], b[1]))
             }
             RingOp::Delete { dead, reporter } => {
                 let left = dead == reporter;
                 let b = self.ring.delete(dead, !left)?;
-                if left {
-                    info!(member = %dead, "ring member left");
+                let said = if left {
+                    format!("ring member {dead} left")
                 } else {
-                    warn!(member = %dead, %reporter, "ring member dead; out of every answer");
-                }
-                RingReply::Buddies(b)
+                    format!("ring member {dead} dead (reported by {reporter}); out of every answer")
+                };
+                (RingReply::Buddies(b), said)
             }
         };
-        if let Some(file) = &self.ring_file
-            && let Err(e) = crate::ring::store::save(file, &self.ring)
-        {
-            error!(error = %e, "cannot save the ring table");
+        if let Err(e) = self.store.write([&Put::Ring(self.ring.to_text())]) {
+            self.ring = before;
+            error!(error = %e, "cannot save the ring table; the ring change is refused");
+            return Err(UpdateError::State(e.to_string()));
         }
+        info!("{said}");
         self.catalog.ring_dead(self.ring.dead.iter().map(|a| a.ip()).collect(), now);
         Ok(reply)
     }
@@ -216,7 +315,10 @@ impl Updater {
                 }
             };
             tokio::select! {
-                Some(cmd) = commands.recv() => self.handle(cmd, Now::read()),
+                Some(cmd) = commands.recv() => {
+                    self.handle(cmd, Now::read());
+                    continue;
+                }
                 Some(path) = edits.recv() => self.edited(&path),
                 Some(done) = self.io_results.recv() => self.catalog.io_done(done),
                 _ = write_due => self.catalog.flush(Instant::now(), false),
@@ -231,10 +333,22 @@ impl Updater {
         self.drive();
         self.settle().await;
         let behind = self.catalog.files_behind();
+        // With the zone files written, the marks can fall back to the
+        // serials served, so a clean restart keeps them.
+        let mut last = self.catalog.all_member_saves(Now::read());
         if behind.is_empty() {
-            info!("updater stopped; zone files are current");
-        } else {
-            error!(files = ?behind, "updater stopped; these zone files could not be brought up to date");
+            last.extend(self.catalog.served_serials());
+        }
+        last.append(&mut self.unsent);
+        while let Some(put) = self.catalog.poll_save() {
+            last.push(put);
+        }
+        self.saver.stop();
+        let saved = self.store.write(&last);
+        match (&saved, behind.is_empty()) {
+            (Ok(()), true) => info!("updater stopped; zone files and state are current"),
+            (Err(error), _) => error!(%error, "updater stopped; the last state could not be saved"),
+            (Ok(()), false) => error!(files = ?behind, "updater stopped; these zone files could not be brought up to date"),
         }
     }
 }

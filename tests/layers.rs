@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("dns/notify", 2),
     ("dns/mod", 2),
     ("zone/io", 2),
+    ("state", 2),
     // Pure cores.
     ("pool", 1),
     ("zone", 1),

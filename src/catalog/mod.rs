@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::clock::Now;
 use crate::config::{Config, PolicyName, PoolConfig};
@@ -32,6 +32,7 @@ use crate::dns::snapshot::{MemberHealth, PoolAnswer, Preferred, Snapshot, ZoneVi
 use crate::metrics::{Count, Expose, Histogram, Writer, latency_histogram};
 use crate::pool::table::{PoolId, Table, TableError};
 use crate::pool::{AdminState, Decision, PoolState, Report, ReportError};
+use crate::state::{Loaded, Put};
 use crate::zone::io::Job;
 use crate::zone::sync::FileSync;
 use crate::zone::{self, MemberNote, ZoneFile};
@@ -50,6 +51,27 @@ pub enum UpdateError {
     /// refused and logged, and everything else keeps working.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The change could not be made durable, so it was not made.
+    #[error("state store: {0}; nothing changed")]
+    State(String),
+}
+
+/// How far ahead of the served serial the store's high-water mark is put,
+/// so a change needs a write to the store only once in this many.
+pub const SERIAL_RESERVE: u32 = 1000;
+
+/// A change to a pool, checked and applied to a copy, waiting for its
+/// overrides to be saved before it is put in place (`commit`).
+pub struct Staged {
+    id: PoolId,
+    pool: PoolState,
+}
+
+impl Staged {
+    /// The pool's key in the state store, and its overrides after the change.
+    pub fn save(&self) -> Put {
+        Put::Overrides(self.pool.key.to_string(), Some(self.pool.overrides.clone()))
+    }
 }
 
 /// A pool's live servers in the policy's order, and its policy.
@@ -160,6 +182,14 @@ pub struct Catalog {
     health_due: BTreeSet<PoolId>,
     /// Each pool's member notes as last rendered, by pool id.
     notes: Vec<Option<Arc<[MemberNote]>>>,
+    /// Something changed since the last publish.
+    publish_due: bool,
+    /// Each zone's serial high-water mark as the state store has it.
+    reserved: HashMap<LowerName, u32>,
+    /// Writes the state store is owed (not acknowledged to anyone), and
+    /// the pools whose members' state changed since it last saved them.
+    saves: VecDeque<Put>,
+    members_due: BTreeSet<PoolId>,
 }
 
 /// Pool `i` and the origin of the zone it is bound to.
@@ -218,11 +248,16 @@ fn serial_gt(a: u32, b: u32) -> bool {
 }
 
 impl Catalog {
-    /// Builds the updater from the configuration and the zone files,
-    /// restoring each pool's last answer and member notes from its zone file.
+    /// Builds what is served from the configuration, the zone files and
+    /// what the state store remembers (`saved`): each pool's overrides and
+    /// its members' last known state, and each zone's serial high-water
+    /// mark. From a fresh store, the operators' notes in the zone files
+    /// are taken as overrides instead. Nothing is published until the
+    /// first `publish_pending`.
     pub fn new(
         config: &Config,
         files: BTreeMap<LowerName, ZoneFile>,
+        saved: &Loaded,
         snapshot: Arc<ArcSwap<Snapshot>>,
         counters: Arc<UpdaterCounters>,
         write_interval: Duration,
@@ -260,18 +295,134 @@ impl Catalog {
             notes: Vec::new(),
             health: Arc::default(),
             health_due: BTreeSet::new(),
+            publish_due: true,
+            reserved: HashMap::new(),
+            saves: VecDeque::new(),
+            members_due: BTreeSet::new(),
         };
         catalog.bind_zones();
         for i in 0..catalog.table.pools().len() {
-            catalog.restore(i, now);
-        }
-        for zone in catalog.zones.values_mut() {
-            if zone.sync.is_dirty() {
-                zone.serial = zone.serial.wrapping_add(1);
+            let Some(key) = catalog.table.get(i).map(|p| p.key.to_string()) else { continue };
+            if !saved.fresh {
+                if let Some(o) = saved.overrides.get(&key) {
+                    for problem in catalog.table.lay(i, o, now) {
+                        warn!(pool = %key, %problem, "a saved override no longer applies");
+                    }
+                    if catalog.table.get(i).is_some_and(|p| &p.overrides != o) {
+                        catalog.save_overrides(i);
+                    }
+                }
+                if let Some(p) = saved.pools.get(&key) {
+                    catalog.table.take_saved(i, p, now);
+                }
+            }
+            catalog.restore(i, now, saved.fresh);
+            if saved.fresh && catalog.table.get(i).is_some_and(|p| !p.overrides.is_empty()) {
+                catalog.save_overrides(i); // imported from the zone file's notes
             }
         }
-        catalog.publish();
+        // Forget what the store keeps of pools no longer configured.
+        let keys: BTreeSet<String> = catalog.table.pools().iter().map(|p| p.key.to_string()).collect();
+        for gone in saved.overrides.keys().chain(saved.pools.keys()).filter(|k| !keys.contains(*k)) {
+            catalog.saves.push_back(Put::Overrides(gone.clone(), None));
+            catalog.saves.push_back(Put::Pool(gone.clone(), None));
+        }
+        for (origin, zone) in catalog.zones.iter_mut() {
+            let dirty = zone.sync.is_dirty();
+            let mut serial = if dirty { zone.serial.wrapping_add(1) } else { zone.serial };
+            if let Some(&high) = saved.serials.get(&origin.to_string()) {
+                // Serial `high` may have been served with other content: go past it.
+                if (dirty || serial != high) && !serial_gt(serial, high) {
+                    serial = high.wrapping_add(1);
+                    zone.sync.touch();
+                }
+                catalog.reserved.insert(origin.clone(), high);
+            }
+            zone.serial = serial;
+        }
         Ok(catalog)
+    }
+
+    /// Zones whose served serial has reached the store's high-water mark:
+    /// the mark to write for each, before the next publish.
+    pub fn reservations_due(&self) -> Vec<Put> {
+        self.zones
+            .iter()
+            .filter(|(o, z)| self.reserved.get(*o).is_none_or(|r| serial_gt(z.serial, *r)))
+            .map(|(o, z)| Put::Serial(o.to_string(), z.serial.wrapping_add(SERIAL_RESERVE)))
+            .collect()
+    }
+
+    /// The store now holds `high` as zone `origin`'s high-water mark.
+    pub fn reserved(&mut self, origin: &str, high: u32) {
+        if let Some((o, _)) = self.zones.iter().find(|(o, _)| o.to_string() == origin) {
+            self.reserved.insert(o.clone(), high);
+        }
+    }
+
+    /// Each zone's serial as served now (the high-water marks to leave at
+    /// a clean stop, so a restart need not move them).
+    pub fn served_serials(&self) -> Vec<Put> {
+        self.zones.iter().map(|(o, z)| Put::Serial(o.to_string(), z.serial)).collect()
+    }
+
+    /// The next write the state store is owed, if any.
+    pub fn poll_save(&mut self) -> Option<Put> {
+        self.saves.pop_front()
+    }
+
+    /// The last known state of the pools whose members changed since
+    /// this was last called.
+    pub fn member_saves(&mut self, now: Now) -> Vec<Put> {
+        std::mem::take(&mut self.members_due)
+            .into_iter()
+            .filter_map(|i| self.table.get(i))
+            .map(|p| Put::Pool(p.key.to_string(), Some(p.saved(now))))
+            .collect()
+    }
+
+    /// Every pool's members' state, whatever changed (at a clean stop).
+    pub fn all_member_saves(&mut self, now: Now) -> Vec<Put> {
+        self.members_due = (0..self.table.pools().len()).collect();
+        self.member_saves(now)
+    }
+
+    fn save_overrides(&mut self, i: PoolId) {
+        if let Some(p) = self.table.get(i) {
+            self.saves.push_back(Put::Overrides(p.key.to_string(), Some(p.overrides.clone())));
+        }
+    }
+
+    /// Checks `change` to pool `pool` and applies it to a copy; the
+    /// updater saves its overrides, then `commit`s it.
+    pub fn stage(&self, pool: &str, change: PoolChange, now: Now) -> Result<Staged, UpdateError> {
+        let (id, pool) = self.table.stage(pool, change, now)?;
+        Ok(Staged { id, pool })
+    }
+
+    /// Puts a staged change in place; returns the pool's answer after it.
+    pub fn commit(&mut self, staged: Staged, now: Now) -> Result<Vec<IpAddr>, UpdateError> {
+        let i = staged.id;
+        info!(pool = %staged.pool.name, overrides = ?staged.pool.overrides.lines(), "pool changed by operator");
+        self.table.put(i, staged.pool);
+        if let Some(n) = self.notes.get_mut(i) {
+            *n = None;
+        }
+        let (_, zone) = self.zone_mut(i)?;
+        // The notes in the file change even when the answer does not.
+        zone.sync.touch();
+        match self.redecide(i, now.instant) {
+            Some(origin) => self.changed(vec![origin]),
+            None => self.publish(), // the members' state may have moved
+        }
+        let (pool, zone) = self.zone_mut(i)?;
+        let answer = zone.answers.get(&pool.key).ok_or_else(|| UpdateError::Internal(format!("pool {}: no answer", pool.name)))?;
+        Ok(answer.addresses.clone())
+    }
+
+    /// Every pool's overrides (`vnamed pool overrides`), by pool name.
+    pub fn overrides(&self) -> Vec<(String, Vec<String>)> {
+        self.table.pools().iter().map(|p| (p.name.to_string(), p.overrides.lines())).collect()
     }
 
     /// Lists each zone's pools anew from `pool_zone`.
@@ -302,7 +453,7 @@ impl Catalog {
     /// Brings a pool (new to this updater) into its zone: the operator's
     /// notes and the last answer come back from the zone file when they
     /// still make sense.
-    fn restore(&mut self, i: PoolId, clock: Now) {
+    fn restore(&mut self, i: PoolId, clock: Now, import_notes: bool) {
         let now = clock.instant;
         if let Some(n) = self.notes.get_mut(i) {
             *n = None;
@@ -311,7 +462,8 @@ impl Catalog {
         let name = pool.name.to_string();
         let block = zone.file.block(&pool.name).cloned();
         let previous = zone.file.addresses(&pool.name);
-        for (id, pairs) in block.as_ref().map(|b| b.members.as_slice()).unwrap_or_default() {
+        let notes = if import_notes { block.as_ref().map(|b| b.members.as_slice()).unwrap_or_default() } else { &[] };
+        for (id, pairs) in notes {
             let admin = pairs.iter().find(|(k, _)| k == "admin").and_then(|(_, v)| AdminState::parse(v));
             let weight = pairs.iter().find(|(k, _)| k == "weight").and_then(|(_, v)| v.parse().ok());
             let _ = self.table.change(&name, PoolChange::Member { id: id.clone(), admin, weight }, clock);
@@ -402,6 +554,7 @@ impl Catalog {
 
     pub fn reports(&mut self, reports: Vec<Report>, received: Instant, now: Instant) -> Result<usize, ReportError> {
         let absorbed = self.table.absorb(reports, now)?;
+        self.members_due.extend(absorbed.pools.iter().copied());
         let mut zones = Vec::new();
         let mut republish = false;
         for &i in &absorbed.pools {
@@ -448,6 +601,18 @@ impl Catalog {
         let origins = zones_of(&self.zones, configs)?;
         let mut touched: Vec<LowerName> = Vec::new();
         let changes = self.table.reconfigure(configs, now);
+        for problem in &changes.dropped {
+            warn!(%problem, "an override no longer applies after the configuration edit");
+        }
+        for gone in &changes.removed {
+            self.saves.push_back(Put::Overrides(gone.key.to_string(), None));
+            self.saves.push_back(Put::Pool(gone.key.to_string(), None));
+        }
+        for &i in &changes.overrides_changed {
+            self.save_overrides(i);
+        }
+        // Pool ids follow the new table.
+        self.members_due = (0..self.table.pools().len()).collect();
         for gone in &changes.removed {
             Arc::make_mut(&mut self.health).remove(&gone.name.to_string());
             // Its watchers see the pool close.
@@ -501,7 +666,7 @@ impl Catalog {
             let Some(origin) = self.pool_zone.get(i).cloned() else { continue };
             if changes.added.contains(&i) {
                 info!(pool = %self.table.pools()[i].name, "pool added by configuration edit");
-                self.restore(i, now);
+                self.restore(i, now, true);
                 if let Some(z) = self.zones.get_mut(&origin) {
                     z.serial = z.serial.wrapping_add(1);
                 }
@@ -523,23 +688,11 @@ impl Catalog {
         Ok(())
     }
 
+    /// Applies an operator's change at once (the updater saves overrides
+    /// between `stage` and `commit` instead).
     pub fn change_pool(&mut self, pool: &str, change: PoolChange, now: Now) -> Result<Vec<IpAddr>, UpdateError> {
-        let what = format!("{change:?}");
-        let i = self.table.change(pool, change, now)?;
-        info!(pool, change = %what, "pool changed by operator");
-        if let Some(n) = self.notes.get_mut(i) {
-            *n = None;
-        }
-        let (_, zone) = self.zone_mut(i)?;
-        // The notes in the file change even when the answer does not.
-        zone.sync.touch();
-        match self.redecide(i, now.instant) {
-            Some(origin) => self.changed(vec![origin]),
-            None => self.publish(), // the members' state may have moved
-        }
-        let (pool, zone) = self.zone_mut(i)?;
-        let answer = zone.answers.get(&pool.key).ok_or_else(|| UpdateError::Internal(format!("pool {}: no answer", pool.name)))?;
-        Ok(answer.addresses.clone())
+        let staged = self.stage(pool, change, now)?;
+        self.commit(staged, now)
     }
 
     /// Re-decides pools whose members report, so stale reports take
@@ -626,11 +779,16 @@ members = [ { id = "d", address = "127.0.0.4" } ]
                 (LowerName::from(&name), file)
             })
             .collect();
-        Catalog::new(&config, files, Arc::default(), Arc::default(), Duration::from_secs(3600), Now::read()).unwrap()
+        let fresh = Loaded { fresh: true, ..Loaded::default() };
+        let mut c = Catalog::new(&config, files, &fresh, Arc::default(), Arc::default(), Duration::from_secs(3600), Now::read()).unwrap();
+        c.publish_pending();
+        c
     }
 
     fn set_down(c: &mut Catalog, pool: &str, id: &str) -> Result<Vec<IpAddr>, UpdateError> {
-        c.change_pool(pool, PoolChange::Member { id: id.into(), admin: Some(AdminState::Down), weight: None }, Now::read())
+        let r = c.change_pool(pool, PoolChange::Member { id: id.into(), admin: Some(AdminState::Down), weight: None }, Now::read());
+        c.publish_pending();
+        r
     }
 
     fn origin(name: &str) -> LowerName {

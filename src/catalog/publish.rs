@@ -81,8 +81,20 @@ impl Catalog {
     /// since the last one: the views of changed zones, the static
     /// responses when some zone's data changed, and the entries of pools
     /// whose answer changed. The serial in pre-encoded responses is a cell
-    /// per zone, set here.
+    /// per zone, set here. Done when the updater calls `publish_pending`,
+    /// once the serials it serves are reserved in the state store.
     pub(super) fn publish(&mut self) {
+        self.publish_due = true;
+    }
+
+    /// Publishes what changed since the last publish, if anything did.
+    pub fn publish_pending(&mut self) {
+        if std::mem::take(&mut self.publish_due) {
+            self.render();
+        }
+    }
+
+    fn render(&mut self) {
         for (origin, z) in &self.zones {
             let data_changed = self.views.get(origin).is_none_or(|(data, _)| !Arc::ptr_eq(data, &z.file.data));
             let stale =

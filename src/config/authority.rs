@@ -22,7 +22,10 @@ pub struct AuthorityConfig {
     /// UDP workers for the pre-encoded fast path; 0 = one per core.
     #[serde(default)]
     pub udp_workers: usize,
-    /// Where the ring's server table is kept (default: `.vnamed-ring` in zones_dir).
+    /// Where the durable state is kept (default: `.vnamed-state` in zones_dir).
+    pub state_dir: Option<PathBuf>,
+    /// Where earlier versions kept the ring's server table (default:
+    /// `.vnamed-ring` in zones_dir); read once into a fresh state store.
     pub ring_table: Option<PathBuf>,
     /// Shared secret: when set, gRPC calls (reports and administration)
     /// must carry `authorization: Bearer <token>`.
@@ -37,6 +40,11 @@ fn default_write_interval() -> Duration {
 }
 
 impl AuthorityConfig {
+    /// The directory of the state store.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| self.zones_dir.join(".vnamed-state"))
+    }
+
     pub(super) fn check(&self, problems: &mut Vec<String>) {
         if self.dns_listen.is_empty() {
             problems.push("authority.dns_listen: at least one address is required".into());

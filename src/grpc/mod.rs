@@ -281,6 +281,7 @@ fn status_of(e: UpdateError) -> Status {
         UpdateError::Ring(RingError::Present(_)) => Status::already_exists(e.to_string()),
         UpdateError::Ring(RingError::Absent(_)) => Status::not_found(e.to_string()),
         UpdateError::Internal(_) => Status::internal(e.to_string()),
+        UpdateError::State(_) => Status::unavailable(e.to_string()),
     }
 }
 

@@ -1,11 +1,15 @@
 //! Pools (virtual names): their members, each member's administrative and
 //! reported state, and the decision of what the name answers now.
 
+pub mod overrides;
 pub mod policy;
 pub mod report;
+pub mod saved;
 pub mod table;
 
+pub use overrides::Overrides;
 pub use report::{Report, ReportError};
+pub use saved::SavedPool;
 pub use table::{Table, TableError};
 
 use std::net::IpAddr;
@@ -55,7 +59,7 @@ impl AdminState {
 }
 
 /// The metrics a member's status reports carry.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub load: Option<f64>,
     pub connections: Option<f64>,
@@ -241,6 +245,10 @@ pub struct PoolState {
     pub last_known: Vec<IpAddr>,
     /// Paused by an operator: the answer stays as it is.
     pub paused: bool,
+    /// What the API changed, apart from the configuration.
+    pub overrides: Overrides,
+    /// The pool as configured, for when the overrides are cleared.
+    pub config: std::sync::Arc<PoolConfig>,
     pub formula: Option<std::sync::Arc<Formula>>,
     pub smoothing: f64,
     /// Responses given for the pool's name, kept across answers.
@@ -267,6 +275,8 @@ impl PoolState {
             members: c.members.iter().map(|m| MemberState::from_config(m, now)).collect(),
             last_known: Vec::new(),
             paused: false,
+            overrides: Overrides::default(),
+            config: std::sync::Arc::new(c.clone()),
             formula: c.formula.clone().map(std::sync::Arc::new),
             smoothing: c.smoothing,
             counters: Default::default(),

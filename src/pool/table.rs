@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{AdminState, Decision, MemberState, PoolState, Report, ReportError, policy};
+use super::{AdminState, Decision, MemberState, Overrides, PoolState, Report, ReportError, policy};
 use crate::clock::Now;
 use crate::config::formula::Formula;
 use crate::config::{MemberConfig, PolicyName, PoolConfig};
@@ -52,6 +52,169 @@ pub enum Change {
         admin: Option<AdminState>,
         weight: Option<u32>,
     },
+    /// Every override the API made: back to the configuration.
+    Clear,
+}
+
+/// Applies `change` to pool `p` (named `name` by the caller), recording it
+/// in the pool's overrides.
+fn apply(p: &mut PoolState, dead: &[IpAddr], name: &str, change: Change, now: Now) -> Result<(), TableError> {
+    let no_member = |id: &str| TableError::NoMember { pool: name.to_owned(), id: id.to_owned() };
+    match change {
+        Change::Policy(PolicyName::Formula) if p.formula.is_none() => {
+            return Err(TableError::Invalid(format!("pool {name} has no formula; give one first")));
+        }
+        Change::Policy(policy) => {
+            p.policy = policy;
+            p.overrides.set_policy(policy);
+        }
+        Change::Formula(text) => {
+            p.formula = Some(Arc::new(Formula::parse(&text).map_err(TableError::Invalid)?));
+            p.overrides.set_formula(text);
+        }
+        Change::Pause(paused) => {
+            p.paused = paused;
+            p.overrides.set_paused(paused);
+        }
+        Change::AddMember { id, address, weight } => {
+            if p.position(&id).is_some() {
+                return Err(TableError::MemberExists { pool: name.to_owned(), id });
+            }
+            add_member(p, dead, &id, address, weight, None, now);
+            p.overrides.add(&id, address, weight);
+        }
+        Change::RemoveMember { id } => {
+            let at = p.position(&id).ok_or_else(|| no_member(&id))?;
+            if p.members.len() == 1 {
+                return Err(TableError::LastMember(name.to_owned()));
+            }
+            let gone = p.members.remove(at);
+            p.reindex();
+            p.last_known.retain(|a| *a != gone.address);
+            p.overrides.remove(&id);
+        }
+        Change::Member { id, admin, weight } => {
+            let m = p.member_mut(&id).ok_or_else(|| no_member(&id))?;
+            m.admin = admin.unwrap_or(m.admin);
+            m.weight = weight.unwrap_or(m.weight);
+            let configured = p.config.members.iter().find(|c| c.id == id).map(|c| c.weight);
+            p.overrides.set_member(&id, admin, weight, configured);
+        }
+        Change::Clear => {
+            let mut fresh = PoolState::from_config(&p.config, now);
+            carry(&mut fresh, p, dead);
+            *p = fresh;
+        }
+    }
+    Ok(())
+}
+
+/// Adds member `id`, with what `known` knew of it when it had it.
+fn add_member(p: &mut PoolState, dead: &[IpAddr], id: &str, address: IpAddr, weight: u32, known: Option<&PoolState>, now: Now) {
+    let config = MemberConfig { id: id.to_owned(), address: Some(address), farm: None, weight, until: None, maintenance: Vec::new() };
+    let mut member = MemberState::from_config(&config, now);
+    if let Some(k) = known.and_then(|k| k.members.iter().find(|m| &*m.id == id)) {
+        member = MemberState { address, weight, admin: AdminState::Auto, ..k.clone() };
+    }
+    member.ring_dead = dead.contains(&address);
+    p.members.push(member);
+    p.reindex();
+}
+
+/// Gives `fresh` (a pool as configured) what was reported about the
+/// members it shares with `known`, its last answer and its counters; the
+/// operator's word is not carried (the overrides bring it back).
+fn carry(fresh: &mut PoolState, known: &PoolState, dead: &[IpAddr]) {
+    for new in &mut fresh.members {
+        if let Some(k) = known.members.iter().find(|m| m.id == new.id) {
+            let address = if new.address.is_unspecified() { k.address } else { new.address };
+            // A farm entity's address comes from its farm's reports.
+            *new = MemberState { address, admin: AdminState::Auto, ..k.clone() }.with_schedule_of(new);
+        }
+        new.ring_dead = dead.contains(&new.address);
+    }
+    fresh.last_known = known.last_known.clone();
+    fresh.counters = known.counters.clone();
+    fresh.reindex();
+}
+
+/// The overrides `o` without the settings an edit of the configuration
+/// changed from `was` to `now`: the latest word on a setting wins.
+fn superseded(mut o: Overrides, was: &PoolConfig, now: &PoolConfig) -> Overrides {
+    if was.policy != now.policy {
+        o.policy = None;
+    }
+    if was.formula != now.formula {
+        o.formula = None;
+    }
+    let weight = |c: &PoolConfig, id: &str| c.members.iter().find(|m| m.id == id).map(|m| m.weight);
+    for (id, m) in &mut o.members {
+        if weight(was, id) != weight(now, id) {
+            m.weight = None;
+        }
+    }
+    o.members.retain(|_, m| m.admin.is_some() || m.weight.is_some());
+    o
+}
+
+/// Replays `o` over pool `p` as configured; what no longer applies is
+/// dropped from the pool's overrides and said.
+fn lay(p: &mut PoolState, o: &Overrides, known: Option<&PoolState>, dead: &[IpAddr], now: Now) -> Vec<String> {
+    let mut kept = Overrides::default();
+    let mut problems = Vec::new();
+    for id in &o.removed {
+        match p.position(id) {
+            Some(at) if p.members.len() > 1 => {
+                let gone = p.members.remove(at);
+                p.reindex();
+                p.last_known.retain(|a| *a != gone.address);
+                kept.removed.insert(id.clone());
+            }
+            Some(_) => problems.push(format!("member {id} is its last member and stays (its removal is dropped)")),
+            None => {} // no longer configured: nothing to remove
+        }
+    }
+    for (id, a) in &o.added {
+        if p.position(id).is_some() {
+            problems.push(format!("member {id} is now configured; the copy the API added is dropped"));
+            continue;
+        }
+        add_member(p, dead, id, a.address, a.weight, known, now);
+        kept.added.insert(id.clone(), a.clone());
+    }
+    if let Some(text) = &o.formula {
+        match Formula::parse(text) {
+            Ok(f) => {
+                p.formula = Some(Arc::new(f));
+                kept.formula = Some(text.clone());
+            }
+            Err(e) => problems.push(format!("formula {text}: {e} (dropped)")),
+        }
+    }
+    match o.policy {
+        Some(PolicyName::Formula) if p.formula.is_none() => problems.push("policy formula without a formula (dropped)".into()),
+        Some(policy) => {
+            p.policy = policy;
+            kept.policy = Some(policy);
+        }
+        None => {}
+    }
+    p.paused = o.paused;
+    kept.paused = o.paused;
+    for (id, mo) in &o.members {
+        match p.member_mut(id) {
+            Some(m) => {
+                m.admin = mo.admin.unwrap_or(AdminState::Auto);
+                if let Some(w) = mo.weight {
+                    m.weight = w;
+                }
+                kept.members.insert(id.clone(), mo.clone());
+            }
+            None => problems.push(format!("member {id} is gone; its override is dropped")),
+        }
+    }
+    p.overrides = kept;
+    problems
 }
 
 /// What a batch of reports touched.
@@ -75,6 +238,9 @@ pub struct Reconfigured {
     pub added: Vec<PoolId>,
     /// Kept pools whose answer shape (TTL, addresses per answer) changed.
     pub reshaped: Vec<PoolId>,
+    /// Kept pools whose API overrides no longer all apply, and why.
+    pub overrides_changed: Vec<PoolId>,
+    pub dropped: Vec<String>,
 }
 
 /// One member as `vnamed status` and `/metrics` show it.
@@ -186,45 +352,47 @@ impl Table {
         Ok(out)
     }
 
+    /// Pool `pool` with `change` applied, not yet in the table: the
+    /// authority saves its overrides before it puts it in place (`put`).
+    pub fn stage(&self, pool: &str, change: Change, now: Now) -> Result<(PoolId, PoolState), TableError> {
+        let i = self.resolve(pool)?;
+        let mut p = self.pools[i].clone();
+        apply(&mut p, &self.dead, pool, change, now)?;
+        Ok((i, p))
+    }
+
+    /// Puts a pool staged with `stage` in place.
+    pub fn put(&mut self, id: PoolId, pool: PoolState) {
+        if let Some(p) = self.pools.get_mut(id) {
+            *p = pool;
+        }
+    }
+
     /// Applies an operator's change to pool `pool`.
     pub fn change(&mut self, pool: &str, change: Change, now: Now) -> Result<PoolId, TableError> {
-        let i = self.resolve(pool)?;
-        let dead = &self.dead;
-        let p = &mut self.pools[i];
-        let no_member = |id: &str| TableError::NoMember { pool: pool.to_owned(), id: id.to_owned() };
-        match change {
-            Change::Policy(PolicyName::Formula) if p.formula.is_none() => {
-                return Err(TableError::Invalid(format!("pool {pool} has no formula; give one first")));
-            }
-            Change::Policy(policy) => p.policy = policy,
-            Change::Formula(text) => p.formula = Some(Arc::new(Formula::parse(&text).map_err(TableError::Invalid)?)),
-            Change::Pause(paused) => p.paused = paused,
-            Change::AddMember { id, address, weight } => {
-                if p.position(&id).is_some() {
-                    return Err(TableError::MemberExists { pool: pool.to_owned(), id });
-                }
-                let config = MemberConfig { id, address: Some(address), farm: None, weight, until: None, maintenance: Vec::new() };
-                let mut member = MemberState::from_config(&config, now);
-                member.ring_dead = dead.contains(&address);
-                p.members.push(member);
-                p.reindex();
-            }
-            Change::RemoveMember { id } => {
-                let at = p.position(&id).ok_or_else(|| no_member(&id))?;
-                if p.members.len() == 1 {
-                    return Err(TableError::LastMember(pool.to_owned()));
-                }
-                let gone = p.members.remove(at);
-                p.reindex();
-                p.last_known.retain(|a| *a != gone.address);
-            }
-            Change::Member { id, admin, weight } => {
-                let m = p.member_mut(&id).ok_or_else(|| no_member(&id))?;
-                m.admin = admin.unwrap_or(m.admin);
-                m.weight = weight.unwrap_or(m.weight);
+        let (i, p) = self.stage(pool, change, now)?;
+        self.pools[i] = p;
+        Ok(i)
+    }
+
+    /// Takes back pool `id`'s members' last known state (see `saved`).
+    pub fn take_saved(&mut self, id: PoolId, saved: &super::SavedPool, now: Now) {
+        if let Some(p) = self.pools.get_mut(id) {
+            p.take_saved(saved, now);
+            for m in &mut p.members {
+                m.ring_dead = self.dead.contains(&m.address);
             }
         }
-        Ok(i)
+    }
+
+    /// Lays saved overrides over pool `id` as configured; returns what no
+    /// longer applies (and is dropped from its overrides).
+    pub fn lay(&mut self, id: PoolId, overrides: &Overrides, now: Now) -> Vec<String> {
+        let dead = &self.dead;
+        match self.pools.get_mut(id) {
+            Some(p) => lay(p, overrides, None, dead, now),
+            None => Vec::new(),
+        }
     }
 
     /// Takes the ring's dead hosts; returns the pools where a member's
@@ -255,6 +423,8 @@ impl Table {
         let mut old: HashMap<String, PoolState> = self.pools.drain(..).map(|p| (key_of_pool(&p), p)).collect();
         // (old place, reshaped, pool): kept pools stay in their old order, new ones follow.
         let mut next: Vec<(Option<PoolId>, bool, PoolState)> = Vec::with_capacity(configs.len());
+        let mut out = Reconfigured::default();
+        let mut changed_overrides: Vec<String> = Vec::new();
         for c in configs {
             let mut fresh = PoolState::from_config(c, now);
             let key = key_of_pool(&fresh);
@@ -264,29 +434,22 @@ impl Table {
                 continue;
             };
             let reshaped = known.ttl != fresh.ttl || known.answers != fresh.answers;
-            fresh.members = fresh
-                .members
-                .iter()
-                .map(|new| match known.members.iter().find(|m| m.id == new.id) {
-                    Some(k) => MemberState {
-                        // A farm entity's address comes from its farm's reports.
-                        address: if new.address.is_unspecified() { k.address } else { new.address },
-                        ..k.clone()
-                    }
-                    .with_schedule_of(new),
-                    None => new.clone(),
-                })
-                .collect();
-            self.mark_dead(&mut fresh);
-            fresh.last_known = std::mem::take(&mut known.last_known);
-            fresh.paused = known.paused;
-            fresh.counters = known.counters.clone();
-            fresh.reindex();
+            carry(&mut fresh, &known, &self.dead);
+            let before = std::mem::take(&mut known.overrides);
+            let taken = superseded(before.clone(), &known.config, c);
+            for problem in lay(&mut fresh, &taken, Some(&known), &self.dead, now) {
+                out.dropped.push(format!("pool {}: {problem}", fresh.name));
+            }
+            if fresh.overrides != before {
+                changed_overrides.push(key.clone());
+            }
             next.push((was.get(&key).copied(), reshaped, fresh));
         }
         next.sort_by_key(|(place, _, _)| place.unwrap_or(PoolId::MAX));
-        let mut out = Reconfigured::default();
         for (i, (place, reshaped, pool)) in next.into_iter().enumerate() {
+            if changed_overrides.contains(&key_of_pool(&pool)) {
+                out.overrides_changed.push(i);
+            }
             if place.is_none() {
                 out.added.push(i);
             } else if reshaped {
@@ -618,8 +781,9 @@ members = [ { id = "a", address = "127.0.0.1", weight = 9 }, { id = "c", address
         assert_eq!(
             (a.admin, a.weight, a.metrics.load),
             (AdminState::Drain, 9, Some(0.7)),
-            "override and reports kept, weight from the file"
+            "override and reports kept, weight from the file (edited there after the API set it)"
         );
+        assert_eq!(www.overrides.members["a"].weight, None, "the edit took the weight back from the API");
         assert!(www.members[1].ring_dead, "a new member the ring knows is dead starts dead");
         assert!(t.find("WWW.EXAMPLE").is_some());
         let r = t.reconfigure(&configs(edited), now);
