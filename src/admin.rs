@@ -99,6 +99,16 @@ pub enum PoolCmd {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// List what the API changed (kept across restarts until undone), for
+    /// one pool or all; with --clear, undo all of it for POOL.
+    Overrides {
+        pool: Option<String>,
+        /// Back to the configuration file: every API change to POOL undone.
+        #[arg(long, requires = "pool")]
+        clear: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -226,9 +236,15 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let ring = ring_client(&args.server).await?.table(crate::grpc::v1::TableRequest {}).await;
+    if reply.state_owed > 0 {
+        println!("STATE NOT SAVED: {} change(s) wait for their retry; last error: {}", reply.state_owed, reply.state_error);
+    }
     for p in reply.pools {
         let answer = if p.servfail { "SERVFAIL".to_owned() } else { p.answer.join(", ") };
         println!("{}  policy={} zone={} serial={}  answer: {}", p.name, p.policy, p.zone, p.serial, answer);
+        for o in &p.overrides {
+            println!("  [api] {o}");
+        }
         for m in p.members {
             let load = m.load.map(|l| format!("{l:.2}")).unwrap_or_else(|| "-".into());
             let mark = if m.in_answer { "*" } else { " " };
@@ -296,9 +312,138 @@ pub async fn pool(cmd: PoolCmd) -> anyhow::Result<()> {
             let req = RemoveMemberRequest { pool: pool.clone(), id };
             (pool, client(&server).await?.remove_member(req).await.map_err(fail)?.into_inner().answer)
         }
+        PoolCmd::Overrides { pool: Some(pool), clear: true, server } => {
+            let r = client(&server).await?.clear_overrides(PoolRequest { pool: pool.clone() }).await.map_err(fail)?;
+            println!("{pool}: API overrides cleared; back to the configuration file");
+            (pool, r.into_inner().answer)
+        }
+        PoolCmd::Overrides { pool, clear: _, server } => {
+            let reply = client(&server).await?.status(StatusRequest {}).await.map_err(fail)?.into_inner();
+            let want = pool.as_deref().map(|p| p.trim_end_matches('.').to_ascii_lowercase());
+            let mut found = false;
+            for p in reply.pools {
+                if want.as_deref().is_some_and(|w| !p.name.trim_end_matches('.').eq_ignore_ascii_case(w)) {
+                    continue;
+                }
+                found = true;
+                for o in &p.overrides {
+                    println!("{} {o}", p.name);
+                }
+            }
+            if !found {
+                anyhow::bail!("no pool named {}", pool.unwrap_or_default());
+            }
+            return Ok(());
+        }
     };
     println!("{pool}: answer: {}", answer.join(", "));
     Ok(())
+}
+
+/// `vnamed authority --config F --check`: the file checked as a live
+/// reload checks it, then what reloading it would change in the authority
+/// running at its `grpc_listen`. Exit status 1 when a reload would be refused.
+pub async fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let refused = |why: String| {
+        println!("{}: a reload would be refused: {why}", path.display());
+        Ok(ExitCode::FAILURE)
+    };
+    let config = match crate::config::Config::read(path) {
+        Ok(c) => c,
+        Err(e) => return refused(format!("{e:#}")),
+    };
+    let auth = match config.authority() {
+        Ok(a) => a.clone(),
+        Err(e) => return refused(e.to_string()),
+    };
+    if config.pool.is_empty() {
+        return refused("it would remove every pool".into());
+    }
+    println!("{}: valid, {} pools", path.display(), config.pool.len());
+    let Some(addr) = auth.grpc_listen else {
+        println!("no grpc_listen: cannot compare with a running authority");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let server = ServerArg { server: format!("http://{addr}"), token: auth.token.clone() };
+    let running = match client(&server).await {
+        Ok(mut c) => c.status(StatusRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner(),
+        Err(e) => {
+            println!("{e:#}: nothing to compare with");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let (kept, changes): (Vec<String>, Vec<String>) = diff(&config.pool, &running.pools).into_iter().partition(|c| c.contains(" stays"));
+    for k in kept {
+        println!("kept: {k}");
+    }
+    if changes.is_empty() {
+        println!("a reload would change nothing in the authority at {addr}");
+    } else {
+        println!("a reload would change, in the authority at {addr}:");
+        for c in changes {
+            println!("  {c}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What applying `pools` would change in pools served as `running`. A
+/// setting the API overrides stays as the API set it, and is said so.
+fn diff(pools: &[crate::config::PoolConfig], running: &[crate::grpc::v1::PoolStatus]) -> Vec<String> {
+    let key = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
+    let mut out = Vec::new();
+    for r in running {
+        if !pools.iter().any(|p| key(&p.name) == key(&r.name)) {
+            out.push(format!("pool {} removed (with its managed block)", r.name));
+        }
+    }
+    for p in pools {
+        let Some(r) = running.iter().find(|r| key(&r.name) == key(&p.name)) else {
+            out.push(format!("pool {} added with {} members", p.name, p.members.len()));
+            continue;
+        };
+        let overridden = |what: &str| r.overrides.iter().any(|o| o.starts_with(what));
+        let policy = p.policy.to_string();
+        if !r.policy.eq_ignore_ascii_case(&policy.replace('-', "")) {
+            if overridden("policy ") {
+                out.push(format!(
+                    "pool {}: policy {policy} in the file; the API's {} stays unless this edit changes the file's",
+                    p.name, r.policy
+                ));
+            } else {
+                out.push(format!("pool {}: policy {} -> {policy}", p.name, r.policy));
+            }
+        }
+        for m in &r.members {
+            if !p.members.iter().any(|c| c.id == m.id) && !overridden(&format!("member {} added", m.id)) {
+                out.push(format!("pool {}: member {} removed", p.name, m.id));
+            }
+        }
+        for c in &p.members {
+            let Some(m) = r.members.iter().find(|m| m.id == c.id) else {
+                if !overridden(&format!("member {} removed", c.id)) {
+                    out.push(format!("pool {}: member {} added", p.name, c.id));
+                }
+                continue;
+            };
+            if let Some(a) = c.address
+                && a.to_string() != m.address
+            {
+                out.push(format!("pool {}: member {} address {} -> {a}", p.name, c.id, m.address));
+            }
+            if c.weight != m.weight {
+                if overridden(&format!("member {} weight", c.id)) {
+                    out.push(format!(
+                        "pool {}: member {} weight {} from the API stays, unless this edit changes it in the file",
+                        p.name, c.id, m.weight
+                    ));
+                } else {
+                    out.push(format!("pool {}: member {} weight {} -> {}", p.name, c.id, m.weight, c.weight));
+                }
+            }
+        }
+    }
+    out
 }
 
 pub async fn zone(cmd: ZoneCmd) -> anyhow::Result<ExitCode> {

@@ -26,6 +26,11 @@ enum Role {
     Authority {
         #[arg(long, short)]
         config: PathBuf,
+        /// Check the file as a live reload would, and print what it would
+        /// change in the running authority (pools and members added,
+        /// removed, changed) without applying anything.
+        #[arg(long)]
+        check: bool,
     },
     /// Run this host's checks and report its members' state upstream.
     Monitor {
@@ -122,7 +127,8 @@ fn shutdown_on_signals() -> CancellationToken {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.role {
-        Role::Authority { config } => {
+        Role::Authority { config, check: true } => return admin::check_config(&config).await,
+        Role::Authority { config, check: false } => {
             let parsed = Config::read(&config)?;
             authority::run(parsed, &config, shutdown_on_signals()).await?;
         }

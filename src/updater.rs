@@ -35,6 +35,9 @@ use crate::ring::registry::Registry;
 use crate::zone::ZoneFile;
 use crate::zone::io::{Done, ZoneIo};
 
+/// Writes the state store owes (failed, waiting for a retry), and the last error.
+pub type StateTrouble = (u64, String);
+
 /// Requests to the updater.
 pub enum Command {
     /// Operator override of a member's state or weight.
@@ -42,8 +45,9 @@ pub enum Command {
     /// A checked batch of reports: stored whole, or refused whole when a
     /// report names a pool or member that is not served.
     Reports { reports: Vec<Report>, received: Instant, reply: oneshot::Sender<Result<usize, ReportError>> },
-    /// Pools, members and answers as they are now.
-    Status { reply: oneshot::Sender<Vec<PoolStatus>> },
+    /// Pools, members and answers as they are now, and the state store's
+    /// trouble: writes owed and the last error, if any.
+    Status { reply: oneshot::Sender<(Vec<PoolStatus>, Option<StateTrouble>)> },
     /// A zone as served, in master-file format.
     ShowZone { zone: String, reply: oneshot::Sender<Result<String, UpdateError>> },
     /// A change to a pool itself; replies with its answer afterwards.
@@ -54,8 +58,6 @@ pub enum Command {
     Watch { pool: String, reply: oneshot::Sender<Result<Watched, UpdateError>> },
     /// The ring's server table.
     Ring { op: RingOp, reply: oneshot::Sender<Result<RingReply, UpdateError>> },
-    /// Every pool's API overrides, one line per setting, by pool name.
-    Overrides { reply: oneshot::Sender<Vec<(String, Vec<String>)>> },
     /// The pools of an edited configuration file: applied whole, or
     /// refused whole with every problem.
     Reconfigure { pools: Vec<PoolConfig>, reply: oneshot::Sender<Result<(), Vec<String>>> },
@@ -145,7 +147,7 @@ impl Updater {
     /// the store cannot hold is refused and nothing changes.
     fn operator_change(&mut self, pool: &str, change: PoolChange, now: Now) -> Result<Vec<IpAddr>, UpdateError> {
         let staged = self.catalog.stage(pool, change, now)?;
-        self.store.write([&staged.save()]).map_err(|e| UpdateError::State(e.to_string()))?;
+        self.store.write(staged.saves()).map_err(|e| UpdateError::State(e.to_string()))?;
         self.catalog.commit(staged, now)
     }
 
@@ -163,7 +165,7 @@ impl Updater {
                 let _ = reply.send(r);
             }
             Command::Status { reply } => {
-                let _ = reply.send(self.catalog.status(now.instant));
+                let _ = reply.send((self.catalog.status(now.instant), self.store.counters.trouble()));
             }
             Command::ShowZone { zone, reply } => {
                 let _ = reply.send(self.catalog.show_zone(&zone));
@@ -172,9 +174,6 @@ impl Updater {
                 let r = self.operator_change(&pool, change, now);
                 self.drive();
                 let _ = reply.send(r);
-            }
-            Command::Overrides { reply } => {
-                let _ = reply.send(self.catalog.overrides());
             }
             Command::Ring { op, reply } => {
                 let r = self.ring_op(op, now.instant);

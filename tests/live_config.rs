@@ -109,3 +109,44 @@ fn an_emptied_or_pool_less_config_file_is_refused() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(answer(), "127.0.10.2");
 }
+
+/// `vnamed authority --config F --check` says what reloading F would do to
+/// the running authority, and does nothing; a file a reload would refuse
+/// fails the check.
+#[test]
+fn check_prints_what_a_reload_would_change_and_applies_nothing() {
+    let pool = "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\nmembers = [ { id = \"web1\", address = \"127.0.10.1\" }, { id = \"web2\", address = \"127.0.10.2\" } ]\n";
+    let a = Authority::start(&[("example.test.zone", ZONE)], pool);
+    assert!(a.cli(&["member", "www.example.test.", "web2", "--weight", "4"]).status.success());
+    let full = std::fs::read_to_string(&a.config).unwrap();
+    let check = |text: &str| {
+        let path = a.dir.path().join("candidate.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(common::VNAMED).args(["authority", "--check", "--config"]).arg(&path).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, out) = check(&full);
+    assert!(ok && out.contains("would change nothing"), "{out}");
+
+    let edited = full
+        .replace("policy = \"priority\"", "policy = \"round-robin\"")
+        .replace("{ id = \"web2\", address = \"127.0.10.2\" }", "{ id = \"web3\", address = \"127.0.10.3\" }")
+        + "[[pool]]\nname = \"api.example.test.\"\nmembers = [ { id = \"a1\", address = \"127.0.10.7\" } ]\n";
+    let (ok, out) = check(&edited);
+    assert!(ok, "{out}");
+    for line in [
+        "pool www.example.test.: policy Priority -> round-robin",
+        "pool www.example.test.: member web2 removed",
+        "pool www.example.test.: member web3 added",
+        "pool api.example.test. added with 1 members",
+    ] {
+        assert!(out.contains(line), "{line} missing:\n{out}");
+    }
+    let (ok, out) = check("");
+    assert!(!ok && out.contains("refused"), "{out}");
+    let (ok, out) = check(&full[..full.find("[[pool]]").unwrap()]);
+    assert!(!ok && out.contains("every pool"), "{out}");
+    // Nothing was applied.
+    assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1");
+    assert!(a.dig("api.example.test A").contains("NXDOMAIN"));
+}

@@ -86,7 +86,7 @@ fn member_changes_move_the_answer_and_the_zone_file() {
 }
 
 #[test]
-fn restart_serves_the_last_answer_from_the_zone_file() {
+fn restart_serves_the_last_answer_from_the_state_store_or_else_the_zone_file() {
     let pool = POOL.replace("priority", "least-loaded");
     let mut a = Authority::start(&[("example.test.zone", ZONE)], &pool);
     assert!(a.cli(&["member", "www.example.test.", "web1", "--admin", "down"]).status.success());
@@ -95,11 +95,18 @@ fn restart_serves_the_last_answer_from_the_zone_file() {
     // policy re-decides, which it just did: web1 leads again.
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1");
     a.stop();
-    // Hand the file an answer as if the last decision had been web3.
+    // Hand the file an answer as if the last decision had been web3: the
+    // managed block is vnamed's, and the state store says what was served.
     let path = a.zones_dir().join("example.test.zone");
     let text =
         std::fs::read_to_string(&path).unwrap().replace("www.example.test. 5 IN A 127.0.10.1", "www.example.test. 5 IN AAAA 2001:db8::3");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    a.spawn();
+    assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.1", "the answer served before the stop");
+    a.stop();
+    // Without the state store (a new state_dir), the zone file's block is the record.
+    std::fs::write(&path, &text).unwrap();
+    std::fs::remove_dir_all(a.zones_dir().join(".vnamed-state")).unwrap();
     a.spawn();
     assert_eq!(a.dig("www.example.test AAAA +short").trim(), "2001:db8::3", "state comes back from the zone file");
 }

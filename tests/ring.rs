@@ -120,3 +120,49 @@ fn a_killed_host_leaves_the_answers_at_once_and_returns_when_it_rejoins() {
     assert!(eventually(Duration::from_secs(3), || table().contains("ring (2 members)")).is_some(), "{}", table());
     assert!(!table().contains(&format!("{}:7946          dead", hosts[2])), "{}", table());
 }
+
+#[test]
+fn a_paused_member_is_expelled_and_rejoins_by_itself_when_it_resumes() {
+    let hosts: Vec<Ipv4Addr> = (0..5).map(|_| unique_ip()).collect();
+    let _listeners: Vec<TcpListener> = hosts.iter().map(|h| TcpListener::bind((*h, 8080)).unwrap()).collect();
+    let members: Vec<String> = hosts.iter().enumerate().map(|(i, h)| format!("{{ id = \"web{i}\", address = \"{h}\" }}")).collect();
+    let pool = format!(
+        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\nstale_after = \"30s\"\nmembers = [{}]\n",
+        members.join(", ")
+    );
+    let a = Authority::start(&[("example.test.zone", ZONE)], &pool);
+    let dir = tempfile::tempdir().unwrap();
+    let procs: Vec<Proc> = (0..5).map(|n| monitor(dir.path(), n, &hosts, &a.grpc)).collect();
+    let logs = || {
+        (0..5)
+            .map(|n| std::fs::read_to_string(dir.path().join(format!("m{n}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let table = || String::from_utf8(a.cli(&["ring", "table"]).stdout).unwrap();
+    let answer = || a.dig("www.example.test A +short").trim().to_owned();
+    assert!(eventually(Duration::from_secs(5), || table().contains("ring (5 members)")).is_some(), "{}\n{}", table(), logs());
+    assert!(eventually(Duration::from_secs(3), || answer() == hosts[0].to_string()).is_some());
+
+    // Frozen for longer than the detection time (its reports stay fresh for 30 s):
+    // its buddies report it dead and its host leaves the answers.
+    for round in 0..2 {
+        let pid = procs[0].0.id() as i32;
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let left = eventually(Duration::from_secs(3), || answer() == hosts[1].to_string());
+        let frozen = Instant::now();
+        assert!(left.is_some(), "round {round}: the frozen host stayed in the answers\n{}\n{}", table(), logs());
+        // Frozen a while longer: long enough for the ring to settle without it
+        // (VNAMED_TEST_PAUSE_MS: longer, e.g. past the datagrams' 30 s freshness).
+        let pause =
+            std::env::var("VNAMED_TEST_PAUSE_MS").ok().and_then(|v| v.parse().ok()).map_or(Duration::from_secs(1), Duration::from_millis);
+        assert!(eventually(pause + Duration::from_secs(3), || table().contains("dead") && frozen.elapsed() > pause).is_some());
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let resumed = Instant::now();
+        // It notices it was expelled and comes back: broadcast timeout plus detection, with room for a loaded machine.
+        let back = eventually(Duration::from_secs(5), || answer() == hosts[0].to_string() && table().contains("ring (5 members)"));
+        assert!(back.is_some(), "round {round}: the resumed host never came back\n{}\n{}", table(), logs());
+        eprintln!("round {round}: SIGCONT to back in the answers: {:?}", resumed.elapsed());
+        assert!(!table().contains("dead"), "{}", table());
+    }
+}

@@ -31,7 +31,7 @@ use crate::dns::fast;
 use crate::dns::snapshot::{MemberHealth, PoolAnswer, Preferred, Snapshot, ZoneView, zone_records};
 use crate::metrics::{Count, Expose, Histogram, Writer, latency_histogram};
 use crate::pool::table::{PoolId, Table, TableError};
-use crate::pool::{AdminState, Decision, PoolState, Report, ReportError};
+use crate::pool::{AdminState, Decision, PoolState, Report, ReportError, SavedPool};
 use crate::state::{Loaded, Put};
 use crate::zone::io::Job;
 use crate::zone::sync::FileSync;
@@ -65,12 +65,17 @@ pub const SERIAL_RESERVE: u32 = 1000;
 pub struct Staged {
     id: PoolId,
     pool: PoolState,
+    /// The pool's state with the answer served now (a paused pool keeps
+    /// it), and its overrides after the change.
+    state: Put,
+    overrides: Put,
 }
 
 impl Staged {
-    /// The pool's key in the state store, and its overrides after the change.
-    pub fn save(&self) -> Put {
-        Put::Overrides(self.pool.key.to_string(), Some(self.pool.overrides.clone()))
+    /// What the store must hold before the change is applied: the pool's
+    /// overrides after it, and its state.
+    pub fn saves(&self) -> [&Put; 2] {
+        [&self.state, &self.overrides]
     }
 }
 
@@ -123,6 +128,8 @@ pub struct PoolStatus {
     pub answer: Vec<IpAddr>,
     pub servfail: bool,
     pub members: Vec<MemberStatus>,
+    /// Settings from the API rather than the configuration, one per line.
+    pub overrides: Vec<String>,
 }
 
 struct ZoneState {
@@ -303,20 +310,21 @@ impl Catalog {
         catalog.bind_zones();
         for i in 0..catalog.table.pools().len() {
             let Some(key) = catalog.table.get(i).map(|p| p.key.to_string()) else { continue };
-            if !saved.fresh {
-                if let Some(o) = saved.overrides.get(&key) {
-                    for problem in catalog.table.lay(i, o, now) {
-                        warn!(pool = %key, %problem, "a saved override no longer applies");
-                    }
-                    if catalog.table.get(i).is_some_and(|p| &p.overrides != o) {
-                        catalog.save_overrides(i);
-                    }
+            if !saved.fresh
+                && let Some(o) = saved.overrides.get(&key)
+            {
+                for problem in catalog.table.lay(i, o, now) {
+                    warn!(pool = %key, %problem, "a saved override no longer applies");
                 }
-                if let Some(p) = saved.pools.get(&key) {
-                    catalog.table.take_saved(i, p, now);
+                if catalog.table.get(i).is_some_and(|p| &p.overrides != o) {
+                    catalog.save_overrides(i);
                 }
             }
-            catalog.restore(i, now, saved.fresh);
+            let prior = saved.pools.get(&key).filter(|_| !saved.fresh);
+            if let Some(p) = prior {
+                catalog.table.take_saved(i, p, now);
+            }
+            catalog.restore(i, now, saved.fresh, prior.map(|p| (p.answer.clone(), p.servfail)));
             if saved.fresh && catalog.table.get(i).is_some_and(|p| !p.overrides.is_empty()) {
                 catalog.save_overrides(i); // imported from the zone file's notes
             }
@@ -371,14 +379,24 @@ impl Catalog {
         self.saves.pop_front()
     }
 
-    /// The last known state of the pools whose members changed since
-    /// this was last called.
+    /// The last known state of the pools whose members or answer changed
+    /// since this was last called.
     pub fn member_saves(&mut self, now: Now) -> Vec<Put> {
         std::mem::take(&mut self.members_due)
             .into_iter()
             .filter_map(|i| self.table.get(i))
-            .map(|p| Put::Pool(p.key.to_string(), Some(p.saved(now))))
+            .map(|p| Put::Pool(p.key.to_string(), Some(self.saved_pool(p, now))))
             .collect()
+    }
+
+    /// Pool `p`'s state to save, with the answer its zone serves now.
+    fn saved_pool(&self, p: &PoolState, now: Now) -> SavedPool {
+        let mut saved = p.saved(now);
+        if let Some(a) = self.zones.values().find_map(|z| z.answers.get(&p.key)) {
+            saved.answer = a.addresses.clone();
+            saved.servfail = a.servfail;
+        }
+        saved
     }
 
     /// Every pool's members' state, whatever changed (at a clean stop).
@@ -397,7 +415,16 @@ impl Catalog {
     /// updater saves its overrides, then `commit`s it.
     pub fn stage(&self, pool: &str, change: PoolChange, now: Now) -> Result<Staged, UpdateError> {
         let (id, pool) = self.table.stage(pool, change, now)?;
-        Ok(Staged { id, pool })
+        let key = pool.key.to_string();
+        let overrides = Put::Overrides(key.clone(), Some(pool.overrides.clone()));
+        let mut saved = self.saved_pool(&pool, now);
+        if !pool.paused {
+            // The answer once the change is in place (a paused pool keeps today's).
+            let d = pool.clone().decide(now.instant);
+            (saved.answer, saved.servfail) = (d.addresses, d.servfail);
+        }
+        let state = Put::Pool(key, Some(saved));
+        Ok(Staged { id, pool, state, overrides })
     }
 
     /// Puts a staged change in place; returns the pool's answer after it.
@@ -418,11 +445,6 @@ impl Catalog {
         let (pool, zone) = self.zone_mut(i)?;
         let answer = zone.answers.get(&pool.key).ok_or_else(|| UpdateError::Internal(format!("pool {}: no answer", pool.name)))?;
         Ok(answer.addresses.clone())
-    }
-
-    /// Every pool's overrides (`vnamed pool overrides`), by pool name.
-    pub fn overrides(&self) -> Vec<(String, Vec<String>)> {
-        self.table.pools().iter().map(|p| (p.name.to_string(), p.overrides.lines())).collect()
     }
 
     /// Lists each zone's pools anew from `pool_zone`.
@@ -453,7 +475,11 @@ impl Catalog {
     /// Brings a pool (new to this updater) into its zone: the operator's
     /// notes and the last answer come back from the zone file when they
     /// still make sense.
-    fn restore(&mut self, i: PoolId, clock: Now, import_notes: bool) {
+    /// `prior` is the answer the state store says was served (the zone
+    /// file's block stands in when there is none): it is served again when
+    /// its members are still in service, or whatever they are when the
+    /// pool is paused.
+    fn restore(&mut self, i: PoolId, clock: Now, import_notes: bool, prior: Option<(Vec<IpAddr>, bool)>) {
         let now = clock.instant;
         if let Some(n) = self.notes.get_mut(i) {
             *n = None;
@@ -461,7 +487,10 @@ impl Catalog {
         let Ok((pool, zone)) = self.zone_mut(i) else { return };
         let name = pool.name.to_string();
         let block = zone.file.block(&pool.name).cloned();
-        let previous = zone.file.addresses(&pool.name);
+        let (previous, servfail, known) = match prior {
+            Some((answer, servfail)) => (answer, servfail, true),
+            None => (zone.file.addresses(&pool.name), false, block.is_some()),
+        };
         let notes = if import_notes { block.as_ref().map(|b| b.members.as_slice()).unwrap_or_default() } else { &[] };
         for (id, pairs) in notes {
             let admin = pairs.iter().find(|(k, _)| k == "admin").and_then(|(_, v)| AdminState::parse(v));
@@ -470,11 +499,18 @@ impl Catalog {
         }
         let Some(pool) = self.table.get(i) else { return };
         let live: Vec<IpAddr> = pool.members.iter().filter(|m| m.eligible(now, pool.stale_after)).map(|m| m.address).collect();
-        let restored = block.is_some() && !previous.is_empty() && previous.iter().all(|a| live.contains(a));
+        let restored = known
+            && if pool.paused {
+                servfail || !previous.is_empty()
+            } else {
+                !servfail && !previous.is_empty() && previous.iter().all(|a| live.contains(a))
+            };
         let decision = if restored {
             let rotate = pool.policy == PolicyName::RoundRobin;
-            self.table.restore_last_known(i, previous.clone());
-            Some(Decision { addresses: previous, rotate, servfail: false, every: false })
+            if !servfail {
+                self.table.restore_last_known(i, previous.clone());
+            }
+            Some(Decision { addresses: previous, rotate, servfail, every: false })
         } else {
             self.table.decide_anyway(i, now)
         };
@@ -535,6 +571,7 @@ impl Catalog {
         let origin = self.pool_zone.get(i).cloned()?;
         self.put_answer(&origin, &key, &name, Some(Arc::new(answer)));
         self.counters.answer_changes.inc();
+        self.members_due.insert(i);
         Some(origin)
     }
 
@@ -666,7 +703,7 @@ impl Catalog {
             let Some(origin) = self.pool_zone.get(i).cloned() else { continue };
             if changes.added.contains(&i) {
                 info!(pool = %self.table.pools()[i].name, "pool added by configuration edit");
-                self.restore(i, now, true);
+                self.restore(i, now, true, None);
                 if let Some(z) = self.zones.get_mut(&origin) {
                     z.serial = z.serial.wrapping_add(1);
                 }
@@ -727,6 +764,7 @@ impl Catalog {
                 serial: zone.serial,
                 servfail: answer.servfail,
                 members: self.table.members_status(i, &shown, now),
+                overrides: p.overrides.lines(),
                 answer: shown,
             });
         }

@@ -288,7 +288,7 @@ fn status_of(e: UpdateError) -> Status {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusReply>, Status> {
-        let pools = self.ask(|reply| Command::Status { reply }).await?;
+        let (pools, trouble) = self.ask(|reply| Command::Status { reply }).await?;
         let pools = pools
             .into_iter()
             .map(|p| v1::PoolStatus {
@@ -298,6 +298,7 @@ impl Admin for AdminService {
                 serial: p.serial,
                 answer: p.answer.iter().map(|a| a.to_string()).collect(),
                 servfail: p.servfail,
+                overrides: p.overrides,
                 members: p
                     .members
                     .into_iter()
@@ -317,7 +318,8 @@ impl Admin for AdminService {
                     .collect(),
             })
             .collect();
-        Ok(Response::new(v1::StatusReply { pools }))
+        let (state_owed, state_error) = trouble.unwrap_or_default();
+        Ok(Response::new(v1::StatusReply { pools, state_owed, state_error }))
     }
 
     async fn set_member(&self, req: Request<v1::SetMemberRequest>) -> Result<Response<v1::SetMemberReply>, Status> {
@@ -352,6 +354,10 @@ impl Admin for AdminService {
 
     async fn resume_pool(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
         self.pool(req.into_inner().pool, PoolChange::Pause(false)).await
+    }
+
+    async fn clear_overrides(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        self.pool(req.into_inner().pool, PoolChange::Clear).await
     }
 
     async fn add_member(&self, req: Request<v1::AddMemberRequest>) -> Result<Response<v1::PoolReply>, Status> {

@@ -18,6 +18,11 @@ use crate::clock::Now;
 pub struct SavedPool {
     #[serde(default)]
     pub last_known: Vec<IpAddr>,
+    /// The answer served when it was saved (filled in by the catalog).
+    #[serde(default)]
+    pub answer: Vec<IpAddr>,
+    #[serde(default)]
+    pub servfail: bool,
     #[serde(default)]
     pub members: BTreeMap<String, SavedMember>,
 }
@@ -47,7 +52,7 @@ impl PoolState {
                 (m.id.to_string(), saved)
             })
             .collect();
-        SavedPool { last_known: self.last_known.clone(), members }
+        SavedPool { last_known: self.last_known.clone(), members, ..SavedPool::default() }
     }
 
     /// Takes back what was saved, for the members still in the pool, aged
