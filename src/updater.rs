@@ -212,7 +212,7 @@ impl Updater {
                 if self.reserve_retry.take().is_some() {
                     info!("serial marks saved again");
                 }
-                self.store.counters.owed.set(0);
+                self.store.counters.owed_serials.set(0);
             }
             Err(error) => {
                 let backoff = self.reserve_retry.map_or(RESERVE_RETRY.0, |(_, b)| (b * 2).min(RESERVE_RETRY.1));
@@ -220,7 +220,7 @@ impl Updater {
                     error!(%error, "cannot save the zones' serial marks; serving anyway, retrying with backoff");
                 }
                 self.reserve_retry = Some((now + backoff, backoff));
-                self.store.counters.owed.set(due.len() as u64);
+                self.store.counters.owed_serials.set(due.len() as u64);
             }
         }
     }

@@ -181,3 +181,101 @@ fn members_reported_down_are_still_down_after_kill_9() {
     let status = run(&a, &["status"]);
     assert_eq!(status.matches(" down ").count(), 3, "{status}");
 }
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs (needs root)");
+        Self(dir)
+    }
+
+    /// Fills the filesystem to the last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.path().join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root to mount a small tmpfs; scripts/test.sh runs it as root"]
+fn a_full_disk_refuses_changes_it_cannot_keep_and_saves_the_rest_once_space_returns() {
+    let disk = Tmpfs::mount("3m");
+    let extra = format!("state_dir = \"{}\"", disk.0.path().join("state").display());
+    let mut a = Authority::start_with(&[("example.test.zone", ZONE)], POOL, &extra);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let report = |a: &Authority, up: bool| {
+        let grpc = a.grpc.clone();
+        rt.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(grpc).unwrap().connect().await.unwrap();
+            let mut client = StatusClient::with_interceptor(channel, Bearer::new(None).unwrap());
+            let reports = vec![member_report("www.example.test.", "web3", up, &[])];
+            client.report(ReportBatch { source: "test".into(), reports }).await.unwrap();
+        })
+    };
+    disk.fill();
+
+    // Acknowledged changes the store cannot hold are refused, and change nothing.
+    let announce = a.cli(&["ring", "announce", "127.0.20.9:7946"]);
+    let said = String::from_utf8_lossy(&announce.stderr).into_owned();
+    assert!(!announce.status.success() && said.contains("No space left"), "{said}\n{}", a.log());
+    let down = a.cli(&["member", "www.example.test.", "web1", "--admin", "down"]);
+    assert!(!down.status.success(), "{}", String::from_utf8_lossy(&down.stdout));
+    assert_eq!(short(&a, "www.example.test A"), "127.0.10.1", "nothing changed");
+    assert!(!run(&a, &["ring", "table"]).contains("127.0.20.9"));
+
+    // Reports still count; saving their state fails, is counted, shown, and retried.
+    let failed = counter(&a, "vnamed_state_write_failures_total{what=\"members\"}");
+    report(&a, false);
+    let owed = || counter(&a, "vnamed_state_writes_owed") > 0;
+    assert!(
+        eventually(Duration::from_secs(5), || owed() && counter(&a, "vnamed_state_write_failures_total{what=\"members\"}") > failed)
+            .is_some(),
+        "{}",
+        scrape((a.ip, a.metrics))
+    );
+    assert!(run(&a, &["status"]).contains("STATE NOT SAVED"));
+
+    // Space again: what was owed lands by itself, and changes are taken.
+    disk.free();
+    assert!(
+        eventually(Duration::from_secs(15), || counter(&a, "vnamed_state_writes_owed") == 0).is_some(),
+        "owed writes never landed: {}",
+        a.log()
+    );
+    assert!(!run(&a, &["status"]).contains("STATE NOT SAVED"));
+    run(&a, &["ring", "announce", "127.0.20.9:7946"]);
+    run(&a, &["member", "www.example.test.", "web1", "--admin", "down"]);
+
+    // kill -9: all of it is still there.
+    a.kill();
+    a.spawn();
+    assert!(run(&a, &["ring", "table"]).contains("127.0.20.9:7946"));
+    assert_eq!(short(&a, "www.example.test A"), "127.0.10.2");
+    let status = run(&a, &["status"]);
+    assert!(status.contains("[api] member web1 admin down"), "{status}");
+    let web3 = status.lines().find(|l| l.contains("web3 ")).unwrap_or_default().to_owned();
+    assert!(web3.contains(" down "), "the report made while the disk was full was saved once it had room: {status}");
+    drop(a);
+}

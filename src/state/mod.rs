@@ -86,16 +86,23 @@ impl Put {
 pub struct StateCounters {
     writes: [Count; 4],
     failures: [Count; 4],
+    /// Owed by the saver, and serial marks the updater owes.
     pub owed: Count,
+    pub owed_serials: Count,
     last_error: Mutex<Option<String>>,
 }
 
 impl StateCounters {
     /// The last failed write's error while writes are owed, for `vnamed status`.
     pub fn trouble(&self) -> Option<(u64, String)> {
-        let owed = self.owed.get();
+        let owed = self.owed();
         let error = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
         error.filter(|_| owed > 0).map(|e| (owed, e))
+    }
+
+    /// Writes that failed and wait for their retry.
+    pub fn owed(&self) -> u64 {
+        self.owed.get() + self.owed_serials.get()
     }
 
     pub fn failures(&self) -> u64 {
@@ -112,7 +119,7 @@ impl Expose for StateCounters {
             "Failed writes to the state store (retried), by what they saved.",
             by_kind(&self.failures),
         )?;
-        w.gauge("vnamed_state_writes_owed", "Changes that failed to save and wait for their retry.", self.owed.get() as i64)
+        w.gauge("vnamed_state_writes_owed", "Changes that failed to save and wait for their retry.", self.owed() as i64)
     }
 }
 

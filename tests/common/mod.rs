@@ -153,6 +153,10 @@ impl Authority {
     pub fn spawn(&mut self) {
         assert!(self.inside.is_none(), "an authority inside the test process cannot be restarted");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        // The listeners are bound before the rest starts: ready is when the
+        // last step of the start-up says so.
+        let started = |a: &Self| a.log().matches("gRPC API serving").count();
+        let before = started(self);
         let child = Command::new(VNAMED)
             .args(["authority", "--config"])
             .arg(&self.config)
@@ -170,7 +174,7 @@ impl Authority {
             // Ready when every listener is: DNS, gRPC and metrics are bound
             // one after the other, so one being up says nothing of the rest.
             let up = |port: u16| std::net::TcpStream::connect((self.ip, port)).is_ok();
-            if up(self.port) && up(GRPC_PORT) && up(self.metrics) {
+            if started(self) > before && up(self.port) && up(GRPC_PORT) && up(self.metrics) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
