@@ -24,6 +24,10 @@ else
   echo "not root: the network namespace tests are skipped (shown as ignored)" >&2
 fi
 cargo test --no-fail-fast --lib --bins --tests "$@" "${extra[@]}" 2>&1 | tee "$log" || status=$?
+# A short soak of crashes, pauses, full disks and bad edits (root: it mounts a tmpfs).
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/chaos.sh 1 || status=1
+fi
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 echo "tests: $passed passed, $failed failed"
