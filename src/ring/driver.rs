@@ -150,8 +150,21 @@ pub async fn run(
                     counters.dispatcher.store((d == Some(me)) as u64, Ordering::Relaxed);
                     elected.send_if_modified(|e| std::mem::replace(e, d == Some(me)) != (d == Some(me)));
                 }
+                Event::Expelled => {
+                    // Counted out while frozen or cut off: back in the ring
+                    // by its Join, and in the authorities' table by this.
+                    warn!("reported dead while alive; rejoining");
+                    if announced {
+                        let _ = reports.try_send(Report::Announce(me));
+                    }
+                }
                 Event::Rebuilt(members) => {
                     info!(members = members.len(), "ring rebuilt");
+                    // A rebuild may follow our own expulsion (a freeze past the
+                    // datagrams' freshness): make sure the authorities count us in.
+                    if announced && members.contains(&me) {
+                        let _ = reports.try_send(Report::Announce(me));
+                    }
                     // The smallest address speaks for the rebuilt ring: who is gone died.
                     if members.first() == Some(&me) && members.len() * 2 > known.len() {
                         for gone in known.iter().filter(|a| !members.contains(a)) {

@@ -111,6 +111,9 @@ pub enum Event {
     Dispatcher(Option<SocketAddr>),
     /// A message carried by the token reached us.
     Delivered(Carried),
+    /// We were reported dead while alive (frozen, cut off): we asked to
+    /// come back in, and whoever counted us out must count us in again.
+    Expelled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +367,7 @@ impl Member {
                 if dead == self.me {
                     // Reported dead while alive: come back in.
                     self.outbox.push_back((To::All, Msg::Join { capable: self.capable }));
+                    self.events.push_back(Event::Expelled);
                     return;
                 }
                 if self.remove(dead) {

@@ -344,3 +344,15 @@ fn server_replace_alone_relinks_the_ring_when_the_broadcasts_are_lost() {
     assert_eq!(net.nodes[&addr(4)].buddies(), Some((addr(1), addr(1))));
     assert!(net.first(|e| matches!(e, Event::Rebuilt(_))).is_none(), "no purge: {:?}", net.events);
 }
+
+#[test]
+fn a_member_reported_dead_while_alive_asks_back_in_and_says_so() {
+    let t0 = Instant::now();
+    let me: SocketAddr = "127.0.0.1:7946".parse().unwrap();
+    let buddy: SocketAddr = "127.0.0.2:7946".parse().unwrap();
+    let mut m = Member::formed(me, &BTreeMap::from([(me, false), (buddy, false)]), Timing::default(), t0);
+    while m.poll_transmit().is_some() {}
+    m.handle(t0, buddy, Msg::Dead { dead: me });
+    assert_eq!(m.poll_event(), Some(Event::Expelled), "the driver must tell the authorities it is back");
+    assert!(matches!(m.poll_transmit(), Some((To::All, Msg::Join { .. }))));
+}
