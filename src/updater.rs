@@ -152,17 +152,14 @@ impl Updater {
     }
 
     pub fn handle(&mut self, cmd: Command, now: Now) {
-        // Each reply goes out once what it says is published.
         match cmd {
             Command::SetMember { pool, id, admin, weight, reply } => {
                 let r = self.operator_change(&pool, PoolChange::Member { id, admin, weight }, now).map(drop);
-                self.drive();
-                let _ = reply.send(r);
+                self.done(reply, r);
             }
             Command::Reports { reports, received, reply } => {
                 let r = self.catalog.reports(reports, received, now.instant);
-                self.drive();
-                let _ = reply.send(r);
+                self.done(reply, r);
             }
             Command::Status { reply } => {
                 let _ = reply.send((self.catalog.status(now.instant), self.store.counters.trouble()));
@@ -172,18 +169,15 @@ impl Updater {
             }
             Command::Pool { pool, change, reply } => {
                 let r = self.operator_change(&pool, change, now);
-                self.drive();
-                let _ = reply.send(r);
+                self.done(reply, r);
             }
             Command::Ring { op, reply } => {
                 let r = self.ring_op(op, now.instant);
-                self.drive();
-                let _ = reply.send(r);
+                self.done(reply, r);
             }
             Command::Reconfigure { pools, reply } => {
                 let r = self.catalog.reconfigure(&pools, now);
-                self.drive();
-                let _ = reply.send(r);
+                self.done(reply, r);
             }
             Command::Resolve { pool, reply } => {
                 let _ = reply.send(self.catalog.resolve(&pool, now.instant));
@@ -192,6 +186,12 @@ impl Updater {
                 let _ = reply.send(self.catalog.watch(&pool, now.instant));
             }
         }
+    }
+
+    /// Replies once what the reply says is published (and saved).
+    fn done<T>(&mut self, reply: oneshot::Sender<T>, r: T) {
+        self.drive();
+        let _ = reply.send(r);
     }
 
     /// Moves the store's serial marks ahead of what is about to be served;
@@ -204,11 +204,7 @@ impl Updater {
         }
         match self.store.write(&due) {
             Ok(()) => {
-                for put in &due {
-                    if let Put::Serial(zone, high) = put {
-                        self.catalog.reserved(zone, *high);
-                    }
-                }
+                self.catalog.reserved();
                 if self.reserve_retry.take().is_some() {
                     info!("serial marks saved again");
                 }
@@ -231,9 +227,7 @@ impl Updater {
         self.reserve(now);
         self.catalog.publish_pending();
         let mut saves = std::mem::take(&mut self.unsent);
-        while let Some(put) = self.catalog.poll_save() {
-            saves.push(put);
-        }
+        saves.extend(std::iter::from_fn(|| self.catalog.poll_save()));
         if now >= self.next_member_save {
             self.next_member_save = now + MEMBER_SAVE_INTERVAL;
             saves.extend(self.catalog.member_saves(Now::read()));
@@ -339,9 +333,7 @@ impl Updater {
             last.extend(self.catalog.served_serials());
         }
         last.append(&mut self.unsent);
-        while let Some(put) = self.catalog.poll_save() {
-            last.push(put);
-        }
+        last.extend(std::iter::from_fn(|| self.catalog.poll_save()));
         self.saver.stop();
         let saved = self.store.write(&last);
         match (&saved, behind.is_empty()) {

@@ -47,24 +47,31 @@ key = "ring-secret"
     )
 }
 
-#[test]
-fn a_killed_host_leaves_the_answers_at_once_and_returns_when_it_rejoins() {
-    let hosts: Vec<Ipv4Addr> = (0..3).map(|_| unique_ip()).collect();
-    let _listeners: Vec<TcpListener> = hosts.iter().map(|h| TcpListener::bind((*h, 8080)).unwrap()).collect();
+/// `n` hosts with a backend listening on each, and an authority whose pool
+/// has them as members in priority order (reports stay fresh for 30 s).
+fn hosts_and_authority(n: usize) -> (Vec<Ipv4Addr>, Vec<TcpListener>, Authority) {
+    let hosts: Vec<Ipv4Addr> = (0..n).map(|_| unique_ip()).collect();
+    let listeners: Vec<TcpListener> = hosts.iter().map(|h| TcpListener::bind((*h, 8080)).unwrap()).collect();
     let members: Vec<String> = hosts.iter().enumerate().map(|(i, h)| format!("{{ id = \"web{i}\", address = \"{h}\" }}")).collect();
     let pool = format!(
         "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\nstale_after = \"30s\"\nmembers = [{}]\n",
         members.join(", ")
     );
     let a = Authority::start(&[("example.test.zone", ZONE)], &pool);
+    (hosts, listeners, a)
+}
+
+/// The logs of monitors 0..n, one after the other.
+fn logs(dir: &Path, n: usize) -> String {
+    (0..n).map(|i| std::fs::read_to_string(dir.join(format!("m{i}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n---\n")
+}
+
+#[test]
+fn a_killed_host_leaves_the_answers_at_once_and_returns_when_it_rejoins() {
+    let (hosts, _listeners, a) = hosts_and_authority(3);
     let dir = tempfile::tempdir().unwrap();
     let mut procs: Vec<Option<Proc>> = (0..3).map(|n| Some(monitor(dir.path(), n, &hosts, &a.grpc))).collect();
-    let logs = || {
-        (0..3)
-            .map(|n| std::fs::read_to_string(dir.path().join(format!("m{n}.log"))).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
+    let logs = || logs(dir.path(), 3);
     let table = || String::from_utf8(a.cli(&["ring", "table"]).stdout).unwrap();
     assert!(eventually(Duration::from_secs(5), || table().contains("ring (3 members)")).is_some(), "{}\n{}", table(), logs());
     assert!(eventually(Duration::from_secs(3), || a.dig("www.example.test A +short").trim() == hosts[0].to_string()).is_some());
@@ -123,22 +130,10 @@ fn a_killed_host_leaves_the_answers_at_once_and_returns_when_it_rejoins() {
 
 #[test]
 fn a_paused_member_is_expelled_and_rejoins_by_itself_when_it_resumes() {
-    let hosts: Vec<Ipv4Addr> = (0..5).map(|_| unique_ip()).collect();
-    let _listeners: Vec<TcpListener> = hosts.iter().map(|h| TcpListener::bind((*h, 8080)).unwrap()).collect();
-    let members: Vec<String> = hosts.iter().enumerate().map(|(i, h)| format!("{{ id = \"web{i}\", address = \"{h}\" }}")).collect();
-    let pool = format!(
-        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\nstale_after = \"30s\"\nmembers = [{}]\n",
-        members.join(", ")
-    );
-    let a = Authority::start(&[("example.test.zone", ZONE)], &pool);
+    let (hosts, _listeners, a) = hosts_and_authority(5);
     let dir = tempfile::tempdir().unwrap();
     let procs: Vec<Proc> = (0..5).map(|n| monitor(dir.path(), n, &hosts, &a.grpc)).collect();
-    let logs = || {
-        (0..5)
-            .map(|n| std::fs::read_to_string(dir.path().join(format!("m{n}.log"))).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
+    let logs = || logs(dir.path(), 5);
     let table = || String::from_utf8(a.cli(&["ring", "table"]).stdout).unwrap();
     let answer = || a.dig("www.example.test A +short").trim().to_owned();
     assert!(eventually(Duration::from_secs(5), || table().contains("ring (5 members)")).is_some(), "{}\n{}", table(), logs());

@@ -11,7 +11,7 @@ use std::time::Duration;
 use vnamed::grpc::Bearer;
 use vnamed::grpc::v1::admin_client::AdminClient;
 use vnamed::grpc::v1::status_client::StatusClient;
-use vnamed::grpc::v1::{ReportBatch, SetMemberRequest};
+use vnamed::grpc::v1::{MemberReport, ReportBatch, SetMemberRequest};
 
 use common::{Authority, ZONE, eventually, member_report, named_checkzone, scrape};
 
@@ -40,6 +40,17 @@ fn short(a: &Authority, q: &str) -> String {
 
 fn serial(a: &Authority) -> Option<u32> {
     a.dig("example.test SOA +short").split_whitespace().nth(2).and_then(|s| s.parse().ok())
+}
+
+/// Sends one batch of status reports, as a monitor does, and waits for the reply.
+fn report(a: &Authority, reports: Vec<MemberReport>) {
+    let grpc = a.grpc.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(grpc).unwrap().connect().await.unwrap();
+        let mut client = StatusClient::with_interceptor(channel, Bearer::new(None).unwrap());
+        client.report(ReportBatch { source: "test".into(), reports }).await.unwrap();
+    });
 }
 
 /// The value of a counter sample, e.g. `vnamed_state_writes_total{what="members"}`.
@@ -158,15 +169,8 @@ fn the_serial_never_goes_backwards_across_kill_9_while_answers_flap() {
 #[test]
 fn members_reported_down_are_still_down_after_kill_9() {
     let mut a = Authority::start(&[("example.test.zone", ZONE)], POOL);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let saved = counter(&a, "vnamed_state_writes_total{what=\"members\"}");
-    let grpc = a.grpc.clone();
-    rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_shared(grpc).unwrap().connect().await.unwrap();
-        let mut client = StatusClient::with_interceptor(channel, Bearer::new(None).unwrap());
-        let reports = ["web1", "web2", "web3"].iter().map(|m| member_report("www.example.test.", m, false, &[("load", 0.5)])).collect();
-        client.report(ReportBatch { source: "test".into(), reports }).await.unwrap();
-    });
+    report(&a, ["web1", "web2", "web3"].iter().map(|m| member_report("www.example.test.", m, false, &[("load", 0.5)])).collect());
     assert!(a.dig("www.example.test A").contains("SERVFAIL"));
     // Saved within a second of the reports.
     assert!(
@@ -224,16 +228,6 @@ fn a_full_disk_refuses_changes_it_cannot_keep_and_saves_the_rest_once_space_retu
     let disk = Tmpfs::mount("3m");
     let extra = format!("state_dir = \"{}\"", disk.0.path().join("state").display());
     let mut a = Authority::start_with(&[("example.test.zone", ZONE)], POOL, &extra);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let report = |a: &Authority, up: bool| {
-        let grpc = a.grpc.clone();
-        rt.block_on(async move {
-            let channel = tonic::transport::Endpoint::from_shared(grpc).unwrap().connect().await.unwrap();
-            let mut client = StatusClient::with_interceptor(channel, Bearer::new(None).unwrap());
-            let reports = vec![member_report("www.example.test.", "web3", up, &[])];
-            client.report(ReportBatch { source: "test".into(), reports }).await.unwrap();
-        })
-    };
     disk.fill();
 
     // Acknowledged changes the store cannot hold are refused, and change nothing.
@@ -247,7 +241,7 @@ fn a_full_disk_refuses_changes_it_cannot_keep_and_saves_the_rest_once_space_retu
 
     // Reports still count; saving their state fails, is counted, shown, and retried.
     let failed = counter(&a, "vnamed_state_write_failures_total{what=\"members\"}");
-    report(&a, false);
+    report(&a, vec![member_report("www.example.test.", "web3", false, &[])]);
     let owed = || counter(&a, "vnamed_state_writes_owed") > 0;
     assert!(
         eventually(Duration::from_secs(5), || owed() && counter(&a, "vnamed_state_write_failures_total{what=\"members\"}") > failed)

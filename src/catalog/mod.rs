@@ -310,9 +310,7 @@ impl Catalog {
         catalog.bind_zones();
         for i in 0..catalog.table.pools().len() {
             let Some(key) = catalog.table.get(i).map(|p| p.key.to_string()) else { continue };
-            if !saved.fresh
-                && let Some(o) = saved.overrides.get(&key)
-            {
+            if let Some(o) = saved.overrides.get(&key) {
                 for problem in catalog.table.lay(i, o, now) {
                     warn!(pool = %key, %problem, "a saved override no longer applies");
                 }
@@ -320,7 +318,7 @@ impl Catalog {
                     catalog.save_overrides(i);
                 }
             }
-            let prior = saved.pools.get(&key).filter(|_| !saved.fresh);
+            let prior = saved.pools.get(&key);
             if let Some(p) = prior {
                 catalog.table.take_saved(i, p, now);
             }
@@ -351,21 +349,24 @@ impl Catalog {
         Ok(catalog)
     }
 
-    /// Zones whose served serial has reached the store's high-water mark:
-    /// the mark to write for each, before the next publish.
-    pub fn reservations_due(&self) -> Vec<Put> {
+    /// Zones whose served serial has reached the store's high-water mark,
+    /// each with the mark to write before the next publish.
+    fn marks_due(&self) -> impl Iterator<Item = (&LowerName, u32)> + '_ {
         self.zones
             .iter()
             .filter(|(o, z)| self.reserved.get(*o).is_none_or(|r| serial_gt(z.serial, *r)))
-            .map(|(o, z)| Put::Serial(o.to_string(), z.serial.wrapping_add(SERIAL_RESERVE)))
-            .collect()
+            .map(|(o, z)| (o, z.serial.wrapping_add(SERIAL_RESERVE)))
     }
 
-    /// The store now holds `high` as zone `origin`'s high-water mark.
-    pub fn reserved(&mut self, origin: &str, high: u32) {
-        if let Some((o, _)) = self.zones.iter().find(|(o, _)| o.to_string() == origin) {
-            self.reserved.insert(o.clone(), high);
-        }
+    /// The marks to write before the next publish.
+    pub fn reservations_due(&self) -> Vec<Put> {
+        self.marks_due().map(|(o, high)| Put::Serial(o.to_string(), high)).collect()
+    }
+
+    /// The store now holds the marks `reservations_due` gave.
+    pub fn reserved(&mut self) {
+        let marks: Vec<(LowerName, u32)> = self.marks_due().map(|(o, high)| (o.clone(), high)).collect();
+        self.reserved.extend(marks);
     }
 
     /// Each zone's serial as served now (the high-water marks to leave at
@@ -641,16 +642,14 @@ impl Catalog {
         for problem in &changes.dropped {
             warn!(%problem, "an override no longer applies after the configuration edit");
         }
-        for gone in &changes.removed {
-            self.saves.push_back(Put::Overrides(gone.key.to_string(), None));
-            self.saves.push_back(Put::Pool(gone.key.to_string(), None));
-        }
         for &i in &changes.overrides_changed {
             self.save_overrides(i);
         }
         // Pool ids follow the new table.
         self.members_due = (0..self.table.pools().len()).collect();
         for gone in &changes.removed {
+            self.saves.push_back(Put::Overrides(gone.key.to_string(), None));
+            self.saves.push_back(Put::Pool(gone.key.to_string(), None));
             Arc::make_mut(&mut self.health).remove(&gone.name.to_string());
             // Its watchers see the pool close.
             self.watchers.remove(&gone.key);

@@ -309,6 +309,13 @@ impl PoolState {
         policy::order(self.policy, self.formula.as_deref(), &live).into_iter().map(|i| live[i].address).collect()
     }
 
+    /// Takes the member at `at` out, and out of the last answer.
+    pub fn remove_at(&mut self, at: usize) {
+        let gone = self.members.remove(at);
+        self.reindex();
+        self.last_known.retain(|a| *a != gone.address);
+    }
+
     pub fn member_mut(&mut self, id: &str) -> Option<&mut MemberState> {
         let i = self.position(id)?;
         Some(&mut self.members[i])

@@ -88,9 +88,7 @@ fn apply(p: &mut PoolState, dead: &[IpAddr], name: &str, change: Change, now: No
             if p.members.len() == 1 {
                 return Err(TableError::LastMember(name.to_owned()));
             }
-            let gone = p.members.remove(at);
-            p.reindex();
-            p.last_known.retain(|a| *a != gone.address);
+            p.remove_at(at);
             p.overrides.remove(&id);
         }
         Change::Member { id, admin, weight } => {
@@ -131,11 +129,18 @@ fn carry(fresh: &mut PoolState, known: &PoolState, dead: &[IpAddr]) {
             // A farm entity's address comes from its farm's reports.
             *new = MemberState { address, admin: AdminState::Auto, ..k.clone() }.with_schedule_of(new);
         }
-        new.ring_dead = dead.contains(&new.address);
     }
+    mark_dead(fresh, dead);
     fresh.last_known = known.last_known.clone();
     fresh.counters = known.counters.clone();
     fresh.reindex();
+}
+
+/// Marks the members of `pool` whose host the ring says is dead.
+fn mark_dead(pool: &mut PoolState, dead: &[IpAddr]) {
+    for m in &mut pool.members {
+        m.ring_dead = dead.contains(&m.address);
+    }
 }
 
 /// The overrides `o` without the settings an edit of the configuration
@@ -165,9 +170,7 @@ fn lay(p: &mut PoolState, o: &Overrides, known: Option<&PoolState>, dead: &[IpAd
     for id in &o.removed {
         match p.position(id) {
             Some(at) if p.members.len() > 1 => {
-                let gone = p.members.remove(at);
-                p.reindex();
-                p.last_known.retain(|a| *a != gone.address);
+                p.remove_at(at);
                 kept.removed.insert(id.clone());
             }
             Some(_) => problems.push(format!("member {id} is its last member and stays (its removal is dropped)")),
@@ -379,9 +382,7 @@ impl Table {
     pub fn take_saved(&mut self, id: PoolId, saved: &super::SavedPool, now: Now) {
         if let Some(p) = self.pools.get_mut(id) {
             p.take_saved(saved, now);
-            for m in &mut p.members {
-                m.ring_dead = self.dead.contains(&m.address);
-            }
+            mark_dead(p, &self.dead);
         }
     }
 
@@ -429,7 +430,7 @@ impl Table {
             let mut fresh = PoolState::from_config(c, now);
             let key = key_of_pool(&fresh);
             let Some(mut known) = old.remove(&key) else {
-                self.mark_dead(&mut fresh);
+                mark_dead(&mut fresh, &self.dead);
                 next.push((None, false, fresh));
                 continue;
             };
@@ -462,12 +463,6 @@ impl Table {
         out.removed = removed;
         self.reindex();
         out
-    }
-
-    fn mark_dead(&self, pool: &mut PoolState) {
-        for m in &mut pool.members {
-            m.ring_dead = self.dead.contains(&m.address);
-        }
     }
 
     /// Takes `addresses` as pool `id`'s last answer (served before a restart).

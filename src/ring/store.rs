@@ -1,5 +1,5 @@
-//! The ring registry on disk: read at start, replaced atomically after each
-//! change, so the server table survives a restart.
+//! The ring registry as earlier versions kept it, in a file of its own:
+//! read once into a fresh state store (which keeps it since).
 
 use std::path::Path;
 
@@ -22,17 +22,12 @@ pub fn load(path: &Path) -> Result<Registry, StoreError> {
     }
 }
 
-/// Replaces the registry kept at `path`.
-pub fn save(path: &Path, registry: &Registry) -> Result<(), StoreError> {
-    crate::sys::fs::write_atomic(path, &registry.to_text()).map_err(|source| StoreError::Io { path: path.display().to_string(), source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_saved_registry_loads_back_and_a_missing_one_is_empty() {
+    fn a_kept_registry_loads_back_and_a_missing_one_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ring");
         assert_eq!(load(&path).unwrap(), Registry::default());
@@ -40,7 +35,7 @@ mod tests {
         r.announce("127.0.0.1:7946".parse().unwrap()).unwrap();
         r.announce("127.0.0.2:7946".parse().unwrap()).unwrap();
         r.delete("127.0.0.2:7946".parse().unwrap(), true).unwrap();
-        save(&path, &r).unwrap();
+        std::fs::write(&path, r.to_text()).unwrap();
         assert_eq!(load(&path).unwrap(), r);
         std::fs::write(&path, "nonsense here\n").unwrap();
         assert!(matches!(load(&path), Err(StoreError::Parse { .. })));

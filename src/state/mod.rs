@@ -65,11 +65,6 @@ impl Put {
         }
     }
 
-    /// What kind of state this is, as `/metrics` labels it.
-    pub fn kind(&self) -> &'static str {
-        KINDS[self.kind_index()]
-    }
-
     /// What a later put replaces: its kind and name.
     pub fn key(&self) -> (usize, &str) {
         let name = match self {
@@ -103,10 +98,6 @@ impl StateCounters {
     /// Writes that failed and wait for their retry.
     pub fn owed(&self) -> u64 {
         self.owed.get() + self.owed_serials.get()
-    }
-
-    pub fn failures(&self) -> u64 {
-        self.failures.iter().map(Count::get).sum()
     }
 }
 
