@@ -389,8 +389,10 @@ impl Capture {
         }
     }
 
-    /// The thread's loop: frames a batch at a time, then what they
-    /// produced is sent, then control messages and periodic work.
+    /// The thread's loop: control messages first (a frame that woke an
+    /// idle thread must meet the pools' latest order, not the one from
+    /// before it slept), then frames a batch at a time, what they produced
+    /// sent, and periodic work.
     fn run(mut self, mut ring: Ring, mut inbox: mpsc::Receiver<Control>, stop: Arc<AtomicBool>) {
         let mut next_tick = Instant::now();
         while !stop.load(Ordering::Relaxed) {
@@ -399,6 +401,9 @@ impl Capture {
                 std::thread::sleep(TICK);
             }
             let now = Instant::now();
+            while let Ok(msg) = inbox.try_recv() {
+                self.control(msg, now);
+            }
             self.sync_macs();
             for _ in 0..BATCH {
                 let Some(mut f) = ring.next() else { break };
@@ -409,9 +414,6 @@ impl Capture {
                 }
             }
             self.out.flush();
-            while let Ok(msg) = inbox.try_recv() {
-                self.control(msg, now);
-            }
             if now >= next_tick {
                 self.tick(now, &ring);
                 next_tick = now + TICK;
