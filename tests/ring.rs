@@ -47,11 +47,17 @@ key = "ring-secret"
     )
 }
 
-/// `n` hosts with a backend listening on each, and an authority whose pool
-/// has them as members in priority order (reports stay fresh for 30 s).
+/// `n` hosts with a backend listening on each (it accepts and closes, so
+/// checks never fill its backlog however long a test runs), and an
+/// authority whose pool has them as members in priority order (reports
+/// stay fresh for 30 s).
 fn hosts_and_authority(n: usize) -> (Vec<Ipv4Addr>, Vec<TcpListener>, Authority) {
     let hosts: Vec<Ipv4Addr> = (0..n).map(|_| unique_ip()).collect();
     let listeners: Vec<TcpListener> = hosts.iter().map(|h| TcpListener::bind((*h, 8080)).unwrap()).collect();
+    for l in &listeners {
+        let l = l.try_clone().unwrap();
+        std::thread::spawn(move || l.incoming().for_each(drop));
+    }
     let members: Vec<String> = hosts.iter().enumerate().map(|(i, h)| format!("{{ id = \"web{i}\", address = \"{h}\" }}")).collect();
     let pool = format!(
         "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\nstale_after = \"30s\"\nmembers = [{}]\n",
@@ -146,7 +152,14 @@ fn a_paused_member_is_expelled_and_rejoins_by_itself_when_it_resumes() {
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         let left = eventually(Duration::from_secs(3), || answer() == hosts[1].to_string());
         let frozen = Instant::now();
-        assert!(left.is_some(), "round {round}: the frozen host stayed in the answers\n{}\n{}", table(), logs());
+        assert!(
+            left.is_some(),
+            "round {round}: the frozen host stayed in the answers ({})\n{}\n{}\n{}",
+            answer(),
+            String::from_utf8_lossy(&a.cli(&["status"]).stdout),
+            table(),
+            logs()
+        );
         // Frozen a while longer: long enough for the ring to settle without it
         // (VNAMED_TEST_PAUSE_MS: longer, e.g. past the datagrams' 30 s freshness).
         let pause =
