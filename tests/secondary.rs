@@ -84,3 +84,51 @@ members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "1
     let theirs = dig(IpAddr::V4(nsd_ip), nsd_port, "example.test SOA +short");
     assert_eq!(theirs, a.dig("example.test SOA +short"));
 }
+
+/// The serial NSD serves, if any.
+fn serial_at(ip: IpAddr, port: u16) -> Option<u32> {
+    dig(ip, port, "example.test SOA +short").split_whitespace().nth(2).and_then(|s| s.parse().ok())
+}
+
+/// A secondary that saw serial N keeps following after the primary is
+/// killed with kill -9 (its zone file behind what it served: file writes
+/// are 5 s apart here) and restarted: the next change carries a serial
+/// above N, so NSD takes it.
+#[test]
+fn nsd_follows_a_change_after_the_primary_is_killed_with_its_zone_file_behind() {
+    let nsd_ip = unique_ip();
+    let nsd_port = 5354;
+    let pools = r#"
+[[pool]]
+name = "www.example.test."
+policy = "priority"
+members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
+"#;
+    let extra = format!("notify = [\"{nsd_ip}:{nsd_port}\"]\nzone_write_interval = \"5s\"");
+    let mut a = Authority::start_with(&[("example.test.zone", ZONE)], pools, &extra);
+    let nsd = start_nsd(nsd_ip, nsd_port, &a);
+    let nsd_log = || std::fs::read_to_string(nsd._dir.path().join("nsd.log")).unwrap_or_default();
+    let ask = || dig(IpAddr::V4(nsd_ip), nsd_port, "www.example.test A +short").trim().to_owned();
+    assert!(eventually(Duration::from_secs(10), || ask() == "127.0.10.1").is_some(), "{}", nsd_log());
+
+    // Flapping: five changes, each a new serial NSD follows.
+    for admin in ["down", "auto", "down", "auto", "down"] {
+        assert!(a.cli(&["member", "www.example.test.", "web1", "--admin", admin]).status.success());
+    }
+    let served = serial_at(IpAddr::V4(a.ip), a.port).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || serial_at(IpAddr::V4(nsd_ip), nsd_port) == Some(served)).is_some(),
+        "NSD never reached serial {served}: {}",
+        nsd_log()
+    );
+    assert!(!a.zone_text("example.test.zone").contains(&format!(" {served} ")), "the zone file is meant to be behind here");
+
+    a.kill();
+    a.spawn();
+    let restarted = serial_at(IpAddr::V4(a.ip), a.port).unwrap();
+    assert!(restarted > served, "served {served} before kill -9, {restarted} after");
+    assert!(a.cli(&["member", "www.example.test.", "web1", "--admin", "auto"]).status.success());
+    let took = eventually(Duration::from_secs(2), || ask() == "127.0.10.1");
+    assert!(took.is_some(), "NSD did not take the change after the restart (it answers {:?}): {}\n{}", ask(), nsd_log(), a.log());
+    assert_eq!(serial_at(IpAddr::V4(nsd_ip), nsd_port), serial_at(IpAddr::V4(a.ip), a.port));
+}
