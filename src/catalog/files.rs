@@ -53,7 +53,7 @@ impl Catalog {
 
     /// Zone files that are behind what is served.
     pub fn files_behind(&self) -> Vec<String> {
-        self.zones.values().filter(|z| z.sync.is_dirty()).map(|z| z.file.path.display().to_string()).collect()
+        self.zones.values().filter(|z| z.sync.is_dirty() || z.sync.is_unwritable()).map(|z| z.file.path.display().to_string()).collect()
     }
 
     /// When the next coalesced write is due, if any.

@@ -41,8 +41,8 @@ pub enum FarmMode {
 
 impl FarmConfig {
     pub(super) fn check(&self, problems: &mut Vec<String>) {
-        if self.name.is_empty() {
-            problems.push("farm.name: must not be empty".into());
+        if let Err(e) = super::ident::check_id(&self.name) {
+            problems.push(format!("farm.name: {e}"));
         }
         if self.report_to.is_empty() {
             problems.push("farm.report_to: at least one authority is required".into());

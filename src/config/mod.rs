@@ -9,6 +9,7 @@ pub mod authority;
 pub mod dispatch;
 pub mod farm;
 pub mod formula;
+pub mod ident;
 pub mod monitor;
 pub mod pool;
 pub mod ring;
@@ -170,6 +171,37 @@ members = []
 "#;
         let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else { panic!("expected validation problems") };
         assert!(problems.iter().any(|p| p.starts_with("farm.pool[0]") && p.contains("members must not be empty")), "{problems:?}");
+    }
+
+    #[test]
+    fn identifiers_follow_one_rule_everywhere() {
+        let text = r#"
+[monitor]
+host = "web 1"
+report_to = ["http://127.0.0.1:7443"]
+[[monitor.check]]
+pool = "www.example."
+member = "a\nb"
+kind = "tcp"
+target = "127.0.0.1:80"
+
+[[pool]]
+name = "www.example."
+members = [ { id = "-a", address = "127.0.0.1" }, { id = "b", address = "127.0.0.1" }, { id = "c", address = "0.0.0.0" },
+            { id = "d", farm = "east west" } ]
+"#;
+        let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else { panic!("expected validation problems") };
+        for says in [
+            "monitor.host",
+            "member id \"-a\" must start",
+            "address 127.0.0.1 is another member's",
+            "0.0.0.0 cannot be",
+            "farm name",
+            "monitor.check[0]",
+        ] {
+            assert!(problems.iter().any(|p| p.contains(says)), "{says}: {problems:#?}");
+        }
+        assert_eq!(problems.len(), 6, "{problems:#?}");
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::ident;
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
@@ -74,14 +76,17 @@ pub enum CheckKind {
 
 impl MonitorConfig {
     pub(super) fn check(&self, problems: &mut Vec<String>) {
-        if self.host.is_empty() {
-            problems.push("monitor.host: must name this host (the member id it reports as)".into());
+        if let Err(e) = ident::check_id(&self.host) {
+            problems.push(format!("monitor.host: must name this host (the member id it reports as): {e}"));
         }
         if self.report_to.is_empty() {
             problems.push("monitor.report_to: at least one authority or farm monitor is required".into());
         }
         for (i, c) in self.check.iter().enumerate() {
-            let at = format!("monitor.check[{i}] ({:?} for {})", c.kind, c.pool);
+            let at = format!("monitor.check[{i}] ({:?} for {})", c.kind, ident::shown(&c.pool));
+            if let Some(Err(e)) = c.member.as_deref().map(ident::check_id) {
+                problems.push(format!("{at}: member {e}"));
+            }
             match (c.kind, c.target.as_deref()) {
                 (CheckKind::Push, _) if self.listen.is_none() => {
                     problems.push(format!("{at}: push checks need monitor.listen for applications to push to"))

@@ -9,6 +9,7 @@ use hickory_proto::rr::Name;
 use serde::Deserialize;
 
 use super::formula::Formula;
+use super::ident;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -177,9 +178,22 @@ pub(super) fn check_pools(prefix: &str, pools: &[PoolConfig], problems: &mut Vec
             problems.push(format!("{at}: smoothing must be at least 0 and below 1"));
         }
         let mut ids = HashSet::new();
+        let mut addresses = HashSet::new();
         for m in &pool.members {
-            if m.id.is_empty() {
-                problems.push(format!("{at}: a member has an empty id"));
+            if let Err(e) = ident::check_id(&m.id) {
+                problems.push(format!("{at}: member id {e}"));
+            }
+            if let Some(farm) = &m.farm
+                && let Err(e) = ident::check_id(farm)
+            {
+                problems.push(format!("{at}: member {:?}: farm name {e}", m.id));
+            }
+            if let Some(a) = m.address {
+                if let Err(e) = ident::check_address(a) {
+                    problems.push(format!("{at}: member {:?}: {e}", m.id));
+                } else if !addresses.insert(a) {
+                    problems.push(format!("{at}: member {:?}: address {a} is another member's", m.id));
+                }
             }
             if m.maintenance.iter().any(|w| w.from >= w.until) {
                 problems.push(format!("{at}: member {:?}: maintenance window ends before it starts", m.id));

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::config::PolicyName;
+use crate::config::ident;
 use crate::metrics::{Count, Expose, Writer};
 use crate::pool::AdminState;
 use crate::updater::{Command, PoolChange, RingOp, RingReply, UpdateError};
@@ -250,6 +251,10 @@ impl AdminService {
     }
 
     async fn pool(&self, pool: String, change: PoolChange) -> Result<Response<v1::PoolReply>, Status> {
+        checked_pool(&pool)?;
+        if let PoolChange::AddMember { id, .. } | PoolChange::RemoveMember { id } | PoolChange::Member { id, .. } = &change {
+            checked_id(id)?;
+        }
         let answer = self.ask(|reply| Command::Pool { pool, change, reply }).await?.map_err(status_of)?;
         Ok(Response::new(v1::PoolReply { answer: answer.iter().map(|a| a.to_string()).collect() }))
     }
@@ -257,6 +262,16 @@ impl AdminService {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
         ask(&self.updater, make).await
     }
+}
+
+/// A pool name from a request, refused before it goes anywhere.
+fn checked_pool(pool: &str) -> Result<(), Status> {
+    ident::check_name(pool).map_err(|e| Status::invalid_argument(format!("pool {e}")))
+}
+
+/// A member id from a request, refused before it goes anywhere.
+fn checked_id(id: &str) -> Result<(), Status> {
+    ident::check_id(id).map_err(|e| Status::invalid_argument(format!("member id {e}")))
 }
 
 /// Sends the updater a request and waits for its answer, each step bounded
@@ -328,12 +343,14 @@ impl Admin for AdminService {
             None => None,
             Some(s) => Some(
                 AdminState::parse(s)
-                    .ok_or_else(|| Status::invalid_argument(format!("admin must be up, down, drain or auto, not {s:?}")))?,
+                    .ok_or_else(|| Status::invalid_argument(format!("admin must be up, down, drain or auto, not {}", ident::shown(s))))?,
             ),
         };
         if admin.is_none() && req.weight.is_none() {
             return Err(Status::invalid_argument("nothing to set: give admin and/or weight"));
         }
+        checked_pool(&req.pool)?;
+        checked_id(&req.member)?;
         let (pool, id, weight) = (req.pool, req.member, req.weight);
         self.ask(|reply| Command::SetMember { pool, id, admin, weight, reply }).await?.map_err(status_of)?;
         Ok(Response::new(v1::SetMemberReply {}))
@@ -362,11 +379,11 @@ impl Admin for AdminService {
 
     async fn add_member(&self, req: Request<v1::AddMemberRequest>) -> Result<Response<v1::PoolReply>, Status> {
         let req = req.into_inner();
-        let address =
-            req.address.parse().map_err(|_| Status::invalid_argument(format!("address {:?} is not an IP address", req.address)))?;
-        if req.id.is_empty() {
-            return Err(Status::invalid_argument("id must not be empty"));
-        }
+        let address = req
+            .address
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("address {} is not an IP address", ident::shown(&req.address))))?;
+        ident::check_address(address).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.pool(req.pool, PoolChange::AddMember { id: req.id, address, weight: req.weight.max(1) }).await
     }
 
@@ -377,6 +394,7 @@ impl Admin for AdminService {
 
     async fn resolve(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::ResolveReply>, Status> {
         let pool = req.into_inner().pool;
+        checked_pool(&pool)?;
         let servers = self.ask(|reply| Command::Resolve { pool, reply }).await?.map_err(status_of)?;
         Ok(Response::new(v1::ResolveReply { servers: servers.iter().map(|a| a.to_string()).collect() }))
     }
@@ -385,6 +403,7 @@ impl Admin for AdminService {
 
     async fn watch(&self, req: Request<v1::PoolRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let pool = req.into_inner().pool;
+        checked_pool(&pool)?;
         let mut servers = self.ask(|reply| Command::Watch { pool, reply }).await?.map_err(status_of)?;
         let (tx, rx) = mpsc::channel(4);
         // Follows the pool's own channel: no call back into the updater.
@@ -414,6 +433,7 @@ impl Admin for AdminService {
 
     async fn show_zone(&self, req: Request<v1::ShowZoneRequest>) -> Result<Response<v1::ShowZoneReply>, Status> {
         let zone = req.into_inner().zone;
+        ident::check_name(&zone).map_err(|e| Status::invalid_argument(format!("zone {e}")))?;
         let text = self.ask(|reply| Command::ShowZone { zone, reply }).await?.map_err(status_of)?;
         Ok(Response::new(v1::ShowZoneReply { text }))
     }

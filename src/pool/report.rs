@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::Metrics;
+use crate::config::ident::IdentError;
 
 /// Most reports one batch may carry.
 pub const MAX_BATCH: usize = 100_000;
@@ -18,21 +19,21 @@ pub const MAX_SKEW: Duration = Duration::from_secs(5);
 pub enum ReportError {
     #[error("batch of {0} reports is larger than {MAX_BATCH}")]
     TooMany(usize),
-    #[error("report {index}: pool and member must be named")]
-    Unnamed { index: usize },
+    #[error("report {index}: {what} {error}")]
+    BadId { index: usize, what: &'static str, error: IdentError },
     #[error("report {index}: metric {name:?} is {value}; metrics must be finite and not negative")]
     BadMetric { index: usize, name: String, value: f64 },
     #[error("report {index}: {count} metrics is more than {MAX_METRICS}")]
     TooManyMetrics { index: usize, count: usize },
-    #[error("report {index}: metric name {name:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
-    BadName { index: usize, name: String },
+    #[error("report {index}: metric name {error}")]
+    BadName { index: usize, error: IdentError },
     #[error("report {index}: observed {ahead_ms} ms in the future")]
     Future { index: usize, ahead_ms: i64 },
     #[error("report {index}: pool {pool} is not served here")]
     NoPool { index: usize, pool: String },
     #[error("report {index}: pool {pool} has no member {member}")]
     NoMember { index: usize, pool: String, member: String },
-    #[error("report {index}: {value:?} is not an IP address")]
+    #[error("report {index}: {value} is not a member's IP address")]
     BadAddress { index: usize, value: String },
     #[error("report {index}: member {member} of pool {pool} is not a farm; its address is configured")]
     NotFarm { index: usize, pool: String, member: String },
@@ -43,7 +44,7 @@ impl ReportError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReportError::TooMany(_) | ReportError::TooManyMetrics { .. } => "too_large",
-            ReportError::Unnamed { .. } | ReportError::BadName { .. } | ReportError::BadAddress { .. } | ReportError::NotFarm { .. } => {
+            ReportError::BadId { .. } | ReportError::BadName { .. } | ReportError::BadAddress { .. } | ReportError::NotFarm { .. } => {
                 "malformed"
             }
             ReportError::BadMetric { .. } => "bad_metric",
@@ -66,9 +67,4 @@ pub struct Report {
     pub check: String,
     /// A farm's preferred servers, best first (farm entities only).
     pub addresses: Vec<std::net::IpAddr>,
-}
-
-/// A metric name: 1-64 characters of `[A-Za-z0-9_.-]`.
-pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }

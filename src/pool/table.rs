@@ -80,6 +80,9 @@ fn apply(p: &mut PoolState, dead: &[IpAddr], name: &str, change: Change, now: No
             if p.position(&id).is_some() {
                 return Err(TableError::MemberExists { pool: name.to_owned(), id });
             }
+            if let Some(other) = p.members.iter().find(|m| m.address == address) {
+                return Err(TableError::Invalid(format!("address {address} is already member {}'s in pool {name}", other.id)));
+            }
             add_member(p, dead, &id, address, weight, None, now);
             p.overrides.add(&id, address, weight);
         }
@@ -711,6 +714,8 @@ members = [ { id = "a", address = "127.0.0.1", until = "2030-01-01T00:00:10Z" },
         assert_eq!(t.change("www.example.", add("a"), now), Err(TableError::MemberExists { pool: "www.example.".into(), id: "a".into() }));
         assert_eq!(t.change("www.example.", add("c"), now), Ok(0));
         assert_eq!(t.pools()[0].members[2].weight, 3);
+        let again = t.change("www.example.", add("d"), now);
+        assert!(matches!(&again, Err(TableError::Invalid(m)) if m.contains("already member c's")), "{again:?}");
         assert!(matches!(t.change("www.example.", Change::Policy(PolicyName::Formula), now), Err(TableError::Invalid(_))));
         assert!(matches!(t.change("www.example.", Change::Formula("load +".into()), now), Err(TableError::Invalid(_))));
         t.change("www.example.", Change::Formula("load * 2".into()), now).unwrap();

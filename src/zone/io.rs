@@ -264,13 +264,38 @@ mod tests {
         let (_dir, file, origin) = setup();
         let mut sync = FileSync::new(file.text.as_str());
         let mut bad = block("127.0.10.1");
-        bad.notes = Arc::from([MemberNote { id: "x\nevil".into(), pairs: vec![] }]);
+        bad.name = Name::from_ascii("www.elsewhere.").unwrap();
         let ticket = sync.begin_write(Instant::now());
         let job =
             Job::Write(Box::new(WriteJob { origin: origin.clone(), base: Arc::new(file.clone()), serial: 8, blocks: vec![bad], ticket }));
         let Some(Done::Write(done)) = run(job, &mut HashMap::new()) else { panic!("a write") };
         assert_eq!(done.outcome, Written::Invalid);
         assert_eq!(std::fs::read_to_string(&file.path).unwrap(), ZONE);
+    }
+
+    #[test]
+    fn a_hostile_member_id_writes_nothing_of_its_own() {
+        let (_dir, file, origin) = setup();
+        let mut sync = FileSync::new(file.text.as_str());
+        let mut hostile = block("127.0.10.1");
+        hostile.notes = Arc::from([
+            MemberNote { id: "x\nevil 60 IN TXT \"owned\"".into(), pairs: vec![] },
+            MemberNote { id: "b".into(), pairs: vec![("admin".into(), "down\n; vnamed:end www.example.".into())] },
+        ]);
+        let ticket = sync.begin_write(Instant::now());
+        let job = Job::Write(Box::new(WriteJob {
+            origin: origin.clone(),
+            base: Arc::new(file.clone()),
+            serial: 8,
+            blocks: vec![hostile],
+            ticket,
+        }));
+        let Some(Done::Write(done)) = run(job, &mut HashMap::new()) else { panic!("a write") };
+        assert!(matches!(done.outcome, Written::Done(_)), "{:?}", done.error);
+        let text = std::fs::read_to_string(&file.path).unwrap();
+        assert!(!text.contains("evil") && !text.contains("owned"), "{text}");
+        assert!(text.contains("; vnamed:member b\n"), "the pair is dropped, the valid id kept: {text}");
+        assert_eq!(text.matches("vnamed:end").count(), 1, "{text}");
     }
 
     #[test]

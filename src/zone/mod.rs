@@ -14,6 +14,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::ident;
+
 use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::txt::{Parser, parse_ttl};
@@ -316,9 +318,11 @@ pub struct MemberNote {
 pub fn render_block(pool: &Name, ttl: u32, addresses: &[IpAddr], notes: &[MemberNote]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "; {} {pool} -- written by vnamed; edits here are replaced", text::BEGIN);
-    for note in notes {
+    // Only what passes the identifier rules goes into a comment: an id
+    // carrying a newline would otherwise write records of its own.
+    for note in notes.iter().filter(|n| ident::check_id(&n.id).is_ok()) {
         let _ = write!(out, "; {} {}", text::MEMBER, note.id);
-        for (k, v) in &note.pairs {
+        for (k, v) in note.pairs.iter().filter(|(k, v)| ident::check_metric(k).is_ok() && ident::check_metric(v).is_ok()) {
             let _ = write!(out, " {k}={v}");
         }
         out.push('\n');

@@ -25,6 +25,8 @@ pub struct FileSync {
     dirty: bool,
     /// The file on disk does not parse; writes wait until it is fixed.
     broken: bool,
+    /// Our last rendering would not load: the file lags what is served.
+    unwritable: bool,
     last_write: Option<Instant>,
     /// Managed blocks of pools that were removed, to take out at the next write.
     drop_blocks: Vec<String>,
@@ -77,7 +79,15 @@ pub enum Origin {
 impl FileSync {
     /// A file as read at start-up.
     pub fn new(disk: impl Into<Arc<str>>) -> Self {
-        Self { disk: disk.into(), writing: false, dirty: false, broken: false, last_write: None, drop_blocks: Vec::new() }
+        Self {
+            disk: disk.into(),
+            writing: false,
+            dirty: false,
+            broken: false,
+            unwritable: false,
+            last_write: None,
+            drop_blocks: Vec::new(),
+        }
     }
 
     /// What is served changed: the file must follow.
@@ -87,6 +97,11 @@ impl FileSync {
 
     pub fn is_dirty(&self) -> bool {
         self.dirty
+    }
+
+    /// The last rendering would not load, so the file lags what is served.
+    pub fn is_unwritable(&self) -> bool {
+        self.unwritable
     }
 
     pub fn is_broken(&self) -> bool {
@@ -134,6 +149,7 @@ impl FileSync {
         match outcome {
             Written::Done(text) if *ticket.based_on == *self.disk => {
                 self.disk = text.clone();
+                self.unwritable = false;
                 After::Adopt
             }
             // An edit was read while we wrote over it: write again from it.
@@ -150,6 +166,7 @@ impl FileSync {
             // What we render does not load: writing it again will not help.
             Written::Invalid => {
                 self.drop_blocks.extend(ticket.dropped);
+                self.unwritable = true;
                 After::Drop
             }
         }
@@ -244,6 +261,7 @@ mod tests {
         let ticket = f.begin_write(t0 + SEC);
         assert_eq!(f.end_write(ticket, &Written::Invalid), After::Drop);
         assert!(!f.is_dirty(), "an invalid rendering is not retried");
+        assert!(f.is_unwritable(), "but the file is known to lag");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use crate::config::ident;
+
 /// Marker comment that opens the block of records vnamed owns for one pool.
 pub const BEGIN: &str = "vnamed:begin";
 /// Marker comment that closes it.
@@ -195,6 +197,9 @@ pub fn blocks(src: &str) -> Result<Vec<Block>, TextError> {
             let Some(id) = words.next() else {
                 return Err(TextError { line, message: "member note without a member id".into() });
             };
+            if let Err(e) = ident::check_id(id) {
+                return Err(TextError { line, message: format!("member note: member id {e}") });
+            }
             let mut pairs = Vec::new();
             for w in words {
                 let Some((k, v)) = w.split_once('=') else {
