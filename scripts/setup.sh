@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools vnamed's demo, tests and benchmarks use: dig and
 # named-checkzone (BIND utilities), NSD (a real secondary), dnsperf, gdnsd and
-# PowerDNS (benchmark peers), FreeTDS tsql (a real SQL client for the SRP
+# PowerDNS (benchmark peers), kdig and dnspython (strict DNS parsers), FreeTDS tsql (a real SQL client for the SRP
 # responder), and Python grpcio (an independent gRPC client). Safe to
 # run again: it installs only what is missing. --minimal: only what the demo
 # needs; --bench: also HAProxy, wrk and nginx for scripts/bench/dispatch.sh.
@@ -18,12 +18,14 @@ if [ "${1:-}" != "--minimal" ]; then
   command -v tsql >/dev/null || need+=(freetds-bin)
   command -v curl >/dev/null || need+=(curl)
   command -v ethtool >/dev/null || need+=(ethtool)
+  command -v kdig >/dev/null || need+=(knot-dnsutils)
+  command -v openssl >/dev/null || need+=(openssl)
 fi
 # The independent gRPC client the tests use (Python grpcio, from PyPI).
-if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" 2>/dev/null; then
-  echo "installing: grpcio grpcio-tools grpcio-health-checking grpcio-reflection (PyPI)" >&2
+if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection, dns.message" 2>/dev/null; then
+  echo "installing: grpcio grpcio-tools grpcio-health-checking grpcio-reflection dnspython (PyPI)" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-    grpcio grpcio-tools grpcio-health-checking grpcio-reflection
+    grpcio grpcio-tools grpcio-health-checking grpcio-reflection dnspython
 fi
 # Only scripts/bench/dispatch.sh needs these.
 if [ "${1:-}" = "--bench" ]; then

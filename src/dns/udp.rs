@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hickory_proto::ProtoError;
 use hickory_proto::op::{Header, Message, MessageType, ResponseCode};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 use hickory_server::net::runtime::TokioTime;
@@ -204,13 +205,30 @@ impl<F: FnMut(&[u8]) + Send + Sync + Clone + Unpin + 'static> ResponseHandler fo
             impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let failed = |e: ProtoError| hickory_server::net::NetError::from(e.to_string());
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(self.limit);
-        let info = response.destructive_emit(&mut encoder).map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
+        let info = response.destructive_emit(&mut encoder).map_err(failed)?;
+        if bytes.len() > usize::from(self.limit) {
+            // Too big for the client: header, question and OPT alone, with
+            // TC, so it asks again over TCP. Never part of a record.
+            bytes = truncated(&bytes).map_err(failed)?;
+        }
         (self.send)(&bytes);
         Ok(info)
     }
+}
+
+/// `full`, an encoded response, emptied of records (the OPT stays) and
+/// marked truncated.
+fn truncated(full: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    let mut m = Message::from_vec(full)?;
+    m.answers.clear();
+    m.authorities.clear();
+    m.additionals.clear();
+    m.signature = None;
+    m.metadata.truncation = true;
+    m.to_vec()
 }
 
 #[cfg(test)]
