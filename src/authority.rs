@@ -19,7 +19,6 @@ use crate::dns::metrics::{DnsCounters, SnapshotMetrics};
 use crate::dns::{self, DnsService, snapshot::Snapshot};
 use crate::grpc::ReportCounters;
 use crate::grpc::{AdminService, RingService, StatusService, TokenCheck};
-use crate::metrics::Registry;
 use crate::srp::SrpCounters;
 use crate::updater::UpdaterCounters;
 use crate::updater::{Command, Updater};
@@ -183,7 +182,7 @@ impl Authority {
         if let Some(listener) = metrics {
             info!(address = ?metrics_addr, "metrics serving at /metrics");
             // One registry for the role; each part brings its own metrics.
-            let mut registry = Registry::default();
+            let mut registry = crate::metrics::registry();
             crate::metrics::register(&mut registry, dns_counters.clone());
             crate::metrics::register(&mut registry, updater_counters.clone());
             crate::metrics::register(&mut registry, report_counters.clone());

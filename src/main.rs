@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use vnamed::config::Config;
 use vnamed::{admin, authority, demo};
@@ -81,14 +83,20 @@ fn main() -> ExitCode {
     // the updater or a DNS worker. Lines are dropped, not waited for, if it
     // falls far behind; the guard flushes what is queued at exit.
     let (writer, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    // Filtered first, then throttled per callsite, so no flood of one kind
+    // of line buries the others.
+    tracing_subscriber::registry()
+        .with(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,hickory_net=warn")),
         )
-        .with_writer(writer)
-        // Colours only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(vnamed::logs::Throttle::default())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                // Colours only for a person at a terminal, not in log files.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

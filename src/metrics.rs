@@ -86,6 +86,22 @@ impl<T: Expose> Collector for Exposed<T> {
     }
 }
 
+/// What every role's process shows, whatever its role.
+struct Process;
+
+impl Expose for Process {
+    fn expose(&self, w: &mut Writer<'_, '_>) -> fmt::Result {
+        w.counter("vnamed_log_lines_suppressed", "Log lines dropped by the per-callsite flood limit.", crate::logs::suppressed())
+    }
+}
+
+/// A role's registry, holding the process-wide metrics already.
+pub fn registry() -> Registry {
+    let mut r = Registry::default();
+    register(&mut r, Arc::new(Process));
+    r
+}
+
 /// Registers `source`, read at every scrape.
 pub fn register<T: Expose>(registry: &mut Registry, source: Arc<T>) {
     registry.register_collector(Box::new(Exposed(source)));

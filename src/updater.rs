@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How often the members' last known state is saved, at most.
 const MEMBER_SAVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -241,8 +241,11 @@ impl Updater {
             }
         }
         while let Some((zone, serial)) = self.catalog.poll_notice() {
-            if self.notify.try_send((zone.clone(), serial)).is_err() {
-                warn!(%zone, "notify queue full; secondaries will catch up on refresh");
+            match self.notify.try_send((zone.clone(), serial)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => warn!(%zone, "notify queue full; secondaries will catch up on refresh"),
+                // Stopping: the NOTIFY task is gone; secondaries refresh.
+                Err(mpsc::error::TrySendError::Closed(_)) => debug!(%zone, serial, "no NOTIFY sent: stopping"),
             }
         }
     }

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("clock", 0),
     ("envelope", 0),
     ("sys", 0),
+    ("logs", 0),
     // Drivers of a core: sockets and threads around a pure part.
     ("ring/driver", 2),
     ("srp/server", 2),

@@ -43,7 +43,7 @@ use crate::config::{Config, DispatchConfig, DispatchMode};
 use crate::grpc::Bearer;
 use crate::grpc::v1::PoolRequest;
 use crate::grpc::v1::admin_client::AdminClient;
-use crate::metrics::{Expose, Registry, Writer};
+use crate::metrics::{Expose, Writer};
 use crate::sys::mmsg::{DATAGRAM, SendBatch};
 use crate::sys::packet::{Ring, RingSize};
 
@@ -599,7 +599,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     if let Some(addr) = dc.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("dispatch.metrics_listen {addr}"))?;
-        let mut registry = Registry::default();
+        let mut registry = crate::metrics::registry();
         crate::metrics::register(&mut registry, stats.clone());
         crate::metrics::register(&mut registry, ring_counters.clone());
         tasks.spawn(crate::metrics::serve(listener, Arc::new(registry), shutdown.clone()));

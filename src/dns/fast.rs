@@ -101,6 +101,9 @@ pub fn parse(req: &[u8], key: &mut [u8; MAX_KEY]) -> Option<FastQuery> {
         if question_end + 11 + rdlen != req.len() {
             return None;
         }
+        if !options_ok(req.get(question_end + 11..)?) {
+            return None; // the slow path answers FORMERR
+        }
         let payload = u16::from_be_bytes([opt[3], opt[4]]).clamp(512, UDP_PAYLOAD) as usize;
         let shape = if opt[7] & 0x80 != 0 { Shape::EdnsDo } else { Shape::Edns };
         (shape, payload)
@@ -112,6 +115,57 @@ pub fn parse(req: &[u8], key: &mut [u8; MAX_KEY]) -> Option<FastQuery> {
     };
     key[k + 2] = shape as u8;
     Some(FastQuery { id: [req[0], req[1]], rd: b2 & 1 != 0, cd: b3 & 0x10 != 0, question_end, max_size, key_len: k + 3 })
+}
+
+/// Whether an OPT record's options are whole (each header and value
+/// inside the record) and a COOKIE is 8 or 16-40 bytes (RFC 7873).
+fn options_ok(mut rdata: &[u8]) -> bool {
+    const COOKIE: u16 = 10;
+    while !rdata.is_empty() {
+        let Some(head) = rdata.get(..4) else { return false };
+        let code = u16::from_be_bytes([head[0], head[1]]);
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        if rdata.len() < 4 + len || (code == COOKIE && !(len == 8 || (16..=40).contains(&len))) {
+            return false;
+        }
+        rdata = &rdata[4 + len..];
+    }
+    true
+}
+
+/// Whether a request carries an OPT record with malformed options, which
+/// RFC 6891 and RFC 7873 answer with FORMERR (hickory would skip them).
+/// A message that does not parse this far says no: the decoder decides.
+pub fn edns_malformed(msg: &[u8]) -> bool {
+    fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
+        loop {
+            let len = *msg.get(pos)?;
+            match len {
+                0 => return Some(pos + 1),
+                l if l & 0xc0 == 0xc0 => return Some(pos + 2),
+                l if l > 63 => return None,
+                l => pos += 1 + usize::from(l),
+            }
+        }
+    }
+    let count = |i: usize| msg.get(i..i + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let (Some(qd), Some(an), Some(ns), Some(ar)) = (count(4), count(6), count(8), count(10)) else { return false };
+    let mut pos = 12;
+    for _ in 0..qd {
+        let Some(end) = skip_name(msg, pos) else { return false };
+        pos = end + 4;
+    }
+    for n in 0..an + ns + ar {
+        let Some(end) = skip_name(msg, pos) else { return false };
+        let Some(fixed) = msg.get(end..end + 10) else { return false };
+        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        let Some(rdata) = msg.get(end + 10..end + 10 + rdlen) else { return false };
+        if n >= an + ns && fixed[0..2] == [0, 41] && !options_ok(rdata) {
+            return true;
+        }
+        pos = end + 10 + rdlen;
+    }
+    false
 }
 
 /// Where a pre-encoded response carries its zone's SOA serial, and the
@@ -383,6 +437,36 @@ mod tests {
 
     fn table(s: &Snapshot) -> FastTable {
         build_all(s)
+    }
+
+    /// A query for ns1.example. A with an OPT record of these option bytes.
+    fn with_options(options: &[u8]) -> Vec<u8> {
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(Name::from_ascii("ns1.example.").unwrap(), RecordType::A));
+        let mut bytes = q.to_vec().unwrap();
+        bytes[11] = 1; // ARCOUNT
+        bytes.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&(options.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(options);
+        bytes
+    }
+
+    #[test]
+    fn malformed_edns_options_are_left_to_the_slow_path_which_refuses_them() {
+        let t = table(&snap());
+        let mut out = [0u8; 4096];
+        let cookie = |len: u16| [&[0u8, 10][..], &len.to_be_bytes(), &vec![0xab; len as usize]].concat();
+        for good in [vec![], cookie(8), cookie(16), cookie(40), [&cookie(8)[..], &[0, 12, 0, 2, 0, 0]].concat()] {
+            let q = with_options(&good);
+            assert!(!edns_malformed(&q), "{good:?}");
+            assert!(t.respond(&q, &mut out, 0).is_some(), "{good:?}");
+        }
+        for bad in [cookie(0), cookie(7), cookie(41), vec![0, 10], vec![0, 10, 0, 8, 1, 2, 3], vec![0, 12, 0, 4, 0]] {
+            let q = with_options(&bad);
+            assert!(edns_malformed(&q), "{bad:?}");
+            assert!(t.respond(&q, &mut out, 0).is_none(), "{bad:?}");
+        }
+        assert!(!edns_malformed(&with_options(&[])[..20]), "cut short: the decoder decides");
     }
 
     fn query(name: &str, t: RecordType, edns: Option<bool>, id: u16) -> Vec<u8> {

@@ -41,6 +41,11 @@ impl DnsHandler {
         Self { snapshot, counters, allow_transfer, turn: Arc::default() }
     }
 
+    /// What the DNS side counts.
+    pub fn counters(&self) -> &DnsCounters {
+        &self.counters
+    }
+
     fn may_transfer(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),

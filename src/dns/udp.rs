@@ -23,6 +23,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::fast;
 use super::handler::{DnsHandler, UDP_PAYLOAD};
 use super::metrics::{DnsCounters, Path};
 use super::snapshot::Snapshot;
@@ -170,15 +171,22 @@ pub async fn respond(
     if header.metadata.message_type == MessageType::Response {
         return; // never answer a response: no reflection loops
     }
+    let formerr = |send: &mut dyn FnMut(&[u8])| {
+        handler.counters().response(Path::UdpSlow, u16::from(ResponseCode::FormErr));
+        let reply = Message::error_msg(header.metadata.id, header.metadata.op_code, ResponseCode::FormErr);
+        if let Ok(bytes) = reply.to_vec() {
+            send(&bytes);
+        }
+    };
+    if fast::edns_malformed(&bytes) {
+        debug!(%src, "malformed EDNS options");
+        return formerr(&mut send);
+    }
     let request = match Request::from_bytes(bytes, src, Protocol::Udp) {
         Ok(r) => r,
         Err(error) => {
             debug!(%src, %error, "malformed query");
-            let reply = Message::error_msg(header.metadata.id, header.metadata.op_code, ResponseCode::FormErr);
-            if let Ok(bytes) = reply.to_vec() {
-                send(&bytes);
-            }
-            return;
+            return formerr(&mut send);
         }
     };
     let limit = request.max_payload().clamp(512, UDP_PAYLOAD);

@@ -27,7 +27,7 @@ use crate::grpc::v1::status_client::StatusClient;
 use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
 use crate::grpc::v1::{MemberReport, ReportBatch, ReportReply};
 use crate::grpc::{Bearer, Ingest, ReplyStream, report_stream, v1};
-use crate::metrics::{Expose, Registry, Writer, label};
+use crate::metrics::{Expose, Writer, label};
 use health::{Health, Probe};
 
 /// Longest wait between two attempts to reach an upstream.
@@ -145,7 +145,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tokio::spawn(crate::srp::server::run(srp, sockets, snapshot, srp_counters.clone(), shutdown.clone()));
     }
     if let Some(listener) = metrics {
-        let mut registry = Registry::default();
+        let mut registry = crate::metrics::registry();
         crate::metrics::register(&mut registry, monitor.shared.clone());
         if has_ring {
             crate::metrics::register(&mut registry, counters);
