@@ -20,6 +20,7 @@ use crate::dns::{self, DnsService, snapshot::Snapshot};
 use crate::grpc::ReportCounters;
 use crate::grpc::{AdminService, RingService, StatusService, TokenCheck};
 use crate::srp::SrpCounters;
+use crate::sys::accept::{Gate, Gates};
 use crate::updater::UpdaterCounters;
 use crate::updater::{Command, Updater};
 use crate::zone;
@@ -133,7 +134,9 @@ impl Authority {
 
         let listeners = listeners.expect("no problems");
         let dns_addrs = listeners.addrs.clone();
-        let server = DnsService::start(listeners, snapshot.clone(), auth.allow_transfer.clone(), dns_counters.clone())?;
+        let limits = crate::sys::accept::fitted(&auth.limits);
+        let gates = Arc::new(Gates::default());
+        let server = DnsService::start(listeners, snapshot.clone(), auth.allow_transfer.clone(), dns_counters.clone(), &limits, &gates)?;
         info!(addresses = ?dns_addrs, udp_workers = workers, zones = snapshot.load().zones.len(), "DNS authority serving");
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -191,7 +194,10 @@ impl Authority {
                 crate::metrics::register(&mut registry, srp_counters.clone());
             }
             crate::metrics::register(&mut registry, Arc::new(SnapshotMetrics(snapshot.clone())));
-            tasks.spawn(crate::metrics::serve(listener, Arc::new(registry), shutdown.clone()));
+            crate::metrics::register(&mut registry, gates.clone());
+            let gate = Gate::metrics(listener, &limits);
+            gates.add(&gate);
+            tasks.spawn(crate::metrics::serve(gate, Arc::new(registry), shutdown.clone()));
         }
         let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = grpc {
@@ -216,18 +222,17 @@ impl Authority {
             health.set_serving::<crate::grpc::v1::admin_server::AdminServer<AdminService>>().await;
             health.set_serving::<crate::grpc::v1::status_server::StatusServer<StatusService>>().await;
             info!(address = ?grpc_addr, "gRPC API serving");
+            let routes = tonic::service::Routes::new(health_service)
+                .add_service(reflection)
+                .add_service(reflection_alpha)
+                .add_service(admin)
+                .add_service(status)
+                .add_service(ring);
+            let gate = Gate::grpc(listener, &limits);
+            gates.add(&gate);
+            let idle = limits.grpc_idle;
             tasks.spawn(async move {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                if let Err(error) = tonic::transport::Server::builder()
-                    .add_service(health_service)
-                    .add_service(reflection)
-                    .add_service(reflection_alpha)
-                    .add_service(admin)
-                    .add_service(status)
-                    .add_service(ring)
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-                {
+                if let Err(error) = crate::grpc::serve::serve(gate, routes, idle, stop).await {
                     warn!(%error, "gRPC server stopped");
                 }
             });

@@ -160,11 +160,11 @@ pub async fn start(fc: FarmConfig, shutdown: CancellationToken) -> anyhow::Resul
         TokenCheck::new(fc.accept_token.as_deref(), counters),
     );
     let stop = shutdown.clone();
+    let limits = crate::sys::accept::fitted(&fc.limits);
+    let gate = crate::sys::accept::Gate::grpc(listener, &limits);
     tokio::spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        if let Err(error) =
-            tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
-        {
+        let routes = tonic::service::Routes::new(svc);
+        if let Err(error) = crate::grpc::serve::serve(gate, routes, limits.grpc_idle, stop).await {
             warn!(%error, "farm listener stopped");
         }
     });

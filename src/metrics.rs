@@ -16,7 +16,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 pub use prometheus_client::metrics::histogram::Histogram;
 pub use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -120,6 +119,10 @@ impl Count {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
+
     pub fn set(&self, n: u64) {
         self.0.store(n, Ordering::Relaxed);
     }
@@ -167,8 +170,13 @@ pub fn text(registry: &Registry) -> String {
     out
 }
 
-/// Serves `GET /metrics` from `registry` until shutdown.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) {
+/// Serves `GET /metrics` from `registry` on connections from `listener`
+/// (a `sys::accept::Gate`) until shutdown.
+pub async fn serve<L>(listener: L, registry: Arc<Registry>, shutdown: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: fmt::Debug,
+{
     use axum::routing::get;
     let app =
         axum::Router::new().route(

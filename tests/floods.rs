@@ -77,3 +77,81 @@ fn a_packet_flood_writes_a_few_log_lines_a_second_and_counts_every_packet() {
     assert!(suppressed >= 9_000, "the refused transfers were logged {suppressed} times fewer");
     assert!(a.log().contains("log lines suppressed"), "the log says lines were dropped");
 }
+
+/// Raises this process's open-files limit to its hard limit: the test
+/// holds thousands of sockets.
+fn raise_own_limit() {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write only the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+    assert!(l.rlim_cur >= 4096, "the test needs 4096 descriptors; the hard limit is {}", l.rlim_cur);
+}
+
+/// Opens `n` TCP connections to `addr` (twenty at a time, each given 50 ms
+/// to connect) and keeps them silent; returns those that connected.
+fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(move || {
+                    (0..n / 20)
+                        .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    })
+}
+
+/// CPU time (user + system) of a process so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 1000 / 100) // USER_HZ is 100 on Linux
+}
+
+fn answers(a: &Authority, tcp: bool) -> bool {
+    let out = a.dig(&format!("static.example.test A +short +tries=1 +time=3{}", if tcp { " +tcp" } else { "" }));
+    out.trim() == "192.0.2.10"
+}
+
+#[test]
+fn idle_connections_on_any_port_do_not_stop_dns_or_spin() {
+    raise_own_limit();
+    let mut a = Authority::prepared(&[("example.test.zone", ZONE)], "", "");
+    a.nofile = Some(1024);
+    a.spawn();
+    let pid = a.pid().unwrap();
+    let ports = [("metrics", a.metrics), ("grpc", common::GRPC_PORT), ("dns_tcp", a.port)];
+    for (name, port) in ports {
+        let held = idle_connections((a.ip, port).into(), 1100);
+        // Held by the listener (up to its cap) or queued in the kernel;
+        // either way no descriptor runs out.
+        std::thread::sleep(Duration::from_millis(500));
+        let cpu = cpu_time(pid);
+        let window = Instant::now();
+        let mut tried = 0;
+        while window.elapsed() < Duration::from_secs(2) {
+            assert!(answers(&a, false), "{name}: DNS over UDP stopped:\n{}", a.log());
+            assert!(answers(&a, true), "{name}: DNS over TCP stopped:\n{}", a.log());
+            tried += 1;
+        }
+        let busy = (cpu_time(pid) - cpu).as_secs_f64() / window.elapsed().as_secs_f64();
+        eprintln!("{name}: {} idle connections; {tried} UDP+TCP query pairs answered; authority CPU {:.0}%", held.len(), busy * 100.0);
+        assert!(busy < 0.5, "{name}: the authority spins at {:.0}% CPU", busy * 100.0);
+        drop(held);
+        // The listener held to its cap (DNS TCP closed the silent ones to
+        // make room), and /metrics says so once it is free again.
+        let counted = if name == "dns_tcp" { "vnamed_connections_evicted_total" } else { "vnamed_listener_full_total" };
+        let line = format!("{counted}{{listener=\"{name}\"}}");
+        let seen = common::eventually(Duration::from_secs(20), || metric(&common::scrape((a.ip, a.metrics)), &line) > 0);
+        assert!(seen.is_some(), "{line}:\n{}", common::scrape((a.ip, a.metrics)));
+    }
+    assert!(!a.log().contains("out of file descriptors"), "the caps keep descriptors from running out:\n{}", a.log());
+}

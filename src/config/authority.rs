@@ -33,6 +33,9 @@ pub struct AuthorityConfig {
     /// Minimum time between two rewrites of the same zone file.
     #[serde(default = "default_write_interval", with = "humantime_serde")]
     pub zone_write_interval: Duration,
+    /// Connection caps and timeouts of the TCP listeners.
+    #[serde(default)]
+    pub limits: super::Limits,
 }
 
 fn default_write_interval() -> Duration {
@@ -49,5 +52,6 @@ impl AuthorityConfig {
         if self.dns_listen.is_empty() {
             problems.push("authority.dns_listen: at least one address is required".into());
         }
+        self.limits.check("authority.limits", problems);
     }
 }

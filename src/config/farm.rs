@@ -27,6 +27,9 @@ pub struct FarmConfig {
     pub refresh: Duration,
     /// The farm's pools; each one's `policy` is the farm's local policy.
     pub pool: Vec<PoolConfig>,
+    /// Connection caps and timeouts of the gRPC listener.
+    #[serde(default)]
+    pub limits: super::Limits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -48,6 +51,7 @@ impl FarmConfig {
             problems.push("farm.report_to: at least one authority is required".into());
         }
         super::pool::check_pools("farm.pool", &self.pool, problems);
+        self.limits.check("farm.limits", problems);
         for (i, p) in self.pool.iter().enumerate() {
             if p.members.iter().any(|m| m.address.is_none()) {
                 problems.push(format!("farm.pool[{i}] ({}): every farm member needs an address", p.name));

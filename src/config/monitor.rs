@@ -24,6 +24,9 @@ pub struct MonitorConfig {
     pub refresh: Duration,
     #[serde(default)]
     pub check: Vec<CheckConfig>,
+    /// Connection caps and timeouts of the push and metrics listeners.
+    #[serde(default)]
+    pub limits: super::Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -79,6 +82,7 @@ impl MonitorConfig {
         if let Err(e) = ident::check_id(&self.host) {
             problems.push(format!("monitor.host: must name this host (the member id it reports as): {e}"));
         }
+        self.limits.check("monitor.limits", problems);
         if self.report_to.is_empty() {
             problems.push("monitor.report_to: at least one authority or farm monitor is required".into());
         }

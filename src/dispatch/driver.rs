@@ -602,7 +602,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let mut registry = crate::metrics::registry();
         crate::metrics::register(&mut registry, stats.clone());
         crate::metrics::register(&mut registry, ring_counters.clone());
-        tasks.spawn(crate::metrics::serve(listener, Arc::new(registry), shutdown.clone()));
+        let gate = crate::sys::accept::Gate::metrics(listener, &crate::config::Limits::default());
+        tasks.spawn(crate::metrics::serve(gate, Arc::new(registry), shutdown.clone()));
     }
     info!(interface = %iface.name, %my_ip, vips = vips.len(), threads, "dispatcher running");
     shutdown.cancelled().await;

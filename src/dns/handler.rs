@@ -3,14 +3,14 @@
 //! transfers to allowed secondaries. Everything not answered by the
 //! pre-encoded fast path ends up here.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::RecordType;
-use hickory_proto::serialize::binary::BinEncodable;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -18,6 +18,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
+use super::fast::edns_malformed;
 use super::lookup::lookup;
 use super::metrics::{DnsCounters, Path};
 use super::snapshot::{Snapshot, zone_records};
@@ -46,6 +47,31 @@ impl DnsHandler {
         &self.counters
     }
 
+    /// Decodes a query as it arrived: the request; or FORMERR (counted)
+    /// when only the header decodes or the EDNS options are malformed;
+    /// or silence when not even the header decodes or it is a response.
+    pub fn decode(&self, bytes: Vec<u8>, src: SocketAddr, protocol: Protocol) -> Decoded {
+        let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else { return Decoded::Silent };
+        if header.metadata.message_type == MessageType::Response {
+            return Decoded::Silent; // never answer a response: no reflection loops
+        }
+        let problem = if edns_malformed(&bytes) {
+            "malformed EDNS options".to_owned()
+        } else {
+            match Request::from_bytes(bytes, src, protocol) {
+                Ok(r) => return Decoded::Request(Box::new(r)),
+                Err(error) => error.to_string(),
+            }
+        };
+        debug!(%src, %problem, "malformed query");
+        let path = if protocol == Protocol::Udp { Path::UdpSlow } else { Path::Tcp };
+        self.counters.response(path, u16::from(ResponseCode::FormErr));
+        match Message::error_msg(header.metadata.id, header.metadata.op_code, ResponseCode::FormErr).to_vec() {
+            Ok(reply) => Decoded::Reply(reply),
+            Err(_) => Decoded::Silent,
+        }
+    }
+
     fn may_transfer(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
@@ -53,6 +79,14 @@ impl DnsHandler {
         };
         self.allow_transfer.iter().any(|net| net.contains(&ip))
     }
+}
+
+/// A query as it arrived.
+pub enum Decoded {
+    Request(Box<Request>),
+    /// Not a query that can be answered: send this error instead.
+    Reply(Vec<u8>),
+    Silent,
 }
 
 /// The EDNS section of a response to a request that carried one. It

@@ -10,26 +10,25 @@ pub mod lookup;
 pub mod metrics;
 pub mod notify;
 pub mod snapshot;
+pub mod tcp;
 pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_server::Server;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::config::Limits;
+use crate::sys::accept::{Gate, Gates};
 use handler::DnsHandler;
 use metrics::DnsCounters;
 use snapshot::Snapshot;
-
-/// How long an idle TCP client may hold a connection.
-const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// Bound sockets for every `dns_listen` address.
 pub struct Listeners {
@@ -66,29 +65,42 @@ pub async fn bind(addrs: &[SocketAddr], workers: usize) -> Result<Listeners, Vec
 
 /// The running DNS service.
 pub struct DnsService {
-    tcp: Server<DnsHandler>,
+    tcp: Vec<tokio::task::JoinHandle<()>>,
+    tcp_stop: CancellationToken,
     workers: Vec<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     slow: tokio::task::JoinHandle<()>,
 }
 
 impl DnsService {
-    /// Starts serving on bound sockets.
+    /// Starts serving on bound sockets; each TCP listener's gate goes into `gates`.
     pub fn start(
         listeners: Listeners,
         snapshot: Arc<ArcSwap<Snapshot>>,
         allow_transfer: Vec<IpNet>,
         counters: Arc<DnsCounters>,
+        limits: &Limits,
+        gates: &Gates,
     ) -> std::io::Result<Self> {
-        let mut tcp = Server::new(DnsHandler::new(snapshot.clone(), allow_transfer.clone(), counters.clone()));
-        for l in listeners.tcp {
-            tcp.register_listener(l, TCP_IDLE, 64);
-        }
+        let handler = Arc::new(DnsHandler::new(snapshot.clone(), allow_transfer.clone(), counters.clone()));
+        let tcp_stop = CancellationToken::new();
+        // One cap for all DNS TCP listeners would let one address starve
+        // the others; each gets its share.
+        let share = (limits.dns_tcp_connections / listeners.tcp.len().max(1)).max(1);
+        let tcp = listeners
+            .tcp
+            .into_iter()
+            .map(|l| {
+                let gate = Gate::new(l, "dns_tcp", share, limits.handshake_timeout, limits.dns_tcp_idle).evicting();
+                gates.add(&gate);
+                tokio::spawn(tcp::serve(gate, handler.clone(), tcp_stop.clone()))
+            })
+            .collect();
         let (slow_tx, slow_rx) = mpsc::channel(udp::SLOW_QUEUE);
         let slow = tokio::spawn(udp::slow_path(DnsHandler::new(snapshot.clone(), allow_transfer, counters.clone()), slow_rx));
         let stop = Arc::new(AtomicBool::new(false));
         let workers = udp::start(listeners.udp, snapshot, slow_tx, counters, stop.clone())?;
-        Ok(Self { tcp, workers, stop, slow })
+        Ok(Self { tcp, tcp_stop, workers, stop, slow })
     }
 
     /// Stops taking queries and lets the ones in flight finish.
@@ -103,8 +115,11 @@ impl DnsService {
         .await;
         // The workers held the queue's senders: the slow path drains and ends.
         let _ = self.slow.await;
-        if let Err(error) = self.tcp.shutdown_gracefully().await {
-            warn!(%error, "TCP listeners did not stop cleanly");
+        self.tcp_stop.cancel();
+        for t in self.tcp.drain(..) {
+            if let Err(error) = t.await {
+                warn!(%error, "a DNS TCP listener did not stop cleanly");
+            }
         }
     }
 }

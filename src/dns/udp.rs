@@ -13,18 +13,17 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::ProtoError;
-use hickory_proto::op::{Header, Message, MessageType, ResponseCode};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_proto::op::Message;
+use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::{RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 use socket2::{Domain, Socket, Type};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use super::fast;
-use super::handler::{DnsHandler, UDP_PAYLOAD};
+use super::handler::{Decoded, DnsHandler, UDP_PAYLOAD};
 use super::metrics::{DnsCounters, Path};
 use super::snapshot::Snapshot;
 use crate::sys::mmsg::{RecvBatch, SendBatch};
@@ -167,27 +166,10 @@ pub async fn respond(
     src: SocketAddr,
     mut send: impl FnMut(&[u8]) + Send + Sync + Clone + Unpin + 'static,
 ) {
-    let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else { return };
-    if header.metadata.message_type == MessageType::Response {
-        return; // never answer a response: no reflection loops
-    }
-    let formerr = |send: &mut dyn FnMut(&[u8])| {
-        handler.counters().response(Path::UdpSlow, u16::from(ResponseCode::FormErr));
-        let reply = Message::error_msg(header.metadata.id, header.metadata.op_code, ResponseCode::FormErr);
-        if let Ok(bytes) = reply.to_vec() {
-            send(&bytes);
-        }
-    };
-    if fast::edns_malformed(&bytes) {
-        debug!(%src, "malformed EDNS options");
-        return formerr(&mut send);
-    }
-    let request = match Request::from_bytes(bytes, src, Protocol::Udp) {
-        Ok(r) => r,
-        Err(error) => {
-            debug!(%src, %error, "malformed query");
-            return formerr(&mut send);
-        }
+    let request = match handler.decode(bytes, src, Protocol::Udp) {
+        Decoded::Request(r) => r,
+        Decoded::Reply(reply) => return send(&reply),
+        Decoded::Silent => return,
     };
     let limit = request.max_payload().clamp(512, UDP_PAYLOAD);
     handler.handle_request::<_, TokioTime>(&request, UdpReply { send, limit }).await;
@@ -243,7 +225,7 @@ fn truncated(full: &[u8]) -> Result<Vec<u8>, ProtoError> {
 mod tests {
     use std::sync::Mutex;
 
-    use hickory_proto::op::{Edns, OpCode, Query};
+    use hickory_proto::op::{Edns, MessageType, OpCode, Query};
     use hickory_proto::rr::{Name, RecordType};
 
     use super::*;

@@ -16,6 +16,7 @@ use crate::updater::{Command, PoolChange, RingOp, RingReply, UpdateError};
 
 pub mod report;
 pub mod ring;
+pub mod serve;
 
 pub mod v1 {
     tonic::include_proto!("vnamed.v1");

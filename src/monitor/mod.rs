@@ -120,6 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let Some(mc) = config.monitor.clone() else {
         anyhow::bail!("[monitor] section is required for this role");
     };
+    let limits = crate::sys::accept::fitted(&mc.limits);
     let metrics = match mc.metrics_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("monitor.metrics_listen {addr}: {e}"))?),
         None => None,
@@ -145,7 +146,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tokio::spawn(crate::srp::server::run(srp, sockets, snapshot, srp_counters.clone(), shutdown.clone()));
     }
     if let Some(listener) = metrics {
+        let gates = Arc::new(crate::sys::accept::Gates::default());
+        let gate = crate::sys::accept::Gate::metrics(listener, &limits);
+        gates.add(&gate);
         let mut registry = crate::metrics::registry();
+        crate::metrics::register(&mut registry, gates);
         crate::metrics::register(&mut registry, monitor.shared.clone());
         if has_ring {
             crate::metrics::register(&mut registry, counters);
@@ -153,7 +158,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         if config.srp.is_some() {
             crate::metrics::register(&mut registry, srp_counters);
         }
-        tokio::spawn(crate::metrics::serve(listener, Arc::new(registry), shutdown.clone()));
+        tokio::spawn(crate::metrics::serve(gate, Arc::new(registry), shutdown.clone()));
     }
     shutdown.cancelled().await;
     monitor.stop().await;
@@ -244,15 +249,12 @@ impl Monitor {
             push_addr = Some(listener.local_addr()?);
             let svc = StatusServer::new(PushService { shared: shared.clone(), checks: Arc::new(mc.check.clone()) });
             let stop = shutdown.clone();
+            let limits = crate::sys::accept::fitted(&mc.limits);
+            let gate = crate::sys::accept::Gate::grpc(listener, &limits);
             tasks.spawn(async move {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 let host = crate::grpc::v1::host_server::HostServer::new(HostService);
-                if let Err(error) = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .add_service(host)
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-                {
+                let routes = tonic::service::Routes::new(svc).add_service(host);
+                if let Err(error) = crate::grpc::serve::serve(gate, routes, limits.grpc_idle, stop).await {
                     warn!(%error, "push listener stopped");
                 }
             });

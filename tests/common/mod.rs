@@ -50,6 +50,8 @@ pub struct Authority {
     child: Option<Child>,
     inside: Option<Inside>,
     log: PathBuf,
+    /// The open-files limit (soft and hard) the process starts with.
+    pub nofile: Option<u64>,
 }
 
 /// An authority run by the library on a thread of the test process.
@@ -69,6 +71,16 @@ impl Authority {
         let mut a = Self::prepare(zones, pools, authority_extra, (5300, GRPC_PORT, METRICS_PORT));
         a.spawn();
         a
+    }
+
+    /// Not started: set what the process starts with, then `spawn`.
+    pub fn prepared(zones: &[(&str, &str)], pools: &str, authority_extra: &str) -> Self {
+        Self::prepare(zones, pools, authority_extra, (5300, GRPC_PORT, METRICS_PORT))
+    }
+
+    /// The process id, while running as a process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// The same authority inside the test process, through the library,
@@ -142,6 +154,7 @@ impl Authority {
             config,
             child: None,
             inside: None,
+            nofile: None,
         }
     }
 
@@ -157,14 +170,22 @@ impl Authority {
         // last step of the start-up says so.
         let started = |a: &Self| a.log().matches("gRPC API serving").count();
         let before = started(self);
-        let child = Command::new(VNAMED)
-            .args(["authority", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(VNAMED);
+        command.args(["authority", "--config"]).arg(&self.config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, which is async-signal-safe, runs in the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let l = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
