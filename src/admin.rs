@@ -19,9 +19,29 @@ pub struct ServerArg {
     /// The authority's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:7443", env = "VNAMED_SERVER")]
     pub server: String,
-    /// The authority's shared token, when it requires one.
+    /// A token the authority knows (its shared token or an admin-scoped credential).
     #[arg(long, env = "VNAMED_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For an https:// server: the CA its certificate chains to (PEM).
+    #[arg(long, env = "VNAMED_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for an authority with mutual TLS.
+    #[arg(long, env = "VNAMED_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, env = "VNAMED_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ServerArg {
+    /// A connected channel to the server.
+    async fn connect(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let tls = crate::config::ClientTls { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() };
+        crate::grpc::tls::endpoint(&self.server, &tls)?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the authority at {}", self.server))
+    }
 }
 
 #[derive(Args)]
@@ -156,10 +176,7 @@ pub enum RingCmd {
 type Channel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, crate::grpc::Bearer>;
 
 async fn ring_client(server: &ServerArg) -> anyhow::Result<crate::grpc::v1::ring_client::RingClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(server.server.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the authority at {}", server.server))?;
+    let channel = server.connect().await?;
     Ok(crate::grpc::v1::ring_client::RingClient::with_interceptor(channel, crate::grpc::Bearer::new(server.token.as_deref())?))
 }
 
@@ -204,10 +221,7 @@ pub async fn ring(cmd: RingCmd) -> anyhow::Result<()> {
 type Client = AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, crate::grpc::Bearer>>;
 
 async fn client(server: &ServerArg) -> anyhow::Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(server.server.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the authority at {}", server.server))?;
+    let channel = server.connect().await?;
     Ok(AdminClient::with_interceptor(channel, crate::grpc::Bearer::new(server.token.as_deref())?))
 }
 
@@ -364,7 +378,13 @@ pub async fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         println!("no grpc_listen: cannot compare with a running authority");
         return Ok(ExitCode::SUCCESS);
     };
-    let server = ServerArg { server: format!("http://{addr}"), token: auth.token.clone() };
+    // An admin token from the file, if it holds one; TLS as the listener has it.
+    let token = auth
+        .token
+        .clone()
+        .or_else(|| auth.credential.iter().find(|c| c.scopes.contains(&crate::config::Scope::Admin)).and_then(|c| c.token.clone()));
+    let scheme = if auth.tls.is_some() { "https" } else { "http" };
+    let server = ServerArg { server: format!("{scheme}://{addr}"), token, ca: None, cert: None, key: None };
     let running = match client(&server).await {
         Ok(mut c) => c.status(StatusRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner(),
         Err(e) => {

@@ -15,15 +15,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::config::Scope;
 use crate::dns::metrics::{DnsCounters, SnapshotMetrics};
 use crate::dns::{self, DnsService, snapshot::Snapshot};
 use crate::grpc::ReportCounters;
-use crate::grpc::{AdminService, RingService, StatusService, TokenCheck};
+use crate::grpc::{AdminService, Credentials, Guard, RingService, StatusService};
 use crate::srp::SrpCounters;
 use crate::sys::accept::{Gate, Gates};
 use crate::updater::UpdaterCounters;
 use crate::updater::{Command, Updater};
 use crate::zone;
+use tonic::service::interceptor::InterceptedService;
 
 /// How long answers in flight get to finish at shutdown.
 const GRACE: Duration = Duration::from_secs(5);
@@ -72,6 +74,15 @@ impl Authority {
             None => Vec::new(),
         };
         let grpc = bind_optional("grpc_listen", auth.grpc_listen, &mut problems).await;
+        // TLS material that does not load stops the start, like a bad file.
+        let tls = match auth.tls.as_ref().map(crate::grpc::tls::Reloading::start) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                problems.push(format!("authority.tls: {e}"));
+                None
+            }
+            None => None,
+        };
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let dns_counters = Arc::new(DnsCounters::default());
         let updater_counters = Arc::new(UpdaterCounters::default());
@@ -201,13 +212,14 @@ impl Authority {
         }
         let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = grpc {
-            let check = TokenCheck::new(auth.token.as_deref(), report_counters.clone());
-            let admin = tonic::service::interceptor::InterceptedService::new(AdminService::server(cmd_tx.clone()), check.clone());
-            let status = tonic::service::interceptor::InterceptedService::new(
-                StatusService::server(cmd_tx.clone(), report_counters.clone()),
-                check.clone(),
-            );
-            let ring = tonic::service::interceptor::InterceptedService::new(RingService::server(cmd_tx.clone()), check);
+            let mutual = auth.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            let credentials = Arc::new(Credentials::new(auth.token.as_deref(), &auth.credential, mutual));
+            let guard = |scope| Guard::new(scope, credentials.clone(), report_counters.clone());
+            // Admin's read-only calls take any credential; it checks the rest.
+            let admin =
+                InterceptedService::new(AdminService::server(cmd_tx.clone()), Guard::any(credentials.clone(), report_counters.clone()));
+            let status = InterceptedService::new(StatusService::server(cmd_tx.clone(), report_counters.clone()), guard(Scope::Report));
+            let ring = InterceptedService::new(RingService::server(cmd_tx.clone()), guard(Scope::Ring));
             let stop = shutdown.clone();
             let reflection = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::grpc::v1::DESCRIPTOR)
@@ -232,7 +244,7 @@ impl Authority {
             gates.add(&gate);
             let idle = limits.grpc_idle;
             tasks.spawn(async move {
-                if let Err(error) = crate::grpc::serve::serve(gate, routes, idle, stop).await {
+                if let Err(error) = crate::grpc::serve::serve(gate, tls, routes, idle, stop).await {
                     warn!(%error, "gRPC server stopped");
                 }
             });

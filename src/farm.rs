@@ -13,11 +13,12 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::clock::Now;
+use crate::config::Scope;
 use crate::config::{Config, FarmConfig, FarmMode};
 use crate::grpc::report;
 use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
 use crate::grpc::v1::{MemberReport, ReportBatch, ReportReply};
-use crate::grpc::{Bearer, Ingest, ReplyStream, ReportCounters, TokenCheck, report_stream};
+use crate::grpc::{Bearer, Credentials, Guard, Ingest, ReplyStream, ReportCounters, report_stream};
 use crate::monitor::{report_to, upstream_client};
 use crate::pool::Table;
 use crate::pool::{Report, ReportError};
@@ -157,20 +158,25 @@ pub async fn start(fc: FarmConfig, shutdown: CancellationToken) -> anyhow::Resul
     let counters = Arc::new(ReportCounters::default());
     let svc = tonic::service::interceptor::InterceptedService::new(
         StatusServer::new(FarmService { farm: farm.clone(), counters: counters.clone() }),
-        TokenCheck::new(fc.accept_token.as_deref(), counters),
+        Guard::new(
+            Scope::Report,
+            Arc::new(Credentials::new(fc.accept_token.as_deref(), &[], fc.tls.as_ref().is_some_and(|t| t.client_ca.is_some()))),
+            counters,
+        ),
     );
     let stop = shutdown.clone();
     let limits = crate::sys::accept::fitted(&fc.limits);
     let gate = crate::sys::accept::Gate::grpc(listener, &limits);
+    let tls = fc.tls.as_ref().map(crate::grpc::tls::Reloading::start).transpose().map_err(|e| anyhow::anyhow!("farm.tls: {e}"))?;
     tokio::spawn(async move {
         let routes = tonic::service::Routes::new(svc);
-        if let Err(error) = crate::grpc::serve::serve(gate, routes, limits.grpc_idle, stop).await {
+        if let Err(error) = crate::grpc::serve::serve(gate, tls, routes, limits.grpc_idle, stop).await {
             warn!(%error, "farm listener stopped");
         }
     });
     let bearer = Bearer::new(fc.token.as_deref())?;
     for upstream in &fc.report_to {
-        let client = upstream_client(upstream, &bearer)?;
+        let client = upstream_client(upstream, &bearer, &fc.client_tls)?;
         let batch = {
             let farm = farm.clone();
             move || farm.batch(Instant::now())

@@ -110,7 +110,7 @@ fn admin_calls_need_the_token_too() {
     let a = Authority::in_process_with(&[("example.test.zone", ZONE)], POOL, "token = \"s3cret\"");
     let out = a.cli(&["status"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("valid token is required"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a valid credential is required"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(a.cli(&["status", "--token", "s3cret"]).status.success());
 }
 

@@ -27,9 +27,18 @@ pub struct AuthorityConfig {
     /// Where earlier versions kept the ring's server table (default:
     /// `.vnamed-ring` in zones_dir); read once into a fresh state store.
     pub ring_table: Option<PathBuf>,
-    /// Shared secret: when set, gRPC calls (reports and administration)
-    /// must carry `authorization: Bearer <token>`.
+    /// Shared secret: when set, gRPC calls must carry `authorization:
+    /// Bearer <token>`. It may call everything; prefer `credential`.
     pub token: Option<String>,
+    /// Scoped credentials: tokens or client certificate names, each
+    /// allowed some of report, ring and admin.
+    #[serde(default)]
+    pub credential: Vec<super::Credential>,
+    /// TLS on the gRPC listener; with `client_ca`, mutual TLS.
+    pub tls: Option<super::ServerTls>,
+    /// Serve gRPC off loopback with neither mutual TLS nor a token.
+    #[serde(default)]
+    pub insecure: bool,
     /// Minimum time between two rewrites of the same zone file.
     #[serde(default = "default_write_interval", with = "humantime_serde")]
     pub zone_write_interval: Duration,
@@ -53,5 +62,13 @@ impl AuthorityConfig {
             problems.push("authority.dns_listen: at least one address is required".into());
         }
         self.limits.check("authority.limits", problems);
+        super::tls::check_credentials("authority.credential", &self.credential, problems);
+        if let Some(addr) = self.grpc_listen {
+            let has_token = self.token.is_some() || self.credential.iter().any(|c| c.token.is_some());
+            super::tls::check_listener("authority.grpc_listen", addr, self.tls.as_ref(), has_token, self.insecure, problems);
+        }
+        if self.credential.iter().any(|c| c.client.is_some()) && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+            problems.push("authority.credential: a client certificate name needs tls.client_ca".into());
+        }
     }
 }

@@ -16,6 +16,9 @@ pub struct DispatchConfig {
     #[serde(deserialize_with = "super::url")]
     pub authority: String,
     pub token: Option<String>,
+    /// TLS towards an `https://` authority and the monitors.
+    #[serde(default)]
+    pub client_tls: super::ClientTls,
     /// A connection nothing was seen of for this long is forgotten.
     #[serde(default = "dispatch_idle", with = "humantime_serde")]
     pub idle_timeout: Duration,

@@ -30,6 +30,14 @@ pub struct FarmConfig {
     /// Connection caps and timeouts of the gRPC listener.
     #[serde(default)]
     pub limits: super::Limits,
+    /// TLS on the listener; with `client_ca`, mutual TLS.
+    pub tls: Option<super::ServerTls>,
+    /// TLS towards `https://` upstreams.
+    #[serde(default)]
+    pub client_tls: super::ClientTls,
+    /// Listen off loopback with neither mutual TLS nor accept_token.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -52,6 +60,7 @@ impl FarmConfig {
         }
         super::pool::check_pools("farm.pool", &self.pool, problems);
         self.limits.check("farm.limits", problems);
+        super::tls::check_listener("farm.listen", self.listen, self.tls.as_ref(), self.accept_token.is_some(), self.insecure, problems);
         for (i, p) in self.pool.iter().enumerate() {
             if p.members.iter().any(|m| m.address.is_none()) {
                 problems.push(format!("farm.pool[{i}] ({}): every farm member needs an address", p.name));

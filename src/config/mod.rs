@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod pool;
 pub mod ring;
 pub mod srp;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +30,7 @@ pub use monitor::{CheckConfig, CheckKind, MonitorConfig};
 pub use pool::{Fallback, MemberConfig, PolicyName, PoolConfig, Time, Window, parse_time};
 pub use ring::RingConfig;
 pub use srp::{SrpCluster, SrpConfig, SrpInstance};
+pub use tls::{ClientTls, Credential, Scope, ServerTls};
 
 /// Everything that can be wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]

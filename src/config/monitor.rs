@@ -27,6 +27,14 @@ pub struct MonitorConfig {
     /// Connection caps and timeouts of the push and metrics listeners.
     #[serde(default)]
     pub limits: super::Limits,
+    /// TLS on the push listener (`listen`); with `client_ca`, mutual TLS.
+    pub tls: Option<super::ServerTls>,
+    /// TLS towards `https://` upstreams.
+    #[serde(default)]
+    pub client_tls: super::ClientTls,
+    /// Push listener off loopback without mutual TLS.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -83,6 +91,9 @@ impl MonitorConfig {
             problems.push(format!("monitor.host: must name this host (the member id it reports as): {e}"));
         }
         self.limits.check("monitor.limits", problems);
+        if let Some(addr) = self.listen {
+            super::tls::check_listener("monitor.listen", addr, self.tls.as_ref(), false, self.insecure, problems);
+        }
         if self.report_to.is_empty() {
             problems.push("monitor.report_to: at least one authority or farm monitor is required".into());
         }

@@ -39,7 +39,7 @@ use super::engine::{Dropped, Engine, Mode, Server, Verdict, Vip};
 use super::frame::{self, Mac};
 use super::splice::{Route, Segment, Splicer};
 use super::steer;
-use crate::config::{Config, DispatchConfig, DispatchMode};
+use crate::config::{ClientTls, Config, DispatchConfig, DispatchMode};
 use crate::grpc::Bearer;
 use crate::grpc::v1::PoolRequest;
 use crate::grpc::v1::admin_client::AdminClient;
@@ -535,6 +535,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             rc,
             vec![dc.authority.clone()],
             dc.token.clone(),
+            dc.client_tls.clone(),
             ring_counters.clone(),
             elected_tx,
             shutdown.clone(),
@@ -557,12 +558,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         };
         for (target, pool) in pools {
             let follow = Follow { target, pool: pool.clone(), lanes: lanes.clone(), servers: servers.clone() };
-            tasks.spawn(follow.run(dc.authority.clone(), dc.token.clone(), shutdown.clone()));
+            tasks.spawn(follow.run(dc.authority.clone(), dc.token.clone(), dc.client_tls.clone(), shutdown.clone()));
         }
     }
     if let Some(rc) = &config.ring {
         let (lanes, servers, vips, shutdown) = (lanes.clone(), servers.clone(), vips.clone(), shutdown.clone());
-        let monitor_port = dc.monitor_port;
+        let (monitor_port, tls) = (dc.monitor_port, dc.client_tls.clone());
         // A ring that is still forming can elect a host for a moment: the
         // addresses are taken only once an election has held this long,
         // and given up at once.
@@ -592,7 +593,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     return; // the capture threads are gone
                 }
                 if active && let Some(port) = monitor_port {
-                    tokio::spawn(reconstruct(lanes.clone(), servers.clone(), vips.clone(), port));
+                    tokio::spawn(reconstruct(lanes.clone(), servers.clone(), vips.clone(), port, tls.clone()));
                 }
             }
         });
@@ -621,7 +622,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// which connections it has on each virtual IP (L4/2: to the virtual IP
 /// itself; L4/3: to the server's own address), and they go back into the
 /// connection map with that server, so established connections continue.
-async fn reconstruct(lanes: Lanes, servers: Arc<Mutex<Vec<Vec<Ipv4Addr>>>>, vips: Vec<Vip>, monitor_port: u16) {
+async fn reconstruct(lanes: Lanes, servers: Arc<Mutex<Vec<Vec<Ipv4Addr>>>>, vips: Vec<Vip>, monitor_port: u16, tls: ClientTls) {
     use crate::grpc::v1::ConnectionsRequest;
     use crate::grpc::v1::host_client::HostClient;
     let started = Instant::now();
@@ -630,9 +631,11 @@ async fn reconstruct(lanes: Lanes, servers: Arc<Mutex<Vec<Vec<Ipv4Addr>>>>, vips
     for (v, vip) in vips.iter().enumerate() {
         let Some(list) = wanted.get(v) else { continue };
         for server in list {
-            let url = format!("http://{server}:{monitor_port}");
+            // Monitors speak TLS to a dispatcher given a CA for them.
+            let scheme = if tls.ca.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://{server}:{monitor_port}");
             let ask = async {
-                let endpoint = tonic::transport::Endpoint::from_shared(url.clone())?.connect_timeout(Duration::from_millis(500));
+                let endpoint = crate::grpc::tls::endpoint(&url, &tls)?.connect_timeout(Duration::from_millis(500));
                 let mut client = HostClient::new(endpoint.connect().await?);
                 let local = if vip.mode == Mode::L42 { vip.ip } else { *server };
                 let mut found = Vec::new();
@@ -675,12 +678,12 @@ struct Follow {
 impl Follow {
     /// Follows the pool's live servers over `Admin.Watch`, reconnecting
     /// while the authority is away.
-    async fn run(self, authority: String, token: Option<String>, shutdown: CancellationToken) {
+    async fn run(self, authority: String, token: Option<String>, tls: ClientTls, shutdown: CancellationToken) {
         let Ok(bearer) = Bearer::new(token.as_deref()) else { return };
         let pool = &self.pool;
         loop {
             let attempt = async {
-                let endpoint = tonic::transport::Endpoint::from_shared(authority.clone())?.connect_timeout(Duration::from_secs(1));
+                let endpoint = crate::grpc::tls::endpoint(&authority, &tls)?.connect_timeout(Duration::from_secs(1));
                 let channel = endpoint.connect().await?;
                 let mut client = AdminClient::with_interceptor(channel, bearer.clone());
                 let mut stream = client.watch(PoolRequest { pool: pool.clone() }).await?.into_inner();

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::config::PolicyName;
 use crate::config::ident;
+use crate::config::{Credential, PolicyName, Scope};
 use crate::metrics::{Count, Expose, Writer};
 use crate::pool::AdminState;
 use crate::updater::{Command, PoolChange, RingOp, RingReply, UpdateError};
@@ -17,6 +17,9 @@ use crate::updater::{Command, PoolChange, RingOp, RingReply, UpdateError};
 pub mod report;
 pub mod ring;
 pub mod serve;
+pub mod tls;
+
+use serve::Peer;
 
 pub mod v1 {
     tonic::include_proto!("vnamed.v1");
@@ -59,31 +62,112 @@ impl Expose for ReportCounters {
     }
 }
 
-/// Checks the shared token, when one is configured.
-#[derive(Clone)]
-pub struct TokenCheck {
-    expected: Option<Arc<str>>,
-    counters: Arc<ReportCounters>,
+/// The credentials a listener knows: tokens and client certificate names,
+/// each with its scopes. With none at all, calls are open (the listener
+/// is then on loopback, or `insecure` was set); with mutual TLS and no
+/// certificate names, any certificate from the client CA may call all.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    tokens: Vec<(Arc<str>, Vec<Scope>)>,
+    clients: Vec<(String, Vec<Scope>)>,
+    open: bool,
+    any_client: bool,
 }
 
-impl TokenCheck {
-    pub fn new(token: Option<&str>, counters: Arc<ReportCounters>) -> Self {
-        Self { expected: token.map(Arc::from), counters }
+impl Credentials {
+    /// `token`: the shared token of earlier versions, allowed everything.
+    pub fn new(token: Option<&str>, list: &[Credential], mutual_tls: bool) -> Self {
+        let all = vec![Scope::Report, Scope::Ring, Scope::Admin];
+        let mut tokens: Vec<(Arc<str>, Vec<Scope>)> = token.map(|t| (Arc::from(t), all)).into_iter().collect();
+        tokens.extend(list.iter().filter_map(|c| c.token.as_deref().map(|t| (Arc::from(t), c.scopes.clone()))));
+        let clients: Vec<_> = list.iter().filter_map(|c| c.client.clone().map(|n| (n, c.scopes.clone()))).collect();
+        let any_client = mutual_tls && clients.is_empty();
+        Self { open: tokens.is_empty() && clients.is_empty() && !mutual_tls, tokens, clients, any_client }
+    }
+
+    /// What a call with `token` (the bearer token, if any) from `peer`
+    /// may use: its scopes, or UNAUTHENTICATED when it brings none.
+    fn granted(&self, token: Option<&str>, peer: Option<&Peer>) -> Result<Granted, Status> {
+        let names = peer.map(|p| &p.names[..]).unwrap_or_default();
+        if self.open || (self.any_client && !names.is_empty()) {
+            return Ok(Granted(vec![Scope::Report, Scope::Ring, Scope::Admin]));
+        }
+        let by_token = token.and_then(|given| self.tokens.iter().find(|(t, _)| same(t, given)).map(|(_, s)| s));
+        let by_name = self.clients.iter().filter(|(n, _)| names.contains(n)).map(|(_, s)| s);
+        let mut scopes: Vec<Scope> = by_token.into_iter().chain(by_name).flatten().copied().collect();
+        if scopes.is_empty() {
+            return Err(Status::unauthenticated("a valid credential is required (authorization: Bearer <token>, or a client certificate)"));
+        }
+        scopes.dedup();
+        Ok(Granted(scopes))
     }
 }
 
-impl tonic::service::Interceptor for TokenCheck {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else { return Ok(req) };
-        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        // Compare without an early exit, so timing does not tell how much matched.
-        let ok =
-            given.is_some_and(|g| g.len() == expected.len() && g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
-        if ok {
-            Ok(req)
+/// The scopes a call was granted, as the guard left them in its extensions.
+#[derive(Debug, Clone)]
+pub struct Granted(pub Vec<Scope>);
+
+impl Granted {
+    /// Ok when `scope` was granted, PERMISSION_DENIED otherwise.
+    pub fn require(&self, scope: Scope) -> Result<(), Status> {
+        if self.0.contains(&scope) {
+            Ok(())
         } else {
-            self.counters.refused("unauthenticated");
-            Err(Status::unauthenticated("a valid token is required (authorization: Bearer <token>)"))
+            Err(Status::permission_denied(format!("this credential may not call {} services", scope.as_str())))
+        }
+    }
+
+    /// What `req` was granted; nothing if no guard ran.
+    pub fn of<T>(req: &Request<T>) -> Granted {
+        req.extensions().get::<Granted>().cloned().unwrap_or(Granted(Vec::new()))
+    }
+}
+
+/// Compares without an early exit, so timing does not tell how much matched.
+fn same(expected: &str, given: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// The interceptor in front of one service: a call needs a credential
+/// granted `scope` (or, for the Admin service, any credential: its
+/// read-only calls are open to every scope, the others check for admin).
+#[derive(Clone)]
+pub struct Guard {
+    scope: Option<Scope>,
+    credentials: Arc<Credentials>,
+    counters: Arc<ReportCounters>,
+}
+
+impl Guard {
+    pub fn new(scope: Scope, credentials: Arc<Credentials>, counters: Arc<ReportCounters>) -> Self {
+        Self { scope: Some(scope), credentials, counters }
+    }
+
+    /// Any valid credential passes; the service checks what it grants.
+    pub fn any(credentials: Arc<Credentials>, counters: Arc<ReportCounters>) -> Self {
+        Self { scope: None, credentials, counters }
+    }
+}
+
+impl tonic::service::Interceptor for Guard {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let token = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let granted = self.credentials.granted(token, req.extensions().get::<Peer>());
+        let checked = granted.and_then(|g| match self.scope {
+            Some(scope) => g.require(scope).map(|()| g),
+            None => Ok(g),
+        });
+        match checked {
+            Ok(g) => {
+                req.extensions_mut().insert(g);
+                Ok(req)
+            }
+            Err(status) => {
+                if self.scope == Some(Scope::Report) {
+                    self.counters.refused("unauthenticated");
+                }
+                Err(status)
+            }
         }
     }
 }
@@ -339,6 +423,7 @@ impl Admin for AdminService {
     }
 
     async fn set_member(&self, req: Request<v1::SetMemberRequest>) -> Result<Response<v1::SetMemberReply>, Status> {
+        Granted::of(&req).require(Scope::Admin)?;
         let req = req.into_inner();
         let admin = match req.admin.as_deref() {
             None => None,
@@ -358,6 +443,7 @@ impl Admin for AdminService {
     }
 
     async fn set_policy(&self, req: Request<v1::SetPolicyRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        Granted::of(&req).require(Scope::Admin)?;
         let req = req.into_inner();
         let policy: PolicyName = req.policy.parse().map_err(|e: String| Status::invalid_argument(format!("policy: {e}")))?;
         if !req.formula.is_empty() {
@@ -367,18 +453,22 @@ impl Admin for AdminService {
     }
 
     async fn pause_pool(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        Granted::of(&req).require(Scope::Admin)?;
         self.pool(req.into_inner().pool, PoolChange::Pause(true)).await
     }
 
     async fn resume_pool(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        Granted::of(&req).require(Scope::Admin)?;
         self.pool(req.into_inner().pool, PoolChange::Pause(false)).await
     }
 
     async fn clear_overrides(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        Granted::of(&req).require(Scope::Admin)?;
         self.pool(req.into_inner().pool, PoolChange::Clear).await
     }
 
     async fn add_member(&self, req: Request<v1::AddMemberRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        Granted::of(&req).require(Scope::Admin)?;
         let req = req.into_inner();
         let address = req
             .address
@@ -389,6 +479,7 @@ impl Admin for AdminService {
     }
 
     async fn remove_member(&self, req: Request<v1::RemoveMemberRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        Granted::of(&req).require(Scope::Admin)?;
         let req = req.into_inner();
         self.pool(req.pool, PoolChange::RemoveMember { id: req.id }).await
     }

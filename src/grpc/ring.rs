@@ -12,7 +12,7 @@ use tracing::debug;
 use super::Bearer;
 use super::v1::ring_client::RingClient;
 use super::v1::{DeleteRequest, Member as MemberMsg};
-use crate::config::RingConfig;
+use crate::config::{ClientTls, RingConfig};
 use crate::ring::driver::{self, Report, RingCounters};
 
 /// Runs this host as a ring member until shutdown, telling `authorities`
@@ -22,23 +22,30 @@ pub async fn run_member(
     cfg: RingConfig,
     authorities: Vec<String>,
     token: Option<String>,
+    tls: ClientTls,
     counters: Arc<RingCounters>,
     elected: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reports, rx) = mpsc::channel(256);
-    let teller = tokio::spawn(tell(authorities, token, rx));
+    let teller = tokio::spawn(tell(authorities, token, tls, rx));
     let result = driver::run(cfg, reports, counters, elected, shutdown).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), teller).await;
     result
 }
 
 /// Tells every authority, in order, retrying a few times while one is away.
-pub async fn tell(authorities: Vec<String>, token: Option<String>, mut rx: mpsc::Receiver<Report>) {
+pub async fn tell(authorities: Vec<String>, token: Option<String>, tls: ClientTls, mut rx: mpsc::Receiver<Report>) {
     let Ok(bearer) = Bearer::new(token.as_deref()) else { return };
     let clients: Vec<_> = authorities
         .iter()
-        .filter_map(|url| tonic::transport::Endpoint::from_shared(url.clone()).ok())
+        .filter_map(|url| match crate::grpc::tls::endpoint(url, &tls) {
+            Ok(e) => Some(e),
+            Err(error) => {
+                tracing::error!(%error, "cannot tell this authority of ring changes");
+                None
+            }
+        })
         .map(|e| RingClient::with_interceptor(e.connect_timeout(Duration::from_secs(1)).connect_lazy(), bearer.clone()))
         .collect();
     while let Some(report) = rx.recv().await {

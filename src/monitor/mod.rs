@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::config::{CheckConfig, CheckKind, Config, MonitorConfig};
+use crate::config::{CheckConfig, CheckKind, ClientTls, Config, MonitorConfig};
 use crate::grpc::report;
 use crate::grpc::v1::status_client::StatusClient;
 use crate::grpc::v1::status_server::{Status as StatusApi, StatusServer};
@@ -131,6 +131,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             rc,
             mc.report_to.clone(),
             mc.token.clone(),
+            mc.client_tls.clone(),
             counters.clone(),
             tokio::sync::watch::channel(false).0,
             shutdown.clone(),
@@ -251,10 +252,12 @@ impl Monitor {
             let stop = shutdown.clone();
             let limits = crate::sys::accept::fitted(&mc.limits);
             let gate = crate::sys::accept::Gate::grpc(listener, &limits);
+            let tls =
+                mc.tls.as_ref().map(crate::grpc::tls::Reloading::start).transpose().map_err(|e| anyhow::anyhow!("monitor.tls: {e}"))?;
             tasks.spawn(async move {
                 let host = crate::grpc::v1::host_server::HostServer::new(HostService);
                 let routes = tonic::service::Routes::new(svc).add_service(host);
-                if let Err(error) = crate::grpc::serve::serve(gate, routes, limits.grpc_idle, stop).await {
+                if let Err(error) = crate::grpc::serve::serve(gate, tls, routes, limits.grpc_idle, stop).await {
                     warn!(%error, "push listener stopped");
                 }
             });
@@ -264,7 +267,7 @@ impl Monitor {
         }
         let bearer = Bearer::new(mc.token.as_deref())?;
         for upstream in &mc.report_to {
-            let client = upstream_client(upstream, &bearer)?;
+            let client = upstream_client(upstream, &bearer, &mc.client_tls)?;
             let batch = {
                 let shared = shared.clone();
                 move || shared.batch()
@@ -332,8 +335,8 @@ async fn run_check(i: usize, c: CheckConfig, shared: Arc<Shared>, shutdown: Canc
 }
 
 /// A client for an upstream that connects (and reconnects) when used.
-pub(crate) fn upstream_client(url: &str, bearer: &Bearer) -> anyhow::Result<Client> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+pub(crate) fn upstream_client(url: &str, bearer: &Bearer, tls: &ClientTls) -> anyhow::Result<Client> {
+    let endpoint = crate::grpc::tls::endpoint(url, tls)
         .map_err(|e| anyhow::anyhow!("upstream {url:?}: {e}"))?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2));
