@@ -147,7 +147,16 @@ impl Authority {
         let dns_addrs = listeners.addrs.clone();
         let limits = crate::sys::accept::fitted(&auth.limits);
         let gates = Arc::new(Gates::default());
-        let server = DnsService::start(listeners, snapshot.clone(), auth.allow_transfer.clone(), dns_counters.clone(), &limits, &gates)?;
+        let rrl = Arc::new(crate::dns::rrl::Rrl::new(&auth.rrl));
+        let server = DnsService::start(
+            listeners,
+            snapshot.clone(),
+            auth.allow_transfer.clone(),
+            dns_counters.clone(),
+            &limits,
+            Some(rrl.clone()),
+            &gates,
+        )?;
         info!(addresses = ?dns_addrs, udp_workers = workers, zones = snapshot.load().zones.len(), "DNS authority serving");
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -206,6 +215,7 @@ impl Authority {
             }
             crate::metrics::register(&mut registry, Arc::new(SnapshotMetrics(snapshot.clone())));
             crate::metrics::register(&mut registry, gates.clone());
+            crate::metrics::register(&mut registry, rrl.clone());
             let gate = Gate::metrics(listener, &limits);
             gates.add(&gate);
             tasks.spawn(crate::metrics::serve(gate, Arc::new(registry), shutdown.clone()));

@@ -155,3 +155,66 @@ fn idle_connections_on_any_port_do_not_stop_dns_or_spin() {
     }
     assert!(!a.log().contains("out of file descriptors"), "the caps keep descriptors from running out:\n{}", a.log());
 }
+
+/// A query for `name` TXT with EDNS (payload 1232), as an amplifier would send it.
+fn txt_query(id: u16, name: &str) -> Vec<u8> {
+    let mut b = vec![(id >> 8) as u8, id as u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+    for label in name.trim_end_matches('.').split('.') {
+        b.push(label.len() as u8);
+        b.extend_from_slice(label.as_bytes());
+    }
+    b.extend_from_slice(&[0, 0, 16, 0, 1]);
+    b.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+    b
+}
+
+#[test]
+fn a_spoofed_amplification_flood_is_rate_limited_and_others_are_served() {
+    let big = (0..4).map(|i| format!("\"{}\"", "a".repeat(200 + i))).collect::<Vec<_>>().join(" ");
+    let zone = format!("{ZONE}big IN TXT {big}\n");
+    // Loopback is exempt by default; here it stands for the Internet.
+    let a = Authority::in_process_with(&[("example.test.zone", &zone)], "", "[authority.rrl]\nexempt = []\n");
+    let victim = UdpSocket::bind("127.0.66.1:0").unwrap();
+    victim.connect((a.ip, a.port)).unwrap();
+    victim.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let (mut sent_bytes, mut got_bytes, mut full, mut tc) = (0usize, 0usize, 0u32, 0u32);
+    let started = Instant::now();
+    let mut buf = [0u8; 2048];
+    let drain = |buf: &mut [u8], full: &mut u32, tc: &mut u32, got: &mut usize| {
+        while let Ok(n) = victim.recv(buf) {
+            *got += n;
+            if buf[2] & 0x02 != 0 { *tc += 1 } else { *full += 1 }
+        }
+    };
+    for i in 0..10_000u16 {
+        let q = txt_query(i, "big.example.test.");
+        sent_bytes += q.len();
+        victim.send(&q).unwrap();
+        if i % 100 == 99 {
+            drain(&mut buf, &mut full, &mut tc, &mut got_bytes);
+        }
+    }
+    drain(&mut buf, &mut full, &mut tc, &mut got_bytes);
+    let seconds = started.elapsed().as_secs_f64();
+    let ratio = got_bytes as f64 / sent_bytes as f64;
+    eprintln!("amplification flood: 10000 queries in {seconds:.1} s: {full} full answers, {tc} TC slips, bytes out/in {ratio:.2}");
+    // 50 identical answers a second per /24, at most one more second counted.
+    assert!(full > 0 && f64::from(full) <= 50.0 * (seconds.ceil() + 1.0), "{full} full answers in {seconds:.1} s");
+    assert!(tc > 1000, "every second limited response slips with TC: {tc}");
+    assert!(ratio < 1.0, "no amplification: {ratio:.2}");
+
+    // Meanwhile another network is answered in full, and so is the
+    // flooded one for other names.
+    let other = UdpSocket::bind("127.0.67.1:0").unwrap();
+    other.connect((a.ip, a.port)).unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for i in 0..20u16 {
+        other.send(&txt_query(i, "big.example.test.")).unwrap();
+        let n = other.recv(&mut buf).expect("answered");
+        assert!(n > 800 && buf[2] & 0x02 == 0, "a full answer");
+    }
+    assert!(common::dig(std::net::IpAddr::V4(a.ip), a.port, "-b 127.0.66.2 static.example.test A +short").contains("192.0.2.10"));
+    let metrics = common::scrape((a.ip, a.metrics));
+    assert!(metric(&metrics, "vnamed_rrl_dropped_total{kind=\"answer\"}") > 1000, "{metrics}");
+    assert!(metric(&metrics, "vnamed_rrl_slipped_total{kind=\"answer\"}") > 1000, "{metrics}");
+}

@@ -45,6 +45,9 @@ pub struct AuthorityConfig {
     /// Connection caps and timeouts of the TCP listeners.
     #[serde(default)]
     pub limits: super::Limits,
+    /// Response rate limiting for DNS over UDP.
+    #[serde(default)]
+    pub rrl: super::Rrl,
 }
 
 fn default_write_interval() -> Duration {
@@ -62,6 +65,7 @@ impl AuthorityConfig {
             problems.push("authority.dns_listen: at least one address is required".into());
         }
         self.limits.check("authority.limits", problems);
+        self.rrl.check(problems);
         super::tls::check_credentials("authority.credential", &self.credential, problems);
         if let Some(addr) = self.grpc_listen {
             let has_token = self.token.is_some() || self.credential.iter().any(|c| c.token.is_some());

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod monitor;
 pub mod pool;
 pub mod ring;
+pub mod rrl;
 pub mod srp;
 pub mod tls;
 
@@ -29,6 +30,7 @@ pub use limits::Limits;
 pub use monitor::{CheckConfig, CheckKind, MonitorConfig};
 pub use pool::{Fallback, MemberConfig, PolicyName, PoolConfig, Time, Window, parse_time};
 pub use ring::RingConfig;
+pub use rrl::Rrl;
 pub use srp::{SrpCluster, SrpConfig, SrpInstance};
 pub use tls::{ClientTls, Credential, Scope, ServerTls};
 

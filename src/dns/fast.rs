@@ -229,6 +229,24 @@ impl Dynamic {
     }
 }
 
+/// A response the fast path wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct FastReply {
+    pub len: usize,
+    /// How much of the key is the name and type (without the shape).
+    pub name_and_type: usize,
+    /// End of the question: a response cut there is header and question.
+    pub question_end: usize,
+}
+
+/// Cuts a response written in `out` down to header and question, with TC
+/// set and no records: the reply a rate-limited client gets on a slip.
+pub fn slip(out: &mut [u8], question_end: usize) -> usize {
+    out[2] |= 0x02; // TC
+    out[6..12].fill(0); // no answer, authority or additional records
+    question_end
+}
+
 /// Every pre-encoded response of a snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct FastTable {
@@ -241,8 +259,13 @@ pub struct FastTable {
 impl FastTable {
     /// Answers `req` into `out` if a pre-encoded response fits; returns its length.
     pub fn respond(&self, req: &[u8], out: &mut [u8], turn: usize) -> Option<usize> {
-        let mut key = [0u8; MAX_KEY];
-        let q = parse(req, &mut key)?;
+        self.respond_keyed(req, out, turn, &mut [0u8; MAX_KEY]).map(|r| r.len)
+    }
+
+    /// `respond`, leaving the question's key (lower-cased name, type and
+    /// shape) in `key` for the caller (response rate limiting).
+    pub fn respond_keyed(&self, req: &[u8], out: &mut [u8], turn: usize, key: &mut [u8; MAX_KEY]) -> Option<FastReply> {
+        let q = parse(req, key)?;
         let key = &key[..q.key_len];
         let entry = match self.dynamic.get(key) {
             Some(e) => e.as_ref(),
@@ -265,7 +288,7 @@ impl FastTable {
         if let Some(p) = &entry.serial {
             out[p.at..p.at + 4].copy_from_slice(&p.serial.load(Ordering::Relaxed).to_be_bytes());
         }
-        Some(resp.len())
+        Some(FastReply { len: resp.len(), name_and_type: q.key_len - 1, question_end: q.question_end })
     }
 }
 

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::fast::edns_malformed;
 use super::lookup::lookup;
 use super::metrics::{DnsCounters, Path};
+use super::rrl::Rrl;
 use super::snapshot::{Snapshot, zone_records};
 
 /// The UDP payload size vnamed advertises and never exceeds (DNS flag day 2020).
@@ -35,11 +36,23 @@ pub struct DnsHandler {
     counters: Arc<DnsCounters>,
     allow_transfer: Vec<IpNet>,
     turn: Arc<AtomicUsize>,
+    rrl: Option<Arc<Rrl>>,
 }
 
 impl DnsHandler {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, allow_transfer: Vec<IpNet>, counters: Arc<DnsCounters>) -> Self {
-        Self { snapshot, counters, allow_transfer, turn: Arc::default() }
+        Self { snapshot, counters, allow_transfer, turn: Arc::default(), rrl: None }
+    }
+
+    /// Limits UDP responses with `rrl`.
+    pub fn with_rrl(mut self, rrl: Option<Arc<Rrl>>) -> Self {
+        self.rrl = rrl;
+        self
+    }
+
+    /// The UDP response rate limiter, if on.
+    pub fn rrl(&self) -> Option<&Arc<Rrl>> {
+        self.rrl.as_ref()
     }
 
     /// What the DNS side counts.

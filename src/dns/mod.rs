@@ -9,6 +9,7 @@ pub mod handler;
 pub mod lookup;
 pub mod metrics;
 pub mod notify;
+pub mod rrl;
 pub mod snapshot;
 pub mod tcp;
 pub mod udp;
@@ -28,6 +29,7 @@ use crate::config::Limits;
 use crate::sys::accept::{Gate, Gates};
 use handler::DnsHandler;
 use metrics::DnsCounters;
+use rrl::Rrl;
 use snapshot::Snapshot;
 
 /// Bound sockets for every `dns_listen` address.
@@ -80,6 +82,7 @@ impl DnsService {
         allow_transfer: Vec<IpNet>,
         counters: Arc<DnsCounters>,
         limits: &Limits,
+        rrl: Option<Arc<Rrl>>,
         gates: &Gates,
     ) -> std::io::Result<Self> {
         let handler = Arc::new(DnsHandler::new(snapshot.clone(), allow_transfer.clone(), counters.clone()));
@@ -97,9 +100,10 @@ impl DnsService {
             })
             .collect();
         let (slow_tx, slow_rx) = mpsc::channel(udp::SLOW_QUEUE);
-        let slow = tokio::spawn(udp::slow_path(DnsHandler::new(snapshot.clone(), allow_transfer, counters.clone()), slow_rx));
+        let slow_handler = DnsHandler::new(snapshot.clone(), allow_transfer, counters.clone()).with_rrl(rrl.clone());
+        let slow = tokio::spawn(udp::slow_path(slow_handler, slow_rx));
         let stop = Arc::new(AtomicBool::new(false));
-        let workers = udp::start(listeners.udp, snapshot, slow_tx, counters, stop.clone())?;
+        let workers = udp::start(listeners.udp, snapshot, slow_tx, counters, rrl, stop.clone())?;
         Ok(Self { tcp, tcp_stop, workers, stop, slow })
     }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hickory_proto::ProtoError;
 use hickory_proto::op::Message;
+use hickory_proto::rr::Name;
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
@@ -23,8 +24,10 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::fast;
 use super::handler::{Decoded, DnsHandler, UDP_PAYLOAD};
 use super::metrics::{DnsCounters, Path};
+use super::rrl::{Kind, Rrl, Verdict};
 use super::snapshot::Snapshot;
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 
@@ -73,14 +76,17 @@ pub fn start(
     snapshot: Arc<ArcSwap<Snapshot>>,
     slow: mpsc::Sender<SlowQuery>,
     counters: Arc<DnsCounters>,
+    rrl: Option<Arc<Rrl>>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     sockets
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
-            let (snapshot, slow, counters, stop) = (snapshot.clone(), slow.clone(), counters.clone(), stop.clone());
-            std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || worker(Arc::new(socket), snapshot, slow, counters, stop))
+            let (snapshot, slow, counters, rrl, stop) = (snapshot.clone(), slow.clone(), counters.clone(), rrl.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || worker(Arc::new(socket), snapshot, slow, counters, rrl, stop))
         })
         .collect()
 }
@@ -90,9 +96,11 @@ fn worker(
     snapshot: Arc<ArcSwap<Snapshot>>,
     slow: mpsc::Sender<SlowQuery>,
     counters: Arc<DnsCounters>,
+    rrl: Option<Arc<Rrl>>,
     stop: Arc<AtomicBool>,
 ) {
     let mut rx = RecvBatch::new(BATCH);
+    let mut key = [0u8; fast::MAX_KEY];
     let mut tx = SendBatch::new(BATCH);
     let mut turn: usize = std::process::id() as usize;
     while !stop.load(Ordering::Relaxed) {
@@ -110,6 +118,7 @@ fn worker(
             }
         };
         let snap = snapshot.load();
+        let now = rrl.as_ref().map(|r| r.now()).unwrap_or_default();
         let mut dropped = 0;
         let mut noerror = 0;
         for i in 0..n {
@@ -119,9 +128,15 @@ fn worker(
                 continue;
             }
             turn = turn.wrapping_add(1);
-            match snap.fast.respond(data, tx.next_buf(), turn) {
-                Some(len) => {
-                    match tx.next_buf()[3] & 0xf {
+            match snap.fast.respond_keyed(data, tx.next_buf(), turn, &mut key) {
+                Some(reply) => {
+                    let rcode = tx.next_buf()[3] & 0xf;
+                    let len = match rrl.as_ref().map(|r| r.check(src.ip(), Kind::of_rcode(rcode), &key[..reply.name_and_type], now)) {
+                        None | Some(Verdict::Send) => reply.len,
+                        Some(Verdict::Slip) => fast::slip(tx.next_buf(), reply.question_end),
+                        Some(Verdict::Drop) => continue,
+                    };
+                    match rcode {
                         0 => noerror += 1,
                         rcode => counters.response(Path::UdpFast, u16::from(rcode)),
                     }
@@ -168,11 +183,38 @@ pub async fn respond(
 ) {
     let request = match handler.decode(bytes, src, Protocol::Udp) {
         Decoded::Request(r) => r,
-        Decoded::Reply(reply) => return send(&reply),
+        Decoded::Reply(reply) => {
+            let rrl = handler.rrl().map(|r| r.check(src.ip(), Kind::Error, &[], r.now()));
+            if matches!(rrl, None | Some(Verdict::Send)) {
+                send(&reply);
+            }
+            return;
+        }
         Decoded::Silent => return,
     };
     let limit = request.max_payload().clamp(512, UDP_PAYLOAD);
-    handler.handle_request::<_, TokioTime>(&request, UdpReply { send, limit }).await;
+    // The question as the fast path keys it: lower-cased name, then type.
+    let limiter = handler.rrl().filter(|r| r.applies(src.ip())).map(|r| {
+        let mut key = Vec::with_capacity(64);
+        if let Some(q) = request.queries.queries().first() {
+            for label in Name::from(q.name()).iter() {
+                key.push(label.len() as u8);
+                key.extend(label.iter().map(u8::to_ascii_lowercase));
+            }
+            key.push(0);
+            key.extend_from_slice(&u16::from(q.query_type()).to_be_bytes());
+        }
+        Limiter { rrl: r.clone(), client: src.ip(), key: key.into() }
+    });
+    handler.handle_request::<_, TokioTime>(&request, UdpReply { send, limit, limiter }).await;
+}
+
+/// What the slow path needs to rate-limit one response.
+#[derive(Clone)]
+struct Limiter {
+    rrl: Arc<Rrl>,
+    client: std::net::IpAddr,
+    key: Arc<[u8]>,
 }
 
 /// Sends one response over UDP, truncated (TC) to what the client accepts.
@@ -180,6 +222,7 @@ pub async fn respond(
 struct UdpReply<F> {
     send: F,
     limit: u16,
+    limiter: Option<Limiter>,
 }
 
 #[async_trait::async_trait]
@@ -199,9 +242,17 @@ impl<F: FnMut(&[u8]) + Send + Sync + Clone + Unpin + 'static> ResponseHandler fo
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = BinEncoder::new(&mut bytes);
         let info = response.destructive_emit(&mut encoder).map_err(failed)?;
-        if bytes.len() > usize::from(self.limit) {
-            // Too big for the client: header, question and OPT alone, with
-            // TC, so it asks again over TCP. Never part of a record.
+        let verdict = match &self.limiter {
+            Some(l) => l.rrl.check(l.client, Kind::of_rcode(bytes[3]), &l.key, l.rrl.now()),
+            None => Verdict::Send,
+        };
+        if verdict == Verdict::Drop {
+            return Ok(info);
+        }
+        if bytes.len() > usize::from(self.limit) || verdict == Verdict::Slip {
+            // Too big for the client, or a rate-limited slip: header,
+            // question and OPT alone, with TC, so it asks again over TCP.
+            // Never part of a record.
             bytes = truncated(&bytes).map_err(failed)?;
         }
         (self.send)(&bytes);
