@@ -20,13 +20,13 @@ fn main() {
     let n: u32 = std::env::args().nth(1).map(|s| s.parse().expect("a count")).unwrap_or(1_000_000);
     let t = Instant::now();
     let before = rss_kb();
-    let mut m = ConnMap::new(Duration::from_secs(300), Duration::from_secs(10), t);
+    let mut m = ConnMap::new(Duration::from_secs(300), Duration::from_secs(10), t).with_capacity(2 * n as usize);
     let servers = [Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 1, 0, 3)];
     let fill = Instant::now();
     for i in 0..n {
         // Clients from 10.128.0.0/9, ports 1024..; as a real spread would be.
         let client = (Ipv4Addr::from(0x0A80_0000 + i / 60_000), 1024 + (i % 60_000) as u16);
-        m.insert(client, servers[(i % 3) as usize], 0, t);
+        m.insert(client, servers[(i % 3) as usize], 0, true, t);
     }
     let fill = fill.elapsed();
     let after = rss_kb();
@@ -34,7 +34,7 @@ fn main() {
     let mut found = 0u32;
     for i in (0..n).step_by(7) {
         let client = (Ipv4Addr::from(0x0A80_0000 + i / 60_000), 1024 + (i % 60_000) as u16);
-        found += m.touch(client, t).is_some() as u32;
+        found += m.touch(client, true, t).is_some() as u32;
     }
     let lookups = n.div_ceil(7);
     let look = look.elapsed();

@@ -75,7 +75,6 @@ for round in 1 2; do
     echo "round $round $s: ${qps[$s]} queries/s, ${cpu[$s]} us CPU/query" >&2
   done
 done
-grep -q rrl "$work/rrl.log" && echo "warning: the RRL build logged about rrl" >&2
 printf '\n%-6s %12s %16s\n' build "queries/s" "CPU/query (us)"
 for s in base rrl; do printf '%-6s %12s %16s\n' "$s" "${qps[$s]}" "${cpu[$s]}"; done
 awk -v b="${cpu[base]}" -v r="${cpu[rrl]}" -v qb="${qps[base]}" -v qr="${qps[rrl]}" \

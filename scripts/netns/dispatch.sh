@@ -11,6 +11,9 @@
 #   3. L7 (VIP 10.78.0.202): /images/ goes to the image pool (s3), the
 #      rest to the web pool, through connections the dispatcher relays;
 #   4. UDP and fragmented frames to a virtual IP are dropped and counted;
+#      a flood of 20,000 SYNs from spoofed sources keeps the connection map
+#      within its cap (half-open entries evicted, counted) and a real
+#      client is still served;
 #   5. two dispatchers are ring members with the servers' monitors: a long
 #      download through each virtual IP survives kill -9 of the active
 #      dispatcher, as the standby takes the addresses over and rebuilds its
@@ -25,6 +28,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 vnamed=${1:-$PWD/target/debug/vnamed}
+token=netns-dispatch-token-0001
+admin_token=netns-dispatch-admin-0001
 [ -x "$vnamed" ] || { echo "build vnamed first (cargo build)" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "needs root for network namespaces" >&2; exit 2; }
 for t in curl ethtool; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 2; }; done
@@ -81,8 +86,11 @@ for i in 1 2 3; do
 [monitor]
 host = "s$i"
 report_to = ["http://$auth_ip:7443"]
+token = "$token"
 refresh = "500ms"
 listen = "$net.2$i:7450"
+# The dispatchers ask this listener for connections, in the clear.
+insecure = true
 [[monitor.check]]
 pool = "www.dispatch.test."
 kind = "tcp"
@@ -100,6 +108,14 @@ cat > "$work/auth.toml" <<EOT
 dns_listen = ["$auth_ip:53"]
 grpc_listen = "$auth_ip:7443"
 zones_dir = "$work/zones"
+# Monitors and dispatchers report and keep the ring; none may administer.
+[[authority.credential]]
+token = "$token"
+scopes = ["report", "ring"]
+# The operator's.
+[[authority.credential]]
+token = "$admin_token"
+scopes = ["admin"]
 
 [[pool]]
 name = "www.dispatch.test."
@@ -123,10 +139,12 @@ cat > "$work/$1.toml" <<EOT
 [dispatch]
 interface = "v$1"
 authority = "http://$auth_ip:7443"
+token = "$token"
 metrics_listen = "$2:9400"
 monitor_port = 7450
 gateway = "$gateway"
 threads = 3
+max_connections = 3000
 $vmac_line
 [[dispatch.vip]]
 address = "$vip2"
@@ -170,7 +188,7 @@ size=$(in_ns c curl -s --max-time 10 "http://$vip2/big" | wc -c)
 [ "$size" -eq 2000000 ] || fail "L4/2: a 2 MB download came back with $size bytes"
 echo "2 MB downloads through both virtual IPs: complete"
 
-in_ns a "$vnamed" policy www.dispatch.test. round-robin --server "http://$auth_ip:7443" >/dev/null
+in_ns a "$vnamed" policy www.dispatch.test. round-robin --server "http://$auth_ip:7443" --token "$admin_token" >/dev/null
 spread() { local seen; seen=$(for _ in 1 2 3 4 5 6; do get "$1"; echo; done | sort -u | grep -c '^s'); [ "$seen" -eq 3 ]; }
 wait_for 5 spread "$vip2" || fail "L4/2: round-robin did not spread connections over the three servers"
 wait_for 5 spread "$vip3" || fail "L4/3: round-robin did not spread connections over the three servers"
@@ -236,6 +254,34 @@ counted() {
 }
 wait_for 3 counted || fail "drops not counted: $(in_ns c curl -s "http://$disp_ip:9400/metrics" | grep dropped)"
 echo "UDP, fragmented and malformed frames to $vip2: dropped and counted"
+# A SYN flood from 20,000 spoofed sources, sent raw as fast as it goes: the
+# map holds at most max_connections (3000), evicting half-open entries.
+in_ns c python3 -c "
+import socket, struct, random
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('vc', 0))
+dst = bytes.fromhex('$dmac'.replace(':', ''))
+src = open('/sys/class/net/vc/address').read().strip().replace(':', '')
+eth = dst + bytes.fromhex(src) + b'\x08\x00'
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    c = sum(struct.unpack('!%dH' % (len(b) // 2), b)); c = (c & 0xffff) + (c >> 16); return ~((c & 0xffff) + (c >> 16)) & 0xffff
+vip = socket.inet_aton('$vip2')
+for i in range(20000):
+    ip_src = socket.inet_aton('10.99.%d.%d' % (i >> 8 & 255, i & 255))
+    tcp = struct.pack('!HHIIBBHHH', 1024 + i % 60000, 80, random.getrandbits(32), 0, 0x50, 0x02, 65535, 0, 0)
+    tcp = tcp[:16] + struct.pack('!H', csum(ip_src + vip + struct.pack('!BBH', 0, 6, len(tcp)) + tcp)) + tcp[18:]
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, i & 0xffff, 0, 64, 6, 0, ip_src, vip)
+    h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+    s.send(eth + h + tcp)
+"
+flooded() { [ "$(metric vnamed_dispatch_evicted_total)" -ge 15000 ]; }
+wait_for 5 flooded || fail "SYN flood: evicted $(metric vnamed_dispatch_evicted_total), want 15000 or more"
+held=$(metric vnamed_dispatch_connections)
+[ "$held" -le 3000 ] || fail "SYN flood: $held connections in the map, over max_connections"
+served() { r=$(get "$vip2"); [ "$r" = s2 ] || [ "$r" = s3 ]; }
+wait_for 5 served || fail "SYN flood: a real client is not served through $vip2"
+echo "SYN flood: 20000 spoofed SYNs, $(metric vnamed_dispatch_evicted_total) half-open entries evicted, $held held (cap 3000), a real client served"
 if [ -n "${VMAC:-}" ]; then
   [ "$dmac" = "$VMAC" ] || fail "$vip2 should be answered with the virtual MAC $VMAC, the client has $dmac"
   echo "virtual MAC: the client reaches $vip2 at $VMAC"

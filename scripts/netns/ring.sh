@@ -40,6 +40,10 @@ cat > "$work/auth.toml" <<EOT
 dns_listen = ["$auth_ip:53"]
 grpc_listen = "$auth_ip:7443"
 zones_dir = "$work/zones"
+# The ring members report and keep the ring; none may administer.
+[[authority.credential]]
+token = "netns-ring-token-0000001"
+scopes = ["report", "ring"]
 
 [[pool]]
 name = "www.ring.test."
@@ -59,6 +63,7 @@ for i in $(seq $n); do
 [monitor]
 host = "h$i"
 report_to = ["http://$auth_ip:7443"]
+token = "netns-ring-token-0000001"
 [[monitor.check]]
 pool = "www.ring.test."
 kind = "tcp"
@@ -79,7 +84,7 @@ EOT
 done
 
 answer() { in_ns a dig +short +time=1 +tries=1 @"$auth_ip" www.ring.test A 2>/dev/null | sort | tr '\n' ' '; }
-table() { in_ns a "$vnamed" ring table --server "http://$auth_ip:7443" 2>/dev/null || true; }
+table() { in_ns a "$vnamed" ring table --server "http://$auth_ip:7443" --token netns-ring-token-0000001 2>/dev/null || true; }
 has() { answer | grep -qw "$1"; }
 lacks() { ! answer | grep -qw "$1"; }
 members_are() { table | grep -q "ring ($1 members)"; }

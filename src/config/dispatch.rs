@@ -22,6 +22,10 @@ pub struct DispatchConfig {
     /// A connection nothing was seen of for this long is forgotten.
     #[serde(default = "dispatch_idle", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Connections the map holds at most (all capture threads together);
+    /// past it, half-open ones are evicted, then new ones refused.
+    #[serde(default = "max_connections")]
+    pub max_connections: usize,
     /// After a FIN, how long the connection's last packets still pass.
     #[serde(default = "dispatch_linger", with = "humantime_serde")]
     pub fin_timeout: Duration,
@@ -116,6 +120,10 @@ pub enum DispatchMode {
 fn dispatch_idle() -> Duration {
     Duration::from_secs(300)
 }
+fn max_connections() -> usize {
+    1_000_000
+}
+
 fn dispatch_linger() -> Duration {
     Duration::from_secs(10)
 }

@@ -131,6 +131,7 @@ struct LaneStats {
     send_errors: AtomicU64,
     ring_drops: AtomicU64,
     cut: AtomicU64,
+    evicted: AtomicU64,
 }
 
 /// What the capture threads publish, for `/metrics`.
@@ -159,6 +160,11 @@ impl Expose for Stats {
         w.counters("vnamed_dispatch_switched", "Packets switched to a server, by capture thread.", switched)?;
         w.gauge("vnamed_dispatch_connections", "Connections in the connection map.", sum(|l| &l.connections) as i64)?;
         w.counters("vnamed_dispatch_dropped", "Frames to a virtual IP dropped, by reason.", dropped)?;
+        w.counter(
+            "vnamed_dispatch_evicted",
+            "Half-open connections evicted from a full connection map (a SYN flood).",
+            sum(|l| &l.evicted),
+        )?;
         w.gauge("vnamed_dispatch_l7_connections", "L7 connections being relayed.", sum(|l| &l.l7_connections) as i64)?;
         w.counter("vnamed_dispatch_l7_refused", "L7 requests reset (not HTTP, no server).", sum(|l| &l.l7_refused))?;
         w.counter("vnamed_dispatch_send_errors", "Frames the kernel refused to send.", sum(|l| &l.send_errors))?;
@@ -377,6 +383,8 @@ impl Capture {
         let s = &self.stats.lanes[self.lane];
         s.switched.store(self.engine.switched, Ordering::Relaxed);
         s.connections.store(self.engine.conns().len() as u64, Ordering::Relaxed);
+        let l7_evicted: u64 = self.splicers.iter().map(|p| p.evicted).sum();
+        s.evicted.store(self.engine.conns().evicted() + l7_evicted, Ordering::Relaxed);
         for (why, n) in Dropped::ALL.iter().zip(&s.dropped) {
             n.store(self.engine.dropped(*why), Ordering::Relaxed);
         }
@@ -495,7 +503,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut senders = Vec::with_capacity(threads);
     let mut capture = Vec::with_capacity(threads);
     for (lane, ring) in rings.into_iter().enumerate() {
-        let mut engine = Engine::new(vips.clone(), vmac, dc.idle_timeout, dc.fin_timeout, Instant::now());
+        // Each capture thread owns its share of the connections, and of the cap.
+        let mut engine = Engine::new(vips.clone(), vmac, dc.idle_timeout, dc.fin_timeout, Instant::now())
+            .with_capacity(dc.max_connections / threads.max(1));
         for ip in gateway.iter().chain(&l7_ips) {
             engine.answer_arp_for(*ip);
         }

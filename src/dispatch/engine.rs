@@ -50,10 +50,12 @@ pub enum Dropped {
     Port,
     /// No live server (or, in L4/2, none whose MAC we know).
     NoServer,
+    /// A SYN, with the connection map full of established connections.
+    Full,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 8] = [
+    pub const ALL: [Dropped; 9] = [
         Dropped::Malformed,
         Dropped::BadChecksum,
         Dropped::Fragment,
@@ -62,6 +64,7 @@ impl Dropped {
         Dropped::UnknownConnection,
         Dropped::Port,
         Dropped::NoServer,
+        Dropped::Full,
     ];
 
     pub fn label(self) -> &'static str {
@@ -74,6 +77,7 @@ impl Dropped {
             Dropped::UnknownConnection => "unknown_connection",
             Dropped::Port => "port",
             Dropped::NoServer => "no_server",
+            Dropped::Full => "map_full",
         }
     }
 }
@@ -156,6 +160,13 @@ impl Engine {
         self.conns.drop_server(server)
     }
 
+    /// At most `capacity` connections in the map.
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.conns =
+            std::mem::replace(&mut self.conns, ConnMap::new(Duration::ZERO, Duration::ZERO, Instant::now())).with_capacity(capacity);
+        self
+    }
+
     pub fn conns(&self) -> &ConnMap {
         &self.conns
     }
@@ -166,8 +177,7 @@ impl Engine {
         let Some(v) = self.vips.iter().position(|x| x.ip == vip) else { return 0 };
         let mut n = 0;
         for (client, server) in entries {
-            if self.conns.get(client).is_none() {
-                self.conns.insert(client, server, v as u16, now);
+            if self.conns.get(client).is_none() && self.conns.insert(client, server, v as u16, true, now) {
                 n += 1;
             }
         }
@@ -244,16 +254,18 @@ impl Engine {
         let client = (seg.src, seg.sport);
         let server = if seg.syn() {
             // A SYN makes (or, for a reused port, remakes) the connection.
-            match self.conns.touch(client, now) {
+            match self.conns.touch(client, false, now) {
                 Some(c) if c.vip as usize == v && self.servers[v].0.iter().any(|s| s.ip == c.server()) => c.server(),
                 _ => {
                     let Some(s) = self.pick(v, mode) else { return self.drop(Dropped::NoServer) };
-                    self.conns.insert(client, s.ip, v as u16, now);
+                    if !self.conns.insert(client, s.ip, v as u16, false, now) {
+                        return self.drop(Dropped::Full);
+                    }
                     s.ip
                 }
             }
         } else {
-            match self.conns.touch(client, now) {
+            match self.conns.touch(client, true, now) {
                 Some(c) if c.vip as usize == v => {
                     if seg.rst() {
                         self.conns.remove(client);
@@ -287,7 +299,7 @@ impl Engine {
             return Verdict::Pass;
         }
         let Ok(seg) = frame::parse_tcp4(f, ETH_HEADER) else { return Verdict::Pass };
-        let Some(c) = self.conns.touch((seg.dst, seg.dport), now) else { return Verdict::Pass };
+        let Some(c) = self.conns.touch((seg.dst, seg.dport), false, now) else { return Verdict::Pass };
         let Some(vip) = self.vips.get(c.vip as usize) else { return Verdict::Pass };
         if c.server() != seg.src || vip.mode != Mode::L43 {
             return Verdict::Pass;

@@ -143,10 +143,19 @@ pub struct Splicer {
     conns: HashMap<(Ipv4Addr, u16), Conn>,
     by_port: HashMap<u16, (Ipv4Addr, u16)>,
     next_port: u16,
-    seed: u32,
+    /// The secret of initial sequence numbers (RFC 6528).
+    secret: std::collections::hash_map::RandomState,
+    epoch: Instant,
+    /// Connections accepted whose request has not come, oldest first:
+    /// what a SYN flood leaves, evicted first when the table is full.
+    half_open: std::collections::VecDeque<(Ipv4Addr, u16)>,
     idle: Duration,
     pub refused: u64,
+    pub evicted: u64,
 }
+
+/// Connections one splicer holds at most.
+pub const MAX_CONNS: usize = 65_536;
 
 /// The first line of an HTTP request, once it is complete: its path.
 pub fn request_path(buf: &[u8]) -> Option<Result<String, ()>> {
@@ -177,9 +186,12 @@ impl Splicer {
             // Start somewhere else each run: a new dispatcher after a fail-over
             // should not reuse the ports its predecessor just closed.
             next_port: FIRST_PORT + (seed % u32::from(LAST_PORT - FIRST_PORT)) as u16,
-            seed,
+            secret: Default::default(),
+            epoch: Instant::now(),
+            half_open: std::collections::VecDeque::new(),
             idle,
             refused: 0,
+            evicted: 0,
         }
     }
 
@@ -212,9 +224,32 @@ impl Splicer {
         if self.to_the_vip(&seg) { self.client_segment(seg, now) } else { self.server_segment(seg, now) }
     }
 
-    fn iss(&mut self, client: (Ipv4Addr, u16)) -> u32 {
-        self.seed = self.seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223) ^ u32::from(client.0) ^ u32::from(client.1);
-        self.seed
+    /// An initial sequence number as RFC 6528 makes them: a keyed hash of
+    /// the connection's addresses and ports, secret per process, plus a
+    /// clock ticking every 4 microseconds. Nobody off the path can guess it.
+    fn iss(&self, client: (Ipv4Addr, u16), now: Instant) -> u32 {
+        use std::hash::BuildHasher;
+        let f = self.secret.hash_one((client, self.vip, self.port)) as u32;
+        let m = (now.saturating_duration_since(self.epoch).as_micros() / 4) as u32;
+        f.wrapping_add(m)
+    }
+
+    /// Room for one more connection: the oldest accepted one still waiting
+    /// for its request goes if the table is full. False if none can.
+    fn make_room(&mut self) -> bool {
+        while self.conns.len() >= MAX_CONNS {
+            let Some(k) = self.half_open.pop_front() else { return false };
+            if matches!(self.conns.get(&k).map(|c| &c.state), Some(State::Accepted { request, .. }) if request.is_empty()) {
+                self.remove(k);
+                self.evicted += 1;
+            }
+        }
+        if self.half_open.len() > 2 * MAX_CONNS {
+            let conns = &self.conns;
+            self.half_open
+                .retain(|k| matches!(conns.get(k).map(|c| &c.state), Some(State::Accepted { request, .. }) if request.is_empty()));
+        }
+        true
     }
 
     fn free_port(&mut self) -> Option<u16> {
@@ -246,9 +281,14 @@ impl Splicer {
                 Some(State::Accepted { iss, irs, .. }) if *irs == seg.seq => *iss, // a retransmitted SYN
                 _ => {
                     self.remove(client);
-                    let iss = self.iss(client);
+                    if !self.make_room() {
+                        self.refused += 1;
+                        return out; // full of connections under way: no SYN-ACK
+                    }
+                    let iss = self.iss(client, now);
                     self.conns
                         .insert(client, Conn { state: State::Accepted { iss, irs: seg.seq, request: Vec::new() }, last: now, fins: 0 });
+                    self.half_open.push_back(client);
                     iss
                 }
             };
@@ -515,6 +555,36 @@ mod tests {
         assert_eq!(out.len(), 1, "{out:?}");
         let (p, to) = out.into_iter().next().unwrap();
         (Segment::parse(&p).expect("valid checksums"), to)
+    }
+
+    #[test]
+    fn initial_sequence_numbers_are_keyed_not_counted() {
+        let t = Instant::now();
+        let syn = |s: &mut Splicer, port: u16| {
+            let p = Segment::parse(&seg((CLIENT, port), (VIP, 80), 1000, 0, SYN, b"")).unwrap();
+            one(s.handle(p, t)).0.seq
+        };
+        let (mut a, mut b) = (splicer(), splicer());
+        let from_a: Vec<u32> = (40_000..40_004).map(|p| syn(&mut a, p)).collect();
+        let from_b: Vec<u32> = (40_000..40_004).map(|p| syn(&mut b, p)).collect();
+        // Same connections, same instant: another process's secret gives
+        // other numbers, and consecutive ports show no step to follow.
+        assert!(from_a.iter().zip(&from_b).all(|(x, y)| x != y), "{from_a:?} {from_b:?}");
+        let steps: Vec<u32> = from_a.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        assert!(steps.windows(2).any(|w| w[0] != w[1]), "{steps:?}");
+    }
+
+    #[test]
+    fn a_syn_flood_is_held_to_the_table_and_evicts_only_half_open_connections() {
+        let t = Instant::now();
+        let mut s = splicer();
+        for i in 0..(MAX_CONNS as u32 + 10_000) {
+            let src = Ipv4Addr::from(0x0b00_0000 + i);
+            let p = Segment::parse(&seg((src, 40_000), (VIP, 80), 1, 0, SYN, b"")).unwrap();
+            assert_eq!(s.handle(p, t).len(), 1, "a SYN-ACK for each, room made");
+        }
+        assert_eq!(s.len(), MAX_CONNS);
+        assert_eq!(s.evicted, 10_000);
     }
 
     /// A whole exchange: handshake with us, the request picks the image
