@@ -22,10 +22,10 @@ if [ "${1:-}" != "--minimal" ]; then
   command -v openssl >/dev/null || need+=(openssl)
 fi
 # The independent gRPC client the tests use (Python grpcio, from PyPI).
-if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection, dns.message" 2>/dev/null; then
-  echo "installing: grpcio grpcio-tools grpcio-health-checking grpcio-reflection dnspython (PyPI)" >&2
+if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection, dns.message, prometheus_client" 2>/dev/null; then
+  echo "installing: grpcio grpcio-tools grpcio-health-checking grpcio-reflection dnspython prometheus-client (PyPI)" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-    grpcio grpcio-tools grpcio-health-checking grpcio-reflection dnspython
+    grpcio grpcio-tools grpcio-health-checking grpcio-reflection dnspython prometheus-client
 fi
 # Only scripts/bench/dispatch.sh needs these.
 if [ "${1:-}" = "--bench" ]; then

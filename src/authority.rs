@@ -19,7 +19,7 @@ use crate::config::Scope;
 use crate::dns::metrics::{DnsCounters, SnapshotMetrics};
 use crate::dns::{self, DnsService, snapshot::Snapshot};
 use crate::grpc::ReportCounters;
-use crate::grpc::{AdminService, Credentials, Guard, RingService, StatusService};
+use crate::grpc::{AdminService, CountTooLarge, Credentials, Guard, RingService, StatusService};
 use crate::srp::SrpCounters;
 use crate::sys::accept::{Gate, Gates};
 use crate::updater::UpdaterCounters;
@@ -228,7 +228,10 @@ impl Authority {
             // Admin's read-only calls take any credential; it checks the rest.
             let admin =
                 InterceptedService::new(AdminService::server(cmd_tx.clone()), Guard::any(credentials.clone(), report_counters.clone()));
-            let status = InterceptedService::new(StatusService::server(cmd_tx.clone(), report_counters.clone()), guard(Scope::Report));
+            let status = CountTooLarge::new(
+                InterceptedService::new(StatusService::server(cmd_tx.clone(), report_counters.clone()), guard(Scope::Report)),
+                report_counters.clone(),
+            );
             let ring = InterceptedService::new(RingService::server(cmd_tx.clone()), guard(Scope::Ring));
             let stop = shutdown.clone();
             let reflection = tonic_reflection::server::Builder::configure()

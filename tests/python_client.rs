@@ -42,3 +42,44 @@ members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "1
     }
     assert_eq!(a.dig("www.example.test A +short").trim(), "127.0.10.2");
 }
+
+/// `/metrics` read by the Prometheus project's own OpenMetrics parser,
+/// which refuses a family whose samples are split or repeated: every
+/// family is whole and named once.
+#[test]
+fn metrics_parse_with_the_prometheus_openmetrics_parser() {
+    let pool = r#"
+[[pool]]
+name = "www.example.test."
+members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
+[[pool]]
+name = "db.example.test."
+members = [ { id = "db1", address = "127.0.11.1" } ]
+"#;
+    let a = Authority::in_process(&[("example.test.zone", ZONE)], pool);
+    assert_eq!(a.dig("www.example.test A +short").lines().count(), 1);
+    let text = common::scrape((a.ip, a.metrics));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or(&text).to_owned();
+    let script = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+names = [f.name for f in text_string_to_metric_families(sys.stdin.read())]
+assert len(names) == len(set(names)), names
+print(len(names), " ".join(sorted(names)))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}\n{body}");
+    for family in ["vnamed_member_up", "vnamed_member_in_answer", "vnamed_dns_responses", "vnamed_rrl_dropped", "vnamed_connections_open"] {
+        assert!(said.split_whitespace().any(|n| n == family), "{family}: {said}");
+    }
+}

@@ -215,3 +215,19 @@ members = [ { id = "web1", address = "127.0.10.1" },
     let without_web2 = vec!["127.0.10.1".to_owned(), "127.0.10.3".into()];
     assert!(eventually(Duration::from_secs(2), || answer(&a) == without_web2).is_some(), "{:?}", answer(&a));
 }
+
+/// A batch larger than the gRPC message limit is refused before any
+/// handler sees it, and still counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_too_large_to_decode_is_refused_and_counted() {
+    let a = tokio::task::spawn_blocking(|| Authority::in_process(&[("example.test.zone", ZONE)], POOL)).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut c = StatusClient::with_interceptor(channel, Bearer::new(None).unwrap()).max_encoding_message_size(64 << 20);
+    let mut big = report("web1", true, 0.5);
+    big.check = "x".repeat(100);
+    // About 20 MB: over the 16 MB limit.
+    let e = c.report(batch(vec![big; 150_000])).await.expect_err("refused");
+    assert_eq!(e.code(), Code::OutOfRange, "{e}");
+    let metrics = reqwest_metrics(&a);
+    assert!(metrics.contains("vnamed_report_batches_refused_total{reason=\"too_large\"} 1"), "{metrics}");
+}

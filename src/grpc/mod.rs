@@ -320,6 +320,51 @@ impl Ingest for StatusService {
     }
 }
 
+/// Counts the report batches refused for their size before any handler
+/// runs (the protobuf layer answers OUT_OF_RANGE) as `too_large`.
+#[derive(Clone)]
+pub struct CountTooLarge<S> {
+    inner: S,
+    counters: Arc<ReportCounters>,
+}
+
+impl<S> CountTooLarge<S> {
+    pub fn new(inner: S, counters: Arc<ReportCounters>) -> Self {
+        Self { inner, counters }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for CountTooLarge<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for CountTooLarge<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let (counters, call) = (self.counters.clone(), self.inner.call(req));
+        Box::pin(async move {
+            let resp = call.await?;
+            // RESOURCE_EXHAUSTED or OUT_OF_RANGE: what tonic's decoder says
+            // of a message over the limit.
+            if resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"8" || v.as_bytes() == b"11") {
+                counters.refused("too_large");
+            }
+            Ok(resp)
+        })
+    }
+}
+
 /// Largest report batch accepted, encoded (100,000 reports fit).
 pub const MAX_MESSAGE: usize = 16 << 20;
 
