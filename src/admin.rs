@@ -31,12 +31,20 @@ pub struct ServerArg {
     /// This client's private key (PEM).
     #[arg(long, env = "VNAMED_KEY", requires = "cert")]
     pub key: Option<std::path::PathBuf>,
+    /// The name the server's certificate carries, when not the URL's host.
+    #[arg(long, env = "VNAMED_SERVER_NAME")]
+    pub server_name: Option<String>,
 }
 
 impl ServerArg {
     /// A connected channel to the server.
     async fn connect(&self) -> anyhow::Result<tonic::transport::Channel> {
-        let tls = crate::config::ClientTls { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() };
+        let tls = crate::config::ClientTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            server_name: self.server_name.clone(),
+        };
         crate::grpc::tls::endpoint(&self.server, &tls)?
             .connect()
             .await
@@ -384,7 +392,7 @@ pub async fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| auth.credential.iter().find(|c| c.scopes.contains(&crate::config::Scope::Admin)).and_then(|c| c.token.clone()));
     let scheme = if auth.tls.is_some() { "https" } else { "http" };
-    let server = ServerArg { server: format!("{scheme}://{addr}"), token, ca: None, cert: None, key: None };
+    let server = ServerArg { server: format!("{scheme}://{addr}"), token, ca: None, cert: None, key: None, server_name: None };
     let running = match client(&server).await {
         Ok(mut c) => c.status(StatusRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner(),
         Err(e) => {

@@ -219,3 +219,69 @@ fn an_open_listener_off_loopback_is_refused_unless_insecure() {
     let out = run("127.0.0.1:0", "");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("not on loopback"));
 }
+
+/// vnamed's own clients over mutual TLS: a monitor reports to an
+/// `https://` authority with its certificate, and the CLI administers
+/// with the operator's; with another's certificate the CLI is refused.
+#[test]
+fn monitors_and_the_cli_speak_mutual_tls() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let dir = pki_dir.path();
+    pki(dir);
+    let pools = "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\nstale_after = \"2s\"\nfallback = \"servfail\"\n\
+                 members = [ { id = \"monitor-a\", address = \"127.0.10.1\" }, { id = \"web2\", address = \"127.0.10.2\" } ]\n";
+    let extra = format!(
+        "[authority.tls]\ncert = \"{0}/server.crt\"\nkey = \"{0}/server.key\"\nclient_ca = \"{0}/ca.crt\"\n\
+         [[authority.credential]]\nclient = \"monitor-a\"\nscopes = [\"report\"]\n\
+         [[authority.credential]]\nclient = \"ops\"\nscopes = [\"admin\"]\n",
+        dir.display()
+    );
+    let a = Authority::in_process_with(&[("example.test.zone", ZONE)], pools, &extra);
+    let url = a.grpc.replace("http://", "https://");
+    let backend = std::net::TcpListener::bind((common::unique_ip(), 0)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let _monitor = common::spawn_role(
+        work.path(),
+        "monitor",
+        "m",
+        &format!(
+            "[monitor]\nhost = \"monitor-a\"\nreport_to = [\"{url}\"]\nrefresh = \"200ms\"\n\
+             [monitor.client_tls]\nca = \"{0}/ca.crt\"\ncert = \"{0}/monitor-a.crt\"\nkey = \"{0}/monitor-a.key\"\nserver_name = \"vnamed.test\"\n\
+             [[monitor.check]]\npool = \"www.example.test.\"\nkind = \"tcp\"\ntarget = \"{1}\"\ninterval = \"100ms\"\nrise = 1\n",
+            dir.display(),
+            backend.local_addr().unwrap()
+        ),
+    );
+    let accepted = |a: &Authority| {
+        common::scrape((a.ip, a.metrics))
+            .lines()
+            .find_map(|l| l.strip_prefix("vnamed_reports_accepted_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let up = common::eventually(Duration::from_secs(10), || accepted(&a) >= 2);
+    let log = std::fs::read_to_string(work.path().join("m.log")).unwrap_or_default();
+    assert!(up.is_some(), "the monitor's reports arrive over mutual TLS:\n{log}");
+
+    let cli = |who: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vnamed"))
+            .args(args)
+            .args(["--server", &url, "--server-name", "vnamed.test", "--ca"])
+            .arg(dir.join("ca.crt"))
+            .arg("--cert")
+            .arg(dir.join(format!("{who}.crt")))
+            .arg("--key")
+            .arg(dir.join(format!("{who}.key")))
+            .output()
+            .unwrap()
+    };
+    let set_down = ["member", "www.example.test.", "monitor-a", "--admin", "down"];
+    let refused = cli("monitor-a", &set_down);
+    assert!(!refused.status.success(), "a report certificate cannot administer");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("may not call admin"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let done = cli("ops", &set_down);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_ne!(a.dig("www.example.test A +short").trim(), "127.0.10.1", "monitor-a is down by the operator's word");
+    let status = cli("monitor-a", &["status"]);
+    assert!(status.status.success() && String::from_utf8_lossy(&status.stdout).contains("monitor-a"), "a report certificate may read");
+}

@@ -32,6 +32,9 @@ pub struct ClientTls {
     /// This client's certificate and key, for servers that ask for one.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the
+    /// URL's host (an address, say).
+    pub server_name: Option<String>,
 }
 
 /// What a credential may call.

@@ -138,6 +138,9 @@ pub fn client_names(cert: &CertificateDer<'_>) -> Vec<String> {
 pub fn client_config(t: &ClientTls) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
     let read = |p: &PathBuf| std::fs::read(p).map_err(|e| TlsError::File { path: p.clone(), why: e.to_string() });
     let mut c = tonic::transport::ClientTlsConfig::new();
+    if let Some(name) = &t.server_name {
+        c = c.domain_name(name.clone());
+    }
     if let Some(ca) = &t.ca {
         c = c.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
     }
