@@ -285,3 +285,59 @@ fn monitors_and_the_cli_speak_mutual_tls() {
     let status = cli("monitor-a", &["status"]);
     assert!(status.status.success() && String::from_utf8_lossy(&status.stdout).contains("monitor-a"), "a report certificate may read");
 }
+
+/// A farm listens with mutual TLS: its monitor reports over https with a
+/// client certificate and the farm's pick reaches the authority; a
+/// monitor without a certificate gets nothing through.
+#[test]
+fn a_farm_listens_with_mutual_tls() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let dir = pki_dir.path();
+    pki(dir);
+    let (b1, stray, farm_ip) = (common::unique_ip(), common::unique_ip(), common::unique_ip());
+    let _l1 = std::net::TcpListener::bind((b1, 8080)).unwrap();
+    let _l2 = std::net::TcpListener::bind((stray, 8080)).unwrap();
+    let pool = "[[pool]]\nname = \"www.example.test.\"\nstale_after = \"2s\"\nmembers = [ { id = \"east\", farm = \"east\" } ]\n";
+    let a = Authority::in_process(&[("example.test.zone", ZONE)], pool);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let _farm = common::spawn_role(
+        w,
+        "farm",
+        "east",
+        &format!(
+            "[farm]\nname = \"east\"\nlisten = \"{farm_ip}:7460\"\nreport_to = [\"{grpc}\"]\nmode = \"entity\"\nrefresh = \"300ms\"\n\
+             [farm.tls]\ncert = \"{0}/server.crt\"\nkey = \"{0}/server.key\"\nclient_ca = \"{0}/ca.crt\"\n\
+             [[farm.pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\nstale_after = \"2s\"\n\
+             members = [ {{ id = \"b1\", address = \"{b1}\" }}, {{ id = \"stray\", address = \"{stray}\" }} ]\n",
+            dir.display(),
+            grpc = a.grpc
+        ),
+    );
+    let monitor = |host: &str, backend: std::net::Ipv4Addr, tls: &str| {
+        common::spawn_role(
+            w,
+            "monitor",
+            host,
+            &format!(
+                "[monitor]\nhost = \"{host}\"\nreport_to = [\"https://{farm_ip}:7460\"]\nrefresh = \"200ms\"\n{tls}\n\
+                 [[monitor.check]]\npool = \"www.example.test.\"\nkind = \"tcp\"\ntarget = \"{backend}:8080\"\ninterval = \"100ms\"\nrise = 1\n"
+            ),
+        )
+    };
+    let client_tls = |who: &str| {
+        format!(
+            "[monitor.client_tls]\nca = \"{0}/ca.crt\"\ncert = \"{0}/{who}.crt\"\nkey = \"{0}/{who}.key\"\nserver_name = \"vnamed.test\"",
+            dir.display()
+        )
+    };
+    // Only the stray server's monitor, without a certificate: nothing gets through.
+    let _stray =
+        monitor("stray", stray, &format!("[monitor.client_tls]\nca = \"{}/ca.crt\"\nserver_name = \"vnamed.test\"", dir.display()));
+    std::thread::sleep(Duration::from_millis(1500)); // several refused report rounds
+    assert_eq!(a.dig("www.example.test A +short").trim(), "", "no farm server is known yet");
+    let _b1 = monitor("b1", b1, &client_tls("monitor-a"));
+    let log = || std::fs::read_to_string(w.join("east.log")).unwrap_or_default();
+    let got = common::eventually(Duration::from_secs(10), || a.dig("www.example.test A +short").trim() == b1.to_string());
+    assert!(got.is_some(), "the farm's pick arrives through its TLS listener:\n{}", log());
+}
