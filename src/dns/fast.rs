@@ -133,6 +133,27 @@ fn options_ok(mut rdata: &[u8]) -> bool {
     true
 }
 
+/// Whether the first question's name is compressed or uses a label type
+/// other than a plain label. Nothing precedes the first question but the
+/// header, so a pointer there can only be malformed; and a response that
+/// echoed it would point into its own header.
+pub fn question_malformed(msg: &[u8]) -> bool {
+    if msg.get(4..6).is_none_or(|qd| qd == [0, 0]) {
+        return false;
+    }
+    let mut pos = 12;
+    while let Some(&len) = msg.get(pos) {
+        if len == 0 {
+            return false;
+        }
+        if len & 0xc0 != 0 {
+            return true;
+        }
+        pos += 1 + usize::from(len);
+    }
+    false
+}
+
 /// Whether a request carries an OPT record with malformed options, which
 /// RFC 6891 and RFC 7873 answer with FORMERR (hickory would skip them).
 /// A message that does not parse this far says no: the decoder decides.

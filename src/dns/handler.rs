@@ -18,7 +18,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
-use super::fast::edns_malformed;
+use super::fast::{edns_malformed, question_malformed};
 use super::lookup::lookup;
 use super::metrics::{DnsCounters, Path};
 use super::rrl::Rrl;
@@ -70,6 +70,8 @@ impl DnsHandler {
         }
         let problem = if edns_malformed(&bytes) {
             "malformed EDNS options".to_owned()
+        } else if question_malformed(&bytes) {
+            "a compressed or extended label in the question".to_owned()
         } else {
             match Request::from_bytes(bytes, src, protocol) {
                 Ok(r) => return Decoded::Request(Box::new(r)),

@@ -292,6 +292,19 @@ mod tests {
         out.lock().unwrap().take()
     }
 
+    /// Found by the `request` fuzz target: a question whose name points
+    /// back into the header. hickory reads it, and would echo the pointer
+    /// into a reply that then points into its own header; it gets FORMERR.
+    #[tokio::test]
+    async fn a_question_pointing_into_the_header_gets_formerr() {
+        let handler = DnsHandler::new(Arc::new(ArcSwap::from_pointee(fixture::snapshot())), Vec::new(), Arc::default());
+        let crash = [1, 8, 0, 8, 0, 1, 0, 0, 0, 0, 0, 0, 4, 0, 47, 111, 0, 192, 0, 235, 10, 10, 204, 204, 87, 204, 0];
+        let reply = slow(&handler, &crash).await.expect("a reply");
+        let m = Message::from_vec(&reply).expect("well-formed");
+        assert_eq!(m.metadata.response_code, hickory_proto::op::ResponseCode::FormErr);
+        assert_eq!(reply[..2], crash[..2]);
+    }
+
     /// The fast path is only an optimisation: wherever it answers, the
     /// hickory-server path gives the very same bytes.
     #[tokio::test]
