@@ -133,23 +133,26 @@ fn options_ok(mut rdata: &[u8]) -> bool {
     true
 }
 
-/// Whether the first question's name is compressed or uses a label type
-/// other than a plain label. Nothing precedes the first question but the
-/// header, so a pointer there can only be malformed; and a response that
-/// echoed it would point into its own header.
+/// Whether a question's name is compressed or uses a label type other
+/// than a plain label. Only the header precedes the first question, so a
+/// pointer there can only be malformed, and a response that echoed it
+/// would point into its own header; vnamed answers one question, so a
+/// pointer in a later one is refused as well.
 pub fn question_malformed(msg: &[u8]) -> bool {
-    if msg.get(4..6).is_none_or(|qd| qd == [0, 0]) {
-        return false;
-    }
+    let Some(qd) = msg.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]])) else { return false };
     let mut pos = 12;
-    while let Some(&len) = msg.get(pos) {
-        if len == 0 {
-            return false;
+    for _ in 0..qd {
+        loop {
+            let Some(&len) = msg.get(pos) else { return false };
+            if len & 0xc0 != 0 {
+                return true;
+            }
+            pos += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
         }
-        if len & 0xc0 != 0 {
-            return true;
-        }
-        pos += 1 + usize::from(len);
+        pos += 4; // type and class
     }
     false
 }

@@ -299,10 +299,15 @@ mod tests {
     async fn a_question_pointing_into_the_header_gets_formerr() {
         let handler = DnsHandler::new(Arc::new(ArcSwap::from_pointee(fixture::snapshot())), Vec::new(), Arc::default());
         let crash = [1, 8, 0, 8, 0, 1, 0, 0, 0, 0, 0, 0, 4, 0, 47, 111, 0, 192, 0, 235, 10, 10, 204, 204, 87, 204, 0];
-        let reply = slow(&handler, &crash).await.expect("a reply");
-        let m = Message::from_vec(&reply).expect("well-formed");
-        assert_eq!(m.metadata.response_code, hickory_proto::op::ResponseCode::FormErr);
-        assert_eq!(reply[..2], crash[..2]);
+        // And one with twenty questions, a later one pointing back.
+        let mut many = vec![46, 8, 1, 0, 0, 20, 0, 0, 0, 0, 0, 0, 3, b'w', b'w', b'w', 0, 0, 1, 0, 1];
+        many.extend_from_slice(&[192, 12, 0, 1, 0, 1]);
+        for bytes in [&crash[..], &many] {
+            let reply = slow(&handler, bytes).await.expect("a reply");
+            let m = Message::from_vec(&reply).expect("well-formed");
+            assert_eq!(m.metadata.response_code, hickory_proto::op::ResponseCode::FormErr);
+            assert_eq!(reply[..2], bytes[..2]);
+        }
     }
 
     /// The fast path is only an optimisation: wherever it answers, the
