@@ -8,7 +8,7 @@
 //! The counts live in one table of atomic words shared by every UDP
 //! worker (no lock on the fast path): an entry holds a tag of its key's
 //! hash, the second it counts for and the count. A colliding key takes the
-//! entry over, which can only let a response through. The hash is keyed
+//! entry over, which can only let a response through. The hash is seeded
 //! per process, so clients cannot aim collisions. Time is passed in.
 
 use std::hash::{BuildHasher, Hasher};
@@ -76,7 +76,9 @@ pub struct Rrl {
     v4_prefix: u8,
     v6_prefix: u8,
     exempt: Vec<IpNet>,
-    hasher: std::collections::hash_map::RandomState,
+    /// foldhash, seeded per process: a few nanoseconds a response,
+    /// where SipHash cost the fast path 1-5%.
+    hasher: foldhash::fast::RandomState,
     table: Box<[AtomicU64]>,
     epoch: std::time::Instant,
     pub counters: RrlCounters,

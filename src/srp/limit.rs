@@ -84,16 +84,26 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_new_sources_fills_no_memory_and_keeps_first_requests() {
+    fn a_flood_of_new_sources_never_shuts_out_the_next_one() {
         let l = Limiter::new(1, 2);
         let t = Instant::now();
-        // Far more sources than slots: each lands in one slot of a table
-        // whose size never changes.
+        // Far more sources than any table holds, all active at once: each
+        // new one still has its first request (a table that keeps every
+        // source until it is idle turns them away once it is full).
         let allowed = (0..1_000_000u32).filter(|i| l.allow(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), t)).count();
         assert_eq!(allowed, 1_000_000, "a new source always has its first request");
-        assert_eq!(l.slots.len(), SLOTS);
         // A source seen before still has its bucket unless another took its slot.
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!((0..5).filter(|_| l.allow(a, t)).count(), 2, "its burst");
+    }
+
+    #[test]
+    fn the_table_never_grows() {
+        let l = Limiter::new(1, 2);
+        let t = Instant::now();
+        for i in 0..200_000u32 {
+            l.allow(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), t);
+        }
+        assert_eq!(l.slots.len(), SLOTS);
     }
 }
