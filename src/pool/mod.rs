@@ -5,6 +5,7 @@ pub mod overrides;
 pub mod policy;
 pub mod report;
 pub mod saved;
+pub mod share;
 pub mod table;
 
 pub use overrides::Overrides;
