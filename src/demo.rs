@@ -122,7 +122,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             load = load.display().to_string(),
         );
         let mc = Config::from_toml(&toml)?.monitor.expect("monitor section");
-        monitors.push(crate::monitor::Monitor::start(mc, shutdown.clone()).await?);
+        // The authority in this process has already fitted the descriptors.
+        let limits = mc.limits.clone();
+        monitors.push(crate::monitor::Monitor::start(mc, &limits, shutdown.clone()).await?);
     }
 
     let dns = args.dns;

@@ -230,16 +230,23 @@ s.sendto(b'y' * 3000, ('$vip2', 80))
 # Malformed frames, sent raw to the dispatcher's MAC: a bad IP checksum and
 # a TCP header cut short.
 dmac=$(in_ns c ip neigh show "$vip2" | awk '{print $5}')
-in_ns c python3 -c "
-import socket, struct
+# What every raw frame from the client needs: a packet socket on its link,
+# the Ethernet header to the dispatcher's MAC, the Internet checksum.
+raw_frames="
+import socket, struct, random
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(('vc', 0))
 dst = bytes.fromhex('$dmac'.replace(':', ''))
 src = open('/sys/class/net/vc/address').read().strip().replace(':', '')
 eth = dst + bytes.fromhex(src) + b'\x08\x00'
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    c = sum(struct.unpack('!%dH' % (len(b) // 2), b)); c = (c & 0xffff) + (c >> 16); return ~((c & 0xffff) + (c >> 16)) & 0xffff
+"
+in_ns c python3 -c "$raw_frames
 def ip(total, proto, csum_ok=True):
     h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, total, 1, 0, 64, proto, 0, socket.inet_aton('$net.50'), socket.inet_aton('$vip2'))
-    c = sum(struct.unpack('!10H', h)); c = (c & 0xffff) + (c >> 16); c = ~((c & 0xffff) + (c >> 16)) & 0xffff
+    c = csum(h)
     if not csum_ok: c ^= 0x1234
     return h[:10] + struct.pack('!H', c) + h[12:]
 tcp = struct.pack('!HHIIBBHHH', 40000, 80, 1, 0, 0x50, 0x02, 65535, 0, 0)
@@ -256,16 +263,7 @@ wait_for 3 counted || fail "drops not counted: $(in_ns c curl -s "http://$disp_i
 echo "UDP, fragmented and malformed frames to $vip2: dropped and counted"
 # A SYN flood from 20,000 spoofed sources, sent raw as fast as it goes: the
 # map holds at most max_connections (3000), evicting half-open entries.
-in_ns c python3 -c "
-import socket, struct, random
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind(('vc', 0))
-dst = bytes.fromhex('$dmac'.replace(':', ''))
-src = open('/sys/class/net/vc/address').read().strip().replace(':', '')
-eth = dst + bytes.fromhex(src) + b'\x08\x00'
-def csum(b):
-    if len(b) % 2: b += b'\0'
-    c = sum(struct.unpack('!%dH' % (len(b) // 2), b)); c = (c & 0xffff) + (c >> 16); return ~((c & 0xffff) + (c >> 16)) & 0xffff
+in_ns c python3 -c "$raw_frames
 vip = socket.inet_aton('$vip2')
 for i in range(20000):
     ip_src = socket.inet_aton('10.99.%d.%d' % (i >> 8 & 255, i & 255))

@@ -50,6 +50,8 @@ pub enum Scope {
 }
 
 impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Report, Scope::Ring, Scope::Admin];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Report => "report",

@@ -84,8 +84,12 @@ impl ConnMap {
 
     /// At most `capacity` connections.
     pub fn with_capacity(mut self, capacity: usize) -> Self {
-        self.per_shard = (capacity / SHARDS).max(1);
+        self.set_capacity(capacity);
         self
+    }
+
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.per_shard = (capacity / SHARDS).max(1);
     }
 
     /// Half-open entries evicted to make room, so far.

@@ -162,8 +162,7 @@ impl Engine {
 
     /// At most `capacity` connections in the map.
     pub fn with_capacity(mut self, capacity: usize) -> Self {
-        self.conns =
-            std::mem::replace(&mut self.conns, ConnMap::new(Duration::ZERO, Duration::ZERO, Instant::now())).with_capacity(capacity);
+        self.conns.set_capacity(capacity);
         self
     }
 

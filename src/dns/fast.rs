@@ -253,6 +253,20 @@ impl Dynamic {
     }
 }
 
+/// The key `parse` leaves for a question, without its shape byte (the
+/// lower-cased wire name, then the type): how the slow path keys a
+/// question it answers, so rate limiting counts both paths alike.
+pub fn question_key(name: &Name, qtype: RecordType) -> Vec<u8> {
+    let mut key = Vec::with_capacity(64);
+    for label in name.iter() {
+        key.push(label.len() as u8);
+        key.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    key.push(0);
+    key.extend_from_slice(&u16::from(qtype).to_be_bytes());
+    key
+}
+
 /// A response the fast path wrote.
 #[derive(Debug, Clone, Copy)]
 pub struct FastReply {
@@ -496,6 +510,16 @@ mod tests {
         bytes.extend_from_slice(&(options.len() as u16).to_be_bytes());
         bytes.extend_from_slice(options);
         bytes
+    }
+
+    #[test]
+    fn the_slow_path_keys_a_question_as_the_fast_path_does() {
+        let t = table(&snap());
+        let mut out = [0u8; 4096];
+        let mut key = [0u8; MAX_KEY];
+        let reply = t.respond_keyed(&query("NS1.Example.", RecordType::A, None, 1), &mut out, 0, &mut key).expect("answered");
+        let name = Name::from_ascii("NS1.Example.").unwrap();
+        assert_eq!(&key[..reply.name_and_type], &question_key(&name, RecordType::A)[..]);
     }
 
     #[test]

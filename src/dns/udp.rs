@@ -195,16 +195,8 @@ pub async fn respond(
     let limit = request.max_payload().clamp(512, UDP_PAYLOAD);
     // The question as the fast path keys it: lower-cased name, then type.
     let limiter = handler.rrl().filter(|r| r.applies(src.ip())).map(|r| {
-        let mut key = Vec::with_capacity(64);
-        if let Some(q) = request.queries.queries().first() {
-            for label in Name::from(q.name()).iter() {
-                key.push(label.len() as u8);
-                key.extend(label.iter().map(u8::to_ascii_lowercase));
-            }
-            key.push(0);
-            key.extend_from_slice(&u16::from(q.query_type()).to_be_bytes());
-        }
-        Limiter { rrl: r.clone(), client: src.ip(), key: key.into() }
+        let key = request.queries.queries().first().map(|q| fast::question_key(&Name::from(q.name()), q.query_type()));
+        Limiter { rrl: r.clone(), client: src.ip(), key: key.unwrap_or_default().into() }
     });
     handler.handle_request::<_, TokioTime>(&request, UdpReply { send, limit, limiter }).await;
 }

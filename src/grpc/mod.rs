@@ -77,8 +77,7 @@ pub struct Credentials {
 impl Credentials {
     /// `token`: the shared token of earlier versions, allowed everything.
     pub fn new(token: Option<&str>, list: &[Credential], mutual_tls: bool) -> Self {
-        let all = vec![Scope::Report, Scope::Ring, Scope::Admin];
-        let mut tokens: Vec<(Arc<str>, Vec<Scope>)> = token.map(|t| (Arc::from(t), all)).into_iter().collect();
+        let mut tokens: Vec<(Arc<str>, Vec<Scope>)> = token.map(|t| (Arc::from(t), Scope::ALL.to_vec())).into_iter().collect();
         tokens.extend(list.iter().filter_map(|c| c.token.as_deref().map(|t| (Arc::from(t), c.scopes.clone()))));
         let clients: Vec<_> = list.iter().filter_map(|c| c.client.clone().map(|n| (n, c.scopes.clone()))).collect();
         let any_client = mutual_tls && clients.is_empty();
@@ -90,15 +89,14 @@ impl Credentials {
     fn granted(&self, token: Option<&str>, peer: Option<&Peer>) -> Result<Granted, Status> {
         let names = peer.map(|p| &p.names[..]).unwrap_or_default();
         if self.open || (self.any_client && !names.is_empty()) {
-            return Ok(Granted(vec![Scope::Report, Scope::Ring, Scope::Admin]));
+            return Ok(Granted(Scope::ALL.to_vec()));
         }
         let by_token = token.and_then(|given| self.tokens.iter().find(|(t, _)| same(t, given)).map(|(_, s)| s));
         let by_name = self.clients.iter().filter(|(n, _)| names.contains(n)).map(|(_, s)| s);
-        let mut scopes: Vec<Scope> = by_token.into_iter().chain(by_name).flatten().copied().collect();
+        let scopes: Vec<Scope> = by_token.into_iter().chain(by_name).flatten().copied().collect();
         if scopes.is_empty() {
             return Err(Status::unauthenticated("a valid credential is required (authorization: Bearer <token>, or a client certificate)"));
         }
-        scopes.dedup();
         Ok(Granted(scopes))
     }
 }

@@ -138,7 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ))
     });
     let has_ring = ring.is_some();
-    let monitor = Monitor::start(mc, shutdown.clone()).await?;
+    let monitor = Monitor::start(mc, &limits, shutdown.clone()).await?;
     let srp_counters = Arc::new(crate::srp::SrpCounters::default());
     if let Some(srp) = config.srp.clone() {
         let sockets = crate::srp::server::bind_at_start(&srp).map_err(anyhow::Error::msg)?;
@@ -222,7 +222,9 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub async fn start(mc: MonitorConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    /// Starts the checks and, with `listen`, the push listener under `limits`
+    /// (the configured ones, fitted to the process's descriptors).
+    pub async fn start(mc: MonitorConfig, limits: &crate::config::Limits, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let (version, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             host: mc.host.clone(),
@@ -250,14 +252,14 @@ impl Monitor {
             push_addr = Some(listener.local_addr()?);
             let svc = StatusServer::new(PushService { shared: shared.clone(), checks: Arc::new(mc.check.clone()) });
             let stop = shutdown.clone();
-            let limits = crate::sys::accept::fitted(&mc.limits);
-            let gate = crate::sys::accept::Gate::grpc(listener, &limits);
+            let gate = crate::sys::accept::Gate::grpc(listener, limits);
+            let idle = limits.grpc_idle;
             let tls =
                 mc.tls.as_ref().map(crate::grpc::tls::Reloading::start).transpose().map_err(|e| anyhow::anyhow!("monitor.tls: {e}"))?;
             tasks.spawn(async move {
                 let host = crate::grpc::v1::host_server::HostServer::new(HostService);
                 let routes = tonic::service::Routes::new(svc).add_service(host);
-                if let Err(error) = crate::grpc::serve::serve(gate, tls, routes, limits.grpc_idle, stop).await {
+                if let Err(error) = crate::grpc::serve::serve(gate, tls, routes, idle, stop).await {
                     warn!(%error, "push listener stopped");
                 }
             });

@@ -59,9 +59,9 @@ pub struct Gate {
     backoff: Duration,
     exhausted: bool,
     was_full: bool,
-    /// When full, close the connection silent longest to make room.
-    evict: bool,
-    open: Arc<Open>,
+    /// For an evicting gate, its connections: when full, the one silent
+    /// longest is closed to make room. Other gates track nothing.
+    open: Option<Arc<Open>>,
 }
 
 /// The connections a gate holds, for eviction.
@@ -100,8 +100,7 @@ impl Gate {
             backoff: Duration::ZERO,
             exhausted: false,
             was_full: false,
-            evict: false,
-            open: Arc::new(Open { epoch: std::time::Instant::now(), next: Default::default(), live: Mutex::default() }),
+            open: None,
         }
     }
 
@@ -109,15 +108,15 @@ impl Gate {
     /// `EVICT_AFTER`) instead of making new ones wait: for DNS over TCP,
     /// where idle clients must not keep out the ones with a query.
     pub fn evicting(mut self) -> Self {
-        self.evict = true;
+        self.open = Some(Arc::new(Open { epoch: std::time::Instant::now(), next: Default::default(), live: Mutex::default() }));
         self
     }
 
     /// Marks the connection silent longest for closing, if one has been
     /// silent at least `EVICT_AFTER`.
-    fn evict_idlest(&self) {
-        let now = self.open.now_ms();
-        let Ok(live) = self.open.live.lock() else { return };
+    fn evict_idlest(&self, open: &Open) {
+        let now = open.now_ms();
+        let Ok(live) = open.live.lock() else { return };
         let idlest = live
             .values()
             .filter(|l| !l.evicted.load(Ordering::Relaxed))
@@ -165,10 +164,10 @@ impl Gate {
                         warn!(listener = self.name, cap = self.cap, "connection cap reached; new connections wait");
                     }
                     loop {
-                        if self.evict {
-                            self.evict_idlest();
+                        if let Some(open) = &self.open {
+                            self.evict_idlest(open);
                         }
-                        let wait = if self.evict { EVICT_AFTER } else { Duration::MAX };
+                        let wait = if self.open.is_some() { EVICT_AFTER } else { Duration::MAX };
                         if let Ok(p) = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
                             break p.expect("the semaphore is never closed");
                         }
@@ -184,7 +183,7 @@ impl Gate {
                     self.backoff = Duration::ZERO;
                     self.counters.accepted.inc();
                     let _ = stream.set_nodelay(true);
-                    let slot = Slot::new(permit, self.counters.clone(), self.open.clone());
+                    let slot = Slot::new(permit, self.counters.clone(), self.open.as_ref());
                     let guarded = Guarded::new(stream, self.handshake, self.idle, slot);
                     return (guarded, peer);
                 }
@@ -214,46 +213,64 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
     counters: Arc<GateCounters>,
+    /// Under an evicting gate: what it sees of this connection.
+    tracked: Option<Tracked>,
+}
+
+/// An open connection in its evicting gate's table; leaves it on drop.
+#[derive(Debug)]
+struct Tracked {
     open: Arc<Open>,
     id: u64,
     live: Arc<Live>,
 }
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit, counters: Arc<GateCounters>, open: Arc<Open>) -> Self {
+    fn new(permit: OwnedSemaphorePermit, counters: Arc<GateCounters>, open: Option<&Arc<Open>>) -> Self {
         counters.open.add(1);
-        let id = open.next.fetch_add(1, Ordering::Relaxed);
-        let live = Arc::new(Live::default());
-        live.last_read.store(open.now_ms(), Ordering::Relaxed);
-        if let Ok(mut l) = open.live.lock() {
-            l.insert(id, live.clone());
-        }
-        Self { _permit: permit, counters, open, id, live }
+        let tracked = open.map(|open| {
+            let id = open.next.fetch_add(1, Ordering::Relaxed);
+            let live = Arc::new(Live::default());
+            live.last_read.store(open.now_ms(), Ordering::Relaxed);
+            if let Ok(mut l) = open.live.lock() {
+                l.insert(id, live.clone());
+            }
+            Tracked { open: open.clone(), id, live }
+        });
+        Self { _permit: permit, counters, tracked }
     }
 
     fn read(&self) {
-        self.live.last_read.store(self.open.now_ms(), Ordering::Relaxed);
+        if let Some(t) = &self.tracked {
+            t.live.last_read.store(t.open.now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// Whether the gate wants this connection closed; if not, `cx` is
     /// woken when it does.
     fn evicted(&self, cx: &Context<'_>) -> bool {
-        if self.live.evicted.load(Ordering::Relaxed) {
+        let Some(t) = &self.tracked else { return false };
+        if t.live.evicted.load(Ordering::Relaxed) {
             return true;
         }
-        if let Ok(mut w) = self.live.waker.lock()
+        if let Ok(mut w) = t.live.waker.lock()
             && !w.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
         {
             *w = Some(cx.waker().clone());
         }
         // Evicted between the check and storing the waker: seen now.
-        self.live.evicted.load(Ordering::Relaxed)
+        t.live.evicted.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.counters.open.sub(1);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
         if let Ok(mut l) = self.open.live.lock() {
             l.remove(&self.id);
         }
