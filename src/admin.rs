@@ -242,19 +242,31 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
             .iter()
             .find(|p| p.name.trim_end_matches('.').eq_ignore_ascii_case(&want))
             .ok_or_else(|| anyhow::anyhow!("no pool named {name}"))?;
-        println!("{}  policy={}  answer: {}", p.name, p.policy, if p.servfail { "SERVFAIL".into() } else { p.answer.join(", ") });
-        println!("  {:<4} {:<12} {:<28} {:<18} {:>10} {:>8}  metrics", "rank", "member", "address", "state", "score", "age");
+        println!(
+            "{}  policy={} select={} ttl={}  answer: {}",
+            p.name,
+            p.policy,
+            p.select,
+            p.ttl,
+            if p.servfail { "SERVFAIL".into() } else { p.answer.join(", ") }
+        );
+        println!("  {:<4} {:<12} {:<28} {:<18} {:>10} {:>7} {:>8}  metrics", "rank", "member", "address", "state", "score", "share", "age");
         let mut members: Vec<_> = p.members.iter().collect();
         members.sort_by_key(|m| if m.rank == 0 { u32::MAX } else { m.rank });
         for m in members {
             let rank = if m.rank == 0 { "-".to_owned() } else { m.rank.to_string() };
             let score = m.score.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into());
+            let share = m.share.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_else(|| "-".into());
             let age = m.report_age.map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into());
             let mut metrics: Vec<String> = m.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
             metrics.sort();
-            println!("  {rank:<4} {:<12} {:<28} {:<18} {score:>10} {age:>8}  {}", m.id, m.address, m.state, metrics.join(" "));
+            println!("  {rank:<4} {:<12} {:<28} {:<18} {score:>10} {share:>7} {age:>8}  {}", m.id, m.address, m.state, metrics.join(" "));
         }
-        println!("  (members in service ranked by the policy; the first {} form the answer)", p.answer.len());
+        if p.select == "shares" {
+            println!("  (each member in service gets its share of the answers: see the share column)");
+        } else {
+            println!("  (members in service ranked by the policy; the first {} form the answer)", p.answer.len());
+        }
         return Ok(());
     }
     let ring = ring_client(&args.server).await?.table(crate::grpc::v1::TableRequest {}).await;
@@ -270,7 +282,8 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         for m in p.members {
             let load = m.load.map(|l| format!("{l:.2}")).unwrap_or_else(|| "-".into());
             let mark = if m.in_answer { "*" } else { " " };
-            println!("  {mark} {:<12} {:<40} {:<18} weight={:<3} load={}", m.id, m.address, m.state, m.weight, load);
+            let share = m.share.map(|s| format!(" share={:.1}%", s * 100.0)).unwrap_or_default();
+            println!("  {mark} {:<12} {:<40} {:<18} weight={:<3} load={}{share}", m.id, m.address, m.state, m.weight, load);
         }
     }
     if let Ok(t) = ring {

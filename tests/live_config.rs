@@ -16,7 +16,7 @@ fn at(from_now: Duration) -> String {
 #[test]
 fn pool_edits_take_effect_while_serving() {
     let pool = |members: &str, policy: &str, extra: &str| {
-        format!("[[pool]]\nname = \"www.example.test.\"\npolicy = \"{policy}\"\nmembers = [ {members} ]\n{extra}")
+        format!("[[pool]]\nname = \"www.example.test.\"\npolicy = \"{policy}\"\nselect = \"best\"\nmembers = [ {members} ]\n{extra}")
     };
     let web1 = r#"{ id = "web1", address = "127.0.10.1" }"#;
     let web2 = r#"{ id = "web2", address = "127.0.10.2" }"#;

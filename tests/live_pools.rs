@@ -18,6 +18,7 @@ const POOL: &str = r#"
 [[pool]]
 name = "www.example.test."
 policy = "least-loaded"
+select = "best"
 answers = 1
 members = [ { id = "web1", address = "127.0.10.1", weight = 1 },
             { id = "web2", address = "127.0.10.2", weight = 3 },

@@ -13,6 +13,7 @@ const POOL: &str = r#"
 [[pool]]
 name = "www.example.test."
 policy = "priority"
+select = "best"
 answers = 1
 ttl = 5
 fallback = "servfail"

@@ -14,6 +14,7 @@ fn python_grpcio_client_reports_and_reads_the_snapshot() {
 [[pool]]
 name = "www.example.test."
 policy = "least-loaded"
+select = "best"
 members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
 "#;
     let a = Authority::in_process_with(&[("example.test.zone", ZONE)], pool, "token = \"py-token\"");

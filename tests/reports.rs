@@ -18,6 +18,7 @@ const POOL: &str = r#"
 [[pool]]
 name = "www.example.test."
 policy = "least-loaded"
+select = "best"
 stale_after = "1s"
 fallback = "servfail"
 members = [ { id = "web1", address = "127.0.10.1" },

@@ -13,12 +13,14 @@ const POOLS: &str = r#"
 [[pool]]
 name = "www.example.test."
 policy = "priority"
+select = "best"
 stale_after = "60s"
 members = [ { id = "h2", address = "127.0.20.2" }, { id = "h5", address = "127.0.20.5" }, { id = "h6", address = "127.0.20.6" } ]
 
 [[pool]]
 name = "api.example.test."
 policy = "priority"
+select = "best"
 members = [ { id = "h2", address = "127.0.20.2" }, { id = "h6", address = "127.0.20.6" } ]
 "#;
 

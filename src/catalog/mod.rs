@@ -12,7 +12,7 @@
 mod files;
 mod publish;
 
-use publish::{answer_for, preferred, same};
+use publish::{answer_for, preferred, same, same_records};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::Now;
 use crate::config::{Config, PolicyName, PoolConfig};
@@ -130,6 +130,9 @@ pub struct PoolStatus {
     pub members: Vec<MemberStatus>,
     /// Settings from the API rather than the configuration, one per line.
     pub overrides: Vec<String>,
+    /// "shares" or "best".
+    pub select: &'static str,
+    pub ttl: u32,
 }
 
 struct ZoneState {
@@ -508,10 +511,15 @@ impl Catalog {
             };
         let decision = if restored {
             let rotate = pool.policy == PolicyName::RoundRobin;
+            let ttl = pool.ttl_range.map(|(min, _)| min).unwrap_or(pool.ttl);
+            // Shares are not kept: the members served before share equally
+            // until the next decision.
+            let shared = pool.shares();
+            let shares = if shared && !servfail { vec![1.0 / previous.len().max(1) as f64; previous.len()] } else { Vec::new() };
             if !servfail {
                 self.table.restore_last_known(i, previous.clone());
             }
-            Some(Decision { addresses: previous, rotate, servfail, every: false })
+            Some(Decision { shares, ..Decision::plain(previous, rotate && !shared, servfail, ttl) })
         } else {
             self.table.decide_anyway(i, now)
         };
@@ -561,19 +569,31 @@ impl Catalog {
                 return None;
             }
         };
-        if zone.answers.get(&pool.key).is_some_and(|a| same(a, &decision, pool.answers)) {
+        let served = zone.answers.get(&pool.key);
+        if served.is_some_and(|a| same(a, &decision, pool.answers)) {
             return None;
         }
-        info!(pool = %pool.name, answer = ?decision.addresses, servfail = decision.servfail, "answer changed");
+        let records_moved = !served.is_some_and(|a| same_records(a, &decision, pool.answers));
         let answer = answer_for(pool, decision);
-        zone.serial = zone.serial.wrapping_add(1);
-        zone.sync.touch();
+        if records_moved {
+            info!(pool = %pool.name, answer = ?answer.addresses, shares = ?answer.shares, ttl = answer.ttl, servfail = answer.servfail, "answer changed");
+            zone.serial = zone.serial.wrapping_add(1);
+            zone.sync.touch();
+        } else {
+            debug!(pool = %pool.name, shares = ?answer.shares, "shares moved");
+        }
         let (key, name) = (pool.key.clone(), pool.name.clone());
         let origin = self.pool_zone.get(i).cloned()?;
         self.put_answer(&origin, &key, &name, Some(Arc::new(answer)));
         self.counters.answer_changes.inc();
         self.members_due.insert(i);
-        Some(origin)
+        // Only a change of the records moves the serial and tells secondaries.
+        if records_moved {
+            Some(origin)
+        } else {
+            self.publish();
+            None
+        }
     }
 
     /// Publishes and tells secondaries about the zones whose serial moved.
@@ -754,16 +774,17 @@ impl Catalog {
                 error!(pool = %p.name, "internal: a pool without an answer is left out of the status");
                 continue;
             };
-            let shown: Vec<IpAddr> =
-                if answer.rotate { answer.addresses.clone() } else { answer.addresses.iter().take(answer.answers).cloned().collect() };
+            let shown: Vec<IpAddr> = answer.shown().to_vec();
             out.push(PoolStatus {
                 name: p.name.to_string(),
                 policy: format!("{:?}", p.policy),
                 zone: zone.file.data.origin.to_string(),
                 serial: zone.serial,
                 servfail: answer.servfail,
-                members: self.table.members_status(i, &shown, now),
+                members: self.table.members_status(i, &answer.addresses, &answer.shares, now),
                 overrides: p.overrides.lines(),
+                select: if p.shares() { "shares" } else { "best" },
+                ttl: answer.ttl,
                 answer: shown,
             });
         }
@@ -888,7 +909,7 @@ members = [ { id = "d", address = "127.0.0.4" } ]
         let mut out = [0u8; 512];
         let mut q = hickory_proto::op::Message::new(1, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
         q.add_query(hickory_proto::op::Query::query(Name::from_ascii("one.example.").unwrap(), RecordType::SOA));
-        let n = c.snapshot.load().fast.respond(&q.to_vec().unwrap(), &mut out, 0).unwrap();
+        let n = c.snapshot.load().fast.respond(&q.to_vec().unwrap(), &mut out).unwrap();
         let soa = hickory_proto::op::Message::from_vec(&out[..n]).unwrap();
         let serial = c.snapshot.load().zones[&origin("one.example.")].serial;
         assert!(

@@ -19,7 +19,7 @@ use crate::pool::{Decision, PoolState};
 /// The answer a pool gives for a decision, counted with the pool's counters.
 pub(super) fn answer_for(pool: &PoolState, d: Decision) -> PoolAnswer {
     let per_answer = per_answer(&d, pool.answers);
-    let mut a = PoolAnswer::new(pool.name.clone(), pool.ttl, d.addresses, per_answer, d.rotate, d.servfail);
+    let mut a = PoolAnswer::new(pool.name.clone(), d.ttl, d.addresses, per_answer, d.rotate, d.servfail).with_shares(d.shares);
     a.counters = pool.counters.clone();
     a.preferred = preferred(pool, &a.addresses);
     a
@@ -54,7 +54,13 @@ fn per_answer(d: &Decision, answers: usize) -> usize {
 
 /// Whether `a` already serves decision `d` (of a pool answering `answers`).
 pub(super) fn same(a: &PoolAnswer, d: &Decision, answers: usize) -> bool {
-    a.addresses == d.addresses && a.rotate == d.rotate && a.servfail == d.servfail && a.answers == per_answer(d, answers)
+    same_records(a, d, answers) && a.shares == d.shares
+}
+
+/// Whether `a` holds the records decision `d` gives (the zone's content:
+/// the shares they are drawn by are not in it).
+pub(super) fn same_records(a: &PoolAnswer, d: &Decision, answers: usize) -> bool {
+    a.addresses == d.addresses && a.rotate == d.rotate && a.servfail == d.servfail && a.answers == per_answer(d, answers) && a.ttl == d.ttl
 }
 
 impl Catalog {
@@ -166,7 +172,7 @@ impl Catalog {
     pub(super) fn refresh_health(&mut self, i: PoolId, now: Instant) {
         let Ok((pool, zone)) = self.zone_ref(i) else { return };
         let Some(answer) = zone.answers.get(&pool.key) else { return };
-        let shown = if answer.rotate { &answer.addresses[..] } else { &answer.addresses[..answer.addresses.len().min(answer.answers)] };
+        let shown = answer.shown();
         let shown: &[IpAddr] = if answer.servfail { &[] } else { shown };
         let index: Option<std::collections::HashSet<IpAddr>> = (shown.len() > 8).then(|| shown.iter().copied().collect());
         let members: Arc<[MemberHealth]> = pool

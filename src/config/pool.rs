@@ -66,6 +66,18 @@ pub enum Fallback {
     Servfail,
 }
 
+/// How a pool's policy turns into answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    /// Every member in service gets a share of the answers, from the
+    /// policy's metric (see `pool::share`).
+    #[default]
+    Shares,
+    /// Only the policy's best `answers` members are answered.
+    Best,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
@@ -86,7 +98,45 @@ pub struct PoolConfig {
     /// counts for (1 - smoothing), the previous smoothed value for the rest.
     #[serde(default)]
     pub smoothing: f64,
+    /// Shares of the answers (the default) or only the best members.
+    #[serde(default)]
+    pub select: Select,
+    /// How long a member coming back takes to reach its full share.
+    #[serde(default = "default_slow_start", with = "humantime_serde")]
+    pub slow_start: Duration,
+    /// The most a member's share moves per `step` (0.2 = 20 points),
+    /// unless it leaves service.
+    #[serde(default = "default_max_shift")]
+    pub max_shift: f64,
+    /// Shares move only when some member's differs by more than this
+    /// fraction of it (0.1: by a tenth).
+    #[serde(default = "default_margin")]
+    pub margin: f64,
+    /// How often shares may move.
+    #[serde(default = "default_step", with = "humantime_serde")]
+    pub step: Duration,
+    /// The metric members' `capacity` is in (default: the policy's).
+    pub capacity_metric: Option<String>,
+    /// Adaptive TTL: short while shares move, longer while they hold.
+    pub ttl_min: Option<u32>,
+    pub ttl_max: Option<u32>,
     pub members: Vec<MemberConfig>,
+}
+
+impl PoolConfig {
+    /// The metric `capacity` is compared with: the one configured, or the
+    /// policy's own.
+    pub fn capacity_metric(&self) -> Option<&str> {
+        self.capacity_metric.as_deref().or(match self.policy {
+            PolicyName::LeastLoaded => Some("load"),
+            PolicyName::FewestConnections => Some("connections"),
+            PolicyName::FewestPending => Some("pending"),
+            PolicyName::Fastest => Some("response_ms"),
+            PolicyName::Throughput => Some("throughput"),
+            PolicyName::Closest => Some("distance"),
+            _ => None,
+        })
+    }
 }
 
 fn default_policy() -> PolicyName {
@@ -101,6 +151,18 @@ fn default_ttl() -> u32 {
 fn default_stale() -> Duration {
     Duration::from_secs(3)
 }
+fn default_slow_start() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_shift() -> f64 {
+    0.2
+}
+fn default_margin() -> f64 {
+    0.1
+}
+fn default_step() -> Duration {
+    Duration::from_secs(1)
+}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,8 +172,13 @@ pub struct MemberConfig {
     /// monitor tells which server to answer with.
     pub address: Option<IpAddr>,
     pub farm: Option<String>,
+    /// The member's size relative to the others: its share is
+    /// proportional to it (under every policy that shares).
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Past this value of the pool's capacity metric the member gets no
+    /// new clients until it drops below it.
+    pub capacity: Option<f64>,
     /// End of the member's lifetime (RFC 3339, e.g. "2026-12-01T00:00:00Z"):
     /// it leaves the answers at that time.
     pub until: Option<Time>,
@@ -177,6 +244,28 @@ pub(super) fn check_pools(prefix: &str, pools: &[PoolConfig], problems: &mut Vec
         if !(0.0..1.0).contains(&pool.smoothing) {
             problems.push(format!("{at}: smoothing must be at least 0 and below 1"));
         }
+        if !(pool.max_shift > 0.0 && pool.max_shift <= 1.0) {
+            problems.push(format!("{at}: max_shift must be above 0 and at most 1"));
+        }
+        if !(0.0..1.0).contains(&pool.margin) {
+            problems.push(format!("{at}: margin must be at least 0 and below 1"));
+        }
+        if pool.step.is_zero() {
+            problems.push(format!("{at}: step must be longer than 0"));
+        }
+        match (pool.ttl_min, pool.ttl_max) {
+            (Some(lo), Some(hi)) if lo == 0 || lo > hi => problems.push(format!("{at}: ttl_min must be at least 1 and at most ttl_max")),
+            (Some(_), None) | (None, Some(_)) => problems.push(format!("{at}: ttl_min and ttl_max go together")),
+            _ => {}
+        }
+        if let Some(metric) = &pool.capacity_metric
+            && let Err(e) = ident::check_metric(metric)
+        {
+            problems.push(format!("{at}: capacity_metric {e}"));
+        }
+        if pool.members.iter().any(|m| m.capacity.is_some()) && pool.capacity_metric().is_none() {
+            problems.push(format!("{at}: members have a capacity but policy {} has no metric; set capacity_metric", pool.policy));
+        }
         let mut ids = HashSet::new();
         let mut addresses = HashSet::new();
         for m in &pool.members {
@@ -194,6 +283,9 @@ pub(super) fn check_pools(prefix: &str, pools: &[PoolConfig], problems: &mut Vec
                 } else if !addresses.insert(a) {
                     problems.push(format!("{at}: member {:?}: address {a} is another member's", m.id));
                 }
+            }
+            if m.capacity.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+                problems.push(format!("{at}: member {:?}: capacity must be a positive number", m.id));
             }
             if m.maintenance.iter().any(|w| w.from >= w.until) {
                 problems.push(format!("{at}: member {:?}: maintenance window ends before it starts", m.id));

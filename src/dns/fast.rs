@@ -8,15 +8,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
 use super::handler::UDP_PAYLOAD;
-use super::lookup::{Answer, lookup};
-use super::snapshot::{PoolAnswer, Snapshot};
+use super::lookup::{Answer, lookup_turn};
+use super::snapshot::{PoolAnswer, Snapshot, Turn};
 
 /// Longest wire-format name.
 const MAX_NAME: usize = 255;
@@ -202,10 +202,38 @@ pub struct SerialPatch {
     pub serial: Arc<AtomicU32>,
 }
 
-/// Pre-encoded responses for one key: several for a rotating pool.
+/// Where an entry with several responses is in its cycle. Each entry keeps
+/// its own, so a name's answers follow its schedule whatever else is asked;
+/// it starts at a random place, so a pool re-encoded often does not favour
+/// the start of its schedule.
+#[derive(Debug)]
+pub struct Turns(AtomicUsize);
+
+impl Turns {
+    fn random() -> Self {
+        use std::hash::BuildHasher;
+        Self(AtomicUsize::new(std::collections::hash_map::RandomState::new().hash_one(0u8) as usize))
+    }
+
+    fn next(&self) -> usize {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Clone for Turns {
+    fn clone(&self) -> Self {
+        Self(AtomicUsize::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Pre-encoded responses for one key: several for a rotating pool or one
+/// drawn by shares.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub responses: Box<[Box<[u8]>]>,
+    /// Slot → response, cycled query by query; empty: one after the other.
+    pub order: Box<[u16]>,
+    pub turns: Turns,
     /// The virtual name's counters, for entries of virtual names.
     pub counters: Option<Arc<crate::metrics::PoolCounters>>,
     pub serial: Option<SerialPatch>,
@@ -296,20 +324,27 @@ pub struct FastTable {
 
 impl FastTable {
     /// Answers `req` into `out` if a pre-encoded response fits; returns its length.
-    pub fn respond(&self, req: &[u8], out: &mut [u8], turn: usize) -> Option<usize> {
-        self.respond_keyed(req, out, turn, &mut [0u8; MAX_KEY]).map(|r| r.len)
+    pub fn respond(&self, req: &[u8], out: &mut [u8]) -> Option<usize> {
+        self.respond_keyed(req, out, &mut [0u8; MAX_KEY]).map(|r| r.len)
     }
 
     /// `respond`, leaving the question's key (lower-cased name, type and
     /// shape) in `key` for the caller (response rate limiting).
-    pub fn respond_keyed(&self, req: &[u8], out: &mut [u8], turn: usize, key: &mut [u8; MAX_KEY]) -> Option<FastReply> {
+    pub fn respond_keyed(&self, req: &[u8], out: &mut [u8], key: &mut [u8; MAX_KEY]) -> Option<FastReply> {
         let q = parse(req, key)?;
         let key = &key[..q.key_len];
         let entry = match self.dynamic.get(key) {
             Some(e) => e.as_ref(),
             None => self.stable.get(key)?,
         };
-        let resp = &entry.responses[turn % entry.responses.len()];
+        let resp = match entry.responses.len() {
+            1 => &entry.responses[0],
+            n => {
+                let t = entry.turns.next();
+                let at = if entry.order.is_empty() { t % n } else { usize::from(entry.order[t % entry.order.len()]) };
+                entry.responses.get(at)?
+            }
+        };
         if resp.len() > q.max_size || resp.len() > out.len() {
             return None; // the slow path truncates properly
         }
@@ -391,7 +426,7 @@ fn entries(
     snap: &Snapshot,
     name: &LowerName,
     qtype: RecordType,
-    turns: usize,
+    (turns, order): (usize, &[u16]),
     only_positive: bool,
     counters: Option<&Arc<crate::metrics::PoolCounters>>,
     serial: Option<&Arc<AtomicU32>>,
@@ -401,7 +436,7 @@ fn entries(
         let mut responses = Vec::with_capacity(turns);
         let mut at = None;
         for turn in 0..turns {
-            let answer = lookup(snap, name, qtype, DNSClass::IN, turn);
+            let answer = lookup_turn(snap, name, qtype, DNSClass::IN, Turn::Lead(turn));
             if only_positive && (answer.rcode != ResponseCode::NoError || answer.answers.is_empty() || !answer.authoritative) {
                 return Vec::new();
             }
@@ -415,7 +450,14 @@ fn entries(
             responses.push(bytes);
         }
         let serial = at.zip(serial).map(|(at, s)| SerialPatch { at, serial: s.clone() });
-        out.push((key_of(name, qtype, shape), Entry { responses: responses.into_boxed_slice(), counters: counters.cloned(), serial }));
+        let entry = Entry {
+            responses: responses.into_boxed_slice(),
+            order: order.into(),
+            turns: Turns::random(),
+            counters: counters.cloned(),
+            serial,
+        };
+        out.push((key_of(name, qtype, shape), entry));
     }
     out
 }
@@ -426,7 +468,7 @@ pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>
     let mut table = HashMap::new();
     'zones: for zone in snap.zones.values() {
         let origin = &zone.data.lower_origin;
-        table.extend(entries(snap, origin, RecordType::SOA, 1, false, None, serials.get(origin)));
+        table.extend(entries(snap, origin, RecordType::SOA, (1, &[]), false, None, serials.get(origin)));
         for (name, node) in &zone.data.nodes {
             if zone.pools.contains_key(name) || name.is_wildcard() {
                 continue;
@@ -439,7 +481,7 @@ pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>
                 if table.len() >= MAX_STATIC {
                     break 'zones;
                 }
-                table.extend(entries(snap, name, t, 1, true, None, None));
+                table.extend(entries(snap, name, t, (1, &[]), true, None, None));
             }
         }
     }
@@ -449,10 +491,9 @@ pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>
 /// Pre-encodes one virtual name (every rotation, A and AAAA); NODATA
 /// answers carry the zone's `serial` cell.
 pub fn pool_entries(snap: &Snapshot, name: &LowerName, pool: &PoolAnswer, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Arc<Entry>)> {
-    let turns = if pool.rotate { pool.addresses.len().max(1) } else { 1 };
     [RecordType::A, RecordType::AAAA]
         .into_iter()
-        .flat_map(|t| entries(snap, name, t, turns, false, Some(&pool.counters), Some(serial)))
+        .flat_map(|t| entries(snap, name, t, pool.turns(t == RecordType::AAAA), false, Some(&pool.counters), Some(serial)))
         .map(|(k, e)| (k, Arc::new(e)))
         .collect()
 }
@@ -517,7 +558,7 @@ mod tests {
         let t = table(&snap());
         let mut out = [0u8; 4096];
         let mut key = [0u8; MAX_KEY];
-        let reply = t.respond_keyed(&query("NS1.Example.", RecordType::A, None, 1), &mut out, 0, &mut key).expect("answered");
+        let reply = t.respond_keyed(&query("NS1.Example.", RecordType::A, None, 1), &mut out, &mut key).expect("answered");
         let name = Name::from_ascii("NS1.Example.").unwrap();
         assert_eq!(&key[..reply.name_and_type], &question_key(&name, RecordType::A)[..]);
     }
@@ -530,12 +571,12 @@ mod tests {
         for good in [vec![], cookie(8), cookie(16), cookie(40), [&cookie(8)[..], &[0, 12, 0, 2, 0, 0]].concat()] {
             let q = with_options(&good);
             assert!(!edns_malformed(&q), "{good:?}");
-            assert!(t.respond(&q, &mut out, 0).is_some(), "{good:?}");
+            assert!(t.respond(&q, &mut out).is_some(), "{good:?}");
         }
         for bad in [cookie(0), cookie(7), cookie(41), vec![0, 10], vec![0, 10, 0, 8, 1, 2, 3], vec![0, 12, 0, 4, 0]] {
             let q = with_options(&bad);
             assert!(edns_malformed(&q), "{bad:?}");
-            assert!(t.respond(&q, &mut out, 0).is_none(), "{bad:?}");
+            assert!(t.respond(&q, &mut out).is_none(), "{bad:?}");
         }
         assert!(!edns_malformed(&with_options(&[])[..20]), "cut short: the decoder decides");
     }
@@ -559,7 +600,7 @@ mod tests {
         let t = table(&s);
         let mut out = [0u8; 1232];
         let req = query("nS1.ExAmple.", RecordType::A, Some(true), 0xbeef);
-        let n = t.respond(&req, &mut out, 0).expect("static name is pre-encoded");
+        let n = t.respond(&req, &mut out).expect("static name is pre-encoded");
         let m = Message::from_vec(&out[..n]).unwrap();
         assert_eq!(m.metadata.id, 0xbeef);
         assert!(m.metadata.recursion_desired && m.metadata.authoritative);
@@ -567,17 +608,17 @@ mod tests {
         assert_eq!(m.answers.len(), 1);
         assert!(m.edns.as_ref().unwrap().flags().dnssec_ok);
 
-        let ask = |req: Vec<u8>, turn: usize| {
+        let ask = |req: Vec<u8>| {
             let mut out = [0u8; 1232];
-            let n = t.respond(&req, &mut out, turn)?;
+            let n = t.respond(&req, &mut out)?;
             Some(Message::from_vec(&out[..n]).unwrap())
         };
-        let a = ask(query("www.example.", RecordType::A, None, 1), 0).unwrap();
-        let b = ask(query("www.example.", RecordType::A, None, 1), 1).unwrap();
+        let a = ask(query("www.example.", RecordType::A, None, 1)).unwrap();
+        let b = ask(query("www.example.", RecordType::A, None, 1)).unwrap();
         assert!(a.edns.is_none());
         assert_ne!(a.answers[0].data, b.answers[0].data, "round-robin rotates");
-        assert!(t.respond(&query("alias.example.", RecordType::A, None, 1), &mut out, 0).is_some());
-        let soa = ask(query("example.", RecordType::SOA, None, 1), 0).unwrap();
+        assert!(t.respond(&query("alias.example.", RecordType::A, None, 1), &mut out).is_some());
+        let soa = ask(query("example.", RecordType::SOA, None, 1)).unwrap();
         assert!(matches!(&soa.answers[0].data, hickory_proto::rr::RData::SOA(x) if x.serial == 3));
     }
 
@@ -586,18 +627,18 @@ mod tests {
         let t = table(&snap());
         let mut out = [0u8; 1232];
         for (name, ty) in [("nope.example.", RecordType::A), ("x.w.example.", RecordType::A), ("ns1.example.", RecordType::MX)] {
-            assert!(t.respond(&query(name, ty, None, 1), &mut out, 0).is_none(), "{name} {ty}");
+            assert!(t.respond(&query(name, ty, None, 1), &mut out).is_none(), "{name} {ty}");
         }
         let mut two = Message::from_vec(&query("ns1.example.", RecordType::A, None, 1)).unwrap();
         two.add_query(Query::query(Name::from_ascii("ns1.example.").unwrap(), RecordType::A));
-        assert!(t.respond(&two.to_vec().unwrap(), &mut out, 0).is_none());
+        assert!(t.respond(&two.to_vec().unwrap(), &mut out).is_none());
         let mut bytes = query("ns1.example.", RecordType::A, Some(false), 1);
         bytes.push(0);
-        assert!(t.respond(&bytes, &mut out, 0).is_none(), "trailing bytes");
-        assert!(t.respond(&bytes[..20], &mut out, 0).is_none(), "truncated");
+        assert!(t.respond(&bytes, &mut out).is_none(), "trailing bytes");
+        assert!(t.respond(&bytes[..20], &mut out).is_none(), "truncated");
         let mut response = query("ns1.example.", RecordType::A, None, 1);
         response[2] |= 0x80;
-        assert!(t.respond(&response, &mut out, 0).is_none(), "responses are not queries");
+        assert!(t.respond(&response, &mut out).is_none(), "responses are not queries");
     }
 
     #[test]
@@ -612,7 +653,7 @@ mod tests {
         };
         let ask = |name: &str, ty: RecordType, edns: Option<bool>| {
             let mut out = [0u8; 1232];
-            let n = t.respond(&query(name, ty, edns, 7), &mut out, 0).expect("pre-encoded");
+            let n = t.respond(&query(name, ty, edns, 7), &mut out).expect("pre-encoded");
             Message::from_vec(&out[..n]).unwrap()
         };
         assert_eq!(serial_of(&ask("example.", RecordType::SOA, None)), Some(3));
@@ -637,11 +678,54 @@ mod tests {
         let before = d.get(&key).unwrap().clone();
         let shared = d.shards.iter().zip(t.dynamic.shards.iter()).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
         assert_eq!(shared, SHARDS);
-        d.insert(key.clone(), Arc::new(Entry { responses: before.responses.clone(), counters: None, serial: None }));
+        d.insert(key.clone(), Arc::new(Entry { counters: None, serial: None, ..(*before).clone() }));
         let shared = d.shards.iter().zip(t.dynamic.shards.iter()).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
         assert_eq!(shared, SHARDS - 1, "only the key's shard is copied");
         assert!(Arc::ptr_eq(t.dynamic.get(&key).unwrap(), &before), "the old table is untouched");
         d.remove(&key);
         assert!(d.get(&key).is_none());
+    }
+
+    #[test]
+    fn answers_drawn_by_shares_follow_them_query_by_query_on_both_paths() {
+        let mut s = snap();
+        let www = Name::from_ascii("www.example.").unwrap();
+        let addrs: Vec<std::net::IpAddr> = ["127.0.10.1", "127.0.10.2", "127.0.10.3", "::1"].iter().map(|a| a.parse().unwrap()).collect();
+        let answer = PoolAnswer::new(www.clone(), 5, addrs.clone(), 2, false, false).with_shares(vec![0.2, 0.3, 0.4, 0.1]);
+        let origin = LowerName::from(Name::from_ascii("example.").unwrap());
+        let mut view = (*s.zones[&origin]).clone();
+        view.pools.insert(LowerName::from(&www), Arc::new(answer));
+        s.zones.insert(origin, Arc::new(view));
+        let t = table(&s);
+        let mut firsts: HashMap<String, usize> = HashMap::new();
+        for i in 0..2000u16 {
+            let mut out = [0u8; 1232];
+            let n = t.respond(&query("www.example.", RecordType::A, None, i), &mut out).expect("pre-encoded");
+            let m = Message::from_vec(&out[..n]).unwrap();
+            let got: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert_ne!(got[0], got[1], "distinct members");
+            // After the drawn one, the rest in share order: .3 first, unless it led.
+            let second = if got[0] == "127.0.10.3" { "127.0.10.2" } else { "127.0.10.3" };
+            assert_eq!(got[1], second, "{got:?}");
+            *firsts.entry(got[0].clone()).or_default() += 1;
+        }
+        // The IPv4 members' shares among themselves: 2/9, 3/9, 4/9 of the answers.
+        for (a, share) in [("127.0.10.1", 2.0 / 9.0), ("127.0.10.2", 3.0 / 9.0), ("127.0.10.3", 4.0 / 9.0)] {
+            let got = firsts[a] as f64 / 2000.0;
+            assert!((got - share).abs() < 0.005, "{a}: {got} of the answers, its share {share}");
+        }
+        let v6 = t.respond(&query("www.example.", RecordType::AAAA, None, 1), &mut [0u8; 1232]).expect("pre-encoded");
+        assert!(v6 > 0);
+        // The slow path draws the same way.
+        let name = LowerName::from(&www);
+        let mut slow: HashMap<String, usize> = HashMap::new();
+        for turn in 0..1000 {
+            let a = crate::dns::lookup::lookup(&s, &name, RecordType::A, DNSClass::IN, turn);
+            *slow.entry(a.answers[0].data.to_string()).or_default() += 1;
+        }
+        for (a, expect) in [("127.0.10.1", 222.2), ("127.0.10.2", 333.3), ("127.0.10.3", 444.4)] {
+            assert!((slow[a] as f64 - expect).abs() <= 1.0, "{a}: {} in a full cycle of the schedule", slow[a]);
+        }
     }
 }

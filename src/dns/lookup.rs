@@ -5,7 +5,7 @@
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
-use super::snapshot::{Snapshot, ZoneView};
+use super::snapshot::{Snapshot, Turn, ZoneView};
 use crate::zone::Node;
 
 /// Longest CNAME chain followed inside our own zones.
@@ -27,8 +27,14 @@ impl Answer {
     }
 }
 
-/// Answers one question. `turn` picks the rotation of round-robin pools.
+/// Answers one question. `turn` picks the rotation of round-robin pools
+/// and the slot of pools drawn by shares.
 pub fn lookup(snap: &Snapshot, qname: &LowerName, qtype: RecordType, qclass: DNSClass, turn: usize) -> Answer {
+    lookup_turn(snap, qname, qtype, qclass, Turn::Query(turn))
+}
+
+/// `lookup`, with the pool answer to give said exactly.
+pub fn lookup_turn(snap: &Snapshot, qname: &LowerName, qtype: RecordType, qclass: DNSClass, turn: Turn) -> Answer {
     if qclass != DNSClass::IN {
         return Answer::code(ResponseCode::Refused);
     }
@@ -69,7 +75,7 @@ enum Step {
     Follow(Name),
 }
 
-fn step(zone: &ZoneView, qname: &LowerName, qtype: RecordType, turn: usize, out: &mut Answer) -> Step {
+fn step(zone: &ZoneView, qname: &LowerName, qtype: RecordType, turn: Turn, out: &mut Answer) -> Step {
     let data = &zone.data;
     // A delegation between the apex and the name makes this a referral.
     if let Some(cut) = delegation(zone, qname, qtype) {
@@ -93,8 +99,7 @@ fn step(zone: &ZoneView, qname: &LowerName, qtype: RecordType, turn: usize, out:
         if set.is_empty() {
             negative(zone, out, ResponseCode::NoError);
         } else {
-            let start = if pool.rotate { turn % set.len() } else { 0 };
-            out.answers.extend(set.iter().cycle().skip(start).take(pool.answers.min(set.len())).cloned());
+            out.answers.extend(pool.records(qtype == RecordType::AAAA, turn).cloned());
         }
         return Step::Done;
     }

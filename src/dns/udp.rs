@@ -102,7 +102,6 @@ fn worker(
     let mut rx = RecvBatch::new(BATCH);
     let mut key = [0u8; fast::MAX_KEY];
     let mut tx = SendBatch::new(BATCH);
-    let mut turn: usize = std::process::id() as usize;
     while !stop.load(Ordering::Relaxed) {
         let n = match rx.recv(&*socket) {
             Ok(n) => n,
@@ -127,8 +126,7 @@ fn worker(
                 dropped += 1;
                 continue;
             }
-            turn = turn.wrapping_add(1);
-            match snap.fast.respond_keyed(data, tx.next_buf(), turn, &mut key) {
+            match snap.fast.respond_keyed(data, tx.next_buf(), &mut key) {
                 Some(reply) => {
                     let rcode = tx.next_buf()[3] & 0xf;
                     let len = match rrl.as_ref().map(|r| r.check(src.ip(), Kind::of_rcode(rcode), &key[..reply.name_and_type], now)) {
@@ -339,7 +337,7 @@ mod tests {
                     let req = m.to_vec().unwrap();
                     let mut out = [0u8; 4096];
                     // The handler's round-robin turn starts at 0, like ours here.
-                    if let Some(len) = table.respond(&req, &mut out, 0) {
+                    if let Some(len) = table.respond(&req, &mut out) {
                         fast_hits += 1;
                         let slow = slow(&handler, &req).await.expect("slow path answers");
                         // The same message; the encodings may differ only in name

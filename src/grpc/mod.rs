@@ -442,6 +442,8 @@ impl Admin for AdminService {
                 answer: p.answer.iter().map(|a| a.to_string()).collect(),
                 servfail: p.servfail,
                 overrides: p.overrides,
+                select: p.select.into(),
+                ttl: p.ttl,
                 members: p
                     .members
                     .into_iter()
@@ -457,6 +459,7 @@ impl Admin for AdminService {
                         score: m.score,
                         rank: m.rank,
                         report_age: m.report_age.map(|d| d.as_secs_f64()),
+                        share: m.share,
                     })
                     .collect(),
             })

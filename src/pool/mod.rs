@@ -21,7 +21,8 @@ use hickory_proto::rr::{LowerName, Name};
 use crate::clock::Now;
 use crate::config::formula::Formula;
 
-use crate::config::{Fallback, MemberConfig, PolicyName, PoolConfig};
+use crate::config::{Fallback, MemberConfig, PolicyName, PoolConfig, Select};
+use share::{Shaping, Spread};
 
 /// What an operator said about a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,6 +94,8 @@ pub struct MemberState {
     pub address: IpAddr,
     pub farm: Option<String>,
     pub weight: u32,
+    /// Past this value of the pool's capacity metric: no new clients.
+    pub capacity: Option<f64>,
     pub admin: AdminState,
     /// Last reported health; `None` until a report arrives.
     pub health: Option<bool>,
@@ -117,6 +120,7 @@ impl MemberState {
             address: m.address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
             farm: m.farm.clone(),
             weight: m.weight,
+            capacity: m.capacity,
             admin: AdminState::Auto,
             health: None,
             metrics: Metrics::default(),
@@ -133,6 +137,7 @@ impl MemberState {
     pub fn with_schedule_of(mut self, other: &MemberState) -> Self {
         self.farm = other.farm.clone();
         self.weight = other.weight;
+        self.capacity = other.capacity;
         self.until = other.until;
         self.maintenance = other.maintenance.clone();
         self
@@ -221,7 +226,7 @@ impl MemberState {
 }
 
 /// What a pool answers now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub addresses: Vec<IpAddr>,
     pub rotate: bool,
@@ -229,6 +234,17 @@ pub struct Decision {
     /// Every address in each answer, whatever the pool's `answers`
     /// (`fallback = "all"`).
     pub every: bool,
+    /// Each address's share of the answers, in `addresses`' order; empty
+    /// when the first `answers` addresses are answered (or rotated).
+    pub shares: Vec<f64>,
+    pub ttl: u32,
+}
+
+impl Decision {
+    /// An answer of `addresses` without shares.
+    pub fn plain(addresses: Vec<IpAddr>, rotate: bool, servfail: bool, ttl: u32) -> Self {
+        Self { addresses, rotate, servfail, every: false, shares: Vec::new(), ttl }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +268,16 @@ pub struct PoolState {
     pub config: std::sync::Arc<PoolConfig>,
     pub formula: Option<std::sync::Arc<Formula>>,
     pub smoothing: f64,
+    pub select: Select,
+    pub shaping: Shaping,
+    /// The metric members' capacity is in.
+    pub capacity_metric: Option<String>,
+    /// Adaptive TTL bounds.
+    pub ttl_range: Option<(u32, u32)>,
+    /// The shares served and what moves them.
+    pub spread: Spread,
+    /// The addresses of the last answer, to tell when it moved (adaptive TTL).
+    moved: Option<(Vec<IpAddr>, Instant)>,
     /// Responses given for the pool's name, kept across answers.
     pub counters: std::sync::Arc<crate::metrics::PoolCounters>,
     /// Member id → index in `members`; a hint, checked on every use.
@@ -280,6 +306,12 @@ impl PoolState {
             config: std::sync::Arc::new(c.clone()),
             formula: c.formula.clone().map(std::sync::Arc::new),
             smoothing: c.smoothing,
+            select: c.select,
+            shaping: Shaping { slow_start: c.slow_start, max_shift: c.max_shift, margin: c.margin, step: c.step },
+            capacity_metric: c.capacity_metric().map(str::to_owned),
+            ttl_range: c.ttl_min.zip(c.ttl_max),
+            spread: Spread::default(),
+            moved: None,
             counters: Default::default(),
             index: Default::default(),
         }
@@ -322,42 +354,85 @@ impl PoolState {
         Some(&mut self.members[i])
     }
 
+    /// Whether the pool's answers are drawn by shares.
+    pub fn shares(&self) -> bool {
+        self.select == Select::Shares && self.policy != PolicyName::RoundRobin
+    }
+
     /// Applies the policy to the members in service.
     pub fn decide(&mut self, now: Instant) -> Decision {
+        let mut d = self.decide_members(now);
+        d.ttl = self.ttl_now(&d, now);
+        d
+    }
+
+    /// The TTL to answer `d` with: the pool's, or with `ttl_min`/`ttl_max`
+    /// the adaptive one (short while the answer or its shares move).
+    fn ttl_now(&mut self, d: &Decision, now: Instant) -> u32 {
+        let Some((min, max)) = self.ttl_range else { return self.ttl };
+        if self.moved.as_ref().is_none_or(|(a, _)| *a != d.addresses) {
+            self.moved = Some((d.addresses.clone(), now));
+        }
+        let answer_held = self.moved.as_ref().map(|(_, t)| now.saturating_duration_since(*t)).unwrap_or_default();
+        let held = if d.shares.is_empty() { answer_held } else { answer_held.min(self.spread.stable_for(now)) };
+        share::adaptive_ttl(min, max, held)
+    }
+
+    fn decide_members(&mut self, now: Instant) -> Decision {
         let live: Vec<&MemberState> = self.members.iter().filter(|m| m.eligible(now, self.stale_after)).collect();
         let rotate = self.policy == PolicyName::RoundRobin;
         if live.is_empty() {
             return match self.fallback {
-                Fallback::Servfail => Decision { addresses: Vec::new(), rotate: false, servfail: true, every: false },
+                Fallback::Servfail => Decision::plain(Vec::new(), false, true, self.ttl),
                 // Every member the operator has not taken out, all at once.
                 Fallback::All => Decision {
-                    addresses: self
-                        .members
-                        .iter()
-                        .filter(|m| !matches!(m.admin, AdminState::Down | AdminState::Drain))
-                        .map(|m| m.address)
-                        .filter(|a| !a.is_unspecified())
-                        .collect(),
-                    rotate: false,
-                    servfail: false,
                     every: true,
+                    ..Decision::plain(
+                        self.members
+                            .iter()
+                            .filter(|m| !matches!(m.admin, AdminState::Down | AdminState::Drain))
+                            .map(|m| m.address)
+                            .filter(|a| !a.is_unspecified())
+                            .collect(),
+                        false,
+                        false,
+                        self.ttl,
+                    )
                 },
-                Fallback::LastKnown if !self.last_known.is_empty() => {
-                    Decision { addresses: self.last_known.clone(), rotate, servfail: false, every: false }
-                }
-                Fallback::LastKnown => Decision {
-                    addresses: self.members.iter().map(|m| m.address).filter(|a| !a.is_unspecified()).take(self.answers).collect(),
+                Fallback::LastKnown if !self.last_known.is_empty() => Decision::plain(self.last_known.clone(), rotate, false, self.ttl),
+                Fallback::LastKnown => Decision::plain(
+                    self.members.iter().map(|m| m.address).filter(|a| !a.is_unspecified()).take(self.answers).collect(),
                     rotate,
-                    servfail: false,
-                    every: false,
-                },
+                    false,
+                    self.ttl,
+                ),
             };
+        }
+        if self.shares() {
+            let ids: Vec<std::sync::Arc<str>> = live.iter().map(|m| m.id.clone()).collect();
+            let ramp = self.spread.ramp(now, &ids, self.shaping.slow_start);
+            let policy = share::shares(self.policy, self.formula.as_deref(), &live);
+            let held = self.spread.hold(&ids, &policy, self.shaping.margin);
+            let full: Vec<bool> = live
+                .iter()
+                .map(|m| match (m.capacity, &self.capacity_metric) {
+                    (Some(c), Some(metric)) => m.metric(metric).is_some_and(|v| v >= c),
+                    // A load is a fraction of the member's capacity.
+                    _ => self.policy == PolicyName::LeastLoaded && m.metrics.load.is_some_and(|l| l >= 1.0),
+                })
+                .collect();
+            let target = share::ramped(self.policy, &held, &share::gates(&ramp, &full));
+            let served = self.spread.step(now, &ids, &target, &full, &self.shaping);
+            let (addresses, shares): (Vec<IpAddr>, Vec<f64>) =
+                live.iter().zip(served).filter(|(_, s)| *s > 0.0).map(|(m, s)| (m.address, s)).unzip();
+            self.last_known = addresses.clone();
+            return Decision { shares, ..Decision::plain(addresses, false, false, self.ttl) };
         }
         let take = if rotate { live.len() } else { self.answers };
         let best = policy::best(self.policy, self.formula.as_deref(), &live, take);
         let addresses: Vec<IpAddr> = best.iter().map(|&i| live[i].address).collect();
         self.last_known = addresses.clone();
-        Decision { addresses, rotate, servfail: false, every: false }
+        Decision::plain(addresses, rotate, false, self.ttl)
     }
 }
 
@@ -368,7 +443,7 @@ mod tests {
 
     fn pool(fallback: &str) -> PoolState {
         let c = Config::from_toml(&format!(
-            "[[pool]]\nname = \"www.example.\"\nfallback = \"{fallback}\"\nmembers = [{{ id = \"a\", address = \"127.0.0.1\" }}, {{ id = \"b\", address = \"127.0.0.2\" }}]\n"
+            "[[pool]]\nname = \"www.example.\"\nselect = \"best\"\nfallback = \"{fallback}\"\nmembers = [{{ id = \"a\", address = \"127.0.0.1\" }}, {{ id = \"b\", address = \"127.0.0.2\" }}]\n"
         ))
         .unwrap();
         PoolState::from_config(&c.pool[0], Now::read())
@@ -463,5 +538,112 @@ mod tests {
         assert!(p.members[0].eligible(t0 + Duration::from_secs(1), p.stale_after));
         assert!(!p.members[0].eligible(t0 + Duration::from_secs(4), p.stale_after));
         assert_eq!(p.members[0].state(t0 + Duration::from_secs(4), p.stale_after), "unknown (stale)");
+    }
+
+    fn shared(extra: &str, members: &str) -> PoolState {
+        let c = Config::from_toml(&format!("[[pool]]\nname = \"www.example.\"\n{extra}\nmembers = [ {members} ]\n")).unwrap();
+        PoolState::from_config(&c.pool[0], Now::read())
+    }
+
+    fn report(p: &mut PoolState, id: &str, up: bool, metrics: Metrics, at: Instant) {
+        p.member_mut(id).unwrap().absorb(up, metrics, Default::default(), 0.0, at);
+    }
+
+    fn share_of(d: &Decision, addr: &str) -> f64 {
+        let a: IpAddr = addr.parse().unwrap();
+        d.addresses.iter().position(|x| *x == a).map(|i| d.shares[i]).unwrap_or(0.0)
+    }
+
+    const THREE: &str = "{ id = \"a\", address = \"127.0.0.1\", weight = 2 }, { id = \"b\", address = \"127.0.0.2\" }, { id = \"c\", address = \"127.0.0.3\", weight = 1 }";
+
+    #[test]
+    fn weighted_members_share_the_answers_in_proportion() {
+        let mut p = shared("policy = \"weighted\"", THREE);
+        let d = p.decide(Instant::now());
+        assert_eq!(d.addresses.len(), 3, "every member in service is in the answer");
+        assert!((share_of(&d, "127.0.0.1") - 0.5).abs() < 1e-9, "{d:?}");
+        assert!((share_of(&d, "127.0.0.2") - 0.25).abs() < 1e-9, "{d:?}");
+        let mut best = shared("policy = \"weighted\"\nselect = \"best\"", THREE);
+        let d = best.decide(Instant::now());
+        assert_eq!((d.addresses.len(), d.shares.len()), (1, 0), "best: the heaviest only");
+    }
+
+    #[test]
+    fn a_member_back_from_down_ramps_to_its_share_within_slow_start_and_two_steps() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = shared("policy = \"weighted\"\nslow_start = \"10s\"\nstale_after = \"1h\"", THREE);
+        let up = Metrics::default();
+        for id in ["a", "b", "c"] {
+            report(&mut p, id, true, up, at(0));
+        }
+        assert!((share_of(&p.decide(at(0)), "127.0.0.1") - 0.5).abs() < 1e-9);
+        report(&mut p, "a", false, up, at(1));
+        let d = p.decide(at(1));
+        assert_eq!(share_of(&d, "127.0.0.1"), 0.0, "down: out at once");
+        assert!((share_of(&d, "127.0.0.2") - 0.5).abs() < 1e-9, "{d:?}");
+        report(&mut p, "a", true, up, at(5));
+        let mut seen = Vec::new();
+        for s in 5..=17 {
+            seen.push(share_of(&p.decide(at(s)), "127.0.0.1"));
+        }
+        assert!(seen[0] < 0.1, "it starts small: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[1] >= w[0] - 1e-9), "and only grows: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[1] - w[0] <= 0.2 + 1e-9), "by at most max_shift a step: {seen:?}");
+        assert!((seen[12] - 0.5).abs() < 1e-9, "full share by slow_start + 2 steps: {seen:?}");
+    }
+
+    #[test]
+    fn a_member_at_capacity_gets_no_new_clients_and_the_rest_take_them() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let members =
+            "{ id = \"a\", address = \"127.0.0.1\", capacity = 100.0 }, { id = \"b\", address = \"127.0.0.2\", capacity = 100.0 }";
+        let no_metric = format!("[[pool]]\nname = \"www.example.\"\npolicy = \"priority\"\nmembers = [ {members} ]\n");
+        assert!(Config::from_toml(&no_metric).is_err(), "priority has no metric of its own to be full in");
+        let mut p2 = shared("policy = \"priority\"\ncapacity_metric = \"connections\"\nstale_after = \"1h\"", members);
+        let conns = |n: f64| Metrics { connections: Some(n), ..Default::default() };
+        report(&mut p2, "a", true, conns(100.0), at(0));
+        report(&mut p2, "b", true, conns(10.0), at(0));
+        let d = p2.decide(at(0));
+        assert_eq!(share_of(&d, "127.0.0.2"), 1.0, "the first is full: it spills over to the next: {d:?}");
+        // Below capacity again: the first in line takes back over, in steps.
+        report(&mut p2, "a", true, conns(50.0), at(1));
+        let back: Vec<f64> = (1..=6).map(|s| share_of(&p2.decide(at(s)), "127.0.0.1")).collect();
+        assert!((back[0] - 0.2).abs() < 1e-9 && back[5] == 1.0, "{back:?}");
+        // Everyone full: the policy shares as if nobody were.
+        report(&mut p2, "b", true, conns(150.0), at(7));
+        report(&mut p2, "a", true, conns(150.0), at(7));
+        assert_eq!(share_of(&p2.decide(at(7)), "127.0.0.1"), 1.0);
+    }
+
+    #[test]
+    fn least_loaded_shares_follow_spare_capacity_and_a_noisy_metric_moves_nothing() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let two = "{ id = \"a\", address = \"127.0.0.1\" }, { id = \"b\", address = \"127.0.0.2\" }";
+        let mut p = shared("stale_after = \"1h\"", two);
+        let load = |l: f64| Metrics { load: Some(l), ..Default::default() };
+        report(&mut p, "a", true, load(0.2), at(0));
+        report(&mut p, "b", true, load(0.6), at(0));
+        let d = p.decide(at(0));
+        assert!((share_of(&d, "127.0.0.1") - 2.0 / 3.0).abs() < 1e-9, "{d:?}");
+        report(&mut p, "a", true, load(0.22), at(1));
+        assert_eq!(p.decide(at(1)), d, "within the margin: the same answer");
+    }
+
+    #[test]
+    fn the_ttl_is_short_while_shares_move_and_grows_while_they_hold() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = shared("policy = \"weighted\"\nttl_min = 5\nttl_max = 40", THREE);
+        assert_eq!(p.decide(at(0)).ttl, 5);
+        assert_eq!(p.decide(at(5)).ttl, 10);
+        assert_eq!(p.decide(at(15)).ttl, 20);
+        assert_eq!(p.decide(at(100)).ttl, 40);
+        p.member_mut("c").unwrap().admin = AdminState::Down;
+        assert_eq!(p.decide(at(101)).ttl, 5, "the answer moved");
+        let mut fixed = shared("policy = \"weighted\"\nttl = 7", THREE);
+        assert_eq!(fixed.decide(at(100)).ttl, 7);
     }
 }

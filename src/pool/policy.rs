@@ -82,6 +82,7 @@ mod tests {
             address: "127.0.0.1".parse().unwrap(),
             farm: None,
             weight,
+            capacity: None,
             admin: AdminState::Auto,
             health: None,
             metrics: Metrics { load, ..Default::default() },

@@ -112,7 +112,15 @@ fn apply(p: &mut PoolState, dead: &[IpAddr], name: &str, change: Change, now: No
 
 /// Adds member `id`, with what `known` knew of it when it had it.
 fn add_member(p: &mut PoolState, dead: &[IpAddr], id: &str, address: IpAddr, weight: u32, known: Option<&PoolState>, now: Now) {
-    let config = MemberConfig { id: id.to_owned(), address: Some(address), farm: None, weight, until: None, maintenance: Vec::new() };
+    let config = MemberConfig {
+        id: id.to_owned(),
+        address: Some(address),
+        farm: None,
+        weight,
+        capacity: None,
+        until: None,
+        maintenance: Vec::new(),
+    };
     let mut member = MemberState::from_config(&config, now);
     if let Some(k) = known.and_then(|k| k.members.iter().find(|m| &*m.id == id)) {
         member = MemberState { address, weight, admin: AdminState::Auto, ..k.clone() };
@@ -263,6 +271,8 @@ pub struct MemberStatus {
     pub score: Option<f64>,
     /// 1-based place in the policy's order; 0 when out of service.
     pub rank: u32,
+    /// Share of the answers, when the pool draws them by shares.
+    pub share: Option<f64>,
     pub report_age: Option<Duration>,
 }
 
@@ -503,9 +513,10 @@ impl Table {
     }
 
     /// Pool `id`'s members as operators see them, given the addresses its
-    /// answer holds now.
-    pub fn members_status(&self, id: PoolId, answer: &[IpAddr], now: Instant) -> Vec<MemberStatus> {
+    /// answer holds now and their shares (empty unless drawn by shares).
+    pub fn members_status(&self, id: PoolId, answer: &[IpAddr], shares: &[f64], now: Instant) -> Vec<MemberStatus> {
         let Some(p) = self.pools.get(id) else { return Vec::new() };
+        let shares: HashMap<IpAddr, f64> = answer.iter().copied().zip(shares.iter().copied()).collect();
         let order = p.order(now);
         p.members
             .iter()
@@ -525,6 +536,7 @@ impl Table {
                     0
                 },
                 report_age: m.reported_at.map(|t| now.saturating_duration_since(t)),
+                share: p.shares().then(|| shares.get(&m.address).copied().unwrap_or(0.0)),
             })
             .collect()
     }
@@ -557,6 +569,7 @@ mod tests {
 [[pool]]
 name = "www.example."
 policy = "least-loaded"
+select = "best"
 stale_after = "3s"
 members = [ { id = "a", address = "127.0.0.1" }, { id = "b", address = "127.0.0.2" } ]
 
@@ -625,7 +638,7 @@ members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" }
         t.absorb(vec![report("www.example.", "b", true, 0.5)], later.instant).unwrap();
         let stale = now.instant + Duration::from_millis(3_001);
         assert_eq!(t.decide(0, stale).unwrap().addresses, vec![ip("127.0.0.2")], "a's report is older than stale_after");
-        assert_eq!(t.members_status(0, &[], stale)[0].state, "unknown (stale)");
+        assert_eq!(t.members_status(0, &[], &[], stale)[0].state, "unknown (stale)");
         assert_eq!(t.timed().collect::<Vec<_>>(), vec![0], "only pools with reports change with time");
         t.absorb(vec![report("www.example.", "a", true, 0.1)], stale).unwrap();
         assert_eq!(t.decide(0, stale).unwrap().addresses, vec![ip("127.0.0.1")]);
@@ -649,7 +662,7 @@ members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" }
             t.decide(0, now.instant).unwrap()
         };
         let mut t = Table::new(&configs(&text("servfail", 1)), now);
-        assert_eq!(all_down(&mut t), Decision { addresses: vec![], rotate: false, servfail: true, every: false });
+        assert_eq!(all_down(&mut t), Decision::plain(vec![], false, true, 5));
         let mut t = Table::new(&configs(&text("all", 1)), now);
         assert_eq!(all_down(&mut t).addresses, vec![ip("127.0.0.1"), ip("127.0.0.2")], "all means every member");
         let mut t = Table::new(&configs(&text("last-known", 1)), now);
@@ -676,7 +689,7 @@ members = [ { id = "a", address = "127.0.0.1", until = "2030-01-01T00:00:10Z" },
         let at = |s| now.after(Duration::from_secs(s)).instant;
         assert_eq!(t.decide(0, at(1)).unwrap().addresses, vec![ip("127.0.0.1")], "b is in maintenance");
         assert_eq!(t.decide(0, at(15)).unwrap().addresses, vec![ip("127.0.0.1")], "a expired; nobody left: last known");
-        assert_eq!(t.members_status(0, &[], at(15))[0].state, "expired");
+        assert_eq!(t.members_status(0, &[], &[], at(15))[0].state, "expired");
         assert_eq!(t.decide(0, at(21)).unwrap().addresses, vec![ip("127.0.0.2")], "b's window is over");
     }
 
@@ -696,7 +709,7 @@ members = [ { id = "a", address = "127.0.0.1", until = "2030-01-01T00:00:10Z" },
         let (mut t, now) = start();
         assert_eq!(t.set_ring_dead(vec![ip("127.0.0.1")]), vec![0]);
         assert_eq!(t.decide(0, now.instant).unwrap().addresses, vec![ip("127.0.0.2")]);
-        assert_eq!(t.members_status(0, &[], now.instant)[0].state, "dead (ring)");
+        assert_eq!(t.members_status(0, &[], &[], now.instant)[0].state, "dead (ring)");
         assert_eq!(t.set_ring_dead(vec![ip("127.0.0.1")]), Vec::<PoolId>::new(), "nothing new");
         t.change("www.example.", Change::AddMember { id: "c".into(), address: ip("127.0.1.1"), weight: 1 }, now).unwrap();
         t.set_ring_dead(vec![ip("127.0.0.1"), ip("127.0.1.1")]);
