@@ -5,8 +5,9 @@
 //! points; backends of unequal capacity serve them, and their load comes
 //! back as reports every second, the way monitors report it.
 //!
-//! Three scenarios (steady load, a backend failing and coming back cold, a
-//! backend losing half its capacity for a while), each under three ways of
+//! Four scenarios (steady load; a backend failing and coming back at full
+//! capacity, or cold, taking a minute to warm up; a backend losing half its
+//! capacity for a while), each under three ways of
 //! answering: `select = "best"` (the least loaded member only), shares
 //! (vnamed's default), and static weights drawn per query (a model of
 //! weighted random selection by fixed weights, as in PowerDNS
@@ -25,7 +26,10 @@
 //!   as soon as it reports up, under shares it is what the pool serves.
 //!
 //! Run it with `scripts/bench/spread.sh` (or `cargo run --release
-//! --example spread`). The same seed gives the same table.
+//! --example spread`). The same seed gives the same table. `SPREAD_POOL`
+//! adds settings to the simulated pool (`;` between them, e.g.
+//! `SPREAD_POOL='smoothing = 0.5;margin = 0.15'`), and `SPREAD_TRACE=1`
+//! prints each second's shares and utilisation under shares.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -70,6 +74,7 @@ enum Mode {
 enum Scenario {
     Steady,
     FailAndRecover,
+    FailAndRecoverCold,
     CapacityStep,
 }
 
@@ -77,7 +82,8 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::Steady => "steady load",
-            Scenario::FailAndRecover => "a backend fails and comes back cold",
+            Scenario::FailAndRecover => "a backend fails and comes back",
+            Scenario::FailAndRecoverCold => "a backend fails and comes back cold (60 s to warm up)",
             Scenario::CapacityStep => "a backend loses half its capacity",
         }
     }
@@ -86,13 +92,15 @@ impl Scenario {
     fn capacity(self, i: usize, t: f64) -> f64 {
         let c = CAPACITY[i];
         match self {
-            Scenario::FailAndRecover if i == FAILING => {
+            Scenario::FailAndRecover | Scenario::FailAndRecoverCold if i == FAILING => {
                 if t < FAIL_AT as f64 {
                     c
                 } else if t < BACK_AT as f64 {
                     0.0
-                } else {
+                } else if self == Scenario::FailAndRecoverCold {
                     c * (0.3 + 0.7 * ((t - BACK_AT as f64) / WARM_UP).min(1.0))
+                } else {
+                    c
                 }
             }
             Scenario::CapacityStep if i == STEPPING && (STEP_AT as f64..STEP_END as f64).contains(&t) => c / 2.0,
@@ -100,8 +108,12 @@ impl Scenario {
         }
     }
 
+    fn fails(self) -> bool {
+        matches!(self, Scenario::FailAndRecover | Scenario::FailAndRecoverCold)
+    }
+
     fn up(self, i: usize, t: f64) -> bool {
-        !(self == Scenario::FailAndRecover && i == FAILING && (FAIL_AT as f64..BACK_AT as f64).contains(&t))
+        !(self.fails() && i == FAILING && (FAIL_AT as f64..BACK_AT as f64).contains(&t))
     }
 }
 
@@ -276,7 +288,7 @@ fn run(scenario: Scenario, mode: Mode) -> Figures {
             decision = next;
         }
     }
-    let recovery = (scenario == Scenario::FailAndRecover).then(|| recovery(&given_share)).flatten();
+    let recovery = scenario.fails().then(|| recovery(&given_share)).flatten();
     Figures { peak_to_mean: ratio_sum / seconds as f64, over_capacity: over, changes, recovery }
 }
 
@@ -298,7 +310,7 @@ fn main() {
         CAPACITY,
         DEMAND * 100.0
     );
-    for scenario in [Scenario::Steady, Scenario::FailAndRecover, Scenario::CapacityStep] {
+    for scenario in [Scenario::Steady, Scenario::FailAndRecover, Scenario::FailAndRecoverCold, Scenario::CapacityStep] {
         println!("\n{}", scenario.name());
         println!("  {:<16} {:>9} {:>9} {:>8} {:>9}", "answers", "peak/mean", "over cap", "changes", "recovery");
         for mode in [Mode::Best, Mode::Shares, Mode::Static] {
@@ -308,10 +320,10 @@ fn main() {
                 Mode::Shares => "shares",
                 Mode::Static => "static weights",
             };
-            let recovery = match (scenario, f.recovery) {
-                (Scenario::FailAndRecover, Some(s)) => format!("{s} s"),
-                (Scenario::FailAndRecover, None) => "never".into(),
-                _ => "-".into(),
+            let recovery = match (scenario.fails(), f.recovery) {
+                (true, Some(s)) => format!("{s} s"),
+                (true, None) => "never".into(),
+                (false, _) => "-".into(),
             };
             println!("  {label:<16} {:>9.2} {:>7} s {:>8} {:>9}", f.peak_to_mean, f.over_capacity, f.changes, recovery);
         }

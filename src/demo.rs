@@ -1,7 +1,8 @@
 //! `vnamed demo`: an authority on loopback with the zone `demo.example.`
 //! and the pool `www.demo.example.` over three simulated backends on
 //! `127.0.10.1-3:8080`. Each backend is a real HTTP listener whose load
-//! drifts over time; its reports move the least-loaded answer between them.
+//! drifts over time; its reports move the least-loaded shares of the
+//! answers between them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -140,8 +141,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     }
     println!();
     println!("Try:");
-    println!("  dig @{} -p {} www.demo.example        # the least-loaded backend right now", dns.ip(), dns.port());
-    println!("  vnamed status --server http://{}        # members, loads and the answer", args.grpc);
+    println!("  dig @{} -p {} www.demo.example        # a backend, drawn by its share (the least loaded get more)", dns.ip(), dns.port());
+    println!("  vnamed status --server http://{}        # members, loads and shares", args.grpc);
+    println!("  vnamed status --explain www.demo.example. --server http://{}   # why each share is what it is", args.grpc);
     println!("  vnamed member www.demo.example. web1 --admin down --server http://{}", args.grpc);
     println!("  curl http://$(dig +short @{} -p {} www.demo.example):8080/", dns.ip(), dns.port());
     if args.srp.port() == 1434 {

@@ -63,7 +63,7 @@ async fn answers_follow_monitored_backends() {
     let members: Vec<String> =
         backends.iter().enumerate().map(|(i, ip)| format!("{{ id = \"web{}\", address = \"{ip}\" }}", i + 1)).collect();
     let pool = format!(
-        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"least-loaded\"\nstale_after = \"3s\"\nfallback = \"servfail\"\nmembers = [{}]\n",
+        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"least-loaded\"\nselect = \"best\"\nstale_after = \"3s\"\nfallback = \"servfail\"\nmembers = [{}]\n",
         members.join(", ")
     );
     let a = tokio::task::spawn_blocking(move || Authority::start_with(&[("example.test.zone", ZONE)], &pool, "token = \"t0ken\""))

@@ -307,7 +307,13 @@ impl PoolState {
             formula: c.formula.clone().map(std::sync::Arc::new),
             smoothing: c.smoothing,
             select: c.select,
-            shaping: Shaping { slow_start: c.slow_start, max_shift: c.max_shift, margin: c.margin, step: c.step },
+            shaping: Shaping {
+                slow_start: c.slow_start,
+                max_shift: c.max_shift,
+                margin: c.margin,
+                step: c.step,
+                ttl: Duration::from_secs(u64::from(c.ttl_min.zip(c.ttl_max).map(|(lo, hi)| (lo + hi) / 2).unwrap_or(c.ttl))),
+            },
             capacity_metric: c.capacity_metric().map(str::to_owned),
             ttl_range: c.ttl_min.zip(c.ttl_max),
             spread: Spread::default(),
@@ -411,7 +417,11 @@ impl PoolState {
         if self.shares() {
             let ids: Vec<std::sync::Arc<str>> = live.iter().map(|m| m.id.clone()).collect();
             let ramp = self.spread.ramp(now, &ids, self.shaping.slow_start);
-            let policy = share::shares(self.policy, self.formula.as_deref(), &live);
+            let carried = match self.policy {
+                PolicyName::LeastLoaded => self.spread.effective(&ids).and_then(|e| share::carried(&live, &e)),
+                _ => None,
+            };
+            let policy = carried.unwrap_or_else(|| share::shares(self.policy, self.formula.as_deref(), &live));
             let held = self.spread.hold(&ids, &policy, self.shaping.margin);
             let full: Vec<bool> = live
                 .iter()
@@ -618,18 +628,28 @@ mod tests {
     }
 
     #[test]
-    fn least_loaded_shares_follow_spare_capacity_and_a_noisy_metric_moves_nothing() {
+    fn least_loaded_shares_follow_what_members_carry_and_a_noisy_metric_moves_nothing() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let two = "{ id = \"a\", address = \"127.0.0.1\" }, { id = \"b\", address = \"127.0.0.2\" }";
-        let mut p = shared("stale_after = \"1h\"", two);
+        let mut p = shared("stale_after = \"1h\"\nttl = 2", two);
         let load = |l: f64| Metrics { load: Some(l), ..Default::default() };
         report(&mut p, "a", true, load(0.2), at(0));
         report(&mut p, "b", true, load(0.6), at(0));
         let d = p.decide(at(0));
-        assert!((share_of(&d, "127.0.0.1") - 2.0 / 3.0).abs() < 1e-9, "{d:?}");
-        report(&mut p, "a", true, load(0.22), at(1));
-        assert_eq!(p.decide(at(1)), d, "within the margin: the same answer");
+        assert!((share_of(&d, "127.0.0.1") - 2.0 / 3.0).abs() < 1e-9, "before anything is carried: spare capacity: {d:?}");
+        // a carries two thirds at 0.4, b a third at 0.4: a is twice b; a
+        // little noise on top moves nothing.
+        report(&mut p, "a", true, load(0.4), at(5));
+        report(&mut p, "b", true, load(0.42), at(5));
+        let held = p.decide(at(5));
+        assert!((share_of(&held, "127.0.0.1") - 2.0 / 3.0).abs() < 1e-9, "{held:?}");
+        report(&mut p, "b", true, load(0.4), at(6));
+        assert_eq!(p.decide(at(6)), held, "within the margin: the same answer");
+        // b's load doubles at the same share: it is half as big as it was.
+        report(&mut p, "b", true, load(0.8), at(7));
+        let moved = p.decide(at(7));
+        assert!((share_of(&moved, "127.0.0.2") - 0.2).abs() < 1e-9, "{moved:?}");
     }
 
     #[test]

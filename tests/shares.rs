@@ -1,0 +1,119 @@
+//! Shares end to end with real parts: three TCP backends, one `vnamed
+//! monitor` per backend (a tcp check), an authority with a weighted pool,
+//! and `dig`. Over a thousand queries each member leads its share of the
+//! answers (as `vnamed status --explain` computes it) to within two
+//! points; a backend that dies leaves at once and the others share its
+//! part; back, it ramps up again over its slow start.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, TcpListener};
+use std::time::Duration;
+
+use common::{Authority, Proc, ZONE, eventually, spawn_role, unique_ip};
+
+fn start_monitor(dir: &std::path::Path, host: &str, backend: Ipv4Addr, authority: &Authority) -> Proc {
+    let config = format!(
+        r#"
+[monitor]
+host = "{host}"
+report_to = ["{grpc}"]
+token = "t0ken"
+refresh = "500ms"
+
+[[monitor.check]]
+pool = "www.example.test."
+kind = "tcp"
+target = "{backend}:8080"
+interval = "100ms"
+timeout = "200ms"
+rise = 2
+fall = 1
+"#,
+        grpc = authority.grpc
+    );
+    spawn_role(dir, "monitor", host, &config)
+}
+
+/// Each member's share as `vnamed status --explain` shows it, by address.
+fn explained(a: &Authority) -> HashMap<String, f64> {
+    let out = a.cli(&["status", "--explain", "www.example.test.", "--token", "t0ken"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.contains(" web"))
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let share = cols.iter().find(|c| c.ends_with('%'))?.trim_end_matches('%').parse::<f64>().ok()?;
+            Some((cols[2].to_owned(), share / 100.0))
+        })
+        .collect()
+}
+
+/// The address leading each of `n` answers, counted: `dig` asks a hundred
+/// questions per run.
+fn draw(a: &Authority, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n / 100 {
+        let out = a.dig(&"www.example.test A +short ".repeat(100));
+        let firsts: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(firsts.len(), 100, "one address per answer (answers = 1):\n{out}");
+        for f in firsts {
+            *counts.entry(f.trim().to_owned()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn assert_close(counts: &HashMap<String, usize>, shares: &HashMap<String, f64>, n: usize) {
+    for (address, share) in shares {
+        let got = *counts.get(address).unwrap_or(&0) as f64 / n as f64;
+        assert!((got - share).abs() <= 0.02, "{address}: {got:.3} of {n} answers, its share {share:.3}\n{counts:?} {shares:?}");
+    }
+    let unknown: Vec<&String> = counts.keys().filter(|a| !shares.contains_key(*a)).collect();
+    assert!(unknown.is_empty(), "answered with members that have no share: {unknown:?}");
+}
+
+#[test]
+fn each_member_leads_its_share_of_a_thousand_answers() {
+    let backends: Vec<Ipv4Addr> = (0..3).map(|_| unique_ip()).collect();
+    let mut listeners: Vec<Option<TcpListener>> = backends.iter().map(|ip| Some(TcpListener::bind((*ip, 8080)).unwrap())).collect();
+    let members: Vec<String> = backends
+        .iter()
+        .zip([1, 2, 5])
+        .enumerate()
+        .map(|(i, (ip, w))| format!("{{ id = \"web{}\", address = \"{ip}\", weight = {w} }}", i + 1))
+        .collect();
+    let pool = format!(
+        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"weighted\"\nstale_after = \"3s\"\nslow_start = \"3s\"\nmembers = [{}]\n",
+        members.join(", ")
+    );
+    let a = Authority::start_with(&[("example.test.zone", ZONE)], &pool, "token = \"t0ken\"");
+    let dir = tempfile::tempdir().unwrap();
+    let _monitors: Vec<Proc> = (0..3).map(|i| start_monitor(dir.path(), &format!("web{}", i + 1), backends[i], &a)).collect();
+    let ip = |i: usize| backends[i].to_string();
+
+    // Every monitor reporting, the shares are the weights': 1/8, 2/8, 5/8.
+    let want = |s: &HashMap<String, f64>, w: [f64; 3]| (0..3).all(|i| s.get(&ip(i)).is_some_and(|x| (x - w[i]).abs() < 0.001));
+    let steady = [0.125, 0.25, 0.625];
+    assert!(eventually(Duration::from_secs(20), || want(&explained(&a), steady)).is_some(), "shares {:?}\n{}", explained(&a), a.log());
+    let shares = explained(&a);
+    assert_close(&draw(&a, 1000), &shares, 1000);
+
+    // web3 dies: out at once, and web1 and web2 share its part, 1:2.
+    listeners[2] = None;
+    assert!(eventually(Duration::from_secs(5), || want(&explained(&a), [1.0 / 3.0, 2.0 / 3.0, 0.0])).is_some(), "{:?}", explained(&a));
+    let mut without = explained(&a);
+    without.remove(&ip(2));
+    assert_close(&draw(&a, 600), &without, 600);
+
+    // Back: it starts small and ramps to its share over the slow start.
+    listeners[2] = Some(TcpListener::bind((backends[2], 8080)).unwrap());
+    let first = eventually(Duration::from_secs(5), || explained(&a).get(&ip(2)).is_some_and(|s| *s > 0.0));
+    assert!(first.is_some(), "web3 back in: {:?}", explained(&a));
+    let ramping = explained(&a)[&ip(2)];
+    assert!(ramping < 0.5, "it starts below its share of 0.625: {ramping}");
+    assert!(eventually(Duration::from_secs(10), || want(&explained(&a), steady)).is_some(), "ramped: {:?}", explained(&a));
+    let status = String::from_utf8(a.cli(&["status", "--token", "t0ken"]).stdout).unwrap();
+    assert!(status.contains("share=62.5%"), "{status}");
+}
