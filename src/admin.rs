@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use crate::grpc::v1::admin_client::AdminClient;
 use crate::grpc::v1::{
-    AddMemberRequest, PoolRequest, RemoveMemberRequest, SetMemberRequest, SetPolicyRequest, ShowZoneRequest, StatusRequest,
+    AddMemberRequest, DryRunRequest, PoolRequest, RemoveMemberRequest, SetMemberRequest, SetPolicyRequest, ShowZoneRequest, StatusRequest,
 };
 use crate::zone::{ZoneFile, origin_for};
 
@@ -86,6 +86,14 @@ pub struct PolicyArgs {
     /// For the formula policy: an expression over named metrics, lower wins.
     #[arg(long)]
     pub formula: Option<String>,
+    /// shares (each member its share of the answers) or best (only the
+    /// best members); with --dry-run only.
+    #[arg(long, requires = "dry_run")]
+    pub select: Option<String>,
+    /// Replay the pool's recent reports against this policy, side by side
+    /// with the live one, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub server: ServerArg,
 }
@@ -308,6 +316,9 @@ pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
 }
 
 pub async fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
+    if args.dry_run {
+        return dry_run(args).await;
+    }
     let reply = client(&args.server)
         .await?
         .set_policy(SetPolicyRequest {
@@ -318,6 +329,46 @@ pub async fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     println!("{}: policy {}; answer: {}", args.pool, args.policy, reply.into_inner().answer.join(", "));
+    Ok(())
+}
+
+/// Prints what the pool's recent reports did under its policy and would
+/// have done under the one proposed.
+async fn dry_run(args: &PolicyArgs) -> anyhow::Result<()> {
+    let r = client(&args.server)
+        .await?
+        .dry_run(DryRunRequest {
+            pool: args.pool.clone(),
+            policy: args.policy.clone(),
+            formula: args.formula.clone().unwrap_or_default(),
+            select: args.select.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let (live, proposed) = (r.live.unwrap_or_default(), r.proposed.unwrap_or_default());
+    println!("{}: dry run over the last {} s ({} reports); nothing changes", args.pool, r.seconds, r.reports);
+    if r.seconds == 0 {
+        println!("  no reports kept yet: nothing to replay");
+        return Ok(());
+    }
+    println!("  {:<9} {:<36} {:>15} {:>10}", "", "policy", "answer changes", "peak share");
+    for (label, t) in [("live", &live), ("proposed", &proposed)] {
+        let policy = format!("{} (select {})", t.policy, t.select);
+        let peak = format!("{:.1}% {}", t.peak_share * 100.0, t.peak_member);
+        println!("  {label:<9} {policy:<36} {:>15} {peak:>10}", t.changes);
+    }
+    println!();
+    println!("  share of answers, live -> proposed:");
+    let header: Vec<String> = r.members.iter().map(|m| format!("{m:>17}")).collect();
+    println!("  {:>6} {}", "second", header.join(""));
+    // At most twenty rows: every nth second, and the last.
+    let every = r.timeline.len().div_ceil(20).max(1);
+    for (i, s) in r.timeline.iter().enumerate().filter(|(i, _)| i % every == 0 || *i + 1 == r.timeline.len()) {
+        let cells: Vec<String> =
+            s.live.iter().zip(&s.proposed).map(|(l, p)| format!("{:>17}", format!("{:.1}% -> {:.1}%", l * 100.0, p * 100.0))).collect();
+        println!("  {i:>6} {}", cells.join(""));
+    }
     Ok(())
 }
 

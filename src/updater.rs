@@ -30,7 +30,8 @@ pub use crate::catalog::{Catalog, MemberStatus, PoolChange, PoolStatus, Servers,
 use crate::clock::Now;
 use crate::config::{Config, PoolConfig};
 use crate::dns::snapshot::Snapshot;
-use crate::pool::{AdminState, Report, ReportError};
+use crate::pool::replay::Recent;
+use crate::pool::{AdminState, PoolState, Report, ReportError};
 use crate::ring::registry::Registry;
 use crate::zone::ZoneFile;
 use crate::zone::io::{Done, ZoneIo};
@@ -54,6 +55,8 @@ pub enum Command {
     Pool { pool: String, change: PoolChange, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
     /// Every server of a pool in the policy's order.
     Resolve { pool: String, reply: oneshot::Sender<Result<Vec<IpAddr>, UpdateError>> },
+    /// A pool as it is and its recent reports, for a dry run.
+    Replayable { pool: String, reply: oneshot::Sender<Result<(PoolState, Recent), UpdateError>> },
     /// A pool's live servers in order and its policy, as they change.
     Watch { pool: String, reply: oneshot::Sender<Result<Watched, UpdateError>> },
     /// The ring's server table.
@@ -184,6 +187,9 @@ impl Updater {
             }
             Command::Watch { pool, reply } => {
                 let _ = reply.send(self.catalog.watch(&pool, now.instant));
+            }
+            Command::Replayable { pool, reply } => {
+                let _ = reply.send(self.catalog.replayable(&pool));
             }
         }
     }

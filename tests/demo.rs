@@ -36,8 +36,10 @@ fn answers_move_between_live_backends() {
         .unwrap();
     let mut seen = HashSet::new();
     let start = Instant::now();
+    let mut asked = 0;
     while start.elapsed() < Duration::from_secs(10) && seen.len() < 3 {
         let answer = dig(IpAddr::V4(ip), 5353, "www.demo.example A +short");
+        asked += 1;
         if let Ok(addr) = answer.trim().parse::<IpAddr>() {
             assert!(backends.iter().any(|b| IpAddr::V4(*b) == addr), "answer {addr} is a backend");
             seen.insert(addr);
@@ -48,6 +50,7 @@ fn answers_move_between_live_backends() {
 
     // Whatever DNS says, that backend answers HTTP.
     let addr: IpAddr = dig(IpAddr::V4(ip), 5353, "www.demo.example A +short").trim().parse().unwrap();
+    asked += 1;
     let mut c = std::net::TcpStream::connect((addr, 8080)).unwrap();
     c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let mut body = String::new();
@@ -75,7 +78,7 @@ fn answers_move_between_live_backends() {
     let value = |prefix: &str| -> f64 {
         metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
     };
-    assert!(value("vnamed_dns_responses_total{path=\"udp_fast\",rcode=\"NOERROR\"}") >= 10.0, "{metrics}");
+    assert!(value("vnamed_dns_responses_total{path=\"udp_fast\",rcode=\"NOERROR\"}") >= asked as f64, "{asked} asked: {metrics}");
     assert!(value("vnamed_dns_responses_total{path=\"tcp\",rcode=\"NOERROR\"}") >= 1.0, "{metrics}");
     assert!(value("vnamed_answer_changes_total") >= 1.0, "{metrics}");
     assert!(value("vnamed_zone_serial{zone=\"demo.example.\"}") >= 2.0, "{metrics}");

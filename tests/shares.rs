@@ -117,3 +117,72 @@ fn each_member_leads_its_share_of_a_thousand_answers() {
     let status = String::from_utf8(a.cli(&["status", "--token", "t0ken"]).stdout).unwrap();
     assert!(status.contains("share=62.5%"), "{status}");
 }
+
+/// Reports for web1 and web2 whose loads swap every second, observed over
+/// the last `secs` seconds.
+async fn seesaw(a: &Authority, secs: i64) {
+    use vnamed::grpc::Bearer;
+    use vnamed::grpc::v1::ReportBatch;
+    use vnamed::grpc::v1::status_client::StatusClient;
+    let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut c = StatusClient::with_interceptor(channel, Bearer::new(Some("t0ken")).unwrap());
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    for s in 0..secs {
+        let (l1, l2) = if s % 2 == 0 { (0.2, 0.8) } else { (0.8, 0.2) };
+        let mut reports = vec![
+            common::member_report("www.example.test.", "web1", true, &[("load", l1)]),
+            common::member_report("www.example.test.", "web2", true, &[("load", l2)]),
+        ];
+        for r in &mut reports {
+            r.observed_unix_ms = now_ms - (secs - s) * 1000;
+        }
+        c.report(ReportBatch { source: "test".into(), reports }).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_replays_recent_reports_against_another_policy_and_changes_nothing() {
+    let pool = "[[pool]]\nname = \"www.example.test.\"\npolicy = \"least-loaded\"\nselect = \"best\"\nstale_after = \"1h\"\n\
+                members = [ { id = \"web1\", address = \"127.0.10.1\" }, { id = \"web2\", address = \"127.0.10.2\", weight = 3 } ]\n";
+    let a = tokio::task::spawn_blocking(move || Authority::in_process_with(&[("example.test.zone", ZONE)], pool, "token = \"t0ken\""))
+        .await
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--token", "t0ken"]);
+        a.cli(&all)
+    };
+    let empty = cli(&["policy", "www.example.test.", "weighted", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&empty.stdout).contains("nothing to replay"), "{empty:?}");
+
+    seesaw(&a, 20).await;
+    let out = cli(&["policy", "www.example.test.", "weighted", "--dry-run", "--select", "shares"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("(40 reports)") && text.contains("nothing changes"), "{text}");
+    let row = |label: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row:\n{text}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let (live, proposed) = (row("live "), row("proposed "));
+    assert_eq!(&live[1..4], ["least-loaded", "(select", "best)"], "{text}");
+    let live_changes: u32 = live[4].parse().unwrap();
+    assert!(live_changes >= 8, "the best answer flips with the loads: {text}");
+    assert_eq!(&proposed[1..5], ["weighted", "(select", "shares)", "0"], "weights hold still: {text}");
+    assert_eq!(&proposed[5..], ["75.0%", "web2"], "{text}");
+    assert!(text.contains("100.0% -> 25.0%") || text.contains("0.0% -> 25.0%"), "the timeline, side by side: {text}");
+
+    // Nothing changed: the live policy is still the pool's.
+    let status = String::from_utf8(cli(&["status", "--explain", "www.example.test."]).stdout).unwrap();
+    assert!(status.contains("policy=LeastLoaded select=best") || status.contains("select=best"), "{status}");
+    assert!(!status.contains("Weighted"), "{status}");
+    // A formula without one is refused, and so is a policy that does not exist.
+    let bad = cli(&["policy", "www.example.test.", "formula", "--dry-run"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no formula"), "{bad:?}");
+    let bad = cli(&["policy", "www.example.test.", "fastest-please", "--dry-run"]);
+    assert!(!bad.status.success(), "{bad:?}");
+}

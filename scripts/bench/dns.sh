@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # DNS throughput and cost: vnamed against NSD and gdnsd in the same run,
-# serving the same zone (a virtual name with 3 addresses plus static names).
+# serving the same zone (virtual names plus static names): www, a priority
+# pool answering 3 addresses, and w, a pool whose answers are drawn by
+# shares from weights 1, 2, 3 (each query one address; the peers serve the
+# zone file's three records).
 # Each server is pinned to core 0 and dnsperf to core 1. For each server it
 # prints queries/s at full load, lost queries, p99 latency at half that load,
 # and the server's CPU time per answered query (from /proc, since on two
 # cores dnsperf itself can be the bottleneck), then vnamed's ratios.
 #
 #   bash scripts/bench/dns.sh [SECONDS] [QNAME]     (defaults: 10, www.bench.example)
+#   bash scripts/bench/dns.sh 10 w.bench.example    (the weighted pool)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
@@ -49,13 +53,21 @@ policy = "priority"
 answers = 3
 ttl = 5
 members = [ { id = "a", address = "127.0.10.1" }, { id = "b", address = "127.0.10.2" }, { id = "c", address = "127.0.10.3" } ]
+
+[[pool]]
+name = "w.bench.example."
+policy = "weighted"
+answers = 1
+ttl = 5
+members = [ { id = "a", address = "127.0.11.1", weight = 1 }, { id = "b", address = "127.0.11.2", weight = 2 },
+            { id = "c", address = "127.0.11.3", weight = 3 } ]
 EOT
 
 taskset -c 0 "$vnamed" authority --config "$work/vnamed/vnamed.toml" 2>"$work/vnamed.log" &
 pids+=($!)
 declare -A pid=([vnamed]=$!)
 for _ in $(seq 50); do
-  grep -q "vnamed:begin" "$work/vnamed/zones/bench.example.zone" 2>/dev/null && break
+  [ "$(grep -c "vnamed:begin" "$work/vnamed/zones/bench.example.zone" 2>/dev/null)" = 2 ] && break
   sleep 0.1
 done
 # The peers serve exactly the zone file vnamed wrote.

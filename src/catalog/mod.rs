@@ -547,6 +547,11 @@ impl Catalog {
         Ok(tx.subscribe())
     }
 
+    /// Pool `pool` as it is and its recent reports, for a dry run.
+    pub fn replayable(&self, pool: &str) -> Result<(PoolState, crate::pool::replay::Recent), UpdateError> {
+        Ok(self.table.replayable(pool)?)
+    }
+
     pub fn find_pool(&self, name: &str) -> Result<PoolId, UpdateError> {
         Ok(self.table.find(name).ok_or_else(|| TableError::NoPool(name.to_owned()))?)
     }

@@ -498,6 +498,54 @@ impl Admin for AdminService {
         self.pool(req.pool, PoolChange::Policy(policy)).await
     }
 
+    async fn dry_run(&self, req: Request<v1::DryRunRequest>) -> Result<Response<v1::DryRunReply>, Status> {
+        Granted::of(&req).require(Scope::Admin)?;
+        let req = req.into_inner();
+        checked_pool(&req.pool)?;
+        let policy: PolicyName = req.policy.parse().map_err(|e: String| Status::invalid_argument(format!("policy: {e}")))?;
+        let formula = match req.formula.as_str() {
+            "" => None,
+            text => Some(std::sync::Arc::new(
+                crate::config::formula::Formula::parse(text).map_err(|e| Status::invalid_argument(format!("formula: {e}")))?,
+            )),
+        };
+        let select = match req.select.as_str() {
+            "" => None,
+            "shares" => Some(crate::config::Select::Shares),
+            "best" => Some(crate::config::Select::Best),
+            other => return Err(Status::invalid_argument(format!("select must be shares or best, not {}", ident::shown(other)))),
+        };
+        let (pool, recent) = self.ask(|reply| Command::Replayable { pool: req.pool, reply }).await?.map_err(status_of)?;
+        let proposal = crate::pool::replay::Proposal { policy: Some(policy), formula, select };
+        let reply = tokio::task::spawn_blocking(move || {
+            let (live, proposed) = crate::pool::replay::dry_run(&pool, &recent, &proposal).map_err(Status::invalid_argument)?;
+            let replayed = |t: &crate::pool::replay::Timeline| v1::Replayed {
+                policy: t.policy.to_string(),
+                select: if t.select == crate::config::Select::Best || t.policy == PolicyName::RoundRobin { "best" } else { "shares" }
+                    .into(),
+                changes: t.changes as u32,
+                peak_share: t.peak.as_ref().map(|(_, s)| *s).unwrap_or(0.0),
+                peak_member: t.peak.as_ref().map(|(m, _)| m.to_string()).unwrap_or_default(),
+            };
+            Ok::<_, Status>(v1::DryRunReply {
+                members: pool.members.iter().map(|m| m.id.to_string()).collect(),
+                reports: recent.len() as u32,
+                seconds: live.seconds.len() as u32,
+                live: Some(replayed(&live)),
+                proposed: Some(replayed(&proposed)),
+                timeline: live
+                    .seconds
+                    .iter()
+                    .zip(&proposed.seconds)
+                    .map(|(l, p)| v1::ReplayedSecond { live: l.clone(), proposed: p.clone() })
+                    .collect(),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("dry run: {e}")))??;
+        Ok(Response::new(reply))
+    }
+
     async fn pause_pool(&self, req: Request<v1::PoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
         Granted::of(&req).require(Scope::Admin)?;
         self.pool(req.into_inner().pool, PoolChange::Pause(true)).await

@@ -3,6 +3,7 @@
 
 pub mod overrides;
 pub mod policy;
+pub mod replay;
 pub mod report;
 pub mod saved;
 pub mod share;
@@ -346,6 +347,21 @@ impl PoolState {
     pub fn order(&self, now: Instant) -> Vec<IpAddr> {
         let live: Vec<&MemberState> = self.members.iter().filter(|m| m.eligible(now, self.stale_after)).collect();
         policy::order(self.policy, self.formula.as_deref(), &live).into_iter().map(|i| live[i].address).collect()
+    }
+
+    /// This pool as if nothing had been reported or served yet (what a
+    /// dry run replays reports into).
+    pub fn reset_reports(&mut self) {
+        for m in &mut self.members {
+            m.health = None;
+            m.metrics = Metrics::default();
+            m.custom.clear();
+            m.reported_at = None;
+        }
+        self.spread = Spread::default();
+        self.last_known.clear();
+        self.moved = None;
+        self.paused = false;
     }
 
     /// Takes the member at `at` out, and out of the last answer.

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::replay::{self, Recent, Recorded};
 use super::{AdminState, Decision, MemberState, Overrides, PoolState, Report, ReportError, policy};
 use crate::clock::Now;
 use crate::config::formula::Formula;
@@ -279,6 +280,8 @@ pub struct MemberStatus {
 #[derive(Debug, Default)]
 pub struct Table {
     pools: Vec<PoolState>,
+    /// Each pool's recent reports, for dry runs (by pool id).
+    recent: Vec<Recent>,
     /// Pool key (lower case, no final dot) → place in `pools`.
     index: HashMap<String, PoolId>,
     /// Hosts the ring says are dead, by address.
@@ -299,6 +302,7 @@ impl Table {
     /// The pools as configured, nothing reported yet.
     pub fn new(configs: &[PoolConfig], now: Now) -> Self {
         let mut t = Self { pools: configs.iter().map(|c| PoolState::from_config(c, now)).collect(), ..Self::default() };
+        t.recent = vec![Recent::default(); t.pools.len()];
         t.reindex();
         t
     }
@@ -349,11 +353,16 @@ impl Table {
             targets.push((i, m));
         }
         let mut out = Absorbed { count: reports.len(), ..Absorbed::default() };
+        let cap = (replay::KEPT_MAX / self.pools.len().max(1)).max(replay::POOL_FLOOR);
+        self.recent.resize_with(self.pools.len(), Recent::default);
         for (r, (i, m)) in reports.into_iter().zip(targets) {
             let smoothing = self.pools[i].smoothing;
             let member = &mut self.pools[i].members[m];
             let port = member.custom.get("tcp_port").copied();
-            member.absorb(r.up, r.metrics, r.custom, smoothing, now.checked_sub(r.age).unwrap_or(now));
+            let at = now.checked_sub(r.age).unwrap_or(now);
+            let kept = Recorded { at, member: member.id.clone(), up: r.up, metrics: r.metrics, custom: r.custom.clone() };
+            self.recent[i].keep(kept, cap);
+            member.absorb(r.up, r.metrics, r.custom, smoothing, at);
             if let Some(first) = r.addresses.first() {
                 member.address = *first;
                 member.ring_dead = self.dead.contains(first);
@@ -434,6 +443,12 @@ impl Table {
     /// last answer and whether they are paused.
     pub fn reconfigure(&mut self, configs: &[PoolConfig], now: Now) -> Reconfigured {
         let was: HashMap<String, PoolId> = std::mem::take(&mut self.index);
+        let mut recent: HashMap<String, Recent> = self
+            .pools
+            .iter()
+            .map(key_of_pool)
+            .zip(std::mem::take(&mut self.recent).into_iter().chain(std::iter::repeat_with(Recent::default)))
+            .collect();
         let mut old: HashMap<String, PoolState> = self.pools.drain(..).map(|p| (key_of_pool(&p), p)).collect();
         // (old place, reshaped, pool): kept pools stay in their old order, new ones follow.
         let mut next: Vec<(Option<PoolId>, bool, PoolState)> = Vec::with_capacity(configs.len());
@@ -469,6 +484,7 @@ impl Table {
             } else if reshaped {
                 out.reshaped.push(i);
             }
+            self.recent.push(recent.remove(&key_of_pool(&pool)).unwrap_or_default());
             self.pools.push(pool);
         }
         let mut removed: Vec<PoolState> = old.into_values().collect();
@@ -476,6 +492,12 @@ impl Table {
         out.removed = removed;
         self.reindex();
         out
+    }
+
+    /// Pool `pool` and its recent reports, for a dry run (see `replay`).
+    pub fn replayable(&self, pool: &str) -> Result<(PoolState, Recent), TableError> {
+        let i = self.resolve(pool)?;
+        Ok((self.pools[i].clone(), self.recent.get(i).cloned().unwrap_or_default()))
     }
 
     /// Takes `addresses` as pool `id`'s last answer (served before a restart).
