@@ -241,6 +241,13 @@ async fn client(server: &ServerArg) -> anyhow::Result<Client> {
     Ok(AdminClient::with_interceptor(channel, crate::grpc::Bearer::new(server.token.as_deref())?))
 }
 
+/// A metric as people read it: at most four decimals, no trailing zeros.
+fn short(v: f64) -> String {
+    let text = format!("{v:.4}");
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+    if text == "-0" { "0".into() } else { text.to_owned() }
+}
+
 pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let reply = client(&args.server).await?.status(StatusRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
     if let Some(name) = &args.explain {
@@ -266,7 +273,7 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
             let score = m.score.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into());
             let share = m.share.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_else(|| "-".into());
             let age = m.report_age.map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into());
-            let mut metrics: Vec<String> = m.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut metrics: Vec<String> = m.metrics.iter().map(|(k, v)| format!("{k}={}", short(*v))).collect();
             metrics.sort();
             println!("  {rank:<4} {:<12} {:<28} {:<18} {score:>10} {share:>7} {age:>8}  {}", m.id, m.address, m.state, metrics.join(" "));
         }

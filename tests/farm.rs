@@ -54,7 +54,7 @@ fn local_policy_inside_the_farm_global_policy_across() {
     let _lb1 = TcpListener::bind((b1, 8080)).unwrap();
     let lb2 = TcpListener::bind((b2, 8080)).unwrap();
     let pool = format!(
-        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"least-loaded\"\nstale_after = \"2s\"\n\
+        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"least-loaded\"\nselect = \"best\"\nstale_after = \"2s\"\n\
          members = [ {{ id = \"web1\", address = \"{web1}\" }}, {{ id = \"east\", farm = \"east\" }} ]\n"
     );
     let a = Authority::start(&[("example.test.zone", ZONE)], &pool);

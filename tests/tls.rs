@@ -17,6 +17,7 @@ use common::{Authority, ZONE};
 const POOL: &str = r#"
 [[pool]]
 name = "www.example.test."
+select = "best"
 members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
 "#;
 

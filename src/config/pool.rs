@@ -96,8 +96,8 @@ pub struct PoolConfig {
     pub formula: Option<Formula>,
     /// Smoothing of reported metrics, 0 (none) to below 1: each new value
     /// counts for (1 - smoothing), the previous smoothed value for the rest.
-    #[serde(default)]
-    pub smoothing: f64,
+    /// Unset: 0.5 where answers are drawn by shares, 0 otherwise.
+    pub smoothing: Option<f64>,
     /// Shares of the answers (the default) or only the best members.
     #[serde(default)]
     pub select: Select,
@@ -109,7 +109,7 @@ pub struct PoolConfig {
     #[serde(default = "default_max_shift")]
     pub max_shift: f64,
     /// Shares move only when some member's differs by more than this
-    /// fraction of it (0.1: by a tenth).
+    /// fraction of it (0.15: by more than 15%).
     #[serde(default = "default_margin")]
     pub margin: f64,
     /// How often shares may move.
@@ -124,6 +124,14 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// The smoothing of reported metrics: as configured, or by default
+    /// half the past where answers are shares (so they move with the trend,
+    /// not each report's noise) and none where the best members are
+    /// answered (they follow each report, as they always have).
+    pub fn smoothing(&self) -> f64 {
+        self.smoothing.unwrap_or(if self.select == Select::Best || self.policy == PolicyName::RoundRobin { 0.0 } else { 0.5 })
+    }
+
     /// The metric `capacity` is compared with: the one configured, or the
     /// policy's own.
     pub fn capacity_metric(&self) -> Option<&str> {
@@ -158,7 +166,7 @@ fn default_max_shift() -> f64 {
     0.2
 }
 fn default_margin() -> f64 {
-    0.1
+    0.15
 }
 fn default_step() -> Duration {
     Duration::from_secs(1)
@@ -241,7 +249,7 @@ pub(super) fn check_pools(prefix: &str, pools: &[PoolConfig], problems: &mut Vec
         if pool.formula.is_none() && pool.policy == PolicyName::Formula {
             problems.push(format!("{at}: policy \"formula\" needs a formula"));
         }
-        if !(0.0..1.0).contains(&pool.smoothing) {
+        if !(0.0..1.0).contains(&pool.smoothing()) {
             problems.push(format!("{at}: smoothing must be at least 0 and below 1"));
         }
         if !(pool.max_shift > 0.0 && pool.max_shift <= 1.0) {

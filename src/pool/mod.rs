@@ -306,15 +306,9 @@ impl PoolState {
             overrides: Overrides::default(),
             config: std::sync::Arc::new(c.clone()),
             formula: c.formula.clone().map(std::sync::Arc::new),
-            smoothing: c.smoothing,
+            smoothing: c.smoothing(),
             select: c.select,
-            shaping: Shaping {
-                slow_start: c.slow_start,
-                max_shift: c.max_shift,
-                margin: c.margin,
-                step: c.step,
-                ttl: Duration::from_secs(u64::from(c.ttl_min.zip(c.ttl_max).map(|(lo, hi)| (lo + hi) / 2).unwrap_or(c.ttl))),
-            },
+            shaping: Shaping { slow_start: c.slow_start, max_shift: c.max_shift, margin: c.margin, step: c.step },
             capacity_metric: c.capacity_metric().map(str::to_owned),
             ttl_range: c.ttl_min.zip(c.ttl_max),
             spread: Spread::default(),
@@ -432,12 +426,15 @@ impl PoolState {
         }
         if self.shares() {
             let ids: Vec<std::sync::Arc<str>> = live.iter().map(|m| m.id.clone()).collect();
-            let ramp = self.spread.ramp(now, &ids, self.shaping.slow_start);
-            let carried = match self.policy {
-                PolicyName::LeastLoaded => self.spread.effective(&ids).and_then(|e| share::carried(&live, &e)),
-                _ => None,
+            // Priority is active/standby: it never splits, so nothing ramps
+            // or steps; the first member in service that is not full takes all.
+            let shaping = if self.policy == PolicyName::Priority {
+                Shaping { slow_start: Duration::ZERO, max_shift: 1.0, step: Duration::ZERO, ..self.shaping }
+            } else {
+                self.shaping
             };
-            let policy = carried.unwrap_or_else(|| share::shares(self.policy, self.formula.as_deref(), &live));
+            let ramp = self.spread.ramp(now, &ids, shaping.slow_start);
+            let policy = share::shares(self.policy, self.formula.as_deref(), &live);
             let held = self.spread.hold(&ids, &policy, self.shaping.margin);
             let full: Vec<bool> = live
                 .iter()
@@ -448,7 +445,7 @@ impl PoolState {
                 })
                 .collect();
             let target = share::ramped(self.policy, &held, &share::gates(&ramp, &full));
-            let served = self.spread.step(now, &ids, &target, &full, &self.shaping);
+            let served = self.spread.step(now, &ids, &target, &full, &shaping);
             let (addresses, shares): (Vec<IpAddr>, Vec<f64>) =
                 live.iter().zip(served).filter(|(_, s)| *s > 0.0).map(|(m, s)| (m.address, s)).unzip();
             self.last_known = addresses.clone();
@@ -633,10 +630,10 @@ mod tests {
         report(&mut p2, "b", true, conns(10.0), at(0));
         let d = p2.decide(at(0));
         assert_eq!(share_of(&d, "127.0.0.2"), 1.0, "the first is full: it spills over to the next: {d:?}");
-        // Below capacity again: the first in line takes back over, in steps.
+        // Below capacity again: the first in line takes back over, all at
+        // once (priority is active/standby: it never splits).
         report(&mut p2, "a", true, conns(50.0), at(1));
-        let back: Vec<f64> = (1..=6).map(|s| share_of(&p2.decide(at(s)), "127.0.0.1")).collect();
-        assert!((back[0] - 0.2).abs() < 1e-9 && back[5] == 1.0, "{back:?}");
+        assert_eq!(share_of(&p2.decide(at(1)), "127.0.0.1"), 1.0);
         // Everyone full: the policy shares as if nobody were.
         report(&mut p2, "b", true, conns(150.0), at(7));
         report(&mut p2, "a", true, conns(150.0), at(7));
@@ -644,28 +641,25 @@ mod tests {
     }
 
     #[test]
-    fn least_loaded_shares_follow_what_members_carry_and_a_noisy_metric_moves_nothing() {
+    fn least_loaded_shares_follow_spare_capacity_and_a_noisy_metric_moves_nothing() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let two = "{ id = \"a\", address = \"127.0.0.1\" }, { id = \"b\", address = \"127.0.0.2\" }";
-        let mut p = shared("stale_after = \"1h\"\nttl = 2", two);
+        let mut p = shared("stale_after = \"1h\"", two);
+        assert_eq!(p.smoothing, 0.5, "shares smooth by default");
         let load = |l: f64| Metrics { load: Some(l), ..Default::default() };
         report(&mut p, "a", true, load(0.2), at(0));
         report(&mut p, "b", true, load(0.6), at(0));
         let d = p.decide(at(0));
-        assert!((share_of(&d, "127.0.0.1") - 2.0 / 3.0).abs() < 1e-9, "before anything is carried: spare capacity: {d:?}");
-        // a carries two thirds at 0.4, b a third at 0.4: a is twice b; a
-        // little noise on top moves nothing.
-        report(&mut p, "a", true, load(0.4), at(5));
-        report(&mut p, "b", true, load(0.42), at(5));
-        let held = p.decide(at(5));
-        assert!((share_of(&held, "127.0.0.1") - 2.0 / 3.0).abs() < 1e-9, "{held:?}");
-        report(&mut p, "b", true, load(0.4), at(6));
-        assert_eq!(p.decide(at(6)), held, "within the margin: the same answer");
-        // b's load doubles at the same share: it is half as big as it was.
-        report(&mut p, "b", true, load(0.8), at(7));
-        let moved = p.decide(at(7));
-        assert!((share_of(&moved, "127.0.0.2") - 0.2).abs() < 1e-9, "{moved:?}");
+        assert!((share_of(&d, "127.0.0.1") - 2.0 / 3.0).abs() < 1e-9, "spare capacity 0.8 against 0.4: {d:?}");
+        report(&mut p, "a", true, load(0.25), at(1));
+        assert_eq!(p.decide(at(1)), d, "within the margin: the same answer");
+        report(&mut p, "b", true, load(0.9), at(2));
+        let moved = p.decide(at(2));
+        assert!((share_of(&moved, "127.0.0.2") - (1.0 / 3.0 - 0.2)).abs() < 1e-9, "capped at max_shift: {moved:?}");
+        let there = p.decide(at(3));
+        assert!((share_of(&there, "127.0.0.2") - 0.1 / 0.85).abs() < 1e-9, "then the rest: {there:?}");
+        assert_eq!(shared("select = \"best\"", two).smoothing, 0.0, "best follows each report");
     }
 
     #[test]

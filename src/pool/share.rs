@@ -11,14 +11,14 @@
 //!
 //! | policy | weight of a member |
 //! |---|---|
-//! | least-loaded | the capacity it shows (see `carried`); before any is shown, spare capacity `weight × max(0, 1 - load)` |
+//! | least-loaded | spare capacity, `weight × max(0, 1 - load)` |
 //! | fewest-connections, fewest-pending | `weight / (1 + count)` |
 //! | fastest | `weight / max(1, response_ms)` |
 //! | closest | `weight / (1 + distance)` |
 //! | throughput | `weight × throughput` (more is better) |
 //! | formula | `weight / (1 + max(0, value))` (lower is better) |
 //! | weighted | `weight` |
-//! | priority | all on the first member in service (while it ramps up, the rest goes down the line) |
+//! | priority | all on the first member in service that is not full (it never splits) |
 //! | round-robin | equal |
 //!
 //! A member whose metric is not reported gets the mean weight of those
@@ -64,51 +64,6 @@ pub fn shares(policy: PolicyName, formula: Option<&Formula>, members: &[&MemberS
     let known: Vec<f64> = raw.iter().flatten().copied().collect();
     let mean = if known.is_empty() { 1.0 } else { known.iter().sum::<f64>() / known.len() as f64 };
     normalised(raw.into_iter().zip(members).map(|(w, m)| w.unwrap_or(mean) * size(m)).collect())
-}
-
-/// A member must have carried this share of the answers before its load
-/// says what it can carry.
-const MIN_CARRIED: f64 = 0.01;
-/// Loads below this count as this (an idle member is not infinitely big).
-const MIN_LOAD: f64 = 0.02;
-/// How far what a member shows it carries may take it from what its
-/// weight says, either way.
-const CARRIED_SPAN: f64 = 3.0;
-
-/// Least-loaded shares from what each member has shown it can carry: one
-/// that carried a share `e` of the answers (`effective`, as resolvers hold
-/// them) at a load `u` would be full at `e / u`; shares in proportion to
-/// that bring every member to the same utilisation, however big each is,
-/// and follow a member whose capacity changes. A member that has carried
-/// too little to tell (new, back, not reporting) is guessed from its
-/// weight, at what the others carry per unit of weight. `None` when no
-/// member has shown anything yet.
-pub fn carried(members: &[&MemberState], effective: &[f64]) -> Option<Vec<f64>> {
-    if effective.len() != members.len() {
-        return None;
-    }
-    let shown: Vec<Option<f64>> = members
-        .iter()
-        .zip(effective)
-        .map(|(m, &e)| {
-            let load = m.metrics.load.filter(|l| l.is_finite())?;
-            (e >= MIN_CARRIED).then(|| e / load.max(MIN_LOAD))
-        })
-        .collect();
-    let per_weight: Vec<f64> =
-        shown.iter().zip(members).filter_map(|(k, m)| Some(k.as_ref()? / f64::from(m.weight).max(f64::MIN_POSITIVE))).collect();
-    if per_weight.is_empty() {
-        return None;
-    }
-    let mean = per_weight.iter().sum::<f64>() / per_weight.len() as f64;
-    // Within a factor of its weight's guess: a load that does not follow
-    // the traffic (another job's) must not push a member out, or pull
-    // everything onto one.
-    let bounded = |k: Option<&f64>, w: f64| {
-        let guess = mean * w;
-        k.map_or(guess, |k| k.clamp(guess / CARRIED_SPAN, guess * CARRIED_SPAN))
-    };
-    Some(normalised(shown.iter().zip(members).map(|(k, m)| bounded(k.as_ref(), f64::from(m.weight))).collect()))
 }
 
 /// `shares` with each member's factor applied: its slow start (from
@@ -257,8 +212,6 @@ pub struct Shaping {
     pub margin: f64,
     /// Shares move at most once per step.
     pub step: Duration,
-    /// How long answers stay cached (the pool's TTL).
-    pub ttl: Duration,
 }
 
 /// A pool's shares as served, and what moves them: who came back when,
@@ -269,10 +222,6 @@ pub struct Spread {
     served: Vec<(Arc<str>, f64)>,
     /// The policy's shares as last taken (see `hold`).
     held: Vec<(Arc<str>, f64)>,
-    /// The shares resolvers hold now: served shares averaged over the
-    /// time answers stay cached, and when that was brought up to date.
-    effective: Vec<(Arc<str>, f64)>,
-    updated: Option<Instant>,
     /// When each member in service came (back) into service.
     since: HashMap<Arc<str>, Instant>,
     /// When shares last stepped towards their target.
@@ -314,10 +263,6 @@ impl Spread {
     /// are `full`; otherwise shares move once per step, by at most
     /// `max_shift`.
     pub fn step(&mut self, now: Instant, live: &[Arc<str>], target: &[f64], full: &[bool], s: &Shaping) -> Vec<f64> {
-        // What was served until now is what resolvers picked up meanwhile.
-        if self.updated.is_some() {
-            self.hold_for(now, s.ttl);
-        }
         let served = |id: &Arc<str>| self.served.iter().find(|(k, _)| k == id).map(|(_, v)| *v);
         let prev: Vec<f64> = live.iter().map(|id| served(id).unwrap_or(0.0)).collect();
         let same_members = self.served.len() == live.len() && live.iter().all(|id| served(id).is_some());
@@ -351,39 +296,7 @@ impl Spread {
             self.moving = Some(now);
         }
         self.served = live.iter().cloned().zip(next.iter().copied()).collect();
-        if self.updated.is_none() {
-            self.hold_for(now, s.ttl);
-        }
         next
-    }
-
-    /// The shares of answers resolvers hold now, of the `live` members
-    /// (see `carried`); `None` before anything was served.
-    pub fn effective(&self, live: &[Arc<str>]) -> Option<Vec<f64>> {
-        self.updated?;
-        Some(live.iter().map(|id| self.effective.iter().find(|(k, _)| k == id).map(|(_, v)| *v).unwrap_or(0.0)).collect())
-    }
-
-    /// Brings the effective shares up to `now`: the shares served since the
-    /// last call, averaged in over `ttl` (answers are cached that long, so
-    /// on average for half of it).
-    fn hold_for(&mut self, now: Instant, ttl: Duration) {
-        let Some(last) = self.updated.replace(now) else {
-            self.effective = self.served.clone();
-            return;
-        };
-        let dt = now.saturating_duration_since(last).as_secs_f64();
-        let tau = (ttl.as_secs_f64() / 2.0).max(0.5);
-        let a = 1.0 - (-dt / tau).exp();
-        let old = std::mem::take(&mut self.effective);
-        self.effective = self
-            .served
-            .iter()
-            .map(|(id, s)| {
-                let e = old.iter().find(|(k, _)| k == id).map(|(_, v)| *v).unwrap_or(0.0);
-                (id.clone(), e + (s - e) * a)
-            })
-            .collect();
     }
 
     /// How long shares have held still (zero while they move).
@@ -508,13 +421,7 @@ mod tests {
         names.iter().map(|n| Arc::from(*n)).collect()
     }
 
-    const SHAPING: Shaping = Shaping {
-        slow_start: Duration::from_secs(30),
-        max_shift: 0.2,
-        margin: 0.05,
-        step: Duration::from_secs(1),
-        ttl: Duration::from_secs(20),
-    };
+    const SHAPING: Shaping = Shaping { slow_start: Duration::from_secs(30), max_shift: 0.2, margin: 0.05, step: Duration::from_secs(1) };
 
     #[test]
     fn a_pool_starts_with_everyone_fully_in_and_a_member_coming_back_ramps() {
@@ -601,47 +508,6 @@ mod tests {
         assert!(close(&s, &[1.0, 0.0]), "{s:?}");
         let s = ramped(PolicyName::Weighted, &shares(PolicyName::Weighted, None, &[&a, &b]), &[0.1, 1.0]);
         assert!(close(&s, &[0.1 / 1.1, 1.0 / 1.1]), "{s:?}");
-    }
-
-    #[test]
-    fn least_loaded_learns_what_each_member_carries_and_guesses_the_rest_from_weights() {
-        // a carried 0.5 of the answers at load 0.8; b 0.5 at 0.4: b is twice a.
-        let (a, b) = (member("a", 1, Some(0.8)), member("b", 1, Some(0.4)));
-        let s = carried(&[&a, &b], &[0.5, 0.5]).unwrap();
-        assert!(close(&s, &[1.0 / 3.0, 2.0 / 3.0]), "{s:?}");
-        // c is back and has carried nothing yet: at its weight (2), twice
-        // what the others carry per unit of weight on average.
-        let c = member("c", 2, Some(0.0));
-        let s = carried(&[&a, &b, &c], &[0.5, 0.5, 0.0]).unwrap();
-        let per_weight = (0.625 + 1.25) / 2.0;
-        assert!(close(&s, &normalised(vec![0.625, 1.25, 2.0 * per_weight])), "{s:?}");
-        // A load that does not follow the traffic cannot take a member
-        // further than a factor of three from its weight's guess.
-        let (idle, busy) = (member("idle", 1, Some(0.02)), member("busy", 1, Some(0.9)));
-        let s = carried(&[&idle, &busy], &[0.9, 0.1]).unwrap();
-        let guess = (0.9 / 0.02 + 0.1 / 0.9) / 2.0;
-        assert!(close(&s, &normalised(vec![0.9 / 0.02, guess / 3.0])), "the busy one keeps a third of its guess: {s:?}");
-        assert_eq!(carried(&[&a, &b], &[0.0, 0.0]), None, "nothing carried yet: no estimate");
-        assert_eq!(carried(&[&a], &[0.5, 0.5]), None);
-    }
-
-    #[test]
-    fn effective_shares_follow_served_ones_over_the_ttl() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut sp = Spread::default();
-        let ab = ids(&["a", "b"]);
-        assert_eq!(sp.effective(&ab), None);
-        sp.step(at(0), &ab, &[0.5, 0.5], &[], &SHAPING);
-        assert_eq!(sp.effective(&ab), Some(vec![0.5, 0.5]));
-        let mut s = Shaping { max_shift: 1.0, ..SHAPING };
-        s.ttl = Duration::from_secs(20);
-        sp.step(at(1), &ab, &[1.0, 0.0], &[], &s);
-        sp.step(at(11), &ab, &[1.0, 0.0], &[], &s);
-        let e = sp.effective(&ab).unwrap();
-        // Ten seconds at (1, 0), averaged in over half the TTL: 1 - e^-1 of the way.
-        let moved = 1.0 - (-1.0f64).exp();
-        assert!((e[0] - (0.5 + 0.5 * moved)).abs() < 1e-9, "{e:?}");
     }
 
     #[test]
