@@ -67,11 +67,18 @@ fn answers_move_between_live_backends() {
         metrics
     };
     let all_up = |m: &str| m.lines().filter(|l| l.starts_with("vnamed_member_up{pool=\"www.demo.example.\"") && l.ends_with(" 1")).count();
+    let changes = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("vnamed_answer_changes_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // Members' state follows their checks (rise and fall) on a busy machine
-    // too: wait, bounded, until all three are seen up.
+    // too, and the shares follow the first loads reported: wait, bounded,
+    // until all three are seen up and the answer has moved.
     let mut metrics = scrape();
     let start = Instant::now();
-    while all_up(&metrics) != 3 && start.elapsed() < Duration::from_secs(5) {
+    while (all_up(&metrics) != 3 || changes(&metrics) < 1.0) && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
         metrics = scrape();
     }

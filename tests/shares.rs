@@ -186,3 +186,41 @@ async fn a_dry_run_replays_recent_reports_against_another_policy_and_changes_not
     let bad = cli(&["policy", "www.example.test.", "fastest-please", "--dry-run"]);
     assert!(!bad.status.success(), "{bad:?}");
 }
+
+/// The TTL an answer carries, as `dig` prints it.
+fn ttl(a: &Authority) -> Option<u32> {
+    a.dig("www.example.test A +noall +answer").split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn the_ttl_adapts_and_a_member_back_by_hand_ramps_up_with_time_alone() {
+    let pool = "[[pool]]\nname = \"www.example.test.\"\npolicy = \"weighted\"\nttl_min = 1\nttl_max = 8\nslow_start = \"4s\"\n\
+                members = [ { id = \"web1\", address = \"127.0.10.1\" }, { id = \"web2\", address = \"127.0.10.2\" } ]\n";
+    let a = Authority::start_with(&[("example.test.zone", ZONE)], pool, "token = \"t0ken\"");
+    // Nothing moves: the TTL doubles each time it has held that long, to ttl_max.
+    let mut seen = Vec::new();
+    let grew = eventually(Duration::from_secs(20), || {
+        let t = ttl(&a);
+        if seen.last() != Some(&t) {
+            seen.push(t);
+        }
+        t == Some(8)
+    });
+    assert!(grew.is_some(), "TTLs seen: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "it only grew: {seen:?}");
+    // An operator takes web1 out: the answer moves, the TTL is short again.
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--token", "t0ken"]);
+        assert!(a.cli(&all).status.success(), "{all:?}");
+    };
+    cli(&["member", "www.example.test.", "web1", "--admin", "down"]);
+    assert_eq!(ttl(&a), Some(1), "a moving answer carries ttl_min");
+    // Back by hand, with no monitor reporting: it ramps with time alone.
+    cli(&["member", "www.example.test.", "web1", "--admin", "auto"]);
+    let web1 = || explained(&a).get("127.0.10.1").copied().unwrap_or(0.0);
+    let first = web1();
+    assert!(first > 0.0 && first < 0.2, "it starts small: {first}");
+    let ramped = eventually(Duration::from_secs(10), || (web1() - 0.5).abs() < 1e-3);
+    assert!(ramped.is_some_and(|d| d >= Duration::from_secs(2)), "full share after its slow start, not at once: {ramped:?} {}", web1());
+}

@@ -228,6 +228,9 @@ pub struct Spread {
     stepped: Option<Instant>,
     /// When shares last moved, or were still on their way.
     moving: Option<Instant>,
+    /// Shares are not yet where they are going, or a member still ramps:
+    /// time alone moves them on.
+    unsettled: bool,
     started: bool,
 }
 
@@ -288,15 +291,22 @@ impl Spread {
             if next.iter().zip(&prev).all(|(a, b)| (a - b).abs() < 1e-9) { prev } else { next }
         };
         let was: Vec<f64> = live.iter().map(|id| served(id).unwrap_or(-1.0)).collect();
-        let settling = next != was
-            || !same_members
-            || next.iter().zip(target).any(|(n, t)| (n - t).abs() > 1e-9)
-            || self.since.values().any(|t| now.saturating_duration_since(*t) < s.slow_start);
+        let ramping = self.since.values().any(|t| now.saturating_duration_since(*t) < s.slow_start);
+        let off_target = next.iter().zip(target).any(|(n, t)| (n - t).abs() > 1e-9);
+        self.unsettled = off_target || ramping;
+        let settling = next != was || !same_members || off_target || ramping;
         if settling {
             self.moving = Some(now);
         }
         self.served = live.iter().cloned().zip(next.iter().copied()).collect();
         next
+    }
+
+    /// Whether time alone will move the shares on (a step still to take, a
+    /// member still ramping up): the pool must be decided again as time
+    /// passes.
+    pub fn unsettled(&self) -> bool {
+        self.unsettled
     }
 
     /// How long shares have held still (zero while they move).

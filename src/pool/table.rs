@@ -520,12 +520,17 @@ impl Table {
     }
 
     /// Pools whose answers can change with time alone: members that report
-    /// (and go stale), or have a lifetime or maintenance windows.
+    /// (and go stale), or have a lifetime or maintenance windows; shares on
+    /// their way or ramping up; an adaptive TTL.
     pub fn timed(&self) -> impl Iterator<Item = PoolId> + '_ {
         self.pools
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.members.iter().any(|m| m.reported_at.is_some() || m.until.is_some() || !m.maintenance.is_empty()))
+            .filter(|(_, p)| {
+                p.ttl_range.is_some()
+                    || (p.shares() && p.spread.unsettled())
+                    || p.members.iter().any(|m| m.reported_at.is_some() || m.until.is_some() || !m.maintenance.is_empty())
+            })
             .map(|(i, _)| i)
     }
 
