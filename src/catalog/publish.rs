@@ -173,7 +173,7 @@ impl Catalog {
         let Ok((pool, zone)) = self.zone_ref(i) else { return };
         let Some(answer) = zone.answers.get(&pool.key) else { return };
         let shown = answer.shown();
-        let shown: &[IpAddr] = if answer.servfail { &[] } else { shown };
+        let shown: &[IpAddr] = if answer.servfail { &[] } else { &shown };
         let index: Option<std::collections::HashSet<IpAddr>> = (shown.len() > 8).then(|| shown.iter().copied().collect());
         let members: Arc<[MemberHealth]> = pool
             .members

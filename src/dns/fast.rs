@@ -426,17 +426,17 @@ fn entries(
     snap: &Snapshot,
     name: &LowerName,
     qtype: RecordType,
-    (turns, order): (usize, &[u16]),
+    (leads, order): (&[usize], &[u16]),
     only_positive: bool,
     counters: Option<&Arc<crate::metrics::PoolCounters>>,
     serial: Option<&Arc<AtomicU32>>,
 ) -> Vec<(Box<[u8]>, Entry)> {
     let mut out = Vec::with_capacity(SHAPES.len());
     'shapes: for shape in SHAPES {
-        let mut responses = Vec::with_capacity(turns);
+        let mut responses = Vec::with_capacity(leads.len());
         let mut at = None;
-        for turn in 0..turns {
-            let answer = lookup_turn(snap, name, qtype, DNSClass::IN, Turn::Lead(turn));
+        for &lead in leads {
+            let answer = lookup_turn(snap, name, qtype, DNSClass::IN, Turn::Lead(lead));
             if only_positive && (answer.rcode != ResponseCode::NoError || answer.answers.is_empty() || !answer.authoritative) {
                 return Vec::new();
             }
@@ -468,7 +468,7 @@ pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>
     let mut table = HashMap::new();
     'zones: for zone in snap.zones.values() {
         let origin = &zone.data.lower_origin;
-        table.extend(entries(snap, origin, RecordType::SOA, (1, &[]), false, None, serials.get(origin)));
+        table.extend(entries(snap, origin, RecordType::SOA, (&[0], &[]), false, None, serials.get(origin)));
         for (name, node) in &zone.data.nodes {
             if zone.pools.contains_key(name) || name.is_wildcard() {
                 continue;
@@ -481,7 +481,7 @@ pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>
                 if table.len() >= MAX_STATIC {
                     break 'zones;
                 }
-                table.extend(entries(snap, name, t, (1, &[]), true, None, None));
+                table.extend(entries(snap, name, t, (&[0], &[]), true, None, None));
             }
         }
     }
@@ -493,7 +493,10 @@ pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>
 pub fn pool_entries(snap: &Snapshot, name: &LowerName, pool: &PoolAnswer, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Arc<Entry>)> {
     [RecordType::A, RecordType::AAAA]
         .into_iter()
-        .flat_map(|t| entries(snap, name, t, pool.turns(t == RecordType::AAAA), false, Some(&pool.counters), Some(serial)))
+        .flat_map(|t| {
+            let (leads, order) = pool.turns(t == RecordType::AAAA);
+            entries(snap, name, t, (&leads, &order), false, Some(&pool.counters), Some(serial))
+        })
         .map(|(k, e)| (k, Arc::new(e)))
         .collect()
 }
@@ -726,6 +729,27 @@ mod tests {
         }
         for (a, expect) in [("127.0.10.1", 222.2), ("127.0.10.2", 333.3), ("127.0.10.3", 444.4)] {
             assert!((slow[a] as f64 - expect).abs() <= 1.0, "{a}: {} in a full cycle of the schedule", slow[a]);
+        }
+    }
+
+    #[test]
+    fn a_pool_with_one_leader_answers_it_first_and_the_rest_after_from_one_encoding() {
+        let mut s = snap();
+        let www = Name::from_ascii("www.example.").unwrap();
+        let addrs: Vec<std::net::IpAddr> = ["127.0.10.1", "127.0.10.2", "127.0.10.3"].iter().map(|a| a.parse().unwrap()).collect();
+        // Priority with its first member full: the second leads, the others follow.
+        let answer = PoolAnswer::new(www.clone(), 5, addrs, 3, false, false).with_shares(vec![0.0, 1.0, 0.0]);
+        assert_eq!(answer.turns(false), (vec![1], vec![0; 1000]), "one response, led by the second record");
+        let origin = LowerName::from(Name::from_ascii("example.").unwrap());
+        let mut view = (*s.zones[&origin]).clone();
+        view.pools.insert(LowerName::from(&www), Arc::new(answer));
+        s.zones.insert(origin, Arc::new(view));
+        let t = table(&s);
+        for i in 0..5u16 {
+            let mut out = [0u8; 1232];
+            let n = t.respond(&query("www.example.", RecordType::A, None, i), &mut out).expect("pre-encoded");
+            let got: Vec<String> = Message::from_vec(&out[..n]).unwrap().answers.iter().map(|r| r.data.to_string()).collect();
+            assert_eq!(got, ["127.0.10.2", "127.0.10.1", "127.0.10.3"]);
         }
     }
 }

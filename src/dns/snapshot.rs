@@ -68,10 +68,13 @@ impl PoolAnswer {
         self
     }
 
-    /// The addresses answers are given from: every one when they rotate or
-    /// are drawn by shares, else the first `answers`.
-    pub fn shown(&self) -> &[IpAddr] {
-        if self.rotate || !self.shares.is_empty() { &self.addresses } else { &self.addresses[..self.addresses.len().min(self.answers)] }
+    /// The addresses that lead answers: every one when they rotate, those
+    /// with a share when drawn by shares, else the first `answers`.
+    pub fn shown(&self) -> Vec<IpAddr> {
+        if !self.shares.is_empty() {
+            return self.addresses.iter().zip(&self.shares).filter(|(_, s)| **s > 0.0).map(|(a, _)| *a).collect();
+        }
+        if self.rotate { self.addresses.clone() } else { self.addresses[..self.addresses.len().min(self.answers)].to_vec() }
     }
 
     /// The records of `qtype` (A or AAAA) one answer carries, at `turn`.
@@ -91,14 +94,21 @@ impl PoolAnswer {
         picked.into_iter().filter_map(move |i| set.get(i))
     }
 
-    /// How many different answers of `qtype` there are, and the order they
-    /// are given in slot by slot (empty: one after the other).
-    pub fn turns(&self, aaaa: bool) -> (usize, &[u16]) {
+    /// The different answers of `qtype` (A or AAAA), each by the record
+    /// that leads it, and the order they are given in slot by slot, as
+    /// places in that list (empty: one after the other).
+    pub fn turns(&self, aaaa: bool) -> (Vec<usize>, Vec<u16>) {
         let (set, drawn) = if aaaa { (&self.aaaa, &self.drawn_aaaa) } else { (&self.a, &self.drawn_a) };
         match drawn {
-            Some(d) => (set.len(), &d.schedule),
-            None if self.rotate => (set.len().max(1), &[]),
-            None => (1, &[]),
+            Some(d) => {
+                let mut leads: Vec<usize> = d.schedule.iter().map(|l| usize::from(*l)).collect();
+                leads.sort_unstable();
+                leads.dedup();
+                let order = d.schedule.iter().map(|l| leads.binary_search(&usize::from(*l)).unwrap_or(0) as u16).collect();
+                (leads, order)
+            }
+            None if self.rotate => ((0..set.len().max(1)).collect(), Vec::new()),
+            None => (vec![0], Vec::new()),
         }
     }
 }
@@ -130,9 +140,9 @@ impl Drawn {
         (n * 8).clamp(1000, usize::from(u16::MAX))
     }
 
-    /// `None` for fewer than two records with a share.
+    /// `None` when no record has a share.
     pub fn new(shares: &[f64]) -> Option<Self> {
-        if shares.iter().filter(|s| **s > 0.0).count() < 2 || shares.len() > usize::from(u16::MAX) {
+        if !shares.iter().any(|s| *s > 0.0) || shares.len() > usize::from(u16::MAX) {
             return None;
         }
         let schedule = crate::pool::share::schedule(shares, Self::slots(shares.len())).into_iter().map(|i| i as u16).collect();

@@ -446,8 +446,11 @@ impl PoolState {
                 .collect();
             let target = share::ramped(self.policy, &held, &share::gates(&ramp, &full));
             let served = self.spread.step(now, &ids, &target, &full, &shaping);
+            // Members with a share lead answers; with answers > 1 the rest
+            // (a priority pool's standbys, full members) follow them.
+            let follow = self.answers > 1;
             let (addresses, shares): (Vec<IpAddr>, Vec<f64>) =
-                live.iter().zip(served).filter(|(_, s)| *s > 0.0).map(|(m, s)| (m.address, s)).unzip();
+                live.iter().zip(served).filter(|(_, s)| *s > 0.0 || follow).map(|(m, s)| (m.address, s)).unzip();
             self.last_known = addresses.clone();
             return Decision { shares, ..Decision::plain(addresses, false, false, self.ttl) };
         }

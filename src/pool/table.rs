@@ -554,7 +554,7 @@ impl Table {
                 admin: m.admin,
                 weight: m.weight,
                 load: m.metrics.load,
-                in_answer: answer.contains(&m.address),
+                in_answer: answer.contains(&m.address) && shares.get(&m.address).is_none_or(|s| *s > 0.0),
                 metrics: m.metrics.pairs().map(|(k, v)| (k.to_owned(), v)).chain(m.custom.iter().map(|(k, v)| (k.clone(), *v))).collect(),
                 score: policy::score(p.policy, p.formula.as_deref(), m),
                 rank: if m.eligible(now, p.stale_after) {
