@@ -101,3 +101,21 @@ fn the_sample_configuration_and_zone_are_valid() {
     let out = Command::new(VNAMED).args(["zone", "check"]).arg(format!("{root}/zones/demo.example.zone")).output().unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+/// Every pool the README shows as an example is one the configuration
+/// check takes as written.
+#[test]
+fn the_readme_pool_examples_are_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let starts = |b: &str| b.lines().position(|l| l.starts_with("[[pool]]"));
+    let blocks: Vec<&str> =
+        readme.split("```toml\n").skip(1).filter_map(|b| b.split("```").next()).filter(|b| starts(b).is_some()).collect();
+    assert!(blocks.len() >= 2, "the README shows pools");
+    for block in blocks {
+        // Only the pools: the sample's [authority] names paths of its own.
+        let pools: String = block.lines().skip(starts(block).unwrap_or(0)).map(|l| format!("{l}\n")).collect();
+        if let Err(e) = vnamed::config::Config::from_toml(&pools) {
+            panic!("{e:?} in\n{pools}");
+        }
+    }
+}

@@ -232,7 +232,8 @@ impl Clone for Turns {
 pub struct Entry {
     pub responses: Box<[Box<[u8]>]>,
     /// Slot → response, cycled query by query; empty: one after the other.
-    pub order: Box<[u16]>,
+    /// Shared by the entries of one name and type (every EDNS shape).
+    pub order: Arc<[u16]>,
     pub turns: Turns,
     /// The virtual name's counters, for entries of virtual names.
     pub counters: Option<Arc<crate::metrics::PoolCounters>>,
@@ -426,7 +427,7 @@ fn entries(
     snap: &Snapshot,
     name: &LowerName,
     qtype: RecordType,
-    (leads, order): (&[usize], &[u16]),
+    (leads, order): (&[usize], &Arc<[u16]>),
     only_positive: bool,
     counters: Option<&Arc<crate::metrics::PoolCounters>>,
     serial: Option<&Arc<AtomicU32>>,
@@ -452,7 +453,7 @@ fn entries(
         let serial = at.zip(serial).map(|(at, s)| SerialPatch { at, serial: s.clone() });
         let entry = Entry {
             responses: responses.into_boxed_slice(),
-            order: order.into(),
+            order: order.clone(),
             turns: Turns::random(),
             counters: counters.cloned(),
             serial,
@@ -466,9 +467,10 @@ fn entries(
 /// without a serial only), and each apex SOA with its zone's serial cell.
 pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>>) -> HashMap<Box<[u8]>, Entry> {
     let mut table = HashMap::new();
+    let one: Arc<[u16]> = Arc::from([]);
     'zones: for zone in snap.zones.values() {
         let origin = &zone.data.lower_origin;
-        table.extend(entries(snap, origin, RecordType::SOA, (&[0], &[]), false, None, serials.get(origin)));
+        table.extend(entries(snap, origin, RecordType::SOA, (&[0], &one), false, None, serials.get(origin)));
         for (name, node) in &zone.data.nodes {
             if zone.pools.contains_key(name) || name.is_wildcard() {
                 continue;
@@ -481,7 +483,7 @@ pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>
                 if table.len() >= MAX_STATIC {
                     break 'zones;
                 }
-                table.extend(entries(snap, name, t, (&[0], &[]), true, None, None));
+                table.extend(entries(snap, name, t, (&[0], &one), true, None, None));
             }
         }
     }
@@ -495,7 +497,7 @@ pub fn pool_entries(snap: &Snapshot, name: &LowerName, pool: &PoolAnswer, serial
         .into_iter()
         .flat_map(|t| {
             let (leads, order) = pool.turns(t == RecordType::AAAA);
-            entries(snap, name, t, (&leads, &order), false, Some(&pool.counters), Some(serial))
+            entries(snap, name, t, (&leads, &Arc::from(order)), false, Some(&pool.counters), Some(serial))
         })
         .map(|(k, e)| (k, Arc::new(e)))
         .collect()
