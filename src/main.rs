@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -18,8 +19,18 @@ use vnamed::{admin, authority, demo};
 #[derive(Parser)]
 #[command(name = "vnamed", version, about, propagate_version = true)]
 struct Cli {
+    /// How log lines are written to stderr: text for people, or json (one
+    /// object per line, with each line's fields) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     role: Role,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -85,18 +96,27 @@ fn main() -> ExitCode {
     let (writer, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
     // Filtered first, then throttled per callsite, so no flood of one kind
     // of line buries the others.
+    // Under systemd, stderr goes to the journal, which stamps each line
+    // itself: no second timestamp there.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let (json, text) = match cli.log_format {
+        LogFormat::Json => (Some(tracing_subscriber::fmt::layer().json().flatten_event(false).with_writer(writer)), None),
+        LogFormat::Text => {
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                // Colours only for a person at a terminal, not in log files.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            (None, Some(if journal { layer.without_time().boxed() } else { layer.boxed() }))
+        }
+    };
     tracing_subscriber::registry()
         .with(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,hickory_net=warn")),
         )
         .with(vnamed::logs::Throttle::default())
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                // Colours only for a person at a terminal, not in log files.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
+        .with(json)
+        .with(text)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
