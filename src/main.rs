@@ -94,29 +94,27 @@ fn main() -> ExitCode {
     // the updater or a DNS worker. Lines are dropped, not waited for, if it
     // falls far behind; the guard flushes what is queued at exit.
     let (writer, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
-    // Filtered first, then throttled per callsite, so no flood of one kind
-    // of line buries the others.
     // Under systemd, stderr goes to the journal, which stamps each line
     // itself: no second timestamp there.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let (json, text) = match cli.log_format {
-        LogFormat::Json => (Some(tracing_subscriber::fmt::layer().json().flatten_event(false).with_writer(writer)), None),
-        LogFormat::Text => {
-            let layer = tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                // Colours only for a person at a terminal, not in log files.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-            (None, Some(if journal { layer.without_time().boxed() } else { layer.boxed() }))
-        }
+    let text = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        // Colours only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let lines = match cli.log_format {
+        LogFormat::Json => text.json().flatten_event(false).boxed(),
+        LogFormat::Text if journal => text.without_time().boxed(),
+        LogFormat::Text => text.boxed(),
     };
+    // Filtered first, then throttled per callsite, so no flood of one kind
+    // of line buries the others.
     tracing_subscriber::registry()
         .with(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,hickory_net=warn")),
         )
         .with(vnamed::logs::Throttle::default())
-        .with(json)
-        .with(text)
+        .with(lines)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -130,8 +130,8 @@ pub struct PoolStatus {
     pub members: Vec<MemberStatus>,
     /// Settings from the API rather than the configuration, one per line.
     pub overrides: Vec<String>,
-    /// "shares" or "best".
-    pub select: &'static str,
+    /// How the answers are chosen in effect.
+    pub select: crate::config::Select,
     pub ttl: u32,
 }
 
@@ -519,7 +519,7 @@ impl Catalog {
             if !servfail {
                 self.table.restore_last_known(i, previous.clone());
             }
-            Some(Decision { shares, ..Decision::plain(previous, rotate && !shared, servfail, ttl) })
+            Some(Decision { shares, ..Decision::plain(previous, rotate, servfail, ttl) })
         } else {
             self.table.decide_anyway(i, now)
         };
@@ -779,7 +779,7 @@ impl Catalog {
                 error!(pool = %p.name, "internal: a pool without an answer is left out of the status");
                 continue;
             };
-            let shown: Vec<IpAddr> = answer.shown().to_vec();
+            let shown = answer.shown();
             out.push(PoolStatus {
                 name: p.name.to_string(),
                 policy: format!("{:?}", p.policy),
@@ -788,7 +788,7 @@ impl Catalog {
                 servfail: answer.servfail,
                 members: self.table.members_status(i, &answer.addresses, &answer.shares, now),
                 overrides: p.overrides.lines(),
-                select: if p.shares() { "shares" } else { "best" },
+                select: p.selects(),
                 ttl: answer.ttl,
                 answer: shown,
             });

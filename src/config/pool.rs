@@ -44,13 +44,18 @@ impl std::fmt::Display for PolicyName {
     }
 }
 
+/// A value named as the configuration names it (kebab-case).
+fn by_name<'de, T: Deserialize<'de>>(s: &'de str) -> Result<T, String> {
+    use serde::de::IntoDeserializer;
+    let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = s.into_deserializer();
+    T::deserialize(d).map_err(|e| e.to_string())
+}
+
 impl std::str::FromStr for PolicyName {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        use serde::de::IntoDeserializer;
-        let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = s.into_deserializer();
-        Self::deserialize(d).map_err(|e| e.to_string())
+        by_name(s)
     }
 }
 
@@ -76,6 +81,24 @@ pub enum Select {
     Shares,
     /// Only the policy's best `answers` members are answered.
     Best,
+}
+
+/// The configuration's name.
+impl std::fmt::Display for Select {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Shares => "shares",
+            Self::Best => "best",
+        })
+    }
+}
+
+impl std::str::FromStr for Select {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        by_name(s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -442,7 +442,7 @@ impl Admin for AdminService {
                 answer: p.answer.iter().map(|a| a.to_string()).collect(),
                 servfail: p.servfail,
                 overrides: p.overrides,
-                select: p.select.into(),
+                select: p.select.to_string(),
                 ttl: p.ttl,
                 members: p
                     .members
@@ -511,9 +511,9 @@ impl Admin for AdminService {
         };
         let select = match req.select.as_str() {
             "" => None,
-            "shares" => Some(crate::config::Select::Shares),
-            "best" => Some(crate::config::Select::Best),
-            other => return Err(Status::invalid_argument(format!("select must be shares or best, not {}", ident::shown(other)))),
+            text => Some(
+                text.parse().map_err(|_| Status::invalid_argument(format!("select must be shares or best, not {}", ident::shown(text))))?,
+            ),
         };
         let (pool, recent) = self.ask(|reply| Command::Replayable { pool: req.pool, reply }).await?.map_err(status_of)?;
         let proposal = crate::pool::replay::Proposal { policy: Some(policy), formula, select };
@@ -521,8 +521,7 @@ impl Admin for AdminService {
             let (live, proposed) = crate::pool::replay::dry_run(&pool, &recent, &proposal).map_err(Status::invalid_argument)?;
             let replayed = |t: &crate::pool::replay::Timeline| v1::Replayed {
                 policy: t.policy.to_string(),
-                select: if t.select == crate::config::Select::Best || t.policy == PolicyName::RoundRobin { "best" } else { "shares" }
-                    .into(),
+                select: t.select.to_string(),
                 changes: t.changes as u32,
                 peak_share: t.peak.as_ref().map(|(_, s)| *s).unwrap_or(0.0),
                 peak_member: t.peak.as_ref().map(|(m, _)| m.to_string()).unwrap_or_default(),

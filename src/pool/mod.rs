@@ -372,7 +372,13 @@ impl PoolState {
 
     /// Whether the pool's answers are drawn by shares.
     pub fn shares(&self) -> bool {
-        self.select == Select::Shares && self.policy != PolicyName::RoundRobin
+        self.selects() == Select::Shares
+    }
+
+    /// How the answers are chosen in effect: round-robin rotates, so it
+    /// never draws by shares whatever `select` says.
+    pub fn selects(&self) -> Select {
+        if self.policy == PolicyName::RoundRobin { Select::Best } else { self.select }
     }
 
     /// Applies the policy to the members in service.

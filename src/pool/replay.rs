@@ -61,6 +61,7 @@ impl Recent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timeline {
     pub policy: PolicyName,
+    /// How the answers were chosen in effect (see `PoolState::selects`).
     pub select: Select,
     /// Each second's share of the answers per member (in the pool's
     /// member order), from the first report on.
@@ -115,7 +116,7 @@ pub fn replay(pool: &PoolState, recent: &Recent, proposal: &Proposal) -> Timelin
     }
     p.policy = proposal.policy.unwrap_or(p.policy);
     p.select = proposal.select.unwrap_or(p.select);
-    let mut out = Timeline { policy: p.policy, select: p.select, seconds: Vec::new(), changes: 0, peak: None };
+    let mut out = Timeline { policy: p.policy, select: p.selects(), seconds: Vec::new(), changes: 0, peak: None };
     // In the order observed (monitors' reports may arrive out of it).
     let mut ordered: Vec<&Recorded> = recent.iter().collect();
     ordered.sort_by_key(|r| r.at);
