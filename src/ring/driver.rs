@@ -159,7 +159,7 @@ pub async fn run(
                     }
                 }
                 Event::Rebuilt(members) => {
-                    info!(members = members.len(), "ring rebuilt");
+                    info!(count = members.len(), ?members, "ring rebuilt");
                     // A rebuild may follow our own expulsion (a freeze past the
                     // datagrams' freshness): make sure the authorities count us in.
                     if announced && members.contains(&me) {

@@ -159,6 +159,9 @@ pub struct Member {
     events: VecDeque<Event>,
     /// Messages waiting to ride the next token we pass on.
     to_carry: Vec<Carried>,
+    /// Rounds in a row whose token came back after as many hops as there
+    /// are members in no view of ours.
+    disagreed: u32,
 }
 
 impl Member {
@@ -182,6 +185,7 @@ impl Member {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             to_carry: Vec::new(),
+            disagreed: 0,
         };
         m.outbox.push_back((To::All, Msg::Join { capable }));
         m
@@ -364,6 +368,12 @@ impl Member {
                 }
             }
             Msg::Dead { dead } => {
+                // Only a member of our ring speaks for it. A report from one we
+                // count out is stale: say, sent from behind a cut link, kept
+                // in a queue and delivered once the link came back.
+                if !self.members.contains_key(&from) {
+                    return;
+                }
                 if dead == self.me {
                     // Reported dead while alive: come back in.
                     self.outbox.push_back((To::All, Msg::Join { capable: self.capable }));
@@ -418,6 +428,16 @@ impl Member {
                     // A full circle: the master sends the next round on the next
                     // beat. Older rounds still about are dropped here.
                     if round == self.round {
+                        // In a ring whose members agree, the token visits each
+                        // once. Another length twice in a row (once may be a
+                        // join on its way) means the views differ in a way
+                        // nobody else can see: purge, so all rebuild as one.
+                        self.disagreed = if usize::from(hops) == self.members.len() { 0 } else { self.disagreed + 1 };
+                        if self.disagreed >= 2 {
+                            self.disagreed = 0;
+                            self.start_rebuild(now, self.epoch + 1, true);
+                            return;
+                        }
                         self.to_carry.extend(carried);
                         self.next_token = Some(now + self.timing.ping_interval);
                     }
@@ -445,9 +465,24 @@ impl Member {
         self.outbox.push_back((To::All, Msg::Hello { capable }));
     }
 
+    /// Joins afresh: what this member collected is no longer to be trusted.
+    fn rejoin(&mut self, now: Instant) {
+        self.watch.clear();
+        self.next_token = None;
+        self.phase = Phase::Joining { until: now + self.timing.broadcast_timeout };
+        self.outbox.push_back((To::All, Msg::Join { capable: self.capable }));
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
             Phase::Left => {}
+            // Woken long after the Hellos were due (the process was frozen or
+            // starved): the ring moved on meanwhile, and what was collected
+            // before is a stale part of it. Concluding from it would count
+            // live members out; ask everyone again instead.
+            Phase::Joining { until } | Phase::Rebuilding { until } if now >= until + self.timing.broadcast_timeout => {
+                self.rejoin(now);
+            }
             Phase::Joining { until } => {
                 if now >= until {
                     self.become_member(now);

@@ -356,3 +356,74 @@ fn a_member_reported_dead_while_alive_asks_back_in_and_says_so() {
     assert_eq!(m.poll_event(), Some(Event::Expelled), "the driver must tell the authorities it is back");
     assert!(matches!(m.poll_transmit(), Some((To::All, Msg::Join { .. }))));
 }
+
+#[test]
+fn a_member_frozen_in_a_rebuild_asks_everyone_again_instead_of_counting_them_out() {
+    let t0 = Instant::now();
+    let timing = Timing::default();
+    let all: BTreeMap<SocketAddr, bool> = [1, 3, 5, 7, 8].into_iter().map(|n| (addr(n), false)).collect();
+    let mut m = Member::formed(addr(5), &all, timing, t0);
+    while m.poll_transmit().is_some() {}
+    // A purge; only two Hellos arrive before the process is frozen.
+    m.handle(t0, addr(7), Msg::Purge { epoch: 1 });
+    m.handle(t0, addr(7), Msg::Hello { capable: false });
+    m.handle(t0, addr(8), Msg::Hello { capable: false });
+    while m.poll_transmit().is_some() {}
+    while m.poll_event().is_some() {}
+    // Resumed seconds after the rebuild was due: no partial ring.
+    let resumed = t0 + timing.broadcast_timeout * 3;
+    m.handle_timeout(resumed);
+    assert_eq!(m.poll_event(), None, "a stale rebuild must not conclude");
+    assert!(!m.is_member());
+    assert!(matches!(m.poll_transmit(), Some((To::All, Msg::Join { .. }))), "it asks everyone again");
+    for n in [1, 3, 7, 8] {
+        m.handle(resumed, addr(n), Msg::Hello { capable: false });
+    }
+    m.handle_timeout(resumed + timing.broadcast_timeout);
+    assert!(m.is_member());
+    assert_eq!(m.members(), all.keys().copied().collect::<Vec<_>>());
+
+    // On time, a rebuild concludes with whom it heard from, as always.
+    let mut m = Member::formed(addr(5), &all, timing, t0);
+    m.handle(t0, addr(7), Msg::Purge { epoch: 1 });
+    m.handle(t0, addr(7), Msg::Hello { capable: false });
+    m.handle_timeout(t0 + timing.broadcast_timeout);
+    assert_eq!(m.members(), vec![addr(5), addr(7)]);
+}
+
+#[test]
+fn views_that_disagree_while_the_token_still_circles_are_rebuilt() {
+    // What a healed partition can leave: .2 knows everyone, .1 only .2, and
+    // .4 and .5 do not know .2. The token still comes round (.1 .2 .4 .5),
+    // nobody is missing a ping, and .1 is the master in every view: nothing
+    // but the token's length tells that the views differ.
+    let mut net = Net::new(Timing::default());
+    let view = |ns: &[u8]| -> BTreeMap<SocketAddr, bool> { ns.iter().map(|&n| (addr(n), n != 1)).collect() };
+    for (me, ns) in [(1, &[1, 2][..]), (2, &[1, 2, 4, 5]), (4, &[1, 4, 5]), (5, &[1, 4, 5])] {
+        net.nodes.insert(addr(me), Member::formed(addr(me), &view(ns), net.timing, net.now));
+    }
+    net.run(Duration::from_secs(15));
+    let dispatchers: BTreeSet<Option<SocketAddr>> = net.live().map(|(_, m)| m.dispatcher()).collect();
+    assert_eq!(dispatchers, BTreeSet::from([Some(addr(2))]), "{:#?}", net.events);
+    for (a, m) in net.live() {
+        assert_eq!(m.members().len(), 4, "{a}: {:?}", m.members());
+    }
+}
+
+#[test]
+fn a_death_reported_by_someone_outside_the_ring_is_stale_and_ignored() {
+    let t0 = Instant::now();
+    let ring: BTreeMap<SocketAddr, bool> = [1, 2, 5].into_iter().map(|n| (addr(n), true)).collect();
+    let mut m = Member::formed(addr(2), &ring, Timing::default(), t0);
+    while m.poll_transmit().is_some() {}
+    while m.poll_event().is_some() {}
+    // .4 was counted out while its link was cut; what it said then arrives now.
+    m.handle(t0, addr(4), Msg::Dead { dead: addr(5) });
+    m.handle(t0, addr(4), Msg::Dead { dead: addr(2) });
+    assert_eq!(m.members().len(), 3);
+    assert_eq!(m.poll_event(), None);
+    assert!(m.poll_transmit().is_none(), "no rejoin for a stale report");
+    // A member's report still counts.
+    m.handle(t0, addr(1), Msg::Dead { dead: addr(5) });
+    assert_eq!(m.members(), vec![addr(1), addr(2)]);
+}
