@@ -15,6 +15,7 @@ pub mod dns;
 pub mod envelope;
 pub mod farm;
 pub mod grpc;
+pub mod init;
 pub mod logs;
 pub mod metrics;
 pub mod monitor;

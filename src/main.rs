@@ -37,6 +37,7 @@ enum LogFormat {
 enum Role {
     /// Serve DNS for the zones in zones_dir, with live virtual names.
     Authority {
+        /// The configuration file (TOML; README, "Configuration").
         #[arg(long, short)]
         config: PathBuf,
         /// Check the file as a live reload would, and print what it would
@@ -47,16 +48,19 @@ enum Role {
     },
     /// Run this host's checks and report its members' state upstream.
     Monitor {
+        /// The configuration file (TOML; README, "Configuration").
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Collect a farm's monitors, apply its local policy, report upward.
     Farm {
+        /// The configuration file (TOML; README, "Configuration").
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Hold virtual IPs and switch their connections to servers (raw sockets).
     Dispatch {
+        /// The configuration file (TOML; README, "Configuration").
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -85,6 +89,18 @@ enum Role {
     },
     /// Resolve CLUSTER\INSTANCE to its endpoints (SRP, UDP 1434).
     Resolve(vnamed::srp::cli::ResolveArgs),
+    /// Write a starter configuration, zone file and monitor configuration.
+    Init(vnamed::init::InitArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Directory for the man pages (vnamed.1, vnamed-authority.1, ...).
+        #[arg(long)]
+        man: Option<PathBuf>,
+        /// Directory for the bash, zsh and fish completions.
+        #[arg(long)]
+        completions: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -151,6 +167,23 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Man pages, one per command (`man vnamed-authority`), and completions,
+/// all from the command line's own definition.
+fn generate(man: Option<PathBuf>, completions: Option<PathBuf>) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    if let Some(dir) = man {
+        std::fs::create_dir_all(&dir)?;
+        clap_mangen::generate_to(Cli::command(), &dir)?;
+    }
+    if let Some(dir) = completions {
+        std::fs::create_dir_all(&dir)?;
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            clap_complete::generate_to(shell, &mut Cli::command(), "vnamed", &dir)?;
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.role {
         Role::Authority { config, check: true } => return admin::check_config(&config).await,
@@ -178,6 +211,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Role::Ring { cmd } => admin::ring(cmd).await?,
         Role::Zone { cmd } => return admin::zone(cmd).await,
         Role::Resolve(args) => return vnamed::srp::cli::resolve(args).await,
+        Role::Init(args) => print!("{}", vnamed::init::write(&args)?),
+        Role::Generate { man, completions } => generate(man, completions)?,
     }
     Ok(ExitCode::SUCCESS)
 }

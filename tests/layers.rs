@@ -43,6 +43,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("authority", 5),
     ("monitor", 5),
     ("farm", 5),
+    ("init", 5),
     ("demo", 6),
     ("admin", 5),
 ];

@@ -119,8 +119,14 @@ impl Catalog {
                 info!(file = %path.display(), serial = done.file.as_ref().map(|f| f.serial), "zone file written");
                 self.counters.zone_writes.inc();
             }
-            (Written::Invalid, e) => error!(file = %path.display(), error = ?e, "refusing to write a zone file that does not validate"),
-            (Written::Failed, e) => error!(file = %path.display(), error = ?e, "cannot write zone file; will retry"),
+            (Written::Invalid, e) => {
+                self.counters.zone_write_failures.inc();
+                error!(file = %path.display(), error = ?e, "refusing to write a zone file that does not validate")
+            }
+            (Written::Failed, e) => {
+                self.counters.zone_write_failures.inc();
+                error!(file = %path.display(), error = ?e, "cannot write zone file; will retry")
+            }
             (Written::Edited, _) => info!(file = %path.display(), "zone file edited meanwhile; written again from the edit"),
         }
         if z.sync.end_write(done.ticket, &done.outcome) == After::Adopt

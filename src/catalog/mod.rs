@@ -90,6 +90,9 @@ pub type Watched = watch::Receiver<Servers>;
 pub struct UpdaterCounters {
     pub answer_changes: Count,
     pub zone_writes: Count,
+    /// Zone file writes that failed (disk full, permissions) or were refused
+    /// as invalid; each is retried.
+    pub zone_write_failures: Count,
     pub zone_edits_refused: Count,
     /// From a report's arrival to the answer it changed being served.
     pub report_to_answer: Histogram,
@@ -100,6 +103,7 @@ impl Default for UpdaterCounters {
         Self {
             answer_changes: Count::default(),
             zone_writes: Count::default(),
+            zone_write_failures: Count::default(),
             zone_edits_refused: Count::default(),
             report_to_answer: latency_histogram(),
         }
@@ -110,6 +114,11 @@ impl Expose for UpdaterCounters {
     fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
         w.counter("vnamed_answer_changes", "Times a virtual name's answer changed.", self.answer_changes.get())?;
         w.counter("vnamed_zone_writes", "Zone file rewrites.", self.zone_writes.get())?;
+        w.counter(
+            "vnamed_zone_write_failures",
+            "Zone file writes that failed or were refused; each is retried.",
+            self.zone_write_failures.get(),
+        )?;
         w.counter("vnamed_zone_edits_refused", "Operator zone edits refused as invalid.", self.zone_edits_refused.get())?;
         w.histogram(
             "vnamed_report_to_answer_seconds",

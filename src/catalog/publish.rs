@@ -181,6 +181,8 @@ impl Catalog {
             .map(|m| MemberHealth {
                 id: m.id.clone(),
                 up: m.eligible(now, pool.stale_after),
+                stale: m.state(now, pool.stale_after) == "unknown (stale)",
+                ring_dead: m.ring_dead,
                 in_answer: index.as_ref().map_or_else(|| shown.contains(&m.address), |ix| ix.contains(&m.address)),
             })
             .collect();

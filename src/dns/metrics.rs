@@ -83,15 +83,21 @@ impl Expose for SnapshotMetrics {
         w.gauges("vnamed_zone_serial", "SOA serial served.", serials)?;
         let mut health: Vec<_> = snap.health.iter().collect();
         health.sort_by(|a, b| a.0.cmp(b.0));
-        let (mut up, mut in_answer) = (Vec::new(), Vec::new());
+        let (mut up, mut in_answer, mut stale, mut ring_dead, mut fallback) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (pool, members) in &health {
             for m in members.iter() {
                 let labels = vec![("pool", label(pool)), ("member", label(&m.id))];
                 up.push((labels.clone(), i64::from(m.up)));
-                in_answer.push((labels, i64::from(m.in_answer)));
+                in_answer.push((labels.clone(), i64::from(m.in_answer)));
+                stale.push((labels.clone(), i64::from(m.stale)));
+                ring_dead.push((labels, i64::from(m.ring_dead)));
             }
+            fallback.push((vec![("pool", label(pool))], i64::from(!members.is_empty() && !members.iter().any(|m| m.up))));
         }
         w.gauges("vnamed_member_up", "Whether a pool member is in service (1) or not (0).", up)?;
-        w.gauges("vnamed_member_in_answer", "Whether a pool member is in the current answer.", in_answer)
+        w.gauges("vnamed_member_in_answer", "Whether a pool member is in the current answer.", in_answer)?;
+        w.gauges("vnamed_member_stale", "Whether a member reported up but its reports stopped for longer than stale_after.", stale)?;
+        w.gauges("vnamed_member_ring_dead", "Whether the ring reported a member's host dead (and it has not rejoined).", ring_dead)?;
+        w.gauges("vnamed_pool_fallback", "Whether a pool answers its fallback: no member is in service.", fallback)
     }
 }

@@ -199,6 +199,10 @@ pub struct MemberHealth {
     pub up: bool,
     /// In the answer served now.
     pub in_answer: bool,
+    /// Reported up, but its reports stopped for longer than `stale_after`.
+    pub stale: bool,
+    /// The ring reported its host dead and it has not rejoined.
+    pub ring_dead: bool,
 }
 
 /// Every zone served.
