@@ -175,6 +175,7 @@ impl Authority {
                 let (tx, rx) = mpsc::channel(16);
                 let name = path.file_name().map(|n| n.to_owned());
                 let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+                crate::sys::service::reload_on_hangup("configuration", path.to_owned(), tx.clone());
                 match crate::sys::watch::watch_matching(&dir, move |p| p.file_name() == name.as_deref(), tx) {
                     Ok(w) => {
                         tasks.spawn(follow_config(
@@ -359,6 +360,7 @@ async fn follow_config(
 /// `vnamed authority --config FILE`.
 pub async fn run(config: Config, path: &Path, shutdown: CancellationToken) -> anyhow::Result<()> {
     let authority = Authority::start(&config, Some(path), shutdown).await?;
+    crate::sys::service::ready("serving DNS");
     authority.wait().await;
     Ok(())
 }

@@ -184,5 +184,6 @@ pub async fn start(fc: FarmConfig, shutdown: CancellationToken) -> anyhow::Resul
         tokio::spawn(report_to(upstream.clone(), client, batch, farm.version.subscribe(), fc.refresh, shutdown.clone()));
     }
     info!(farm = %fc.name, listen = %fc.listen, mode = ?fc.mode, pools = fc.pool.len(), "farm monitor running");
+    crate::sys::service::ready("farm monitor running");
     Ok(())
 }

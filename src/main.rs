@@ -160,6 +160,7 @@ fn shutdown_on_signals() -> CancellationToken {
         };
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         info!("signal received; shutting down (again to exit at once)");
+        vnamed::sys::service::stopping();
         t.cancel();
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         std::process::exit(130);
@@ -193,14 +194,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Role::Monitor { config } => {
             let config = Config::read(&config)?;
+            vnamed::sys::service::ignore_hangups("monitor");
             vnamed::monitor::run(config, shutdown_on_signals()).await?;
         }
         Role::Farm { config } => {
             let config = Config::read(&config)?;
+            vnamed::sys::service::ignore_hangups("farm");
             vnamed::farm::run(config, shutdown_on_signals()).await?;
         }
         Role::Dispatch { config } => {
             let config = Config::read(&config)?;
+            vnamed::sys::service::ignore_hangups("dispatch");
             vnamed::dispatch::driver::run(config, shutdown_on_signals()).await?;
         }
         Role::Demo(args) => demo::run(args, shutdown_on_signals()).await?,

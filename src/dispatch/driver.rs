@@ -617,6 +617,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tasks.spawn(crate::metrics::serve(gate, Arc::new(registry), shutdown.clone()));
     }
     info!(interface = %iface.name, %my_ip, vips = vips.len(), threads, "dispatcher running");
+    crate::sys::service::ready("dispatching");
     shutdown.cancelled().await;
     stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}

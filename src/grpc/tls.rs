@@ -95,6 +95,7 @@ impl Reloading {
                     .map_err(|e| TlsError::Watch { dir: dir.clone(), why: e.to_string() })?;
             watchers.push(w);
         }
+        crate::sys::service::reload_on_hangup("TLS material", t.cert.clone(), tx.clone());
         let (swap, files) = (current.clone(), t.clone());
         tokio::spawn(async move {
             while rx.recv().await.is_some() {

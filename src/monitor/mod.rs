@@ -277,6 +277,7 @@ impl Monitor {
             tasks.spawn(report_to(upstream.clone(), client, batch, shared.version.subscribe(), mc.refresh, shutdown.clone()));
         }
         info!(host = %mc.host, checks = mc.check.len(), upstreams = mc.report_to.len(), push = ?push_addr, "monitor running");
+        crate::sys::service::ready("monitoring");
         Ok(Self { tasks, shared, push_addr })
     }
 

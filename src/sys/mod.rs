@@ -6,5 +6,6 @@ pub mod accept;
 pub mod fs;
 pub mod mmsg;
 pub mod packet;
+pub mod service;
 pub mod thread;
 pub mod watch;
