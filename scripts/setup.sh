@@ -2,8 +2,9 @@
 # Installs the tools vnamed's demo, tests and benchmarks use: dig and
 # named-checkzone (BIND utilities), NSD (a real secondary), dnsperf, gdnsd and
 # PowerDNS (benchmark peers), kdig and dnspython (strict DNS parsers), FreeTDS tsql (a real SQL client for the SRP
-# responder), Python grpcio (an independent gRPC client) and promtool (it checks
-# and unit-tests the alerting rules in contrib/prometheus). Safe to
+# responder), Python grpcio (an independent gRPC client), promtool (it checks
+# and unit-tests the alerting rules in contrib/prometheus) and what the
+# package test uses (dpkg-dev, man-db, systemd-analyze). Safe to
 # run again: it installs only what is missing. --minimal: only what the demo
 # needs; --bench: also HAProxy, wrk and nginx for scripts/bench/dispatch.sh.
 set -euo pipefail
@@ -22,6 +23,10 @@ if [ "${1:-}" != "--minimal" ]; then
   command -v kdig >/dev/null || need+=(knot-dnsutils)
   command -v openssl >/dev/null || need+=(openssl)
   command -v promtool >/dev/null || need+=(prometheus)
+  # The package test: dpkg-shlibdeps for cargo-deb, man, systemd-analyze.
+  command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+  command -v man >/dev/null || need+=(man-db)
+  command -v systemd-analyze >/dev/null || need+=(systemd)
 fi
 # The independent gRPC client the tests use (Python grpcio, from PyPI).
 if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection, dns.message, prometheus_client" 2>/dev/null; then

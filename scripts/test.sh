@@ -24,6 +24,11 @@ else
   echo "not root: the network namespace tests are skipped (shown as ignored)" >&2
 fi
 cargo test --no-fail-fast --lib --bins --tests "$@" "${extra[@]}" 2>&1 | tee "$log" || status=$?
+# The Debian package: built, installed with dpkg, its units verified, the
+# authority started as its unit starts it, removed (root: dpkg -i).
+if [ "$(id -u)" -eq 0 ]; then
+  { bash scripts/package.sh --debug && bash scripts/package-test.sh target/debian/vnamed_*.deb; } || status=1
+fi
 # A short soak of crashes, pauses, full disks and bad edits (root: it mounts a tmpfs).
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/chaos.sh 1 || status=1
