@@ -4,7 +4,8 @@
 # PowerDNS (benchmark peers), kdig and dnspython (strict DNS parsers), FreeTDS tsql (a real SQL client for the SRP
 # responder), Python grpcio (an independent gRPC client), promtool (it checks
 # and unit-tests the alerting rules in contrib/prometheus) and what the
-# package test uses (dpkg-dev, man-db, systemd-analyze). Safe to
+# package test uses (dpkg-dev, man-db, systemd-analyze), and Chromium with
+# chromedriver for the status page. Safe to
 # run again: it installs only what is missing. --minimal: only what the demo
 # needs; --bench: also HAProxy, wrk and nginx for scripts/bench/dispatch.sh.
 set -euo pipefail
@@ -27,6 +28,9 @@ if [ "${1:-}" != "--minimal" ]; then
   command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
   command -v man >/dev/null || need+=(man-db)
   command -v systemd-analyze >/dev/null || need+=(systemd)
+  # The status page test drives Debian's Chromium through chromedriver.
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v chromedriver >/dev/null || need+=(chromium-driver)
 fi
 # The independent gRPC client the tests use (Python grpcio, from PyPI).
 if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection, dns.message, prometheus_client" 2>/dev/null; then

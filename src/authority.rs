@@ -141,7 +141,10 @@ impl Authority {
             }
         };
         info!(store = %store.path().display(), fresh = loaded.fresh, "state store open");
+        let boards = crate::catalog::Boards::new(Instant::now());
         let updater = updater.expect("no problems").with_ring(ring, Instant::now());
+        // The status page's boards, only when there is a page to show them.
+        let updater = if metrics.is_some() { updater.with_board(boards.clone(), Instant::now()) } else { updater };
 
         let listeners = listeners.expect("no problems");
         let dns_addrs = listeners.addrs.clone();
@@ -219,7 +222,7 @@ impl Authority {
             crate::metrics::register(&mut registry, rrl.clone());
             let gate = Gate::metrics(listener, &limits);
             gates.add(&gate);
-            tasks.spawn(crate::metrics::serve(gate, Arc::new(registry), shutdown.clone()));
+            tasks.spawn(crate::metrics::serve(gate, Arc::new(registry), crate::page::router(boards), shutdown.clone()));
         }
         let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = grpc {

@@ -19,6 +19,7 @@ pub mod init;
 pub mod logs;
 pub mod metrics;
 pub mod monitor;
+pub mod page;
 pub mod pool;
 pub mod ring;
 pub mod srp;

@@ -172,14 +172,14 @@ pub fn text(registry: &Registry) -> String {
 
 /// Serves `GET /metrics` from `registry` on connections from `listener`
 /// (a `sys::accept::Gate`) until shutdown.
-pub async fn serve<L>(listener: L, registry: Arc<Registry>, shutdown: CancellationToken)
+pub async fn serve<L>(listener: L, registry: Arc<Registry>, pages: axum::Router, shutdown: CancellationToken)
 where
     L: axum::serve::Listener,
     L::Addr: fmt::Debug,
 {
     use axum::routing::get;
     let app =
-        axum::Router::new().route(
+        pages.route(
             "/metrics",
             get(move || {
                 let registry = registry.clone();

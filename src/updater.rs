@@ -26,7 +26,7 @@ const MEMBER_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Backoff bounds for a serial mark the store refused.
 const RESERVE_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
-pub use crate::catalog::{Catalog, MemberStatus, PoolChange, PoolStatus, Servers, UpdateError, UpdaterCounters, Watched};
+pub use crate::catalog::{Board, Boards, Catalog, MemberStatus, PoolChange, PoolStatus, Servers, UpdateError, UpdaterCounters, Watched};
 use crate::clock::Now;
 use crate::config::{Config, PoolConfig};
 use crate::dns::snapshot::Snapshot;
@@ -102,6 +102,22 @@ pub struct Updater {
     next_member_save: Instant,
     /// When a serial mark the store refused is tried again, and the backoff.
     reserve_retry: Option<(Instant, Duration)>,
+    /// The status page's board, when there is a page: built anew only
+    /// while someone looks, when what is served or the ring changed, at
+    /// most every BOARD_INTERVAL.
+    board: Option<BoardPost>,
+}
+
+/// How often the status page's board is rebuilt, at most.
+const BOARD_INTERVAL: Duration = Duration::from_millis(200);
+
+struct BoardPost {
+    boards: Arc<Boards>,
+    /// What the last board was built from: the catalog's publish count
+    /// and the ring.
+    published: u64,
+    ring: Option<Registry>,
+    next: Instant,
 }
 
 impl Updater {
@@ -133,9 +149,41 @@ impl Updater {
             unsent: Vec::new(),
             next_member_save: now.instant + MEMBER_SAVE_INTERVAL,
             reserve_retry: None,
+            board: None,
         };
         u.drive();
         Ok(u)
+    }
+
+    /// Keeps `tx` supplied with the status page's board.
+    pub fn with_board(mut self, boards: Arc<Boards>, now: Instant) -> Self {
+        self.board = Some(BoardPost { boards, published: u64::MAX, ring: None, next: now });
+        self.post_board(now);
+        self
+    }
+
+    /// A new board, if anyone watches and something changed since the last.
+    fn post_board(&mut self, now: Instant) {
+        let Some(post) = self.board.as_mut() else { return };
+        let fresh = post.published == self.catalog.published() && post.ring.as_ref() == Some(&self.ring);
+        if fresh || now < post.next {
+            return;
+        }
+        if post.boards.tx.receiver_count() == 0 {
+            post.boards.stale.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let board = Board {
+            pools: self.catalog.status(now),
+            ring: self.ring.clone(),
+            changes: self.catalog.recent_changes().cloned().collect(),
+            built: now,
+        };
+        post.published = self.catalog.published();
+        post.ring = Some(self.ring.clone());
+        post.next = now + BOARD_INTERVAL;
+        post.boards.stale.store(false, std::sync::atomic::Ordering::Relaxed);
+        post.boards.tx.send_replace(Arc::new(board));
     }
 
     /// Takes the ring registry (from the store) and applies its deaths.
@@ -328,6 +376,7 @@ impl Updater {
                 _ = shutdown.cancelled() => break,
             }
             self.drive();
+            self.post_board(Instant::now());
         }
         // Writes under way finish first, then whatever is still pending.
         self.settle().await;

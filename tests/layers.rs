@@ -39,6 +39,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The loop, then the services around it.
     ("updater", 3),
     ("grpc", 4),
+    ("page", 4),
     // Roles.
     ("authority", 5),
     ("monitor", 5),

@@ -59,6 +59,8 @@ pub enum UpdateError {
 /// How far ahead of the served serial the store's high-water mark is put,
 /// so a change needs a write to the store only once in this many.
 pub const SERIAL_RESERVE: u32 = 1000;
+/// Answer changes kept for the status page.
+const RECENT_CHANGES: usize = 20;
 
 /// A change to a pool, checked and applied to a copy, waiting for its
 /// overrides to be saved before it is put in place (`commit`).
@@ -128,6 +130,41 @@ impl Expose for UpdaterCounters {
     }
 }
 
+/// What the status page shows, built by the updater when what is served
+/// changed and someone is looking.
+#[derive(Debug, Clone)]
+pub struct Board {
+    pub pools: Vec<PoolStatus>,
+    pub ring: crate::ring::registry::Registry,
+    /// The last answer changes, oldest first: when, pool, answer.
+    pub changes: Vec<(Instant, String, Vec<IpAddr>)>,
+    /// When it was built: the ages in it are as of then.
+    pub built: Instant,
+}
+
+impl Board {
+    pub fn empty(now: Instant) -> Self {
+        Self { pools: Vec::new(), ring: Default::default(), changes: Vec::new(), built: now }
+    }
+}
+
+/// Where the updater posts boards and the page takes them. Boards are
+/// built only while someone holds a receiver (a live page, or a page load
+/// waiting for a fresh one); `stale` says the last one is behind what is
+/// served, because nobody was looking when it changed.
+#[derive(Debug)]
+pub struct Boards {
+    pub tx: tokio::sync::watch::Sender<std::sync::Arc<Board>>,
+    pub stale: std::sync::atomic::AtomicBool,
+}
+
+impl Boards {
+    pub fn new(now: Instant) -> std::sync::Arc<Self> {
+        let (tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(Board::empty(now)));
+        std::sync::Arc::new(Self { tx, stale: std::sync::atomic::AtomicBool::new(true) })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolStatus {
     pub name: String,
@@ -185,6 +222,10 @@ pub struct Catalog {
     /// zones whose views must be rebuilt.
     dirty_pools: BTreeSet<(LowerName, LowerName)>,
     dirty_zones: BTreeSet<LowerName>,
+    /// The last answer changes (when, pool, answer), newest last, for the
+    /// status page; and a count of publishes, to tell when it is stale.
+    changes: VecDeque<(Instant, String, Vec<IpAddr>)>,
+    published: u64,
     /// Each zone's serial as the pre-encoded responses carry it.
     serials: HashMap<LowerName, Arc<AtomicU32>>,
     /// Each pool's members in the policy's order, for SRP, by pool name.
@@ -305,6 +346,8 @@ impl Catalog {
             pool_keys: HashMap::new(),
             dirty_pools: BTreeSet::new(),
             dirty_zones: BTreeSet::new(),
+            changes: VecDeque::new(),
+            published: 0,
             serials: HashMap::new(),
             preferred: Arc::default(),
             watchers: HashMap::new(),
@@ -568,14 +611,14 @@ impl Catalog {
     /// Re-applies a pool's policy (unless it is paused); returns its zone
     /// when its answer changed.
     fn redecide(&mut self, i: PoolId, now: Instant) -> Option<LowerName> {
-        let changed = self.table.decide(i, now).and_then(|d| self.answer(i, d));
+        let changed = self.table.decide(i, now).and_then(|d| self.answer(i, d, now));
         self.touched(i, now);
         changed
     }
 
     /// Serves `decision` as pool `i`'s answer; returns its zone when the
     /// answer changed.
-    fn answer(&mut self, i: PoolId, decision: Decision) -> Option<LowerName> {
+    fn answer(&mut self, i: PoolId, decision: Decision, now: Instant) -> Option<LowerName> {
         let (pool, zone) = match self.zone_mut(i) {
             Ok(found) => found,
             Err(e) => {
@@ -597,6 +640,12 @@ impl Catalog {
             debug!(pool = %pool.name, shares = ?answer.shares, "shares moved");
         }
         let (key, name) = (pool.key.clone(), pool.name.clone());
+        if records_moved {
+            if self.changes.len() == RECENT_CHANGES {
+                self.changes.pop_front();
+            }
+            self.changes.push_back((now, name.to_string(), answer.addresses.clone()));
+        }
         let origin = self.pool_zone.get(i).cloned()?;
         self.put_answer(&origin, &key, &name, Some(Arc::new(answer)));
         self.counters.answer_changes.inc();
@@ -742,7 +791,7 @@ impl Catalog {
                 }
             } else if changes.reshaped.contains(&i) {
                 if let Some(d) = self.table.decide_anyway(i, now.instant) {
-                    self.answer(i, d);
+                    self.answer(i, d, now.instant);
                 }
                 self.touched(i, now.instant);
             } else {
@@ -778,6 +827,16 @@ impl Catalog {
             self.publish();
         }
         self.changed(zones);
+    }
+
+    /// The last answer changes, oldest first: when, pool, answer.
+    pub fn recent_changes(&self) -> impl Iterator<Item = &(Instant, String, Vec<IpAddr>)> {
+        self.changes.iter()
+    }
+
+    /// Grows with every publish: what is served may have changed.
+    pub fn published(&self) -> u64 {
+        self.published
     }
 
     pub fn status(&self, now: Instant) -> Vec<PoolStatus> {

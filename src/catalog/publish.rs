@@ -91,6 +91,7 @@ impl Catalog {
     /// once the serials it serves are reserved in the state store.
     pub(super) fn publish(&mut self) {
         self.publish_due = true;
+        self.published += 1;
     }
 
     /// Publishes what changed since the last publish, if anything did.

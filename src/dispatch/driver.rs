@@ -614,7 +614,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         crate::metrics::register(&mut registry, stats.clone());
         crate::metrics::register(&mut registry, ring_counters.clone());
         let gate = crate::sys::accept::Gate::metrics(listener, &crate::config::Limits::default());
-        tasks.spawn(crate::metrics::serve(gate, Arc::new(registry), shutdown.clone()));
+        tasks.spawn(crate::metrics::serve(gate, Arc::new(registry), axum::Router::new(), shutdown.clone()));
     }
     info!(interface = %iface.name, %my_ip, vips = vips.len(), threads, "dispatcher running");
     crate::sys::service::ready("dispatching");

@@ -159,7 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         if config.srp.is_some() {
             crate::metrics::register(&mut registry, srp_counters);
         }
-        tokio::spawn(crate::metrics::serve(gate, Arc::new(registry), shutdown.clone()));
+        tokio::spawn(crate::metrics::serve(gate, Arc::new(registry), axum::Router::new(), shutdown.clone()));
     }
     shutdown.cancelled().await;
     monitor.stop().await;
