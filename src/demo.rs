@@ -26,7 +26,7 @@ pub struct DemoArgs {
     /// gRPC API address.
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub grpc: SocketAddr,
-    /// Prometheus metrics address (`/metrics`).
+    /// The status page (`/`) and Prometheus metrics (`/metrics`) address.
     #[arg(long, default_value = "127.0.0.1:9353")]
     pub metrics: SocketAddr,
     /// The SRP responder (SQL Server Browser protocol) for cluster `demo`.
@@ -133,7 +133,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     println!("  DNS authority  {dns} (UDP and TCP), zone demo.example.");
     println!("  gRPC API       {}", args.grpc);
     println!("  monitors       one per backend (tcp check + simulated load file), reporting over gRPC");
-    println!("  metrics        http://{}/metrics", args.metrics);
+    println!("  status page    http://{}/  (live; metrics at /metrics)", args.metrics);
     println!("  zone file      {}", zone_path.display());
     println!("  SRP responder  {} (UDP), cluster demo, instance DEMO at {sql_addr}", args.srp);
     for (i, a) in args.backends.iter().enumerate() {

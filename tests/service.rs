@@ -117,3 +117,39 @@ fn roles_that_reload_nothing_survive_sighup() {
     assert!(child.0.try_wait().unwrap().is_none(), "SIGHUP ended the monitor\n{}", read_log());
     wait_listening((ip, 9400).into(), Duration::from_secs(2));
 }
+
+#[test]
+fn sighup_reloads_the_tls_material_too() {
+    let pool = "[[pool]]\nname = \"www.example.test.\"\nmembers = [{ id = \"web1\", address = \"192.0.2.1\" }]\n";
+    let pki = tempfile::tempdir().unwrap();
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/make-pki.sh")).arg(pki.path()).arg("ops").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let extra = format!(
+        "token = \"admin-token-0123456789ab\"\n[authority.tls]\ncert = \"{0}/server.crt\"\nkey = \"{0}/server.key\"\n",
+        pki.path().display()
+    );
+    let a = Authority::prepared(&[("example.test.zone", ZONE)], pool, &extra);
+    let log = a.dir.path().join("service.log");
+    let child = Proc(
+        Command::new(VNAMED)
+            .args(["authority", "--config"])
+            .arg(&a.config)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(eventually(Duration::from_secs(10), || read_log().contains("gRPC API serving")).is_some(), "{}", read_log());
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let l = read_log();
+            l.contains("what=\"TLS material\"") && l.contains("TLS material reloaded")
+        })
+        .is_some(),
+        "{}",
+        read_log()
+    );
+    assert!(a.dig("www.example.test A +short").contains("192.0.2.1"), "{}", read_log());
+}

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -33,12 +34,13 @@ pub fn stopping() {
 /// whoever follows the file reads it again. Bounded: a burst of signals
 /// while a reload is pending is one reload.
 pub fn reload_on_hangup(what: &'static str, path: PathBuf, files: mpsc::Sender<PathBuf>) {
+    // Installed here, before this returns: a SIGHUP right after start-up
+    // must not meet the default action (the end of the process).
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!(what, "cannot install a SIGHUP handler; reload by editing the files");
+        return;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            warn!(what, "cannot install a SIGHUP handler; reload by editing the files");
-            return;
-        };
         while hup.recv().await.is_some() {
             info!(what, file = %path.display(), "SIGHUP: reading again");
             if files.try_send(path.clone()).is_err() && files.is_closed() {
@@ -51,9 +53,8 @@ pub fn reload_on_hangup(what: &'static str, path: PathBuf, files: mpsc::Sender<P
 /// For roles that reload nothing: SIGHUP is logged instead of ending the
 /// process (its default action).
 pub fn ignore_hangups(role: &'static str) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
         while hup.recv().await.is_some() {
             info!(role, "SIGHUP: this role reads its configuration only at start; restart it to apply changes");
         }
