@@ -18,6 +18,8 @@ pub enum InitError {
     Backend(String),
     #[error("give at least one --backend")]
     NoBackend,
+    #[error("--policy: {0}")]
+    Policy(String),
     #[error("{0} exists; --force overwrites it")]
     Exists(PathBuf),
     #[error("cannot write {0}: {1}")]
@@ -90,6 +92,11 @@ pub fn backends(specs: &[String]) -> Result<Vec<Backend>, InitError> {
         .collect()
 }
 
+/// `s` as a TOML string, quoted and escaped.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
 /// The fully qualified zone and pool names.
 pub fn names(zone: &str, pool: &str) -> Result<(Name, Name), InitError> {
     let bare = zone.trim_end_matches('.');
@@ -114,6 +121,8 @@ pub fn names(zone: &str, pool: &str) -> Result<(Name, Name), InitError> {
 pub fn starter(args: &InitArgs, zones_dir: &Path) -> Result<Starter, InitError> {
     let (zone, pool) = names(&args.zone, &args.pool)?;
     let backends = backends(&args.backends)?;
+    // Checked against the names the configuration takes: only those reach the file.
+    args.policy.parse::<crate::config::PolicyName>().map_err(InitError::Policy)?;
     let ns = Name::from_ascii("ns1").expect("a label").append_domain(&zone).expect("short enough");
     let ns_type = if args.ns_address.is_ipv4() { "A" } else { "AAAA" };
     let members: Vec<String> = backends.iter().map(|b| format!("  {{ id = \"{}\", address = \"{}\" }},", b.id, b.addr.ip())).collect();
@@ -132,12 +141,12 @@ grpc_listen = "127.0.0.1:7443"
 # Prometheus metrics and the live status page (http://127.0.0.1:9353/).
 metrics_listen = "127.0.0.1:9353"
 # Zone files (<zone>.zone); vnamed keeps its state in .vnamed-state below.
-zones_dir = "{zones_dir}"
+zones_dir = {zones_dir}
 # Secondaries allowed to transfer the zones (AXFR), e.g. ["192.0.2.53/32"].
 allow_transfer = []
 
 [[pool]]
-name = "{pool}"
+name = {pool_toml}
 # How the answer is chosen: weighted shares by each member's weight here.
 policy = "{policy}"
 # Addresses in each answer, and their TTL in seconds.
@@ -152,7 +161,8 @@ members = [
 ]
 "#,
         listen = args.listen,
-        zones_dir = zones_dir.display(),
+        zones_dir = toml_string(&zones_dir.to_string_lossy()),
+        pool_toml = toml_string(&pool.to_string()),
         policy = args.policy,
         members = members.join("\n"),
     );
@@ -160,8 +170,10 @@ members = [
         .iter()
         .map(|b| {
             format!(
-                "[[monitor.check]]\npool = \"{pool}\"\nmember = \"{}\"\nkind = \"tcp\"\ntarget = \"{}\"\ninterval = \"2s\"\n",
-                b.id, b.addr
+                "[[monitor.check]]\npool = {}\nmember = \"{}\"\nkind = \"tcp\"\ntarget = \"{}\"\ninterval = \"2s\"\n",
+                toml_string(&pool.to_string()),
+                b.id,
+                b.addr
             )
         })
         .collect();
@@ -249,6 +261,8 @@ mod tests {
     #[test]
     fn the_starter_configurations_parse_and_validate() {
         let s = starter(&args(&[]), Path::new("/var/lib/vnamed/zones")).unwrap();
+        let odd = starter(&args(&[]), Path::new("/srv/a \"b\"/zones")).unwrap();
+        assert_eq!(Config::from_toml(&odd.authority_toml).unwrap().authority.unwrap().zones_dir, Path::new("/srv/a \"b\"/zones"));
         let c = Config::from_toml(&s.authority_toml).unwrap();
         assert_eq!(c.pool[0].name, "www.example.com.");
         assert_eq!(c.pool[0].members.len(), 2);
@@ -266,6 +280,9 @@ mod tests {
         assert!(matches!(names("example.com", "example.com."), Err(InitError::Pool(..))));
         assert!(matches!(names(".", "www"), Err(InitError::Zone(_))));
         assert!(matches!(backends(&["nope".into()]), Err(InitError::Backend(_))));
+        let hostile = InitArgs { policy: "weighted\"\n[authority]\nx = \"".into(), ..args(&[]) };
+        assert!(matches!(starter(&hostile, Path::new("z")), Err(InitError::Policy(_))));
+        assert!(starter(&InitArgs { policy: "least-loaded".into(), ..args(&[]) }, Path::new("z")).is_ok());
         assert_eq!(backends(&["[2001:db8::1]:8080".into()]).unwrap()[0].addr.port(), 8080);
         assert_eq!(backends(&["2001:db8::1".into()]).unwrap()[0].addr.port(), 80);
     }
