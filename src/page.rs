@@ -21,6 +21,10 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::catalog::{Board, Boards};
 
+/// A comment on a quiet stream this often keeps it from looking idle to
+/// the listener (`metrics_idle`, 60 s by default) and to proxies between.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
 /// How long a page load waits for a board brought up to date.
 const FRESH_WITHIN: Duration = Duration::from_millis(600);
 
@@ -54,7 +58,7 @@ pub fn router(boards: Arc<Boards>) -> axum::Router {
             let first = current(&boards).await;
             let rest = WatchStream::from_changes(rx);
             let stream = tokio_stream::once(first).chain(rest).map(|b| Ok::<_, Infallible>(Event::default().event("board").data(body(&b))));
-            Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+            Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
         }
     };
     axum::Router::new().route("/", get(page.clone())).route("/status", get(page)).route("/status/events", get(events))

@@ -4,7 +4,9 @@
 //! when the process or system is out of descriptors instead of spinning
 //! (and says so once per episode), and hands out `Guarded` streams that
 //! fail a read once the peer has been silent too long: first bytes within
-//! the handshake timeout, then any bytes within the idle timeout.
+//! the handshake timeout, then any bytes within the idle timeout. Once the
+//! peer has spoken, bytes it takes from us count as well: a stream it
+//! follows (a live status page) is not idle, a peer that stops reading is.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -284,11 +286,21 @@ pub struct Guarded<S> {
     deadline: Pin<Box<Sleep>>,
     idle: Duration,
     slot: Slot,
+    /// The peer has sent something: the handshake is behind us.
+    heard: bool,
 }
 
 impl<S> Guarded<S> {
     fn new(inner: S, handshake: Duration, idle: Duration, slot: Slot) -> Self {
-        Self { inner, deadline: Box::pin(tokio::time::sleep(handshake)), idle, slot }
+        Self { inner, deadline: Box::pin(tokio::time::sleep(handshake)), idle, slot, heard: false }
+    }
+
+    /// `n` bytes went out: after the handshake, the connection is alive.
+    fn wrote(&mut self, n: usize) {
+        if n > 0 && self.heard {
+            let next = Instant::now() + self.idle;
+            self.deadline.as_mut().reset(next);
+        }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -306,6 +318,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                     let next = Instant::now() + this.idle;
                     this.deadline.as_mut().reset(next);
                     this.slot.read();
+                    this.heard = true;
                 }
                 Poll::Ready(Ok(()))
             }
@@ -326,7 +339,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wrote(n);
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -338,7 +355,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wrote(n);
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -459,6 +480,49 @@ mod tests {
         assert_eq!(&second.await.unwrap().unwrap(), b"hello");
         assert_eq!(counters.full.get(), 1);
         assert_eq!(counters.accepted.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_takes_a_stream_is_not_idle_but_one_that_never_spoke_is() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let idle = Duration::from_millis(300);
+        let mut gate = Gate::new(listener, "test", 4, Duration::from_millis(300), idle);
+        // Asks once, then only takes what is streamed to it, for 3 idle periods.
+        let mut follower = TcpStream::connect(addr).await.unwrap();
+        follower.write_all(b"GET").await.unwrap();
+        let (mut stream, _) = gate.accept().await;
+        let mut b = [0u8; 3];
+        stream.read_exact(&mut b).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut b = [0u8; 64];
+            while let Ok(n) = follower.read(&mut b).await {
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            got
+        });
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let read_side = tokio::spawn(async move { rd.read(&mut [0u8; 1]).await });
+        for _ in 0..9 {
+            tokio::time::sleep(idle / 3).await;
+            wr.write_all(b"event\n").await.unwrap();
+        }
+        assert!(!read_side.is_finished(), "a stream its peer takes was closed as idle");
+        drop(wr);
+        read_side.abort();
+        let _ = reader.await;
+        // Written to before it ever spoke: still the handshake timeout.
+        let _mute = TcpStream::connect(addr).await.unwrap();
+        let (mut mute, _) = gate.accept().await;
+        mute.write_all(b"banner").await.unwrap();
+        let started = std::time::Instant::now();
+        let err = mute.read(&mut [0u8; 1]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_millis(600), "{:?}", started.elapsed());
     }
 
     #[tokio::test]
