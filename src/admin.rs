@@ -207,6 +207,9 @@ fn print_ring(t: &crate::grpc::v1::TableReply) {
     for d in &t.dead {
         println!("  {d:<24} dead");
     }
+    if !t.dispatcher.is_empty() {
+        println!("dispatcher {}", t.dispatcher);
+    }
 }
 
 pub async fn ring(cmd: RingCmd) -> anyhow::Result<()> {

@@ -147,7 +147,8 @@ pub fn body(b: &Board) -> String {
     } else {
         h.push_str(r#"<div class="scroll"><table><thead><tr><th>member</th><th>buddies</th><th>state</th></tr></thead><tbody>"#);
         for (m, [a, z]) in b.ring.table.entries() {
-            let _ = write!(h, r#"<tr><td>{m}</td><td>{a} {z}</td><td>alive</td></tr>"#);
+            let role = if b.ring.dispatcher == Some(*m) { "alive, dispatcher" } else { "alive" };
+            let _ = write!(h, r#"<tr data-ring-member="{m}"><td>{m}</td><td>{a} {z}</td><td class="state">{role}</td></tr>"#);
         }
         for d in &b.ring.dead {
             let _ = write!(h, r#"<tr class="out"><td>{d}</td><td></td><td class="state">dead</td></tr>"#);

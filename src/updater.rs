@@ -70,6 +70,11 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub enum RingOp {
     Announce(SocketAddr),
+    /// A member says the ring elected it dispatcher, or no longer.
+    Elected {
+        member: SocketAddr,
+        elected: bool,
+    },
     /// `reporter` is the member itself on a normal shutdown.
     Delete {
         dead: SocketAddr,
@@ -81,6 +86,7 @@ pub enum RingOp {
 #[derive(Debug, Clone)]
 pub enum RingReply {
     Buddies([SocketAddr; 2]),
+    Done,
     Table(Registry),
 }
 
@@ -311,6 +317,17 @@ impl Updater {
             RingOp::Announce(member) => {
                 let b = self.ring.announce(member)?;
                 (RingReply::Buddies(b), format!("ring member {member} joined (buddies {} and {})", b[0], b[1]))
+            }
+            RingOp::Elected { member, elected } => {
+                if !self.ring.elected(member, elected)? {
+                    return Ok(RingReply::Done);
+                }
+                let said = if elected {
+                    format!("ring dispatcher is {member}")
+                } else {
+                    format!("ring member {member} is no longer the dispatcher")
+                };
+                (RingReply::Done, said)
             }
             RingOp::Delete { dead, reporter } => {
                 let left = dead == reporter;

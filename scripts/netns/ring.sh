@@ -101,7 +101,10 @@ dispatching() { # the hosts that act as the dispatcher now (their own gauge)
 all_in() { for i in $(seq $n); do has "$net.$i" || return 1; done; }
 wait_for 15 members_are 5 || fail "the ring did not form: $(table)"
 wait_for 10 all_in || fail "not every host in the answers: $(answer)"
-echo "ring of 5 formed; answers: $(answer)"
+# The authority's table names the dispatcher the ring elected (h1 cannot be one).
+names_h2() { table | grep -qx "dispatcher $net.2:7946"; }
+wait_for 5 names_h2 || fail "the authority's ring table does not name h2 the dispatcher: $(table)"
+echo "ring of 5 formed; dispatcher h2 in the authority's table; answers: $(answer)"
 
 # 1. kill -9 of h3's processes.
 for p in $(ip netns pids "$tag-h3"); do kill -9 "$p"; done
@@ -140,5 +143,10 @@ settled() {
   while [ "$(date +%s%3N)" -lt "$until" ]; do one_ring || return 1; sleep 0.1; done
 }
 wait_for 20 settled || fail "no single, steady ring 20 s after the partition healed; dispatching: $(dispatching 1 2 4 5)"
+# And the authority counts every live host in: a death reported late from
+# the cut-off side is undone by the members' periodic announcements.
+live_in() { for i in 1 2 4 5; do has "$net.$i" || return 1; done; }
+wait_for 10 live_in || fail "after the heal every live host should be in the answers: $(answer) / $(table)"
+wait_for 5 names_h2 || fail "after the heal the authority's table should name h2 the dispatcher: $(table)"
 echo "partition healed: one ring, one dispatcher ($(dispatching 1 2 4 5)), steady for 3 s from $(( $(date +%s%3N) - start - 3000 )) ms after the heal"
 echo "netns ring: all checks passed"

@@ -192,7 +192,7 @@ fn ring_addr(field: &str, s: &str) -> Result<std::net::SocketAddr, Status> {
 fn buddies(reply: RingReply) -> Result<Response<v1::Buddies>, Status> {
     match reply {
         RingReply::Buddies([a, b]) => Ok(Response::new(v1::Buddies { a: a.to_string(), b: b.to_string() })),
-        RingReply::Table(_) => Err(Status::internal("unexpected reply")),
+        RingReply::Table(_) | RingReply::Done => Err(Status::internal("unexpected reply")),
     }
 }
 
@@ -219,7 +219,15 @@ impl v1::ring_server::Ring for RingService {
                 .map(|(m, [a, b])| v1::TableEntry { member: m.to_string(), a: a.to_string(), b: b.to_string() })
                 .collect(),
             dead: r.dead.iter().map(|d| d.to_string()).collect(),
+            dispatcher: r.dispatcher.map(|d| d.to_string()).unwrap_or_default(),
         }))
+    }
+
+    async fn dispatcher(&self, req: Request<v1::DispatcherRequest>) -> Result<Response<v1::DispatcherReply>, Status> {
+        let req = req.into_inner();
+        let member = ring_addr("address", &req.address)?;
+        self.op(RingOp::Elected { member, elected: req.elected }).await?;
+        Ok(Response::new(v1::DispatcherReply {}))
     }
 }
 

@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::Bearer;
 use super::v1::ring_client::RingClient;
-use super::v1::{DeleteRequest, Member as MemberMsg};
+use super::v1::{DeleteRequest, DispatcherRequest, Member as MemberMsg};
 use crate::config::{ClientTls, RingConfig};
 use crate::ring::driver::{self, Report, RingCounters};
 
@@ -56,6 +56,9 @@ pub async fn tell(authorities: Vec<String>, token: Option<String>, tls: ClientTl
             for attempt in 0..attempts {
                 let result = match &report {
                     Report::Announce(a) => client.server_announce(MemberMsg { address: a.to_string() }).await.map(|_| ()),
+                    Report::Elected { me, elected } => {
+                        client.dispatcher(DispatcherRequest { address: me.to_string(), elected: *elected }).await.map(|_| ())
+                    }
                     Report::Delete { dead, reporter } => {
                         client.server_delete(DeleteRequest { dead: dead.to_string(), reporter: reporter.to_string() }).await.map(|_| ())
                     }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -67,7 +67,15 @@ impl Expose for RingCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     Announce(SocketAddr),
-    Delete { dead: SocketAddr, reporter: SocketAddr },
+    /// This member is (or is no longer) the ring's elected dispatcher.
+    Elected {
+        me: SocketAddr,
+        elected: bool,
+    },
+    Delete {
+        dead: SocketAddr,
+        reporter: SocketAddr,
+    },
 }
 
 fn now_ms() -> u64 {
@@ -103,6 +111,17 @@ pub async fn run(
     let mut guard = ReplayGuard::default();
     let mut member = Member::join(me, cfg.dispatch_capable, timing, Instant::now());
     let mut announced = false;
+    // Whether the authorities were last told we are the dispatcher.
+    let mut told_elected = false;
+    // Every so often the authorities hear from us again, whatever happened:
+    // a death reported late (a buddy's report delayed by a partition) that
+    // struck us from their tables is undone within this period.
+    let mut refresh = tokio::time::interval_at(
+        tokio::time::Instant::now() + (timing.broadcast_timeout * 2).max(Duration::from_secs(1)),
+        (timing.broadcast_timeout * 2).max(Duration::from_secs(1)),
+    );
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh_due = false;
     let mut known: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut buf = vec![0u8; 65_536];
     info!(%me, capable = cfg.dispatch_capable, "ring member starting");
@@ -121,6 +140,7 @@ pub async fn run(
                 }
             }
         }
+        let mut reannounced = false;
         while let Some(event) = member.poll_event() {
             // A member that can see no more than half of the ring it knew is
             // more likely cut off itself than surrounded by deaths: it says
@@ -142,7 +162,7 @@ pub async fn run(
                     // The ring grew back around us: make sure the authorities
                     // count us in (we may have been reported dead meanwhile).
                     if announced {
-                        let _ = reports.try_send(Report::Announce(me));
+                        reannounced |= reports.try_send(Report::Announce(me)).is_ok();
                     }
                 }
                 Event::Dispatcher(d) => {
@@ -155,7 +175,7 @@ pub async fn run(
                     // by its Join, and in the authorities' table by this.
                     warn!("reported dead while alive; rejoining");
                     if announced {
-                        let _ = reports.try_send(Report::Announce(me));
+                        reannounced |= reports.try_send(Report::Announce(me)).is_ok();
                     }
                 }
                 Event::Rebuilt(members) => {
@@ -163,7 +183,7 @@ pub async fn run(
                     // A rebuild may follow our own expulsion (a freeze past the
                     // datagrams' freshness): make sure the authorities count us in.
                     if announced && members.contains(&me) {
-                        let _ = reports.try_send(Report::Announce(me));
+                        reannounced |= reports.try_send(Report::Announce(me)).is_ok();
                     }
                     // The smallest address speaks for the rebuilt ring: who is gone died.
                     if members.first() == Some(&me) && members.len() * 2 > known.len() {
@@ -182,7 +202,19 @@ pub async fn run(
         }
         if member.is_member() && !announced {
             announced = true;
-            let _ = reports.try_send(Report::Announce(me));
+            reannounced |= reports.try_send(Report::Announce(me)).is_ok();
+        }
+        if std::mem::take(&mut refresh_due) && announced && member.is_member() {
+            reannounced |= reports.try_send(Report::Announce(me)).is_ok();
+        }
+        // Whether we are the dispatcher, once the authorities know us (again:
+        // an announce follows a removal, which forgot it).
+        let elected = member.dispatcher() == Some(me);
+        if reannounced {
+            told_elected = false;
+        }
+        if announced && elected != told_elected && reports.try_send(Report::Elected { me, elected }).is_ok() {
+            told_elected = elected;
         }
         let deadline = member.poll_timeout().unwrap_or_else(|| Instant::now() + timing.ping_interval);
         tokio::select! {
@@ -197,6 +229,7 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => member.handle_timeout(Instant::now()),
+            _ = refresh.tick() => refresh_due = true,
             _ = shutdown.cancelled() => break,
         }
     }

@@ -52,6 +52,8 @@ pub enum Msg {
     },
     Pong {
         seq: u64,
+        /// A digest of the responder's view of the ring (its members).
+        view: u64,
     },
     /// The heartbeat token, circulating from each member to the next;
     /// `hops` bounds its life while views disagree (say, after a partition).
@@ -162,6 +164,8 @@ pub struct Member {
     /// Rounds in a row whose token came back after as many hops as there
     /// are members in no view of ours.
     disagreed: u32,
+    /// When a differing view may next make us ask everyone who is there.
+    next_ask: Instant,
 }
 
 impl Member {
@@ -186,6 +190,7 @@ impl Member {
             events: VecDeque::new(),
             to_carry: Vec::new(),
             disagreed: 0,
+            next_ask: now,
         };
         m.outbox.push_back((To::All, Msg::Join { capable }));
         m
@@ -210,6 +215,22 @@ impl Member {
 
     pub fn members(&self) -> Vec<SocketAddr> {
         self.members.keys().copied().collect()
+    }
+
+    /// A digest of the members we know (FNV-1a over their addresses):
+    /// equal views give equal digests on every member.
+    fn view(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for a in self.members.keys() {
+            let bytes: Vec<u8> = match a.ip() {
+                std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+                std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+            };
+            for b in bytes.into_iter().chain(a.port().to_be_bytes()) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
     }
 
     pub fn dispatcher(&self) -> Option<SocketAddr> {
@@ -337,8 +358,17 @@ impl Member {
             return;
         }
         match msg {
-            Msg::Ping { seq } => self.outbox.push_back((To::One(from), Msg::Pong { seq })),
-            Msg::Pong { seq } => {
+            Msg::Ping { seq } => self.outbox.push_back((To::One(from), Msg::Pong { seq, view: self.view() })),
+            Msg::Pong { seq, view } => {
+                // A buddy whose view differs from ours: someone is missing
+                // from one of them, and nothing else may ever tell (the token
+                // can circle a ring that views disagree on). Ask everyone: a
+                // Join is answered by every member with a Hello, and teaches
+                // them about us; at most once per broadcast timeout.
+                if view != self.view() && self.phase == Phase::Member && now >= self.next_ask {
+                    self.next_ask = now + self.timing.broadcast_timeout;
+                    self.outbox.push_back((To::All, Msg::Join { capable: self.capable }));
+                }
                 if let Some(w) = self.watch.get_mut(&from)
                     && w.outstanding == Some(seq)
                 {
@@ -347,9 +377,13 @@ impl Member {
                 }
             }
             Msg::Join { capable } => {
-                self.add(from, capable);
+                // A member we know asking again (its view differs) changes
+                // nothing here: it only needs our Hello.
+                let recapable = self.members.get(&from).is_some_and(|c| *c != capable);
+                if self.add(from, capable) || recapable {
+                    self.ring_changed(now);
+                }
                 self.outbox.push_back((To::One(from), Msg::Hello { capable: self.capable }));
-                self.ring_changed(now);
             }
             Msg::Hello { capable } => {
                 // A stranger saying hello (a healed partition): say hello to

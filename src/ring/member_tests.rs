@@ -427,3 +427,20 @@ fn a_death_reported_by_someone_outside_the_ring_is_stale_and_ignored() {
     m.handle(t0, addr(1), Msg::Dead { dead: addr(5) });
     assert_eq!(m.members(), vec![addr(1), addr(2)]);
 }
+
+#[test]
+fn a_member_some_views_lack_is_found_by_the_buddy_whose_view_differs() {
+    // .4 and .5 never heard .2's Hello (it waited on ARP while they rebuilt);
+    // the token still goes .1 .2 .4 .5, as many hops as the master's view
+    // has members, so only a buddy comparing views can tell.
+    let mut net = Net::new(Timing::default());
+    let view = |ns: &[u8]| -> BTreeMap<SocketAddr, bool> { ns.iter().map(|&n| (addr(n), n != 1)).collect() };
+    for (me, ns) in [(1, &[1, 2, 4, 5][..]), (2, &[1, 2, 4, 5]), (4, &[1, 4, 5]), (5, &[1, 4, 5])] {
+        net.nodes.insert(addr(me), Member::formed(addr(me), &view(ns), net.timing, net.now));
+    }
+    net.run(Duration::from_secs(10));
+    for (a, m) in net.live() {
+        assert_eq!(m.members().len(), 4, "{a}: {:?}", m.members());
+        assert_eq!(m.dispatcher(), Some(addr(2)), "{a}");
+    }
+}

@@ -12,6 +12,9 @@ use super::table::{Buddies, ServerTable, TableError};
 pub struct Registry {
     pub table: ServerTable<SocketAddr>,
     pub dead: BTreeSet<SocketAddr>,
+    /// The member that last said the ring elected it dispatcher, while it
+    /// is in the table.
+    pub dispatcher: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,7 +38,25 @@ impl Registry {
         if died {
             self.dead.insert(member);
         }
+        if self.dispatcher == Some(member) {
+            self.dispatcher = None;
+        }
         Ok(buddies)
+    }
+
+    /// `member` says the ring elected it dispatcher, or no longer.
+    /// Returns whether that changed anything; a stranger is refused.
+    pub fn elected(&mut self, member: SocketAddr, elected: bool) -> Result<bool, TableError> {
+        if !self.table.contains(&member) {
+            return Err(TableError::Absent(member.to_string()));
+        }
+        let before = self.dispatcher;
+        if elected {
+            self.dispatcher = Some(member);
+        } else if self.dispatcher == Some(member) {
+            self.dispatcher = None;
+        }
+        Ok(before != self.dispatcher)
     }
 
     /// `member A B` lines, then `dead ADDRESS` lines.
@@ -47,12 +68,16 @@ impl Registry {
         for d in &self.dead {
             let _ = writeln!(out, "dead {d}");
         }
+        if let Some(d) = self.dispatcher {
+            let _ = writeln!(out, "dispatcher {d}");
+        }
         out
     }
 
     pub fn from_text(text: &str) -> Result<Self, RegistryError> {
         let mut entries = Vec::new();
         let mut dead = BTreeSet::new();
+        let mut dispatcher = None;
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -65,6 +90,7 @@ impl Registry {
                 ["dead", d] => {
                     dead.insert(addr(d)?);
                 }
+                ["dispatcher", d] => dispatcher = Some(addr(d)?),
                 [m, a, b] => entries.push((addr(m)?, [addr(a)?, addr(b)?])),
                 _ => return Err(err("expected `member buddyA buddyB` or `dead member`".into())),
             }
@@ -78,7 +104,8 @@ impl Registry {
                 }
             }
         }
-        Ok(Self { table, dead })
+        let dispatcher = dispatcher.filter(|d| table.contains(d));
+        Ok(Self { table, dead, dispatcher })
     }
 }
 
@@ -93,6 +120,8 @@ mod tests {
             r.announce(a.parse().unwrap()).unwrap();
         }
         r.delete("127.0.0.5:7946".parse().unwrap(), true).unwrap();
+        assert_eq!(r.elected("127.0.0.6:7946".parse().unwrap(), true), Ok(true));
+        assert!(r.elected("127.0.0.9:7946".parse().unwrap(), true).is_err(), "a stranger is not the dispatcher");
         let again = Registry::from_text(&r.to_text()).unwrap();
         assert_eq!(again, r);
         assert_eq!(again.dead.len(), 1);
@@ -101,5 +130,11 @@ mod tests {
         // A member that comes back is no longer dead.
         r.announce("127.0.0.5:7946".parse().unwrap()).unwrap();
         assert!(r.dead.is_empty());
+        // The dispatcher that stops being one, or leaves, is no longer shown.
+        assert_eq!(r.dispatcher, Some("127.0.0.6:7946".parse().unwrap()));
+        assert_eq!(r.elected("127.0.0.6:7946".parse().unwrap(), false), Ok(true));
+        r.elected("127.0.0.2:7946".parse().unwrap(), true).unwrap();
+        r.delete("127.0.0.2:7946".parse().unwrap(), false).unwrap();
+        assert_eq!(r.dispatcher, None);
     }
 }

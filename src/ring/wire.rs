@@ -25,7 +25,11 @@ pub fn encode(msg: &Msg, env: Envelope, key: Option<&[u8]>) -> Vec<u8> {
     };
     let mut out = Vec::with_capacity(64);
     match msg {
-        Msg::Ping { seq } | Msg::Pong { seq } => out.extend_from_slice(&seq.to_be_bytes()),
+        Msg::Ping { seq } => out.extend_from_slice(&seq.to_be_bytes()),
+        Msg::Pong { seq, view } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&view.to_be_bytes());
+        }
         Msg::Token { round, hops, carried } => {
             out.extend_from_slice(&round.to_be_bytes());
             out.extend_from_slice(&hops.to_be_bytes());
@@ -65,7 +69,7 @@ pub fn decode(data: &[u8], key: Option<&[u8]>) -> Result<(Msg, Envelope), Envelo
     let mut r = Reader { b: body };
     let msg = match kind {
         1 => Msg::Ping { seq: r.u64("ping")? },
-        2 => Msg::Pong { seq: r.u64("pong")? },
+        2 => Msg::Pong { seq: r.u64("pong")?, view: r.u64("pong view")? },
         3 => {
             let round = r.u64("token")?;
             let hops = r.u16("token")?;
@@ -129,7 +133,7 @@ mod tests {
     fn all() -> Vec<Msg> {
         vec![
             Msg::Ping { seq: 7 },
-            Msg::Pong { seq: 7 },
+            Msg::Pong { seq: 7, view: 0x0123_4567_89ab_cdef },
             Msg::Token {
                 round: 3,
                 hops: 2,
