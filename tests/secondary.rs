@@ -132,3 +132,59 @@ members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "1
     assert!(took.is_some(), "NSD did not take the change after the restart (it answers {:?}): {}\n{}", ask(), nsd_log(), a.log());
     assert_eq!(serial_at(IpAddr::V4(nsd_ip), nsd_port), serial_at(IpAddr::V4(a.ip), a.port));
 }
+
+#[test]
+fn nsd_follows_pool_changes_with_incremental_transfers() {
+    let nsd_ip = unique_ip();
+    let nsd_port = 5354;
+    let pools = r#"
+[[pool]]
+name = "www.example.test."
+policy = "priority"
+members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
+"#;
+    let a = Authority::start_with(&[("example.test.zone", ZONE)], pools, &format!("notify = [\"{nsd_ip}:{nsd_port}\"]"));
+    let nsd = start_nsd(nsd_ip, nsd_port, &a);
+    let nsd_log = || std::fs::read_to_string(nsd._dir.path().join("nsd.log")).unwrap_or_default();
+    let ask = || dig(IpAddr::V4(nsd_ip), nsd_port, "www.example.test A +short").trim().to_owned();
+    assert!(eventually(Duration::from_secs(10), || ask() == "127.0.10.1").is_some(), "{}", nsd_log());
+    let first = serial_at(IpAddr::V4(a.ip), a.port).unwrap();
+
+    // Ten changes, each followed by the secondary before the next.
+    for i in 0..10 {
+        let admin = if i % 2 == 0 { "down" } else { "auto" };
+        let out = a.cli(&["member", "www.example.test.", "web1", "--admin", admin]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let want = if i % 2 == 0 { "127.0.10.2" } else { "127.0.10.1" };
+        let served = serial_at(IpAddr::V4(a.ip), a.port);
+        assert!(
+            eventually(Duration::from_secs(5), || ask() == want && serial_at(IpAddr::V4(nsd_ip), nsd_port) == served).is_some(),
+            "change {i}: NSD answers {:?}\n{}",
+            ask(),
+            nsd_log()
+        );
+    }
+    // NSD took them as incremental transfers: only what changed. (Counted
+    // by the authority; its log lines may be throttled.)
+    let metrics = common::scrape((a.ip, a.metrics));
+    let count = |kind: &str| -> u64 {
+        let line = format!("vnamed_zone_transfers_total{{kind=\"{kind}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(count("full"), 1, "only the first transfer is the whole zone\n{metrics}\n{}", a.log());
+    assert!(count("incremental") >= 10, "{} incremental transfers for 10 changes\n{metrics}", count("incremental"));
+
+    // As dig sees it (RFC 1995 §4): from the first serial, the current SOA,
+    // then each change as the SOA before, what went, the SOA after, what came.
+    let ixfr = dig(IpAddr::V4(a.ip), a.port, &format!("example.test IXFR={first} +tcp +nocmd +nocomments +nostats"));
+    let soas: Vec<u32> =
+        ixfr.lines().filter(|l| l.contains("\tSOA\t")).filter_map(|l| l.split_whitespace().nth(6).and_then(|s| s.parse().ok())).collect();
+    let now = serial_at(IpAddr::V4(a.ip), a.port).unwrap();
+    assert_eq!(soas.first(), Some(&now), "{ixfr}");
+    assert_eq!(soas.get(1), Some(&first), "{ixfr}");
+    assert_eq!(soas.last(), Some(&now), "{ixfr}");
+    assert!(!ixfr.contains("static.example.test."), "an incremental answer holds no unchanged record:\n{ixfr}");
+    // From a serial the journal does not reach: the whole zone.
+    let full = dig(IpAddr::V4(a.ip), a.port, &format!("example.test IXFR={} +tcp +nocmd +nocomments +nostats", first.wrapping_sub(1000)));
+    assert!(full.contains("static.example.test."), "{full}");
+}

@@ -59,6 +59,10 @@ pub enum UpdateError {
 /// How far ahead of the served serial the store's high-water mark is put,
 /// so a change needs a write to the store only once in this many.
 pub const SERIAL_RESERVE: u32 = 1000;
+/// Serial changes kept for incremental transfers, and the records they may
+/// hold in all, per zone.
+const JOURNAL_DELTAS: usize = 256;
+const JOURNAL_RECORDS: usize = 100_000;
 /// Answer changes kept for the status page.
 const RECENT_CHANGES: usize = 20;
 
@@ -191,11 +195,20 @@ struct ZoneState {
     pools: Vec<PoolId>,
     /// Keeping the file true to what is served.
     sync: FileSync,
+    /// What each served serial changed, for IXFR.
+    journal: Arc<crate::zone::journal::Journal>,
 }
 
 impl ZoneState {
     fn new(file: ZoneFile, disk_text: String) -> Self {
-        Self { serial: file.serial, file: Arc::new(file), answers: HashMap::new(), pools: Vec::new(), sync: FileSync::new(disk_text) }
+        Self {
+            serial: file.serial,
+            file: Arc::new(file),
+            answers: HashMap::new(),
+            pools: Vec::new(),
+            sync: FileSync::new(disk_text),
+            journal: Arc::new(crate::zone::journal::Journal::new(JOURNAL_DELTAS, JOURNAL_RECORDS)),
+        }
     }
 }
 

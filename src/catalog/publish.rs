@@ -15,6 +15,7 @@ use crate::dns::fast;
 use crate::dns::snapshot::{MemberHealth, PoolAnswer, Preferred, Snapshot, ZoneView};
 use crate::pool::table::PoolId;
 use crate::pool::{Decision, PoolState};
+use crate::zone::ZoneData;
 
 /// The answer a pool gives for a decision, counted with the pool's counters.
 pub(super) fn answer_for(pool: &PoolState, d: Decision) -> PoolAnswer {
@@ -94,6 +95,42 @@ impl Catalog {
         self.published += 1;
     }
 
+    /// Journals what each zone's new serial changed since the view last
+    /// served: the records of the pools whose answers moved. A change of
+    /// the zone's own data (an operator's edit) is not journaled; the
+    /// journal starts over, and older secondaries take the whole zone.
+    fn journal_serials(&mut self) {
+        let mut deltas = Vec::new();
+        for (origin, z) in &self.zones {
+            let Some((data, old)) = self.views.get(origin) else { continue };
+            if old.serial == z.serial {
+                continue;
+            }
+            if !Arc::ptr_eq(data, &z.file.data) && !same_static(data, &z.file.data, old.pools.keys().chain(z.answers.keys())) {
+                deltas.push((origin.clone(), None));
+                continue;
+            }
+            let keys: Vec<&LowerName> = self.dirty_pools.iter().filter(|(o, _)| o == origin).map(|(_, k)| k).collect();
+            let records = |answers: &std::collections::HashMap<LowerName, Arc<crate::dns::snapshot::PoolAnswer>>| {
+                keys.iter()
+                    .filter_map(|k| answers.get(*k))
+                    .filter(|p| !p.servfail)
+                    .flat_map(|p| p.a.iter().chain(p.aaaa.iter()).cloned())
+                    .collect::<Vec<_>>()
+            };
+            let delta = crate::zone::journal::diff(old.serial, z.serial, &records(&old.pools), &records(&z.answers));
+            deltas.push((origin.clone(), Some(delta)));
+        }
+        for (origin, delta) in deltas {
+            let Some(z) = self.zones.get_mut(&origin) else { continue };
+            let journal = Arc::make_mut(&mut z.journal);
+            match delta {
+                Some(d) => journal.push(d),
+                None => journal.clear(),
+            }
+        }
+    }
+
     /// Publishes what changed since the last publish, if anything did.
     pub fn publish_pending(&mut self) {
         if std::mem::take(&mut self.publish_due) {
@@ -102,6 +139,7 @@ impl Catalog {
     }
 
     fn render(&mut self) {
+        self.journal_serials();
         for (origin, z) in &self.zones {
             let data_changed = self.views.get(origin).is_none_or(|(data, _)| !Arc::ptr_eq(data, &z.file.data));
             let stale =
@@ -114,7 +152,9 @@ impl Catalog {
                 self.stable_stale = true;
                 self.dirty_pools.extend(z.answers.keys().map(|k| (origin.clone(), k.clone())));
             }
-            let view = Arc::new(ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone()));
+            let mut view = ZoneView::new(z.file.data.clone(), z.serial, z.answers.clone());
+            view.journal = z.journal.clone();
+            let view = Arc::new(view);
             self.views.insert(origin.clone(), (z.file.data.clone(), view));
             self.serials.entry(origin.clone()).or_insert_with(|| Arc::new(AtomicU32::new(z.serial)));
         }
@@ -190,4 +230,22 @@ impl Catalog {
         let name = pool.name.to_string();
         Arc::make_mut(&mut self.health).insert(name, members);
     }
+}
+
+/// Whether two versions of a zone's data hold the same records, leaving out
+/// the SOA and the address records of virtual names (the answers stand in
+/// for those): our own zone file writes change only those.
+fn same_static<'a>(a: &ZoneData, b: &ZoneData, pools: impl Iterator<Item = &'a LowerName>) -> bool {
+    use hickory_proto::rr::{RData, RecordType};
+    use hickory_proto::serialize::binary::BinEncodable;
+    let pools: std::collections::HashSet<&LowerName> = pools.collect();
+    let keyed = |d: &ZoneData| -> std::collections::BTreeSet<Vec<u8>> {
+        d.records_sorted()
+            .into_iter()
+            .filter(|r| !matches!(r.data, RData::SOA(_)))
+            .filter(|r| !(matches!(r.record_type(), RecordType::A | RecordType::AAAA) && pools.contains(&LowerName::from(&r.name))))
+            .filter_map(|r| r.to_bytes().ok())
+            .collect()
+    };
+    keyed(a) == keyed(b)
 }

@@ -220,6 +220,7 @@ impl DnsHandler {
         };
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
+        let mut incremental = None;
         if query.query_type() == RecordType::IXFR {
             let theirs = request.authorities.iter().find_map(|r| match &r.data {
                 hickory_proto::rr::RData::SOA(s) => Some(s.serial),
@@ -239,12 +240,20 @@ impl DnsHandler {
                 );
                 return handle.send_response(response).await.unwrap_or_else(|_| serve_failed(request));
             }
+            // Behind, and the journal reaches back to its serial: only what
+            // changed since (RFC 1995 §4); otherwise the whole zone.
+            incremental = theirs
+                .and_then(|s| zone.journal.since(s))
+                .filter(|chain| chain.last().is_some_and(|d| d.to == zone.serial))
+                .map(|chain| crate::zone::journal::ixfr(&zone.soa, &chain));
         } else if request.protocol() == Protocol::Udp {
             return send_code(request, ResponseCode::FormErr, edns, handle).await;
         }
 
-        let records = zone_records(zone);
-        debug!(%src, zone = %query.name(), records = records.len(), "zone transfer");
+        let kind = if incremental.is_some() { "incremental" } else { "full" };
+        if incremental.is_some() { &self.counters.transfers_incremental } else { &self.counters.transfers_full }.inc();
+        let records = incremental.unwrap_or_else(|| zone_records(zone));
+        debug!(%src, zone = %query.name(), records = records.len(), kind, "zone transfer");
 
         let mut info = serve_failed(request);
         let mut start = 0;
@@ -271,7 +280,7 @@ impl DnsHandler {
             }
             start = end;
         }
-        info!(%src, zone = %query.name(), serial = zone.serial, records = records.len(), "zone transferred");
+        info!(%src, zone = %query.name(), serial = zone.serial, records = records.len(), kind, "zone transferred");
         info
     }
 }

@@ -29,6 +29,9 @@ pub struct DnsCounters {
     responses: [[Count; 16]; 3],
     /// Datagrams dropped: truncated, from port 0, or the slow queue full.
     pub udp_dropped: Count,
+    /// Zone transfers sent: the whole zone, or only what changed (IXFR).
+    pub transfers_full: Count,
+    pub transfers_incremental: Count,
 }
 
 impl DnsCounters {
@@ -56,6 +59,14 @@ impl Expose for DnsCounters {
             }
         }
         w.counters("vnamed_dns_responses", "DNS responses sent, by path and rcode.", samples)?;
+        w.counters(
+            "vnamed_zone_transfers",
+            "Zone transfers sent, by kind: the whole zone (AXFR, or IXFR the journal cannot serve) or incremental.",
+            vec![
+                (vec![("kind", "full".into())], self.transfers_full.get()),
+                (vec![("kind", "incremental".into())], self.transfers_incremental.get()),
+            ],
+        )?;
         w.counter("vnamed_dns_udp_dropped", "UDP datagrams dropped (truncated, bad source, slow path full).", self.udp_dropped.get())
     }
 }

@@ -169,6 +169,8 @@ pub struct ZoneView {
     pub serial: u32,
     pub soa: Record,
     pub pools: HashMap<LowerName, Arc<PoolAnswer>>,
+    /// What recent serials changed, for incremental transfers.
+    pub journal: Arc<crate::zone::journal::Journal>,
 }
 
 impl ZoneView {
@@ -187,7 +189,7 @@ impl ZoneView {
             }
         }
         let soa = data.soa_record(serial);
-        Self { data, serial, soa, pools }
+        Self { data, serial, soa, pools, journal: Arc::new(crate::zone::journal::Journal::new(0, 0)) }
     }
 }
 

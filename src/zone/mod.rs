@@ -4,6 +4,7 @@
 //! writes back for its virtual names.
 
 pub mod io;
+pub mod journal;
 pub mod sync;
 pub mod text;
 
