@@ -13,6 +13,45 @@ use common::{Authority, ZONE, dig, eventually, unique_ip};
 struct Nsd {
     child: Child,
     _dir: tempfile::TempDir,
+    ip: std::net::Ipv4Addr,
+    port: u16,
+}
+
+impl Nsd {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("nsd.log")).unwrap_or_default()
+    }
+
+    /// What NSD answers for the pool's name.
+    fn ask(&self) -> String {
+        dig(IpAddr::V4(self.ip), self.port, "www.example.test A +short").trim().to_owned()
+    }
+
+    fn serial(&self) -> Option<u32> {
+        serial_at(IpAddr::V4(self.ip), self.port)
+    }
+}
+
+/// The pool every test here changes: web1 first, web2 standing by.
+const POOLS: &str = r#"
+[[pool]]
+name = "www.example.test."
+policy = "priority"
+members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
+"#;
+
+/// An authority (with `extra` in its `[authority]`) and NSD as its
+/// secondary, told of changes by NOTIFY; returned once NSD serves the zone.
+fn primary_and_secondary(extra: &str) -> (Authority, Nsd) {
+    let (nsd_ip, nsd_port) = (unique_ip(), 5354);
+    let a = Authority::start_with(&[("example.test.zone", ZONE)], POOLS, &format!("notify = [\"{nsd_ip}:{nsd_port}\"]\n{extra}"));
+    let nsd = start_nsd(nsd_ip, nsd_port, &a);
+    assert!(
+        eventually(Duration::from_secs(10), || nsd.ask() == "127.0.10.1").is_some(),
+        "NSD never served the zone; its log:\n{}",
+        nsd.log()
+    );
+    (a, nsd)
 }
 
 impl Drop for Nsd {
@@ -42,46 +81,30 @@ fn start_nsd(ip: std::net::Ipv4Addr, port: u16, primary: &Authority) -> Nsd {
         .stderr(Stdio::null())
         .spawn()
         .expect("nsd is installed (the test command installs it)");
-    Nsd { child, _dir: dir }
+    Nsd { child, _dir: dir, ip, port }
 }
 
 #[test]
 fn nsd_follows_pool_changes_within_two_seconds() {
-    let nsd_ip = unique_ip();
-    let nsd_port = 5354;
-    let pools = r#"
-[[pool]]
-name = "www.example.test."
-policy = "priority"
-members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
-"#;
-    let a = Authority::start_with(&[("example.test.zone", ZONE)], pools, &format!("notify = [\"{nsd_ip}:{nsd_port}\"]"));
-    let nsd = start_nsd(nsd_ip, nsd_port, &a);
-    let ask = || dig(IpAddr::V4(nsd_ip), nsd_port, "www.example.test A +short").trim().to_owned();
-
-    assert!(
-        eventually(Duration::from_secs(10), || ask() == "127.0.10.1").is_some(),
-        "NSD never served the zone; its log:\n{}",
-        std::fs::read_to_string(nsd._dir.path().join("nsd.log")).unwrap_or_default()
-    );
-    assert!(dig(IpAddr::V4(nsd_ip), nsd_port, "static.example.test A +short").contains("192.0.2.10"));
+    let (a, nsd) = primary_and_secondary("");
+    assert!(dig(IpAddr::V4(nsd.ip), nsd.port, "static.example.test A +short").contains("192.0.2.10"));
 
     for (down, expect) in [("web1", "127.0.10.2"), ("web2", "127.0.10.1")] {
         let up = if down == "web1" { "web2" } else { "web1" };
         assert!(a.cli(&["member", "www.example.test.", up, "--admin", "auto"]).status.success());
         assert!(a.cli(&["member", "www.example.test.", down, "--admin", "down"]).status.success());
-        let took = eventually(Duration::from_secs(2), || ask() == expect);
+        let took = eventually(Duration::from_secs(2), || nsd.ask() == expect);
         assert!(
             took.is_some(),
             "secondary did not follow within 2 s (it answers {:?}); NSD log:\n{}\nvnamed log:\n{}",
-            ask(),
-            std::fs::read_to_string(nsd._dir.path().join("nsd.log")).unwrap_or_default(),
+            nsd.ask(),
+            nsd.log(),
             a.log()
         );
         eprintln!("secondary followed {down} down in {:?}", took.unwrap());
     }
     // Same serial on both sides.
-    let theirs = dig(IpAddr::V4(nsd_ip), nsd_port, "example.test SOA +short");
+    let theirs = dig(IpAddr::V4(nsd.ip), nsd.port, "example.test SOA +short");
     assert_eq!(theirs, a.dig("example.test SOA +short"));
 }
 
@@ -96,20 +119,7 @@ fn serial_at(ip: IpAddr, port: u16) -> Option<u32> {
 /// above N, so NSD takes it.
 #[test]
 fn nsd_follows_a_change_after_the_primary_is_killed_with_its_zone_file_behind() {
-    let nsd_ip = unique_ip();
-    let nsd_port = 5354;
-    let pools = r#"
-[[pool]]
-name = "www.example.test."
-policy = "priority"
-members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
-"#;
-    let extra = format!("notify = [\"{nsd_ip}:{nsd_port}\"]\nzone_write_interval = \"5s\"");
-    let mut a = Authority::start_with(&[("example.test.zone", ZONE)], pools, &extra);
-    let nsd = start_nsd(nsd_ip, nsd_port, &a);
-    let nsd_log = || std::fs::read_to_string(nsd._dir.path().join("nsd.log")).unwrap_or_default();
-    let ask = || dig(IpAddr::V4(nsd_ip), nsd_port, "www.example.test A +short").trim().to_owned();
-    assert!(eventually(Duration::from_secs(10), || ask() == "127.0.10.1").is_some(), "{}", nsd_log());
+    let (mut a, nsd) = primary_and_secondary("zone_write_interval = \"5s\"");
 
     // Flapping: five changes, each a new serial NSD follows.
     for admin in ["down", "auto", "down", "auto", "down"] {
@@ -117,9 +127,9 @@ members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "1
     }
     let served = serial_at(IpAddr::V4(a.ip), a.port).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || serial_at(IpAddr::V4(nsd_ip), nsd_port) == Some(served)).is_some(),
+        eventually(Duration::from_secs(5), || nsd.serial() == Some(served)).is_some(),
         "NSD never reached serial {served}: {}",
-        nsd_log()
+        nsd.log()
     );
     assert!(!a.zone_text("example.test.zone").contains(&format!(" {served} ")), "the zone file is meant to be behind here");
 
@@ -128,26 +138,14 @@ members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "1
     let restarted = serial_at(IpAddr::V4(a.ip), a.port).unwrap();
     assert!(restarted > served, "served {served} before kill -9, {restarted} after");
     assert!(a.cli(&["member", "www.example.test.", "web1", "--admin", "auto"]).status.success());
-    let took = eventually(Duration::from_secs(2), || ask() == "127.0.10.1");
-    assert!(took.is_some(), "NSD did not take the change after the restart (it answers {:?}): {}\n{}", ask(), nsd_log(), a.log());
-    assert_eq!(serial_at(IpAddr::V4(nsd_ip), nsd_port), serial_at(IpAddr::V4(a.ip), a.port));
+    let took = eventually(Duration::from_secs(2), || nsd.ask() == "127.0.10.1");
+    assert!(took.is_some(), "NSD did not take the change after the restart (it answers {:?}): {}\n{}", nsd.ask(), nsd.log(), a.log());
+    assert_eq!(nsd.serial(), serial_at(IpAddr::V4(a.ip), a.port));
 }
 
 #[test]
 fn nsd_follows_pool_changes_with_incremental_transfers() {
-    let nsd_ip = unique_ip();
-    let nsd_port = 5354;
-    let pools = r#"
-[[pool]]
-name = "www.example.test."
-policy = "priority"
-members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "127.0.10.2" } ]
-"#;
-    let a = Authority::start_with(&[("example.test.zone", ZONE)], pools, &format!("notify = [\"{nsd_ip}:{nsd_port}\"]"));
-    let nsd = start_nsd(nsd_ip, nsd_port, &a);
-    let nsd_log = || std::fs::read_to_string(nsd._dir.path().join("nsd.log")).unwrap_or_default();
-    let ask = || dig(IpAddr::V4(nsd_ip), nsd_port, "www.example.test A +short").trim().to_owned();
-    assert!(eventually(Duration::from_secs(10), || ask() == "127.0.10.1").is_some(), "{}", nsd_log());
+    let (a, nsd) = primary_and_secondary("");
     let first = serial_at(IpAddr::V4(a.ip), a.port).unwrap();
 
     // Ten changes, each followed by the secondary before the next.
@@ -158,10 +156,10 @@ members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "1
         let want = if i % 2 == 0 { "127.0.10.2" } else { "127.0.10.1" };
         let served = serial_at(IpAddr::V4(a.ip), a.port);
         assert!(
-            eventually(Duration::from_secs(5), || ask() == want && serial_at(IpAddr::V4(nsd_ip), nsd_port) == served).is_some(),
+            eventually(Duration::from_secs(5), || nsd.ask() == want && nsd.serial() == served).is_some(),
             "change {i}: NSD answers {:?}\n{}",
-            ask(),
-            nsd_log()
+            nsd.ask(),
+            nsd.log()
         );
     }
     // NSD took them as incremental transfers: only what changed. (Counted
