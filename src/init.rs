@@ -70,6 +70,7 @@ pub struct Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Starter {
     pub zone: Name,
+    pub pool: Name,
     pub authority_toml: String,
     pub monitor_toml: String,
     pub zone_file: String,
@@ -202,7 +203,7 @@ $TTL 3600
 "#,
         ns_address = args.ns_address,
     );
-    Ok(Starter { zone, authority_toml, monitor_toml, zone_file })
+    Ok(Starter { zone, pool, authority_toml, monitor_toml, zone_file })
 }
 
 /// Writes the starter files and says what to run next.
@@ -236,7 +237,7 @@ pub fn write(args: &InitArgs) -> Result<String, InitError> {
         config.display(),
         monitor.display(),
         args.listen.ip(),
-        names(&args.zone, &args.pool)?.1,
+        s.pool,
     ))
 }
 

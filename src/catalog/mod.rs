@@ -158,14 +158,14 @@ impl Board {
 /// served, because nobody was looking when it changed.
 #[derive(Debug)]
 pub struct Boards {
-    pub tx: tokio::sync::watch::Sender<std::sync::Arc<Board>>,
+    pub tx: watch::Sender<Arc<Board>>,
     pub stale: std::sync::atomic::AtomicBool,
 }
 
 impl Boards {
-    pub fn new(now: Instant) -> std::sync::Arc<Self> {
-        let (tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(Board::empty(now)));
-        std::sync::Arc::new(Self { tx, stale: std::sync::atomic::AtomicBool::new(true) })
+    pub fn new(now: Instant) -> Arc<Self> {
+        let (tx, _) = watch::channel(Arc::new(Board::empty(now)));
+        Arc::new(Self { tx, stale: std::sync::atomic::AtomicBool::new(true) })
     }
 }
 

@@ -111,12 +111,8 @@ impl Catalog {
                 continue;
             }
             let keys: Vec<&LowerName> = self.dirty_pools.iter().filter(|(o, _)| o == origin).map(|(_, k)| k).collect();
-            let records = |answers: &std::collections::HashMap<LowerName, Arc<crate::dns::snapshot::PoolAnswer>>| {
-                keys.iter()
-                    .filter_map(|k| answers.get(*k))
-                    .filter(|p| !p.servfail)
-                    .flat_map(|p| p.a.iter().chain(p.aaaa.iter()).cloned())
-                    .collect::<Vec<_>>()
+            let records = |answers: &HashMap<LowerName, Arc<PoolAnswer>>| {
+                keys.iter().filter_map(|k| answers.get(*k)).flat_map(|p| p.zone_records().cloned()).collect::<Vec<_>>()
             };
             let delta = crate::zone::journal::diff(old.serial, z.serial, &records(&old.pools), &records(&z.answers));
             deltas.push((origin.clone(), Some(delta)));
@@ -236,14 +232,14 @@ impl Catalog {
 /// the SOA and the address records of virtual names (the answers stand in
 /// for those): our own zone file writes change only those.
 fn same_static<'a>(a: &ZoneData, b: &ZoneData, pools: impl Iterator<Item = &'a LowerName>) -> bool {
-    use hickory_proto::rr::{RData, RecordType};
+    use hickory_proto::rr::RData;
     use hickory_proto::serialize::binary::BinEncodable;
     let pools: std::collections::HashSet<&LowerName> = pools.collect();
     let keyed = |d: &ZoneData| -> std::collections::BTreeSet<Vec<u8>> {
         d.records_sorted()
             .into_iter()
             .filter(|r| !matches!(r.data, RData::SOA(_)))
-            .filter(|r| !(matches!(r.record_type(), RecordType::A | RecordType::AAAA) && pools.contains(&LowerName::from(&r.name))))
+            .filter(|r| !crate::dns::snapshot::managed(r, |n| pools.contains(n)))
             .filter_map(|r| r.to_bytes().ok())
             .collect()
     };

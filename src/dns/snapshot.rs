@@ -245,24 +245,31 @@ impl Snapshot {
     }
 }
 
+impl PoolAnswer {
+    /// The address records this pool puts in the zone: its answer, none
+    /// while it answers SERVFAIL.
+    pub fn zone_records(&self) -> impl Iterator<Item = &Record> {
+        self.a.iter().chain(self.aaaa.iter()).filter(|_| !self.servfail)
+    }
+}
+
+/// Whether `r` is a virtual name's address record in the zone data: the
+/// pool's answer stands in for it.
+pub fn managed(r: &Record, is_pool: impl Fn(&LowerName) -> bool) -> bool {
+    use hickory_proto::rr::RecordType;
+    matches!(r.record_type(), RecordType::A | RecordType::AAAA) && is_pool(&LowerName::from(&r.name))
+}
+
 /// Every record a zone serves, in transfer order: SOA, the static records
 /// (pool names carrying their current answers instead of the file's), SOA.
 pub fn zone_records(zone: &ZoneView) -> Vec<Record> {
-    use hickory_proto::rr::RecordType;
     let mut records: Vec<Record> = Vec::with_capacity(zone.data.record_count + 2);
     records.push(zone.soa.clone());
-    for r in zone.data.records_sorted() {
-        let managed = matches!(r.record_type(), RecordType::A | RecordType::AAAA) && zone.pools.contains_key(&LowerName::from(&r.name));
-        if !managed {
-            records.push(r.clone());
-        }
-    }
+    records.extend(zone.data.records_sorted().into_iter().filter(|r| !managed(r, |n| zone.pools.contains_key(n))).cloned());
     let mut pools: Vec<&Arc<PoolAnswer>> = zone.pools.values().collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     for pool in pools {
-        if !pool.servfail {
-            records.extend(pool.a.iter().chain(pool.aaaa.iter()).cloned());
-        }
+        records.extend(pool.zone_records().cloned());
     }
     records.push(zone.soa.clone());
     records
