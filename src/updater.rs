@@ -161,7 +161,7 @@ impl Updater {
         Ok(u)
     }
 
-    /// Keeps `tx` supplied with the status page's board.
+    /// Keeps `boards` supplied with the status page's board.
     pub fn with_board(mut self, boards: Arc<Boards>, now: Instant) -> Self {
         self.board = Some(BoardPost { boards, published: u64::MAX, ring: None, next: now });
         self.post_board(now);

@@ -116,10 +116,8 @@ pub async fn run(
     // Every so often the authorities hear from us again, whatever happened:
     // a death reported late (a buddy's report delayed by a partition) that
     // struck us from their tables is undone within this period.
-    let mut refresh = tokio::time::interval_at(
-        tokio::time::Instant::now() + (timing.broadcast_timeout * 2).max(Duration::from_secs(1)),
-        (timing.broadcast_timeout * 2).max(Duration::from_secs(1)),
-    );
+    let every = (timing.broadcast_timeout * 2).max(Duration::from_secs(1));
+    let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh_due = false;
     let mut known: BTreeSet<SocketAddr> = BTreeSet::new();
