@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,17 @@ fn wd(port: u16, method: &str, path: &str, body: Option<Value>) -> Value {
     let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
     assert!(v["value"].get("error").is_none(), "{method} {path}: {v}");
     v["value"].clone()
+}
+
+/// chromedriver in a process group of its own, killed whole when the test
+/// ends, pass or fail: the browser it starts goes with it.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
+        let _ = self.0.wait();
+    }
 }
 
 /// A free port for chromedriver, which cannot take port 0.
@@ -93,9 +105,10 @@ fn the_status_page_shows_the_demo_and_follows_a_member_taken_down() {
 
     let port = free_port();
     let profile = tempfile::tempdir().unwrap();
-    let _driver = Proc(
+    let _driver = Group(
         Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
