@@ -116,3 +116,63 @@ members = [ {{ id = "b2", address = "{b2}" }}, {{ id = "b1", address = "{b1}" }}
     drop(lb2);
     assert!(eventually(Duration::from_secs(3), || answer() == b1.to_string()).is_some(), "answer {}\n{}", answer(), logs());
 }
+
+#[test]
+fn a_farm_at_capacity_spills_over_to_the_next_in_line() {
+    let (web1, b1, b2, farm_ip) = (unique_ip(), unique_ip(), unique_ip(), unique_ip());
+    let _listeners = [web1, b1, b2].map(|ip| TcpListener::bind((ip, 8080)).unwrap());
+    // Global priority: the farm first while it has room (its figure is its
+    // preferred member's load), web1 next.
+    let pool = format!(
+        "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\ncapacity_metric = \"load\"\nstale_after = \"2s\"\n\
+         members = [ {{ id = \"east\", farm = \"east\", capacity = 0.8 }}, {{ id = \"web1\", address = \"{web1}\" }} ]\n"
+    );
+    let a = Authority::start(&[("example.test.zone", ZONE)], &pool);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (host, load) in [("web1", 0.1), ("b1", 0.3), ("b2", 0.5)] {
+        set_load(d, host, load);
+    }
+    let _farm = spawn_role(
+        d,
+        "farm",
+        "east",
+        &format!(
+            r#"
+[farm]
+name = "east"
+listen = "{farm_ip}:7460"
+report_to = ["{grpc}"]
+mode = "entity"
+refresh = "300ms"
+[[farm.pool]]
+name = "www.example.test."
+policy = "least-loaded"
+stale_after = "2s"
+members = [ {{ id = "b1", address = "{b1}" }}, {{ id = "b2", address = "{b2}" }} ]
+"#,
+            grpc = a.grpc
+        ),
+    );
+    let farm_url = format!("http://{farm_ip}:7460");
+    let _monitors = [monitor(d, "web1", web1, &a.grpc), monitor(d, "b1", b1, &farm_url), monitor(d, "b2", b2, &farm_url)];
+    let answer = || a.dig("www.example.test A +short").trim().to_owned();
+    let in_farm = |s: &str| s == b1.to_string() || s == b2.to_string();
+    let logs = || {
+        ["east", "web1", "b1", "b2"]
+            .iter()
+            .map(|n| format!("--- {n}\n{}", std::fs::read_to_string(d.join(format!("{n}.log"))).unwrap_or_default()))
+            .collect::<String>()
+            + &a.log()
+    };
+
+    // The farm has room: it answers (with a member of its own), though web1 is idler.
+    assert!(eventually(Duration::from_secs(5), || in_farm(&answer())).is_some(), "answer {}\n{}", answer(), logs());
+    // Every member of the farm full: the global policy spills over to web1.
+    set_load(d, "b1", 0.9);
+    set_load(d, "b2", 0.95);
+    assert!(eventually(Duration::from_secs(5), || answer() == web1.to_string()).is_some(), "answer {}\n{}", answer(), logs());
+    // One of them has room again: the farm takes its clients back.
+    set_load(d, "b2", 0.2);
+    assert!(eventually(Duration::from_secs(5), || answer() == b2.to_string()).is_some(), "answer {}\n{}", answer(), logs());
+}
