@@ -260,8 +260,9 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
             .iter()
             .find(|p| p.name.trim_end_matches('.').eq_ignore_ascii_case(&want))
             .ok_or_else(|| anyhow::anyhow!("no pool named {name}"))?;
+        let quorum = if p.quorum.is_empty() { String::new() } else { format!(" quorum={}", p.quorum) };
         println!(
-            "{}  policy={} select={} ttl={}  answer: {}",
+            "{}  policy={} select={} ttl={}{quorum}  answer: {}",
             p.name,
             p.policy,
             p.select,
@@ -279,6 +280,15 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
             let mut metrics: Vec<String> = m.metrics.iter().map(|(k, v)| format!("{k}={}", short(*v))).collect();
             metrics.sort();
             println!("  {rank:<4} {:<12} {:<28} {:<18} {score:>10} {share:>7} {age:>8}  {}", m.id, m.address, m.state, metrics.join(" "));
+            // Who sees it how, when more than one looks or a quorum decides.
+            if m.views.len() > 1 || !p.quorum.is_empty() {
+                let views: Vec<String> = m
+                    .views
+                    .iter()
+                    .map(|v| format!("{} {} {:.1}s ago", crate::config::ident::shown(&v.source), if v.up { "up" } else { "down" }, v.age))
+                    .collect();
+                println!("       seen by: {}", if views.is_empty() { "nobody yet".to_owned() } else { views.join(", ") });
+            }
         }
         if p.select == "shares" {
             println!("  (each member in service gets its share of the answers: see the share column)");

@@ -81,6 +81,7 @@ pub fn upward(table: &Table, farm: &str, mode: FarmMode, now: Instant) -> Vec<Re
                         age: Duration::ZERO,
                         check: format!("farm {farm}"),
                         addresses: Vec::new(),
+                        source: farm.into(),
                     });
                 }
             }
@@ -99,6 +100,7 @@ pub fn upward(table: &Table, farm: &str, mode: FarmMode, now: Instant) -> Vec<Re
                     age: Duration::ZERO,
                     check: format!("farm {farm} ({:?})", p.policy).to_ascii_lowercase(),
                     addresses: order,
+                    source: farm.into(),
                 });
             }
         }

@@ -222,6 +222,7 @@ mod tests {
             rank: 1,
             share: Some(0.5),
             report_age: Some(Duration::from_millis(1500)),
+            views: Vec::new(),
         };
         Board {
             pools: vec![PoolStatus {
@@ -235,6 +236,7 @@ mod tests {
                 overrides: vec![],
                 select: crate::config::Select::Shares,
                 ttl: 30,
+                quorum: None,
             }],
             ring: Default::default(),
             changes: vec![(

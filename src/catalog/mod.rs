@@ -183,6 +183,8 @@ pub struct PoolStatus {
     /// How the answers are chosen in effect.
     pub select: crate::config::Select,
     pub ttl: u32,
+    /// How many vantage points decide a member's health, if not the last report.
+    pub quorum: Option<crate::config::Quorum>,
 }
 
 struct ZoneState {
@@ -871,6 +873,7 @@ impl Catalog {
                 overrides: p.overrides.lines(),
                 select: p.selects(),
                 ttl: answer.ttl,
+                quorum: p.quorum,
                 answer: shown,
             });
         }
@@ -971,6 +974,7 @@ members = [ { id = "d", address = "127.0.0.4" } ]
             age: Duration::ZERO,
             check: "test".into(),
             addresses: Vec::new(),
+            source: "test".into(),
         }];
         assert_eq!(c.reports(reports, Instant::now(), Instant::now()), Ok(1), "stored, answer left alone");
         c.tick(Instant::now());

@@ -28,7 +28,7 @@ pub use dispatch::{DispatchConfig, DispatchMode, L7Route, VipConfig};
 pub use farm::{FarmConfig, FarmMode};
 pub use limits::Limits;
 pub use monitor::{CheckConfig, CheckKind, MonitorConfig};
-pub use pool::{Fallback, MemberConfig, PolicyName, PoolConfig, Select, Time, Window, parse_time};
+pub use pool::{Fallback, MemberConfig, PolicyName, PoolConfig, Quorum, Select, Time, Window, parse_time};
 pub use ring::RingConfig;
 pub use rrl::Rrl;
 pub use srp::{SrpCluster, SrpConfig, SrpInstance};

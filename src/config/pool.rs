@@ -143,7 +143,62 @@ pub struct PoolConfig {
     /// Adaptive TTL: short while shares move, longer while they hold.
     pub ttl_min: Option<u32>,
     pub ttl_max: Option<u32>,
+    /// Health by quorum of vantage points: a member is down only when
+    /// this many of the monitors reporting on it say so, and up again
+    /// only when this many say up. Unset: the last report decides.
+    pub quorum: Option<Quorum>,
     pub members: Vec<MemberConfig>,
+}
+
+/// How many vantage points must agree on a member's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quorum {
+    /// This many.
+    Count(u32),
+    /// More than half of those that have reported.
+    Majority,
+}
+
+/// The most vantage points a quorum may ask for (and a member keeps).
+pub const MAX_VANTAGE: usize = 32;
+
+impl Quorum {
+    /// How many agreeing views decide, out of `known` vantage points.
+    pub fn needed(self, known: usize) -> usize {
+        match self {
+            Quorum::Count(n) => n as usize,
+            Quorum::Majority => known / 2 + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Quorum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quorum::Count(n) => write!(f, "{n}"),
+            Quorum::Majority => f.write_str("majority"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Quorum {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n) if (1..=MAX_VANTAGE as u32).contains(&n) => Ok(Quorum::Count(n)),
+            Raw::Count(n) => Err(serde::de::Error::custom(format!("quorum {n}: a count from 1 to {MAX_VANTAGE}, or \"majority\""))),
+            Raw::Word(w) if w == "majority" => Ok(Quorum::Majority),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "quorum {}: a count from 1 to {MAX_VANTAGE}, or \"majority\"",
+                super::ident::shown(&w)
+            ))),
+        }
+    }
 }
 
 impl PoolConfig {

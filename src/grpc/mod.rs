@@ -452,6 +452,7 @@ impl Admin for AdminService {
                 overrides: p.overrides,
                 select: p.select.to_string(),
                 ttl: p.ttl,
+                quorum: p.quorum.map(|q| q.to_string()).unwrap_or_default(),
                 members: p
                     .members
                     .into_iter()
@@ -468,6 +469,11 @@ impl Admin for AdminService {
                         rank: m.rank,
                         report_age: m.report_age.map(|d| d.as_secs_f64()),
                         share: m.share,
+                        views: m
+                            .views
+                            .into_iter()
+                            .map(|(source, up, age)| v1::VantageView { source, up, age: age.as_secs_f64() })
+                            .collect(),
                     })
                     .collect(),
             })

@@ -15,6 +15,8 @@ pub fn decode(batch: &v1::ReportBatch, now_unix_ms: i64) -> Result<Vec<Report>, 
     if batch.reports.len() > MAX_BATCH {
         return Err(ReportError::TooMany(batch.reports.len()));
     }
+    ident::check_label(&batch.source).map_err(ReportError::BadSource)?;
+    let source: std::sync::Arc<str> = batch.source.as_str().into();
     batch
         .reports
         .iter()
@@ -71,6 +73,7 @@ pub fn decode(batch: &v1::ReportBatch, now_unix_ms: i64) -> Result<Vec<Report>, 
                 age: Duration::from_millis(ahead.saturating_neg().max(0) as u64),
                 check: r.check.clone(),
                 addresses,
+                source: source.clone(),
             })
         })
         .collect()

@@ -22,7 +22,8 @@ use hickory_proto::rr::{LowerName, Name};
 use crate::clock::Now;
 use crate::config::formula::Formula;
 
-use crate::config::{Fallback, MemberConfig, PolicyName, PoolConfig, Select};
+use crate::config::pool::MAX_VANTAGE;
+use crate::config::{Fallback, MemberConfig, PolicyName, PoolConfig, Quorum, Select};
 use share::{Shaping, Spread};
 
 /// What an operator said about a member.
@@ -109,7 +110,21 @@ pub struct MemberState {
     pub maintenance: Vec<(Instant, Instant)>,
     /// The ring reported its host dead and it has not rejoined.
     pub ring_dead: bool,
+    /// Each vantage point's last word on it, at most `MAX_VANTAGE`.
+    pub views: Vec<View>,
 }
+
+/// One vantage point's last word on a member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    pub source: std::sync::Arc<str>,
+    pub up: bool,
+    pub at: Instant,
+}
+
+/// A vantage point silent this many times `stale_after` is forgotten
+/// (a monitor retired), so it no longer counts towards a majority.
+const FORGET_AFTER: u32 = 10;
 
 impl MemberState {
     /// A member as configured, with nothing reported yet. Configured
@@ -128,6 +143,7 @@ impl MemberState {
             custom: Default::default(),
             reported_at: None,
             ring_dead: false,
+            views: Vec::new(),
             until: m.until.as_ref().map(at),
             maintenance: m.maintenance.iter().map(|w| (at(&w.from), at(&w.until))).collect(),
         }
@@ -177,6 +193,39 @@ impl MemberState {
         self.reported_at = Some(at);
     }
 
+    /// Takes vantage point `source`'s word on the member's health: alone,
+    /// the last word decides; with a quorum, the member goes down only
+    /// when `quorum` fresh views say down and comes back only when as many
+    /// say up, and otherwise stays as it was. `health` is what `absorb`
+    /// had before this report.
+    pub fn vote(&mut self, view: View, health: Option<bool>, quorum: Option<Quorum>, stale_after: Duration, now: Instant) {
+        let forget = stale_after.saturating_mul(FORGET_AFTER);
+        self.views.retain(|v| now.saturating_duration_since(v.at) <= forget);
+        match self.views.iter_mut().find(|v| v.source == view.source) {
+            Some(v) if v.at > view.at => {} // an older word than we have
+            Some(v) => *v = view,
+            None => {
+                if self.views.len() == MAX_VANTAGE
+                    && let Some(oldest) = self.views.iter().enumerate().min_by_key(|(_, v)| v.at).map(|(i, _)| i)
+                {
+                    self.views.swap_remove(oldest);
+                }
+                self.views.push(view);
+            }
+        }
+        let Some(quorum) = quorum else { return };
+        let needed = quorum.needed(self.views.len()).max(1);
+        let fresh = self.views.iter().filter(|v| now.saturating_duration_since(v.at) <= stale_after);
+        let (up, down) = fresh.fold((0, 0), |(u, d), v| if v.up { (u + 1, d) } else { (u, d + 1) });
+        self.health = if down >= needed {
+            Some(false)
+        } else if up >= needed {
+            Some(true)
+        } else {
+            health
+        };
+    }
+
     /// Out of service by its schedule (lifetime over, or in maintenance).
     pub fn scheduled_out(&self, now: Instant) -> Option<&'static str> {
         if self.until.is_some_and(|u| now >= u) {
@@ -218,7 +267,8 @@ impl MemberState {
             (AdminState::Down, _) => "down (admin)",
             (AdminState::Drain, _) => "draining",
             (AdminState::Up, _) => "up (admin)",
-            (AdminState::Auto, None) => "up (no reports)",
+            (AdminState::Auto, None) if self.views.is_empty() => "up (no reports)",
+            (AdminState::Auto, None) => "up (no quorum yet)",
             (AdminState::Auto, Some(_)) if !self.eligible(now, stale_after) && self.health == Some(true) => "unknown (stale)",
             (AdminState::Auto, Some(true)) => "up",
             (AdminState::Auto, Some(false)) => "down",
@@ -275,6 +325,8 @@ pub struct PoolState {
     pub capacity_metric: Option<String>,
     /// Adaptive TTL bounds.
     pub ttl_range: Option<(u32, u32)>,
+    /// How many vantage points decide a member's health.
+    pub quorum: Option<Quorum>,
     /// The shares served and what moves them.
     pub spread: Spread,
     /// The addresses of the last answer, to tell when it moved (adaptive TTL).
@@ -311,6 +363,7 @@ impl PoolState {
             shaping: Shaping { slow_start: c.slow_start, max_shift: c.max_shift, margin: c.margin, step: c.step },
             capacity_metric: c.capacity_metric().map(str::to_owned),
             ttl_range: c.ttl_min.zip(c.ttl_max),
+            quorum: c.quorum,
             spread: Spread::default(),
             moved: None,
             counters: Default::default(),

@@ -91,6 +91,7 @@ mod tests {
             until: None,
             maintenance: Vec::new(),
             ring_dead: false,
+            views: Vec::new(),
         }
     }
 

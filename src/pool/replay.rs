@@ -22,6 +22,8 @@ pub const POOL_FLOOR: usize = 600;
 pub struct Recorded {
     pub at: Instant,
     pub member: Arc<str>,
+    /// The vantage point that saw it.
+    pub source: Arc<str>,
     pub up: bool,
     pub metrics: Metrics,
     pub custom: BTreeMap<String, f64>,
@@ -126,9 +128,11 @@ pub fn replay(pool: &PoolState, recent: &Recent, proposal: &Proposal) -> Timelin
     let mut t = start;
     loop {
         while let Some(r) = reports.next_if(|r| r.at <= t) {
-            let smoothing = p.smoothing;
+            let (smoothing, quorum, stale_after) = (p.smoothing, p.quorum, p.stale_after);
             if let Some(m) = p.member_mut(&r.member) {
+                let health = m.health;
                 m.absorb(r.up, r.metrics, r.custom.clone(), smoothing, r.at);
+                m.vote(super::View { source: r.source.clone(), up: r.up, at: r.at }, health, quorum, stale_after, r.at);
             }
         }
         let d = p.decide(t);
@@ -169,6 +173,7 @@ mod tests {
         Recorded {
             at,
             member: member.into(),
+            source: "m".into(),
             up: true,
             metrics: Metrics { load: Some(load), ..Metrics::default() },
             custom: BTreeMap::new(),

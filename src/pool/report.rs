@@ -33,6 +33,8 @@ pub enum ReportError {
     NoPool { index: usize, pool: String },
     #[error("report {index}: pool {pool} has no member {member}")]
     NoMember { index: usize, pool: String, member: String },
+    #[error("batch source {0}")]
+    BadSource(IdentError),
     #[error("report {index}: {value} is not a member's IP address")]
     BadAddress { index: usize, value: String },
     #[error("report {index}: member {member} of pool {pool} is not a farm; its address is configured")]
@@ -44,9 +46,11 @@ impl ReportError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReportError::TooMany(_) | ReportError::TooManyMetrics { .. } => "too_large",
-            ReportError::BadId { .. } | ReportError::BadName { .. } | ReportError::BadAddress { .. } | ReportError::NotFarm { .. } => {
-                "malformed"
-            }
+            ReportError::BadId { .. }
+            | ReportError::BadName { .. }
+            | ReportError::BadAddress { .. }
+            | ReportError::NotFarm { .. }
+            | ReportError::BadSource(_) => "malformed",
             ReportError::BadMetric { .. } => "bad_metric",
             ReportError::Future { .. } => "future",
             ReportError::NoPool { .. } | ReportError::NoMember { .. } => "unknown_member",
@@ -67,4 +71,7 @@ pub struct Report {
     pub check: String,
     /// A farm's preferred servers, best first (farm entities only).
     pub addresses: Vec<std::net::IpAddr>,
+    /// Who saw it: the vantage point (a monitor's host, a farm), as its
+    /// batch names it.
+    pub source: std::sync::Arc<str>,
 }

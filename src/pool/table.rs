@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::replay::{self, Recent, Recorded};
-use super::{AdminState, Decision, MemberState, Overrides, PoolState, Report, ReportError, policy};
+use super::{AdminState, Decision, MemberState, Overrides, PoolState, Report, ReportError, View, policy};
 use crate::clock::Now;
 use crate::config::formula::Formula;
 use crate::config::{MemberConfig, PolicyName, PoolConfig};
@@ -275,6 +275,8 @@ pub struct MemberStatus {
     /// Share of the answers, when the pool draws them by shares.
     pub share: Option<f64>,
     pub report_age: Option<Duration>,
+    /// Each vantage point's last word: who, up, how long ago; newest first.
+    pub views: Vec<(String, bool, Duration)>,
 }
 
 #[derive(Debug, Default)]
@@ -356,13 +358,22 @@ impl Table {
         let cap = (replay::KEPT_MAX / self.pools.len().max(1)).max(replay::POOL_FLOOR);
         self.recent.resize_with(self.pools.len(), Recent::default);
         for (r, (i, m)) in reports.into_iter().zip(targets) {
-            let smoothing = self.pools[i].smoothing;
+            let (smoothing, quorum, stale_after) = (self.pools[i].smoothing, self.pools[i].quorum, self.pools[i].stale_after);
             let member = &mut self.pools[i].members[m];
             let port = member.custom.get("tcp_port").copied();
             let at = now.checked_sub(r.age).unwrap_or(now);
-            let kept = Recorded { at, member: member.id.clone(), up: r.up, metrics: r.metrics, custom: r.custom.clone() };
+            let kept = Recorded {
+                at,
+                member: member.id.clone(),
+                source: r.source.clone(),
+                up: r.up,
+                metrics: r.metrics,
+                custom: r.custom.clone(),
+            };
             self.recent[i].keep(kept, cap);
+            let health = member.health;
             member.absorb(r.up, r.metrics, r.custom, smoothing, at);
+            member.vote(View { source: r.source, up: r.up, at }, health, quorum, stale_after, now);
             if let Some(first) = r.addresses.first() {
                 member.address = *first;
                 member.ring_dead = self.dead.contains(first);
@@ -564,6 +575,11 @@ impl Table {
                 },
                 report_age: m.reported_at.map(|t| now.saturating_duration_since(t)),
                 share: p.shares().then(|| shares.get(&m.address).copied().unwrap_or(0.0)),
+                views: {
+                    let mut v: Vec<_> = m.views.iter().map(|v| (v.source.to_string(), v.up, now.saturating_duration_since(v.at))).collect();
+                    v.sort_by_key(|(_, _, age)| *age);
+                    v
+                },
             })
             .collect()
     }
@@ -617,6 +633,7 @@ members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" }
             age: Duration::ZERO,
             check: "test".into(),
             addresses: Vec::new(),
+            source: "test".into(),
         }
     }
 
@@ -674,6 +691,85 @@ members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" }
         old.age = Duration::from_secs(10);
         t.absorb(vec![old], stale).unwrap();
         assert!(!t.pools()[0].members[1].eligible(stale, Duration::from_secs(3)));
+    }
+
+    /// A pool of one member `a` with `quorum` (TOML, or "" for none), and
+    /// a way to hear vantage point `from` say `up` at `at` seconds.
+    fn quorum_pool(quorum: &str) -> (Table, impl Fn(&mut Table, &str, bool, u64) -> String) {
+        let now = Now::read();
+        let text = format!(
+            "[[pool]]\nname = \"q.example.\"\npolicy = \"priority\"\n{quorum}\nmembers = [ {{ id = \"a\", address = \"127.0.0.1\" }} ]\n"
+        );
+        let t0 = now.instant;
+        let hear = move |t: &mut Table, from: &str, up: bool, at: u64| {
+            let mut r = report("q.example.", "a", up, 0.0);
+            r.source = from.into();
+            let at = t0 + Duration::from_secs(at);
+            t.absorb(vec![r], at).unwrap();
+            t.members_status(0, &[], &[], at)[0].state.clone()
+        };
+        (Table::new(&configs(&text), now), hear)
+    }
+
+    #[test]
+    fn without_a_quorum_the_last_word_decides() {
+        let (mut t, hear) = quorum_pool("");
+        assert_eq!(hear(&mut t, "m1", true, 0), "up");
+        assert_eq!(hear(&mut t, "m2", false, 0), "down");
+        assert_eq!(hear(&mut t, "m1", true, 1), "up");
+        let s = t.members_status(0, &[], &[], t.pools()[0].members[0].reported_at.unwrap());
+        assert_eq!(s[0].views.iter().map(|(who, up, _)| (who.as_str(), *up)).collect::<Vec<_>>(), [("m1", true), ("m2", false)]);
+    }
+
+    #[test]
+    fn a_quorum_of_vantage_points_takes_a_member_out_and_brings_it_back() {
+        let (mut t, hear) = quorum_pool("quorum = 2");
+        assert_eq!(hear(&mut t, "m1", false, 0), "up (no quorum yet)", "one word is not a quorum");
+        assert_eq!(hear(&mut t, "m2", true, 0), "up (no quorum yet)");
+        assert_eq!(hear(&mut t, "m3", true, 0), "up");
+        // One vantage point loses it: its partial view changes nothing.
+        assert_eq!(hear(&mut t, "m1", false, 1), "up");
+        assert!(t.pools()[0].members[0].eligible(t.pools()[0].members[0].reported_at.unwrap(), t.pools()[0].stale_after));
+        // A second one does: down.
+        assert_eq!(hear(&mut t, "m2", false, 1), "down");
+        // One says up again: two of three see it (m3 is still fresh).
+        assert_eq!(hear(&mut t, "m1", true, 2), "up");
+        // Views older than stale_after (3 s) do not vote: m2's down and
+        // m1's up from before are gone by second 6, so m3's lone word
+        // cannot move it.
+        assert_eq!(hear(&mut t, "m3", false, 6), "up");
+        assert_eq!(hear(&mut t, "m2", false, 6), "down");
+    }
+
+    #[test]
+    fn a_majority_counts_the_vantage_points_heard_and_forgets_retired_ones() {
+        let (mut t, hear) = quorum_pool("quorum = \"majority\"");
+        for m in ["m1", "m2", "m3", "m4", "m5"] {
+            hear(&mut t, m, true, 0);
+        }
+        assert_eq!(hear(&mut t, "m1", false, 1), "up");
+        assert_eq!(hear(&mut t, "m2", false, 1), "up", "two of five is no majority");
+        assert_eq!(hear(&mut t, "m3", false, 1), "down", "three of five is");
+        // m3, m4 and m5 retire: silent for ten times stale_after, they are
+        // forgotten, and m1 and m2 make a majority of two.
+        hear(&mut t, "m1", true, 32);
+        assert_eq!(hear(&mut t, "m2", true, 32), "up");
+        assert_eq!(t.pools()[0].members[0].views.len(), 2);
+    }
+
+    #[test]
+    fn quorum_is_a_count_or_majority() {
+        let parse = |q: &str| {
+            Config::from_toml(&format!(
+                "[[pool]]\nname = \"q.example.\"\nquorum = {q}\nmembers = [ {{ id = \"a\", address = \"127.0.0.1\" }} ]\n"
+            ))
+            .map(|c| c.pool[0].quorum)
+        };
+        assert_eq!(parse("2").unwrap(), Some(crate::config::Quorum::Count(2)));
+        assert_eq!(parse("\"majority\"").unwrap(), Some(crate::config::Quorum::Majority));
+        for bad in ["0", "33", "\"most\"", "-1", "1.5"] {
+            assert!(parse(bad).is_err(), "quorum = {bad}");
+        }
     }
 
     #[test]
