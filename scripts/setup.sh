@@ -5,7 +5,8 @@
 # responder), Python grpcio (an independent gRPC client), promtool (it checks
 # and unit-tests the alerting rules in contrib/prometheus) and what the
 # package test uses (dpkg-dev, man-db, systemd-analyze), and Chromium with
-# chromedriver for the status page. Safe to
+# chromedriver for the status page, protoc (to build) and etcd (the cluster
+# tests). Safe to
 # run again: it installs only what is missing. --minimal: only what the demo
 # needs; --bench: also HAProxy, wrk and nginx for scripts/bench/dispatch.sh.
 set -euo pipefail
@@ -14,6 +15,8 @@ need=()
 command -v dig >/dev/null || need+=(bind9-dnsutils)
 command -v named-checkzone >/dev/null || need+=(bind9-utils)
 command -v nsd >/dev/null || need+=(nsd)
+# Building needs protoc (the etcd client compiles etcd's API with it).
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ "${1:-}" != "--minimal" ]; then
   command -v dnsperf >/dev/null || need+=(dnsperf)
   command -v gdnsd >/dev/null || need+=(gdnsd)
@@ -24,6 +27,8 @@ if [ "${1:-}" != "--minimal" ]; then
   command -v kdig >/dev/null || need+=(knot-dnsutils)
   command -v openssl >/dev/null || need+=(openssl)
   command -v promtool >/dev/null || need+=(prometheus)
+  # A real etcd cluster for the cluster tests and benchmark.
+  command -v etcd >/dev/null || need+=(etcd-server)
   # The package test: dpkg-shlibdeps for cargo-deb, man, systemd-analyze.
   command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
   command -v man >/dev/null || need+=(man-db)

@@ -298,6 +298,13 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let ring = ring_client(&args.server).await?.table(crate::grpc::v1::TableRequest {}).await;
+    match &reply.cluster {
+        Some(c) if c.available => println!("cluster: following the group's shared state at revision {}", c.revision),
+        Some(c) => {
+            println!("CLUSTER STATE UNAVAILABLE: {}; serving the last state (revision {}), API changes are refused", c.error, c.revision)
+        }
+        None => {}
+    }
     if reply.state_owed > 0 {
         println!("STATE NOT SAVED: {} change(s) wait for their retry; last error: {}", reply.state_owed, reply.state_error);
     }

@@ -145,6 +145,23 @@ impl Authority {
         let updater = updater.expect("no problems").with_ring(ring, Instant::now());
         // The status page's boards, only when there is a page to show them.
         let updater = if metrics.is_some() { updater.with_board(boards.clone(), Instant::now()) } else { updater };
+        let cluster_status = crate::cluster::ClusterStatus::new();
+        let (updater, cluster) = match config.cluster.as_ref().filter(|c| c.shared()) {
+            Some(c) => {
+                let (events_tx, events_rx) = mpsc::channel(1024);
+                let etcd = crate::cluster::etcd::Etcd::connect(c, crate::cluster::fingerprint(&config.pool)).await?;
+                // A group whose pools are not ours: refuse to start. Out of
+                // reach: serve the last state and keep trying.
+                match etcd.join().await {
+                    Ok(()) => info!(prefix = %c.prefix, endpoints = ?c.endpoints, "joined the group's shared state (etcd)"),
+                    Err(e @ crate::cluster::ClusterError::Disagree { .. }) => anyhow::bail!("cannot start the authority: {e}"),
+                    Err(e) => warn!(error = %e, "serving the last state until the group's shared state is reachable"),
+                }
+                let updater = updater.with_cluster(etcd.clone(), cluster_status.clone(), events_rx);
+                (updater, Some((etcd, events_tx)))
+            }
+            None => (updater, None),
+        };
 
         let listeners = listeners.expect("no problems");
         let dns_addrs = listeners.addrs.clone();
@@ -200,6 +217,9 @@ impl Authority {
         };
         let updater_stop = CancellationToken::new();
         let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
+        if let Some((etcd, events)) = cluster {
+            tasks.spawn(etcd.run(events, cluster_status.clone(), shutdown.clone()));
+        }
         let sources: Vec<_> = dns_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
         tasks.spawn(dns::notify::run(auth.notify.clone(), sources, notify_rx, shutdown.child_token()));
         if let Some(srp) = &config.srp {
@@ -214,6 +234,9 @@ impl Authority {
             crate::metrics::register(&mut registry, updater_counters.clone());
             crate::metrics::register(&mut registry, report_counters.clone());
             crate::metrics::register(&mut registry, state_counters.clone());
+            if config.cluster.as_ref().is_some_and(|c| c.shared()) {
+                crate::metrics::register(&mut registry, cluster_status.clone());
+            }
             if config.srp.is_some() {
                 crate::metrics::register(&mut registry, srp_counters.clone());
             }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod authority;
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dispatch;

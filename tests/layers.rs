@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("dns/mod", 2),
     ("zone/io", 2),
     ("state", 2),
+    ("cluster", 2),
     // Pure cores.
     ("pool", 1),
     ("zone", 1),

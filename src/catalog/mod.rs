@@ -54,6 +54,10 @@ pub enum UpdateError {
     /// The change could not be made durable, so it was not made.
     #[error("state store: {0}; nothing changed")]
     State(String),
+    /// The group's shared state could not take the change, so it was not
+    /// made anywhere.
+    #[error("{0}; nothing changed")]
+    Cluster(String),
 }
 
 /// How far ahead of the served serial the store's high-water mark is put,
@@ -82,6 +86,11 @@ impl Staged {
     /// overrides after it, and its state.
     pub fn saves(&self) -> [&Put; 2] {
         [&self.state, &self.overrides]
+    }
+
+    /// The pool's key and its overrides after the change.
+    pub fn overrides(&self) -> (String, &crate::pool::Overrides) {
+        (self.pool.key.to_string(), &self.pool.overrides)
     }
 }
 
@@ -820,6 +829,15 @@ impl Catalog {
         info!(pools = self.table.pools().len(), "configuration edit applied");
         self.changed(touched);
         Ok(())
+    }
+
+    /// Pool `pool`'s answer as served now.
+    pub fn served(&self, pool: &str) -> Result<Vec<IpAddr>, UpdateError> {
+        let i = self.table.find(pool).ok_or_else(|| UpdateError::Pool(crate::pool::table::TableError::NoPool(pool.to_owned())))?;
+        let key = self.table.get(i).map(|p| p.key.clone()).ok_or_else(|| UpdateError::Internal(format!("pool {pool}: gone")))?;
+        let zone =
+            self.pool_zone.get(i).and_then(|o| self.zones.get(o)).ok_or_else(|| UpdateError::Internal(format!("pool {pool}: no zone")))?;
+        Ok(zone.answers.get(&key).map(|a| a.addresses.clone()).unwrap_or_default())
     }
 
     /// Applies an operator's change at once (the updater saves overrides

@@ -6,6 +6,7 @@
 //! changed.
 
 pub mod authority;
+pub mod cluster;
 pub mod dispatch;
 pub mod farm;
 pub mod formula;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use authority::AuthorityConfig;
+pub use cluster::{Backend, ClusterConfig};
 pub use dispatch::{DispatchConfig, DispatchMode, L7Route, VipConfig};
 pub use farm::{FarmConfig, FarmMode};
 pub use limits::Limits;
@@ -56,6 +58,7 @@ pub struct Config {
     pub ring: Option<RingConfig>,
     pub srp: Option<SrpConfig>,
     pub dispatch: Option<DispatchConfig>,
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -101,6 +104,9 @@ impl Config {
         }
         if let Some(r) = &self.ring {
             r.check(&mut problems);
+        }
+        if let Some(c) = &self.cluster {
+            c.check(&mut problems);
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }

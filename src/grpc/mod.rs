@@ -432,14 +432,14 @@ fn status_of(e: UpdateError) -> Status {
         UpdateError::Ring(RingError::Present(_)) => Status::already_exists(e.to_string()),
         UpdateError::Ring(RingError::Absent(_)) => Status::not_found(e.to_string()),
         UpdateError::Internal(_) => Status::internal(e.to_string()),
-        UpdateError::State(_) => Status::unavailable(e.to_string()),
+        UpdateError::State(_) | UpdateError::Cluster(_) => Status::unavailable(e.to_string()),
     }
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusReply>, Status> {
-        let (pools, trouble) = self.ask(|reply| Command::Status { reply }).await?;
+        let (pools, trouble, cluster) = self.ask(|reply| Command::Status { reply }).await?;
         let pools = pools
             .into_iter()
             .map(|p| v1::PoolStatus {
@@ -479,7 +479,9 @@ impl Admin for AdminService {
             })
             .collect();
         let (state_owed, state_error) = trouble.unwrap_or_default();
-        Ok(Response::new(v1::StatusReply { pools, state_owed, state_error }))
+        let cluster =
+            cluster.map(|(error, revision)| v1::ClusterState { available: error.is_none(), error: error.unwrap_or_default(), revision });
+        Ok(Response::new(v1::StatusReply { pools, state_owed, state_error, cluster }))
     }
 
     async fn set_member(&self, req: Request<v1::SetMemberRequest>) -> Result<Response<v1::SetMemberReply>, Status> {

@@ -55,6 +55,9 @@ pub enum Change {
     },
     /// Every override the API made: back to the configuration.
     Clear,
+    /// The pool as configured with exactly these overrides (the group's,
+    /// from the shared state): what no longer applies is dropped.
+    Replace(Overrides),
 }
 
 /// Applies `change` to pool `p` (named `name` by the caller), recording it
@@ -105,6 +108,14 @@ fn apply(p: &mut PoolState, dead: &[IpAddr], name: &str, change: Change, now: No
         Change::Clear => {
             let mut fresh = PoolState::from_config(&p.config, now);
             carry(&mut fresh, p, dead);
+            *p = fresh;
+        }
+        Change::Replace(o) => {
+            let mut fresh = PoolState::from_config(&p.config, now);
+            carry(&mut fresh, p, dead);
+            // What no longer applies is dropped from the pool's overrides;
+            // the authority that made the change said so when it was made.
+            let _dropped = lay(&mut fresh, &o, Some(p), dead, now);
             *p = fresh;
         }
     }

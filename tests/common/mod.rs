@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

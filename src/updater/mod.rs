@@ -7,6 +7,10 @@
 //! operator's change is saved, then applied; a ring change likewise; a
 //! new serial is published only below the store's high-water mark.
 
+mod shared;
+
+pub use shared::{Committed, Reply, Shared};
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -38,6 +42,9 @@ use crate::zone::io::{Done, ZoneIo};
 
 /// Writes the state store owes (failed, waiting for a retry), and the last error.
 pub type StateTrouble = (u64, String);
+/// In a cluster: why the group's state is unavailable (`None`: it is
+/// available), and the revision applied here.
+pub type ClusterState = (Option<String>, i64);
 
 /// Requests to the updater.
 pub enum Command {
@@ -48,7 +55,7 @@ pub enum Command {
     Reports { reports: Vec<Report>, received: Instant, reply: oneshot::Sender<Result<usize, ReportError>> },
     /// Pools, members and answers as they are now, and the state store's
     /// trouble: writes owed and the last error, if any.
-    Status { reply: oneshot::Sender<(Vec<PoolStatus>, Option<StateTrouble>)> },
+    Status { reply: oneshot::Sender<(Vec<PoolStatus>, Option<StateTrouble>, Option<ClusterState>)> },
     /// A zone as served, in master-file format.
     ShowZone { zone: String, reply: oneshot::Sender<Result<String, UpdateError>> },
     /// A change to a pool itself; replies with its answer afterwards.
@@ -112,6 +119,10 @@ pub struct Updater {
     /// while someone looks, when what is served or the ring changed, at
     /// most every BOARD_INTERVAL.
     board: Option<BoardPost>,
+    /// In a cluster: the group's shared state, and what its driver and
+    /// commit tasks send back (taken by `run`).
+    shared: Option<Shared>,
+    shared_rx: Option<(mpsc::Receiver<crate::cluster::Event>, mpsc::Receiver<Committed>)>,
 }
 
 /// How often the status page's board is rebuilt, at most.
@@ -156,6 +167,8 @@ impl Updater {
             next_member_save: now.instant + MEMBER_SAVE_INTERVAL,
             reserve_retry: None,
             board: None,
+            shared: None,
+            shared_rx: None,
         };
         u.drive();
         Ok(u)
@@ -192,6 +205,41 @@ impl Updater {
         post.boards.tx.send_replace(Arc::new(board));
     }
 
+    /// Shares operators' changes with a group of authorities: they are
+    /// committed to its etcd, and its changes (`events`) applied here.
+    pub fn with_cluster(
+        mut self,
+        etcd: crate::cluster::etcd::Etcd,
+        status: Arc<crate::cluster::ClusterStatus>,
+        events: mpsc::Receiver<crate::cluster::Event>,
+    ) -> Self {
+        let (shared, committed) = Shared::new(etcd, status);
+        self.shared = Some(shared);
+        self.shared_rx = Some((events, committed));
+        self
+    }
+
+    /// What the group's state driver read, applied.
+    pub fn cluster_event(&mut self, event: crate::cluster::Event, now: Now) {
+        if let Some(s) = self.shared.as_mut() {
+            s.event(&mut self.catalog, &mut self.unsent, event, now);
+        }
+        self.drive();
+    }
+
+    /// A commit's outcome, applied and answered.
+    pub fn committed(&mut self, c: Committed, now: Now) {
+        if let Some(s) = self.shared.as_mut() {
+            s.committed(&mut self.catalog, &mut self.unsent, c, now);
+        }
+        self.drive();
+    }
+
+    /// The group's state: available or the reason not, and the revision applied.
+    pub fn cluster_status(&self) -> Option<ClusterState> {
+        self.shared.as_ref().map(|s| (s.status.trouble(), s.status.revision()))
+    }
+
     /// Takes the ring registry (from the store) and applies its deaths.
     pub fn with_ring(mut self, ring: Registry, now: Instant) -> Self {
         self.ring = ring;
@@ -211,7 +259,11 @@ impl Updater {
     pub fn handle(&mut self, cmd: Command, now: Now) {
         match cmd {
             Command::SetMember { pool, id, admin, weight, reply } => {
-                let r = self.operator_change(&pool, PoolChange::Member { id, admin, weight }, now).map(drop);
+                let change = PoolChange::Member { id, admin, weight };
+                if let Some(s) = self.shared.as_mut() {
+                    return s.propose(&self.catalog, pool, change, 0, Reply::Done(reply), now);
+                }
+                let r = self.operator_change(&pool, change, now).map(drop);
                 self.done(reply, r);
             }
             Command::Reports { reports, received, reply } => {
@@ -219,12 +271,15 @@ impl Updater {
                 self.done(reply, r);
             }
             Command::Status { reply } => {
-                let _ = reply.send((self.catalog.status(now.instant), self.store.counters.trouble()));
+                let _ = reply.send((self.catalog.status(now.instant), self.store.counters.trouble(), self.cluster_status()));
             }
             Command::ShowZone { zone, reply } => {
                 let _ = reply.send(self.catalog.show_zone(&zone));
             }
             Command::Pool { pool, change, reply } => {
+                if let Some(s) = self.shared.as_mut() {
+                    return s.propose(&self.catalog, pool, change, 0, Reply::Answer(reply), now);
+                }
                 let r = self.operator_change(&pool, change, now);
                 self.done(reply, r);
             }
@@ -373,6 +428,10 @@ impl Updater {
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut edits: mpsc::Receiver<PathBuf>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut cluster_events, mut commits) = match self.shared_rx.take() {
+            Some((e, c)) => (Some(e), Some(c)),
+            None => (None, None),
+        };
         loop {
             let next = self.catalog.next_write(Instant::now());
             let write_due = async {
@@ -387,9 +446,22 @@ impl Updater {
                     continue;
                 }
                 Some(path) = edits.recv() => self.edited(&path),
+                Some(event) = recv(&mut cluster_events) => {
+                    self.cluster_event(event, Now::read());
+                    continue;
+                }
+                Some(c) = recv(&mut commits) => {
+                    self.committed(c, Now::read());
+                    continue;
+                }
                 Some(done) = self.io_results.recv() => self.catalog.io_done(done),
                 _ = write_due => self.catalog.flush(Instant::now(), false),
-                _ = tick.tick() => self.catalog.tick(Instant::now()),
+                _ = tick.tick() => {
+                    self.catalog.tick(Instant::now());
+                    if let Some(s) = self.shared.as_mut() {
+                        s.tick(&self.catalog, Now::read());
+                    }
+                }
                 _ = shutdown.cancelled() => break,
             }
             self.drive();
@@ -416,5 +488,13 @@ impl Updater {
             (Err(error), _) => error!(%error, "updater stopped; the last state could not be saved"),
             (Ok(()), false) => error!(files = ?behind, "updater stopped; these zone files could not be brought up to date"),
         }
+    }
+}
+
+/// The next message of a channel there may not be.
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

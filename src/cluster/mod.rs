@@ -1,0 +1,210 @@
+//! The control state a group of authorities shares (`[cluster] backend =
+//! "etcd"`): what the operators changed through the API, committed to etcd
+//! before it is acknowledged and applied by every authority from its watch
+//! in revision order. This file is the pure part: where each thing lives
+//! under the group's prefix, the fingerprint that tells whether two
+//! authorities serve the same pools, and what the driver (`etcd`) tells
+//! the updater.
+
+pub mod etcd;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::PoolConfig;
+use crate::metrics::{Count, Expose, Writer};
+use crate::pool::Overrides;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd cannot be reached, has no quorum, or did not answer in time.
+    #[error("cluster state unavailable: {0}")]
+    Unavailable(String),
+    /// This authority's pools are not the group's.
+    #[error(
+        "this authority's pools differ from the group's under {prefix} (fingerprint {ours}, the group's {theirs}): every authority of a group must configure the same pools; it does not join"
+    )]
+    Disagree { prefix: String, ours: String, theirs: String },
+    /// The pool's overrides changed since they were read (at another
+    /// authority): `revision` is theirs now.
+    #[error("pool {pool} was changed at another authority meanwhile")]
+    Conflict { pool: String, revision: i64 },
+    /// What etcd holds under the prefix is not what vnamed writes.
+    #[error("cluster state {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("cluster configuration: {0}")]
+    Config(String),
+}
+
+/// Where the group's state lives under its prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `prefix` starts and ends with '/' (the configuration checks it).
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The fingerprint of the pools every member of the group serves.
+    pub fn config(&self) -> String {
+        format!("{}config", self.prefix)
+    }
+
+    /// Every pool's overrides start with this.
+    pub fn overrides_all(&self) -> String {
+        format!("{}overrides/", self.prefix)
+    }
+
+    /// Pool `key`'s overrides (`key` is the pool's lower-case name).
+    pub fn overrides(&self, pool: &str) -> String {
+        format!("{}overrides/{pool}", self.prefix)
+    }
+
+    /// The pool a key under `overrides_all` is about.
+    pub fn pool_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.prefix)?.strip_prefix("overrides/").filter(|p| !p.is_empty())
+    }
+}
+
+/// A digest of the pools as configured: authorities whose pools differ
+/// in anything (names, members, policies, timings) have different ones.
+pub fn fingerprint(pools: &[PoolConfig]) -> String {
+    let digest = Sha256::digest(format!("{pools:?}").as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Overrides as stored: JSON, the same words as the embedded store's.
+pub fn encode(o: &Overrides) -> String {
+    serde_json::to_string(o).unwrap_or_else(|_| "{}".into())
+}
+
+pub fn decode(key: &str, value: &[u8]) -> Result<Overrides, ClusterError> {
+    serde_json::from_slice(value).map_err(|e| ClusterError::Corrupt { key: key.to_owned(), message: e.to_string() })
+}
+
+/// What the driver tells the updater, in the group's revision order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Pool `pool`'s overrides as of `revision` (empty: none).
+    Overrides { pool: String, overrides: Overrides, revision: i64 },
+    /// Everything up to `revision` has been told (after a resync, or a
+    /// progress notice): changes committed at or below it are in.
+    Through(i64),
+}
+
+/// How the shared state is doing, for `/metrics` and `vnamed status`.
+#[derive(Debug, Default)]
+pub struct ClusterStatus {
+    available: AtomicBool,
+    revision: AtomicI64,
+    error: Mutex<Option<String>>,
+    /// Times the authority lost and regained etcd.
+    pub lost: Count,
+    pub resyncs: Count,
+    /// API changes refused because etcd could not commit them.
+    pub refused: Count,
+}
+
+impl ClusterStatus {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    pub fn available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    /// Reachable again, or not: returns whether that is news.
+    pub fn set_available(&self, up: bool, error: Option<String>) -> bool {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        let was = self.available.swap(up, Ordering::Relaxed);
+        if was && !up {
+            self.lost.inc();
+        }
+        was != up
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
+    pub fn set_revision(&self, revision: i64) {
+        self.revision.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// `None` while all is well; the reason while etcd is out of reach.
+    pub fn trouble(&self) -> Option<String> {
+        if self.available() {
+            return None;
+        }
+        Some(self.error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "not connected yet".into()))
+    }
+}
+
+impl Expose for ClusterStatus {
+    fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+        w.gauge(
+            "vnamed_cluster_available",
+            "1 while the group's shared state (etcd) can commit changes; 0 while the authority serves its last state alone.",
+            self.available() as i64,
+        )?;
+        w.gauge("vnamed_cluster_revision", "The group's state revision this authority has applied.", self.revision())?;
+        w.counter("vnamed_cluster_lost", "Times the shared state became unavailable.", self.lost.get())?;
+        w.counter("vnamed_cluster_resyncs", "Times the authority read the shared state whole (start, reconnection).", self.resyncs.get())?;
+        w.counter("vnamed_cluster_refused", "API changes refused because the shared state could not commit them.", self.refused.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_prefix_and_name_their_pool() {
+        let k = Keys::new("/vnamed/");
+        assert_eq!(k.overrides("www.example."), "/vnamed/overrides/www.example.");
+        assert_eq!(k.pool_of("/vnamed/overrides/www.example."), Some("www.example."));
+        assert_eq!(k.pool_of("/vnamed/overrides/"), None);
+        assert_eq!(k.pool_of("/other/overrides/www.example."), None);
+        assert_eq!(k.pool_of("/vnamed/config"), None);
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_any_pool_setting() {
+        let pools = |ttl: u32| {
+            let text = format!("[[pool]]\nname = \"w.example.\"\nttl = {ttl}\nmembers = [ {{ id = \"a\", address = \"127.0.0.1\" }} ]\n");
+            crate::config::Config::from_toml(&text).unwrap().pool
+        };
+        assert_eq!(fingerprint(&pools(5)), fingerprint(&pools(5)));
+        assert_ne!(fingerprint(&pools(5)), fingerprint(&pools(6)));
+        assert_eq!(fingerprint(&pools(5)).len(), 32);
+    }
+
+    #[test]
+    fn overrides_round_trip_and_garbage_is_named() {
+        let mut o = Overrides::default();
+        o.set_paused(true);
+        assert_eq!(decode("k", encode(&o).as_bytes()).unwrap(), o);
+        assert!(matches!(decode("k", b"{not json"), Err(ClusterError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn status_counts_each_loss_once() {
+        let s = ClusterStatus::new();
+        assert!(s.trouble().is_some(), "not connected yet");
+        assert!(s.set_available(true, None));
+        assert!(!s.set_available(true, None));
+        assert!(s.set_available(false, Some("timeout".into())));
+        assert_eq!(s.trouble().as_deref(), Some("timeout"));
+        assert_eq!(s.lost.get(), 1);
+    }
+}

@@ -1,0 +1,130 @@
+//! A group of authorities sharing their control state through a real
+//! three-node etcd cluster on loopback: an operator's change at any
+//! authority is answered by all three; changes made at the same time at
+//! different authorities both hold; an authority whose pools differ from
+//! the group's refuses to join; with one etcd node gone everything goes on;
+//! with two gone every authority keeps answering its last state and API
+//! changes fail cleanly, saying why; back, they converge and nothing
+//! acknowledged is lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::etcd::EtcdCluster;
+use common::{Authority, ZONE, eventually};
+
+const POOL: &str = "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\"\n\
+                    members = [ { id = \"web1\", address = \"127.0.10.1\" }, { id = \"web2\", address = \"127.0.10.2\" }, { id = \"web3\", address = \"127.0.10.3\" } ]\n";
+
+fn group(etcd: &EtcdCluster, n: usize) -> Vec<Authority> {
+    let config = format!("{}\n{POOL}", etcd.section("/vnamed-test/"));
+    let all: Vec<Authority> = (0..n).map(|_| Authority::start_with(&[("example.test.zone", ZONE)], &config, "token = \"t0ken\"")).collect();
+    for a in &all {
+        assert!(eventually(Duration::from_secs(10), || available(a) == Some(true)).is_some(), "not following the group:\n{}", a.log());
+    }
+    all
+}
+
+/// `vnamed_cluster_available` as the authority's `/metrics` says.
+fn available(a: &Authority) -> Option<bool> {
+    let text = common::scrape((a.ip, a.metrics));
+    text.lines().find_map(|l| l.strip_prefix("vnamed_cluster_available ")).map(|v| v.trim() == "1")
+}
+
+fn cli(a: &Authority, args: &[&str]) -> std::process::Output {
+    let mut all = args.to_vec();
+    all.extend(["--token", "t0ken"]);
+    a.cli(&all)
+}
+
+fn answer(a: &Authority) -> String {
+    a.dig("www.example.test A +short").trim().to_owned()
+}
+
+/// Every authority answers `want`, within a bound.
+fn all_answer(group: &[Authority], want: &str) -> bool {
+    eventually(Duration::from_secs(5), || group.iter().all(|a| answer(a) == want)).is_some()
+}
+
+#[test]
+fn a_change_at_one_authority_is_answered_by_all_and_concurrent_changes_both_hold() {
+    let etcd = EtcdCluster::start(3);
+    let g = group(&etcd, 3);
+    assert!(all_answer(&g, "127.0.10.1"));
+
+    // Taken out at the first authority: acknowledged there once etcd holds
+    // it, answered there at once, and by the others from their watch.
+    let out = cli(&g[0], &["member", "www.example.test.", "web1", "--admin", "down"]);
+    assert!(out.status.success(), "{out:?}\n{}", g[0].log());
+    assert_eq!(answer(&g[0]), "127.0.10.2", "the authority that acknowledged it answers it");
+    assert!(all_answer(&g, "127.0.10.2"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
+
+    // Back in, at another authority.
+    assert!(cli(&g[2], &["member", "www.example.test.", "web1", "--admin", "auto"]).status.success());
+    assert!(all_answer(&g, "127.0.10.1"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
+
+    // Two authorities change the same pool at the same moment, each a
+    // different member: both changes hold, everywhere.
+    let (a, b) = (&g[0], &g[1]);
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| cli(a, &["member", "www.example.test.", "web1", "--admin", "down"]));
+        let tb = s.spawn(|| cli(b, &["member", "www.example.test.", "web2", "--admin", "drain"]));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert!(ra.status.success() && rb.status.success(), "{ra:?}\n{rb:?}");
+    assert!(all_answer(&g, "127.0.10.3"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
+    for x in &g {
+        let listed = String::from_utf8(cli(x, &["pool", "overrides", "www.example.test."]).stdout).unwrap();
+        assert!(listed.contains("web1 admin down") && listed.contains("web2 admin drain"), "{listed}");
+    }
+    let status = String::from_utf8(cli(&g[1], &["status"]).stdout).unwrap();
+    assert!(status.contains("cluster: following the group's shared state at revision"), "{status}");
+
+    // An authority whose pools differ refuses to join the group.
+    let other = format!("{}\n{}", etcd.section("/vnamed-test/"), POOL.replace("priority", "round-robin"));
+    let stray = Authority::prepared(&[("example.test.zone", ZONE)], &other, "");
+    let out = std::process::Command::new(common::VNAMED).args(["authority", "--config"]).arg(&stray.config).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("differ from the group's"), "{}\n{said}", out.status);
+}
+
+#[test]
+fn without_an_etcd_quorum_answers_stay_and_changes_fail_cleanly_then_converge() {
+    let mut etcd = EtcdCluster::start(3);
+    let g = group(&etcd, 3);
+
+    // One etcd node gone: changes go on.
+    etcd.kill_node(2);
+    let out = cli(&g[0], &["member", "www.example.test.", "web1", "--admin", "down"]);
+    assert!(out.status.success(), "{out:?}\n{}", g[0].log());
+    assert!(all_answer(&g, "127.0.10.2"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
+
+    // Two gone: no quorum. Every authority says so and keeps answering.
+    etcd.kill_node(1);
+    for a in &g {
+        assert!(eventually(Duration::from_secs(10), || available(a) == Some(false)).is_some(), "{}", a.log());
+    }
+    let out = cli(&g[1], &["member", "www.example.test.", "web2", "--admin", "down"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("cluster state unavailable"), "{out:?}");
+    let status = String::from_utf8(cli(&g[1], &["status"]).stdout).unwrap();
+    assert!(status.contains("CLUSTER STATE UNAVAILABLE"), "{status}");
+    for a in &g {
+        assert_eq!(answer(a), "127.0.10.2", "the last state is served");
+    }
+    let metrics = common::scrape((g[1].ip, g[1].metrics));
+    assert!(metrics.lines().any(|l| l.starts_with("vnamed_cluster_refused_total ") && !l.ends_with(" 0")), "{metrics}");
+
+    // Back: every authority follows again, what was acknowledged holds,
+    // and a new change reaches all.
+    etcd.start_node(1);
+    etcd.start_node(2);
+    for a in &g {
+        assert!(eventually(Duration::from_secs(20), || available(a) == Some(true)).is_some(), "{}\n{}", a.log(), etcd.logs());
+    }
+    assert!(all_answer(&g, "127.0.10.2"), "the change made with one node gone holds");
+    let out = cli(&g[2], &["member", "www.example.test.", "web2", "--admin", "down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(all_answer(&g, "127.0.10.3"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
+}
