@@ -128,3 +128,42 @@ fn without_an_etcd_quorum_answers_stay_and_changes_fail_cleanly_then_converge() 
     assert!(out.status.success(), "{out:?}");
     assert!(all_answer(&g, "127.0.10.3"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
 }
+
+/// Rewrites an authority's configuration with its pools edited (as an
+/// operator would: a new file renamed over the old).
+fn edit_pools(a: &Authority, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&a.config).unwrap();
+    assert!(text.contains(from), "{text}");
+    let tmp = a.config.with_extension("new");
+    std::fs::write(&tmp, text.replace(from, to)).unwrap();
+    std::fs::rename(&tmp, &a.config).unwrap();
+}
+
+#[test]
+fn an_edit_of_the_pools_becomes_the_groups_and_the_others_wait_for_theirs() {
+    let etcd = EtcdCluster::start(3);
+    let g = group(&etcd, 3);
+    let ttl = |a: &Authority| a.dig("www.example.test A +noall +answer").split_whitespace().nth(1).map(str::to_owned);
+
+    // The first authority's pools are edited: they are the group's now, and
+    // the others, whose pools are the old ones, take no changes and say so.
+    edit_pools(&g[0], "policy = \"priority\"", "policy = \"priority\"\nttl = 7");
+    assert!(eventually(Duration::from_secs(10), || ttl(&g[0]).as_deref() == Some("7")).is_some(), "{}", g[0].log());
+    for a in &g[1..] {
+        assert!(eventually(Duration::from_secs(10), || available(a) == Some(false)).is_some(), "{}", a.log());
+    }
+    let out = cli(&g[1], &["member", "www.example.test.", "web1", "--admin", "down"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("differ from the group's"), "{out:?}");
+    assert!(cli(&g[0], &["member", "www.example.test.", "web1", "--admin", "down"]).status.success(), "the edited one goes on");
+
+    // Edited alike, they follow the group again and take its changes.
+    for a in &g[1..] {
+        edit_pools(a, "policy = \"priority\"", "policy = \"priority\"\nttl = 7");
+    }
+    for a in &g {
+        assert!(eventually(Duration::from_secs(15), || available(a) == Some(true)).is_some(), "{}", a.log());
+    }
+    assert!(all_answer(&g, "127.0.10.2"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
+    assert!(cli(&g[2], &["member", "www.example.test.", "web2", "--admin", "down"]).status.success());
+    assert!(all_answer(&g, "127.0.10.3"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
+}

@@ -32,8 +32,10 @@ pub struct Etcd {
     client: Client,
     keys: Keys,
     timeout: Duration,
-    /// This authority's pools' fingerprint.
-    fingerprint: String,
+    /// This authority's pools' fingerprint (a configuration edit changes it).
+    fingerprint: Arc<arc_swap::ArcSwap<String>>,
+    /// The fingerprint before an edit whose adoption by the group is owed.
+    adopting: Arc<arc_swap::ArcSwapOption<String>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ClusterError {
@@ -74,11 +76,45 @@ impl Etcd {
             .await
             .map_err(|_| unavailable("no etcd endpoint answered in time"))?
             .map_err(unavailable)?;
-        Ok(Self { client, keys: Keys::new(&c.prefix), timeout: c.timeout, fingerprint })
+        Ok(Self {
+            client,
+            keys: Keys::new(&c.prefix),
+            timeout: c.timeout,
+            fingerprint: Arc::new(arc_swap::ArcSwap::from_pointee(fingerprint)),
+            adopting: Arc::default(),
+        })
     }
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.load().as_ref().clone()
+    }
+
+    fn disagree(&self, theirs: String) -> ClusterError {
+        ClusterError::Disagree { prefix: self.keys.prefix().to_owned(), ours: self.fingerprint(), theirs }
+    }
+
+    /// This authority's pools were edited (to `fingerprint`): they become
+    /// the group's, replacing `was` (another authority edited first:
+    /// nothing to do). Authorities still serving the old pools stop taking
+    /// changes, and say so, until they are edited too.
+    pub async fn adopt(&self, was: &str, fingerprint: String) -> Result<(), ClusterError> {
+        self.fingerprint.store(Arc::new(fingerprint.clone()));
+        self.adopting.store(Some(Arc::new(was.to_owned())));
+        let key = self.keys.config();
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, was)])
+            .and_then([TxnOp::put(key.clone(), fingerprint.clone(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let r = self.within(self.client.kv_client().txn(txn)).await?;
+        self.adopting.store(None);
+        if r.succeeded() {
+            info!(fingerprint = %fingerprint, "the edited pools are the group's now: edit every authority's configuration alike");
+        }
+        Ok(())
     }
 
     async fn within<T>(&self, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ClusterError> {
@@ -88,14 +124,15 @@ impl Etcd {
     /// Joins the group: the first authority records its pools'
     /// fingerprint; every other must have the same.
     pub async fn join(&self) -> Result<(), ClusterError> {
+        let ours = self.fingerprint();
         let key = self.keys.config();
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), self.fingerprint.clone(), None)])
+            .and_then([TxnOp::put(key.clone(), ours.clone(), None)])
             .or_else([TxnOp::get(key.clone(), None)]);
         let r = self.within(self.client.kv_client().txn(txn)).await?;
         if r.succeeded() {
-            info!(prefix = self.keys.prefix(), fingerprint = %self.fingerprint, "first authority of the group: its pools are the group's");
+            info!(prefix = self.keys.prefix(), fingerprint = %ours, "first authority of the group: its pools are the group's");
             return Ok(());
         }
         let theirs = r
@@ -106,11 +143,15 @@ impl Etcd {
                 _ => None,
             })
             .unwrap_or_default();
-        if theirs == self.fingerprint {
-            Ok(())
-        } else {
-            Err(ClusterError::Disagree { prefix: self.keys.prefix().to_owned(), ours: self.fingerprint.clone(), theirs })
+        if theirs == ours {
+            return Ok(());
         }
+        // The group still has the pools this authority had before an edit
+        // it could not record then: record it now.
+        if self.adopting.load().as_deref() == Some(&theirs) {
+            return self.adopt(&theirs, ours).await;
+        }
+        Err(self.disagree(theirs))
     }
 
     /// Every pool's overrides with the revision each was last changed at,
@@ -157,7 +198,7 @@ impl Etcd {
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(key.clone(), CompareOp::Equal, base),
-                Compare::value(config.clone(), CompareOp::Equal, self.fingerprint.clone()),
+                Compare::value(config.clone(), CompareOp::Equal, self.fingerprint()),
             ])
             .and_then([TxnOp::put(key.clone(), encode(o), None)])
             .or_else([TxnOp::get(key, None), TxnOp::get(config, None)]);
@@ -175,8 +216,8 @@ impl Etcd {
             })
             .collect();
         let theirs = got.get(1).cloned().flatten().map(|(v, _)| v).unwrap_or_default();
-        if theirs != self.fingerprint {
-            return Err(ClusterError::Disagree { prefix: self.keys.prefix().to_owned(), ours: self.fingerprint.clone(), theirs });
+        if theirs != self.fingerprint() {
+            return Err(self.disagree(theirs));
         }
         let now = got.first().cloned().flatten().map(|(_, r)| r).unwrap_or(revision);
         Err(ClusterError::Conflict { pool: pool.to_owned(), revision: now })
@@ -207,7 +248,7 @@ impl Etcd {
     /// went away, read again through another) or shutdown (`Ok(false)`).
     async fn follow(&self, from: i64, events: &mpsc::Sender<Event>, shutdown: &CancellationToken) -> Result<bool, ClusterError> {
         let options = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
-        let mut stream = self.within(self.client.watch_client().watch(self.keys.overrides_all(), Some(options))).await?;
+        let mut stream = self.within(self.client.watch_client().watch(self.keys.prefix(), Some(options))).await?;
         let mut probe = tokio::time::interval(PROBE_INTERVAL);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -227,6 +268,13 @@ impl Etcd {
                     for ev in r.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let key = String::from_utf8_lossy(kv.key()).into_owned();
+                        if key == self.keys.config() {
+                            let theirs = String::from_utf8_lossy(kv.value()).into_owned();
+                            if theirs != self.fingerprint() {
+                                return Err(self.disagree(theirs));
+                            }
+                            continue;
+                        }
                         let Some(pool) = self.keys.pool_of(&key) else { continue };
                         let overrides = match ev.event_type() {
                             etcd_client::EventType::Put => match decode(&key, kv.value()) {

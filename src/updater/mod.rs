@@ -289,6 +289,9 @@ impl Updater {
             }
             Command::Reconfigure { pools, reply } => {
                 let r = self.catalog.reconfigure(&pools, now);
+                if let (Ok(()), Some(s)) = (&r, self.shared.as_mut()) {
+                    s.reconfigured(&pools);
+                }
                 self.done(reply, r);
             }
             Command::Resolve { pool, reply } => {

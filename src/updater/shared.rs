@@ -192,6 +192,20 @@ impl Shared {
         }
     }
 
+    /// The pools were edited: they become the group's.
+    pub fn reconfigured(&mut self, pools: &[crate::config::PoolConfig]) {
+        let (was, now) = (self.etcd.fingerprint(), crate::cluster::fingerprint(pools));
+        if was == now {
+            return;
+        }
+        let etcd = self.etcd.clone();
+        tokio::spawn(async move {
+            if let Err(e) = etcd.adopt(&was, now).await {
+                warn!(error = %e, "the edited pools could not be recorded as the group's; the next resync tries again");
+            }
+        });
+    }
+
     /// Called on the updater's tick: expires retries that waited too long.
     pub fn tick(&mut self, catalog: &Catalog, now: Now) {
         if !self.retries.is_empty() {
