@@ -299,7 +299,11 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     }
     let ring = ring_client(&args.server).await?.table(crate::grpc::v1::TableRequest {}).await;
     match &reply.cluster {
-        Some(c) if c.available => println!("cluster: following the group's shared state at revision {}", c.revision),
+        Some(c) if c.available => println!(
+            "cluster: following the group's shared state at revision {}{}",
+            c.revision,
+            if c.decider { " (this authority decides the group's answers)" } else { "" }
+        ),
         Some(c) => {
             println!("CLUSTER STATE UNAVAILABLE: {}; serving the last state (revision {}), API changes are refused", c.error, c.revision)
         }

@@ -218,6 +218,9 @@ impl Authority {
         let updater_stop = CancellationToken::new();
         let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
         if let Some((etcd, events)) = cluster {
+            // The election value names this authority to the others.
+            let name = dns_addrs.first().map(|a| a.to_string()).unwrap_or_else(|| std::process::id().to_string());
+            tasks.spawn(etcd.clone().lead(name, events.clone(), shutdown.clone()));
             tasks.spawn(etcd.run(events, cluster_status.clone(), shutdown.clone()));
         }
         let sources: Vec<_> = dns_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();

@@ -42,9 +42,14 @@ fn answer(a: &Authority) -> String {
     a.dig("www.example.test A +short").trim().to_owned()
 }
 
-/// Every authority answers `want`, within a bound.
+/// Every authority answers `want`, within a bound; panics with the log
+/// of one that does not.
 fn all_answer(group: &[Authority], want: &str) -> bool {
-    eventually(Duration::from_secs(5), || group.iter().all(|a| answer(a) == want)).is_some()
+    if eventually(Duration::from_secs(5), || group.iter().all(|a| answer(a) == want)).is_some() {
+        return true;
+    }
+    let odd = group.iter().find(|a| answer(a) != want).unwrap();
+    panic!("{} answers {}, not {want}:\n{}", odd.ip, answer(odd), odd.log());
 }
 
 #[test]
@@ -166,4 +171,104 @@ fn an_edit_of_the_pools_becomes_the_groups_and_the_others_wait_for_theirs() {
     assert!(all_answer(&g, "127.0.10.2"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
     assert!(cli(&g[2], &["member", "www.example.test.", "web2", "--admin", "down"]).status.success());
     assert!(all_answer(&g, "127.0.10.3"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
+}
+
+/// Tells authority `a`, as monitor `source`, that web1 is `up` or not.
+fn report(a: &Authority, source: &str, up: bool) {
+    use vnamed::grpc::Bearer;
+    use vnamed::grpc::v1::ReportBatch;
+    use vnamed::grpc::v1::status_client::StatusClient;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
+        let mut c = StatusClient::with_interceptor(channel, Bearer::new(Some("t0ken")).unwrap());
+        let reports = vec![common::member_report("www.example.test.", "web1", up, &[])];
+        c.report(ReportBatch { source: source.into(), reports }).await.unwrap();
+    });
+}
+
+fn decider(a: &Authority) -> bool {
+    let text = common::scrape((a.ip, a.metrics));
+    text.lines().any(|l| l.trim() == "vnamed_cluster_decider 1")
+}
+
+fn serial(a: &Authority) -> String {
+    a.dig("example.test SOA +short").split_whitespace().nth(2).unwrap_or_default().to_owned()
+}
+
+/// The one authority of the group that decides, once there is exactly one.
+fn the_decider(g: &[Authority]) -> usize {
+    let mut found = None;
+    let one = eventually(Duration::from_secs(10), || {
+        let deciders: Vec<usize> = (0..g.len()).filter(|&i| g[i].pid().is_some() && decider(&g[i])).collect();
+        found = deciders.first().copied();
+        deciders.len() == 1
+    });
+    assert!(one.is_some(), "no single decider: {:?}", g.iter().map(|a| a.pid().is_some() && decider(a)).collect::<Vec<_>>());
+    found.unwrap()
+}
+
+/// Every running authority answers `want` with one and the same serial.
+fn agree(g: &[Authority], want: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        let up: Vec<&Authority> = g.iter().filter(|a| a.pid().is_some()).collect();
+        let s = serial(up[0]);
+        up.iter().all(|a| answer(a) == want && serial(a) == s && !s.is_empty())
+    })
+    .is_some()
+}
+
+#[test]
+fn answers_are_decided_once_for_the_group_with_one_serial_and_a_dead_decider_is_replaced() {
+    let etcd = EtcdCluster::start(3);
+    let config = format!(
+        "{}\n{}",
+        etcd.section("/vnamed-test/"),
+        POOL.replace("policy = \"priority\"", "policy = \"priority\"\nstale_after = \"1h\"")
+    );
+    let mut g: Vec<Authority> =
+        (0..3).map(|_| Authority::start_with(&[("example.test.zone", ZONE)], &config, "token = \"t0ken\"")).collect();
+    for a in &g {
+        assert!(eventually(Duration::from_secs(10), || available(a) == Some(true)).is_some(), "{}", a.log());
+    }
+    let d = the_decider(&g);
+    let follower = (d + 1) % 3;
+    let serials = |g: &[Authority]| g.iter().filter(|a| a.pid().is_some()).map(serial).collect::<Vec<_>>();
+    assert!(agree(&g, "127.0.10.1"), "{:?} {:?}", g.iter().map(answer).collect::<Vec<_>>(), serials(&g));
+
+    // A monitor that reaches only a follower says web1 is down: that
+    // follower sees it (its own view), but the group's answer stands.
+    report(&g[follower], "m1", false);
+    let seen = || String::from_utf8(cli(&g[follower], &["status", "--explain", "www.example.test."]).stdout).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || seen().lines().any(|l| l.contains(" web1 ") && l.contains(" down "))).is_some(),
+        "{}",
+        seen()
+    );
+    for _ in 0..5 {
+        assert_eq!(answer(&g[follower]), "127.0.10.1", "one authority's view does not change its answer");
+    }
+
+    // The decider hears it: every authority answers web2, same serial.
+    report(&g[d], "m1", false);
+    assert!(agree(&g, "127.0.10.2"), "{:?} {:?}\n{}", g.iter().map(answer).collect::<Vec<_>>(), serials(&g), g[d].log());
+
+    // The decider is killed: another takes over (its lease runs out) and
+    // decides from what reaches it.
+    g[d].kill();
+    let next = the_decider(&g);
+    assert_ne!(next, d);
+    for a in g.iter().filter(|a| a.pid().is_some()) {
+        report(a, "m1", true);
+    }
+    assert!(agree(&g, "127.0.10.1"), "{:?}", g.iter().filter(|a| a.pid().is_some()).map(answer).collect::<Vec<_>>());
+
+    // Back after kill -9, its serial jumped ahead (nothing it served may
+    // repeat): the group's serial moves up to it, and all agree again.
+    let before: u32 = serial(&g[next]).parse().unwrap();
+    g[d].spawn();
+    assert!(eventually(Duration::from_secs(10), || available(&g[d]) == Some(true)).is_some(), "{}", g[d].log());
+    assert!(agree(&g, "127.0.10.1"), "{:?} {:?}", g.iter().map(answer).collect::<Vec<_>>(), serials(&g));
+    let after: u32 = serial(&g[next]).parse().unwrap();
+    assert!(after > before, "the group's serial went up to the restarted authority's: {before} -> {after}");
 }

@@ -831,6 +831,62 @@ impl Catalog {
         Ok(())
     }
 
+    /// Serves the group's decisions from now on (`[cluster]` on etcd).
+    pub fn join_group(&mut self) {
+        self.table.join_group();
+    }
+
+    /// This authority's own decisions that changed since the last call:
+    /// pool key, its zone, the decision.
+    pub fn take_offers(&mut self) -> Vec<(String, String, Decision)> {
+        let offers = self.table.take_offers();
+        offers
+            .into_iter()
+            .filter_map(|(i, d)| {
+                let key = self.table.get(i)?.key.to_string();
+                let zone = self.pool_zone.get(i)?.to_string();
+                Some((key, zone, d))
+            })
+            .collect()
+    }
+
+    /// Every own decision offered again (this authority became the decider).
+    pub fn offer_all(&mut self, now: Instant) {
+        self.table.offer_all(now);
+    }
+
+    /// Each zone's serial as served now, by origin.
+    pub fn zone_serials(&self) -> Vec<(String, u32)> {
+        self.zones.iter().map(|(o, z)| (o.to_string(), z.serial)).collect()
+    }
+
+    /// The group's decisions (pool key, decision) and zone serials, served
+    /// from now on. A serial is taken only forward: one not newer than
+    /// what this authority served stays its own.
+    pub fn impose(&mut self, decisions: Vec<(String, Decision)>, serials: Vec<(String, u32)>, now: Instant) {
+        let mut zones = Vec::new();
+        for (pool, d) in decisions {
+            let Some(i) = self.table.find(&pool) else {
+                warn!(pool, "the group decided a pool this authority does not serve");
+                continue;
+            };
+            self.table.impose(i, d);
+            zones.extend(self.redecide(i, now));
+        }
+        for (zone, serial) in serials {
+            let Ok(name) = Name::from_ascii(&zone) else { continue };
+            let origin = LowerName::from(name);
+            if let Some(z) = self.zones.get_mut(&origin)
+                && serial_gt(serial, z.serial)
+            {
+                z.serial = serial;
+                z.sync.touch();
+                zones.push(origin);
+            }
+        }
+        self.changed(zones);
+    }
+
     /// Pool `pool`'s answer as served now.
     pub fn served(&self, pool: &str) -> Result<Vec<IpAddr>, UpdateError> {
         let i = self.table.find(pool).ok_or_else(|| UpdateError::Pool(crate::pool::table::TableError::NoPool(pool.to_owned())))?;

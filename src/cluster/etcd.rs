@@ -14,16 +14,17 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::{ClusterError, ClusterStatus, Event, Keys, decode, encode};
+use super::{ClusterError, ClusterStatus, Event, Keys, Kind, Leader, decode, decode_decision, decode_serial, encode, encode_decision};
 use crate::config::ClusterConfig;
+use crate::pool::Decision;
 use crate::pool::Overrides;
 
 /// How often etcd is asked whether it still has a quorum.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// Attempts at a commit through whichever node answers.
-const COMMIT_TRIES: u32 = 3;
+/// Pause before trying again while the trouble is young.
+const RETRY_QUICK: Duration = Duration::from_millis(50);
 /// Backoff bounds between attempts to follow the group again.
 const RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(3));
 
@@ -154,22 +155,48 @@ impl Etcd {
         Err(self.disagree(theirs))
     }
 
-    /// Every pool's overrides with the revision each was last changed at,
-    /// and the revision of the whole read.
-    pub async fn read_all(&self) -> Result<(Vec<(String, Overrides, i64)>, i64), ClusterError> {
-        let prefix = self.keys.overrides_all();
-        let r = self.within(self.client.kv_client().get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+    /// Everything under the prefix, as events, and the revision of the read.
+    pub async fn read_all(&self) -> Result<(Vec<Event>, i64), ClusterError> {
+        let r = self.within(self.client.kv_client().get(self.keys.prefix(), Some(GetOptions::new().with_prefix()))).await?;
         let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-        let mut out = Vec::with_capacity(r.kvs().len());
+        let mut batch = Batch::default();
         for kv in r.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some(pool) = self.keys.pool_of(&key) else { continue };
-            match decode(&key, kv.value()) {
-                Ok(o) => out.push((pool.to_owned(), o, kv.mod_revision())),
-                Err(e) => warn!(error = %e, "ignored"),
-            }
+            self.take(&mut batch, kv, true)?;
         }
-        Ok((out, revision))
+        Ok((batch.events(), revision))
+    }
+
+    /// Sorts one key-value into `batch`; a config that is not ours is an
+    /// error (this authority must not follow a group whose pools differ).
+    fn take(&self, batch: &mut Batch, kv: &etcd_client::KeyValue, put: bool) -> Result<(), ClusterError> {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let revision = kv.mod_revision();
+        let bad = |e: ClusterError| error!(error = %e, "ignored");
+        match self.keys.kind(&key) {
+            Some(Kind::Config) => {
+                let theirs = String::from_utf8_lossy(kv.value()).into_owned();
+                if put && theirs != self.fingerprint() {
+                    return Err(self.disagree(theirs));
+                }
+            }
+            Some(Kind::Overrides(pool)) => {
+                let overrides = if put { decode(&key, kv.value()) } else { Ok(Overrides::default()) };
+                match overrides {
+                    Ok(overrides) => batch.overrides.push(Event::Overrides { pool: pool.to_owned(), overrides, revision }),
+                    Err(e) => bad(e),
+                }
+            }
+            Some(Kind::Decision(pool)) if put => match decode_decision(&key, kv.value()) {
+                Ok(d) => batch.decisions.push((pool.to_owned(), d, revision)),
+                Err(e) => bad(e),
+            },
+            Some(Kind::Serial(zone)) if put => match decode_serial(&key, kv.value()) {
+                Ok(n) => batch.serials.push((zone.to_owned(), n, revision)),
+                Err(e) => bad(e),
+            },
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Commits pool `pool`'s overrides `o`, read at revision `base` (0: it
@@ -179,17 +206,19 @@ impl Etcd {
         // it; the next goes to another. (Should the first have committed,
         // the next finds the revision moved and the updater tries again on
         // top of it: the same overrides.)
-        let mut last = None;
-        for _ in 0..COMMIT_TRIES {
+        // Long enough for etcd to elect a new leader when its leader went.
+        let deadline = tokio::time::Instant::now() + self.timeout * 2;
+        let mut pause = Duration::from_millis(25);
+        loop {
             match self.commit_once(pool, o, base).await {
-                Err(ClusterError::Unavailable(e)) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(ClusterError::Unavailable(e)) if tokio::time::Instant::now() + pause < deadline => {
+                    debug!(error = %e, "commit failed; trying again through another node");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
                 }
                 other => return other,
             }
         }
-        Err(ClusterError::Unavailable(last.unwrap_or_default()))
     }
 
     async fn commit_once(&self, pool: &str, o: &Overrides, base: i64) -> Result<i64, ClusterError> {
@@ -234,8 +263,8 @@ impl Etcd {
     async fn sync(&self, events: &mpsc::Sender<Event>) -> Result<i64, ClusterError> {
         self.join().await?;
         let (all, revision) = self.read_all().await?;
-        for (pool, overrides, at) in all {
-            if events.send(Event::Overrides { pool, overrides, revision: at }).await.is_err() {
+        for event in all {
+            if events.send(event).await.is_err() {
                 return Ok(revision);
             }
         }
@@ -265,28 +294,13 @@ impl Etcd {
                             return Ok(true);
                         }
                     };
+                    let mut batch = Batch::default();
                     for ev in r.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let key = String::from_utf8_lossy(kv.key()).into_owned();
-                        if key == self.keys.config() {
-                            let theirs = String::from_utf8_lossy(kv.value()).into_owned();
-                            if theirs != self.fingerprint() {
-                                return Err(self.disagree(theirs));
-                            }
-                            continue;
+                        if let Some(kv) = ev.kv() {
+                            self.take(&mut batch, kv, ev.event_type() == etcd_client::EventType::Put)?;
                         }
-                        let Some(pool) = self.keys.pool_of(&key) else { continue };
-                        let overrides = match ev.event_type() {
-                            etcd_client::EventType::Put => match decode(&key, kv.value()) {
-                                Ok(o) => o,
-                                Err(e) => {
-                                    error!(error = %e, "ignored");
-                                    continue;
-                                }
-                            },
-                            etcd_client::EventType::Delete => Overrides::default(),
-                        };
-                        let event = Event::Overrides { pool: pool.to_owned(), overrides, revision: kv.mod_revision() };
+                    }
+                    for event in batch.events() {
                         if events.send(event).await.is_err() {
                             return Ok(false);
                         }
@@ -304,10 +318,13 @@ impl Etcd {
     }
 
     /// Follows the group until shutdown: a full read, then the watch; a
-    /// broken watch is read again at once; when etcd cannot answer, says
-    /// so, and starts over after a backoff.
+    /// broken watch is read again at once. Trouble that lasts longer than
+    /// the timeout (a request through a node just gone is simply tried
+    /// again) makes the state unavailable, said once, and the reads start
+    /// over after a backoff.
     pub async fn run(self, events: mpsc::Sender<Event>, status: Arc<ClusterStatus>, shutdown: CancellationToken) {
         let mut backoff = RETRY.0;
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             let attempt = async {
                 let revision = self.sync(&events).await?;
@@ -315,6 +332,7 @@ impl Etcd {
                 if status.set_available(true, None) {
                     info!(revision, prefix = self.keys.prefix(), "cluster state available: following the group");
                 }
+                failing_since = None;
                 backoff = RETRY.0;
                 self.follow(revision + 1, &events, &shutdown).await
             };
@@ -328,20 +346,168 @@ impl Etcd {
             match outcome {
                 Ok(_) => continue, // the watch broke: read again at once
                 Err(e) => {
-                    let why = match &e {
-                        ClusterError::Unavailable(m) => m.clone(),
-                        other => other.to_string(),
-                    };
-                    if status.set_available(false, Some(why)) || matches!(e, ClusterError::Disagree { .. }) {
-                        error!(error = %e, "serving the last state, refusing API changes");
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    let lasting = since.elapsed() >= self.timeout || matches!(e, ClusterError::Disagree { .. });
+                    if lasting {
+                        let why = match &e {
+                            ClusterError::Unavailable(m) => m.clone(),
+                            other => other.to_string(),
+                        };
+                        if status.set_available(false, Some(why)) || matches!(e, ClusterError::Disagree { .. }) {
+                            error!(error = %e, "serving the last state, refusing API changes");
+                        }
+                    } else {
+                        debug!(error = %e, "etcd request failed; trying again");
                     }
                 }
             }
+            let pause = if status.available() { RETRY_QUICK } else { backoff };
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(RETRY.1);
+            if !status.available() {
+                backoff = (backoff * 2).min(RETRY.1);
+            }
+        }
+    }
+}
+
+/// What one read or one watch response brought, in the order the updater
+/// applies it: overrides first, then decisions with their serials.
+#[derive(Default)]
+struct Batch {
+    overrides: Vec<Event>,
+    decisions: Vec<(String, Decision, i64)>,
+    serials: Vec<(String, u32, i64)>,
+}
+
+impl Batch {
+    fn events(self) -> Vec<Event> {
+        let mut out = self.overrides;
+        if !self.decisions.is_empty() || !self.serials.is_empty() {
+            out.push(Event::Decided { decisions: self.decisions, serials: self.serials });
+        }
+        out
+    }
+}
+
+/// Puts per transaction, well under etcd's default limit of 128.
+const PUTS_PER_TXN: usize = 100;
+/// The decider's lease: another authority takes over this long after the
+/// decider is gone without a word.
+const DECIDER_TTL: i64 = 3;
+
+impl Etcd {
+    /// Commits the decider's `decisions` and, with the last of them,
+    /// `serials`, each transaction only while `leader` is still the
+    /// decider's election key; returns the revision of the last.
+    pub async fn commit_decisions(
+        &self,
+        leader: &Leader,
+        decisions: &[(String, Decision)],
+        serials: &[(String, u32)],
+    ) -> Result<i64, ClusterError> {
+        let mut puts: Vec<TxnOp> =
+            decisions.iter().map(|(pool, d)| TxnOp::put(self.keys.decision(pool), encode_decision(d), None)).collect();
+        puts.extend(serials.iter().map(|(zone, n)| TxnOp::put(self.keys.serial(zone), n.to_string(), None)));
+        let mut revision = 0;
+        let chunks: Vec<Vec<TxnOp>> = puts.chunks(PUTS_PER_TXN).map(|c| c.to_vec()).collect();
+        for chunk in chunks {
+            let txn = Txn::new().when([Compare::create_revision(leader.key.clone(), CompareOp::Equal, leader.revision)]).and_then(chunk);
+            let r = self.within(self.client.kv_client().txn(txn)).await?;
+            if !r.succeeded() {
+                return Err(ClusterError::Unavailable("this authority is no longer the group's decider".into()));
+            }
+            revision = r.header().map(|h| h.revision()).unwrap_or(revision);
+        }
+        Ok(revision)
+    }
+
+    /// Moves zone `zone`'s group serial up to `serial`, unless it moved
+    /// since it was read at `base` (this authority served a serial above
+    /// the group's: after a restart, say).
+    pub async fn raise_serial(&self, zone: &str, serial: u32, base: i64) -> Result<bool, ClusterError> {
+        let key = self.keys.serial(zone);
+        let txn = Txn::new().when([Compare::mod_revision(key.clone(), CompareOp::Equal, base)]).and_then([TxnOp::put(
+            key,
+            serial.to_string(),
+            None,
+        )]);
+        Ok(self.within(self.client.kv_client().txn(txn)).await?.succeeded())
+    }
+
+    /// Campaigns to be the group's decider until shutdown, telling the
+    /// updater when it wins and when it loses; resigns at shutdown so
+    /// another takes over at once.
+    pub async fn lead(self, name: String, events: mpsc::Sender<Event>, shutdown: CancellationToken) {
+        let mut backoff = RETRY.0;
+        loop {
+            let term = self.term(&name, &events, &shutdown);
+            let outcome = tokio::select! {
+                r = term => r,
+                _ = shutdown.cancelled() => Ok(()),
+            };
+            if shutdown.is_cancelled() || events.is_closed() {
+                return;
+            }
+            let _ = events.send(Event::Decider(None)).await;
+            match outcome {
+                Ok(()) => backoff = RETRY.0,
+                Err(e) => {
+                    warn!(error = %e, "not the group's decider; campaigning again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(RETRY.1);
+                }
+            }
+        }
+    }
+
+    /// One term: a lease, the campaign (waits while another decides), then
+    /// the lease kept alive until it cannot be or shutdown.
+    async fn term(&self, name: &str, events: &mpsc::Sender<Event>, shutdown: &CancellationToken) -> Result<(), ClusterError> {
+        let mut client = self.client.clone();
+        let lease = self.within(client.lease_grant(DECIDER_TTL, None)).await?.id();
+        let (mut keeper, mut acks) = self.within(client.lease_keep_alive(lease)).await?;
+        let mut campaigner = self.client.clone();
+        let campaign = campaigner.campaign(self.keys.decider(), name.to_owned(), lease);
+        // Campaigning waits for the decider before; the lease is kept alive meanwhile.
+        tokio::pin!(campaign);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let won = loop {
+            tokio::select! {
+                r = &mut campaign => break r.map_err(unavailable)?,
+                _ = tick.tick() => {
+                    keeper.keep_alive().await.map_err(unavailable)?;
+                    match self.within(async { acks.message().await }).await? {
+                        Some(a) if a.ttl() > 0 => {}
+                        _ => return Err(unavailable("the decider lease expired")),
+                    }
+                }
+            }
+        };
+        let Some(key) = won.leader() else { return Err(unavailable("the election named no decider")) };
+        let leader = Leader { key: key.key().to_vec(), revision: key.rev() };
+        info!(name, "this authority is the group's decider");
+        let _ = events.send(Event::Decider(Some(leader.clone()))).await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    keeper.keep_alive().await.map_err(unavailable)?;
+                    match self.within(async { acks.message().await }).await? {
+                        Some(a) if a.ttl() > 0 => {}
+                        _ => return Err(unavailable("the decider lease expired")),
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    let _ = self.within(client.lease_revoke(lease)).await;
+                    info!("resigned as the group's decider");
+                    return Ok(());
+                }
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::PoolConfig;
 use crate::metrics::{Count, Expose, Writer};
-use crate::pool::Overrides;
+use crate::pool::{Decision, Overrides};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClusterError {
@@ -71,8 +71,50 @@ impl Keys {
 
     /// The pool a key under `overrides_all` is about.
     pub fn pool_of<'k>(&self, key: &'k str) -> Option<&'k str> {
-        key.strip_prefix(&self.prefix)?.strip_prefix("overrides/").filter(|p| !p.is_empty())
+        self.under(key, "overrides/")
     }
+
+    /// Pool `key`'s decision, as the group's decider committed it.
+    pub fn decision(&self, pool: &str) -> String {
+        format!("{}decision/{pool}", self.prefix)
+    }
+
+    /// Zone `origin`'s serial, as of the decisions committed with it.
+    pub fn serial(&self, zone: &str) -> String {
+        format!("{}serial/{zone}", self.prefix)
+    }
+
+    /// The election of the group's decider.
+    pub fn decider(&self) -> String {
+        format!("{}decider", self.prefix)
+    }
+
+    /// What a key under the prefix holds.
+    pub fn kind<'k>(&self, key: &'k str) -> Option<Kind<'k>> {
+        if key == self.config() {
+            return Some(Kind::Config);
+        }
+        if let Some(p) = self.under(key, "overrides/") {
+            return Some(Kind::Overrides(p));
+        }
+        if let Some(p) = self.under(key, "decision/") {
+            return Some(Kind::Decision(p));
+        }
+        self.under(key, "serial/").map(Kind::Serial)
+    }
+
+    fn under<'k>(&self, key: &'k str, what: &str) -> Option<&'k str> {
+        key.strip_prefix(&self.prefix)?.strip_prefix(what).filter(|p| !p.is_empty())
+    }
+}
+
+/// The kinds of keys under the group's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind<'k> {
+    Config,
+    Overrides(&'k str),
+    Decision(&'k str),
+    Serial(&'k str),
 }
 
 /// A digest of the pools as configured: authorities whose pools differ
@@ -96,15 +138,46 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Overrides, ClusterError> {
 pub enum Event {
     /// Pool `pool`'s overrides as of `revision` (empty: none).
     Overrides { pool: String, overrides: Overrides, revision: i64 },
+    /// Decisions (pool, decision, revision) and zone serials (zone,
+    /// serial, revision) the decider committed, applied together.
+    Decided { decisions: Vec<(String, Decision, i64)>, serials: Vec<(String, u32, i64)> },
     /// Everything up to `revision` has been told (after a resync, or a
     /// progress notice): changes committed at or below it are in.
     Through(i64),
+    /// This authority was elected the group's decider (with the election
+    /// key's revision, which its commits require), or is no longer.
+    Decider(Option<Leader>),
+}
+
+/// The decider's election key: commits hold only while it exists with
+/// this creation revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    pub key: Vec<u8>,
+    pub revision: i64,
+}
+
+/// A decision as stored: JSON.
+pub fn encode_decision(d: &Decision) -> String {
+    serde_json::to_string(d).unwrap_or_else(|_| "{}".into())
+}
+
+pub fn decode_decision(key: &str, value: &[u8]) -> Result<Decision, ClusterError> {
+    serde_json::from_slice(value).map_err(|e| ClusterError::Corrupt { key: key.to_owned(), message: e.to_string() })
+}
+
+pub fn decode_serial(key: &str, value: &[u8]) -> Result<u32, ClusterError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ClusterError::Corrupt { key: key.to_owned(), message: "not a serial".into() })
 }
 
 /// How the shared state is doing, for `/metrics` and `vnamed status`.
 #[derive(Debug, Default)]
 pub struct ClusterStatus {
     available: AtomicBool,
+    decider: AtomicBool,
     revision: AtomicI64,
     error: Mutex<Option<String>>,
     /// Times the authority lost and regained etcd.
@@ -133,6 +206,15 @@ impl ClusterStatus {
         was != up
     }
 
+    /// Whether this authority is the group's decider.
+    pub fn decider(&self) -> bool {
+        self.decider.load(Ordering::Relaxed)
+    }
+
+    pub fn set_decider(&self, yes: bool) {
+        self.decider.store(yes, Ordering::Relaxed);
+    }
+
     pub fn revision(&self) -> i64 {
         self.revision.load(Ordering::Relaxed)
     }
@@ -157,6 +239,11 @@ impl Expose for ClusterStatus {
             "1 while the group's shared state (etcd) can commit changes; 0 while the authority serves its last state alone.",
             self.available() as i64,
         )?;
+        w.gauge(
+            "vnamed_cluster_decider",
+            "1 while this authority is the group's decider: its decisions are the group's.",
+            self.decider() as i64,
+        )?;
         w.gauge("vnamed_cluster_revision", "The group's state revision this authority has applied.", self.revision())?;
         w.counter("vnamed_cluster_lost", "Times the shared state became unavailable.", self.lost.get())?;
         w.counter("vnamed_cluster_resyncs", "Times the authority read the shared state whole (start, reconnection).", self.resyncs.get())?;
@@ -176,6 +263,10 @@ mod tests {
         assert_eq!(k.pool_of("/vnamed/overrides/"), None);
         assert_eq!(k.pool_of("/other/overrides/www.example."), None);
         assert_eq!(k.pool_of("/vnamed/config"), None);
+        assert_eq!(k.kind("/vnamed/config"), Some(Kind::Config));
+        assert_eq!(k.kind(&k.decision("www.example.")), Some(Kind::Decision("www.example.")));
+        assert_eq!(k.kind(&k.serial("example.")), Some(Kind::Serial("example.")));
+        assert_eq!(k.kind("/vnamed/decider/1234"), None, "election keys are not state");
     }
 
     #[test]
@@ -195,6 +286,13 @@ mod tests {
         o.set_paused(true);
         assert_eq!(decode("k", encode(&o).as_bytes()).unwrap(), o);
         assert!(matches!(decode("k", b"{not json"), Err(ClusterError::Corrupt { .. })));
+        let d = Decision {
+            shares: vec![0.25, 0.75],
+            ..Decision::plain(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()], false, false, 7)
+        };
+        assert_eq!(decode_decision("k", encode_decision(&d).as_bytes()).unwrap(), d);
+        assert_eq!(decode_serial("k", b"2026120501").unwrap(), 2026120501);
+        assert!(decode_serial("k", b"-1").is_err());
     }
 
     #[test]

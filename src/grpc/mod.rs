@@ -479,8 +479,12 @@ impl Admin for AdminService {
             })
             .collect();
         let (state_owed, state_error) = trouble.unwrap_or_default();
-        let cluster =
-            cluster.map(|(error, revision)| v1::ClusterState { available: error.is_none(), error: error.unwrap_or_default(), revision });
+        let cluster = cluster.map(|(error, revision, decider)| v1::ClusterState {
+            available: error.is_none(),
+            error: error.unwrap_or_default(),
+            revision,
+            decider,
+        });
         Ok(Response::new(v1::StatusReply { pools, state_owed, state_error, cluster }))
     }
 

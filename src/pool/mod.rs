@@ -1,6 +1,7 @@
 //! Pools (virtual names): their members, each member's administrative and
 //! reported state, and the decision of what the name answers now.
 
+pub mod group;
 pub mod overrides;
 pub mod policy;
 pub mod replay;
@@ -277,7 +278,7 @@ impl MemberState {
 }
 
 /// What a pool answers now.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     pub addresses: Vec<IpAddr>,
     pub rotate: bool,

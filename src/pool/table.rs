@@ -299,6 +299,8 @@ pub struct Table {
     index: HashMap<String, PoolId>,
     /// Hosts the ring says are dead, by address.
     dead: Vec<IpAddr>,
+    /// In a group of authorities: the group's decisions, and ours to offer.
+    group: super::group::Group,
 }
 
 /// How a pool name is looked up: lower case, without the final dot.
@@ -511,6 +513,14 @@ impl Table {
         }
         let mut removed: Vec<PoolState> = old.into_values().collect();
         removed.sort_by_key(|p| was.get(&key_of_pool(p)).copied());
+        // What the group decided for a pool gone or reshaped no longer stands.
+        for p in &removed {
+            self.group.forget(&p.key);
+        }
+        for &i in &out.reshaped {
+            let key = self.pools[i].key.clone();
+            self.group.forget(&key);
+        }
         out.removed = removed;
         self.reindex();
         out
@@ -529,16 +539,51 @@ impl Table {
         }
     }
 
-    /// Applies pool `id`'s policy; `None` while an operator holds it paused.
+    /// Applies pool `id`'s policy; `None` while an operator holds it
+    /// paused. In a group, the group's decision where it made one.
     pub fn decide(&mut self, id: PoolId, now: Instant) -> Option<Decision> {
         let p = self.pools.get_mut(id)?;
-        (!p.paused).then(|| p.decide(now))
+        if p.paused {
+            return None;
+        }
+        let own = p.decide(now);
+        Some(self.group.filter(&p.key, own))
     }
 
     /// Applies pool `id`'s policy even while it is paused (its answer's
     /// shape changed, so the old answer cannot stand).
     pub fn decide_anyway(&mut self, id: PoolId, now: Instant) -> Option<Decision> {
-        Some(self.pools.get_mut(id)?.decide(now))
+        let p = self.pools.get_mut(id)?;
+        let own = p.decide(now);
+        Some(self.group.filter(&p.key, own))
+    }
+
+    /// Serves the group's decisions from now on (see `group`).
+    pub fn join_group(&mut self) {
+        self.group.join();
+    }
+
+    /// The group decided pool `id`: `decide` answers this from now on.
+    pub fn impose(&mut self, id: PoolId, d: Decision) {
+        if let Some(p) = self.pools.get(id) {
+            self.group.impose(&p.key, d);
+        }
+    }
+
+    /// This authority's own decisions that changed since the last call,
+    /// by pool id (for the group's decider to commit).
+    pub fn take_offers(&mut self) -> Vec<(PoolId, Decision)> {
+        let offers = self.group.take_due();
+        offers.into_iter().filter_map(|(k, d)| self.find(&k.to_string()).map(|i| (i, d))).collect()
+    }
+
+    /// Decides every pool not paused, and makes every own decision due
+    /// (a new decider offers the group all of them).
+    pub fn offer_all(&mut self, now: Instant) {
+        for i in 0..self.pools.len() {
+            self.decide(i, now);
+        }
+        self.group.all_due();
     }
 
     /// Pools whose answers can change with time alone: members that report

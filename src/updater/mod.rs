@@ -9,7 +9,7 @@
 
 mod shared;
 
-pub use shared::{Committed, Reply, Shared};
+pub use shared::{Back, Committed, Reply, Shared};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -43,8 +43,9 @@ use crate::zone::io::{Done, ZoneIo};
 /// Writes the state store owes (failed, waiting for a retry), and the last error.
 pub type StateTrouble = (u64, String);
 /// In a cluster: why the group's state is unavailable (`None`: it is
-/// available), and the revision applied here.
-pub type ClusterState = (Option<String>, i64);
+/// available), the revision applied here, and whether this authority is
+/// the group's decider.
+pub type ClusterState = (Option<String>, i64, bool);
 
 /// Requests to the updater.
 pub enum Command {
@@ -122,7 +123,7 @@ pub struct Updater {
     /// In a cluster: the group's shared state, and what its driver and
     /// commit tasks send back (taken by `run`).
     shared: Option<Shared>,
-    shared_rx: Option<(mpsc::Receiver<crate::cluster::Event>, mpsc::Receiver<Committed>)>,
+    shared_rx: Option<(mpsc::Receiver<crate::cluster::Event>, mpsc::Receiver<Back>)>,
 }
 
 /// How often the status page's board is rebuilt, at most.
@@ -214,6 +215,7 @@ impl Updater {
         events: mpsc::Receiver<crate::cluster::Event>,
     ) -> Self {
         let (shared, committed) = Shared::new(etcd, status);
+        self.catalog.join_group();
         self.shared = Some(shared);
         self.shared_rx = Some((events, committed));
         self
@@ -227,17 +229,17 @@ impl Updater {
         self.drive();
     }
 
-    /// A commit's outcome, applied and answered.
-    pub fn committed(&mut self, c: Committed, now: Now) {
+    /// What a cluster task brought back (a commit's outcome), applied.
+    pub fn back(&mut self, back: Back, now: Now) {
         if let Some(s) = self.shared.as_mut() {
-            s.committed(&mut self.catalog, &mut self.unsent, c, now);
+            s.back(&mut self.catalog, &mut self.unsent, back, now);
         }
         self.drive();
     }
 
     /// The group's state: available or the reason not, and the revision applied.
     pub fn cluster_status(&self) -> Option<ClusterState> {
-        self.shared.as_ref().map(|s| (s.status.trouble(), s.status.revision()))
+        self.shared.as_ref().map(|s| (s.status.trouble(), s.status.revision(), s.status.decider()))
     }
 
     /// Takes the ring registry (from the store) and applies its deaths.
@@ -341,6 +343,9 @@ impl Updater {
 
     /// Hands what the catalog asks for to the drivers.
     fn drive(&mut self) {
+        if let Some(s) = self.shared.as_mut() {
+            s.offer(&mut self.catalog, Now::read());
+        }
         let now = Instant::now();
         self.reserve(now);
         self.catalog.publish_pending();
@@ -454,7 +459,7 @@ impl Updater {
                     continue;
                 }
                 Some(c) = recv(&mut commits) => {
-                    self.committed(c, Now::read());
+                    self.back(c, Now::read());
                     continue;
                 }
                 Some(done) = self.io_results.recv() => self.catalog.io_done(done),

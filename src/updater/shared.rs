@@ -6,7 +6,7 @@
 //! older change never replaces a newer one. A change that raced another
 //! authority's is tried again once the newer overrides are in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 use crate::catalog::{Catalog, PoolChange, UpdateError};
 use crate::clock::Now;
 use crate::cluster::etcd::Etcd;
-use crate::cluster::{ClusterError, ClusterStatus, Event};
-use crate::pool::Overrides;
+use crate::cluster::{ClusterError, ClusterStatus, Event, Leader};
+use crate::pool::{Decision, Overrides};
 use crate::state::Put;
 
 /// Attempts at a change that keeps racing other authorities' changes.
@@ -46,6 +46,19 @@ impl Reply {
     }
 }
 
+/// What the updater's tasks bring back.
+pub enum Back {
+    /// An operator's change, committed or not.
+    Change(Box<Committed>),
+    /// The decider's decisions and serials, committed (at a revision) or not.
+    Decisions { decisions: Vec<(String, Decision)>, serials: Vec<(String, u32)>, result: Result<i64, ClusterError> },
+    /// A zone's group serial was moved up (or another change came first).
+    Raised { zone: String },
+}
+
+/// Decisions waiting for the decider's commit task.
+type Offer = (Leader, Vec<(String, Decision)>, Vec<(String, u32)>);
+
 /// A commit's outcome, back from its task.
 pub struct Committed {
     pool: String,
@@ -72,17 +85,49 @@ struct Retry {
 pub struct Shared {
     etcd: Etcd,
     pub status: Arc<ClusterStatus>,
-    committed: mpsc::Sender<Committed>,
+    committed: mpsc::Sender<Back>,
     /// Each pool's overrides revision applied here.
     applied: HashMap<String, i64>,
     retries: Vec<Retry>,
+    /// Each pool's decision revision applied here.
+    decided: HashMap<String, i64>,
+    /// Each zone's group serial and its revision.
+    serials: HashMap<String, (u32, i64)>,
+    /// While this authority is the decider: its election key, the queue of
+    /// its commit task, and the last serial it offered per zone.
+    leader: Option<Leader>,
+    offers: mpsc::Sender<Offer>,
+    offered: HashMap<String, u32>,
+    /// An offer was lost (queue full, commit failed): offer everything again.
+    reoffer: bool,
+    /// Zones whose group serial is being moved up.
+    raising: HashSet<String>,
 }
 
+/// Offers the commit task may hold before the decider offers all again.
+const OFFER_QUEUE: usize = 64;
+
 impl Shared {
-    /// The updater's end, and the receiver of commit outcomes it selects on.
-    pub fn new(etcd: Etcd, status: Arc<ClusterStatus>) -> (Self, mpsc::Receiver<Committed>) {
+    /// The updater's end, and the receiver of what its tasks bring back.
+    pub fn new(etcd: Etcd, status: Arc<ClusterStatus>) -> (Self, mpsc::Receiver<Back>) {
         let (committed, rx) = mpsc::channel(256);
-        (Self { etcd, status, committed, applied: HashMap::new(), retries: Vec::new() }, rx)
+        let (offers, queue) = mpsc::channel(OFFER_QUEUE);
+        tokio::spawn(commit_decisions(etcd.clone(), queue, committed.clone()));
+        let shared = Self {
+            etcd,
+            status,
+            committed,
+            applied: HashMap::new(),
+            retries: Vec::new(),
+            decided: HashMap::new(),
+            serials: HashMap::new(),
+            leader: None,
+            offers,
+            offered: HashMap::new(),
+            reoffer: false,
+            raising: HashSet::new(),
+        };
+        (shared, rx)
     }
 
     /// Checks an operator's change and hands it to a task that commits
@@ -103,13 +148,112 @@ impl Shared {
         let (etcd, tx) = (self.etcd.clone(), self.committed.clone());
         tokio::spawn(async move {
             let result = etcd.commit(&key, &overrides, base).await;
-            let _ = tx.send(Committed { pool, key, overrides, change, attempt, result, reply }).await;
+            let _ = tx.send(Back::Change(Box::new(Committed { pool, key, overrides, change, attempt, result, reply }))).await;
         });
+    }
+
+    /// What a task brought back.
+    pub fn back(&mut self, catalog: &mut Catalog, saves: &mut Vec<Put>, back: Back, now: Now) {
+        match back {
+            Back::Change(c) => self.committed(catalog, saves, *c, now),
+            Back::Decisions { decisions, serials, result: Ok(revision) } => {
+                let decisions = decisions.into_iter().map(|(p, d)| (p, d, revision)).collect();
+                let serials = serials.into_iter().map(|(z, n)| (z, n, revision)).collect();
+                self.decided(catalog, decisions, serials, now);
+                self.status.set_revision(revision);
+            }
+            Back::Decisions { result: Err(e), .. } => {
+                if !self.reoffer {
+                    warn!(error = %e, "the decider's decisions could not be committed; serving the group's last ones, offering all again");
+                }
+                self.reoffer = true;
+            }
+            Back::Raised { zone } => {
+                self.raising.remove(&zone);
+            }
+        }
+    }
+
+    /// The group's decisions and serials, where newer than what is served.
+    fn decided(&mut self, catalog: &mut Catalog, decisions: Vec<(String, Decision, i64)>, serials: Vec<(String, u32, i64)>, now: Now) {
+        let mut take = Vec::new();
+        for (pool, d, revision) in decisions {
+            let known = self.decided.entry(pool.clone()).or_insert(0);
+            if *known < revision {
+                *known = revision;
+                take.push((pool, d));
+            }
+        }
+        let mut zones = Vec::new();
+        for (zone, n, revision) in serials {
+            if self.serials.get(&zone).is_none_or(|(_, r)| *r < revision) {
+                self.serials.insert(zone.clone(), (n, revision));
+                zones.push((zone, n));
+            }
+        }
+        if !take.is_empty() || !zones.is_empty() {
+            catalog.impose(take, zones, now.instant);
+        }
+    }
+
+    /// This authority's own decisions that changed: committed for the
+    /// group while it is the decider (each zone with its next serial),
+    /// dropped otherwise (a new decider offers all of its own).
+    pub fn offer(&mut self, catalog: &mut Catalog, now: Now) {
+        let mut offers = catalog.take_offers();
+        let Some(leader) = self.leader.clone() else { return };
+        if self.reoffer && self.status.available() {
+            self.reoffer = false;
+            catalog.offer_all(now.instant);
+            offers.extend(catalog.take_offers());
+        }
+        if offers.is_empty() {
+            return;
+        }
+        let local: HashMap<String, u32> = catalog.zone_serials().into_iter().collect();
+        let mut serials = BTreeMap::new();
+        for (_, zone, _) in &offers {
+            if serials.contains_key(zone) {
+                continue;
+            }
+            let known = [local.get(zone).copied(), self.serials.get(zone).map(|(n, _)| *n), self.offered.get(zone).copied()];
+            let next = known.into_iter().flatten().reduce(|a, b| if serial_gt(b, a) { b } else { a }).unwrap_or(0).wrapping_add(1);
+            self.offered.insert(zone.clone(), next);
+            serials.insert(zone.clone(), next);
+        }
+        let decisions = offers.into_iter().map(|(pool, _, d)| (pool, d)).collect();
+        if self.offers.try_send((leader, decisions, serials.into_iter().collect())).is_err() {
+            self.reoffer = true;
+        }
+    }
+
+    /// Moves each zone's group serial up to the one served here when this
+    /// authority served a higher one (a restart jumps serials ahead).
+    fn raise(&mut self, catalog: &Catalog) {
+        if !self.status.available() {
+            return;
+        }
+        for (zone, local) in catalog.zone_serials() {
+            let Some(&(group, revision)) = self.serials.get(&zone) else { continue };
+            if !serial_gt(local, group) || self.raising.contains(&zone) || self.leader.is_some() {
+                continue;
+            }
+            self.raising.insert(zone.clone());
+            let (etcd, back) = (self.etcd.clone(), self.committed.clone());
+            tokio::spawn(async move {
+                match etcd.raise_serial(&zone, local, revision).await {
+                    Ok(true) => info!(zone, serial = local, "the group's serial moved up to the one served here"),
+                    Ok(false) => debug!(zone, "the group's serial moved meanwhile"),
+                    Err(e) => debug!(zone, error = %e, "the group's serial could not be moved up"),
+                }
+                let _ = back.send(Back::Raised { zone }).await;
+            });
+        }
     }
 
     /// A commit's outcome: applied here at once (the watch brings it to
     /// the others), tried again after a race, or refused.
-    pub fn committed(&mut self, catalog: &mut Catalog, saves: &mut Vec<Put>, c: Committed, now: Now) {
+    fn committed(&mut self, catalog: &mut Catalog, saves: &mut Vec<Put>, c: Committed, now: Now) {
         match c.result {
             Ok(revision) => {
                 info!(pool = %c.pool, revision, overrides = ?c.overrides.lines(), "pool changed by operator, committed to the group");
@@ -147,7 +291,16 @@ impl Shared {
             Event::Overrides { pool, overrides, revision } => {
                 self.apply(catalog, saves, &pool, overrides, revision, now);
             }
+            Event::Decided { decisions, serials } => self.decided(catalog, decisions, serials, now),
             Event::Through(revision) => self.status.set_revision(revision),
+            Event::Decider(leader) => {
+                self.status.set_decider(leader.is_some());
+                if leader.is_some() {
+                    // A new decider offers the group every decision of its own.
+                    catalog.offer_all(now.instant);
+                }
+                self.leader = leader;
+            }
         }
         self.retry_due(catalog, now);
     }
@@ -206,10 +359,42 @@ impl Shared {
         });
     }
 
-    /// Called on the updater's tick: expires retries that waited too long.
+    /// Called on the updater's tick: expires retries that waited too
+    /// long, and moves the group's serials up where needed.
     pub fn tick(&mut self, catalog: &Catalog, now: Now) {
         if !self.retries.is_empty() {
             self.retry_due(catalog, now);
+        }
+        self.raise(catalog);
+    }
+}
+
+/// Is `a` newer than `b` in serial-number arithmetic (RFC 1982)?
+fn serial_gt(a: u32, b: u32) -> bool {
+    a != b && (a.wrapping_sub(b) as i32) > 0
+}
+
+/// The decider's commit task: one offer at a time, in order, with what
+/// queued meanwhile folded in (the latest decision per pool, the highest
+/// serial per zone).
+async fn commit_decisions(etcd: Etcd, mut queue: mpsc::Receiver<Offer>, back: mpsc::Sender<Back>) {
+    while let Some((mut leader, decisions, serials)) = queue.recv().await {
+        let mut decisions: BTreeMap<String, Decision> = decisions.into_iter().collect();
+        let mut serials: BTreeMap<String, u32> = serials.into_iter().collect();
+        while let Ok((l, d, s)) = queue.try_recv() {
+            leader = l;
+            decisions.extend(d);
+            for (zone, n) in s {
+                let e = serials.entry(zone).or_insert(n);
+                if serial_gt(n, *e) {
+                    *e = n;
+                }
+            }
+        }
+        let (decisions, serials): (Vec<_>, Vec<_>) = (decisions.into_iter().collect(), serials.into_iter().collect());
+        let result = etcd.commit_decisions(&leader, &decisions, &serials).await;
+        if back.send(Back::Decisions { decisions, serials, result }).await.is_err() {
+            return;
         }
     }
 }

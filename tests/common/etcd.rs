@@ -36,7 +36,7 @@ impl EtcdCluster {
     /// The `[cluster]` section for a group under `prefix`.
     pub fn section(&self, prefix: &str) -> String {
         let endpoints: Vec<String> = self.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
-        format!("[cluster]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\ntimeout = \"1s\"\n", endpoints.join(", "))
+        format!("[cluster]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\ntimeout = \"2s\"\n", endpoints.join(", "))
     }
 
     pub fn start_node(&mut self, i: usize) {
