@@ -157,8 +157,12 @@ impl Authority {
                     Err(e @ crate::cluster::ClusterError::Disagree { .. }) => anyhow::bail!("cannot start the authority: {e}"),
                     Err(e) => warn!(error = %e, "serving the last state until the group's shared state is reachable"),
                 }
-                let updater = updater.with_cluster(etcd.clone(), cluster_status.clone(), events_rx);
-                (updater, Some((etcd, events_tx)))
+                // This authority's name in the group: its host and DNS address.
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                let dns = auth.dns_listen.first().map(|a| a.to_string()).unwrap_or_default();
+                let name = format!("{}@{dns}", host.trim()).replace('/', "_");
+                let updater = updater.with_cluster(etcd.clone(), cluster_status.clone(), events_rx, name.clone(), shutdown.clone());
+                (updater, Some((etcd, events_tx, name)))
             }
             None => (updater, None),
         };
@@ -217,9 +221,7 @@ impl Authority {
         };
         let updater_stop = CancellationToken::new();
         let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
-        if let Some((etcd, events)) = cluster {
-            // The election value names this authority to the others.
-            let name = dns_addrs.first().map(|a| a.to_string()).unwrap_or_else(|| std::process::id().to_string());
+        if let Some((etcd, events, name)) = cluster {
             tasks.spawn(etcd.clone().lead(name, events.clone(), shutdown.clone()));
             tasks.spawn(etcd.run(events, cluster_status.clone(), shutdown.clone()));
         }

@@ -45,7 +45,8 @@ fn answer(a: &Authority) -> String {
 /// Every authority answers `want`, within a bound; panics with the log
 /// of one that does not.
 fn all_answer(group: &[Authority], want: &str) -> bool {
-    if eventually(Duration::from_secs(5), || group.iter().all(|a| answer(a) == want)).is_some() {
+    // A decider lost with etcd's quorum is replaced once etcd is back.
+    if eventually(Duration::from_secs(10), || group.iter().all(|a| answer(a) == want)).is_some() {
         return true;
     }
     let odd = group.iter().find(|a| answer(a) != want).unwrap();
@@ -236,9 +237,13 @@ fn answers_are_decided_once_for_the_group_with_one_serial_and_a_dead_decider_is_
     let serials = |g: &[Authority]| g.iter().filter(|a| a.pid().is_some()).map(serial).collect::<Vec<_>>();
     assert!(agree(&g, "127.0.10.1"), "{:?} {:?}", g.iter().map(answer).collect::<Vec<_>>(), serials(&g));
 
-    // A monitor that reaches only a follower says web1 is down: that
-    // follower sees it (its own view), but the group's answer stands.
-    report(&g[follower], "m1", false);
+    // Monitor m1 sees web1 up from everywhere; monitor m2, which reaches
+    // only a follower, says it is down: that follower sees it (its own
+    // view), but the group's answer stands.
+    for a in &g {
+        report(a, "m1", true);
+    }
+    report(&g[follower], "m2", false);
     let seen = || String::from_utf8(cli(&g[follower], &["status", "--explain", "www.example.test."]).stdout).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || seen().lines().any(|l| l.contains(" web1 ") && l.contains(" down "))).is_some(),
@@ -250,7 +255,7 @@ fn answers_are_decided_once_for_the_group_with_one_serial_and_a_dead_decider_is_
     }
 
     // The decider hears it: every authority answers web2, same serial.
-    report(&g[d], "m1", false);
+    report(&g[d], "m2", false);
     assert!(agree(&g, "127.0.10.2"), "{:?} {:?}\n{}", g.iter().map(answer).collect::<Vec<_>>(), serials(&g), g[d].log());
 
     // The decider is killed: another takes over (its lease runs out) and
@@ -271,4 +276,45 @@ fn answers_are_decided_once_for_the_group_with_one_serial_and_a_dead_decider_is_
     assert!(agree(&g, "127.0.10.1"), "{:?} {:?}", g.iter().map(answer).collect::<Vec<_>>(), serials(&g));
     let after: u32 = serial(&g[next]).parse().unwrap();
     assert!(after > before, "the group's serial went up to the restarted authority's: {before} -> {after}");
+}
+
+#[test]
+fn a_monitor_cut_off_from_the_decider_does_not_take_a_member_out() {
+    let etcd = EtcdCluster::start(3);
+    let config = format!(
+        "{}\n{}",
+        etcd.section("/vnamed-test/"),
+        POOL.replace("policy = \"priority\"", "policy = \"priority\"\nstale_after = \"2s\"")
+    );
+    let g: Vec<Authority> = (0..3).map(|_| Authority::start_with(&[("example.test.zone", ZONE)], &config, "token = \"t0ken\"")).collect();
+    for a in &g {
+        assert!(eventually(Duration::from_secs(10), || available(a) == Some(true)).is_some(), "{}", a.log());
+    }
+    let d = the_decider(&g);
+    for a in &g {
+        report(a, "m1", true);
+    }
+    assert!(agree(&g, "127.0.10.1"));
+
+    // The monitor reaches only the two others from now on: at the decider
+    // web1's reports go stale, but the others still see it up.
+    let others: Vec<&Authority> = (0..3).filter(|&i| i != d).map(|i| &g[i]).collect();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut checked = 0;
+    while std::time::Instant::now() < until {
+        for a in &others {
+            report(a, "m1", true);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let stale_at_decider = String::from_utf8(cli(&g[d], &["status", "--explain", "www.example.test."]).stdout).unwrap();
+        if stale_at_decider.contains("up (seen by another authority)") {
+            assert!(g.iter().all(|a| answer(a) == "127.0.10.1"), "{:?}\n{stale_at_decider}", g.iter().map(answer).collect::<Vec<_>>());
+            checked += 1;
+        }
+    }
+    assert!(g.iter().all(|a| answer(a) == "127.0.10.1"), "five seconds on: {:?}", g.iter().map(answer).collect::<Vec<_>>());
+    assert!(checked >= 3, "the decider's own reports never went stale while the others saw web1 ({checked} checks)\n{}", g[d].log());
+
+    // Nobody hears from web1 any more: stale everywhere, out everywhere.
+    assert!(agree(&g, "127.0.10.2"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
 }

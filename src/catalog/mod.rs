@@ -855,6 +855,23 @@ impl Catalog {
         self.table.offer_all(now);
     }
 
+    /// Each reported member's own view, to share with the group: pool
+    /// key, member id, up/down while fresh (`None`: stale).
+    pub fn own_views(&self, now: Instant) -> Vec<(LowerName, Arc<str>, Option<bool>)> {
+        self.table.own_views(now).map(|(p, m, v)| (p.clone(), m.clone(), v)).collect()
+    }
+
+    /// What the other authorities see of members (pool key, member id,
+    /// seen); re-decides the pools where that changed.
+    pub fn remote_views(&mut self, seen: Vec<(String, String, Option<bool>)>, now: Instant) {
+        let mut pools = BTreeSet::new();
+        for (pool, member, v) in seen {
+            pools.extend(self.table.set_remote(&pool, &member, v));
+        }
+        let zones = pools.into_iter().filter_map(|i| self.redecide(i, now)).collect();
+        self.changed(zones);
+    }
+
     /// Each zone's serial as served now, by origin.
     pub fn zone_serials(&self) -> Vec<(String, u32)> {
         self.zones.iter().map(|(o, z)| (o.to_string(), z.serial)).collect()

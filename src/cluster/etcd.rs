@@ -159,7 +159,7 @@ impl Etcd {
     pub async fn read_all(&self) -> Result<(Vec<Event>, i64), ClusterError> {
         let r = self.within(self.client.kv_client().get(self.keys.prefix(), Some(GetOptions::new().with_prefix()))).await?;
         let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-        let mut batch = Batch::default();
+        let mut batch = Batch { whole: true, ..Batch::default() };
         for kv in r.kvs() {
             self.take(&mut batch, kv, true)?;
         }
@@ -194,6 +194,10 @@ impl Etcd {
                 Ok(n) => batch.serials.push((zone.to_owned(), n, revision)),
                 Err(e) => bad(e),
             },
+            Some(Kind::View(authority, pool, member)) => {
+                let seen = put.then(|| kv.value() == b"up");
+                batch.views.push((authority.to_owned(), pool.to_owned(), member.to_owned(), seen));
+            }
             _ => {}
         }
         Ok(())
@@ -380,11 +384,17 @@ struct Batch {
     overrides: Vec<Event>,
     decisions: Vec<(String, Decision, i64)>,
     serials: Vec<(String, u32, i64)>,
+    views: Vec<(String, String, String, Option<bool>)>,
+    /// A full read: the views are all there are.
+    whole: bool,
 }
 
 impl Batch {
     fn events(self) -> Vec<Event> {
         let mut out = self.overrides;
+        if !self.views.is_empty() || self.whole {
+            out.push(Event::Views { views: self.views, whole: self.whole });
+        }
         if !self.decisions.is_empty() || !self.serials.is_empty() {
             out.push(Event::Decided { decisions: self.decisions, serials: self.serials });
         }
@@ -443,7 +453,8 @@ impl Etcd {
     pub async fn lead(self, name: String, events: mpsc::Sender<Event>, shutdown: CancellationToken) {
         let mut backoff = RETRY.0;
         loop {
-            let term = self.term(&name, &events, &shutdown);
+            let mut lease = None;
+            let term = self.term(&name, &events, &shutdown, &mut lease);
             let outcome = tokio::select! {
                 r = term => r,
                 _ = shutdown.cancelled() => Ok(()),
@@ -452,6 +463,21 @@ impl Etcd {
                 return;
             }
             let _ = events.send(Event::Decider(None)).await;
+            if let (Some(lease), Err(_)) = (lease, &outcome) {
+                // The term's election key outlives it until its lease runs
+                // out (etcd renews leases when it elects a leader again):
+                // revoked as soon as etcd answers, the next decider need not
+                // wait for it.
+                let etcd = self.clone();
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        if etcd.within(etcd.client.clone().lease_revoke(lease)).await.is_ok() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                });
+            }
             match outcome {
                 Ok(()) => backoff = RETRY.0,
                 Err(e) => {
@@ -468,9 +494,16 @@ impl Etcd {
 
     /// One term: a lease, the campaign (waits while another decides), then
     /// the lease kept alive until it cannot be or shutdown.
-    async fn term(&self, name: &str, events: &mpsc::Sender<Event>, shutdown: &CancellationToken) -> Result<(), ClusterError> {
+    async fn term(
+        &self,
+        name: &str,
+        events: &mpsc::Sender<Event>,
+        shutdown: &CancellationToken,
+        granted: &mut Option<i64>,
+    ) -> Result<(), ClusterError> {
         let mut client = self.client.clone();
         let lease = self.within(client.lease_grant(DECIDER_TTL, None)).await?.id();
+        *granted = Some(lease);
         let (mut keeper, mut acks) = self.within(client.lease_keep_alive(lease)).await?;
         let mut campaigner = self.client.clone();
         let campaign = campaigner.campaign(self.keys.decider(), name.to_owned(), lease);
@@ -506,6 +539,79 @@ impl Etcd {
                     let _ = self.within(client.lease_revoke(lease)).await;
                     info!("resigned as the group's decider");
                     return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl Etcd {
+    /// Publishes this authority's own views of members (`name` is this
+    /// authority's) as they change, under a lease of its own, so that the
+    /// views of an authority that is gone vanish with it. When a write or
+    /// the lease fails, `lost` is set: the updater offers every view again.
+    pub async fn publish_views(
+        self,
+        name: String,
+        mut changes: mpsc::Receiver<Vec<(String, String, Option<bool>)>>,
+        lost: Arc<std::sync::atomic::AtomicBool>,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = RETRY.0;
+        loop {
+            let outcome = tokio::select! {
+                r = self.views_term(&name, &mut changes, &lost) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+            match outcome {
+                Ok(()) => return, // the updater is gone
+                Err(e) => debug!(error = %e, "views not published; trying again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(RETRY.1);
+        }
+    }
+
+    async fn views_term(
+        &self,
+        name: &str,
+        changes: &mut mpsc::Receiver<Vec<(String, String, Option<bool>)>>,
+        lost: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), ClusterError> {
+        let mut client = self.client.clone();
+        let lease = self.within(client.lease_grant(DECIDER_TTL, None)).await?.id();
+        let (mut keeper, mut acks) = self.within(client.lease_keep_alive(lease)).await?;
+        // Whatever this lease did not publish yet must be offered again.
+        lost.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                batch = changes.recv() => {
+                    let Some(batch) = batch else { return Ok(()) };
+                    let ops: Vec<TxnOp> = batch
+                        .iter()
+                        .map(|(pool, member, seen)| {
+                            let key = self.keys.view(name, pool, member);
+                            match seen {
+                                Some(up) => TxnOp::put(key, if *up { "up" } else { "down" }, Some(etcd_client::PutOptions::new().with_lease(lease))),
+                                None => TxnOp::delete(key, None),
+                            }
+                        })
+                        .collect();
+                    for chunk in ops.chunks(PUTS_PER_TXN) {
+                        self.within(self.client.kv_client().txn(Txn::new().and_then(chunk.to_vec()))).await?;
+                    }
+                }
+                _ = tick.tick() => {
+                    keeper.keep_alive().await.map_err(unavailable)?;
+                    match self.within(async { acks.message().await }).await? {
+                        Some(a) if a.ttl() > 0 => {}
+                        _ => return Err(unavailable("the views lease expired")),
+                    }
                 }
             }
         }

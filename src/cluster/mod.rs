@@ -89,6 +89,11 @@ impl Keys {
         format!("{}decider", self.prefix)
     }
 
+    /// Authority `authority`'s own view of member `member` of `pool`.
+    pub fn view(&self, authority: &str, pool: &str, member: &str) -> String {
+        format!("{}view/{authority}/{pool}/{member}", self.prefix)
+    }
+
     /// What a key under the prefix holds.
     pub fn kind<'k>(&self, key: &'k str) -> Option<Kind<'k>> {
         if key == self.config() {
@@ -99,6 +104,13 @@ impl Keys {
         }
         if let Some(p) = self.under(key, "decision/") {
             return Some(Kind::Decision(p));
+        }
+        if let Some(rest) = self.under(key, "view/") {
+            let mut parts = rest.splitn(3, '/');
+            return match (parts.next(), parts.next(), parts.next()) {
+                (Some(a), Some(p), Some(m)) if !a.is_empty() && !p.is_empty() && !m.is_empty() => Some(Kind::View(a, p, m)),
+                _ => None,
+            };
         }
         self.under(key, "serial/").map(Kind::Serial)
     }
@@ -115,6 +127,8 @@ pub enum Kind<'k> {
     Overrides(&'k str),
     Decision(&'k str),
     Serial(&'k str),
+    /// Authority, pool, member.
+    View(&'k str, &'k str, &'k str),
 }
 
 /// A digest of the pools as configured: authorities whose pools differ
@@ -141,6 +155,10 @@ pub enum Event {
     /// Decisions (pool, decision, revision) and zone serials (zone,
     /// serial, revision) the decider committed, applied together.
     Decided { decisions: Vec<(String, Decision, i64)>, serials: Vec<(String, u32, i64)> },
+    /// Other authorities' views of members (authority, pool, member, up
+    /// or down; `None`: gone stale there or the authority is gone); with
+    /// `whole`, every view there is (after a full read).
+    Views { views: Vec<(String, String, String, Option<bool>)>, whole: bool },
     /// Everything up to `revision` has been told (after a resync, or a
     /// progress notice): changes committed at or below it are in.
     Through(i64),
@@ -267,6 +285,11 @@ mod tests {
         assert_eq!(k.kind(&k.decision("www.example.")), Some(Kind::Decision("www.example.")));
         assert_eq!(k.kind(&k.serial("example.")), Some(Kind::Serial("example.")));
         assert_eq!(k.kind("/vnamed/decider/1234"), None, "election keys are not state");
+        assert_eq!(
+            k.kind(&k.view("ns1@127.0.0.1:53", "www.example.", "web1")),
+            Some(Kind::View("ns1@127.0.0.1:53", "www.example.", "web1"))
+        );
+        assert_eq!(k.kind("/vnamed/view/ns1/www.example."), None);
     }
 
     #[test]

@@ -113,6 +113,11 @@ pub struct MemberState {
     pub ring_dead: bool,
     /// Each vantage point's last word on it, at most `MAX_VANTAGE`.
     pub views: Vec<View>,
+    /// In a group: what the other authorities see of it (`Some(true)`:
+    /// one of them has a fresh report saying up; `Some(false)`: those with
+    /// fresh reports say down; `None`: none has a fresh report). Counts
+    /// only while this authority's own reports are stale or missing.
+    pub remote: Option<bool>,
 }
 
 /// One vantage point's last word on a member.
@@ -145,6 +150,7 @@ impl MemberState {
             reported_at: None,
             ring_dead: false,
             views: Vec::new(),
+            remote: None,
             until: m.until.as_ref().map(at),
             maintenance: m.maintenance.iter().map(|w| (at(&w.from), at(&w.until))).collect(),
         }
@@ -249,11 +255,25 @@ impl MemberState {
             AdminState::Up => true,
             AdminState::Down | AdminState::Drain => false,
             AdminState::Auto => match (self.health, self.reported_at) {
-                (None, _) => true,
-                (Some(up), Some(at)) => up && now.saturating_duration_since(at) <= stale_after,
+                (None, _) => self.remote.unwrap_or(true),
+                (Some(up), Some(at)) if now.saturating_duration_since(at) <= stale_after => up,
+                // Stale here: another authority's fresh word, if any.
+                (Some(_), Some(_)) => self.remote == Some(true),
                 (Some(up), None) => up,
             },
         }
+    }
+
+    /// Reported, but not within `stale_after`.
+    pub fn stale(&self, now: Instant, stale_after: Duration) -> bool {
+        self.reported_at.is_some_and(|at| now.saturating_duration_since(at) > stale_after)
+    }
+
+    /// This authority's own view, to share with a group: up or down while
+    /// its reports are fresh, `None` while they are stale or missing.
+    pub fn own_view(&self, now: Instant, stale_after: Duration) -> Option<bool> {
+        let at = self.reported_at?;
+        (now.saturating_duration_since(at) <= stale_after).then(|| self.health.unwrap_or(true))
     }
 
     /// The state word shown by `vnamed status`.
@@ -268,8 +288,10 @@ impl MemberState {
             (AdminState::Down, _) => "down (admin)",
             (AdminState::Drain, _) => "draining",
             (AdminState::Up, _) => "up (admin)",
+            (AdminState::Auto, None) if self.remote == Some(false) => "down (seen by another authority)",
             (AdminState::Auto, None) if self.views.is_empty() => "up (no reports)",
             (AdminState::Auto, None) => "up (no quorum yet)",
+            (AdminState::Auto, Some(_)) if self.stale(now, stale_after) && self.remote == Some(true) => "up (seen by another authority)",
             (AdminState::Auto, Some(_)) if !self.eligible(now, stale_after) && self.health == Some(true) => "unknown (stale)",
             (AdminState::Auto, Some(true)) => "up",
             (AdminState::Auto, Some(false)) => "down",

@@ -92,6 +92,7 @@ mod tests {
             maintenance: Vec::new(),
             ring_dead: false,
             views: Vec::new(),
+            remote: None,
         }
     }
 

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hickory_proto::rr::LowerName;
+
 use super::replay::{self, Recent, Recorded};
 use super::{AdminState, Decision, MemberState, Overrides, PoolState, Report, ReportError, View, policy};
 use crate::clock::Now;
@@ -556,6 +558,26 @@ impl Table {
         let p = self.pools.get_mut(id)?;
         let own = p.decide(now);
         Some(self.group.filter(&p.key, own))
+    }
+
+    /// What the other authorities of a group see of member `member` of
+    /// pool `pool` (see `MemberState::remote`); the pool, if that changed.
+    pub fn set_remote(&mut self, pool: &str, member: &str, seen: Option<bool>) -> Option<PoolId> {
+        let i = self.find(pool)?;
+        let m = self.pools[i].member_mut(member)?;
+        if m.remote == seen {
+            return None;
+        }
+        m.remote = seen;
+        Some(i)
+    }
+
+    /// Each reported member's own view (see `MemberState::own_view`): pool
+    /// key, member id, view.
+    pub fn own_views(&self, now: Instant) -> impl Iterator<Item = (&LowerName, &std::sync::Arc<str>, Option<bool>)> + '_ {
+        self.pools.iter().flat_map(move |p| {
+            p.members.iter().filter(|m| m.reported_at.is_some()).map(move |m| (&p.key, &m.id, m.own_view(now, p.stale_after)))
+        })
     }
 
     /// Serves the group's decisions from now on (see `group`).

@@ -213,8 +213,10 @@ impl Updater {
         etcd: crate::cluster::etcd::Etcd,
         status: Arc<crate::cluster::ClusterStatus>,
         events: mpsc::Receiver<crate::cluster::Event>,
+        name: String,
+        shutdown: CancellationToken,
     ) -> Self {
-        let (shared, committed) = Shared::new(etcd, status);
+        let (shared, committed) = Shared::new(etcd, status, name, shutdown);
         self.catalog.join_group();
         self.shared = Some(shared);
         self.shared_rx = Some((events, committed));

@@ -9,7 +9,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use hickory_proto::rr::LowerName;
+use tokio_util::sync::CancellationToken;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -102,6 +106,15 @@ pub struct Shared {
     reoffer: bool,
     /// Zones whose group serial is being moved up.
     raising: HashSet<String>,
+    /// This authority's name in the group, the own views it published,
+    /// the queue to the task that publishes them, and its word that they
+    /// must all be published again (a new lease).
+    name: String,
+    published: HashMap<(LowerName, Arc<str>), Option<bool>>,
+    views: mpsc::Sender<Vec<(String, String, Option<bool>)>>,
+    views_lost: Arc<AtomicBool>,
+    /// The other authorities' views: (pool, member) → authority → up.
+    remote: HashMap<(String, String), HashMap<String, bool>>,
 }
 
 /// Offers the commit task may hold before the decider offers all again.
@@ -109,10 +122,13 @@ const OFFER_QUEUE: usize = 64;
 
 impl Shared {
     /// The updater's end, and the receiver of what its tasks bring back.
-    pub fn new(etcd: Etcd, status: Arc<ClusterStatus>) -> (Self, mpsc::Receiver<Back>) {
+    pub fn new(etcd: Etcd, status: Arc<ClusterStatus>, name: String, shutdown: CancellationToken) -> (Self, mpsc::Receiver<Back>) {
         let (committed, rx) = mpsc::channel(256);
         let (offers, queue) = mpsc::channel(OFFER_QUEUE);
         tokio::spawn(commit_decisions(etcd.clone(), queue, committed.clone()));
+        let (views, views_rx) = mpsc::channel(OFFER_QUEUE);
+        let views_lost = Arc::new(AtomicBool::new(false));
+        tokio::spawn(etcd.clone().publish_views(name.clone(), views_rx, views_lost.clone(), shutdown));
         let shared = Self {
             etcd,
             status,
@@ -126,6 +142,11 @@ impl Shared {
             offered: HashMap::new(),
             reoffer: false,
             raising: HashSet::new(),
+            name,
+            published: HashMap::new(),
+            views,
+            views_lost,
+            remote: HashMap::new(),
         };
         (shared, rx)
     }
@@ -292,6 +313,7 @@ impl Shared {
                 self.apply(catalog, saves, &pool, overrides, revision, now);
             }
             Event::Decided { decisions, serials } => self.decided(catalog, decisions, serials, now),
+            Event::Views { views, whole } => self.seen(catalog, views, whole, now),
             Event::Through(revision) => self.status.set_revision(revision),
             Event::Decider(leader) => {
                 self.status.set_decider(leader.is_some());
@@ -360,12 +382,72 @@ impl Shared {
     }
 
     /// Called on the updater's tick: expires retries that waited too
-    /// long, and moves the group's serials up where needed.
+    /// long, moves the group's serials up where needed, and publishes
+    /// this authority's own views of members that changed.
     pub fn tick(&mut self, catalog: &Catalog, now: Now) {
         if !self.retries.is_empty() {
             self.retry_due(catalog, now);
         }
         self.raise(catalog);
+        self.publish_views(catalog, now);
+    }
+
+    /// This authority's own views that changed since they were published.
+    fn publish_views(&mut self, catalog: &Catalog, now: Now) {
+        if self.views_lost.swap(false, Ordering::Relaxed) {
+            self.published.clear();
+        }
+        let mut changed = Vec::new();
+        let mut keys = Vec::new();
+        for (pool, member, seen) in catalog.own_views(now.instant) {
+            let key = (pool, member);
+            // Never published and stale: nothing to say.
+            let before = self.published.get(&key).copied().unwrap_or(None);
+            if before != seen || (seen.is_some() && !self.published.contains_key(&key)) {
+                changed.push((key.0.to_string(), key.1.to_string(), seen));
+                keys.push((key, seen));
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        if self.views.try_send(changed).is_ok() {
+            self.published.extend(keys);
+        }
+    }
+
+    /// Other authorities' views: what they see of each member, folded into
+    /// one word per member for the table (any fresh up wins; else any
+    /// fresh down; else nothing).
+    fn seen(&mut self, catalog: &mut Catalog, views: Vec<(String, String, String, Option<bool>)>, whole: bool, now: Now) {
+        let mut touched: HashSet<(String, String)> = HashSet::new();
+        if whole {
+            touched.extend(self.remote.drain().map(|(k, _)| k));
+        }
+        for (authority, pool, member, seen) in views {
+            if authority == self.name {
+                continue;
+            }
+            let key = (pool, member);
+            let by = self.remote.entry(key.clone()).or_default();
+            match seen {
+                Some(up) => by.insert(authority, up),
+                None => by.remove(&authority),
+            };
+            touched.insert(key);
+        }
+        let words = touched
+            .into_iter()
+            .map(|key| {
+                let by = self.remote.get(&key);
+                let word = by.and_then(|by| if by.values().any(|&u| u) { Some(true) } else { by.values().next().map(|_| false) });
+                if by.is_some_and(|b| b.is_empty()) {
+                    self.remote.remove(&key);
+                }
+                (key.0, key.1, word)
+            })
+            .collect();
+        catalog.remote_views(words, now.instant);
     }
 }
 
