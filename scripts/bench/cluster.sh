@@ -43,6 +43,7 @@ start_etcd() {
       --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token vnamed-bench \
       2>"$work/etcd$i.log" &
     pids+=($!)
+    disown
   done
   for _ in $(seq 300); do
     curl -sf "http://${etcd_ips[0]}:2379/health" | grep -q '"health":"true"' && return
@@ -74,6 +75,7 @@ config() { # NAME IP CLUSTER(yes|no)
 start_auth() { # NAME IP
   "$vnamed" authority --config "$work/$1/vnamed.toml" 2>"$work/$1.log" &
   pids+=($!)
+  disown
   for _ in $(seq 300); do
     (exec 3<>"/dev/tcp/$2/7460") 2>/dev/null && return
     sleep 0.1
@@ -93,7 +95,7 @@ for i in 0 1 2; do
   addrs+="${addrs:+,}${auth_ips[$i]}:5460"
 done
 group=$("$load" "$urls" "$addrs" cl.example. "$pools" "$members" "$rate" "$secs")
-for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 pids=()
 
 # The baseline: one authority, its own store.
