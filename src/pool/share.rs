@@ -266,7 +266,10 @@ impl Spread {
     /// are `full`; otherwise shares move once per step, by at most
     /// `max_shift`.
     pub fn step(&mut self, now: Instant, live: &[Arc<str>], target: &[f64], full: &[bool], s: &Shaping) -> Vec<f64> {
-        let served = |id: &Arc<str>| self.served.iter().find(|(k, _)| k == id).map(|(_, v)| *v);
+        // Looked up once per member: linear searches made this quadratic
+        // in the pool's size.
+        let index: std::collections::HashMap<&str, f64> = self.served.iter().map(|(k, v)| (&**k, *v)).collect();
+        let served = |id: &Arc<str>| index.get(&**id).copied();
         let prev: Vec<f64> = live.iter().map(|id| served(id).unwrap_or(0.0)).collect();
         let same_members = self.served.len() == live.len() && live.iter().all(|id| served(id).is_some());
         let had: f64 = prev.iter().sum();
