@@ -10,31 +10,7 @@ mod common;
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
-use common::{Authority, Proc, ZONE, eventually, spawn_role, unique_ip};
-
-fn start_monitor(dir: &std::path::Path, host: &str, target: Ipv4Addr, authority: &Authority) -> Proc {
-    let config = format!(
-        r#"
-[monitor]
-host = "{host}"
-report_to = ["{grpc}"]
-token = "t0ken"
-refresh = "500ms"
-
-[[monitor.check]]
-pool = "www.example.test."
-member = "web1"
-kind = "tcp"
-target = "{target}:8080"
-interval = "100ms"
-timeout = "200ms"
-rise = 1
-fall = 1
-"#,
-        grpc = authority.grpc
-    );
-    spawn_role(dir, "monitor", host, &config)
-}
+use common::{Authority, Proc, ZONE, eventually, tcp_monitor, unique_ip};
 
 /// The `seen by:` line of web1 in `vnamed status --explain`.
 fn seen_by(a: &Authority) -> String {
@@ -63,7 +39,7 @@ fn one_vantage_point_cannot_take_a_member_out_and_two_can() {
     );
     let a = Authority::start_with(&[("example.test.zone", ZONE)], &pool, "token = \"t0ken\"");
     let dir = tempfile::tempdir().unwrap();
-    let _monitors: Vec<Proc> = (0..3).map(|i| start_monitor(dir.path(), &format!("m{}", i + 1), views[i], &a)).collect();
+    let _monitors: Vec<Proc> = (0..3).map(|i| tcp_monitor(dir.path(), &format!("m{}", i + 1), &a, views[i], Some("web1"), 1)).collect();
     let only = |who: Ipv4Addr| move |got: &[String]| got.len() == 10 && got.iter().all(|g| *g == who.to_string());
 
     let all_up = |s: &str| ["\"m1\" up", "\"m2\" up", "\"m3\" up"].iter().all(|v| s.contains(v));

@@ -11,30 +11,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
-use common::{Authority, Proc, ZONE, eventually, spawn_role, unique_ip};
-
-fn start_monitor(dir: &std::path::Path, host: &str, backend: Ipv4Addr, authority: &Authority) -> Proc {
-    let config = format!(
-        r#"
-[monitor]
-host = "{host}"
-report_to = ["{grpc}"]
-token = "t0ken"
-refresh = "500ms"
-
-[[monitor.check]]
-pool = "www.example.test."
-kind = "tcp"
-target = "{backend}:8080"
-interval = "100ms"
-timeout = "200ms"
-rise = 2
-fall = 1
-"#,
-        grpc = authority.grpc
-    );
-    spawn_role(dir, "monitor", host, &config)
-}
+use common::{Authority, Proc, ZONE, eventually, tcp_monitor, unique_ip};
 
 /// Each member's share as `vnamed status --explain` shows it, by address.
 fn explained(a: &Authority) -> HashMap<String, f64> {
@@ -90,7 +67,7 @@ fn each_member_leads_its_share_of_a_thousand_answers() {
     );
     let a = Authority::start_with(&[("example.test.zone", ZONE)], &pool, "token = \"t0ken\"");
     let dir = tempfile::tempdir().unwrap();
-    let _monitors: Vec<Proc> = (0..3).map(|i| start_monitor(dir.path(), &format!("web{}", i + 1), backends[i], &a)).collect();
+    let _monitors: Vec<Proc> = (0..3).map(|i| tcp_monitor(dir.path(), &format!("web{}", i + 1), &a, backends[i], None, 2)).collect();
     let ip = |i: usize| backends[i].to_string();
 
     // Every monitor reporting, the shares are the weights': 1/8, 2/8, 5/8.

@@ -327,7 +327,7 @@ fn zones_of(zones: &BTreeMap<LowerName, ZoneState>, configs: &[PoolConfig]) -> R
 }
 
 /// Is `a` newer than `b` in serial-number arithmetic (RFC 1982)?
-fn serial_gt(a: u32, b: u32) -> bool {
+pub fn serial_gt(a: u32, b: u32) -> bool {
     a != b && (a.wrapping_sub(b) as i32) > 0
 }
 

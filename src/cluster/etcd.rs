@@ -501,12 +501,10 @@ impl Etcd {
         shutdown: &CancellationToken,
         granted: &mut Option<i64>,
     ) -> Result<(), ClusterError> {
-        let mut client = self.client.clone();
-        let lease = self.within(client.lease_grant(DECIDER_TTL, None)).await?.id();
-        *granted = Some(lease);
-        let (mut keeper, mut acks) = self.within(client.lease_keep_alive(lease)).await?;
+        let mut lease = Lease::grant(self).await?;
+        *granted = Some(lease.id);
         let mut campaigner = self.client.clone();
-        let campaign = campaigner.campaign(self.keys.decider(), name.to_owned(), lease);
+        let campaign = campaigner.campaign(self.keys.decider(), name.to_owned(), lease.id);
         // Campaigning waits for the decider before; the lease is kept alive meanwhile.
         tokio::pin!(campaign);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -514,11 +512,7 @@ impl Etcd {
             tokio::select! {
                 r = &mut campaign => break r.map_err(unavailable)?,
                 _ = tick.tick() => {
-                    keeper.keep_alive().await.map_err(unavailable)?;
-                    match self.within(async { acks.message().await }).await? {
-                        Some(a) if a.ttl() > 0 => {}
-                        _ => return Err(unavailable("the decider lease expired")),
-                    }
+                    lease.renew(self).await?;
                 }
             }
         };
@@ -529,14 +523,10 @@ impl Etcd {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    keeper.keep_alive().await.map_err(unavailable)?;
-                    match self.within(async { acks.message().await }).await? {
-                        Some(a) if a.ttl() > 0 => {}
-                        _ => return Err(unavailable("the decider lease expired")),
-                    }
+                    lease.renew(self).await?;
                 }
                 _ = shutdown.cancelled() => {
-                    let _ = self.within(client.lease_revoke(lease)).await;
+                    let _ = self.within(self.client.clone().lease_revoke(lease.id)).await;
                     info!("resigned as the group's decider");
                     return Ok(());
                 }
@@ -582,9 +572,7 @@ impl Etcd {
         changes: &mut mpsc::Receiver<Vec<(String, String, Option<bool>)>>,
         lost: &std::sync::atomic::AtomicBool,
     ) -> Result<(), ClusterError> {
-        let mut client = self.client.clone();
-        let lease = self.within(client.lease_grant(DECIDER_TTL, None)).await?.id();
-        let (mut keeper, mut acks) = self.within(client.lease_keep_alive(lease)).await?;
+        let mut lease = Lease::grant(self).await?;
         // Whatever this lease did not publish yet must be offered again.
         lost.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -597,7 +585,7 @@ impl Etcd {
                         .map(|(pool, member, seen)| {
                             let key = self.keys.view(name, pool, member);
                             match seen {
-                                Some(up) => TxnOp::put(key, if *up { "up" } else { "down" }, Some(etcd_client::PutOptions::new().with_lease(lease))),
+                                Some(up) => TxnOp::put(key, if *up { "up" } else { "down" }, Some(etcd_client::PutOptions::new().with_lease(lease.id))),
                                 None => TxnOp::delete(key, None),
                             }
                         })
@@ -607,13 +595,36 @@ impl Etcd {
                     }
                 }
                 _ = tick.tick() => {
-                    keeper.keep_alive().await.map_err(unavailable)?;
-                    match self.within(async { acks.message().await }).await? {
-                        Some(a) if a.ttl() > 0 => {}
-                        _ => return Err(unavailable("the views lease expired")),
-                    }
+                    lease.renew(self).await?;
                 }
             }
+        }
+    }
+}
+
+/// A lease of `DECIDER_TTL` seconds and its keep-alive stream: the
+/// decider's election key and an authority's views live under one.
+struct Lease {
+    id: i64,
+    keeper: etcd_client::LeaseKeeper,
+    acks: etcd_client::LeaseKeepAliveStream,
+}
+
+impl Lease {
+    async fn grant(etcd: &Etcd) -> Result<Self, ClusterError> {
+        let mut client = etcd.client.clone();
+        let id = etcd.within(client.lease_grant(DECIDER_TTL, None)).await?.id();
+        let (keeper, acks) = etcd.within(client.lease_keep_alive(id)).await?;
+        Ok(Self { id, keeper, acks })
+    }
+
+    /// Keeps the lease alive once more; an error when it cannot be, or it
+    /// ran out meanwhile.
+    async fn renew(&mut self, etcd: &Etcd) -> Result<(), ClusterError> {
+        self.keeper.keep_alive().await.map_err(unavailable)?;
+        match etcd.within(async { self.acks.message().await }).await? {
+            Some(a) if a.ttl() > 0 => Ok(()),
+            _ => Err(unavailable(format!("lease {:x} expired", self.id))),
         }
     }
 }

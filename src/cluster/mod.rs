@@ -59,19 +59,9 @@ impl Keys {
         format!("{}config", self.prefix)
     }
 
-    /// Every pool's overrides start with this.
-    pub fn overrides_all(&self) -> String {
-        format!("{}overrides/", self.prefix)
-    }
-
     /// Pool `key`'s overrides (`key` is the pool's lower-case name).
     pub fn overrides(&self, pool: &str) -> String {
         format!("{}overrides/{pool}", self.prefix)
-    }
-
-    /// The pool a key under `overrides_all` is about.
-    pub fn pool_of<'k>(&self, key: &'k str) -> Option<&'k str> {
-        self.under(key, "overrides/")
     }
 
     /// Pool `key`'s decision, as the group's decider committed it.
@@ -277,10 +267,9 @@ mod tests {
     fn keys_live_under_the_prefix_and_name_their_pool() {
         let k = Keys::new("/vnamed/");
         assert_eq!(k.overrides("www.example."), "/vnamed/overrides/www.example.");
-        assert_eq!(k.pool_of("/vnamed/overrides/www.example."), Some("www.example."));
-        assert_eq!(k.pool_of("/vnamed/overrides/"), None);
-        assert_eq!(k.pool_of("/other/overrides/www.example."), None);
-        assert_eq!(k.pool_of("/vnamed/config"), None);
+        assert_eq!(k.kind("/vnamed/overrides/www.example."), Some(Kind::Overrides("www.example.")));
+        assert_eq!(k.kind("/vnamed/overrides/"), None);
+        assert_eq!(k.kind("/other/overrides/www.example."), None);
         assert_eq!(k.kind("/vnamed/config"), Some(Kind::Config));
         assert_eq!(k.kind(&k.decision("www.example.")), Some(Kind::Decision("www.example.")));
         assert_eq!(k.kind(&k.serial("example.")), Some(Kind::Serial("example.")));

@@ -26,7 +26,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub backend: Backend,
     /// etcd client URLs (`http://` or, with `tls`, `https://`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::urls")]
     pub endpoints: Vec<String>,
     /// Every key the group uses starts with this.
     #[serde(default = "default_prefix")]
@@ -66,10 +66,6 @@ impl ClusterConfig {
             problems.push("cluster.endpoints: backend \"etcd\" needs at least one endpoint".into());
         }
         for e in &self.endpoints {
-            let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
-            if !rest.is_some_and(|h| !h.is_empty() && !h.starts_with('/')) {
-                problems.push(format!("cluster.endpoints: {e:?} must be a URL like http://127.0.0.1:2379"));
-            }
             if e.starts_with("https://") && self.tls.is_none() {
                 problems.push(format!("cluster.endpoints: {e:?} is https but [cluster.tls] is not set"));
             }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::catalog::{Catalog, PoolChange, UpdateError};
+use crate::catalog::{Catalog, PoolChange, UpdateError, serial_gt};
 use crate::clock::Now;
 use crate::cluster::etcd::Etcd;
 use crate::cluster::{ClusterError, ClusterStatus, Event, Leader};
@@ -401,9 +401,8 @@ impl Shared {
         let mut keys = Vec::new();
         for (pool, member, seen) in catalog.own_views(now.instant) {
             let key = (pool, member);
-            // Never published and stale: nothing to say.
-            let before = self.published.get(&key).copied().unwrap_or(None);
-            if before != seen || (seen.is_some() && !self.published.contains_key(&key)) {
+            // Never published counts as stale: a stale view never published says nothing.
+            if self.published.get(&key).copied().flatten() != seen {
                 changed.push((key.0.to_string(), key.1.to_string(), seen));
                 keys.push((key, seen));
             }
@@ -449,11 +448,6 @@ impl Shared {
             .collect();
         catalog.remote_views(words, now.instant);
     }
-}
-
-/// Is `a` newer than `b` in serial-number arithmetic (RFC 1982)?
-fn serial_gt(a: u32, b: u32) -> bool {
-    a != b && (a.wrapping_sub(b) as i32) > 0
 }
 
 /// The decider's commit task: one offer at a time, in order, with what

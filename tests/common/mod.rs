@@ -274,6 +274,34 @@ pub fn spawn_role(dir: &Path, role: &str, name: &str, config: &str) -> Proc {
     )
 }
 
+/// Starts `vnamed monitor` as `host`, reporting to `authority` (token
+/// `t0ken`) on one TCP check of `target`:8080 for pool `www.example.test.`,
+/// about member `member` (the monitor's own host when `None`), with
+/// `rise` successes before down -> up.
+pub fn tcp_monitor(dir: &Path, host: &str, authority: &Authority, target: Ipv4Addr, member: Option<&str>, rise: u32) -> Proc {
+    let member = member.map(|m| format!("member = \"{m}\"\n")).unwrap_or_default();
+    let config = format!(
+        r#"
+[monitor]
+host = "{host}"
+report_to = ["{grpc}"]
+token = "t0ken"
+refresh = "500ms"
+
+[[monitor.check]]
+pool = "www.example.test."
+{member}kind = "tcp"
+target = "{target}:8080"
+interval = "100ms"
+timeout = "200ms"
+rise = {rise}
+fall = 1
+"#,
+        grpc = authority.grpc
+    );
+    spawn_role(dir, "monitor", host, &config)
+}
+
 /// A status report as a monitor sends it.
 pub fn member_report(pool: &str, member: &str, up: bool, metrics: &[(&str, f64)]) -> vnamed::grpc::v1::MemberReport {
     vnamed::grpc::v1::MemberReport {
