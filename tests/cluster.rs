@@ -116,6 +116,9 @@ fn without_an_etcd_quorum_answers_stay_and_changes_fail_cleanly_then_converge() 
     assert!(!out.status.success() && said.contains("cluster state unavailable"), "{out:?}");
     let status = String::from_utf8(cli(&g[1], &["status"]).stdout).unwrap();
     assert!(status.contains("CLUSTER STATE UNAVAILABLE"), "{status}");
+    let out = cli(&g[2], &["ring", "announce", "127.0.10.9:7946"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("cluster state unavailable"), "a ring change is refused too: {out:?}");
     for a in &g {
         assert_eq!(answer(a), "127.0.10.2", "the last state is served");
     }
@@ -317,4 +320,45 @@ fn a_monitor_cut_off_from_the_decider_does_not_take_a_member_out() {
 
     // Nobody hears from web1 any more: stale everywhere, out everywhere.
     assert!(agree(&g, "127.0.10.2"), "{:?}", g.iter().map(answer).collect::<Vec<_>>());
+}
+
+fn ring_table(a: &Authority) -> String {
+    String::from_utf8(cli(a, &["ring", "table"]).stdout).unwrap()
+}
+
+#[test]
+fn the_ring_table_is_the_groups_and_a_death_told_to_all_is_applied_once() {
+    let etcd = EtcdCluster::start(3);
+    let g = group(&etcd, 3);
+    // Members announce themselves at one authority; all three know them.
+    for (i, m) in ["127.0.10.1:7946", "127.0.10.2:7946", "127.0.10.3:7946"].iter().enumerate() {
+        let out = cli(&g[i % 3], &["ring", "announce", m]);
+        assert!(out.status.success(), "{out:?}\n{}", g[i % 3].log());
+    }
+    for a in &g {
+        assert!(eventually(Duration::from_secs(10), || ring_table(a).contains("ring (3 members)")).is_some(), "{}", ring_table(a));
+    }
+
+    // Ring members tell every authority of a death: all three hear it at
+    // once, the group applies it once, and every authority answers without it.
+    let told: Vec<std::process::Output> = std::thread::scope(|s| {
+        let runs: Vec<_> =
+            g.iter().map(|a| s.spawn(move || cli(a, &["ring", "delete", "127.0.10.1:7946", "--reporter", "127.0.10.2:7946"]))).collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let applied = told.iter().filter(|o| o.status.success()).count();
+    assert_eq!(applied, 1, "{told:?}");
+    for o in told.iter().filter(|o| !o.status.success()) {
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(said.contains("not in the ring"), "the others find it done already: {said}");
+    }
+    assert!(all_answer(&g, "127.0.10.2"));
+    for a in &g {
+        let table = ring_table(a);
+        assert!(table.contains("ring (2 members)") && table.contains("127.0.10.1:7946          dead"), "{table}");
+    }
+
+    // A rejoin told to one authority brings it back at all.
+    assert!(cli(&g[2], &["ring", "announce", "127.0.10.1:7946"]).status.success());
+    assert!(all_answer(&g, "127.0.10.1"));
 }

@@ -20,6 +20,7 @@ use super::{ClusterError, ClusterStatus, Event, Keys, Kind, Leader, decode, deco
 use crate::config::ClusterConfig;
 use crate::pool::Decision;
 use crate::pool::Overrides;
+use crate::ring::registry::Registry;
 
 /// How often etcd is asked whether it still has a quorum.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -194,6 +195,13 @@ impl Etcd {
                 Ok(n) => batch.serials.push((zone.to_owned(), n, revision)),
                 Err(e) => bad(e),
             },
+            Some(Kind::Ring) => {
+                let ring = if put { Registry::from_text(&String::from_utf8_lossy(kv.value())).map(Some) } else { Ok(None) };
+                match ring {
+                    Ok(ring) => batch.ring = Some(Event::Ring { ring, revision }),
+                    Err(e) => bad(ClusterError::Corrupt { key, message: e.to_string() }),
+                }
+            }
             Some(Kind::View(authority, pool, member)) => {
                 let seen = put.then(|| kv.value() == b"up");
                 batch.views.push((authority.to_owned(), pool.to_owned(), member.to_owned(), seen));
@@ -206,15 +214,26 @@ impl Etcd {
     /// Commits pool `pool`'s overrides `o`, read at revision `base` (0: it
     /// had none); returns the revision that holds them.
     pub async fn commit(&self, pool: &str, o: &Overrides, base: i64) -> Result<i64, ClusterError> {
+        self.commit_value(&format!("pool {pool}"), self.keys.overrides(pool), encode(o), base).await
+    }
+
+    /// Commits the ring's server table, read at revision `base`.
+    pub async fn commit_ring(&self, ring: &Registry, base: i64) -> Result<i64, ClusterError> {
+        self.commit_value("the ring table", self.keys.ring(), ring.to_text(), base).await
+    }
+
+    /// Puts `value` at `key` while it is still as read at `base` and the
+    /// group's pools are still ours; returns the revision that holds it.
+    async fn commit_value(&self, what: &str, key: String, value: String, base: i64) -> Result<i64, ClusterError> {
         // A node that just went away fails the first request sent through
         // it; the next goes to another. (Should the first have committed,
         // the next finds the revision moved and the updater tries again on
-        // top of it: the same overrides.)
+        // top of it: the same change.)
         // Long enough for etcd to elect a new leader when its leader went.
         let deadline = tokio::time::Instant::now() + self.timeout * 2;
         let mut pause = Duration::from_millis(25);
         loop {
-            match self.commit_once(pool, o, base).await {
+            match self.commit_once(what, &key, &value, base).await {
                 Err(ClusterError::Unavailable(e)) if tokio::time::Instant::now() + pause < deadline => {
                     debug!(error = %e, "commit failed; trying again through another node");
                     tokio::time::sleep(pause).await;
@@ -225,15 +244,14 @@ impl Etcd {
         }
     }
 
-    async fn commit_once(&self, pool: &str, o: &Overrides, base: i64) -> Result<i64, ClusterError> {
-        let key = self.keys.overrides(pool);
+    async fn commit_once(&self, what: &str, key: &str, value: &str, base: i64) -> Result<i64, ClusterError> {
         let config = self.keys.config();
         let txn = Txn::new()
             .when([
-                Compare::mod_revision(key.clone(), CompareOp::Equal, base),
+                Compare::mod_revision(key, CompareOp::Equal, base),
                 Compare::value(config.clone(), CompareOp::Equal, self.fingerprint()),
             ])
-            .and_then([TxnOp::put(key.clone(), encode(o), None)])
+            .and_then([TxnOp::put(key, value, None)])
             .or_else([TxnOp::get(key, None), TxnOp::get(config, None)]);
         let r = self.within(self.client.kv_client().txn(txn)).await?;
         let revision = r.header().map(|h| h.revision()).unwrap_or(0);
@@ -253,7 +271,7 @@ impl Etcd {
             return Err(self.disagree(theirs));
         }
         let now = got.first().cloned().flatten().map(|(_, r)| r).unwrap_or(revision);
-        Err(ClusterError::Conflict { pool: pool.to_owned(), revision: now })
+        Err(ClusterError::Conflict { what: what.to_owned(), revision: now })
     }
 
     /// Asks etcd, through its leader, for the group's fingerprint.
@@ -385,13 +403,20 @@ struct Batch {
     decisions: Vec<(String, Decision, i64)>,
     serials: Vec<(String, u32, i64)>,
     views: Vec<(String, String, String, Option<bool>)>,
-    /// A full read: the views are all there are.
+    ring: Option<Event>,
+    /// A full read: the views are all there are, and no ring table means
+    /// the group has none.
     whole: bool,
 }
 
 impl Batch {
     fn events(self) -> Vec<Event> {
         let mut out = self.overrides;
+        match self.ring {
+            Some(ring) => out.push(ring),
+            None if self.whole => out.push(Event::Ring { ring: None, revision: 0 }),
+            None => {}
+        }
         if !self.views.is_empty() || self.whole {
             out.push(Event::Views { views: self.views, whole: self.whole });
         }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::config::PoolConfig;
 use crate::metrics::{Count, Expose, Writer};
 use crate::pool::{Decision, Overrides};
+use crate::ring::registry::Registry;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClusterError {
@@ -27,10 +28,10 @@ pub enum ClusterError {
         "this authority's pools differ from the group's under {prefix} (fingerprint {ours}, the group's {theirs}): every authority of a group must configure the same pools; it does not join"
     )]
     Disagree { prefix: String, ours: String, theirs: String },
-    /// The pool's overrides changed since they were read (at another
-    /// authority): `revision` is theirs now.
-    #[error("pool {pool} was changed at another authority meanwhile")]
-    Conflict { pool: String, revision: i64 },
+    /// A pool's overrides, or the ring table, changed since they were
+    /// read (at another authority): `revision` is theirs now.
+    #[error("{what} was changed at another authority meanwhile")]
+    Conflict { what: String, revision: i64 },
     /// What etcd holds under the prefix is not what vnamed writes.
     #[error("cluster state {key}: {message}")]
     Corrupt { key: String, message: String },
@@ -74,6 +75,11 @@ impl Keys {
         format!("{}serial/{zone}", self.prefix)
     }
 
+    /// The ring's server table, as the group's authorities share it.
+    pub fn ring(&self) -> String {
+        format!("{}ring", self.prefix)
+    }
+
     /// The election of the group's decider.
     pub fn decider(&self) -> String {
         format!("{}decider", self.prefix)
@@ -88,6 +94,9 @@ impl Keys {
     pub fn kind<'k>(&self, key: &'k str) -> Option<Kind<'k>> {
         if key == self.config() {
             return Some(Kind::Config);
+        }
+        if key == self.ring() {
+            return Some(Kind::Ring);
         }
         if let Some(p) = self.under(key, "overrides/") {
             return Some(Kind::Overrides(p));
@@ -114,6 +123,7 @@ impl Keys {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind<'k> {
     Config,
+    Ring,
     Overrides(&'k str),
     Decision(&'k str),
     Serial(&'k str),
@@ -149,6 +159,9 @@ pub enum Event {
     /// or down; `None`: gone stale there or the authority is gone); with
     /// `whole`, every view there is (after a full read).
     Views { views: Vec<(String, String, String, Option<bool>)>, whole: bool },
+    /// The ring's server table as of `revision` (`None`: the group has
+    /// none yet, after a full read; or it was deleted).
+    Ring { ring: Option<Registry>, revision: i64 },
     /// Everything up to `revision` has been told (after a resync, or a
     /// progress notice): changes committed at or below it are in.
     Through(i64),

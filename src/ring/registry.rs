@@ -17,6 +17,39 @@ pub struct Registry {
     pub dispatcher: Option<SocketAddr>,
 }
 
+/// Operations on the server table, as ring members report them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RingOp {
+    Announce(SocketAddr),
+    /// A member says the ring elected it dispatcher, or no longer.
+    Elected {
+        member: SocketAddr,
+        elected: bool,
+    },
+    /// `reporter` is the member itself on a normal shutdown.
+    Delete {
+        dead: SocketAddr,
+        reporter: SocketAddr,
+    },
+    Table,
+}
+
+#[derive(Debug, Clone)]
+pub enum RingReply {
+    Buddies([SocketAddr; 2]),
+    Done,
+    Table(Registry),
+}
+
+/// What an operation does: the registry after it (`None`: unchanged),
+/// the answer to the member, and what the log says of it.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub next: Option<Registry>,
+    pub reply: RingReply,
+    pub said: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {message}")]
 pub struct RegistryError {
@@ -57,6 +90,41 @@ impl Registry {
             self.dispatcher = None;
         }
         Ok(before != self.dispatcher)
+    }
+
+    /// What `op` would do to this registry; the registry itself is left
+    /// as it is (the caller keeps the result once it is saved).
+    pub fn step(&self, op: &RingOp) -> Result<Step, TableError> {
+        let mut next = self.clone();
+        let (reply, said) = match *op {
+            RingOp::Table => return Ok(Step { next: None, reply: RingReply::Table(self.clone()), said: String::new() }),
+            RingOp::Announce(member) => {
+                let b = next.announce(member)?;
+                (RingReply::Buddies(b), format!("ring member {member} joined (buddies {} and {})", b[0], b[1]))
+            }
+            RingOp::Elected { member, elected } => {
+                if !next.elected(member, elected)? {
+                    return Ok(Step { next: None, reply: RingReply::Done, said: String::new() });
+                }
+                let said = if elected {
+                    format!("ring dispatcher is {member}")
+                } else {
+                    format!("ring member {member} is no longer the dispatcher")
+                };
+                (RingReply::Done, said)
+            }
+            RingOp::Delete { dead, reporter } => {
+                let left = dead == reporter;
+                let b = next.delete(dead, !left)?;
+                let said = if left {
+                    format!("ring member {dead} left")
+                } else {
+                    format!("ring member {dead} dead (reported by {reporter}); out of every answer")
+                };
+                (RingReply::Buddies(b), said)
+            }
+        };
+        Ok(Step { next: Some(next), reply, said })
     }
 
     /// `member A B` lines, then `dead ADDRESS` lines.
@@ -112,6 +180,23 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_leaves_the_registry_as_it_is_and_says_what_it_would_do() {
+        let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.2:7946".parse().unwrap(), "127.0.0.3:7946".parse().unwrap());
+        let mut r = Registry::default();
+        r.announce(a).unwrap();
+        let step = r.step(&RingOp::Announce(b)).unwrap();
+        assert!(step.said.contains("127.0.0.3:7946 joined"), "{}", step.said);
+        let next = step.next.unwrap();
+        assert!(next.table.contains(&b) && !r.table.contains(&b), "only the step's registry has it");
+        let step = next.step(&RingOp::Delete { dead: a, reporter: b }).unwrap();
+        assert!(step.next.unwrap().dead.contains(&a));
+        // Nothing to change: no next registry, nothing to commit.
+        assert!(next.step(&RingOp::Elected { member: a, elected: false }).unwrap().next.is_none());
+        assert!(next.step(&RingOp::Table).unwrap().next.is_none());
+        assert!(r.step(&RingOp::Delete { dead: b, reporter: a }).is_err(), "a stranger cannot die");
+    }
 
     #[test]
     fn round_trips_and_refuses_broken_text() {

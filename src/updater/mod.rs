@@ -12,7 +12,7 @@ mod shared;
 pub use shared::{Back, Committed, Reply, Shared};
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use crate::config::{Config, PoolConfig};
 use crate::dns::snapshot::Snapshot;
 use crate::pool::replay::Recent;
 use crate::pool::{AdminState, PoolState, Report, ReportError};
-use crate::ring::registry::Registry;
+pub use crate::ring::registry::{Registry, RingOp, RingReply};
 use crate::zone::ZoneFile;
 use crate::zone::io::{Done, ZoneIo};
 
@@ -72,30 +72,6 @@ pub enum Command {
     /// The pools of an edited configuration file: applied whole, or
     /// refused whole with every problem.
     Reconfigure { pools: Vec<PoolConfig>, reply: oneshot::Sender<Result<(), Vec<String>>> },
-}
-
-/// Operations on the ring's server table.
-#[derive(Debug, Clone)]
-pub enum RingOp {
-    Announce(SocketAddr),
-    /// A member says the ring elected it dispatcher, or no longer.
-    Elected {
-        member: SocketAddr,
-        elected: bool,
-    },
-    /// `reporter` is the member itself on a normal shutdown.
-    Delete {
-        dead: SocketAddr,
-        reporter: SocketAddr,
-    },
-    Table,
-}
-
-#[derive(Debug, Clone)]
-pub enum RingReply {
-    Buddies([SocketAddr; 2]),
-    Done,
-    Table(Registry),
 }
 
 pub struct Updater {
@@ -226,7 +202,7 @@ impl Updater {
     /// What the group's state driver read, applied.
     pub fn cluster_event(&mut self, event: crate::cluster::Event, now: Now) {
         if let Some(s) = self.shared.as_mut() {
-            s.event(&mut self.catalog, &mut self.unsent, event, now);
+            s.event(&mut self.catalog, &mut self.ring, &mut self.unsent, event, now);
         }
         self.drive();
     }
@@ -234,7 +210,7 @@ impl Updater {
     /// What a cluster task brought back (a commit's outcome), applied.
     pub fn back(&mut self, back: Back, now: Now) {
         if let Some(s) = self.shared.as_mut() {
-            s.back(&mut self.catalog, &mut self.unsent, back, now);
+            s.back(&mut self.catalog, &mut self.ring, &mut self.unsent, back, now);
         }
         self.drive();
     }
@@ -288,6 +264,9 @@ impl Updater {
                 self.done(reply, r);
             }
             Command::Ring { op, reply } => {
+                if let (Some(s), false) = (self.shared.as_mut(), matches!(op, RingOp::Table)) {
+                    return s.propose_ring(&self.ring, op, 0, reply);
+                }
                 let r = self.ring_op(op, now.instant);
                 self.done(reply, r);
             }
@@ -376,43 +355,16 @@ impl Updater {
     }
 
     fn ring_op(&mut self, op: RingOp, now: Instant) -> Result<RingReply, UpdateError> {
-        let before = self.ring.clone();
-        let (reply, said) = match op {
-            RingOp::Table => return Ok(RingReply::Table(self.ring.clone())),
-            RingOp::Announce(member) => {
-                let b = self.ring.announce(member)?;
-                (RingReply::Buddies(b), format!("ring member {member} joined (buddies {} and {})", b[0], b[1]))
-            }
-            RingOp::Elected { member, elected } => {
-                if !self.ring.elected(member, elected)? {
-                    return Ok(RingReply::Done);
-                }
-                let said = if elected {
-                    format!("ring dispatcher is {member}")
-                } else {
-                    format!("ring member {member} is no longer the dispatcher")
-                };
-                (RingReply::Done, said)
-            }
-            RingOp::Delete { dead, reporter } => {
-                let left = dead == reporter;
-                let b = self.ring.delete(dead, !left)?;
-                let said = if left {
-                    format!("ring member {dead} left")
-                } else {
-                    format!("ring member {dead} dead (reported by {reporter}); out of every answer")
-                };
-                (RingReply::Buddies(b), said)
-            }
-        };
-        if let Err(e) = self.store.write([&Put::Ring(self.ring.to_text())]) {
-            self.ring = before;
+        let step = self.ring.step(&op)?;
+        let Some(next) = step.next else { return Ok(step.reply) };
+        if let Err(e) = self.store.write([&Put::Ring(next.to_text())]) {
             error!(error = %e, "cannot save the ring table; the ring change is refused");
             return Err(UpdateError::State(e.to_string()));
         }
-        info!("{said}");
+        info!("{}", step.said);
+        self.ring = next;
         self.catalog.ring_dead(self.ring.dead.iter().map(|a| a.ip()).collect(), now);
-        Ok(reply)
+        Ok(step.reply)
     }
 
     /// An operator may have changed a zone file.
@@ -469,7 +421,7 @@ impl Updater {
                 _ = tick.tick() => {
                     self.catalog.tick(Instant::now());
                     if let Some(s) = self.shared.as_mut() {
-                        s.tick(&self.catalog, Now::read());
+                        s.tick(&self.catalog, &self.ring, Now::read());
                     }
                 }
                 _ = shutdown.cancelled() => break,

@@ -23,6 +23,7 @@ use crate::clock::Now;
 use crate::cluster::etcd::Etcd;
 use crate::cluster::{ClusterError, ClusterStatus, Event, Leader};
 use crate::pool::{Decision, Overrides};
+use crate::ring::registry::{Registry, RingOp, RingReply};
 use crate::state::Put;
 
 /// Attempts at a change that keeps racing other authorities' changes.
@@ -50,10 +51,15 @@ impl Reply {
     }
 }
 
+/// Where a ring member's report is answered.
+pub type RingTx = oneshot::Sender<Result<RingReply, UpdateError>>;
+
 /// What the updater's tasks bring back.
 pub enum Back {
     /// An operator's change, committed or not.
     Change(Box<Committed>),
+    /// A ring table change, committed or not.
+    Ring(Box<RingCommitted>),
     /// The decider's decisions and serials, committed (at a revision) or not.
     Decisions { decisions: Vec<(String, Decision)>, serials: Vec<(String, u32)>, result: Result<i64, ClusterError> },
     /// A zone's group serial was moved up (or another change came first).
@@ -74,24 +80,51 @@ pub struct Committed {
     reply: Reply,
 }
 
-/// A change that raced another authority's, waiting for its overrides
-/// (pool `key` at `revision`) before it is tried again.
+/// A ring table change's outcome: `op` as a ring member reported it
+/// (`None`: this authority offered its own table to a group without
+/// one), the table after it, and what to answer and log.
+pub struct RingCommitted {
+    op: Option<(RingOp, RingTx)>,
+    next: Registry,
+    answer: RingReply,
+    said: String,
+    attempt: u32,
+    result: Result<i64, ClusterError>,
+}
+
+/// A change that raced another authority's, waiting for the newer state
+/// (at `revision`) before it is tried again.
 struct Retry {
-    key: String,
     revision: i64,
-    pool: String,
-    change: PoolChange,
     attempt: u32,
     until: Instant,
-    reply: Reply,
+    pending: Pending,
+}
+
+enum Pending {
+    Pool { key: String, pool: String, change: PoolChange, reply: Reply },
+    Ring { op: RingOp, reply: RingTx },
+}
+
+impl Pending {
+    fn refuse(self, e: ClusterError) {
+        let e = UpdateError::Cluster(e.to_string());
+        match self {
+            Pending::Pool { reply, .. } => reply.send(Err(e)),
+            Pending::Ring { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
 }
 
 pub struct Shared {
     etcd: Etcd,
     pub status: Arc<ClusterStatus>,
     committed: mpsc::Sender<Back>,
-    /// Each pool's overrides revision applied here.
+    /// Each pool's overrides revision applied here, and the ring table's.
     applied: HashMap<String, i64>,
+    ring_revision: i64,
     retries: Vec<Retry>,
     /// Each pool's decision revision applied here.
     decided: HashMap<String, i64>,
@@ -134,6 +167,7 @@ impl Shared {
             status,
             committed,
             applied: HashMap::new(),
+            ring_revision: 0,
             retries: Vec::new(),
             decided: HashMap::new(),
             serials: HashMap::new(),
@@ -173,10 +207,90 @@ impl Shared {
         });
     }
 
+    /// Checks a ring member's report against the group's ring table and
+    /// hands the table after it to a task that commits it; a report that
+    /// changes nothing is answered at once.
+    pub fn propose_ring(&mut self, ring: &Registry, op: RingOp, attempt: u32, reply: RingTx) {
+        if let Some(why) = self.status.trouble() {
+            self.status.refused.inc();
+            let _ = reply.send(Err(UpdateError::Cluster(ClusterError::Unavailable(why).to_string())));
+            return;
+        }
+        let step = match ring.step(&op) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        let Some(next) = step.next else {
+            let _ = reply.send(Ok(step.reply));
+            return;
+        };
+        self.commit_ring(Some((op, reply)), next, step.reply, step.said, attempt);
+    }
+
+    fn commit_ring(&self, op: Option<(RingOp, RingTx)>, next: Registry, answer: RingReply, said: String, attempt: u32) {
+        let (etcd, tx, base) = (self.etcd.clone(), self.committed.clone(), self.ring_revision);
+        tokio::spawn(async move {
+            let result = etcd.commit_ring(&next, base).await;
+            let _ = tx.send(Back::Ring(Box::new(RingCommitted { op, next, answer, said, attempt, result }))).await;
+        });
+    }
+
+    /// The ring table as of `revision`, unless a newer one is in.
+    fn apply_ring(&mut self, catalog: &mut Catalog, ring: &mut Registry, saves: &mut Vec<Put>, next: Registry, revision: i64, now: Now) {
+        if self.ring_revision >= revision {
+            return;
+        }
+        self.ring_revision = revision;
+        if *ring == next {
+            return;
+        }
+        // Kept in the embedded store too, for a start with etcd out of reach.
+        saves.push(Put::Ring(next.to_text()));
+        *ring = next;
+        catalog.ring_dead(ring.dead.iter().map(|a| a.ip()).collect(), now.instant);
+    }
+
+    /// A ring table commit's outcome.
+    fn ring_committed(&mut self, catalog: &mut Catalog, ring: &mut Registry, saves: &mut Vec<Put>, c: RingCommitted, now: Now) {
+        match (c.result, c.op) {
+            (Ok(revision), op) => {
+                if op.is_some() {
+                    info!(revision, "{}, committed to the group", c.said);
+                } else {
+                    info!(revision, "this authority's ring table is now the group's");
+                }
+                self.apply_ring(catalog, ring, saves, c.next, revision, now);
+                self.status.set_revision(revision);
+                if let Some((_, reply)) = op {
+                    let _ = reply.send(Ok(c.answer));
+                }
+            }
+            // An offered table that lost the race: the group's comes by the watch.
+            (Err(_), None) => {}
+            (Err(ClusterError::Conflict { revision, .. }), Some((op, reply))) if c.attempt < ATTEMPTS => {
+                debug!(revision, "a ring change raced another authority's; tried again once it is in");
+                let pending = Pending::Ring { op, reply };
+                self.retries.push(Retry { revision, attempt: c.attempt + 1, until: now.instant + WAIT, pending });
+                self.retry_due(catalog, ring, now);
+            }
+            (Err(e), Some((_, reply))) => {
+                if matches!(e, ClusterError::Unavailable(_)) {
+                    self.status.refused.inc();
+                }
+                warn!(error = %e, "ring change refused");
+                let _ = reply.send(Err(UpdateError::Cluster(e.to_string())));
+            }
+        }
+    }
+
     /// What a task brought back.
-    pub fn back(&mut self, catalog: &mut Catalog, saves: &mut Vec<Put>, back: Back, now: Now) {
+    pub fn back(&mut self, catalog: &mut Catalog, ring: &mut Registry, saves: &mut Vec<Put>, back: Back, now: Now) {
         match back {
-            Back::Change(c) => self.committed(catalog, saves, *c, now),
+            Back::Change(c) => self.committed(catalog, ring, saves, *c, now),
+            Back::Ring(c) => self.ring_committed(catalog, ring, saves, *c, now),
             Back::Decisions { decisions, serials, result: Ok(revision) } => {
                 let decisions = decisions.into_iter().map(|(p, d)| (p, d, revision)).collect();
                 let serials = serials.into_iter().map(|(z, n)| (z, n, revision)).collect();
@@ -274,7 +388,7 @@ impl Shared {
 
     /// A commit's outcome: applied here at once (the watch brings it to
     /// the others), tried again after a race, or refused.
-    fn committed(&mut self, catalog: &mut Catalog, saves: &mut Vec<Put>, c: Committed, now: Now) {
+    fn committed(&mut self, catalog: &mut Catalog, ring: &Registry, saves: &mut Vec<Put>, c: Committed, now: Now) {
         match c.result {
             Ok(revision) => {
                 info!(pool = %c.pool, revision, overrides = ?c.overrides.lines(), "pool changed by operator, committed to the group");
@@ -284,17 +398,9 @@ impl Shared {
             }
             Err(ClusterError::Conflict { revision, .. }) if c.attempt < ATTEMPTS => {
                 debug!(pool = %c.pool, revision, "raced another authority's change; tried again once it is in");
-                let retry = Retry {
-                    key: c.key,
-                    revision,
-                    pool: c.pool,
-                    change: c.change,
-                    attempt: c.attempt + 1,
-                    until: now.instant + WAIT,
-                    reply: c.reply,
-                };
-                self.retries.push(retry);
-                self.retry_due(catalog, now);
+                let pending = Pending::Pool { key: c.key, pool: c.pool, change: c.change, reply: c.reply };
+                self.retries.push(Retry { revision, attempt: c.attempt + 1, until: now.instant + WAIT, pending });
+                self.retry_due(catalog, ring, now);
             }
             Err(e) => {
                 if matches!(e, ClusterError::Unavailable(_)) {
@@ -307,8 +413,17 @@ impl Shared {
     }
 
     /// What the driver read from the group.
-    pub fn event(&mut self, catalog: &mut Catalog, saves: &mut Vec<Put>, event: Event, now: Now) {
+    pub fn event(&mut self, catalog: &mut Catalog, ring: &mut Registry, saves: &mut Vec<Put>, event: Event, now: Now) {
         match event {
+            Event::Ring { ring: Some(next), revision } => self.apply_ring(catalog, ring, saves, next, revision, now),
+            // The group has no ring table yet: this authority offers its own.
+            Event::Ring { ring: None, revision: 0 } => {
+                if self.ring_revision == 0 && *ring != Registry::default() {
+                    self.commit_ring(None, ring.clone(), RingReply::Done, String::new(), 0);
+                }
+            }
+            // An operator deleted the group's ring table.
+            Event::Ring { ring: None, revision } => self.apply_ring(catalog, ring, saves, Registry::default(), revision, now),
             Event::Overrides { pool, overrides, revision } => {
                 self.apply(catalog, saves, &pool, overrides, revision, now);
             }
@@ -324,7 +439,7 @@ impl Shared {
                 self.leader = leader;
             }
         }
-        self.retry_due(catalog, now);
+        self.retry_due(catalog, ring, now);
     }
 
     /// Pool `key`'s overrides as of `revision`, unless a newer word is in.
@@ -347,23 +462,35 @@ impl Shared {
         }
     }
 
-    /// Changes whose race is over (the newer overrides are in), tried
-    /// again; those that waited too long, refused.
-    fn retry_due(&mut self, catalog: &Catalog, now: Now) {
-        let (due, waiting): (Vec<Retry>, Vec<Retry>) = std::mem::take(&mut self.retries)
-            .into_iter()
-            .partition(|r| self.applied.get(&r.key).copied().unwrap_or(0) >= r.revision || now.instant >= r.until);
+    /// What this authority applied of the state a retry waits for.
+    fn reached(&self, pending: &Pending) -> i64 {
+        match pending {
+            Pending::Pool { key, .. } => self.applied.get(key).copied().unwrap_or(0),
+            Pending::Ring { .. } => self.ring_revision,
+        }
+    }
+
+    /// Changes whose race is over (the newer state is in), tried again;
+    /// those that waited too long, refused.
+    fn retry_due(&mut self, catalog: &Catalog, ring: &Registry, now: Now) {
+        let (due, waiting): (Vec<Retry>, Vec<Retry>) =
+            std::mem::take(&mut self.retries).into_iter().partition(|r| self.reached(&r.pending) >= r.revision || now.instant >= r.until);
         self.retries = waiting;
         for r in due {
-            if now.instant >= r.until && self.applied.get(&r.key).copied().unwrap_or(0) < r.revision {
-                let e = ClusterError::Unavailable(format!(
-                    "pool {} changed at another authority, and that change did not arrive here in time",
-                    r.pool
-                ));
-                r.reply.send(Err(UpdateError::Cluster(e.to_string())));
+            if self.reached(&r.pending) < r.revision {
+                let what = match &r.pending {
+                    Pending::Pool { pool, .. } => format!("pool {pool}"),
+                    Pending::Ring { .. } => "the ring table".to_owned(),
+                };
+                r.pending.refuse(ClusterError::Unavailable(format!(
+                    "{what} changed at another authority, and that change did not arrive here in time"
+                )));
                 continue;
             }
-            self.propose(catalog, r.pool, r.change, r.attempt, r.reply, now);
+            match r.pending {
+                Pending::Pool { pool, change, reply, .. } => self.propose(catalog, pool, change, r.attempt, reply, now),
+                Pending::Ring { op, reply } => self.propose_ring(ring, op, r.attempt, reply),
+            }
         }
     }
 
@@ -384,9 +511,9 @@ impl Shared {
     /// Called on the updater's tick: expires retries that waited too
     /// long, moves the group's serials up where needed, and publishes
     /// this authority's own views of members that changed.
-    pub fn tick(&mut self, catalog: &Catalog, now: Now) {
+    pub fn tick(&mut self, catalog: &Catalog, ring: &Registry, now: Now) {
         if !self.retries.is_empty() {
-            self.retry_due(catalog, now);
+            self.retry_due(catalog, ring, now);
         }
         self.raise(catalog);
         self.publish_views(catalog, now);
