@@ -92,6 +92,11 @@ impl Registry {
         Ok(before != self.dispatcher)
     }
 
+    /// The hosts of the members reported dead: out of every answer.
+    pub fn dead_hosts(&self) -> Vec<std::net::IpAddr> {
+        self.dead.iter().map(|a| a.ip()).collect()
+    }
+
     /// What `op` would do to this registry; the registry itself is left
     /// as it is (the caller keeps the result once it is saved).
     pub fn step(&self, op: &RingOp) -> Result<Step, TableError> {

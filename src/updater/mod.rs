@@ -223,7 +223,7 @@ impl Updater {
     /// Takes the ring registry (from the store) and applies its deaths.
     pub fn with_ring(mut self, ring: Registry, now: Instant) -> Self {
         self.ring = ring;
-        self.catalog.ring_dead(self.ring.dead.iter().map(|a| a.ip()).collect(), now);
+        self.catalog.ring_dead(self.ring.dead_hosts(), now);
         self.drive();
         self
     }
@@ -363,7 +363,7 @@ impl Updater {
         }
         info!("{}", step.said);
         self.ring = next;
-        self.catalog.ring_dead(self.ring.dead.iter().map(|a| a.ip()).collect(), now);
+        self.catalog.ring_dead(self.ring.dead_hosts(), now);
         Ok(step.reply)
     }
 

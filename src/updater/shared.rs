@@ -185,13 +185,19 @@ impl Shared {
         (shared, rx)
     }
 
+    /// Why a change cannot be committed now (the group's state is
+    /// unavailable), counted as refused; `None`: it can.
+    fn unavailable(&self) -> Option<UpdateError> {
+        let why = self.status.trouble()?;
+        self.status.refused.inc();
+        Some(UpdateError::Cluster(ClusterError::Unavailable(why).to_string()))
+    }
+
     /// Checks an operator's change and hands it to a task that commits
     /// it; refused at once while the group's state is unavailable.
     pub fn propose(&mut self, catalog: &Catalog, pool: String, change: PoolChange, attempt: u32, reply: Reply, now: Now) {
-        if let Some(why) = self.status.trouble() {
-            self.status.refused.inc();
-            reply.send(Err(UpdateError::Cluster(ClusterError::Unavailable(why).to_string())));
-            return;
+        if let Some(e) = self.unavailable() {
+            return reply.send(Err(e));
         }
         let staged = match catalog.stage(&pool, change.clone(), now) {
             Ok(s) => s,
@@ -211,9 +217,8 @@ impl Shared {
     /// hands the table after it to a task that commits it; a report that
     /// changes nothing is answered at once.
     pub fn propose_ring(&mut self, ring: &Registry, op: RingOp, attempt: u32, reply: RingTx) {
-        if let Some(why) = self.status.trouble() {
-            self.status.refused.inc();
-            let _ = reply.send(Err(UpdateError::Cluster(ClusterError::Unavailable(why).to_string())));
+        if let Some(e) = self.unavailable() {
+            let _ = reply.send(Err(e));
             return;
         }
         let step = match ring.step(&op) {
@@ -250,7 +255,7 @@ impl Shared {
         // Kept in the embedded store too, for a start with etcd out of reach.
         saves.push(Put::Ring(next.to_text()));
         *ring = next;
-        catalog.ring_dead(ring.dead.iter().map(|a| a.ip()).collect(), now.instant);
+        catalog.ring_dead(ring.dead_hosts(), now.instant);
     }
 
     /// A ring table commit's outcome.
