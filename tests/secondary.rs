@@ -108,6 +108,60 @@ fn nsd_follows_pool_changes_within_two_seconds() {
     assert_eq!(theirs, a.dig("example.test SOA +short"));
 }
 
+/// Zone transfers the authority has sent of `kind` (full or incremental),
+/// as its `/metrics` counts them.
+fn transfers(a: &Authority, kind: &str) -> u64 {
+    let metrics = common::scrape((a.ip, a.metrics));
+    let line = format!("vnamed_zone_transfers_total{{kind=\"{kind}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Changes web1's admin state and waits for NSD to serve what the
+/// authority serves.
+fn change_and_follow(a: &Authority, nsd: &Nsd, admin: &str) {
+    let out = a.cli(&["member", "www.example.test.", "web1", "--admin", admin]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = if admin == "down" { "127.0.10.2" } else { "127.0.10.1" };
+    let served = serial_at(IpAddr::V4(a.ip), a.port);
+    assert!(
+        eventually(Duration::from_secs(5), || nsd.ask() == want && nsd.serial() == served).is_some(),
+        "NSD answers {:?} at serial {:?}, the authority serves {served:?}\n{}\n{}",
+        nsd.ask(),
+        nsd.serial(),
+        nsd.log(),
+        a.log()
+    );
+}
+
+/// The journal lives in the state store: after a clean restart the
+/// authority still serves the differences it journaled, so a secondary
+/// behind it, and the next change, go incrementally. After kill -9 the
+/// serial moves past the journal; the secondary takes the whole zone once,
+/// then incremental transfers resume.
+#[test]
+fn the_journal_survives_a_clean_restart_and_a_crash_costs_one_whole_transfer() {
+    let (mut a, nsd) = primary_and_secondary("");
+    let first = serial_at(IpAddr::V4(a.ip), a.port).unwrap();
+    for admin in ["down", "auto", "down"] {
+        change_and_follow(&a, &nsd, admin);
+    }
+    assert!(a.stop().success(), "{}", a.log());
+    a.spawn();
+    let ixfr = dig(IpAddr::V4(a.ip), a.port, &format!("example.test IXFR={first} +tcp +nocmd +nocomments +nostats"));
+    assert!(!ixfr.contains("static.example.test."), "after a clean restart the three changes are still incremental:\n{ixfr}");
+    assert_eq!(ixfr.lines().filter(|l| l.contains("\tSOA\t")).count(), 8, "{ixfr}");
+    assert_eq!((transfers(&a, "full"), transfers(&a, "incremental")), (0, 1), "dig's");
+    change_and_follow(&a, &nsd, "auto");
+    assert_eq!((transfers(&a, "full"), transfers(&a, "incremental")), (0, 2), "NSD took the change after the restart incrementally");
+
+    change_and_follow(&a, &nsd, "down");
+    a.kill();
+    a.spawn();
+    change_and_follow(&a, &nsd, "auto");
+    change_and_follow(&a, &nsd, "down");
+    assert_eq!((transfers(&a, "full"), transfers(&a, "incremental")), (1, 1), "after kill -9: one whole zone, then incremental again");
+}
+
 /// The serial NSD serves, if any.
 fn serial_at(ip: IpAddr, port: u16) -> Option<u32> {
     dig(ip, port, "example.test SOA +short").split_whitespace().nth(2).and_then(|s| s.parse().ok())
@@ -164,13 +218,9 @@ fn nsd_follows_pool_changes_with_incremental_transfers() {
     }
     // NSD took them as incremental transfers: only what changed. (Counted
     // by the authority; its log lines may be throttled.)
-    let metrics = common::scrape((a.ip, a.metrics));
-    let count = |kind: &str| -> u64 {
-        let line = format!("vnamed_zone_transfers_total{{kind=\"{kind}\"}} ");
-        metrics.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-    };
-    assert_eq!(count("full"), 1, "only the first transfer is the whole zone\n{metrics}\n{}", a.log());
-    assert!(count("incremental") >= 100, "{} incremental transfers for 100 changes\n{metrics}", count("incremental"));
+    let (full, incremental) = (transfers(&a, "full"), transfers(&a, "incremental"));
+    assert_eq!(full, 1, "only the first transfer is the whole zone\n{}", a.log());
+    assert!(incremental >= 100, "{incremental} incremental transfers for 100 changes");
 
     // As dig sees it (RFC 1995 §4): from the first serial, the current SOA,
     // then each change as the SOA before, what went, the SOA after, what came.

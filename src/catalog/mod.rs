@@ -34,6 +34,7 @@ use crate::pool::table::{PoolId, Table, TableError};
 use crate::pool::{AdminState, Decision, PoolState, Report, ReportError, SavedPool};
 use crate::state::{Loaded, Put};
 use crate::zone::io::Job;
+use crate::zone::journal::{Journal, Kept};
 use crate::zone::sync::FileSync;
 use crate::zone::{self, MemberNote, ZoneFile};
 
@@ -207,7 +208,7 @@ struct ZoneState {
     /// Keeping the file true to what is served.
     sync: FileSync,
     /// What each served serial changed, for IXFR.
-    journal: Arc<crate::zone::journal::Journal>,
+    journal: Arc<Journal>,
 }
 
 impl ZoneState {
@@ -218,7 +219,7 @@ impl ZoneState {
             answers: HashMap::new(),
             pools: Vec::new(),
             sync: FileSync::new(disk_text),
-            journal: Arc::new(crate::zone::journal::Journal::new(JOURNAL_DELTAS, JOURNAL_RECORDS)),
+            journal: Arc::new(Journal::new(JOURNAL_DELTAS, JOURNAL_RECORDS)),
         }
     }
 }
@@ -424,6 +425,24 @@ impl Catalog {
                 catalog.reserved.insert(origin.clone(), high);
             }
             zone.serial = serial;
+            if let Some(rows) = saved.journals.get(&origin.to_string()) {
+                // Kept only where the zone still is: after a crash the serial
+                // moved past the rows, and secondaries take the whole zone once.
+                let rows = rows.iter().filter_map(|(n, bytes)| match crate::zone::journal::decode(bytes) {
+                    Ok(d) => Some((*n, d)),
+                    Err(error) => {
+                        warn!(zone = %origin, row = n, %error, "a journal row does not read; the journal starts after it");
+                        None
+                    }
+                });
+                let journal = Journal::restore(JOURNAL_DELTAS, JOURNAL_RECORDS, rows.collect(), serial);
+                let keep_from = journal.first();
+                zone.journal = Arc::new(journal);
+                catalog.saves.push_back(publish::journal_put(origin, Kept { added: None, keep_from }));
+            }
+        }
+        for gone in saved.journals.keys().filter(|z| !catalog.zones.keys().any(|o| o.to_string() == **z)) {
+            catalog.saves.push_back(Put::Journal { zone: gone.clone(), row: None, keep_from: u64::MAX });
         }
         Ok(catalog)
     }

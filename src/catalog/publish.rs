@@ -120,10 +120,11 @@ impl Catalog {
         for (origin, delta) in deltas {
             let Some(z) = self.zones.get_mut(&origin) else { continue };
             let journal = Arc::make_mut(&mut z.journal);
-            match delta {
+            let kept = match delta {
                 Some(d) => journal.push(d),
                 None => journal.clear(),
-            }
+            };
+            self.saves.push_back(journal_put(&origin, kept));
         }
     }
 
@@ -244,4 +245,13 @@ fn same_static<'a>(a: &ZoneData, b: &ZoneData, pools: impl Iterator<Item = &'a L
             .collect()
     };
     keyed(a) == keyed(b)
+}
+
+/// What the state store keeps of a change to a zone's journal.
+pub(super) fn journal_put(origin: &LowerName, kept: crate::zone::journal::Kept) -> crate::state::Put {
+    crate::state::Put::Journal {
+        zone: origin.to_string(),
+        row: kept.added.map(|(n, d)| (n, crate::zone::journal::encode(&d))),
+        keep_from: kept.keep_from,
+    }
 }

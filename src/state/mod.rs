@@ -1,7 +1,8 @@
 //! The authority's durable state: what it must not forget across a
 //! restart or a crash (each zone's serial high-water mark, the overrides
 //! the API acknowledged, the ring's server table, the last known state of
-//! every pool's members), in one embedded transactional store (redb) in
+//! every pool's members, each zone's journal of differences for
+//! incremental transfers), in one embedded transactional store (redb) in
 //! `state_dir`. Every write is one transaction, durable when it returns.
 //! After a failed write (a full disk) the database is closed and opened
 //! again at the next write, as redb asks.
@@ -27,6 +28,9 @@ const OVERRIDES: TableDefinition<&str, &str> = TableDefinition::new("overrides")
 const POOLS: TableDefinition<&str, &str> = TableDefinition::new("pools");
 /// `ring` → the ring's server table, as text.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// (Zone origin, row number) → one difference of the zone's journal, as
+/// the zone module encodes it.
+const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
 
 /// The file in `state_dir`.
 pub const FILE: &str = "state.redb";
@@ -50,10 +54,17 @@ pub enum Put {
     /// `None` forgets the pool's saved state.
     Pool(String, Option<SavedPool>),
     Ring(String),
+    /// A zone's journal: add row `row` (when there is one) and forget the
+    /// rows numbered below `keep_from`.
+    Journal {
+        zone: String,
+        row: Option<(u64, Vec<u8>)>,
+        keep_from: u64,
+    },
 }
 
 /// The kinds of state, as `/metrics` labels them.
-const KINDS: [&str; 4] = ["serial", "overrides", "members", "ring"];
+const KINDS: [&str; 5] = ["serial", "overrides", "members", "ring", "journal"];
 
 impl Put {
     fn kind_index(&self) -> usize {
@@ -62,14 +73,19 @@ impl Put {
             Put::Overrides(..) => 1,
             Put::Pool(..) => 2,
             Put::Ring(..) => 3,
+            Put::Journal { .. } => 4,
         }
     }
 
-    /// What a later put replaces: its kind and name.
-    pub fn key(&self) -> (usize, &str) {
+    /// What a later put replaces: its kind and name. Puts sorted by it
+    /// keep a zone's journal rows in the order they were made: a put that
+    /// only forgets rows sorts at the number the next row will have, and
+    /// that row (which forgets at least as much) replaces it.
+    pub fn key(&self) -> (usize, String) {
         let name = match self {
-            Put::Serial(n, _) | Put::Overrides(n, _) | Put::Pool(n, _) => n.as_str(),
-            Put::Ring(_) => "",
+            Put::Serial(n, _) | Put::Overrides(n, _) | Put::Pool(n, _) => n.clone(),
+            Put::Ring(_) => String::new(),
+            Put::Journal { zone, row, keep_from } => format!("{zone}\0{:020}", row.as_ref().map_or(*keep_from, |(n, _)| *n)),
         };
         (self.kind_index(), name)
     }
@@ -79,8 +95,8 @@ impl Put {
 /// (failed, waiting for their retry), and the last error.
 #[derive(Debug, Default)]
 pub struct StateCounters {
-    writes: [Count; 4],
-    failures: [Count; 4],
+    writes: [Count; KINDS.len()],
+    failures: [Count; KINDS.len()],
     /// Owed by the saver, and serial marks the updater owes.
     pub owed: Count,
     pub owed_serials: Count,
@@ -103,7 +119,7 @@ impl StateCounters {
 
 impl Expose for StateCounters {
     fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
-        let by_kind = |c: &[Count; 4]| KINDS.iter().zip(c).map(|(k, n)| (vec![("what", (*k).into())], n.get())).collect();
+        let by_kind = |c: &[Count; KINDS.len()]| KINDS.iter().zip(c).map(|(k, n)| (vec![("what", (*k).into())], n.get())).collect();
         w.counters("vnamed_state_writes", "Writes to the state store, by what they saved.", by_kind(&self.writes))?;
         w.counters(
             "vnamed_state_write_failures",
@@ -121,6 +137,8 @@ pub struct Loaded {
     pub overrides: BTreeMap<String, Overrides>,
     pub pools: BTreeMap<String, SavedPool>,
     pub ring: Option<String>,
+    /// Each zone's journal rows, in order, as the zone module encoded them.
+    pub journals: BTreeMap<String, Vec<(u64, Vec<u8>)>>,
     /// No store was there: this is its first start.
     pub fresh: bool,
 }
@@ -172,7 +190,7 @@ impl Store {
             }
             Err(e) => Err(e),
         };
-        let mut kinds = [false; 4];
+        let mut kinds = [false; KINDS.len()];
         for p in puts {
             kinds[p.kind_index()] = true;
         }
@@ -215,6 +233,7 @@ fn write_all<'a>(db: &Database, puts: impl IntoIterator<Item = &'a Put>) -> Resu
         let mut overrides = tx.open_table(OVERRIDES)?;
         let mut pools = tx.open_table(POOLS)?;
         let mut meta = tx.open_table(META)?;
+        let mut journal = tx.open_table(JOURNAL)?;
         for put in puts {
             match put {
                 Put::Serial(zone, s) => {
@@ -234,6 +253,12 @@ fn write_all<'a>(db: &Database, puts: impl IntoIterator<Item = &'a Put>) -> Resu
                 }
                 Put::Ring(text) => {
                     meta.insert("ring", text.as_str())?;
+                }
+                Put::Journal { zone, row, keep_from } => {
+                    if let Some((n, bytes)) = row {
+                        journal.insert((zone.as_str(), *n), bytes.as_slice())?;
+                    }
+                    journal.retain_in((zone.as_str(), 0)..(zone.as_str(), *keep_from), |_, _| false)?;
                 }
             }
         }
@@ -256,6 +281,7 @@ fn read_all(db: &Database, file: &Path) -> Read {
     tx.open_table(OVERRIDES)?;
     tx.open_table(POOLS)?;
     tx.open_table(META)?;
+    tx.open_table(JOURNAL)?;
     tx.commit()?;
     let tx = db.begin_read()?;
     let mut out = Loaded::default();
@@ -278,6 +304,11 @@ fn read_all(db: &Database, file: &Path) -> Read {
         }
     }
     out.ring = tx.open_table(META)?.get("ring")?.map(|v| v.value().to_owned());
+    for row in tx.open_table(JOURNAL)?.iter()? {
+        let (k, v) = row?;
+        let (zone, n) = k.value();
+        out.journals.entry(zone.to_owned()).or_default().push((n, v.value().to_vec()));
+    }
     Ok(Ok(out))
 }
 
@@ -314,6 +345,29 @@ mod tests {
         drop(store);
         let (_, loaded) = Store::open(dir.path()).unwrap();
         assert!(loaded.overrides.is_empty() && loaded.pools.is_empty(), "{loaded:?}");
+    }
+
+    #[test]
+    fn journal_rows_are_kept_in_order_per_zone_and_forgotten_below_a_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let row = |zone: &str, n: u64, keep_from: u64| Put::Journal { zone: zone.into(), row: Some((n, vec![n as u8; 3])), keep_from };
+        let rows: Vec<Put> = (0..12).map(|n| row("a.example.", n, n.saturating_sub(9))).chain([row("b.example.", 0, 0)]).collect();
+        store.write(&rows).unwrap();
+        store.write(&[Put::Journal { zone: "b.example.".into(), row: None, keep_from: 1 }]).unwrap();
+        drop(store);
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let numbers: Vec<u64> = loaded.journals["a.example."].iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, (2..12).collect::<Vec<_>>(), "row 10 forgot 0, row 11 forgot 1; numbers sort as numbers");
+        assert_eq!(loaded.journals["a.example."][0].1, vec![2u8; 3]);
+        assert!(!loaded.journals.contains_key("b.example."), "{:?}", loaded.journals.keys());
+        // Keys order rows by number, and a put that only forgets shares its
+        // key with the next row, which (forgetting at least as much) replaces it.
+        assert!(row("c.", 9, 0).key() < row("c.", 10, 10).key());
+        assert_eq!(Put::Journal { zone: "c.".into(), row: None, keep_from: 10 }.key(), row("c.", 10, 10).key());
+        store.write(&[Put::Journal { zone: "a.example.".into(), row: None, keep_from: u64::MAX }]).unwrap();
+        drop(store);
+        assert!(Store::open(dir.path()).unwrap().1.journals.is_empty());
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! size. `since(serial)` gives the chain of differences from a secondary's
 //! serial to the current one, or nothing when the journal does not reach
 //! back that far (the secondary then takes the whole zone); `ixfr` lays a
-//! chain out as the answer's records. Pure: no I/O, no clock.
+//! chain out as the answer's records. Each difference has a sequence
+//! number that only grows, so a store can keep the journal as rows and
+//! drop the ones it no longer holds (`encode`/`decode` give a row's bytes).
+//! Pure: no I/O, no clock.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use hickory_proto::rr::{RData, Record};
-use hickory_proto::serialize::binary::BinEncodable;
+use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 
 /// What one serial changed: from `from` to `to`, these records went and
 /// these came (SOA records excluded).
@@ -46,35 +49,73 @@ pub struct Journal {
     records: usize,
     max_deltas: usize,
     max_records: usize,
+    /// The sequence number the next difference gets; the kept ones have
+    /// the `deltas.len()` numbers before it.
+    next: u64,
+}
+
+/// What a change did to the journal, for a store that keeps it as rows:
+/// the row to add (its number and the difference), and the first number
+/// still kept (rows before it are gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub added: Option<(u64, Arc<Delta>)>,
+    pub keep_from: u64,
 }
 
 impl Journal {
     /// Keeps at most `max_deltas` differences holding `max_records`
     /// records in all; the oldest go first.
     pub fn new(max_deltas: usize, max_records: usize) -> Self {
-        Self { deltas: VecDeque::new(), records: 0, max_deltas, max_records }
+        Self { deltas: VecDeque::new(), records: 0, max_deltas, max_records, next: 0 }
+    }
+
+    /// The journal a store kept, as rows `(number, difference)` in order,
+    /// if its chain ends at `serial` (what is served now); otherwise an
+    /// empty one, numbered after every row so that forgetting them all
+    /// (`keep_from`) cannot touch a later one.
+    pub fn restore(max_deltas: usize, max_records: usize, rows: Vec<(u64, Delta)>, serial: u32) -> Self {
+        let mut j = Self::new(max_deltas, max_records);
+        for (seq, delta) in rows {
+            if seq != j.next {
+                j.clear();
+            }
+            j.next = seq;
+            j.push(delta);
+        }
+        if j.deltas.back().is_some_and(|d| d.to != serial) {
+            j.clear();
+        }
+        j
     }
 
     /// Records a difference. One that does not follow the last (a serial
     /// that jumped, say after a restart) starts the journal over: a chain
     /// with a hole in it must never be served.
-    pub fn push(&mut self, delta: Delta) {
+    pub fn push(&mut self, delta: Delta) -> Kept {
         if self.deltas.back().is_some_and(|last| last.to != delta.from) {
-            self.deltas.clear();
-            self.records = 0;
+            self.clear();
         }
         if delta.records() > self.max_records {
             // Larger than the whole budget: nothing before it is usable either.
-            self.deltas.clear();
-            self.records = 0;
-            return;
+            self.clear();
+            return Kept { added: None, keep_from: self.next };
         }
         self.records += delta.records();
-        self.deltas.push_back(Arc::new(delta));
+        let delta = Arc::new(delta);
+        self.deltas.push_back(delta.clone());
+        let seq = self.next;
+        self.next += 1;
         while self.deltas.len() > self.max_deltas || self.records > self.max_records {
             let Some(old) = self.deltas.pop_front() else { break };
             self.records -= old.records();
         }
+        Kept { added: Some((seq, delta)), keep_from: self.first() }
+    }
+
+    /// The number of the oldest difference kept (`next` when none is).
+    pub fn first(&self) -> u64 {
+        self.next - self.deltas.len() as u64
     }
 
     /// The differences from `serial` to the newest, in order; empty when
@@ -88,9 +129,10 @@ impl Journal {
     }
 
     /// Forgets every difference (the zone changed in a way not journaled).
-    pub fn clear(&mut self) {
+    pub fn clear(&mut self) -> Kept {
         self.deltas.clear();
         self.records = 0;
+        Kept { added: None, keep_from: self.next }
     }
 
     /// The serials the journal reaches back to and up to.
@@ -120,6 +162,59 @@ pub fn ixfr(soa: &Record, chain: &[Arc<Delta>]) -> Vec<Record> {
     }
     out.push(soa.clone());
     out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal row cut short")]
+    Short,
+    #[error("journal row: {0}")]
+    Record(#[from] hickory_proto::serialize::binary::DecodeError),
+}
+
+/// A difference as bytes: its serials, then the removed and the added
+/// records, each as a count and records in wire form, length first.
+pub fn encode(delta: &Delta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 32 * delta.records());
+    out.extend_from_slice(&delta.from.to_be_bytes());
+    out.extend_from_slice(&delta.to.to_be_bytes());
+    for records in [&delta.removed, &delta.added] {
+        let wire: Vec<Vec<u8>> = records.iter().filter_map(|r| r.to_bytes().ok()).collect();
+        out.extend_from_slice(&(wire.len() as u32).to_be_bytes());
+        for w in wire {
+            out.extend_from_slice(&(w.len() as u32).to_be_bytes());
+            out.extend_from_slice(&w);
+        }
+    }
+    out
+}
+
+/// The difference `encode` wrote.
+pub fn decode(mut bytes: &[u8]) -> Result<Delta, JournalError> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], JournalError> {
+        if bytes.len() < n {
+            return Err(JournalError::Short);
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head)
+    }
+    fn u32_of(bytes: &mut &[u8]) -> Result<u32, JournalError> {
+        Ok(u32::from_be_bytes(take(bytes, 4)?.try_into().expect("four bytes")))
+    }
+    fn records(bytes: &mut &[u8]) -> Result<Vec<Record>, JournalError> {
+        let n = u32_of(bytes)?;
+        let mut out = Vec::with_capacity((n as usize).min(bytes.len() / 12));
+        for _ in 0..n {
+            let len = u32_of(bytes)? as usize;
+            out.push(Record::from_bytes(take(bytes, len)?)?);
+        }
+        Ok(out)
+    }
+    let (from, to) = (u32_of(&mut bytes)?, u32_of(&mut bytes)?);
+    let removed = records(&mut bytes)?;
+    let added = records(&mut bytes)?;
+    Ok(Delta { from, to, removed, added })
 }
 
 #[cfg(test)]
@@ -194,5 +289,54 @@ mod tests {
             })
             .collect();
         assert_eq!(serials, [Some(3), Some(1), None, Some(2), None, Some(2), Some(3), None, Some(3)]);
+    }
+
+    #[test]
+    fn a_difference_reads_back_from_its_bytes_and_cut_bytes_are_refused() {
+        let d = diff(
+            7,
+            8,
+            &[a("www.example.test.", [192, 0, 2, 1], 5)],
+            &[a("www.example.test.", [192, 0, 2, 2], 5), a("b.example.test.", [192, 0, 2, 3], 9)],
+        );
+        let bytes = encode(&d);
+        assert_eq!(decode(&bytes).unwrap(), d);
+        for cut in [0, 3, 8, 12, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = bytes.clone();
+        bad[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode(&bad).is_err(), "a count larger than the row");
+    }
+
+    #[test]
+    fn rows_are_numbered_and_a_restored_journal_serves_only_a_chain_that_ends_where_the_zone_is() {
+        let www = |n: u8| [a("www.example.test.", [192, 0, 2, n], 5)];
+        let mut j = Journal::new(2, 100);
+        let kept: Vec<Kept> = (1..=3u32).map(|s| j.push(diff(s, s + 1, &www(s as u8), &www(s as u8 + 1)))).collect();
+        assert_eq!(
+            kept.iter().map(|k| (k.added.as_ref().map(|(n, _)| *n), k.keep_from)).collect::<Vec<_>>(),
+            [(Some(0), 0), (Some(1), 0), (Some(2), 1)]
+        );
+        let rows = |j: &Journal| j.deltas.iter().enumerate().map(|(i, d)| (j.first() + i as u64, (**d).clone())).collect::<Vec<_>>();
+        // Restored where the zone still is: it serves, and goes on numbering.
+        let mut back = Journal::restore(2, 100, rows(&j), 4);
+        assert_eq!(back.span(), Some((2, 4)));
+        assert_eq!(back.since(2).unwrap().len(), 2);
+        assert_eq!(back.push(diff(4, 5, &www(4), &www(5))).added.map(|(n, _)| n), Some(3));
+        // The zone moved on without it (a crash): nothing is served, and the
+        // rows are all forgotten, numbering after them.
+        let gone = Journal::restore(2, 100, rows(&j), 9);
+        assert_eq!((gone.span(), gone.first()), (None, 3));
+        // A missing row leaves only what follows it.
+        let mut holed = rows(&j);
+        holed.remove(0);
+        holed.insert(0, (0, diff(1, 2, &www(1), &www(2))));
+        let after = Journal::restore(5, 100, holed, 4);
+        assert_eq!(after.span(), Some((3, 4)));
+        // Tighter bounds than the store's trim it, and say so.
+        let tight = Journal::restore(1, 100, rows(&j), 4);
+        assert_eq!((tight.span(), tight.first()), (Some((3, 4)), 2));
+        assert_eq!(Journal::new(1, 1).clear(), Kept { added: None, keep_from: 0 });
     }
 }
