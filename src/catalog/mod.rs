@@ -473,6 +473,14 @@ impl Catalog {
         self.zones.iter().map(|(o, z)| Put::Serial(o.to_string(), z.serial)).collect()
     }
 
+    /// Each zone's journal as the state store keeps it, to leave at a
+    /// clean stop with the served serials: a restart that serves the same
+    /// serial goes on with it. (Saved only then: after a crash the serial
+    /// moves past whatever the journal reached.)
+    pub fn journal_saves(&self) -> Vec<Put> {
+        self.zones.iter().flat_map(|(o, z)| z.journal.rows().into_iter().map(move |kept| publish::journal_put(o, kept))).collect()
+    }
+
     /// The next write the state store is owed, if any.
     pub fn poll_save(&mut self) -> Option<Put> {
         self.saves.pop_front()

@@ -120,11 +120,10 @@ impl Catalog {
         for (origin, delta) in deltas {
             let Some(z) = self.zones.get_mut(&origin) else { continue };
             let journal = Arc::make_mut(&mut z.journal);
-            let kept = match delta {
+            match delta {
                 Some(d) => journal.push(d),
                 None => journal.clear(),
             };
-            self.saves.push_back(journal_put(&origin, kept));
         }
     }
 

@@ -3,8 +3,6 @@
 //! own, so the updater never waits for the disk for them. A write that
 //! fails is kept, merged with newer ones (the latest of each wins), and
 //! retried with backoff until it lands; what is owed shows in `/metrics`.
-//! Journal rows the journal has since dropped are not kept owed, so a long
-//! outage of the disk holds at most a journal's worth of them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,7 +61,6 @@ fn run(store: &Store, rx: Receiver<Vec<Put>>) {
                 for p in puts.into_iter().chain(rx.try_iter().flatten()) {
                     owed.insert(p.key(), p);
                 }
-                forget_dropped_rows(&mut owed);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,
@@ -90,47 +87,5 @@ fn run(store: &Store, rx: Receiver<Vec<Put>>) {
     }
     if !owed.is_empty() {
         warn!(owed = owed.len(), "stopping with state not saved");
-    }
-}
-
-/// Drops owed journal rows that a later owed put forgets anyway.
-fn forget_dropped_rows(owed: &mut BTreeMap<(usize, String), Put>) {
-    let mut keep: BTreeMap<String, u64> = BTreeMap::new();
-    for p in owed.values() {
-        if let Put::Journal { zone, keep_from, .. } = p {
-            let k = keep.entry(zone.clone()).or_default();
-            *k = (*k).max(*keep_from);
-        }
-    }
-    owed.retain(|_, p| match p {
-        Put::Journal { zone, row: Some((n, _)), .. } => keep.get(zone).is_none_or(|k| *n >= *k),
-        _ => true,
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owed_journal_rows_a_later_put_forgets_are_dropped() {
-        let row = |n: u64, keep_from: u64| Put::Journal { zone: "a.".into(), row: Some((n, vec![1])), keep_from };
-        let mut owed: BTreeMap<(usize, String), Put> = BTreeMap::new();
-        for p in (0..300)
-            .map(|n| row(n, n.saturating_sub(255)))
-            .chain([Put::Serial("a.".into(), 1), Put::Journal { zone: "b.".into(), row: Some((0, vec![])), keep_from: 0 }])
-        {
-            owed.insert(p.key(), p);
-        }
-        forget_dropped_rows(&mut owed);
-        let rows: Vec<u64> = owed
-            .values()
-            .filter_map(|p| match p {
-                Put::Journal { zone, row: Some((n, _)), .. } if zone == "a." => Some(*n),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(rows, (44..300).collect::<Vec<_>>());
-        assert_eq!(owed.len(), 256 + 2, "the serial and the other zone's row stay");
     }
 }

@@ -440,6 +440,7 @@ impl Updater {
         let mut last = self.catalog.all_member_saves(Now::read());
         if behind.is_empty() {
             last.extend(self.catalog.served_serials());
+            last.extend(self.catalog.journal_saves());
         }
         last.append(&mut self.unsent);
         last.extend(std::iter::from_fn(|| self.catalog.poll_save()));

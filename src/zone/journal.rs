@@ -113,6 +113,16 @@ impl Journal {
         Kept { added: Some((seq, delta)), keep_from: self.first() }
     }
 
+    /// The journal as a store keeps it: each difference as a row, and the
+    /// first number kept (all of it when there is no row).
+    pub fn rows(&self) -> Vec<Kept> {
+        let first = self.first();
+        if self.deltas.is_empty() {
+            return vec![Kept { added: None, keep_from: first }];
+        }
+        self.deltas.iter().zip(first..).map(|(d, n)| Kept { added: Some((n, d.clone())), keep_from: first }).collect()
+    }
+
     /// The number of the oldest difference kept (`next` when none is).
     pub fn first(&self) -> u64 {
         self.next - self.deltas.len() as u64
@@ -318,7 +328,7 @@ mod tests {
             kept.iter().map(|k| (k.added.as_ref().map(|(n, _)| *n), k.keep_from)).collect::<Vec<_>>(),
             [(Some(0), 0), (Some(1), 0), (Some(2), 1)]
         );
-        let rows = |j: &Journal| j.deltas.iter().enumerate().map(|(i, d)| (j.first() + i as u64, (**d).clone())).collect::<Vec<_>>();
+        let rows = |j: &Journal| j.rows().into_iter().filter_map(|k| k.added).map(|(n, d)| (n, (*d).clone())).collect::<Vec<_>>();
         // Restored where the zone still is: it serves, and goes on numbering.
         let mut back = Journal::restore(2, 100, rows(&j), 4);
         assert_eq!(back.span(), Some((2, 4)));
@@ -338,5 +348,7 @@ mod tests {
         let tight = Journal::restore(1, 100, rows(&j), 4);
         assert_eq!((tight.span(), tight.first()), (Some((3, 4)), 2));
         assert_eq!(Journal::new(1, 1).clear(), Kept { added: None, keep_from: 0 });
+        assert_eq!(gone.rows(), [Kept { added: None, keep_from: 3 }], "an empty journal forgets every row");
+        assert!(back.rows().iter().all(|k| k.keep_from == back.first()));
     }
 }
