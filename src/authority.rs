@@ -149,12 +149,16 @@ impl Authority {
         let (updater, cluster) = match config.cluster.as_ref().filter(|c| c.shared()) {
             Some(c) => {
                 let (events_tx, events_rx) = mpsc::channel(1024);
-                let etcd = crate::cluster::etcd::Etcd::connect(c, crate::cluster::fingerprint(&config.pool)).await?;
+                let etcd = crate::cluster::etcd::Etcd::connect(c, crate::cluster::fingerprint(&config.pool))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot start the authority: {e}"))?;
                 // A group whose pools are not ours: refuse to start. Out of
                 // reach: serve the last state and keep trying.
                 match etcd.join().await {
                     Ok(()) => info!(prefix = %c.prefix, endpoints = ?c.endpoints, "joined the group's shared state (etcd)"),
-                    Err(e @ crate::cluster::ClusterError::Disagree { .. }) => anyhow::bail!("cannot start the authority: {e}"),
+                    Err(e @ (crate::cluster::ClusterError::Disagree { .. } | crate::cluster::ClusterError::Refused(_))) => {
+                        anyhow::bail!("cannot start the authority: {e}")
+                    }
                     Err(e) => warn!(error = %e, "serving the last state until the group's shared state is reachable"),
                 }
                 // This authority's name in the group: its host and DNS address.

@@ -5,7 +5,8 @@
 //! the group's refuses to join; with one etcd node gone everything goes on;
 //! with two gone every authority keeps answering its last state and API
 //! changes fail cleanly, saying why; back, they converge and nothing
-//! acknowledged is lost.
+//! acknowledged is lost. Over TLS with authentication on, credentials
+//! etcd refuses stop an authority at start, saying so.
 
 mod common;
 
@@ -361,4 +362,107 @@ fn the_ring_table_is_the_groups_and_a_death_told_to_all_is_applied_once() {
     // A rejoin told to one authority brings it back at all.
     assert!(cli(&g[2], &["ring", "announce", "127.0.10.1:7946"]).status.success());
     assert!(all_answer(&g, "127.0.10.1"));
+}
+
+/// Starts `vnamed authority` with `config` and expects it to exit, bounded;
+/// gives what it said.
+fn refused_at_start(config: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(common::VNAMED)
+        .args(["authority", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(Duration::from_secs(20), || child.try_wait().unwrap().is_some());
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let mut said = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert!(exited.is_some(), "the authority started although it should have been refused:\n{said}");
+    assert!(!child.wait().unwrap().success(), "{said}");
+    said
+}
+
+/// etcd as it runs in production: clients over TLS with certificates of
+/// the group's CA, authentication on, each user allowed its prefix, tokens
+/// short-lived. The group follows it (and renews its tokens); a wrong
+/// password, or a prefix the user may not touch, stops an authority at
+/// start saying why; a certificate etcd does not trust leaves an
+/// authority serving and saying the state is unavailable; one started
+/// while etcd is down serves, and joins once it is back.
+#[test]
+fn over_tls_with_a_password_the_group_follows_and_refused_credentials_are_said() {
+    let pki = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/make-pki.sh"))
+        .arg(pki.path())
+        .arg("vnamed")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut etcd = EtcdCluster::start_tls(3, pki.path());
+    etcd.secure("vnamed", "/vnamed-tls/", "vnamed", "s3cret");
+    let (right, wrong) = (pki.path().join("password"), pki.path().join("wrong"));
+    std::fs::write(&right, "s3cret\n").unwrap();
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let config = |prefix: &str, client: &str, password: &std::path::Path| {
+        format!("{}\n{POOL}", etcd.tls_section(prefix, client, "vnamed", password))
+    };
+    let start = |config: &str| Authority::start_with(&[("example.test.zone", ZONE)], config, "token = \"t0ken\"");
+
+    let g: Vec<Authority> = (0..2).map(|_| start(&config("/vnamed-tls/", "vnamed", &right))).collect();
+    for a in &g {
+        assert!(eventually(Duration::from_secs(10), || available(a) == Some(true)).is_some(), "{}", a.log());
+    }
+    let out = cli(&g[0], &["member", "www.example.test.", "web1", "--admin", "down"]);
+    assert!(out.status.success(), "{out:?}\n{}", g[0].log());
+    assert!(all_answer(&g, "127.0.10.2"));
+    // Past the tokens' two seconds (a wait for time itself): renewed.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = cli(&g[1], &["member", "www.example.test.", "web1", "--admin", "auto"]);
+    assert!(out.status.success(), "{out:?}\n{}", g[1].log());
+    assert!(all_answer(&g, "127.0.10.1"));
+
+    // Refused credentials: the authority does not start, and says why.
+    for (prefix, password, why) in [("/vnamed-tls/", &wrong, "authentication failed"), ("/elsewhere/", &right, "permission denied")] {
+        let a = Authority::prepared(&[("example.test.zone", ZONE)], &config(prefix, "vnamed", password), "token = \"t0ken\"");
+        let said = refused_at_start(&a.config);
+        assert!(said.contains("etcd refused this authority") && said.contains(why), "{said}");
+    }
+
+    // A certificate of a CA etcd does not trust: serving, unavailable.
+    let rogue = start(&config("/vnamed-tls/", "rogue", &right));
+    assert!(eventually(Duration::from_secs(10), || available(&rogue) == Some(false)).is_some(), "{}", rogue.log());
+    assert_eq!(answer(&rogue), "127.0.10.1", "it serves its zone file");
+    let out = cli(&rogue, &["member", "www.example.test.", "web2", "--admin", "down"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cluster state unavailable"), "{out:?}");
+
+    // Started while etcd is down: it serves; once etcd is back it joins
+    // and answers the group's state.
+    let out = cli(&g[0], &["member", "www.example.test.", "web3", "--admin", "down"]);
+    assert!(out.status.success(), "{out:?}");
+    let late_config = config("/vnamed-tls/", "vnamed", &right);
+    for i in 0..3 {
+        etcd.kill_node(i);
+    }
+    let late = start(&late_config);
+    assert_eq!(available(&late), Some(false), "{}", late.log());
+    assert_eq!(answer(&late), "127.0.10.1");
+    for i in 0..3 {
+        etcd.start_node(i);
+    }
+    etcd.wait_healthy(0);
+    assert!(eventually(Duration::from_secs(15), || available(&late) == Some(true)).is_some(), "{}", late.log());
+    let listed = String::from_utf8(cli(&late, &["pool", "overrides", "www.example.test."]).stdout).unwrap();
+    assert!(listed.contains("web3 admin down"), "{listed}\n{}", late.log());
+    // etcd forgot every token when it stopped: the others sign in again.
+    for a in &g {
+        assert!(eventually(Duration::from_secs(15), || available(a) == Some(true)).is_some(), "{}", a.log());
+    }
+    let out = cli(&g[1], &["member", "www.example.test.", "web1", "--admin", "down"]);
+    assert!(out.status.success(), "{out:?}\n{}", g[1].log());
+    let mut g = g;
+    g.push(late);
+    assert!(all_answer(&g, "127.0.10.2"));
 }

@@ -1,5 +1,7 @@
 //! The etcd driver of the shared control state: connects with the group's
-//! endpoints, TLS and credentials; joins (the group's pools must be this
+//! endpoints, TLS and credentials (on first use, so an authority started
+//! while etcd is out of reach serves and connects later; credentials etcd
+//! refuses are an error of their own, and expired tokens are renewed); joins (the group's pools must be this
 //! authority's); commits an operator's change to a pool's overrides in one
 //! transaction that holds only if nobody changed them since, and only
 //! while the group's pools are still this authority's; and follows the
@@ -31,7 +33,10 @@ const RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_
 
 #[derive(Clone)]
 pub struct Etcd {
-    client: Client,
+    /// Connected on first use (with credentials, connecting authenticates).
+    client: Arc<tokio::sync::OnceCell<Client>>,
+    endpoints: Arc<Vec<String>>,
+    options: ConnectOptions,
     keys: Keys,
     timeout: Duration,
     /// This authority's pools' fingerprint (a configuration edit changes it).
@@ -42,6 +47,21 @@ pub struct Etcd {
 
 fn unavailable(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Unavailable(e.to_string())
+}
+
+/// An error from etcd: its refusal of this authority's credentials (which
+/// no retry mends), or the state being out of reach.
+fn refused_or_unavailable(e: etcd_client::Error) -> ClusterError {
+    use tonic::Code;
+    match &e {
+        etcd_client::Error::GRpcStatus(s)
+            if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied)
+                || (s.code() == Code::InvalidArgument && s.message().contains("authentication failed")) =>
+        {
+            ClusterError::Refused(s.message().to_owned())
+        }
+        _ => unavailable(e),
+    }
 }
 
 impl Etcd {
@@ -74,17 +94,31 @@ impl Etcd {
             }
             options = options.with_tls(tls);
         }
-        let client = tokio::time::timeout(c.timeout, Client::connect(&c.endpoints, Some(options)))
-            .await
-            .map_err(|_| unavailable("no etcd endpoint answered in time"))?
-            .map_err(unavailable)?;
-        Ok(Self {
-            client,
+        let etcd = Self {
+            client: Arc::default(),
+            endpoints: Arc::new(c.endpoints.clone()),
+            options: options.with_auto_token_refresh(true),
             keys: Keys::new(&c.prefix),
             timeout: c.timeout,
             fingerprint: Arc::new(arc_swap::ArcSwap::from_pointee(fingerprint)),
             adopting: Arc::default(),
-        })
+        };
+        match etcd.client().await {
+            Err(e @ ClusterError::Refused(_)) => Err(e),
+            // Out of reach: tried again at the next call.
+            _ => Ok(etcd),
+        }
+    }
+
+    /// The client, connecting it first if it is not yet.
+    async fn client(&self) -> Result<Client, ClusterError> {
+        let connect = || async {
+            tokio::time::timeout(self.timeout, Client::connect(self.endpoints.as_slice(), Some(self.options.clone())))
+                .await
+                .map_err(|_| unavailable("no etcd endpoint answered in time"))?
+                .map_err(refused_or_unavailable)
+        };
+        self.client.get_or_try_init(connect).await.cloned()
     }
 
     pub fn keys(&self) -> &Keys {
@@ -111,7 +145,7 @@ impl Etcd {
             .when([Compare::value(key.clone(), CompareOp::Equal, was)])
             .and_then([TxnOp::put(key.clone(), fingerprint.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let r = self.within(self.client.kv_client().txn(txn)).await?;
+        let r = self.within(self.client().await?.kv_client().txn(txn)).await?;
         self.adopting.store(None);
         if r.succeeded() {
             info!(fingerprint = %fingerprint, "the edited pools are the group's now: edit every authority's configuration alike");
@@ -120,7 +154,7 @@ impl Etcd {
     }
 
     async fn within<T>(&self, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ClusterError> {
-        tokio::time::timeout(self.timeout, f).await.map_err(|_| unavailable("etcd did not answer in time"))?.map_err(unavailable)
+        tokio::time::timeout(self.timeout, f).await.map_err(|_| unavailable("etcd did not answer in time"))?.map_err(refused_or_unavailable)
     }
 
     /// Joins the group: the first authority records its pools'
@@ -132,7 +166,7 @@ impl Etcd {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), ours.clone(), None)])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let r = self.within(self.client.kv_client().txn(txn)).await?;
+        let r = self.within(self.client().await?.kv_client().txn(txn)).await?;
         if r.succeeded() {
             info!(prefix = self.keys.prefix(), fingerprint = %ours, "first authority of the group: its pools are the group's");
             return Ok(());
@@ -158,7 +192,7 @@ impl Etcd {
 
     /// Everything under the prefix, as events, and the revision of the read.
     pub async fn read_all(&self) -> Result<(Vec<Event>, i64), ClusterError> {
-        let r = self.within(self.client.kv_client().get(self.keys.prefix(), Some(GetOptions::new().with_prefix()))).await?;
+        let r = self.within(self.client().await?.kv_client().get(self.keys.prefix(), Some(GetOptions::new().with_prefix()))).await?;
         let revision = r.header().map(|h| h.revision()).unwrap_or(0);
         let mut batch = Batch { whole: true, ..Batch::default() };
         for kv in r.kvs() {
@@ -253,7 +287,7 @@ impl Etcd {
             ])
             .and_then([TxnOp::put(key, value, None)])
             .or_else([TxnOp::get(key, None), TxnOp::get(config, None)]);
-        let r = self.within(self.client.kv_client().txn(txn)).await?;
+        let r = self.within(self.client().await?.kv_client().txn(txn)).await?;
         let revision = r.header().map(|h| h.revision()).unwrap_or(0);
         if r.succeeded() {
             return Ok(revision);
@@ -276,7 +310,7 @@ impl Etcd {
 
     /// Asks etcd, through its leader, for the group's fingerprint.
     async fn probe(&self) -> Result<i64, ClusterError> {
-        let r = self.within(self.client.kv_client().get(self.keys.config(), None)).await?;
+        let r = self.within(self.client().await?.kv_client().get(self.keys.config(), None)).await?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -299,7 +333,7 @@ impl Etcd {
     /// went away, read again through another) or shutdown (`Ok(false)`).
     async fn follow(&self, from: i64, events: &mpsc::Sender<Event>, shutdown: &CancellationToken) -> Result<bool, ClusterError> {
         let options = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
-        let mut stream = self.within(self.client.watch_client().watch(self.keys.prefix(), Some(options))).await?;
+        let mut stream = self.within(self.client().await?.watch_client().watch(self.keys.prefix(), Some(options))).await?;
         let mut probe = tokio::time::interval(PROBE_INTERVAL);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -450,7 +484,7 @@ impl Etcd {
         let chunks: Vec<Vec<TxnOp>> = puts.chunks(PUTS_PER_TXN).map(|c| c.to_vec()).collect();
         for chunk in chunks {
             let txn = Txn::new().when([Compare::create_revision(leader.key.clone(), CompareOp::Equal, leader.revision)]).and_then(chunk);
-            let r = self.within(self.client.kv_client().txn(txn)).await?;
+            let r = self.within(self.client().await?.kv_client().txn(txn)).await?;
             if !r.succeeded() {
                 return Err(ClusterError::Unavailable("this authority is no longer the group's decider".into()));
             }
@@ -469,7 +503,7 @@ impl Etcd {
             serial.to_string(),
             None,
         )]);
-        Ok(self.within(self.client.kv_client().txn(txn)).await?.succeeded())
+        Ok(self.within(self.client().await?.kv_client().txn(txn)).await?.succeeded())
     }
 
     /// Campaigns to be the group's decider until shutdown, telling the
@@ -496,7 +530,11 @@ impl Etcd {
                 let etcd = self.clone();
                 tokio::spawn(async move {
                     for _ in 0..20 {
-                        if etcd.within(etcd.client.clone().lease_revoke(lease)).await.is_ok() {
+                        let revoked = match etcd.client().await {
+                            Ok(mut c) => etcd.within(c.lease_revoke(lease)).await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if revoked {
                             return;
                         }
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -528,7 +566,7 @@ impl Etcd {
     ) -> Result<(), ClusterError> {
         let mut lease = Lease::grant(self).await?;
         *granted = Some(lease.id);
-        let mut campaigner = self.client.clone();
+        let mut campaigner = self.client().await?;
         let campaign = campaigner.campaign(self.keys.decider(), name.to_owned(), lease.id);
         // Campaigning waits for the decider before; the lease is kept alive meanwhile.
         tokio::pin!(campaign);
@@ -551,7 +589,9 @@ impl Etcd {
                     lease.renew(self).await?;
                 }
                 _ = shutdown.cancelled() => {
-                    let _ = self.within(self.client.clone().lease_revoke(lease.id)).await;
+                    if let Ok(mut c) = self.client().await {
+                        let _ = self.within(c.lease_revoke(lease.id)).await;
+                    }
                     info!("resigned as the group's decider");
                     return Ok(());
                 }
@@ -616,7 +656,7 @@ impl Etcd {
                         })
                         .collect();
                     for chunk in ops.chunks(PUTS_PER_TXN) {
-                        self.within(self.client.kv_client().txn(Txn::new().and_then(chunk.to_vec()))).await?;
+                        self.within(self.client().await?.kv_client().txn(Txn::new().and_then(chunk.to_vec()))).await?;
                     }
                 }
                 _ = tick.tick() => {
@@ -637,7 +677,7 @@ struct Lease {
 
 impl Lease {
     async fn grant(etcd: &Etcd) -> Result<Self, ClusterError> {
-        let mut client = etcd.client.clone();
+        let mut client = etcd.client().await?;
         let id = etcd.within(client.lease_grant(DECIDER_TTL, None)).await?.id();
         let (keeper, acks) = etcd.within(client.lease_keep_alive(id)).await?;
         Ok(Self { id, keeper, acks })

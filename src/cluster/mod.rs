@@ -37,6 +37,9 @@ pub enum ClusterError {
     Corrupt { key: String, message: String },
     #[error("cluster configuration: {0}")]
     Config(String),
+    /// etcd refused this authority's credentials (or its role's rights).
+    #[error("etcd refused this authority: {0}; check [cluster] user, password_file and the user's role")]
+    Refused(String),
 }
 
 /// Where the group's state lives under its prefix.

@@ -282,7 +282,7 @@ impl Shared {
                 self.retry_due(catalog, ring, now);
             }
             (Err(e), Some((_, reply))) => {
-                if matches!(e, ClusterError::Unavailable(_)) {
+                if matches!(e, ClusterError::Unavailable(_) | ClusterError::Refused(_)) {
                     self.status.refused.inc();
                 }
                 warn!(error = %e, "ring change refused");
@@ -408,7 +408,7 @@ impl Shared {
                 self.retry_due(catalog, ring, now);
             }
             Err(e) => {
-                if matches!(e, ClusterError::Unavailable(_)) {
+                if matches!(e, ClusterError::Unavailable(_) | ClusterError::Refused(_)) {
                     self.status.refused.inc();
                 }
                 warn!(pool = %c.pool, error = %e, "operator change refused");

@@ -2,7 +2,8 @@
 //! each node on its own address, its data in a temporary directory, its
 //! log kept for failure messages. Nodes can be killed (SIGKILL) and
 //! started again with their data; every node is killed when the handle
-//! drops.
+//! drops. A cluster can serve its clients over TLS only, asking for their
+//! certificates, and have its authentication on (`secure`).
 
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
@@ -14,13 +15,25 @@ pub struct EtcdCluster {
     pub ips: Vec<Ipv4Addr>,
     dir: tempfile::TempDir,
     nodes: Vec<Option<Child>>,
+    /// The PKI its clients' TLS uses (`tests/tls/make-pki.sh`), if any.
+    pki: Option<std::path::PathBuf>,
 }
 
 impl EtcdCluster {
     /// Starts `n` nodes and waits until the cluster has a leader.
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, None)
+    }
+
+    /// Starts `n` nodes serving clients over TLS only with the server
+    /// certificate in `pki`, asking clients for a certificate of its CA.
+    pub fn start_tls(n: usize, pki: &std::path::Path) -> Self {
+        Self::start_with(n, Some(pki.to_owned()))
+    }
+
+    fn start_with(n: usize, pki: Option<std::path::PathBuf>) -> Self {
         let ips: Vec<Ipv4Addr> = (0..n).map(|_| unique_ip()).collect();
-        let mut c = Self { ips, dir: tempfile::tempdir().unwrap(), nodes: (0..n).map(|_| None).collect() };
+        let mut c = Self { ips, dir: tempfile::tempdir().unwrap(), nodes: (0..n).map(|_| None).collect(), pki };
         for i in 0..n {
             c.start_node(i);
         }
@@ -30,7 +43,35 @@ impl EtcdCluster {
 
     /// The client URLs, as `[cluster] endpoints` takes them.
     pub fn endpoints(&self) -> Vec<String> {
-        self.ips.iter().map(|ip| format!("http://{ip}:2379")).collect()
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        self.ips.iter().map(|ip| format!("{scheme}://{ip}:2379")).collect()
+    }
+
+    /// Turns etcd's authentication on: a `root` user, and `user` with
+    /// `password` allowed to read and write under `prefix` only. Speaks
+    /// to node 0 as the client certificate `client` of the PKI.
+    pub fn secure(&self, client: &str, prefix: &str, user: &str, password: &str) {
+        use etcd_client::{Certificate, ConnectOptions, Identity, Permission, TlsOptions};
+        let pki = self.pki.as_ref().expect("a TLS cluster");
+        let read = |f: &str| std::fs::read(pki.join(f)).unwrap();
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read("ca.crt")))
+            .identity(Identity::from_pem(read(&format!("{client}.crt")), read(&format!("{client}.key"))))
+            .domain_name("vnamed.test");
+        let endpoint = self.endpoints()[0].clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = etcd_client::Client::connect([endpoint], Some(ConnectOptions::new().with_tls(tls))).await.unwrap();
+            let mut auth = c.auth_client();
+            auth.user_add("root", "root-secret", None).await.unwrap();
+            let _ = auth.role_add("root").await;
+            auth.user_grant_role("root", "root").await.unwrap();
+            auth.role_add("vnamed").await.unwrap();
+            auth.role_grant_permission("vnamed", Permission::read_write(prefix).with_prefix()).await.unwrap();
+            auth.user_add(user, password, None).await.unwrap();
+            auth.user_grant_role(user, "vnamed").await.unwrap();
+            auth.auth_enable().await.unwrap();
+        });
     }
 
     /// The `[cluster]` section for a group under `prefix`.
@@ -39,17 +80,41 @@ impl EtcdCluster {
         format!("[cluster]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\ntimeout = \"2s\"\n", endpoints.join(", "))
     }
 
+    /// The `[cluster]` section for a TLS cluster: as `section`, with the
+    /// client certificate `client` of the PKI, and `user` whose password
+    /// is in `password_file`.
+    pub fn tls_section(&self, prefix: &str, client: &str, user: &str, password_file: &std::path::Path) -> String {
+        let pki = self.pki.as_ref().expect("a TLS cluster").display().to_string();
+        format!(
+            "{}user = \"{user}\"\npassword_file = \"{}\"\n[cluster.tls]\nca = \"{pki}/ca.crt\"\ncert = \"{pki}/{client}.crt\"\nkey = \"{pki}/{client}.key\"\nserver_name = \"vnamed.test\"\n",
+            self.section(prefix),
+            password_file.display()
+        )
+    }
+
     pub fn start_node(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} runs already");
         let initial: Vec<String> = self.ips.iter().enumerate().map(|(j, ip)| format!("n{j}=http://{ip}:2380")).collect();
         let ip = self.ips[i];
+        let client = self.endpoints()[i].clone();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("n{i}.log"))).unwrap();
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(pki) = &self.pki {
+            cmd.arg("--cert-file").arg(pki.join("server.crt"));
+            cmd.arg("--key-file").arg(pki.join("server.key"));
+            cmd.arg("--trusted-ca-file").arg(pki.join("ca.crt"));
+            cmd.arg("--client-cert-auth");
+            // Tokens last two seconds: clients must renew them as they go.
+            cmd.args(["--auth-token-ttl", "2"]);
+        }
+        let child = cmd
             .args(["--name", &format!("n{i}")])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("n{i}")))
-            .args(["--listen-client-urls", &format!("http://{ip}:2379")])
-            .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            // Health over plain HTTP, whatever the clients speak.
+            .args(["--listen-metrics-urls", &format!("http://{ip}:2381")])
             .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
             .args(["--initial-advertise-peer-urls", &format!("http://{ip}:2380")])
             .args(["--initial-cluster", &initial.join(",")])
@@ -74,7 +139,7 @@ impl EtcdCluster {
     /// can commit), by etcd's `/health`.
     pub fn healthy(&self, i: usize) -> bool {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(&(self.ips[i], 2379).into(), Duration::from_millis(500)) else { return false };
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&(self.ips[i], 2381).into(), Duration::from_millis(500)) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {}\r\n\r\n", self.ips[i]).as_bytes()).is_err() {
             return false;
