@@ -1,6 +1,8 @@
 //! Scale-out through standard DNS: a real NSD is our secondary on loopback.
 //! It transfers the zone, and after a pool change our NOTIFY makes it serve
-//! the new address within two seconds.
+//! the new address within two seconds; it follows incremental transfers,
+//! across restarts, and a group of three authorities listed as its
+//! primaries as one.
 
 mod common;
 
@@ -45,7 +47,7 @@ members = [ { id = "web1", address = "127.0.10.1" }, { id = "web2", address = "1
 fn primary_and_secondary(extra: &str) -> (Authority, Nsd) {
     let (nsd_ip, nsd_port) = (unique_ip(), 5354);
     let a = Authority::start_with(&[("example.test.zone", ZONE)], POOLS, &format!("notify = [\"{nsd_ip}:{nsd_port}\"]\n{extra}"));
-    let nsd = start_nsd(nsd_ip, nsd_port, &a);
+    let nsd = start_nsd(nsd_ip, nsd_port, &[&a]);
     assert!(
         eventually(Duration::from_secs(10), || nsd.ask() == "127.0.10.1").is_some(),
         "NSD never served the zone; its log:\n{}",
@@ -61,16 +63,19 @@ impl Drop for Nsd {
     }
 }
 
-fn start_nsd(ip: std::net::Ipv4Addr, port: u16, primary: &Authority) -> Nsd {
+/// NSD on `ip`, a secondary of every authority in `primaries`.
+fn start_nsd(ip: std::net::Ipv4Addr, port: u16, primaries: &[&Authority]) -> Nsd {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
+    let sources: String = primaries
+        .iter()
+        .map(|p| format!("  request-xfr: {ip}@{port} NOKEY\n  allow-notify: {ip} NOKEY\n", ip = p.ip, port = p.port))
+        .collect();
     let conf = format!(
         "server:\n  ip-address: {ip}@{port}\n  port: {port}\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  \
          xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  username: \"\"\n  chroot: \"\"\n  logfile: \"{d}/nsd.log\"\n  \
          xfrd-reload-timeout: 0\n  verbosity: 2\n  server-count: 1\n\nremote-control:\n  control-enable: no\n\n\
-         zone:\n  name: example.test\n  zonefile: \"{d}/example.test.zone\"\n  request-xfr: {pip}@{pport} NOKEY\n  allow-notify: {pip} NOKEY\n",
-        pip = primary.ip,
-        pport = primary.port,
+         zone:\n  name: example.test\n  zonefile: \"{d}/example.test.zone\"\n{sources}",
     );
     let path = dir.path().join("nsd.conf");
     std::fs::write(&path, conf).unwrap();
@@ -235,4 +240,46 @@ fn nsd_follows_pool_changes_with_incremental_transfers() {
     // From a serial the journal does not reach: the whole zone.
     let full = dig(IpAddr::V4(a.ip), a.port, &format!("example.test IXFR={} +tcp +nocmd +nocomments +nostats", first.wrapping_sub(1000)));
     assert!(full.contains("static.example.test."), "{full}");
+}
+
+/// A group of three authorities sharing their state through etcd, all
+/// three listed as NSD's primaries: whichever it transfers from, it gets
+/// the same zone at the same serial, so it follows changes made at any of
+/// them, and goes on when one of them is killed.
+#[test]
+fn nsd_with_three_primaries_of_one_group_sees_one_zone() {
+    let etcd = common::etcd::EtcdCluster::start(3);
+    let (nsd_ip, nsd_port) = (unique_ip(), 5354);
+    let config = format!("{}\n{POOLS}", etcd.section("/vnamed-nsd/"));
+    let extra = format!("notify = [\"{nsd_ip}:{nsd_port}\"]\ntoken = \"t0ken\"");
+    let mut g: Vec<Authority> = (0..3).map(|_| Authority::start_with(&[("example.test.zone", ZONE)], &config, &extra)).collect();
+    let available = |a: &Authority| common::scrape((a.ip, a.metrics)).lines().any(|l| l == "vnamed_cluster_available 1");
+    for a in &g {
+        assert!(eventually(Duration::from_secs(10), || available(a)).is_some(), "{}", a.log());
+    }
+    let nsd = start_nsd(nsd_ip, nsd_port, &g.iter().collect::<Vec<_>>());
+    assert!(eventually(Duration::from_secs(10), || nsd.ask() == "127.0.10.1").is_some(), "{}", nsd.log());
+
+    // Changes made at each authority in turn: NSD follows every one, at the
+    // serial all three serve.
+    let follow = |g: &[Authority], at: usize, admin: &str| {
+        let out = g[at].cli(&["member", "www.example.test.", "web1", "--admin", admin, "--token", "t0ken"]);
+        assert!(out.status.success(), "{out:?}\n{}", g[at].log());
+        let want = if admin == "down" { "127.0.10.2" } else { "127.0.10.1" };
+        let agreed = eventually(Duration::from_secs(10), || {
+            let serials: Vec<Option<u32>> = g.iter().map(|a| serial_at(IpAddr::V4(a.ip), a.port)).collect();
+            nsd.ask() == want && serials.iter().all(|s| *s == serials[0]) && nsd.serial() == serials[0]
+        });
+        let serials: Vec<Option<u32>> = g.iter().map(|a| serial_at(IpAddr::V4(a.ip), a.port)).collect();
+        assert!(agreed.is_some(), "NSD answers {:?} at {:?}; the primaries serve {serials:?}\n{}", nsd.ask(), nsd.serial(), nsd.log());
+    };
+    for i in 0..6 {
+        follow(&g, i % 3, if i % 2 == 0 { "down" } else { "auto" });
+    }
+    // One primary killed: the others go on, and so does NSD.
+    g[0].kill();
+    let rest: Vec<Authority> = g.drain(1..).collect();
+    for i in 0..2 {
+        follow(&rest, i, if i % 2 == 0 { "down" } else { "auto" });
+    }
 }
