@@ -466,3 +466,25 @@ fn over_tls_with_a_password_the_group_follows_and_refused_credentials_are_said()
     g.push(late);
     assert!(all_answer(&g, "127.0.10.2"));
 }
+
+/// An etcd node paused (SIGSTOP) holds its connections open and answers
+/// nothing: unlike a node that is gone, nothing tells the clients. The
+/// group goes on through the other two: every change is acknowledged and
+/// answered everywhere.
+#[test]
+fn a_paused_etcd_node_does_not_stop_the_group() {
+    let etcd = EtcdCluster::start(3);
+    let g = group(&etcd, 3);
+    for paused in 0..3 {
+        etcd.pause_node(paused, true);
+        for (i, admin) in ["down", "auto", "down", "auto", "down", "auto"].iter().enumerate() {
+            let started = std::time::Instant::now();
+            let out = cli(&g[i % 3], &["member", "www.example.test.", "web1", "--admin", admin]);
+            assert!(out.status.success(), "etcd node {paused} paused: {out:?}\n{}", g[i % 3].log());
+            eprintln!("node {paused} paused: change {i} took {:?}", started.elapsed());
+            assert!(all_answer(&g, if *admin == "down" { "127.0.10.2" } else { "127.0.10.1" }));
+        }
+        etcd.pause_node(paused, false);
+        etcd.wait_healthy(paused);
+    }
+}

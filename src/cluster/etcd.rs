@@ -11,6 +11,7 @@
 //! read, so nothing is missed and nothing older is applied.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
@@ -33,8 +34,14 @@ const RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_
 
 #[derive(Clone)]
 pub struct Etcd {
-    /// Connected on first use (with credentials, connecting authenticates).
-    client: Arc<tokio::sync::OnceCell<Client>>,
+    /// One client per endpoint, each connected on first use (with
+    /// credentials, connecting authenticates). Requests go to the current
+    /// one; trouble with it (no answer in time, a broken connection, a
+    /// node without a leader) moves on to the next. A paused node keeps
+    /// its connections open and answers nothing: only a client pinned to
+    /// another endpoint gets past it.
+    clients: Arc<[tokio::sync::OnceCell<Client>]>,
+    current: Arc<AtomicUsize>,
     endpoints: Arc<Vec<String>>,
     options: ConnectOptions,
     keys: Keys,
@@ -95,7 +102,8 @@ impl Etcd {
             options = options.with_tls(tls);
         }
         let etcd = Self {
-            client: Arc::default(),
+            clients: c.endpoints.iter().map(|_| tokio::sync::OnceCell::new()).collect(),
+            current: Arc::default(),
             endpoints: Arc::new(c.endpoints.clone()),
             options: options.with_auto_token_refresh(true),
             keys: Keys::new(&c.prefix),
@@ -103,22 +111,40 @@ impl Etcd {
             fingerprint: Arc::new(arc_swap::ArcSwap::from_pointee(fingerprint)),
             adopting: Arc::default(),
         };
-        match etcd.client().await {
-            Err(e @ ClusterError::Refused(_)) => Err(e),
-            // Out of reach: tried again at the next call.
-            _ => Ok(etcd),
+        // The first endpoint that answers; none: tried again at the next call.
+        for _ in 0..etcd.clients.len() {
+            match etcd.client().await {
+                Err(e @ ClusterError::Refused(_)) => return Err(e),
+                Err(_) => continue,
+                Ok(_) => break,
+            }
         }
+        Ok(etcd)
     }
 
-    /// The client, connecting it first if it is not yet.
+    /// The current endpoint's client, connecting it first if it is not yet.
     async fn client(&self) -> Result<Client, ClusterError> {
+        let at = self.current.load(Ordering::Relaxed) % self.clients.len();
         let connect = || async {
-            tokio::time::timeout(self.timeout, Client::connect(self.endpoints.as_slice(), Some(self.options.clone())))
+            tokio::time::timeout(self.timeout, Client::connect([&self.endpoints[at]], Some(self.options.clone())))
                 .await
-                .map_err(|_| unavailable("no etcd endpoint answered in time"))?
+                .map_err(|_| unavailable(format!("etcd endpoint {} did not answer in time", self.endpoints[at])))?
                 .map_err(refused_or_unavailable)
         };
-        self.client.get_or_try_init(connect).await.cloned()
+        let got = self.clients[at].get_or_try_init(connect).await.cloned();
+        if matches!(got, Err(ClusterError::Unavailable(_))) {
+            self.move_on(at);
+        }
+        got
+    }
+
+    /// Requests go to the endpoint after `at`, unless another request
+    /// moved them on already.
+    fn move_on(&self, at: usize) {
+        let next = (at + 1) % self.clients.len();
+        if self.current.compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() && next != at {
+            debug!(from = %self.endpoints[at], to = %self.endpoints[next], "etcd endpoint in trouble; moving on");
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -153,8 +179,18 @@ impl Etcd {
         Ok(())
     }
 
+    /// `f`, a request to the current endpoint, bounded by the timeout;
+    /// trouble moves later requests on to the next endpoint.
     async fn within<T>(&self, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ClusterError> {
-        tokio::time::timeout(self.timeout, f).await.map_err(|_| unavailable("etcd did not answer in time"))?.map_err(refused_or_unavailable)
+        let at = self.current.load(Ordering::Relaxed) % self.clients.len();
+        let r = tokio::time::timeout(self.timeout, f)
+            .await
+            .map_err(|_| unavailable("etcd did not answer in time"))
+            .and_then(|r| r.map_err(refused_or_unavailable));
+        if matches!(r, Err(ClusterError::Unavailable(_))) {
+            self.move_on(at);
+        }
+        r
     }
 
     /// Joins the group: the first authority records its pools'

@@ -135,6 +135,15 @@ impl EtcdCluster {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT: the node holds its connections open
+    /// and answers nothing meanwhile.
+    pub fn pause_node(&self, i: usize, pause: bool) {
+        let child = self.nodes[i].as_ref().expect("node runs");
+        let signal = if pause { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    }
+
     /// Whether node `i` says the cluster is healthy (it has a leader and
     /// can commit), by etcd's `/health`.
     pub fn healthy(&self, i: usize) -> bool {
@@ -176,6 +185,7 @@ impl EtcdCluster {
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
+            // A paused node dies on SIGKILL as well.
             self.kill_node(i);
         }
     }
