@@ -488,3 +488,64 @@ fn a_paused_etcd_node_does_not_stop_the_group() {
         etcd.wait_healthy(paused);
     }
 }
+
+/// SIGSTOP or SIGCONT to an authority.
+fn pause(a: &Authority, paused: bool) {
+    let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+    // SAFETY: signalling a child process of this test.
+    assert_eq!(unsafe { libc::kill(a.pid().expect("running") as i32, signal) }, 0);
+}
+
+/// The decider paused (SIGSTOP) past its lease: another authority takes
+/// over and decides; when the paused one resumes it has lost the term,
+/// commits nothing of what it thought before, and follows the group.
+#[test]
+fn a_paused_decider_is_replaced_and_follows_the_group_when_it_resumes() {
+    let etcd = EtcdCluster::start(3);
+    let config = format!(
+        "{}\n{}",
+        etcd.section("/vnamed-test/"),
+        POOL.replace("policy = \"priority\"", "policy = \"priority\"\nstale_after = \"1h\"")
+    );
+    let mut g: Vec<Authority> =
+        (0..3).map(|_| Authority::start_with(&[("example.test.zone", ZONE)], &config, "token = \"t0ken\"")).collect();
+    for a in &g {
+        assert!(eventually(Duration::from_secs(10), || available(a) == Some(true)).is_some(), "{}", a.log());
+    }
+    for a in &g {
+        report(a, "m1", true);
+    }
+    assert!(agree(&g, "127.0.10.1"));
+    let d = the_decider(&g);
+    g.swap(d, 2);
+
+    // Paused, it still believes web1 up (m1 told it so, an hour's worth).
+    pause(&g[2], true);
+    let others = &g[..2];
+    assert!(
+        eventually(Duration::from_secs(10), || others.iter().filter(|a| decider(a)).count() == 1).is_some(),
+        "nobody took over from the paused decider"
+    );
+    for a in others {
+        report(a, "m1", false);
+    }
+    assert!(agree(others, "127.0.10.2"), "{:?}", others.iter().map(answer).collect::<Vec<_>>());
+
+    // Resumed: it follows the group's decision, and nothing it believed
+    // is committed; for three seconds every authority answers web2 with
+    // one serial.
+    pause(&g[2], false);
+    assert!(agree(&g, "127.0.10.2"), "{:?}\n{}", g.iter().map(answer).collect::<Vec<_>>(), g[2].log());
+    assert!(eventually(Duration::from_secs(10), || !decider(&g[2])).is_some(), "{}", g[2].log());
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let serials: Vec<String> = g.iter().map(serial).collect();
+        assert!(
+            g.iter().all(|a| answer(a) == "127.0.10.2") && serials.iter().all(|s| *s == serials[0]),
+            "{:?} {serials:?}\n{}",
+            g.iter().map(answer).collect::<Vec<_>>(),
+            g[2].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
