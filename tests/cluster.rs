@@ -549,3 +549,44 @@ fn a_paused_decider_is_replaced_and_follows_the_group_when_it_resumes() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// What etcd holds under the prefix is written by vnamed, but anyone with
+/// access to etcd can write there. Values that do not read (a pool's
+/// overrides, a decision, a serial, the ring table) are ignored with an
+/// error: every authority goes on answering what it answered, and the next
+/// change through the API replaces the bad value.
+#[test]
+fn values_in_etcd_that_do_not_read_change_no_answer_and_the_next_change_replaces_them() {
+    let etcd = EtcdCluster::start(3);
+    let g = group(&etcd, 2);
+    let out = cli(&g[0], &["member", "www.example.test.", "web1", "--admin", "down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(all_answer(&g, "127.0.10.2"));
+    let before: Vec<String> = g.iter().map(serial).collect();
+    for (key, value) in [
+        ("overrides/www.example.test.", &b"{not json"[..]),
+        ("decision/www.example.test.", b"\xff\xfe"),
+        ("serial/example.test.", b"-1"),
+        ("ring", b"garbage that is no table\n"),
+    ] {
+        etcd.put(&format!("/vnamed-test/{key}"), value);
+    }
+    // Written after them all: once it is in, every bad value was seen.
+    etcd.put("/vnamed-test/view/x/www.example.test./web3", b"up");
+    for a in &g {
+        assert!(eventually(Duration::from_secs(10), || a.log().matches("ignored").count() >= 4).is_some(), "{}", a.log());
+        assert_eq!(answer(a), "127.0.10.2", "{}", a.log());
+        assert_eq!(available(a), Some(true), "{}", a.log());
+    }
+    assert_eq!(g.iter().map(serial).collect::<Vec<_>>(), before);
+    let table = ring_table(&g[1]);
+    assert!(!table.contains("garbage"), "{table}");
+
+    // The next change through the API replaces the bad overrides.
+    let out = cli(&g[1], &["member", "www.example.test.", "web1", "--admin", "auto"]);
+    assert!(out.status.success(), "{out:?}\n{}", g[1].log());
+    assert!(all_answer(&g, "127.0.10.1"));
+    let out = cli(&g[0], &["ring", "announce", "127.0.10.1:7946"]);
+    assert!(out.status.success(), "{out:?}\n{}", g[0].log());
+    assert!(eventually(Duration::from_secs(10), || ring_table(&g[1]).contains("127.0.10.1:7946")).is_some(), "{}", ring_table(&g[1]));
+}

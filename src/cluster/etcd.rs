@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{ClusterError, ClusterStatus, Event, Keys, Kind, Leader, decode, decode_decision, decode_serial, encode, encode_decision};
+use super::{
+    ClusterError, ClusterStatus, Event, Keys, Kind, Leader, Unreadable, decode, decode_decision, decode_serial, encode, encode_decision,
+};
 use crate::config::ClusterConfig;
 use crate::pool::Decision;
 use crate::pool::Overrides;
@@ -254,7 +256,10 @@ impl Etcd {
                 let overrides = if put { decode(&key, kv.value()) } else { Ok(Overrides::default()) };
                 match overrides {
                     Ok(overrides) => batch.overrides.push(Event::Overrides { pool: pool.to_owned(), overrides, revision }),
-                    Err(e) => bad(e),
+                    Err(e) => {
+                        bad(e);
+                        batch.overrides.push(Event::Unreadable { what: Unreadable::Overrides(pool.to_owned()), revision });
+                    }
                 }
             }
             Some(Kind::Decision(pool)) if put => match decode_decision(&key, kv.value()) {
@@ -269,7 +274,10 @@ impl Etcd {
                 let ring = if put { Registry::from_text(&String::from_utf8_lossy(kv.value())).map(Some) } else { Ok(None) };
                 match ring {
                     Ok(ring) => batch.ring = Some(Event::Ring { ring, revision }),
-                    Err(e) => bad(ClusterError::Corrupt { key, message: e.to_string() }),
+                    Err(e) => {
+                        bad(ClusterError::Corrupt { key, message: e.to_string() });
+                        batch.ring = Some(Event::Unreadable { what: Unreadable::Ring, revision });
+                    }
                 }
             }
             Some(Kind::View(authority, pool, member)) => {

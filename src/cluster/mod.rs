@@ -150,6 +150,15 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Overrides, ClusterError> {
     serde_json::from_slice(value).map_err(|e| ClusterError::Corrupt { key: key.to_owned(), message: e.to_string() })
 }
 
+/// A shared value that did not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreadable {
+    /// A pool's overrides.
+    Overrides(String),
+    /// The ring's server table.
+    Ring,
+}
+
 /// What the driver tells the updater, in the group's revision order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -165,6 +174,10 @@ pub enum Event {
     /// The ring's server table as of `revision` (`None`: the group has
     /// none yet, after a full read; or it was deleted).
     Ring { ring: Option<Registry>, revision: i64 },
+    /// A value that does not read (not written by vnamed): ignored, but
+    /// known as of `revision`, so that a change on top of it can be
+    /// committed (and replaces it).
+    Unreadable { what: Unreadable, revision: i64 },
     /// Everything up to `revision` has been told (after a resync, or a
     /// progress notice): changes committed at or below it are in.
     Through(i64),

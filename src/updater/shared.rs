@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::catalog::{Catalog, PoolChange, UpdateError, serial_gt};
 use crate::clock::Now;
 use crate::cluster::etcd::Etcd;
-use crate::cluster::{ClusterError, ClusterStatus, Event, Leader};
+use crate::cluster::{ClusterError, ClusterStatus, Event, Leader, Unreadable};
 use crate::pool::{Decision, Overrides};
 use crate::ring::registry::{Registry, RingOp, RingReply};
 use crate::state::Put;
@@ -434,6 +434,11 @@ impl Shared {
             }
             Event::Decided { decisions, serials } => self.decided(catalog, decisions, serials, now),
             Event::Views { views, whole } => self.seen(catalog, views, whole, now),
+            Event::Unreadable { what: Unreadable::Overrides(pool), revision } => {
+                let known = self.applied.entry(pool).or_insert(0);
+                *known = (*known).max(revision);
+            }
+            Event::Unreadable { what: Unreadable::Ring, revision } => self.ring_revision = self.ring_revision.max(revision),
             Event::Through(revision) => self.status.set_revision(revision),
             Event::Decider(leader) => {
                 self.status.set_decider(leader.is_some());

@@ -135,6 +135,17 @@ impl EtcdCluster {
         }
     }
 
+    /// Puts `value` at `key` directly, as anyone with access to etcd could
+    /// (plain clusters only).
+    pub fn put(&self, key: &str, value: &[u8]) {
+        let endpoint = self.endpoints()[0].clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+            c.put(key, value, None).await.unwrap();
+        });
+    }
+
     /// SIGSTOP (`true`) or SIGCONT: the node holds its connections open
     /// and answers nothing meanwhile.
     pub fn pause_node(&self, i: usize, pause: bool) {
