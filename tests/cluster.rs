@@ -590,3 +590,35 @@ fn values_in_etcd_that_do_not_read_change_no_answer_and_the_next_change_replaces
     assert!(out.status.success(), "{out:?}\n{}", g[0].log());
     assert!(eventually(Duration::from_secs(10), || ring_table(&g[1]).contains("127.0.10.1:7946")).is_some(), "{}", ring_table(&g[1]));
 }
+
+/// An authority that ran alone, with a ring table of its own, joins a
+/// group that has none: it offers its table, which becomes the group's,
+/// and an authority that joins next takes it from the group.
+#[test]
+fn an_authority_joining_a_group_without_a_ring_table_offers_its_own() {
+    let etcd = EtcdCluster::start(3);
+    let mut alone = Authority::start_with(&[("example.test.zone", ZONE)], POOL, "token = \"t0ken\"");
+    for m in ["127.0.10.1:7946", "127.0.10.2:7946"] {
+        let out = cli(&alone, &["ring", "announce", m]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(alone.stop().success());
+    let mut text = std::fs::read_to_string(&alone.config).unwrap();
+    text.push_str(&format!("\n{}", etcd.section("/vnamed-test/")));
+    std::fs::write(&alone.config, text).unwrap();
+    alone.spawn();
+    assert!(eventually(Duration::from_secs(10), || available(&alone) == Some(true)).is_some(), "{}", alone.log());
+
+    let config = format!("{}\n{POOL}", etcd.section("/vnamed-test/"));
+    let next = Authority::start_with(&[("example.test.zone", ZONE)], &config, "token = \"t0ken\"");
+    let has_both = |a: &Authority| {
+        let t = ring_table(a);
+        t.contains("ring (2 members)") && t.contains("127.0.10.1:7946") && t.contains("127.0.10.2:7946")
+    };
+    assert!(eventually(Duration::from_secs(10), || has_both(&next)).is_some(), "{}\n{}", ring_table(&next), next.log());
+    assert!(has_both(&alone), "{}", ring_table(&alone));
+    // And it is the group's: a death told to the newcomer is applied at both.
+    let out = cli(&next, &["ring", "delete", "127.0.10.1:7946", "--reporter", "127.0.10.2:7946"]);
+    assert!(out.status.success(), "{out:?}\n{}", next.log());
+    assert!(all_answer(&[alone, next], "127.0.10.2"));
+}
