@@ -419,10 +419,13 @@ impl Table {
         }
     }
 
-    /// Applies an operator's change to pool `pool`.
+    /// Applies an operator's change to pool `pool`, in place: `apply`
+    /// checks everything before it touches the pool, so a refused change
+    /// leaves it as it was (no copy of a pool of thousands of members per
+    /// change, as importing each member's note from a zone file needs).
     pub fn change(&mut self, pool: &str, change: Change, now: Now) -> Result<PoolId, TableError> {
-        let (i, p) = self.stage(pool, change, now)?;
-        self.pools[i] = p;
+        let i = self.resolve(pool)?;
+        apply(&mut self.pools[i], &self.dead, pool, change, now)?;
         Ok(i)
     }
 
@@ -718,6 +721,25 @@ members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" }
     fn start() -> (Table, Now) {
         let now = Now::read();
         (Table::new(&configs(TWO), now), now)
+    }
+
+    #[test]
+    fn a_refused_change_leaves_the_pool_as_it_was() {
+        let (mut t, now) = start();
+        let before = format!("{:?}", t.pools()[0]);
+        for change in [
+            Change::Policy(PolicyName::Formula),
+            Change::Formula("load +* 2".into()),
+            Change::Member { id: "nobody".into(), admin: Some(AdminState::Down), weight: None },
+            Change::AddMember { id: "a".into(), address: ip("127.0.0.9"), weight: 1 },
+            Change::AddMember { id: "c".into(), address: ip("127.0.0.2"), weight: 1 },
+            Change::RemoveMember { id: "nobody".into() },
+        ] {
+            assert!(t.change("www.example.", change.clone(), now).is_err(), "{change:?}");
+            assert_eq!(format!("{:?}", t.pools()[0]), before, "{change:?} changed the pool");
+        }
+        t.change("www.example.", Change::Member { id: "a".into(), admin: Some(AdminState::Down), weight: None }, now).unwrap();
+        assert_eq!(t.pools()[0].members[0].admin, AdminState::Down);
     }
 
     #[test]
