@@ -123,7 +123,7 @@ impl Catalog {
             match delta {
                 Some(d) => journal.push(d),
                 None => journal.clear(),
-            };
+            }
         }
     }
 

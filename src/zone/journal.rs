@@ -54,9 +54,9 @@ pub struct Journal {
     next: u64,
 }
 
-/// What a change did to the journal, for a store that keeps it as rows:
-/// the row to add (its number and the difference), and the first number
-/// still kept (rows before it are gone).
+/// One row of the journal as a store keeps it (see `Journal::rows`): the
+/// row (its number and the difference), if any, and the first number still
+/// kept (rows before it are gone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kept {
     pub added: Option<(u64, Arc<Delta>)>,
@@ -92,25 +92,22 @@ impl Journal {
     /// Records a difference. One that does not follow the last (a serial
     /// that jumped, say after a restart) starts the journal over: a chain
     /// with a hole in it must never be served.
-    pub fn push(&mut self, delta: Delta) -> Kept {
+    pub fn push(&mut self, delta: Delta) {
         if self.deltas.back().is_some_and(|last| last.to != delta.from) {
             self.clear();
         }
         if delta.records() > self.max_records {
             // Larger than the whole budget: nothing before it is usable either.
             self.clear();
-            return Kept { added: None, keep_from: self.next };
+            return;
         }
         self.records += delta.records();
-        let delta = Arc::new(delta);
-        self.deltas.push_back(delta.clone());
-        let seq = self.next;
+        self.deltas.push_back(Arc::new(delta));
         self.next += 1;
         while self.deltas.len() > self.max_deltas || self.records > self.max_records {
             let Some(old) = self.deltas.pop_front() else { break };
             self.records -= old.records();
         }
-        Kept { added: Some((seq, delta)), keep_from: self.first() }
     }
 
     /// The journal as a store keeps it: each difference as a row, and the
@@ -139,10 +136,9 @@ impl Journal {
     }
 
     /// Forgets every difference (the zone changed in a way not journaled).
-    pub fn clear(&mut self) -> Kept {
+    pub fn clear(&mut self) {
         self.deltas.clear();
         self.records = 0;
-        Kept { added: None, keep_from: self.next }
     }
 
     /// The serials the journal reaches back to and up to.
@@ -323,7 +319,13 @@ mod tests {
     fn rows_are_numbered_and_a_restored_journal_serves_only_a_chain_that_ends_where_the_zone_is() {
         let www = |n: u8| [a("www.example.test.", [192, 0, 2, n], 5)];
         let mut j = Journal::new(2, 100);
-        let kept: Vec<Kept> = (1..=3u32).map(|s| j.push(diff(s, s + 1, &www(s as u8), &www(s as u8 + 1)))).collect();
+        let newest = |j: &Journal| j.rows().pop().expect("a row or the mark");
+        let kept: Vec<Kept> = (1..=3u32)
+            .map(|s| {
+                j.push(diff(s, s + 1, &www(s as u8), &www(s as u8 + 1)));
+                newest(&j)
+            })
+            .collect();
         assert_eq!(
             kept.iter().map(|k| (k.added.as_ref().map(|(n, _)| *n), k.keep_from)).collect::<Vec<_>>(),
             [(Some(0), 0), (Some(1), 0), (Some(2), 1)]
@@ -333,7 +335,8 @@ mod tests {
         let mut back = Journal::restore(2, 100, rows(&j), 4);
         assert_eq!(back.span(), Some((2, 4)));
         assert_eq!(back.since(2).unwrap().len(), 2);
-        assert_eq!(back.push(diff(4, 5, &www(4), &www(5))).added.map(|(n, _)| n), Some(3));
+        back.push(diff(4, 5, &www(4), &www(5)));
+        assert_eq!(newest(&back).added.map(|(n, _)| n), Some(3));
         // The zone moved on without it (a crash): nothing is served, and the
         // rows are all forgotten, numbering after them.
         let gone = Journal::restore(2, 100, rows(&j), 9);
@@ -347,7 +350,9 @@ mod tests {
         // Tighter bounds than the store's trim it, and say so.
         let tight = Journal::restore(1, 100, rows(&j), 4);
         assert_eq!((tight.span(), tight.first()), (Some((3, 4)), 2));
-        assert_eq!(Journal::new(1, 1).clear(), Kept { added: None, keep_from: 0 });
+        let mut cleared = Journal::new(1, 1);
+        cleared.clear();
+        assert_eq!(cleared.rows(), [Kept { added: None, keep_from: 0 }]);
         assert_eq!(gone.rows(), [Kept { added: None, keep_from: 3 }], "an empty journal forgets every row");
         assert!(back.rows().iter().all(|k| k.keep_from == back.first()));
     }
