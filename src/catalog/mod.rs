@@ -441,7 +441,8 @@ impl Catalog {
                 catalog.saves.push_back(publish::journal_put(origin, Kept { added: None, keep_from }));
             }
         }
-        for gone in saved.journals.keys().filter(|z| !catalog.zones.keys().any(|o| o.to_string() == **z)) {
+        let served: BTreeSet<String> = catalog.zones.keys().map(|o| o.to_string()).collect();
+        for gone in saved.journals.keys().filter(|z| !served.contains(*z)) {
             catalog.saves.push_back(Put::Journal { zone: gone.clone(), row: None, keep_from: u64::MAX });
         }
         Ok(catalog)
