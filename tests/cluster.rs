@@ -19,7 +19,12 @@ const POOL: &str = "[[pool]]\nname = \"www.example.test.\"\npolicy = \"priority\
                     members = [ { id = \"web1\", address = \"127.0.10.1\" }, { id = \"web2\", address = \"127.0.10.2\" }, { id = \"web3\", address = \"127.0.10.3\" } ]\n";
 
 fn group(etcd: &EtcdCluster, n: usize) -> Vec<Authority> {
-    let config = format!("{}\n{POOL}", etcd.section("/vnamed-test/"));
+    group_with(etcd, n, POOL)
+}
+
+/// `n` authorities sharing `pools` through `etcd`, once all follow it.
+fn group_with(etcd: &EtcdCluster, n: usize, pools: &str) -> Vec<Authority> {
+    let config = format!("{}\n{pools}", etcd.section("/vnamed-test/"));
     let all: Vec<Authority> = (0..n).map(|_| Authority::start_with(&[("example.test.zone", ZONE)], &config, "token = \"t0ken\"")).collect();
     for a in &all {
         assert!(eventually(Duration::from_secs(10), || available(a) == Some(true)).is_some(), "not following the group:\n{}", a.log());
@@ -226,16 +231,7 @@ fn agree(g: &[Authority], want: &str) -> bool {
 #[test]
 fn answers_are_decided_once_for_the_group_with_one_serial_and_a_dead_decider_is_replaced() {
     let etcd = EtcdCluster::start(3);
-    let config = format!(
-        "{}\n{}",
-        etcd.section("/vnamed-test/"),
-        POOL.replace("policy = \"priority\"", "policy = \"priority\"\nstale_after = \"1h\"")
-    );
-    let mut g: Vec<Authority> =
-        (0..3).map(|_| Authority::start_with(&[("example.test.zone", ZONE)], &config, "token = \"t0ken\"")).collect();
-    for a in &g {
-        assert!(eventually(Duration::from_secs(10), || available(a) == Some(true)).is_some(), "{}", a.log());
-    }
+    let mut g = group_with(&etcd, 3, &POOL.replace("policy = \"priority\"", "policy = \"priority\"\nstale_after = \"1h\""));
     let d = the_decider(&g);
     let follower = (d + 1) % 3;
     let serials = |g: &[Authority]| g.iter().filter(|a| a.pid().is_some()).map(serial).collect::<Vec<_>>();
@@ -285,15 +281,7 @@ fn answers_are_decided_once_for_the_group_with_one_serial_and_a_dead_decider_is_
 #[test]
 fn a_monitor_cut_off_from_the_decider_does_not_take_a_member_out() {
     let etcd = EtcdCluster::start(3);
-    let config = format!(
-        "{}\n{}",
-        etcd.section("/vnamed-test/"),
-        POOL.replace("policy = \"priority\"", "policy = \"priority\"\nstale_after = \"2s\"")
-    );
-    let g: Vec<Authority> = (0..3).map(|_| Authority::start_with(&[("example.test.zone", ZONE)], &config, "token = \"t0ken\"")).collect();
-    for a in &g {
-        assert!(eventually(Duration::from_secs(10), || available(a) == Some(true)).is_some(), "{}", a.log());
-    }
+    let g = group_with(&etcd, 3, &POOL.replace("policy = \"priority\"", "policy = \"priority\"\nstale_after = \"2s\""));
     let d = the_decider(&g);
     for a in &g {
         report(a, "m1", true);
@@ -502,16 +490,7 @@ fn pause(a: &Authority, paused: bool) {
 #[test]
 fn a_paused_decider_is_replaced_and_follows_the_group_when_it_resumes() {
     let etcd = EtcdCluster::start(3);
-    let config = format!(
-        "{}\n{}",
-        etcd.section("/vnamed-test/"),
-        POOL.replace("policy = \"priority\"", "policy = \"priority\"\nstale_after = \"1h\"")
-    );
-    let mut g: Vec<Authority> =
-        (0..3).map(|_| Authority::start_with(&[("example.test.zone", ZONE)], &config, "token = \"t0ken\"")).collect();
-    for a in &g {
-        assert!(eventually(Duration::from_secs(10), || available(a) == Some(true)).is_some(), "{}", a.log());
-    }
+    let mut g = group_with(&etcd, 3, &POOL.replace("policy = \"priority\"", "policy = \"priority\"\nstale_after = \"1h\""));
     for a in &g {
         report(a, "m1", true);
     }
