@@ -162,7 +162,7 @@ impl Catalog {
             ..Snapshot::default()
         };
         if self.stable_stale {
-            self.stable = Arc::new(fast::build_stable(&snap, &self.serials));
+            self.stable = Arc::new(fast::build_stable(&snap.zones, &self.serials));
             self.stable_stale = false;
         }
         for (origin, key) in std::mem::take(&mut self.dirty_pools) {
@@ -173,7 +173,7 @@ impl Catalog {
             else {
                 continue;
             };
-            let entries = fast::pool_entries(&snap, &key, answer, serial);
+            let entries = fast::pool_entries(&snap.zones, &key, answer, serial);
             self.pool_keys.insert(key, entries.iter().map(|(k, _)| k.clone()).collect());
             for (k, e) in entries {
                 self.dynamic.insert(k, e);

@@ -14,9 +14,10 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
-use super::handler::UDP_PAYLOAD;
+use super::answer::{PoolAnswer, Turn};
 use super::lookup::{Answer, lookup_turn};
-use super::snapshot::{PoolAnswer, Snapshot, Turn};
+use super::view::Zones;
+use super::wire::{UDP_PAYLOAD, options_ok};
 
 /// Longest wire-format name.
 const MAX_NAME: usize = 255;
@@ -115,81 +116,6 @@ pub fn parse(req: &[u8], key: &mut [u8; MAX_KEY]) -> Option<FastQuery> {
     };
     key[k + 2] = shape as u8;
     Some(FastQuery { id: [req[0], req[1]], rd: b2 & 1 != 0, cd: b3 & 0x10 != 0, question_end, max_size, key_len: k + 3 })
-}
-
-/// Whether an OPT record's options are whole (each header and value
-/// inside the record) and a COOKIE is 8 or 16-40 bytes (RFC 7873).
-fn options_ok(mut rdata: &[u8]) -> bool {
-    const COOKIE: u16 = 10;
-    while !rdata.is_empty() {
-        let Some(head) = rdata.get(..4) else { return false };
-        let code = u16::from_be_bytes([head[0], head[1]]);
-        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-        if rdata.len() < 4 + len || (code == COOKIE && !(len == 8 || (16..=40).contains(&len))) {
-            return false;
-        }
-        rdata = &rdata[4 + len..];
-    }
-    true
-}
-
-/// Whether a question's name is compressed or uses a label type other
-/// than a plain label. Only the header precedes the first question, so a
-/// pointer there can only be malformed, and a response that echoed it
-/// would point into its own header; vnamed answers one question, so a
-/// pointer in a later one is refused as well.
-pub fn question_malformed(msg: &[u8]) -> bool {
-    let Some(qd) = msg.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]])) else { return false };
-    let mut pos = 12;
-    for _ in 0..qd {
-        loop {
-            let Some(&len) = msg.get(pos) else { return false };
-            if len & 0xc0 != 0 {
-                return true;
-            }
-            pos += 1 + usize::from(len);
-            if len == 0 {
-                break;
-            }
-        }
-        pos += 4; // type and class
-    }
-    false
-}
-
-/// Whether a request carries an OPT record with malformed options, which
-/// RFC 6891 and RFC 7873 answer with FORMERR (hickory would skip them).
-/// A message that does not parse this far says no: the decoder decides.
-pub fn edns_malformed(msg: &[u8]) -> bool {
-    fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
-        loop {
-            let len = *msg.get(pos)?;
-            match len {
-                0 => return Some(pos + 1),
-                l if l & 0xc0 == 0xc0 => return Some(pos + 2),
-                l if l > 63 => return None,
-                l => pos += 1 + usize::from(l),
-            }
-        }
-    }
-    let count = |i: usize| msg.get(i..i + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-    let (Some(qd), Some(an), Some(ns), Some(ar)) = (count(4), count(6), count(8), count(10)) else { return false };
-    let mut pos = 12;
-    for _ in 0..qd {
-        let Some(end) = skip_name(msg, pos) else { return false };
-        pos = end + 4;
-    }
-    for n in 0..an + ns + ar {
-        let Some(end) = skip_name(msg, pos) else { return false };
-        let Some(fixed) = msg.get(end..end + 10) else { return false };
-        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
-        let Some(rdata) = msg.get(end + 10..end + 10 + rdlen) else { return false };
-        if n >= an + ns && fixed[0..2] == [0, 41] && !options_ok(rdata) {
-            return true;
-        }
-        pos = end + 10 + rdlen;
-    }
-    false
 }
 
 /// Where a pre-encoded response carries its zone's SOA serial, and the
@@ -424,7 +350,7 @@ fn has_soa(answer: &Answer) -> bool {
 /// each). `serial`: the zone's serial cell, for responses that carry it;
 /// without one, such responses are not pre-encoded.
 fn entries(
-    snap: &Snapshot,
+    zones: &Zones,
     name: &LowerName,
     qtype: RecordType,
     (leads, order): (&[usize], &Arc<[u16]>),
@@ -437,7 +363,7 @@ fn entries(
         let mut responses = Vec::with_capacity(leads.len());
         let mut at = None;
         for &lead in leads {
-            let answer = lookup_turn(snap, name, qtype, DNSClass::IN, Turn::Lead(lead));
+            let answer = lookup_turn(zones, name, qtype, DNSClass::IN, Turn::Lead(lead));
             if only_positive && (answer.rcode != ResponseCode::NoError || answer.answers.is_empty() || !answer.authoritative) {
                 return Vec::new();
             }
@@ -465,12 +391,12 @@ fn entries(
 
 /// Pre-encodes every static name and type the zones hold (positive answers
 /// without a serial only), and each apex SOA with its zone's serial cell.
-pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>>) -> HashMap<Box<[u8]>, Entry> {
+pub fn build_stable(zones: &Zones, serials: &HashMap<LowerName, Arc<AtomicU32>>) -> HashMap<Box<[u8]>, Entry> {
     let mut table = HashMap::new();
     let one: Arc<[u16]> = Arc::from([]);
-    'zones: for zone in snap.zones.values() {
+    'zones: for zone in zones.values() {
         let origin = &zone.data.lower_origin;
-        table.extend(entries(snap, origin, RecordType::SOA, (&[0], &one), false, None, serials.get(origin)));
+        table.extend(entries(zones, origin, RecordType::SOA, (&[0], &one), false, None, serials.get(origin)));
         for (name, node) in &zone.data.nodes {
             if zone.pools.contains_key(name) || name.is_wildcard() {
                 continue;
@@ -483,7 +409,7 @@ pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>
                 if table.len() >= MAX_STATIC {
                     break 'zones;
                 }
-                table.extend(entries(snap, name, t, (&[0], &one), true, None, None));
+                table.extend(entries(zones, name, t, (&[0], &one), true, None, None));
             }
         }
     }
@@ -492,31 +418,30 @@ pub fn build_stable(snap: &Snapshot, serials: &HashMap<LowerName, Arc<AtomicU32>
 
 /// Pre-encodes one virtual name (every rotation, A and AAAA); NODATA
 /// answers carry the zone's `serial` cell.
-pub fn pool_entries(snap: &Snapshot, name: &LowerName, pool: &PoolAnswer, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Arc<Entry>)> {
+pub fn pool_entries(zones: &Zones, name: &LowerName, pool: &PoolAnswer, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Arc<Entry>)> {
     [RecordType::A, RecordType::AAAA]
         .into_iter()
         .flat_map(|t| {
             let (leads, order) = pool.turns(t == RecordType::AAAA);
-            entries(snap, name, t, (&leads, &Arc::from(order)), false, Some(&pool.counters), Some(serial))
+            entries(zones, name, t, (&leads, &Arc::from(order)), false, Some(&pool.counters), Some(serial))
         })
         .map(|(k, e)| (k, Arc::new(e)))
         .collect()
 }
 
 /// Every table of a snapshot built at once (tests, fuzzing, benchmarks):
-/// serial cells hold each zone's serial as it is in `snap`.
-pub fn build_all(snap: &Snapshot) -> FastTable {
-    let serials: HashMap<LowerName, Arc<AtomicU32>> =
-        snap.zones.iter().map(|(o, z)| (o.clone(), Arc::new(AtomicU32::new(z.serial)))).collect();
+/// serial cells hold each zone's serial as it is in `zones`.
+pub fn build_all(zones: &Zones) -> FastTable {
+    let serials: HashMap<LowerName, Arc<AtomicU32>> = zones.iter().map(|(o, z)| (o.clone(), Arc::new(AtomicU32::new(z.serial)))).collect();
     let mut dynamic = Dynamic::default();
-    for (origin, zone) in &snap.zones {
+    for (origin, zone) in zones {
         for (name, pool) in &zone.pools {
-            for (k, e) in pool_entries(snap, name, pool, &serials[origin]) {
+            for (k, e) in pool_entries(zones, name, pool, &serials[origin]) {
                 dynamic.insert(k, e);
             }
         }
     }
-    FastTable { stable: Arc::new(build_stable(snap, &serials)), dynamic }
+    FastTable { stable: Arc::new(build_stable(zones, &serials)), dynamic }
 }
 
 #[cfg(test)]
@@ -525,7 +450,9 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::dns::snapshot::{PoolAnswer, ZoneView};
+    use crate::dns::snapshot::Snapshot;
+    use crate::dns::view::ZoneView;
+    use crate::dns::wire::edns_malformed;
     use crate::zone::ZoneFile;
 
     fn snap() -> Snapshot {
@@ -543,7 +470,7 @@ mod tests {
     }
 
     fn table(s: &Snapshot) -> FastTable {
-        build_all(s)
+        build_all(&s.zones)
     }
 
     /// A query for ns1.example. A with an OPT record of these option bytes.
@@ -726,7 +653,7 @@ mod tests {
         let name = LowerName::from(&www);
         let mut slow: HashMap<String, usize> = HashMap::new();
         for turn in 0..1000 {
-            let a = crate::dns::lookup::lookup(&s, &name, RecordType::A, DNSClass::IN, turn);
+            let a = crate::dns::lookup::lookup(&s.zones, &name, RecordType::A, DNSClass::IN, turn);
             *slow.entry(a.answers[0].data.to_string()).or_default() += 1;
         }
         for (a, expect) in [("127.0.10.1", 222.2), ("127.0.10.2", 333.3), ("127.0.10.3", 444.4)] {

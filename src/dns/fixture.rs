@@ -60,6 +60,6 @@ pub fn snapshot() -> Snapshot {
     let view = ZoneView::new(z.data.clone(), 42, pools);
     let mut snap = Snapshot::default();
     snap.zones.insert(view.data.lower_origin.clone(), Arc::new(view));
-    snap.fast = fast::build_all(&snap);
+    snap.fast = fast::build_all(&snap.zones);
     snap
 }

@@ -18,14 +18,12 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
-use super::fast::{edns_malformed, question_malformed};
 use super::lookup::lookup;
 use super::metrics::{DnsCounters, Path};
 use super::rrl::Rrl;
-use super::snapshot::{Snapshot, zone_records};
-
-/// The UDP payload size vnamed advertises and never exceeds (DNS flag day 2020).
-pub const UDP_PAYLOAD: u16 = 1232;
+use super::snapshot::Snapshot;
+use super::view::zone_records;
+use super::wire::{UDP_PAYLOAD, edns_malformed, question_malformed};
 
 /// Bytes of records per zone-transfer message; well under the 64 KiB limit.
 const XFR_CHUNK: usize = 16 * 1024;
@@ -176,7 +174,7 @@ impl DnsHandler {
             return self.transfer(request, &snap, edns.as_ref(), handle).await;
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let answer = lookup(&snap, query.name(), query.query_type(), query.query_class(), turn);
+        let answer = lookup(&snap.zones, query.name(), query.query_type(), query.query_class(), turn);
         if let Some(pool) = snap.find_zone(query.name()).and_then(|z| z.pools.get(query.name())) {
             pool.counters.response(u16::from(answer.rcode.low()));
         }

@@ -5,7 +5,8 @@
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
-use super::snapshot::{Snapshot, Turn, ZoneView};
+use super::answer::Turn;
+use super::view::{ZoneView, Zones, find_zone};
 use crate::zone::Node;
 
 /// Longest CNAME chain followed inside our own zones.
@@ -29,12 +30,12 @@ impl Answer {
 
 /// Answers one question. `turn` picks the rotation of round-robin pools
 /// and the slot of pools drawn by shares.
-pub fn lookup(snap: &Snapshot, qname: &LowerName, qtype: RecordType, qclass: DNSClass, turn: usize) -> Answer {
-    lookup_turn(snap, qname, qtype, qclass, Turn::Query(turn))
+pub fn lookup(zones: &Zones, qname: &LowerName, qtype: RecordType, qclass: DNSClass, turn: usize) -> Answer {
+    lookup_turn(zones, qname, qtype, qclass, Turn::Query(turn))
 }
 
 /// `lookup`, with the pool answer to give said exactly.
-pub fn lookup_turn(snap: &Snapshot, qname: &LowerName, qtype: RecordType, qclass: DNSClass, turn: Turn) -> Answer {
+pub fn lookup_turn(zones: &Zones, qname: &LowerName, qtype: RecordType, qclass: DNSClass, turn: Turn) -> Answer {
     if qclass != DNSClass::IN {
         return Answer::code(ResponseCode::Refused);
     }
@@ -45,7 +46,7 @@ pub fn lookup_turn(snap: &Snapshot, qname: &LowerName, qtype: RecordType, qclass
         }
         _ => {}
     }
-    let Some(zone) = snap.find_zone(qname) else {
+    let Some(zone) = find_zone(zones, qname) else {
         return Answer::code(ResponseCode::Refused);
     };
     let mut out = Answer { authoritative: true, ..Default::default() };
@@ -56,7 +57,7 @@ pub fn lookup_turn(snap: &Snapshot, qname: &LowerName, qtype: RecordType, qclass
             Step::Done => return out,
             Step::Follow(target) => {
                 let target = LowerName::from(&target);
-                match snap.find_zone(&target) {
+                match find_zone(zones, &target) {
                     Some(z) => {
                         zone = z.clone();
                         name = target;
@@ -235,7 +236,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::dns::snapshot::PoolAnswer;
+    use crate::dns::snapshot::{PoolAnswer, Snapshot};
     use crate::zone::ZoneFile;
 
     const ZONE: &str = "\
@@ -269,7 +270,7 @@ ns.sub IN A 192.0.2.53
     }
 
     fn q(s: &Snapshot, name: &str, t: RecordType) -> Answer {
-        lookup(s, &LowerName::from(Name::from_ascii(name).unwrap()), t, DNSClass::IN, 0)
+        lookup(&s.zones, &LowerName::from(Name::from_ascii(name).unwrap()), t, DNSClass::IN, 0)
     }
 
     #[test]
@@ -312,12 +313,12 @@ ns.sub IN A 192.0.2.53
     fn pools_answer_and_rotate() {
         let s = snap();
         let name = LowerName::from(Name::from_ascii("www.example.").unwrap());
-        let first = lookup(&s, &name, RecordType::A, DNSClass::IN, 0);
-        let second = lookup(&s, &name, RecordType::A, DNSClass::IN, 1);
+        let first = lookup(&s.zones, &name, RecordType::A, DNSClass::IN, 0);
+        let second = lookup(&s.zones, &name, RecordType::A, DNSClass::IN, 1);
         assert_eq!(first.answers.len(), 1);
         assert_ne!(first.answers[0].data, second.answers[0].data);
-        let v6 = lookup(&s, &name, RecordType::AAAA, DNSClass::IN, 0);
+        let v6 = lookup(&s.zones, &name, RecordType::AAAA, DNSClass::IN, 0);
         assert_eq!((v6.rcode, v6.answers.len()), (ResponseCode::NoError, 0));
-        assert_eq!(lookup(&s, &name, RecordType::A, DNSClass::CH, 0).rcode, ResponseCode::Refused);
+        assert_eq!(lookup(&s.zones, &name, RecordType::A, DNSClass::CH, 0).rcode, ResponseCode::Refused);
     }
 }

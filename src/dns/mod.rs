@@ -2,6 +2,7 @@
 //! authoritative lookup and its pre-encoded fast path, the hickory-server
 //! handler, the UDP workers and TCP listeners, and NOTIFY to secondaries.
 
+pub mod answer;
 pub mod fast;
 #[doc(hidden)]
 pub mod fixture;
@@ -13,6 +14,8 @@ pub mod rrl;
 pub mod snapshot;
 pub mod tcp;
 pub mod udp;
+pub mod view;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

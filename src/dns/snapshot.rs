@@ -3,195 +3,11 @@
 //! new snapshot and swaps it in whole; readers never wait for it.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use hickory_proto::rr::{LowerName, Name, Record};
-
-use crate::zone::{Node, ZoneData, address_records};
-
-/// The current answer for one virtual name.
-#[derive(Debug, Clone)]
-pub struct PoolAnswer {
-    pub name: Name,
-    pub ttl: u32,
-    /// All addresses in preference order.
-    pub addresses: Vec<IpAddr>,
-    pub a: Vec<Record>,
-    pub aaaa: Vec<Record>,
-    /// How many addresses one answer carries.
-    pub answers: usize,
-    /// Rotate through the addresses query by query (round-robin).
-    pub rotate: bool,
-    /// No address may be given: answer SERVFAIL for A and AAAA.
-    pub servfail: bool,
-    /// Responses given for this name; the same counters across answers.
-    pub counters: Arc<crate::metrics::PoolCounters>,
-    /// The members behind `addresses`, for the SRP responder.
-    pub preferred: Arc<[Preferred]>,
-    /// Each address's share of the answers; empty unless drawn by shares.
-    pub shares: Vec<f64>,
-    /// How `a` and `aaaa` answers are drawn, when by shares.
-    pub drawn_a: Option<Arc<Drawn>>,
-    pub drawn_aaaa: Option<Arc<Drawn>>,
-}
-
-impl PoolAnswer {
-    pub fn new(name: Name, ttl: u32, addresses: Vec<IpAddr>, answers: usize, rotate: bool, servfail: bool) -> Self {
-        let (a, aaaa) = address_records(&name, ttl, &addresses);
-        Self {
-            name,
-            ttl,
-            addresses,
-            a,
-            aaaa,
-            answers,
-            rotate,
-            servfail,
-            counters: Arc::default(),
-            preferred: Arc::from([]),
-            shares: Vec::new(),
-            drawn_a: None,
-            drawn_aaaa: None,
-        }
-    }
-
-    /// This answer drawn by `shares` (one per address, in order).
-    pub fn with_shares(mut self, shares: Vec<f64>) -> Self {
-        if shares.len() == self.addresses.len() && !shares.is_empty() {
-            let family =
-                |v4: bool| -> Vec<f64> { self.addresses.iter().zip(&shares).filter(|(a, _)| a.is_ipv4() == v4).map(|(_, s)| *s).collect() };
-            self.drawn_a = Drawn::new(&family(true)).map(Arc::new);
-            self.drawn_aaaa = Drawn::new(&family(false)).map(Arc::new);
-            self.shares = shares;
-        }
-        self
-    }
-
-    /// The addresses that lead answers: every one when they rotate, those
-    /// with a share when drawn by shares, else the first `answers`.
-    pub fn shown(&self) -> Vec<IpAddr> {
-        if !self.shares.is_empty() {
-            return self.addresses.iter().zip(&self.shares).filter(|(_, s)| **s > 0.0).map(|(a, _)| *a).collect();
-        }
-        if self.rotate { self.addresses.clone() } else { self.addresses[..self.addresses.len().min(self.answers)].to_vec() }
-    }
-
-    /// The records of `qtype` (A or AAAA) one answer carries, at `turn`.
-    pub fn records(&self, aaaa: bool, turn: Turn) -> impl Iterator<Item = &Record> {
-        let (set, drawn) = if aaaa { (&self.aaaa, &self.drawn_aaaa) } else { (&self.a, &self.drawn_a) };
-        let n = self.answers.min(set.len());
-        let (start, order): (usize, Option<&Drawn>) = match (drawn, turn) {
-            (Some(d), Turn::Query(t)) => (d.lead(t), Some(d)),
-            (Some(d), Turn::Lead(l)) => (l, Some(d)),
-            (None, Turn::Query(t) | Turn::Lead(t)) if self.rotate && !set.is_empty() => (t % set.len(), None),
-            (None, _) => (0, None),
-        };
-        let picked: Vec<usize> = match order {
-            Some(d) => d.led_by(start).take(n).collect(),
-            None => (0..set.len()).cycle().skip(start).take(n).collect(),
-        };
-        picked.into_iter().filter_map(move |i| set.get(i))
-    }
-
-    /// The different answers of `qtype` (A or AAAA), each by the record
-    /// that leads it, and the order they are given in slot by slot, as
-    /// places in that list (empty: one after the other).
-    pub fn turns(&self, aaaa: bool) -> (Vec<usize>, Vec<u16>) {
-        let (set, drawn) = if aaaa { (&self.aaaa, &self.drawn_aaaa) } else { (&self.a, &self.drawn_a) };
-        match drawn {
-            Some(d) => {
-                let mut leads: Vec<usize> = d.schedule.iter().map(|l| usize::from(*l)).collect();
-                leads.sort_unstable();
-                leads.dedup();
-                let order = d.schedule.iter().map(|l| leads.binary_search(&usize::from(*l)).unwrap_or(0) as u16).collect();
-                (leads, order)
-            }
-            None if self.rotate => ((0..set.len().max(1)).collect(), Vec::new()),
-            None => (vec![0], Vec::new()),
-        }
-    }
-}
-
-/// Which answer of a pool to give.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Turn {
-    /// The `n`th query: rotates, or follows the share schedule.
-    Query(usize),
-    /// The answer led by record `n` (pre-encoding each possible answer).
-    Lead(usize),
-}
-
-/// Answers drawn by shares for one address family: which record leads the
-/// answer slot by slot (each in proportion to its share, spread out), and
-/// the rest of an answer in share order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Drawn {
-    /// Slot → the record that leads the answer, cycled query by query.
-    pub schedule: Box<[u16]>,
-    /// Record indices, highest share first (ties in configured order).
-    pub by_share: Box<[u16]>,
-}
-
-impl Drawn {
-    /// The slots of a schedule for `n` records: fine enough that a share
-    /// of a thousandth shows.
-    fn slots(n: usize) -> usize {
-        (n * 8).clamp(1000, usize::from(u16::MAX))
-    }
-
-    /// `None` when no record has a share.
-    pub fn new(shares: &[f64]) -> Option<Self> {
-        if !shares.iter().any(|s| *s > 0.0) || shares.len() > usize::from(u16::MAX) {
-            return None;
-        }
-        let schedule = crate::pool::share::schedule(shares, Self::slots(shares.len())).into_iter().map(|i| i as u16).collect();
-        let mut by_share: Vec<u16> = (0..shares.len() as u16).collect();
-        by_share.sort_by(|a, b| shares[usize::from(*b)].total_cmp(&shares[usize::from(*a)]).then(a.cmp(b)));
-        Some(Self { schedule, by_share: by_share.into() })
-    }
-
-    /// The record leading the `turn`th answer.
-    pub fn lead(&self, turn: usize) -> usize {
-        usize::from(self.schedule[turn % self.schedule.len()])
-    }
-
-    /// An answer led by record `lead`: it, then the others by share.
-    pub fn led_by(&self, lead: usize) -> impl Iterator<Item = usize> + '_ {
-        std::iter::once(lead).chain(self.by_share.iter().map(|i| usize::from(*i)).filter(move |i| *i != lead))
-    }
-}
-
-/// One zone as served right now.
-#[derive(Debug, Clone)]
-pub struct ZoneView {
-    pub data: Arc<ZoneData>,
-    pub serial: u32,
-    pub soa: Record,
-    pub pools: HashMap<LowerName, Arc<PoolAnswer>>,
-    /// What recent serials changed, for incremental transfers.
-    pub journal: Arc<crate::zone::journal::Journal>,
-}
-
-impl ZoneView {
-    /// A view of `data` at `serial` with the given pool answers. Pool names
-    /// that the data does not hold yet are made to exist, with their
-    /// empty non-terminals, so that they never answer NXDOMAIN.
-    pub fn new(mut data: Arc<ZoneData>, serial: u32, pools: HashMap<LowerName, Arc<PoolAnswer>>) -> Self {
-        if pools.keys().any(|p| !data.nodes.contains_key(p)) {
-            let d = Arc::make_mut(&mut data);
-            for name in pools.keys() {
-                let mut name = name.clone();
-                while d.lower_origin.zone_of(&name) && !d.nodes.contains_key(&name) {
-                    d.nodes.insert(name.clone(), Node::default());
-                    name = name.base_name();
-                }
-            }
-        }
-        let soa = data.soa_record(serial);
-        Self { data, serial, soa, pools, journal: Arc::new(crate::zone::journal::Journal::new(0, 0)) }
-    }
-}
+pub use super::answer::{Drawn, PoolAnswer, Preferred, Turn};
+use super::fast::FastTable;
+pub use super::view::{ZoneView, Zones, managed, zone_records};
 
 /// A member's state as `/metrics` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,65 +28,17 @@ pub struct MemberHealth {
 pub struct Snapshot {
     /// Each pool's members, by pool name.
     pub health: Arc<HashMap<String, Arc<[MemberHealth]>>>,
-    pub zones: HashMap<LowerName, Arc<ZoneView>>,
+    pub zones: Zones,
     /// Each pool's members in the policy's order, by pool name (lower case,
     /// no final dot): what the SRP responder serves instances from.
     pub preferred: Arc<HashMap<String, Arc<[Preferred]>>>,
     /// Pre-encoded responses for the UDP fast path.
-    pub fast: super::fast::FastTable,
-}
-
-/// A member in its pool's current preference.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Preferred {
-    pub id: String,
-    pub address: IpAddr,
-    /// The member's reported `tcp_port` metric, when it has one.
-    pub tcp_port: Option<u16>,
+    pub fast: FastTable,
 }
 
 impl Snapshot {
     /// The zone holding `name`: the one with the longest matching origin.
-    pub fn find_zone(&self, name: &LowerName) -> Option<&Arc<ZoneView>> {
-        let mut n = name.clone();
-        loop {
-            if let Some(z) = self.zones.get(&n) {
-                return Some(z);
-            }
-            if n.is_root() {
-                return None;
-            }
-            n = n.base_name();
-        }
+    pub fn find_zone(&self, name: &hickory_proto::rr::LowerName) -> Option<&Arc<ZoneView>> {
+        super::view::find_zone(&self.zones, name)
     }
-}
-
-impl PoolAnswer {
-    /// The address records this pool puts in the zone: its answer, none
-    /// while it answers SERVFAIL.
-    pub fn zone_records(&self) -> impl Iterator<Item = &Record> {
-        self.a.iter().chain(self.aaaa.iter()).filter(|_| !self.servfail)
-    }
-}
-
-/// Whether `r` is a virtual name's address record in the zone data: the
-/// pool's answer stands in for it.
-pub fn managed(r: &Record, is_pool: impl Fn(&LowerName) -> bool) -> bool {
-    use hickory_proto::rr::RecordType;
-    matches!(r.record_type(), RecordType::A | RecordType::AAAA) && is_pool(&LowerName::from(&r.name))
-}
-
-/// Every record a zone serves, in transfer order: SOA, the static records
-/// (pool names carrying their current answers instead of the file's), SOA.
-pub fn zone_records(zone: &ZoneView) -> Vec<Record> {
-    let mut records: Vec<Record> = Vec::with_capacity(zone.data.record_count + 2);
-    records.push(zone.soa.clone());
-    records.extend(zone.data.records_sorted().into_iter().filter(|r| !managed(r, |n| zone.pools.contains_key(n))).cloned());
-    let mut pools: Vec<&Arc<PoolAnswer>> = zone.pools.values().collect();
-    pools.sort_by(|a, b| a.name.cmp(&b.name));
-    for pool in pools {
-        records.extend(pool.zone_records().cloned());
-    }
-    records.push(zone.soa.clone());
-    records
 }

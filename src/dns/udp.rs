@@ -25,10 +25,11 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::fast;
-use super::handler::{Decoded, DnsHandler, UDP_PAYLOAD};
+use super::handler::{Decoded, DnsHandler};
 use super::metrics::{DnsCounters, Path};
 use super::rrl::{Kind, Rrl, Verdict};
 use super::snapshot::Snapshot;
+use super::wire::UDP_PAYLOAD;
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 
 /// Datagrams taken per system call.
