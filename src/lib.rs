@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod backoff;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 0),
     ("metrics", 0),
     ("clock", 0),
+    ("backoff", 0),
     ("envelope", 0),
     ("sys", 0),
     ("logs", 0),

@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use super::{
     ClusterError, ClusterStatus, Event, Keys, Kind, Leader, Unreadable, decode, decode_decision, decode_serial, encode, encode_decision,
 };
+use crate::backoff::Backoff;
 use crate::config::ClusterConfig;
 use crate::pool::Decision;
 use crate::pool::Overrides;
@@ -309,13 +310,13 @@ impl Etcd {
         // top of it: the same change.)
         // Long enough for etcd to elect a new leader when its leader went.
         let deadline = tokio::time::Instant::now() + self.timeout * 2;
-        let mut pause = Duration::from_millis(25);
+        let mut backoff = Backoff::new(Duration::from_millis(25), self.timeout);
         loop {
+            let pause = backoff.next_pause();
             match self.commit_once(what, &key, &value, base).await {
                 Err(ClusterError::Unavailable(e)) if tokio::time::Instant::now() + pause < deadline => {
                     debug!(error = %e, "commit failed; trying again through another node");
                     tokio::time::sleep(pause).await;
-                    pause *= 2;
                 }
                 other => return other,
             }
@@ -423,7 +424,7 @@ impl Etcd {
     /// again) makes the state unavailable, said once, and the reads start
     /// over after a backoff.
     pub async fn run(self, events: mpsc::Sender<Event>, status: Arc<ClusterStatus>, shutdown: CancellationToken) {
-        let mut backoff = RETRY.0;
+        let mut backoff = Backoff::new(RETRY.0, RETRY.1);
         let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             let attempt = async {
@@ -433,7 +434,7 @@ impl Etcd {
                     info!(revision, prefix = self.keys.prefix(), "cluster state available: following the group");
                 }
                 failing_since = None;
-                backoff = RETRY.0;
+                backoff.reset();
                 self.follow(revision + 1, &events, &shutdown).await
             };
             let outcome = tokio::select! {
@@ -461,13 +462,10 @@ impl Etcd {
                     }
                 }
             }
-            let pause = if status.available() { RETRY_QUICK } else { backoff };
+            let pause = if status.available() { RETRY_QUICK } else { backoff.next_pause() };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => return,
-            }
-            if !status.available() {
-                backoff = (backoff * 2).min(RETRY.1);
             }
         }
     }
@@ -554,7 +552,7 @@ impl Etcd {
     /// updater when it wins and when it loses; resigns at shutdown so
     /// another takes over at once.
     pub async fn lead(self, name: String, events: mpsc::Sender<Event>, shutdown: CancellationToken) {
-        let mut backoff = RETRY.0;
+        let mut backoff = Backoff::new(RETRY.0, RETRY.1);
         loop {
             let mut lease = None;
             let term = self.term(&name, &events, &shutdown, &mut lease);
@@ -586,14 +584,13 @@ impl Etcd {
                 });
             }
             match outcome {
-                Ok(()) => backoff = RETRY.0,
+                Ok(()) => backoff.reset(),
                 Err(e) => {
                     warn!(error = %e, "not the group's decider; campaigning again");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_pause()) => {}
                         _ = shutdown.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(RETRY.1);
                 }
             }
         }
@@ -656,7 +653,7 @@ impl Etcd {
         lost: Arc<std::sync::atomic::AtomicBool>,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = RETRY.0;
+        let mut backoff = Backoff::new(RETRY.0, RETRY.1);
         loop {
             let outcome = tokio::select! {
                 r = self.views_term(&name, &mut changes, &lost) => r,
@@ -668,10 +665,9 @@ impl Etcd {
                 Err(e) => debug!(error = %e, "views not published; trying again"),
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_pause()) => {}
                 _ = shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(RETRY.1);
         }
     }
 

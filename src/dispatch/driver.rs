@@ -457,7 +457,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .filter(|v| v.mode != DispatchMode::L7)
         .map(|v| Vip { ip: v.address, ports: v.ports.clone(), mode: if v.mode == DispatchMode::L42 { Mode::L42 } else { Mode::L43 } })
         .collect();
-    let seed = crate::clock::unix_ms() as u32 ^ std::process::id();
+    let seed: u32 = rand::random();
     let l7_vips: Vec<_> = dc.vip.iter().filter(|v| v.mode == DispatchMode::L7).collect();
     let gateway = dc.gateway;
     let local = match (gateway, l7_vips.is_empty()) {

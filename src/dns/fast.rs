@@ -137,8 +137,7 @@ pub struct Turns(AtomicUsize);
 
 impl Turns {
     fn random() -> Self {
-        use std::hash::BuildHasher;
-        Self(AtomicUsize::new(std::collections::hash_map::RandomState::new().hash_one(0u8) as usize))
+        Self(AtomicUsize::new(rand::random::<u64>() as usize))
     }
 
     fn next(&self) -> usize {

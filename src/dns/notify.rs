@@ -71,10 +71,7 @@ async fn notify_one(target: SocketAddr, sources: &[IpAddr], zone: &Name, serial:
 }
 
 fn rand_id() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
-    h.finish() as u16
+    rand::random()
 }
 
 /// Sends NOTIFY to every target for each (zone, serial) received. While a

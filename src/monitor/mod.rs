@@ -358,29 +358,25 @@ pub(crate) async fn report_to(
     refresh: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    let mut failing = false;
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
     loop {
         let batch = batch();
         if !batch.reports.is_empty() {
             match client.report(batch).await {
                 Ok(_) => {
-                    if failing {
+                    if backoff.failures() > 0 {
                         info!(%upstream, "reporting again");
                     }
-                    failing = false;
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
                 Err(status) => {
-                    if !failing {
+                    if backoff.failures() == 0 {
                         warn!(%upstream, code = ?status.code(), message = status.message(), "report not delivered; retrying with backoff");
                     }
-                    failing = true;
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_pause()) => {}
                         _ = shutdown.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             }

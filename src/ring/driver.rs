@@ -101,12 +101,8 @@ pub async fn run(
         broadcast_timeout: cfg.broadcast_timeout,
     };
     let key = cfg.key.as_ref().map(|k| k.as_bytes().to_vec());
-    let boot = {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(now_ms());
-        h.finish()
-    };
+    // Told apart from the last boot's by equality only: any fresh value will do.
+    let boot: u64 = rand::random();
     let mut seq = 0u64;
     let mut guard = ReplayGuard::default();
     let mut member = Member::join(me, cfg.dispatch_capable, timing, Instant::now());

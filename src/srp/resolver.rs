@@ -56,38 +56,41 @@ pub fn split(name: &str) -> Result<(&str, &str), ResolveError> {
     }
 }
 
-/// The first A (else AAAA) record for `name` from the DNS server `server`.
+/// The first A (else AAAA) record for `name` from the DNS server `server`,
+/// asked through hickory's client: a random query id and a random source
+/// port per query, and replies checked against the question.
 async fn dns_lookup(server: SocketAddr, name: &str, timeout: Duration) -> std::io::Result<IpAddr> {
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
+    use hickory_net::client::{Client, ClientHandle};
+    use hickory_net::runtime::TokioRuntimeProvider;
+    use hickory_net::udp::UdpClientStream;
+    use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
     let mut qname = Name::from_ascii(name).map_err(|e| invalid(e.to_string()))?;
     qname.set_fqdn(true);
-    let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("valid");
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(server).await?;
+    let stream = UdpClientStream::builder(server, TokioRuntimeProvider::default()).with_timeout(Some(timeout)).build();
+    let (mut client, background) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    let background = tokio::spawn(background);
+    let mut found = Err(std::io::ErrorKind::NotFound.into());
     for qtype in [RecordType::A, RecordType::AAAA] {
-        let id = (std::process::id() as u16) ^ (crate::clock::unix_ms() as u16);
-        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-        m.add_query(Query::query(qname.clone(), qtype));
-        socket.send(&m.to_vec().map_err(|e| invalid(e.to_string()))?).await?;
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(timeout, socket.recv(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        let reply = Message::from_vec(&buf[..n]).map_err(|e| invalid(e.to_string()))?;
-        if reply.metadata.id != id {
-            return Err(invalid("a DNS reply to another query".into()));
-        }
-        for r in &reply.answers {
-            match &r.data {
-                RData::A(a) => return Ok(IpAddr::V4(a.0)),
-                RData::AAAA(a) => return Ok(IpAddr::V6(a.0)),
-                _ => {}
+        let reply = match client.query(qname.clone(), DNSClass::IN, qtype).await {
+            Ok(r) => r,
+            Err(e) => {
+                found = Err(std::io::Error::other(e.to_string()));
+                break;
             }
+        };
+        let first = reply.answers.iter().find_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        });
+        if let Some(ip) = first {
+            found = Ok(ip);
+            break;
         }
     }
-    Err(std::io::ErrorKind::NotFound.into())
+    background.abort();
+    found
 }
 
 pub struct Resolver {
@@ -236,5 +239,53 @@ impl Resolver {
             Some(true) => Ok(s),
             _ => Err(ResolveError::NotVerified { addr, instance: instance.to_owned() }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::{RData, Record, rdata::A};
+
+    /// A DNS server on loopback that first answers each query with a
+    /// reply to another id (what an off-path spoofer would send), then
+    /// with the real one; it keeps each query's source port and id.
+    async fn server(answer: std::net::Ipv4Addr) -> (SocketAddr, tokio::sync::mpsc::Receiver<(u16, u16)>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let query = Message::from_vec(&buf[..n]).unwrap();
+                let _ = tx.send((from.port(), query.metadata.id)).await;
+                let mut reply = query.clone().into_response();
+                let name = query.queries[0].name().clone();
+                reply.add_answer(Record::from_rdata(name, 5, RData::A(A(std::net::Ipv4Addr::new(192, 0, 2, 66)))));
+                reply.metadata.id = query.metadata.id.wrapping_add(1);
+                socket.send_to(&reply.to_vec().unwrap(), from).await.unwrap();
+                let mut real = query.clone().into_response();
+                real.add_answer(Record::from_rdata(query.queries[0].name().clone(), 5, RData::A(A(answer))));
+                socket.send_to(&real.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn cluster_names_are_asked_with_random_ids_and_ports_and_spoofed_replies_are_ignored() {
+        let want = std::net::Ipv4Addr::new(127, 0, 0, 9);
+        let (addr, mut seen) = server(want).await;
+        let mut asked = Vec::new();
+        for _ in 0..4 {
+            let ip = dns_lookup(addr, "sql.example.test", Duration::from_secs(2)).await.unwrap();
+            assert_eq!(ip, IpAddr::V4(want), "the reply to another id is not taken");
+            asked.push(seen.recv().await.unwrap());
+        }
+        let ids: std::collections::BTreeSet<u16> = asked.iter().map(|(_, id)| *id).collect();
+        let ports: std::collections::BTreeSet<u16> = asked.iter().map(|(p, _)| *p).collect();
+        assert!(ids.len() >= 3, "ids are not predictable: {asked:?}");
+        assert!(ports.len() >= 3, "nor are source ports: {asked:?}");
     }
 }

@@ -152,7 +152,7 @@ pub async fn run(
         }
     };
     let key = cfg.key.as_ref().map(|k| k.as_bytes().to_vec());
-    let boot = crate::clock::unix_ms() as u64 ^ u64::from(std::process::id()) << 40;
+    let boot: u64 = rand::random();
     let mut seq = 0u64;
     let mut guard = ReplayGuard::default();
     let mut peer = Peer::start(control_addr, cfg.peers.clone(), cfg.keepalive_interval, cfg.keepalive_timeout, Instant::now());

@@ -15,6 +15,7 @@ use super::{Put, Store};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(10);
+use crate::backoff::Backoff;
 
 pub struct Saver {
     tx: Option<SyncSender<Vec<Put>>>,
@@ -52,10 +53,11 @@ impl Saver {
 
 fn run(store: &Store, rx: Receiver<Vec<Put>>) {
     let mut owed: BTreeMap<(usize, String), Put> = BTreeMap::new();
-    let mut backoff = FIRST_RETRY;
+    let mut backoff = Backoff::new(FIRST_RETRY, LAST_RETRY);
+    let mut pause = FIRST_RETRY;
     let mut open = true;
     while open {
-        let wait = if owed.is_empty() { Duration::from_secs(3600) } else { backoff };
+        let wait = if owed.is_empty() { Duration::from_secs(3600) } else { pause };
         match rx.recv_timeout(wait) {
             Ok(puts) => {
                 for p in puts.into_iter().chain(rx.try_iter().flatten()) {
@@ -70,17 +72,17 @@ fn run(store: &Store, rx: Receiver<Vec<Put>>) {
         }
         match store.write(owed.values()) {
             Ok(()) => {
-                if backoff > FIRST_RETRY {
+                if backoff.failures() > 0 {
                     info!(writes = owed.len(), "state store written again");
                 }
                 owed.clear();
-                backoff = FIRST_RETRY;
+                backoff.reset();
             }
             Err(error) => {
-                if backoff == FIRST_RETRY {
+                if backoff.failures() == 0 {
                     warn!(%error, owed = owed.len(), "cannot save state; retrying with backoff");
                 }
-                backoff = (backoff * 2).min(LAST_RETRY);
+                pause = backoff.next_pause();
             }
         }
         store.counters.owed.set(owed.len() as u64);

@@ -58,7 +58,7 @@ pub struct Gate {
     handshake: Duration,
     idle: Duration,
     counters: Arc<GateCounters>,
-    backoff: Duration,
+    backoff: crate::backoff::Backoff,
     exhausted: bool,
     was_full: bool,
     /// For an evicting gate, its connections: when full, the one silent
@@ -99,7 +99,7 @@ impl Gate {
             handshake,
             idle,
             counters: Arc::default(),
-            backoff: Duration::ZERO,
+            backoff: crate::backoff::Backoff::new(Duration::from_millis(10), MAX_BACKOFF),
             exhausted: false,
             was_full: false,
             open: None,
@@ -182,7 +182,7 @@ impl Gate {
                         self.exhausted = false;
                         info!(listener = self.name, "descriptors available again; accepting");
                     }
-                    self.backoff = Duration::ZERO;
+                    self.backoff.reset();
                     self.counters.accepted.inc();
                     let _ = stream.set_nodelay(true);
                     let slot = Slot::new(permit, self.counters.clone(), self.open.as_ref());
@@ -196,8 +196,7 @@ impl Gate {
                         self.exhausted = true;
                         warn!(listener = self.name, error = %e, "out of file descriptors; accepting more slowly until some are free");
                     }
-                    self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), MAX_BACKOFF);
-                    tokio::time::sleep(self.backoff).await;
+                    tokio::time::sleep(self.backoff.next_pause()).await;
                 }
                 // A connection that died before it was accepted, or similar.
                 Err(error) => debug!(listener = self.name, %error, "accept failed"),

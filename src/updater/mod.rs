@@ -91,7 +91,8 @@ pub struct Updater {
     unsent: Vec<Put>,
     next_member_save: Instant,
     /// When a serial mark the store refused is tried again, and the backoff.
-    reserve_retry: Option<(Instant, Duration)>,
+    reserve_retry: Option<Instant>,
+    reserve_backoff: crate::backoff::Backoff,
     /// The status page's board, when there is a page: built anew only
     /// while someone looks, when what is served or the ring changed, at
     /// most every BOARD_INTERVAL.
@@ -143,6 +144,7 @@ impl Updater {
             unsent: Vec::new(),
             next_member_save: now.instant + MEMBER_SAVE_INTERVAL,
             reserve_retry: None,
+            reserve_backoff: crate::backoff::Backoff::new(RESERVE_RETRY.0, RESERVE_RETRY.1),
             board: None,
             shared: None,
             shared_rx: None,
@@ -300,7 +302,7 @@ impl Updater {
     /// and retries with backoff.
     fn reserve(&mut self, now: Instant) {
         let due = self.catalog.reservations_due();
-        if due.is_empty() || self.reserve_retry.is_some_and(|(at, _)| now < at) {
+        if due.is_empty() || self.reserve_retry.is_some_and(|at| now < at) {
             return;
         }
         match self.store.write(&due) {
@@ -309,14 +311,14 @@ impl Updater {
                 if self.reserve_retry.take().is_some() {
                     info!("serial marks saved again");
                 }
+                self.reserve_backoff.reset();
                 self.store.counters.owed_serials.set(0);
             }
             Err(error) => {
-                let backoff = self.reserve_retry.map_or(RESERVE_RETRY.0, |(_, b)| (b * 2).min(RESERVE_RETRY.1));
                 if self.reserve_retry.is_none() {
                     error!(%error, "cannot save the zones' serial marks; serving anyway, retrying with backoff");
                 }
-                self.reserve_retry = Some((now + backoff, backoff));
+                self.reserve_retry = Some(now + self.reserve_backoff.next_pause());
                 self.store.counters.owed_serials.set(due.len() as u64);
             }
         }
