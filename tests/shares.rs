@@ -201,3 +201,36 @@ fn the_ttl_adapts_and_a_member_back_by_hand_ramps_up_with_time_alone() {
     let ramped = eventually(Duration::from_secs(10), || (web1() - 0.5).abs() < 1e-3);
     assert!(ramped.is_some_and(|d| d >= Duration::from_secs(2)), "full share after its slow start, not at once: {ramped:?} {}", web1());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_reports_set_the_shares_even_when_they_are_close_to_an_equal_split() {
+    use vnamed::grpc::Bearer;
+    use vnamed::grpc::v1::ReportBatch;
+    use vnamed::grpc::v1::status_client::StatusClient;
+    let pool = "[[pool]]\nname = \"www.example.test.\"\npolicy = \"least-loaded\"\nstale_after = \"1h\"\nmembers = [ \
+                { id = \"web1\", address = \"127.0.10.1\" }, { id = \"web2\", address = \"127.0.10.2\" }, { id = \"web3\", address = \"127.0.10.3\" } ]\n";
+    let a = tokio::task::spawn_blocking(move || Authority::in_process_with(&[("example.test.zone", ZONE)], pool, "token = \"t0ken\""))
+        .await
+        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut c = StatusClient::with_interceptor(channel, Bearer::new(Some("t0ken")).unwrap());
+    let reports = [("web1", 0.2), ("web2", 0.3), ("web3", 0.4)]
+        .iter()
+        .map(|(id, load)| common::member_report("www.example.test.", id, true, &[("load", *load)]))
+        .collect();
+    c.report(ReportBatch { source: "test".into(), reports }).await.unwrap();
+    // Spare capacity 0.8 / 0.7 / 0.6 of 2.1: 38.1%, 33.3%, 28.6%.
+    let want = [("127.0.10.1", 0.8 / 2.1), ("127.0.10.2", 0.7 / 2.1), ("127.0.10.3", 0.6 / 2.1)];
+    let a = tokio::task::spawn_blocking(move || {
+        let settled = eventually(Duration::from_secs(10), || {
+            let s = explained(&a);
+            want.iter().all(|(ip, w)| s.get(*ip).is_some_and(|x| (x - w).abs() < 0.001))
+        });
+        assert!(settled.is_some(), "shares {:?}, want {want:?}", explained(&a));
+        assert_close(&draw(&a, 2000), &explained(&a), 2000);
+        a
+    })
+    .await
+    .unwrap();
+    drop(a);
+}

@@ -516,8 +516,8 @@ impl PoolState {
                 self.shaping
             };
             let ramp = self.spread.ramp(now, &ids, shaping.slow_start);
-            let policy = share::shares(self.policy, self.formula.as_deref(), &live);
-            let held = self.spread.hold(&ids, &policy, self.shaping.margin);
+            let (policy, known) = share::shares_known(self.policy, self.formula.as_deref(), &live);
+            let held = self.spread.hold(&ids, &policy, &known, self.shaping.margin);
             let full: Vec<bool> = live
                 .iter()
                 .map(|m| match (m.capacity, &self.capacity_metric) {

@@ -38,13 +38,20 @@ pub const SLOW_START_FLOOR: f64 = 0.1;
 
 /// Each eligible member's share (summing to 1; empty for no members).
 pub fn shares(policy: PolicyName, formula: Option<&Formula>, members: &[&MemberState]) -> Vec<f64> {
+    shares_known(policy, formula, members).0
+}
+
+/// `shares`, and which members' metric the policy had (the others were
+/// given the mean): shares taken from unknown metrics, as at start-up,
+/// are a placeholder, not the policy's word (see `Spread::hold`).
+pub fn shares_known(policy: PolicyName, formula: Option<&Formula>, members: &[&MemberState]) -> (Vec<f64>, Vec<bool>) {
     if members.is_empty() {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     if policy == PolicyName::Priority {
         let mut s = vec![0.0; members.len()];
         s[0] = 1.0;
-        return s;
+        return (s, vec![true; members.len()]);
     }
     let size = |m: &MemberState| if policy == PolicyName::RoundRobin { 1.0 } else { f64::from(m.weight) };
     let metric = |m: &MemberState| -> Option<f64> {
@@ -63,7 +70,8 @@ pub fn shares(policy: PolicyName, formula: Option<&Formula>, members: &[&MemberS
     let raw: Vec<Option<f64>> = members.iter().map(|m| metric(m)).collect();
     let known: Vec<f64> = raw.iter().flatten().copied().collect();
     let mean = if known.is_empty() { 1.0 } else { known.iter().sum::<f64>() / known.len() as f64 };
-    normalised(raw.into_iter().zip(members).map(|(w, m)| w.unwrap_or(mean) * size(m)).collect())
+    let reported = raw.iter().map(Option::is_some).collect();
+    (normalised(raw.into_iter().zip(members).map(|(w, m)| w.unwrap_or(mean) * size(m)).collect()), reported)
 }
 
 /// `shares` with each member's factor applied: its slow start (from
@@ -244,8 +252,10 @@ pub struct Shaping {
 pub struct Spread {
     /// The shares served now, of the members in service then.
     served: Vec<(Arc<str>, f64)>,
-    /// The policy's shares as last taken (see `hold`).
+    /// The policy's shares as last taken (see `hold`), and whether each
+    /// member's metric was known then.
     held: Vec<(Arc<str>, f64)>,
+    held_known: Vec<bool>,
     /// When each member in service came (back) into service.
     since: HashMap<Arc<str>, Instant>,
     /// When shares last stepped towards their target.
@@ -277,9 +287,13 @@ impl Spread {
 
     /// The policy's shares for the `live` members as the pool takes them:
     /// the ones last taken unless some member's differs by more than
-    /// `margin` (or the members changed), so a noisy metric moves nothing.
-    pub fn hold(&mut self, live: &[Arc<str>], shares: &[f64], margin: f64) -> Vec<f64> {
-        let same = self.held.len() == live.len() && self.held.iter().zip(live).all(|((k, _), id)| k == id);
+    /// `margin`, so a noisy metric moves nothing. New shares are taken as
+    /// they are when the members changed, or when a member's metric became
+    /// known (`known`, from `shares_known`) or unknown: the split before a
+    /// pool's first reports is no baseline to hold against.
+    pub fn hold(&mut self, live: &[Arc<str>], shares: &[f64], known: &[bool], margin: f64) -> Vec<f64> {
+        let same = self.held.len() == live.len() && self.held.iter().zip(live).all(|((k, _), id)| k == id) && self.held_known == known;
+        self.held_known = known.to_vec();
         let prev: Vec<f64> = self.held.iter().map(|(_, v)| *v).collect();
         let kept = if same { damped(&prev, shares, margin) } else { shares.to_vec() };
         self.held = live.iter().cloned().zip(kept.iter().copied()).collect();
@@ -527,12 +541,32 @@ mod tests {
     fn the_policy_shares_are_held_until_a_member_moves_by_more_than_the_margin() {
         let mut sp = Spread::default();
         let ab = ids(&["a", "b"]);
-        assert_eq!(sp.hold(&ab, &[0.5, 0.5], 0.1), vec![0.5, 0.5]);
-        assert_eq!(sp.hold(&ab, &[0.53, 0.47], 0.1), vec![0.5, 0.5], "noise");
-        assert_eq!(sp.hold(&ab, &[0.58, 0.42], 0.1), vec![0.58, 0.42]);
-        assert_eq!(sp.hold(&ab, &[0.0, 1.0], 0.99), vec![0.0, 1.0], "a member at nothing always moves");
+        let k = [true; 3];
+        assert_eq!(sp.hold(&ab, &[0.5, 0.5], &k[..2], 0.1), vec![0.5, 0.5]);
+        assert_eq!(sp.hold(&ab, &[0.53, 0.47], &k[..2], 0.1), vec![0.5, 0.5], "noise");
+        assert_eq!(sp.hold(&ab, &[0.58, 0.42], &k[..2], 0.1), vec![0.58, 0.42]);
+        assert_eq!(sp.hold(&ab, &[0.0, 1.0], &k[..2], 0.99), vec![0.0, 1.0], "a member at nothing always moves");
         let abc = ids(&["a", "b", "c"]);
-        assert_eq!(sp.hold(&abc, &[0.3, 0.3, 0.4], 0.5), vec![0.3, 0.3, 0.4], "new members: taken as they are");
+        assert_eq!(sp.hold(&abc, &[0.3, 0.3, 0.4], &k, 0.5), vec![0.3, 0.3, 0.4], "new members: taken as they are");
+    }
+
+    #[test]
+    fn the_first_reports_replace_the_start_up_split_however_close_to_it() {
+        // No metric yet: equal shares. Then loads 0.2 / 0.3 / 0.4: spare
+        // capacity 0.8 / 0.7 / 0.6, within the margin of a third each.
+        let abc = ids(&["a", "b", "c"]);
+        let (a, b, c) = (member("a", 1, None), member("b", 1, None), member("c", 1, None));
+        let (blind, unknown) = shares_known(PolicyName::LeastLoaded, None, &[&a, &b, &c]);
+        assert_eq!(unknown, vec![false; 3]);
+        let mut sp = Spread::default();
+        assert!(close(&sp.hold(&abc, &blind, &unknown, 0.15), &[1.0 / 3.0; 3]));
+        let (a, b, c) = (member("a", 1, Some(0.2)), member("b", 1, Some(0.3)), member("c", 1, Some(0.4)));
+        let (policy, known) = shares_known(PolicyName::LeastLoaded, None, &[&a, &b, &c]);
+        assert!(close(&sp.hold(&abc, &policy, &known, 0.15), &[0.8 / 2.1, 0.7 / 2.1, 0.6 / 2.1]), "taken at once");
+        // Once known, the margin holds as before.
+        let (a, b, c) = (member("a", 1, Some(0.21)), member("b", 1, Some(0.3)), member("c", 1, Some(0.4)));
+        let (noisy, known) = shares_known(PolicyName::LeastLoaded, None, &[&a, &b, &c]);
+        assert!(close(&sp.hold(&abc, &noisy, &known, 0.15), &policy), "noise after that moves nothing");
     }
 
     #[test]
