@@ -98,21 +98,31 @@ impl Authority {
             }
         };
         let state_counters = state.as_ref().map(|(s, _)| s.counters.clone()).unwrap_or_default();
+        let ring = match &state {
+            Some((store, loaded)) => match ring_of(store, loaded, &auth) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
         // With the zones loaded, the pools are checked against them even
         // when an address could not be bound, so every problem shows at once.
-        let updater = match (files, &state) {
-            (Some(files), Some((store, loaded))) => {
-                match Updater::new(
-                    config,
-                    files,
-                    store.clone(),
-                    loaded,
-                    snapshot.clone(),
-                    notify_tx,
-                    updater_counters.clone(),
-                    auth.zone_write_interval,
-                    crate::clock::Now::read(),
-                ) {
+        let updater = match (files, state, ring) {
+            (Some(files), Some((store, saved)), Some(ring)) => {
+                info!(store = %store.path().display(), fresh = saved.fresh, "state store open");
+                let parts = crate::updater::Parts {
+                    store,
+                    saved,
+                    ring,
+                    snapshot: snapshot.clone(),
+                    notify: notify_tx,
+                    counters: updater_counters.clone(),
+                    write_interval: auth.zone_write_interval,
+                };
+                match Updater::start(config, files, parts).await {
                     Ok(u) => Some(u),
                     Err(p) => {
                         problems.extend(p);
@@ -125,26 +135,10 @@ impl Authority {
         if !problems.is_empty() {
             anyhow::bail!("cannot start the authority:\n  - {}", problems.join("\n  - "));
         }
-        let (store, loaded) = state.expect("no problems");
-        let ring = match &loaded.ring {
-            Some(text) => crate::ring::registry::Registry::from_text(text)
-                .map_err(|e| anyhow::anyhow!("{}: ring table: {e}", store.path().display()))?,
-            None => {
-                // Kept in a file of its own by earlier versions: taken into the store once.
-                let file = auth.ring_table.clone().unwrap_or_else(|| auth.zones_dir.join(".vnamed-ring"));
-                let ring = crate::ring::store::load(&file)?;
-                if ring != crate::ring::registry::Registry::default() {
-                    store.write([&crate::state::Put::Ring(ring.to_text())])?;
-                    info!(file = %file.display(), "ring table taken into the state store");
-                }
-                ring
-            }
-        };
-        info!(store = %store.path().display(), fresh = loaded.fresh, "state store open");
         let boards = crate::catalog::Boards::new(Instant::now());
-        let updater = updater.expect("no problems").with_ring(ring, Instant::now());
+        let updater = updater.expect("no problems");
         // The status page's boards, only when there is a page to show them.
-        let updater = if metrics.is_some() { updater.with_board(boards.clone(), Instant::now()) } else { updater };
+        let updater = if metrics.is_some() { updater.with_board(boards.clone()) } else { updater };
         let cluster_status = crate::cluster::ClusterStatus::new();
         let (updater, cluster) = match config.cluster.as_ref().filter(|c| c.shared()) {
             Some(c) => {
@@ -398,4 +392,24 @@ pub async fn run(config: Config, path: &Path, shutdown: CancellationToken) -> an
     crate::sys::service::ready("serving DNS");
     authority.wait().await;
     Ok(())
+}
+
+/// The ring's server table as the store keeps it; from a store that has
+/// none, the file earlier versions kept it in, taken into the store once.
+fn ring_of(
+    store: &crate::state::Store,
+    loaded: &crate::state::Loaded,
+    auth: &crate::config::AuthorityConfig,
+) -> anyhow::Result<crate::ring::registry::Registry> {
+    if let Some(text) = &loaded.ring {
+        return crate::ring::registry::Registry::from_text(text)
+            .map_err(|e| anyhow::anyhow!("{}: ring table: {e}", store.path().display()));
+    }
+    let file = auth.ring_table.clone().unwrap_or_else(|| auth.zones_dir.join(".vnamed-ring"));
+    let ring = crate::ring::store::load(&file)?;
+    if ring != crate::ring::registry::Registry::default() {
+        store.write([&crate::state::Put::Ring(ring.to_text())])?;
+        info!(file = %file.display(), "ring table taken into the state store");
+    }
+    Ok(ring)
 }

@@ -8,29 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hickory_proto::rr::{LowerName, Name};
+use hickory_proto::rr::LowerName;
 use tracing::{error, info, warn};
 
-use super::{Catalog, ZoneState, serial_gt};
+use super::{Catalog, Output, ZoneState, serial_gt};
 use crate::pool::table::PoolId;
 use crate::zone::io::{Done, Job, WriteJob};
 use crate::zone::sync::{After, Origin as SyncOrigin, Written};
 use crate::zone::{self, MemberNote, ZoneFile};
 
 impl Catalog {
-    /// The next job for the zone file thread, if any.
-    pub fn poll_job(&mut self) -> Option<Job> {
-        self.jobs.pop_front()
-    }
-
-    /// The next NOTIFY for secondaries (zone, serial), if any.
-    pub fn poll_notice(&mut self) -> Option<(Name, u32)> {
-        self.notices.pop_front()
-    }
-
     /// A job the zone file thread could not take (its queue was full):
     /// a write is retried later, a read at the next change.
-    pub fn refused(&mut self, job: Job) {
+    pub(super) fn refused(&mut self, job: Job) {
         match job {
             Job::Write(job) => {
                 warn!(zone = %job.origin, "zone file queue full; the write will be retried");
@@ -56,9 +46,9 @@ impl Catalog {
         self.zones.values().filter(|z| z.sync.is_dirty() || z.sync.is_unwritable()).map(|z| z.file.path.display().to_string()).collect()
     }
 
-    /// When the next coalesced write is due, if any.
-    pub fn next_write(&self, now: Instant) -> Option<Instant> {
-        self.zones.values().filter_map(|z| z.sync.due_at(self.write_interval, now)).min()
+    /// When the next coalesced write is due, if any (as of the last input).
+    pub(super) fn next_write(&self) -> Option<Instant> {
+        self.zones.values().filter_map(|z| z.sync.due_at(self.write_interval, self.clock)).min()
     }
 
     /// Starts a write of every zone whose turn has come (every changed one
@@ -106,7 +96,7 @@ impl Catalog {
         let Some(z) = self.zones.get_mut(origin) else { return };
         let ticket = z.sync.begin_write(now);
         let job = WriteJob { origin: origin.clone(), base: z.file.clone(), serial: z.serial, blocks, ticket };
-        self.jobs.push_back(Job::Write(Box::new(job)));
+        self.out.push_back(Output::Job(Job::Write(Box::new(job))));
     }
 
     /// Takes the outcome of a zone file write.
@@ -141,7 +131,7 @@ impl Catalog {
                 self.stable_stale = true;
             }
             let old = std::mem::replace(&mut z.file, Arc::new(file));
-            self.jobs.push_back(Job::Release(old));
+            self.out.push_back(Output::Job(Job::Release(old)));
         }
         if let Some((text, parsed)) = done.edit {
             self.edit(origin, path, text, parsed);
@@ -149,17 +139,17 @@ impl Catalog {
     }
 
     /// An operator may have changed a zone file: have it read.
-    pub fn edited(&mut self, path: &Path) {
+    pub(super) fn edited(&mut self, path: &Path) {
         let Some(origin) = zone::origin_for(path).map(LowerName::from) else { return };
         if !self.reading.insert(origin.clone()) {
             self.reread.insert(origin); // read again once the read under way ends
             return;
         }
-        self.jobs.push_back(Job::Read { origin, path: path.to_owned(), force: false });
+        self.out.push_back(Output::Job(Job::Read { origin, path: path.to_owned(), force: false }));
     }
 
     /// Takes the result of a zone file job.
-    pub fn io_done(&mut self, done: Done) {
+    pub(super) fn io_done(&mut self, done: Done) {
         match done {
             Done::Write(w) => self.written(*w),
             Done::Read { origin, path, read } => {
@@ -187,7 +177,7 @@ impl Catalog {
         let Some(parsed) = parsed else {
             // Text we wrote once but no longer believe is there: read it whole.
             if self.reading.insert(origin.clone()) {
-                self.jobs.push_back(Job::Read { origin, path, force: true });
+                self.out.push_back(Output::Job(Job::Read { origin, path, force: true }));
             }
             return;
         };
@@ -230,7 +220,7 @@ impl Catalog {
                 });
                 z.sync.accept(&text, z.serial != file.serial || blocks_differ);
                 let old = std::mem::replace(&mut z.file, Arc::new(file));
-                self.jobs.push_back(Job::Release(old));
+                self.out.push_back(Output::Job(Job::Release(old)));
                 self.stable_stale = true;
                 info!(file = %path.display(), serial = z.serial, "zone file reloaded");
             }

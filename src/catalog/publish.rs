@@ -84,12 +84,8 @@ impl Catalog {
         self.dirty_zones.insert(origin.clone());
     }
 
-    /// Swaps in a snapshot of what is served now, redoing only what changed
-    /// since the last one: the views of changed zones, the static
-    /// responses when some zone's data changed, and the entries of pools
-    /// whose answer changed. The serial in pre-encoded responses is a cell
-    /// per zone, set here. Done when the updater calls `publish_pending`,
-    /// once the serials it serves are reserved in the state store.
+    /// Something served changed: a snapshot is published when the input
+    /// has been taken (`settle`), once the serials it serves are reserved.
     pub(super) fn publish(&mut self) {
         self.publish_due = true;
         self.published += 1;
@@ -127,14 +123,12 @@ impl Catalog {
         }
     }
 
-    /// Publishes what changed since the last publish, if anything did.
-    pub fn publish_pending(&mut self) {
-        if std::mem::take(&mut self.publish_due) {
-            self.render();
-        }
-    }
-
-    fn render(&mut self) {
+    /// Builds the snapshot of what is served now, redoing only what changed
+    /// since the last one: the views of changed zones, the static
+    /// responses when some zone's data changed, and the entries of pools
+    /// whose answer changed. The serial in pre-encoded responses is a cell
+    /// per zone, set here.
+    pub(super) fn render(&mut self) {
         self.journal_serials();
         for (origin, z) in &self.zones {
             let data_changed = self.views.get(origin).is_none_or(|(data, _)| !Arc::ptr_eq(data, &z.file.data));
@@ -185,7 +179,7 @@ impl Catalog {
                 cell.store(z.serial, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        self.snapshot.store(Arc::new(snap));
+        self.snapshot = Arc::new(snap);
     }
 
     /// Pool `i`'s members may have changed state: its watchers hear at

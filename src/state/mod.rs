@@ -3,13 +3,14 @@
 //! the API acknowledged, the ring's server table, the last known state of
 //! every pool's members, each zone's journal of differences for
 //! incremental transfers), in one embedded transactional store (redb) in
-//! `state_dir`. Every write is one transaction, durable when it returns.
+//! `state_dir`. Every write is one transaction, durable when it returns;
+//! the `writer` thread makes them, so no task waits for the disk.
 //! After a failed write (a full disk) the database is closed and opened
 //! again at the next write, as redb asks.
 
-mod saver;
+mod writer;
 
-pub use saver::Saver;
+pub use writer::{ACKED_QUEUE, Durable, Saved, Ticket, Writer};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::metrics::{Count, Expose, Writer};
+use crate::metrics::{Count, Expose, Writer as MetricsWriter};
 use crate::pool::{Overrides, SavedPool};
 
 /// Zone origin → the highest serial that may have been served.
@@ -97,7 +98,7 @@ impl Put {
 pub struct StateCounters {
     writes: [Count; KINDS.len()],
     failures: [Count; KINDS.len()],
-    /// Owed by the saver, and serial marks the updater owes.
+    /// Owed by the writer in the background, and serial marks the catalog owes.
     pub owed: Count,
     pub owed_serials: Count,
     last_error: Mutex<Option<String>>,
@@ -118,7 +119,7 @@ impl StateCounters {
 }
 
 impl Expose for StateCounters {
-    fn expose(&self, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+    fn expose(&self, w: &mut MetricsWriter<'_, '_>) -> std::fmt::Result {
         let by_kind = |c: &[Count; KINDS.len()]| KINDS.iter().zip(c).map(|(k, n)| (vec![("what", (*k).into())], n.get())).collect();
         w.counters("vnamed_state_writes", "Writes to the state store, by what they saved.", by_kind(&self.writes))?;
         w.counters(

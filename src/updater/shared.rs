@@ -244,22 +244,21 @@ impl Shared {
     }
 
     /// The ring table as of `revision`, unless a newer one is in.
-    fn apply_ring(&mut self, catalog: &mut Catalog, ring: &mut Registry, saves: &mut Vec<Put>, next: Registry, revision: i64, now: Now) {
+    fn apply_ring(&mut self, catalog: &mut Catalog, next: Registry, revision: i64, now: Now) {
         if self.ring_revision >= revision {
             return;
         }
         self.ring_revision = revision;
-        if *ring == next {
+        if *catalog.ring() == next {
             return;
         }
         // Kept in the embedded store too, for a start with etcd out of reach.
-        saves.push(Put::Ring(next.to_text()));
-        *ring = next;
-        catalog.ring_dead(ring.dead_hosts(), now.instant);
+        catalog.save_background([Put::Ring(next.to_text())]);
+        catalog.set_ring(next, now.instant);
     }
 
     /// A ring table commit's outcome.
-    fn ring_committed(&mut self, catalog: &mut Catalog, ring: &mut Registry, saves: &mut Vec<Put>, c: RingCommitted, now: Now) {
+    fn ring_committed(&mut self, catalog: &mut Catalog, c: RingCommitted, now: Now) {
         match (c.result, c.op) {
             (Ok(revision), op) => {
                 if op.is_some() {
@@ -267,7 +266,7 @@ impl Shared {
                 } else {
                     info!(revision, "this authority's ring table is now the group's");
                 }
-                self.apply_ring(catalog, ring, saves, c.next, revision, now);
+                self.apply_ring(catalog, c.next, revision, now);
                 self.status.set_revision(revision);
                 if let Some((_, reply)) = op {
                     let _ = reply.send(Ok(c.answer));
@@ -279,7 +278,7 @@ impl Shared {
                 debug!(revision, "a ring change raced another authority's; tried again once it is in");
                 let pending = Pending::Ring { op, reply };
                 self.retries.push(Retry { revision, attempt: c.attempt + 1, until: now.instant + WAIT, pending });
-                self.retry_due(catalog, ring, now);
+                self.retry_due(catalog, now);
             }
             (Err(e), Some((_, reply))) => {
                 if matches!(e, ClusterError::Unavailable(_) | ClusterError::Refused(_)) {
@@ -292,10 +291,10 @@ impl Shared {
     }
 
     /// What a task brought back.
-    pub fn back(&mut self, catalog: &mut Catalog, ring: &mut Registry, saves: &mut Vec<Put>, back: Back, now: Now) {
+    pub fn back(&mut self, catalog: &mut Catalog, back: Back, now: Now) {
         match back {
-            Back::Change(c) => self.committed(catalog, ring, saves, *c, now),
-            Back::Ring(c) => self.ring_committed(catalog, ring, saves, *c, now),
+            Back::Change(c) => self.committed(catalog, *c, now),
+            Back::Ring(c) => self.ring_committed(catalog, *c, now),
             Back::Decisions { decisions, serials, result: Ok(revision) } => {
                 let decisions = decisions.into_iter().map(|(p, d)| (p, d, revision)).collect();
                 let serials = serials.into_iter().map(|(z, n)| (z, n, revision)).collect();
@@ -393,11 +392,11 @@ impl Shared {
 
     /// A commit's outcome: applied here at once (the watch brings it to
     /// the others), tried again after a race, or refused.
-    fn committed(&mut self, catalog: &mut Catalog, ring: &Registry, saves: &mut Vec<Put>, c: Committed, now: Now) {
+    fn committed(&mut self, catalog: &mut Catalog, c: Committed, now: Now) {
         match c.result {
             Ok(revision) => {
                 info!(pool = %c.pool, revision, overrides = ?c.overrides.lines(), "pool changed by operator, committed to the group");
-                self.apply(catalog, saves, &c.key, c.overrides, revision, now);
+                self.apply(catalog, &c.key, c.overrides, revision, now);
                 self.status.set_revision(revision);
                 c.reply.send(catalog.served(&c.pool));
             }
@@ -405,7 +404,7 @@ impl Shared {
                 debug!(pool = %c.pool, revision, "raced another authority's change; tried again once it is in");
                 let pending = Pending::Pool { key: c.key, pool: c.pool, change: c.change, reply: c.reply };
                 self.retries.push(Retry { revision, attempt: c.attempt + 1, until: now.instant + WAIT, pending });
-                self.retry_due(catalog, ring, now);
+                self.retry_due(catalog, now);
             }
             Err(e) => {
                 if matches!(e, ClusterError::Unavailable(_) | ClusterError::Refused(_)) {
@@ -418,19 +417,19 @@ impl Shared {
     }
 
     /// What the driver read from the group.
-    pub fn event(&mut self, catalog: &mut Catalog, ring: &mut Registry, saves: &mut Vec<Put>, event: Event, now: Now) {
+    pub fn event(&mut self, catalog: &mut Catalog, event: Event, now: Now) {
         match event {
-            Event::Ring { ring: Some(next), revision } => self.apply_ring(catalog, ring, saves, next, revision, now),
+            Event::Ring { ring: Some(next), revision } => self.apply_ring(catalog, next, revision, now),
             // The group has no ring table yet: this authority offers its own.
             Event::Ring { ring: None, revision: 0 } => {
-                if self.ring_revision == 0 && *ring != Registry::default() {
-                    self.commit_ring(None, ring.clone(), RingReply::Done, String::new(), 0);
+                if self.ring_revision == 0 && *catalog.ring() != Registry::default() {
+                    self.commit_ring(None, catalog.ring().clone(), RingReply::Done, String::new(), 0);
                 }
             }
             // An operator deleted the group's ring table.
-            Event::Ring { ring: None, revision } => self.apply_ring(catalog, ring, saves, Registry::default(), revision, now),
+            Event::Ring { ring: None, revision } => self.apply_ring(catalog, Registry::default(), revision, now),
             Event::Overrides { pool, overrides, revision } => {
-                self.apply(catalog, saves, &pool, overrides, revision, now);
+                self.apply(catalog, &pool, overrides, revision, now);
             }
             Event::Decided { decisions, serials } => self.decided(catalog, decisions, serials, now),
             Event::Views { views, whole } => self.seen(catalog, views, whole, now),
@@ -449,11 +448,11 @@ impl Shared {
                 self.leader = leader;
             }
         }
-        self.retry_due(catalog, ring, now);
+        self.retry_due(catalog, now);
     }
 
     /// Pool `key`'s overrides as of `revision`, unless a newer word is in.
-    fn apply(&mut self, catalog: &mut Catalog, saves: &mut Vec<Put>, key: &str, overrides: Overrides, revision: i64, now: Now) {
+    fn apply(&mut self, catalog: &mut Catalog, key: &str, overrides: Overrides, revision: i64, now: Now) {
         let known = self.applied.entry(key.to_owned()).or_insert(0);
         if *known >= revision {
             return;
@@ -463,7 +462,7 @@ impl Shared {
             Ok(staged) => {
                 // Kept in the embedded store too: with etcd out of reach at
                 // the next start, the last state is served.
-                saves.extend(staged.saves().into_iter().cloned());
+                catalog.save_background(staged.saves().into_iter().cloned());
                 if let Err(e) = catalog.commit(staged, now) {
                     warn!(pool = key, error = %e, "the group's overrides could not be applied");
                 }
@@ -482,7 +481,7 @@ impl Shared {
 
     /// Changes whose race is over (the newer state is in), tried again;
     /// those that waited too long, refused.
-    fn retry_due(&mut self, catalog: &Catalog, ring: &Registry, now: Now) {
+    fn retry_due(&mut self, catalog: &Catalog, now: Now) {
         let (due, waiting): (Vec<Retry>, Vec<Retry>) =
             std::mem::take(&mut self.retries).into_iter().partition(|r| self.reached(&r.pending) >= r.revision || now.instant >= r.until);
         self.retries = waiting;
@@ -499,7 +498,7 @@ impl Shared {
             }
             match r.pending {
                 Pending::Pool { pool, change, reply, .. } => self.propose(catalog, pool, change, r.attempt, reply, now),
-                Pending::Ring { op, reply } => self.propose_ring(ring, op, r.attempt, reply),
+                Pending::Ring { op, reply } => self.propose_ring(catalog.ring(), op, r.attempt, reply),
             }
         }
     }
@@ -521,9 +520,9 @@ impl Shared {
     /// Called on the updater's tick: expires retries that waited too
     /// long, moves the group's serials up where needed, and publishes
     /// this authority's own views of members that changed.
-    pub fn tick(&mut self, catalog: &Catalog, ring: &Registry, now: Now) {
+    pub fn tick(&mut self, catalog: &mut Catalog, now: Now) {
         if !self.retries.is_empty() {
-            self.retry_due(catalog, ring, now);
+            self.retry_due(catalog, now);
         }
         self.raise(catalog);
         self.publish_views(catalog, now);
