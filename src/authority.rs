@@ -44,6 +44,18 @@ impl Authority {
     /// Loads, binds and starts everything; every problem found on the way
     /// (config, zone files, addresses in use) is reported together.
     pub async fn start(config: &Config, config_path: Option<&Path>, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::start_on(config, config_path, shutdown, |store| store).await
+    }
+
+    /// `start`, with the state store's writes going through `disk` (tests
+    /// put a slow disk there; nothing else should).
+    #[doc(hidden)]
+    pub async fn start_on(
+        config: &Config,
+        config_path: Option<&Path>,
+        shutdown: CancellationToken,
+        disk: impl FnOnce(Arc<crate::state::Store>) -> Arc<dyn crate::state::Durable>,
+    ) -> anyhow::Result<Self> {
         let auth = config.authority()?.clone();
         let mut problems: Vec<String> = Vec::new();
         let files = match zone::load_dir(&auth.zones_dir) {
@@ -114,7 +126,7 @@ impl Authority {
             (Some(files), Some((store, saved)), Some(ring)) => {
                 info!(store = %store.path().display(), fresh = saved.fresh, "state store open");
                 let parts = crate::updater::Parts {
-                    store,
+                    store: disk(store),
                     saved,
                     ring,
                     snapshot: snapshot.clone(),

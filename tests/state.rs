@@ -2,7 +2,8 @@
 //! would: changes the API acknowledged survive SIGTERM and kill -9 right
 //! after the reply until they are cleared; the SOA serial never goes
 //! backwards across kill -9 while answers flap; members reported down are
-//! still down after a restart, before any report arrives.
+//! still down after a restart, before any report arrives; a slow disk
+//! delays only the change that waits for it.
 
 mod common;
 
@@ -272,4 +273,61 @@ fn a_full_disk_refuses_changes_it_cannot_keep_and_saves_the_rest_once_space_retu
     let web3 = status.lines().find(|l| l.contains("web3 ")).unwrap_or_default().to_owned();
     assert!(web3.contains(" down "), "the report made while the disk was full was saved once it had room: {status}");
     drop(a);
+}
+
+/// The real store behind a disk whose every durable write takes 500 ms.
+struct SlowDisk(std::sync::Arc<vnamed::state::Store>);
+
+impl vnamed::state::Durable for SlowDisk {
+    fn write_puts(&self, puts: &[&vnamed::state::Put]) -> Result<(), vnamed::state::StateError> {
+        std::thread::sleep(Duration::from_millis(500));
+        self.0.write(puts.iter().copied())
+    }
+    fn counters(&self) -> &std::sync::Arc<vnamed::state::StateCounters> {
+        &self.0.counters
+    }
+}
+
+#[test]
+fn a_slow_disk_delays_the_change_that_waits_for_it_and_nothing_else() {
+    let a = Authority::in_process_on(&[("example.test.zone", ZONE)], POOL, "", |store| std::sync::Arc::new(SlowDisk(store)));
+    assert_eq!(short(&a, "www.example.test"), "127.0.10.1");
+    // An operator takes web1 out: acknowledged only once it is on disk.
+    let change = {
+        let (grpc, started) = (a.grpc.clone(), std::time::Instant::now());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let channel = tonic::transport::Endpoint::from_shared(grpc).unwrap().connect().await.unwrap();
+                let mut admin = AdminClient::with_interceptor(channel, Bearer::new(None).unwrap());
+                let request =
+                    SetMemberRequest { pool: "www.example.test.".into(), member: "web1".into(), admin: Some("down".into()), weight: None };
+                admin.set_member(request).await.unwrap();
+            });
+            started.elapsed()
+        })
+    };
+    // Meanwhile answers and reports go on as if the disk were fast: web2
+    // reported down and back leaves and rejoins the standbys at once.
+    std::thread::sleep(Duration::from_millis(50));
+    let window = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut rounds = 0;
+    while window.elapsed() < Duration::from_millis(400) {
+        let t = std::time::Instant::now();
+        assert_eq!(short(&a, "www.example.test"), "127.0.10.1", "the change is not served before it is durable");
+        report(&a, vec![member_report("www.example.test.", "web2", rounds % 2 == 1, &[])]);
+        let status = run(&a, &["status", "--explain", "www.example.test."]);
+        let web2 = status.lines().find(|l| l.contains("web2")).unwrap_or_default().to_owned();
+        assert!(web2.contains(if rounds % 2 == 1 { " up" } else { "down" }), "report {rounds} taken at once: {web2}");
+        slowest = slowest.max(t.elapsed());
+        rounds += 1;
+    }
+    let took = change.join().unwrap();
+    eprintln!("the change took {took:?}; {rounds} rounds of query, report and status, the slowest {slowest:?}");
+    assert!(took >= Duration::from_millis(500), "the change waited for the disk: {took:?}");
+    assert!(slowest < Duration::from_millis(250), "a query, a report and a status took {slowest:?} while the change waited");
+    assert!(rounds >= 2, "{rounds}");
+    report(&a, vec![member_report("www.example.test.", "web2", true, &[])]);
+    assert_eq!(short(&a, "www.example.test"), "127.0.10.2", "served once durable");
 }

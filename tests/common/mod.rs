@@ -94,6 +94,16 @@ impl Authority {
     }
 
     pub fn in_process_with(zones: &[(&str, &str)], pools: &str, authority_extra: &str) -> Self {
+        Self::in_process_on(zones, pools, authority_extra, |store| store)
+    }
+
+    /// `in_process_with`, the state store's writes going through `disk`.
+    pub fn in_process_on(
+        zones: &[(&str, &str)],
+        pools: &str,
+        authority_extra: &str,
+        disk: impl FnOnce(std::sync::Arc<vnamed::state::Store>) -> std::sync::Arc<dyn vnamed::state::Durable> + Send + 'static,
+    ) -> Self {
         let mut a = Self::prepare(zones, pools, authority_extra, (0, 0, 0));
         let config = vnamed::config::Config::read(&a.config).unwrap();
         let path = a.config.clone();
@@ -103,7 +113,7 @@ impl Authority {
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                match vnamed::authority::Authority::start(&config, Some(&path), token).await {
+                match vnamed::authority::Authority::start_on(&config, Some(&path), token, disk).await {
                     Ok(running) => {
                         let _ = tx.send(Ok((running.dns[0].port(), running.grpc.unwrap().port(), running.metrics.unwrap().port())));
                         running.wait().await;
