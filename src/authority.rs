@@ -152,27 +152,10 @@ impl Authority {
         // The status page's boards, only when there is a page to show them.
         let updater = if metrics.is_some() { updater.with_board(boards.clone()) } else { updater };
         let cluster_status = crate::cluster::ClusterStatus::new();
-        let (updater, cluster) = match config.cluster.as_ref().filter(|c| c.shared()) {
+        let (updater, driver) = match config.cluster.as_ref().filter(|c| c.shared()) {
             Some(c) => {
-                let (events_tx, events_rx) = mpsc::channel(1024);
-                let etcd = crate::cluster::etcd::Etcd::connect(c, crate::cluster::fingerprint(&config.pool))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot start the authority: {e}"))?;
-                // A group whose pools are not ours: refuse to start. Out of
-                // reach: serve the last state and keep trying.
-                match etcd.join().await {
-                    Ok(()) => info!(prefix = %c.prefix, endpoints = ?c.endpoints, "joined the group's shared state (etcd)"),
-                    Err(e @ (crate::cluster::ClusterError::Disagree { .. } | crate::cluster::ClusterError::Refused(_))) => {
-                        anyhow::bail!("cannot start the authority: {e}")
-                    }
-                    Err(e) => warn!(error = %e, "serving the last state until the group's shared state is reachable"),
-                }
-                // This authority's name in the group: its host and DNS address.
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                let dns = auth.dns_listen.first().map(|a| a.to_string()).unwrap_or_default();
-                let name = format!("{}@{dns}", host.trim()).replace('/', "_");
-                let updater = updater.with_cluster(etcd.clone(), cluster_status.clone(), events_rx, name.clone(), shutdown.clone());
-                (updater, Some((etcd, events_tx, name)))
+                let (updater, driver) = join_group(c, config, &auth, updater, &cluster_status).await?;
+                (updater, Some(driver))
             }
             None => (updater, None),
         };
@@ -231,9 +214,16 @@ impl Authority {
         };
         let updater_stop = CancellationToken::new();
         let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
-        if let Some((etcd, events, name)) = cluster {
-            tasks.spawn(etcd.clone().lead(name, events.clone(), shutdown.clone()));
-            tasks.spawn(etcd.run(events, cluster_status.clone(), shutdown.clone()));
+        if let Some(d) = driver {
+            tasks.spawn(crate::cluster::driver::drive(
+                d.etcd,
+                d.requests,
+                d.outcomes,
+                d.events,
+                cluster_status.clone(),
+                d.name,
+                shutdown.clone(),
+            ));
         }
         let sources: Vec<_> = dns_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
         tasks.spawn(dns::notify::run(auth.notify.clone(), sources, notify_rx, shutdown.child_token()));
@@ -424,4 +414,46 @@ fn ring_of(
         info!(file = %file.display(), "ring table taken into the state store");
     }
     Ok(ring)
+}
+
+/// The etcd driver's ends of its channels with the updater.
+struct Driver {
+    etcd: crate::cluster::etcd::Etcd,
+    requests: mpsc::Receiver<crate::cluster::reconcile::Request>,
+    outcomes: mpsc::Sender<crate::cluster::reconcile::Outcome>,
+    events: mpsc::Sender<crate::cluster::Event>,
+    name: String,
+}
+
+/// Joins the group of `[cluster]`: a group whose pools are not ours, or
+/// credentials etcd refuses, stop the start; etcd out of reach does not
+/// (the last state is served until it answers).
+async fn join_group(
+    c: &crate::config::ClusterConfig,
+    config: &Config,
+    auth: &crate::config::AuthorityConfig,
+    updater: Updater,
+    status: &Arc<crate::cluster::ClusterStatus>,
+) -> anyhow::Result<(Updater, Driver)> {
+    let fingerprint = crate::cluster::fingerprint(&config.pool);
+    let etcd = crate::cluster::etcd::Etcd::connect(c, fingerprint.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the authority: {e}"))?;
+    match etcd.join().await {
+        Ok(()) => info!(prefix = %c.prefix, endpoints = ?c.endpoints, "joined the group's shared state (etcd)"),
+        Err(e @ (crate::cluster::ClusterError::Disagree { .. } | crate::cluster::ClusterError::Refused(_))) => {
+            anyhow::bail!("cannot start the authority: {e}")
+        }
+        Err(e) => warn!(error = %e, "serving the last state until the group's shared state is reachable"),
+    }
+    // This authority's name in the group: its host and DNS address.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let dns = auth.dns_listen.first().map(|a| a.to_string()).unwrap_or_default();
+    let name = format!("{}@{dns}", host.trim()).replace('/', "_");
+    let (requests_tx, requests) = mpsc::channel(crate::cluster::driver::QUEUE);
+    let (outcomes, outcomes_rx) = mpsc::channel(crate::cluster::driver::QUEUE);
+    let (events, events_rx) = mpsc::channel(1024);
+    let group = crate::updater::Group { requests: requests_tx, events: events_rx, outcomes: outcomes_rx };
+    let updater = updater.with_group(group, name.clone(), fingerprint, status.clone());
+    Ok((updater, Driver { etcd, requests, outcomes, events, name }))
 }

@@ -146,12 +146,6 @@ impl Catalog {
         self.changed(zones);
     }
 
-    /// Serves the group's decisions from now on (`[cluster]` on etcd).
-    pub fn join_group(&mut self, status: Arc<crate::cluster::ClusterStatus>) {
-        self.table.join_group();
-        self.cluster = Some(status);
-    }
-
     /// This authority's own decisions that changed since the last call:
     /// pool key, its zone, the decision.
     pub fn take_offers(&mut self) -> Vec<(String, String, Decision)> {

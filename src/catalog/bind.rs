@@ -168,6 +168,7 @@ impl Catalog {
             clock: now.instant,
             board: None,
             cluster: None,
+            group: None,
         };
         catalog.bind_zones();
         for i in 0..catalog.table.pools().len() {

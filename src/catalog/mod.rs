@@ -27,7 +27,9 @@
 mod answers;
 mod bind;
 pub use bind::{Staged, Start};
+pub use group::GroupInput;
 mod files;
+mod group;
 mod publish;
 mod serials;
 mod status;
@@ -129,6 +131,8 @@ pub enum Input {
     Refused(Job),
     /// The store's writer made an acknowledged write durable, or could not.
     Saved(Saved),
+    /// The group's news, from the etcd driver.
+    Group(GroupInput),
 }
 
 /// Writes for the state store's writer.
@@ -151,6 +155,8 @@ pub enum Output {
     Publish(Arc<Snapshot>),
     /// An answer to a command, ready to send.
     Reply(Reply),
+    /// A request for the group's etcd driver.
+    Cluster(crate::cluster::reconcile::Request),
 }
 
 /// An answer and where it goes; `send` hands it over.
@@ -342,8 +348,10 @@ pub struct Catalog {
     clock: Instant,
     /// The status page's board, when there is a page.
     board: Option<status::BoardPost>,
-    /// In a group, how the shared state is doing (for `Status`).
+    /// In a group, how the shared state is doing (for `Status`), and
+    /// the reconciliation with it.
     cluster: Option<Arc<crate::cluster::ClusterStatus>>,
+    group: Option<crate::cluster::reconcile::Reconcile<group::GroupReply>>,
 }
 
 impl Catalog {
@@ -356,6 +364,7 @@ impl Catalog {
             Input::Io(done) => self.io_done(done),
             Input::Refused(job) => self.refused(job),
             Input::Saved(saved) => self.saved(saved, now),
+            Input::Group(input) => self.group_input(input, now),
         }
         self.settle(now);
     }
@@ -373,6 +382,7 @@ impl Catalog {
         if now.instant >= self.next_tick {
             self.next_tick = now.instant + TICK;
             self.tick(now.instant);
+            self.group_tick(now);
         }
         self.settle(now);
     }
@@ -391,6 +401,7 @@ impl Catalog {
     /// (once the serials it carries are reserved), then releases what
     /// waited for that publish, and hands over background saves.
     pub(super) fn settle(&mut self, now: Now) {
+        self.group_offer(now);
         self.flush(now.instant, false);
         self.reserve(now.instant);
         if self.publish_due && !self.marks.blocks(&self.zones) {
@@ -423,6 +434,7 @@ impl Catalog {
     }
 
     fn command(&mut self, cmd: Command, now: Now) {
+        let Some(cmd) = self.group_command(cmd, now) else { return };
         // Acknowledged changes go one at a time, each on top of the last.
         let acked = matches!(cmd, Command::SetMember { .. } | Command::Pool { .. })
             || matches!(&cmd, Command::Ring { op, .. } if *op != RingOp::Table);

@@ -26,10 +26,7 @@ pub const SERIAL_RESERVE: u32 = 1000;
 /// Backoff bounds for a serial mark the store refused.
 const RESERVE_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
-/// Is `a` newer than `b` in serial-number arithmetic (RFC 1982)?
-pub fn serial_gt(a: u32, b: u32) -> bool {
-    a != b && (a.wrapping_sub(b) as i32) > 0
-}
+pub use crate::zone::serial_gt;
 
 /// Each zone's high-water mark as the store holds it, and the marks being saved.
 pub(super) struct Marks {

@@ -107,6 +107,7 @@ impl Driven {
                     Output::Notify(z, s) => self.notified.push((z, s)),
                     Output::Publish(s) => self.published.push(s),
                     Output::Reply(r) => r.send(),
+                    Output::Cluster(r) => panic!("no group here: {r:?}"),
                 }
             }
             if saved.is_empty() {

@@ -6,7 +6,9 @@
 //! authorities serve the same pools, and what the driver (`etcd`) tells
 //! the updater.
 
+pub mod driver;
 pub mod etcd;
+pub mod reconcile;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -208,6 +210,96 @@ pub fn decode_serial(key: &str, value: &[u8]) -> Result<u32, ClusterError> {
         .ok()
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| ClusterError::Corrupt { key: key.to_owned(), message: "not a serial".into() })
+}
+
+/// What one read or one watch response brought, in the order the
+/// updater applies it: overrides first, then the ring, views, and the
+/// decisions with their serials.
+#[derive(Default)]
+pub struct Batch {
+    overrides: Vec<Event>,
+    decisions: Vec<(String, Decision, i64)>,
+    serials: Vec<(String, u32, i64)>,
+    views: Vec<(String, String, String, Option<bool>)>,
+    ring: Option<Event>,
+    /// A full read: the views are all there are, and no ring table means
+    /// the group has none.
+    whole: bool,
+}
+
+impl Batch {
+    /// For a full read of everything under the prefix.
+    pub fn whole() -> Self {
+        Self { whole: true, ..Self::default() }
+    }
+
+    /// Sorts one key's value (`put`: written; else deleted) at
+    /// `revision` into the batch. A value that does not read is logged
+    /// and known as unreadable; a group fingerprint that is not
+    /// `fingerprint` is an error: this authority must not follow a group
+    /// whose pools differ.
+    pub fn take(&mut self, keys: &Keys, fingerprint: &str, key: &str, value: &[u8], revision: i64, put: bool) -> Result<(), ClusterError> {
+        let bad = |e: ClusterError| tracing::error!(error = %e, "ignored");
+        match keys.kind(key) {
+            Some(Kind::Config) => {
+                let theirs = String::from_utf8_lossy(value).into_owned();
+                if put && theirs != fingerprint {
+                    return Err(ClusterError::Disagree { prefix: keys.prefix().to_owned(), ours: fingerprint.to_owned(), theirs });
+                }
+            }
+            Some(Kind::Overrides(pool)) => {
+                let overrides = if put { decode(key, value) } else { Ok(Overrides::default()) };
+                match overrides {
+                    Ok(overrides) => self.overrides.push(Event::Overrides { pool: pool.to_owned(), overrides, revision }),
+                    Err(e) => {
+                        bad(e);
+                        self.overrides.push(Event::Unreadable { what: Unreadable::Overrides(pool.to_owned()), revision });
+                    }
+                }
+            }
+            Some(Kind::Decision(pool)) if put => match decode_decision(key, value) {
+                Ok(d) => self.decisions.push((pool.to_owned(), d, revision)),
+                Err(e) => bad(e),
+            },
+            Some(Kind::Serial(zone)) if put => match decode_serial(key, value) {
+                Ok(n) => self.serials.push((zone.to_owned(), n, revision)),
+                Err(e) => bad(e),
+            },
+            Some(Kind::Ring) => {
+                let ring = if put { Registry::from_text(&String::from_utf8_lossy(value)).map(Some) } else { Ok(None) };
+                match ring {
+                    Ok(ring) => self.ring = Some(Event::Ring { ring, revision }),
+                    Err(e) => {
+                        bad(ClusterError::Corrupt { key: key.to_owned(), message: e.to_string() });
+                        self.ring = Some(Event::Unreadable { what: Unreadable::Ring, revision });
+                    }
+                }
+            }
+            Some(Kind::View(authority, pool, member)) => {
+                let seen = put.then(|| value == b"up");
+                self.views.push((authority.to_owned(), pool.to_owned(), member.to_owned(), seen));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The events, in the order they are applied.
+    pub fn events(self) -> Vec<Event> {
+        let mut out = self.overrides;
+        match self.ring {
+            Some(ring) => out.push(ring),
+            None if self.whole => out.push(Event::Ring { ring: None, revision: 0 }),
+            None => {}
+        }
+        if !self.views.is_empty() || self.whole {
+            out.push(Event::Views { views: self.views, whole: self.whole });
+        }
+        if !self.decisions.is_empty() || !self.serials.is_empty() {
+            out.push(Event::Decided { decisions: self.decisions, serials: self.serials });
+        }
+        out
+    }
 }
 
 /// How the shared state is doing, for `/metrics` and `vnamed status`.

@@ -5,10 +5,6 @@
 //! drivers: the state store's writer, the zone file thread, NOTIFY, the
 //! snapshot DNS reads, and the repliers. It holds no decision of its own.
 
-mod shared;
-
-pub use shared::{Back, Committed, Reply as GroupReply, Shared};
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,8 +20,10 @@ pub use crate::catalog::{
     Board, Boards, Catalog, ClusterState, Command, MemberStatus, PoolChange, PoolStatus, Servers, StateTrouble, UpdateError,
     UpdaterCounters, Watched,
 };
-use crate::catalog::{Input, Output, Save};
+use crate::catalog::{GroupInput, Input, Output, Save};
 use crate::clock::Now;
+use crate::cluster::reconcile::{Outcome, Request};
+use crate::cluster::{ClusterError, Event};
 use crate::config::Config;
 use crate::dns::snapshot::Snapshot;
 pub use crate::ring::registry::{Registry, RingOp, RingReply};
@@ -44,9 +42,15 @@ pub struct Updater {
     saved: mpsc::Receiver<Saved>,
     notify: mpsc::Sender<(Name, u32)>,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    /// In a cluster: the group's shared state, and what its tasks bring back.
-    shared: Option<Shared>,
-    shared_rx: Option<(mpsc::Receiver<crate::cluster::Event>, mpsc::Receiver<Back>)>,
+    /// In a group: the etcd driver's queue, and what it brings back.
+    group: Option<Group>,
+}
+
+/// The updater's ends of the etcd driver's channels.
+pub struct Group {
+    pub requests: mpsc::Sender<Request>,
+    pub events: mpsc::Receiver<Event>,
+    pub outcomes: mpsc::Receiver<Outcome>,
 }
 
 /// What the updater starts from.
@@ -75,8 +79,7 @@ impl Updater {
         let (io, io_results) = ZoneIo::start();
         let (saved_tx, saved) = mpsc::channel(ACKED_QUEUE + 16);
         let writer = Writer::start(parts.store, saved_tx).map_err(|e| vec![format!("cannot start the state writer: {e}")])?;
-        let mut u =
-            Self { catalog, io, io_results, writer, saved, notify: parts.notify, snapshot: parts.snapshot, shared: None, shared_rx: None };
+        let mut u = Self { catalog, io, io_results, writer, saved, notify: parts.notify, snapshot: parts.snapshot, group: None };
         u.pump(Now::read());
         while !u.catalog.ready() {
             match u.saved.recv().await {
@@ -93,20 +96,12 @@ impl Updater {
         self
     }
 
-    /// Shares operators' changes with a group of authorities: they are
-    /// committed to its etcd, and its changes (`events`) applied here.
-    pub fn with_cluster(
-        mut self,
-        etcd: crate::cluster::etcd::Etcd,
-        status: Arc<crate::cluster::ClusterStatus>,
-        events: mpsc::Receiver<crate::cluster::Event>,
-        name: String,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let (shared, committed) = Shared::new(etcd, status.clone(), name, shutdown);
-        self.catalog.join_group(status);
-        self.shared = Some(shared);
-        self.shared_rx = Some((events, committed));
+    /// Shares this authority's changes with a group of authorities
+    /// through the etcd driver at the other ends of `group` (`name`: this
+    /// authority's in the group; `fingerprint`: its pools').
+    pub fn with_group(mut self, group: Group, name: String, fingerprint: String, status: Arc<crate::cluster::ClusterStatus>) -> Self {
+        self.catalog.join_group(name, fingerprint, status);
+        self.group = Some(group);
         self
     }
 
@@ -117,46 +112,10 @@ impl Updater {
         self.pump(now);
     }
 
-    /// A command; in a group, the changes the group must commit go there.
-    fn command(&mut self, cmd: Command) {
-        let now = Now::read();
-        let cmd = match (self.shared.as_mut(), cmd) {
-            (Some(s), Command::SetMember { pool, id, admin, weight, reply }) => {
-                s.propose(&self.catalog, pool, PoolChange::Member { id, admin, weight }, 0, GroupReply::Done(reply), now);
-                return self.pump(now);
-            }
-            (Some(s), Command::Pool { pool, change, reply }) => {
-                s.propose(&self.catalog, pool, change, 0, GroupReply::Answer(reply), now);
-                return self.pump(now);
-            }
-            (Some(s), Command::Ring { op, reply }) if op != RingOp::Table => {
-                s.propose_ring(self.catalog.ring(), op, 0, reply);
-                return self.pump(now);
-            }
-            (Some(_), Command::Reconfigure { pools, reply }) => {
-                let (tx, mut rx) = tokio::sync::oneshot::channel();
-                self.catalog.handle(now, Input::Command(Command::Reconfigure { pools: pools.clone(), reply: tx }));
-                self.pump(now);
-                let r = rx.try_recv().ok();
-                if let (Some(Ok(())), Some(s)) = (&r, self.shared.as_mut()) {
-                    s.reconfigured(&pools);
-                }
-                let _ = reply.send(r.unwrap_or_else(|| Err(vec!["internal: the configuration edit was not answered".into()])));
-                return;
-            }
-            (_, cmd) => cmd,
-        };
-        self.turn(Input::Command(cmd));
-    }
-
     /// Hands every output of the catalog to its driver; what a driver
     /// refuses (a full queue) goes back to the catalog.
     fn pump(&mut self, now: Now) {
         loop {
-            if let Some(s) = self.shared.as_mut() {
-                s.offer(&mut self.catalog, now);
-                self.catalog.settle(now);
-            }
             let mut back = Vec::new();
             while let Some(out) = self.catalog.poll() {
                 match out {
@@ -179,6 +138,16 @@ impl Updater {
                     },
                     Output::Publish(snapshot) => self.snapshot.store(snapshot),
                     Output::Reply(reply) => reply.send(),
+                    Output::Cluster(request) => {
+                        let Some(g) = self.group.as_ref() else { continue };
+                        if let Err(e) = g.requests.try_send(request) {
+                            let request = match e {
+                                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+                            };
+                            let why = ClusterError::Unavailable("the etcd driver is far behind".into());
+                            back.extend(request.failed(why).map(|o| Input::Group(GroupInput::Outcome(o))));
+                        }
+                    }
                 }
             }
             if back.is_empty() {
@@ -192,8 +161,13 @@ impl Updater {
 
     /// Runs the updater until shutdown, then writes what is pending.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut edits: mpsc::Receiver<PathBuf>, shutdown: CancellationToken) {
-        let (mut cluster_events, mut commits) = match self.shared_rx.take() {
-            Some((e, c)) => (Some(e), Some(c)),
+        // The group's news is taken here; its request queue stays with the pump.
+        let (mut events, mut outcomes) = match self.group.as_mut() {
+            Some(g) => {
+                let (_, e) = mpsc::channel(1);
+                let (_, o) = mpsc::channel(1);
+                (Some(std::mem::replace(&mut g.events, e)), Some(std::mem::replace(&mut g.outcomes, o)))
+            }
             None => (None, None),
         };
         loop {
@@ -205,33 +179,15 @@ impl Updater {
                 }
             };
             tokio::select! {
-                Some(cmd) = commands.recv() => self.command(cmd),
+                Some(cmd) = commands.recv() => self.turn(Input::Command(cmd)),
                 Some(path) = edits.recv() => self.turn(Input::Edited(path)),
                 Some(done) = self.io_results.recv() => self.turn(Input::Io(done)),
                 Some(saved) = self.saved.recv() => self.turn(Input::Saved(saved)),
-                Some(event) = recv(&mut cluster_events) => {
-                    let now = Now::read();
-                    if let Some(s) = self.shared.as_mut() {
-                        s.event(&mut self.catalog, event, now);
-                    }
-                    self.catalog.settle(now);
-                    self.pump(now);
-                }
-                Some(back) = recv(&mut commits) => {
-                    let now = Now::read();
-                    if let Some(s) = self.shared.as_mut() {
-                        s.back(&mut self.catalog, back, now);
-                    }
-                    self.catalog.settle(now);
-                    self.pump(now);
-                }
+                Some(event) = recv(&mut events) => self.turn(Input::Group(GroupInput::Event(event))),
+                Some(outcome) = recv(&mut outcomes) => self.turn(Input::Group(GroupInput::Outcome(outcome))),
                 _ = due => {
                     let now = Now::read();
                     self.catalog.handle_timeout(now);
-                    if let Some(s) = self.shared.as_mut() {
-                        s.tick(&mut self.catalog, now);
-                        self.catalog.settle(now);
-                    }
                     self.pump(now);
                 }
                 _ = shutdown.cancelled() => break,

@@ -369,6 +369,11 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<LowerName, ZoneFile>, Vec<ZoneErr
     if errors.is_empty() { Ok(zones) } else { Err(errors) }
 }
 
+/// Is `a` newer than `b` in serial-number arithmetic (RFC 1982)?
+pub fn serial_gt(a: u32, b: u32) -> bool {
+    a != b && (a.wrapping_sub(b) as i32) > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
