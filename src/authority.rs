@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -147,7 +147,7 @@ impl Authority {
         if !problems.is_empty() {
             anyhow::bail!("cannot start the authority:\n  - {}", problems.join("\n  - "));
         }
-        let boards = crate::catalog::Boards::new(Instant::now());
+        let boards = crate::catalog::Boards::new(crate::clock::instant());
         let updater = updater.expect("no problems");
         // The status page's boards, only when there is a page to show them.
         let updater = if metrics.is_some() { updater.with_board(boards.clone()) } else { updater };
@@ -164,7 +164,7 @@ impl Authority {
         let dns_addrs = listeners.addrs.clone();
         let limits = crate::sys::accept::fitted(&auth.limits);
         let gates = Arc::new(Gates::default());
-        let rrl = Arc::new(crate::dns::rrl::Rrl::new(&auth.rrl));
+        let rrl = Arc::new(crate::dns::rrl::Rrl::new(&auth.rrl, crate::clock::instant()));
         let server = DnsService::start(
             listeners,
             snapshot.clone(),

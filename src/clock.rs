@@ -1,6 +1,8 @@
 //! Time, read in one place. Pure code never reads a clock: drivers read
 //! `Now` once per event and pass it down, so tests drive the same code with
-//! a virtual clock.
+//! a virtual clock. The monotonic clock is tokio's, so that a test runtime
+//! started paused (`start_paused`) moves the drivers' time with its timers;
+//! outside such a runtime it is the system's.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,9 +15,11 @@ pub struct Now {
 }
 
 impl Now {
-    /// Reads both clocks.
+    /// Reads both clocks. Under a paused test runtime, the wall clock
+    /// runs ahead by as much as the virtual clock has been advanced.
     pub fn read() -> Self {
-        Self { instant: Instant::now(), wall: SystemTime::now() }
+        let (virtual_now, real) = (instant(), Instant::now());
+        Self { instant: virtual_now, wall: SystemTime::now() + virtual_now.saturating_duration_since(real) }
     }
 
     /// The instant at which wall-clock time `t` falls, seen from this moment.
@@ -35,6 +39,11 @@ impl Now {
     pub fn unix_ms(&self) -> i64 {
         unix_ms_of(self.wall)
     }
+}
+
+/// The monotonic clock, as tokio's timers see it.
+pub fn instant() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// `t` in Unix milliseconds (0 before 1970).

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = e.outbound(&mut g, t);
     }
     // L7: any packet, from a client or a server; every packet sent is valid.
-    let mut s = Splicer::new(Ipv4Addr::new(10, 0, 0, 100), 80, Ipv4Addr::new(10, 0, 0, 9), vec![Route { prefix: "/i/".into(), class: 1 }], 2, Duration::from_secs(60), 1);
+    let mut s = Splicer::new(Ipv4Addr::new(10, 0, 0, 100), 80, Ipv4Addr::new(10, 0, 0, 9), vec![Route { prefix: "/i/".into(), class: 1 }], 2, Duration::from_secs(60), (1, std::time::Instant::now()));
     s.set_servers(0, vec![Ipv4Addr::new(10, 0, 1, 1)], true);
     s.set_servers(1, vec![Ipv4Addr::new(10, 0, 1, 2)], false);
     for half in data.chunks(data.len() / 2 + 1) {

@@ -469,7 +469,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .iter()
         .map(|v| {
             let routes = v.route.iter().enumerate().map(|(i, r)| Route { prefix: r.prefix.clone(), class: i + 1 }).collect();
-            Splicer::new(v.address, v.ports[0], local, routes, v.route.len() + 1, dc.idle_timeout, seed)
+            Splicer::new(v.address, v.ports[0], local, routes, v.route.len() + 1, dc.idle_timeout, (seed, Instant::now()))
         })
         .collect();
     let l7_ips: Vec<Ipv4Addr> = l7_vips.iter().map(|v| v.address).collect();

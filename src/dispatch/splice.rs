@@ -172,7 +172,15 @@ pub fn request_path(buf: &[u8]) -> Option<Result<String, ()>> {
 }
 
 impl Splicer {
-    pub fn new(vip: Ipv4Addr, port: u16, local: Ipv4Addr, routes: Vec<Route>, classes: usize, idle: Duration, seed: u32) -> Self {
+    pub fn new(
+        vip: Ipv4Addr,
+        port: u16,
+        local: Ipv4Addr,
+        routes: Vec<Route>,
+        classes: usize,
+        idle: Duration,
+        (seed, now): (u32, Instant),
+    ) -> Self {
         Self {
             vip,
             port,
@@ -187,7 +195,7 @@ impl Splicer {
             // should not reuse the ports its predecessor just closed.
             next_port: FIRST_PORT + (seed % u32::from(LAST_PORT - FIRST_PORT)) as u16,
             secret: Default::default(),
-            epoch: Instant::now(),
+            epoch: now,
             half_open: std::collections::VecDeque::new(),
             idle,
             refused: 0,
@@ -540,7 +548,8 @@ mod tests {
     const WEB: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
 
     fn splicer() -> Splicer {
-        let mut s = Splicer::new(VIP, 80, ME, vec![Route { prefix: "/images/".into(), class: 1 }], 2, Duration::from_secs(60), 7);
+        let mut s =
+            Splicer::new(VIP, 80, ME, vec![Route { prefix: "/images/".into(), class: 1 }], 2, Duration::from_secs(60), (7, Instant::now()));
         s.set_servers(0, vec![WEB], false);
         s.set_servers(1, vec![IMG], true);
         s

@@ -85,7 +85,8 @@ pub struct Rrl {
 }
 
 impl Rrl {
-    pub fn new(c: &RrlConfig) -> Self {
+    /// Counting seconds from `epoch`.
+    pub fn new(c: &RrlConfig, epoch: std::time::Instant) -> Self {
         Self {
             budget: [c.responses_per_second, c.nxdomains_per_second, c.errors_per_second],
             slip: c.slip,
@@ -94,14 +95,14 @@ impl Rrl {
             exempt: c.exempt.clone(),
             hasher: Default::default(),
             table: (0..ENTRIES).map(|_| AtomicU64::new(0)).collect(),
-            epoch: std::time::Instant::now(),
+            epoch,
             counters: RrlCounters::default(),
         }
     }
 
-    /// The second to count in, for `check`.
-    pub fn now(&self) -> u32 {
-        self.epoch.elapsed().as_secs() as u32
+    /// The second `now` falls in, for `check`.
+    pub fn second(&self, now: std::time::Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_secs() as u32
     }
 
     /// Whether responses to `client` are limited at all.
@@ -186,7 +187,10 @@ mod tests {
     use super::*;
 
     fn rrl(exempt: &[&str]) -> Rrl {
-        Rrl::new(&RrlConfig { exempt: exempt.iter().map(|n| n.parse().unwrap()).collect(), ..Default::default() })
+        Rrl::new(
+            &RrlConfig { exempt: exempt.iter().map(|n| n.parse().unwrap()).collect(), ..Default::default() },
+            std::time::Instant::now(),
+        )
     }
 
     fn ip(s: &str) -> IpAddr {

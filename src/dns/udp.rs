@@ -118,7 +118,7 @@ fn worker(
             }
         };
         let snap = snapshot.load();
-        let now = rrl.as_ref().map(|r| r.now()).unwrap_or_default();
+        let now = rrl.as_ref().map(|r| r.second(std::time::Instant::now())).unwrap_or_default();
         let mut dropped = 0;
         let mut noerror = 0;
         for i in 0..n {
@@ -183,7 +183,7 @@ pub async fn respond(
     let request = match handler.decode(bytes, src, Protocol::Udp) {
         Decoded::Request(r) => r,
         Decoded::Reply(reply) => {
-            let rrl = handler.rrl().map(|r| r.check(src.ip(), Kind::Error, &[], r.now()));
+            let rrl = handler.rrl().map(|r| r.check(src.ip(), Kind::Error, &[], r.second(std::time::Instant::now())));
             if matches!(rrl, None | Some(Verdict::Send)) {
                 send(&reply);
             }
@@ -234,7 +234,7 @@ impl<F: FnMut(&[u8]) + Send + Sync + Clone + Unpin + 'static> ResponseHandler fo
         let mut encoder = BinEncoder::new(&mut bytes);
         let info = response.destructive_emit(&mut encoder).map_err(failed)?;
         let verdict = match &self.limiter {
-            Some(l) => l.rrl.check(l.client, Kind::of_rcode(bytes[3]), &l.key, l.rrl.now()),
+            Some(l) => l.rrl.check(l.client, Kind::of_rcode(bytes[3]), &l.key, l.rrl.second(std::time::Instant::now())),
             None => Verdict::Send,
         };
         if verdict == Verdict::Drop {

@@ -312,7 +312,7 @@ impl StatusApi for StatusService {
 
 impl Ingest for StatusService {
     async fn ingest(&self, batch: v1::ReportBatch) -> Result<u32, Status> {
-        let received = std::time::Instant::now();
+        let received = crate::clock::instant();
         let reports = report::decode(&batch, crate::clock::unix_ms()).map_err(|e| {
             self.counters.refused(e.reason());
             Status::invalid_argument(e.to_string())

@@ -348,11 +348,23 @@ pub(crate) fn upstream_client(url: &str, bearer: &Bearer, tls: &ClientTls) -> an
 
 pub(crate) type Client = StatusClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
+/// Where reports go: an authority or farm monitor over gRPC (or, in
+/// tests, a stand-in on a virtual clock).
+pub(crate) trait Upstream: Send {
+    fn send(&mut self, batch: ReportBatch) -> impl std::future::Future<Output = Result<(), Status>> + Send;
+}
+
+impl Upstream for Client {
+    async fn send(&mut self, batch: ReportBatch) -> Result<(), Status> {
+        self.report(batch).await.map(drop)
+    }
+}
+
 /// Sends the latest state to one upstream on every change and every
 /// `refresh`; while it cannot be reached, waits with growing backoff.
 pub(crate) async fn report_to(
     upstream: String,
-    mut client: Client,
+    mut client: impl Upstream,
     batch: impl Fn() -> ReportBatch,
     mut changes: watch::Receiver<u64>,
     refresh: Duration,
@@ -362,7 +374,7 @@ pub(crate) async fn report_to(
     loop {
         let batch = batch();
         if !batch.reports.is_empty() {
-            match client.report(batch).await {
+            match client.send(batch).await {
                 Ok(_) => {
                     if backoff.failures() > 0 {
                         info!(%upstream, "reporting again");
@@ -445,5 +457,72 @@ impl Ingest for PushService {
             }
         }
         Ok(n as u32)
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    /// An upstream that refuses the first `down` reports, and keeps when
+    /// each arrived (on the virtual clock).
+    struct Upstream {
+        down: u32,
+        at: Arc<Mutex<Vec<(tokio::time::Instant, bool)>>>,
+    }
+
+    impl super::Upstream for Upstream {
+        async fn send(&mut self, _: ReportBatch) -> Result<(), Status> {
+            let ok = self.down == 0;
+            self.down = self.down.saturating_sub(1);
+            self.at.lock().unwrap().push((tokio::time::Instant::now(), ok));
+            if ok { Ok(()) } else { Err(Status::unavailable("restarting")) }
+        }
+    }
+
+    fn batch() -> ReportBatch {
+        ReportBatch {
+            source: "web1".into(),
+            reports: vec![MemberReport { pool: "www.example.".into(), member: "web1".into(), up: true, ..Default::default() }],
+        }
+    }
+
+    /// An upstream that is down: retried with back-off (each pause at most
+    /// the ceiling, which doubles), then every `refresh` once it answers,
+    /// and at once on a change.
+    #[tokio::test(start_paused = true)]
+    async fn reports_retry_with_backoff_then_refresh_and_follow_changes() {
+        let at: Arc<Mutex<Vec<(tokio::time::Instant, bool)>>> = Arc::new(Mutex::new(Vec::new()));
+        let (version, changes) = watch::channel(0u64);
+        let stop = CancellationToken::new();
+        let upstream = Upstream { down: 4, at: at.clone() };
+        let task = tokio::spawn(report_to("test".into(), upstream, batch, changes, Duration::from_secs(1), stop.clone()));
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        let seen = at.lock().unwrap().clone();
+        let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        assert_eq!(seen.iter().filter(|(_, ok)| !ok).count(), 4, "{seen:?}");
+        for (i, gap) in gaps.iter().take(4).enumerate() {
+            assert!(*gap <= Duration::from_millis(100) * (1 << i), "retry {i} waited {gap:?}");
+        }
+        // Answered: then a report every second.
+        let first_ok = seen.iter().position(|(_, ok)| *ok).unwrap();
+        assert!(seen[first_ok].0 - start < Duration::from_millis(1600), "{seen:?}");
+        for gap in &gaps[first_ok..] {
+            assert_eq!(*gap, Duration::from_secs(1), "{seen:?}");
+        }
+        // A change is reported at once, not at the next refresh (taken
+        // between two refreshes).
+        let last = at.lock().unwrap().last().unwrap().0;
+        tokio::time::sleep_until(last + Duration::from_millis(300)).await;
+        let before = at.lock().unwrap().len();
+        let changed = tokio::time::Instant::now();
+        version.send_replace(1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let seen = at.lock().unwrap().clone();
+        assert_eq!(seen.len(), before + 1, "{seen:?}");
+        assert!(seen[before].0 - changed < Duration::from_millis(1), "{:?}", seen[before].0 - changed);
+        stop.cancel();
+        task.await.unwrap();
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -105,7 +105,7 @@ pub async fn run(
     let boot: u64 = rand::random();
     let mut seq = 0u64;
     let mut guard = ReplayGuard::default();
-    let mut member = Member::join(me, cfg.dispatch_capable, timing, Instant::now());
+    let mut member = Member::join(me, cfg.dispatch_capable, timing, crate::clock::instant());
     let mut announced = false;
     // Whether the authorities were last told we are the dispatcher.
     let mut told_elected = false;
@@ -210,19 +210,19 @@ pub async fn run(
         if announced && elected != told_elected && reports.try_send(Report::Elected { me, elected }).is_ok() {
             told_elected = elected;
         }
-        let deadline = member.poll_timeout().unwrap_or_else(|| Instant::now() + timing.ping_interval);
+        let deadline = member.poll_timeout().unwrap_or_else(|| crate::clock::instant() + timing.ping_interval);
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
                 match wire::decode(&buf[..n], key.as_deref()).and_then(|(msg, env)| guard.check(from, env, now_ms()).map(|()| msg)) {
-                    Ok(msg) => member.handle(Instant::now(), from, msg),
+                    Ok(msg) => member.handle(crate::clock::instant(), from, msg),
                     Err(error) => {
                         counters.count_drop(&error);
                         debug!(%from, %error, "ring datagram dropped");
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => member.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline.into()) => member.handle_timeout(crate::clock::instant()),
             _ = refresh.tick() => refresh_due = true,
             _ = shutdown.cancelled() => break,
         }
@@ -244,4 +244,70 @@ pub async fn run(
     let _ = reports.send(Report::Delete { dead: me, reporter: me }).await;
     info!(%me, "left the ring");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(me: SocketAddr, all: &[SocketAddr]) -> RingConfig {
+        RingConfig {
+            listen: me,
+            ping_interval: Duration::from_millis(500),
+            misses: 3,
+            token_timeout: Duration::from_secs(2),
+            broadcast_timeout: Duration::from_millis(2500),
+            dispatch_capable: true,
+            peers: all.iter().copied().filter(|a| *a != me).collect(),
+            key: Some("ring-key".into()),
+        }
+    }
+
+    /// Three members on loopback under a paused clock: the timers run on
+    /// virtual time, the datagrams on real sockets. One is killed (its
+    /// task dropped, as kill -9 would): its buddies report it dead within
+    /// `misses` ping intervals (and one more for the ping under way), and
+    /// the others elect the smallest address left as the dispatcher.
+    #[tokio::test(start_paused = true)]
+    async fn a_killed_member_is_reported_dead_within_its_misses_on_virtual_time() {
+        let all: Vec<SocketAddr> = (1..=3).map(|i| format!("127.88.1.{i}:7946").parse().unwrap()).collect();
+        let (reports, mut heard) = mpsc::channel(64);
+        let mut members = Vec::new();
+        let mut elected = Vec::new();
+        for &me in &all {
+            let (tx, rx) = watch::channel(false);
+            elected.push(rx);
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(run(config(me, &all), reports.clone(), Arc::default(), tx, stop.clone()));
+            members.push((task, stop));
+        }
+        let mut announced = BTreeSet::new();
+        while announced.len() < 3 {
+            if let Report::Announce(a) = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.expect("all announce").unwrap() {
+                announced.insert(a);
+            }
+        }
+        // Let the ring settle with the token going round, then kill the first.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(*elected[0].borrow(), "the smallest dispatch-capable address is the dispatcher");
+        while heard.try_recv().is_ok() {}
+        let killed = tokio::time::Instant::now();
+        members[0].0.abort();
+        let dead = loop {
+            match tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.expect("a death is reported").unwrap() {
+                Report::Delete { dead, reporter } if dead == all[0] => break (reporter, killed.elapsed()),
+                _ => {}
+            }
+        };
+        let (reporter, after) = dead;
+        assert_ne!(reporter, all[0]);
+        assert!(after <= Duration::from_millis(500) * 4, "reported {after:?} after the kill (virtual time)");
+        assert!(after >= Duration::from_millis(500) * 2, "not before its pings were missed: {after:?}");
+        let mut e = elected[1].clone();
+        tokio::time::timeout(Duration::from_secs(10), e.wait_for(|d| *d)).await.expect("the next smallest takes over").unwrap();
+        for (task, stop) in members.into_iter().skip(1) {
+            stop.cancel();
+            task.await.unwrap().unwrap();
+        }
+    }
 }

@@ -66,7 +66,7 @@ pub struct Directory {
 }
 
 impl Directory {
-    pub fn new(cfg: &SrpConfig) -> Self {
+    pub fn new(cfg: &SrpConfig, now: Instant) -> Self {
         let mut by_address = HashMap::new();
         let mut enumerate_from = cfg.enumerate_from.clone();
         let defaults = enumerate_from.is_empty();
@@ -90,7 +90,7 @@ impl Directory {
                 Cluster { name: c.name.clone(), addresses: c.addresses.clone(), instances: c.instance.clone(), pools }
             })
             .collect();
-        Self { clusters, by_address, enumerate_from, limit: Limiter::new(cfg.rate, cfg.burst) }
+        Self { clusters, by_address, enumerate_from, limit: Limiter::new(cfg.rate, cfg.burst, now) }
     }
 
     /// The answer to `data`, which `peer` sent to our address `local`.
@@ -226,7 +226,7 @@ np = '\\PROD\pipe\sql\query'
 
     #[test]
     fn an_instance_follows_its_pool_and_names_are_case_insensitive() {
-        let d = Directory::new(&config());
+        let d = Directory::new(&config(), Instant::now());
         let r = ask(&d, b"\x04sales\x00", &live(&[("db1", None), ("db2", None)])).unwrap();
         assert_eq!((r[0].server_name.as_str(), r[0].instance_name.as_str(), r[0].tcp, r[0].clustered), ("db1", "Sales", Some(14330), true));
         // The instance moved: another member, on another port.
@@ -238,7 +238,7 @@ np = '\\PROD\pipe\sql\query'
 
     #[test]
     fn unknown_malformed_and_foreign_requests_get_no_reply() {
-        let d = Directory::new(&config());
+        let d = Directory::new(&config(), Instant::now());
         let l = live(&[("db1", None)]);
         assert_eq!(ask(&d, b"\x04NOPE\x00", &l), Err(NoReply::UnknownInstance));
         assert_eq!(ask(&d, b"\x04", &l), Err(NoReply::Malformed));
@@ -256,7 +256,7 @@ np = '\\PROD\pipe\sql\query'
 
     #[test]
     fn enumeration_lists_the_instances_served_now() {
-        let d = Directory::new(&config());
+        let d = Directory::new(&config(), Instant::now());
         let r = ask(&d, b"\x03", &live(&[("db1", None)])).unwrap();
         assert_eq!(r.iter().map(|i| i.instance_name.as_str()).collect::<Vec<_>>(), ["Sales", "REPORTS"]);
         assert_eq!(r[1].np.as_deref(), Some(r"\\PROD\pipe\sql\query"));
@@ -269,7 +269,7 @@ np = '\\PROD\pipe\sql\query'
         let mut cfg = config();
         cfg.rate = 5;
         cfg.burst = 5;
-        let d = Directory::new(&cfg);
+        let d = Directory::new(&cfg, Instant::now());
         let l = live(&[("db1", None)]);
         let t = Instant::now();
         let answered =

@@ -31,13 +31,13 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// `rate` requests a second per source, `burst` at once.
-    pub fn new(rate: u32, burst: u32) -> Self {
+    /// `rate` requests a second per source, `burst` at once; time counts from `epoch`.
+    pub fn new(rate: u32, burst: u32, epoch: Instant) -> Self {
         let interval = 1_000_000 / u64::from(rate.max(1));
         Self {
             interval,
             tolerance: interval * u64::from(burst.max(1) - 1),
-            epoch: Instant::now(),
+            epoch,
             hasher: Default::default(),
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -72,7 +72,7 @@ mod tests {
 
     #[test]
     fn a_burst_then_the_rate() {
-        let l = Limiter::new(10, 5);
+        let l = Limiter::new(10, 5, Instant::now());
         let t = Instant::now() + Duration::from_secs(1);
         let a: IpAddr = "127.0.0.9".parse().unwrap();
         let b: IpAddr = "127.0.0.10".parse().unwrap();
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_new_sources_never_shuts_out_the_next_one() {
-        let l = Limiter::new(1, 2);
+        let l = Limiter::new(1, 2, Instant::now());
         let t = Instant::now();
         // Far more sources than any table holds, all active at once: each
         // new one still has its first request (a table that keeps every
@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn the_table_never_grows() {
-        let l = Limiter::new(1, 2);
+        let l = Limiter::new(1, 2, Instant::now());
         let t = Instant::now();
         for i in 0..200_000u32 {
             l.allow(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), t);

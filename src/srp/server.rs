@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
@@ -94,7 +93,7 @@ fn serve(
                 };
                 let answer = {
                     let snap = snapshot.load();
-                    directory.answer(local, peer.ip(), &buf[..n], &snap.preferred, Instant::now())
+                    directory.answer(local, peer.ip(), &buf[..n], &snap.preferred, crate::clock::instant())
                 };
                 match answer {
                     Ok(reply) => {
@@ -133,7 +132,7 @@ pub async fn run(
     counters: Arc<SrpCounters>,
     shutdown: CancellationToken,
 ) {
-    let directory = Arc::new(Directory::new(&cfg));
+    let directory = Arc::new(Directory::new(&cfg, crate::clock::instant()));
     // Validation ties the two: peers need this responder's control address.
     let Some(control_addr) = cfg.control.filter(|_| !cfg.peers.is_empty()) else {
         counters.active.set(1);
@@ -155,7 +154,7 @@ pub async fn run(
     let boot: u64 = rand::random();
     let mut seq = 0u64;
     let mut guard = ReplayGuard::default();
-    let mut peer = Peer::start(control_addr, cfg.peers.clone(), cfg.keepalive_interval, cfg.keepalive_timeout, Instant::now());
+    let mut peer = Peer::start(control_addr, cfg.peers.clone(), cfg.keepalive_interval, cfg.keepalive_timeout, crate::clock::instant());
     let mut serving: Option<CancellationToken> = None;
     let mut stopping = false;
     let mut buf = vec![0u8; 4096];
@@ -190,7 +189,7 @@ pub async fn run(
         if stopping && peer.is_stopped() {
             break;
         }
-        let deadline = peer.poll_timeout().unwrap_or_else(|| Instant::now() + cfg.keepalive_interval);
+        let deadline = peer.poll_timeout().unwrap_or_else(|| crate::clock::instant() + cfg.keepalive_interval);
         tokio::select! {
             r = control.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
@@ -200,17 +199,17 @@ pub async fn run(
                 }
                 let now_ms = crate::clock::unix_ms() as u64;
                 match PeerMsg::decode(&buf[..n], key.as_deref()).and_then(|(m, env)| guard.check(from, env, now_ms).map(|()| m)) {
-                    Ok(msg) => peer.handle(Instant::now(), from, msg),
+                    Ok(msg) => peer.handle(crate::clock::instant(), from, msg),
                     Err(error) => {
                         counters.peer_dropped.inc();
                         debug!(%from, %error, "srp peer message dropped");
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => peer.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline.into()) => peer.handle_timeout(crate::clock::instant()),
             _ = shutdown.cancelled(), if !stopping => {
                 stopping = true;
-                peer.stop(Instant::now());
+                peer.stop(crate::clock::instant());
             }
         }
     }

@@ -92,7 +92,7 @@ impl Updater {
 
     /// Keeps `boards` supplied with the status page's board.
     pub fn with_board(mut self, boards: Arc<Boards>) -> Self {
-        self.catalog = self.catalog.with_board(boards, std::time::Instant::now());
+        self.catalog = self.catalog.with_board(boards, crate::clock::instant());
         self
     }
 
@@ -248,5 +248,109 @@ async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Report;
+    use std::net::IpAddr;
+
+    const ZONE: &str = "$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n";
+    const POOLS: &str = "[[pool]]\nname = \"www.example.\"\nstale_after = \"3s\"\n\
+                         members = [ { id = \"a\", address = \"127.0.0.1\" }, { id = \"b\", address = \"127.0.0.2\" } ]\n";
+
+    fn report(member: &str) -> Report {
+        Report {
+            pool: "www.example.".into(),
+            member: member.into(),
+            up: true,
+            metrics: Default::default(),
+            custom: Default::default(),
+            age: Duration::ZERO,
+            check: "test".into(),
+            addresses: Vec::new(),
+            source: "test".into(),
+        }
+    }
+
+    fn answer(snapshot: &ArcSwap<Snapshot>) -> Vec<IpAddr> {
+        let key = LowerName::from(Name::from_ascii("www.example.").unwrap());
+        snapshot.load().zones.values().find_map(|z| z.pools.get(&key)).map(|a| a.shown()).unwrap_or_default()
+    }
+
+    /// The whole loop on a paused clock: a member whose reports stop leaves
+    /// the answers once they are `stale_after` old (found by a tick, not by
+    /// a report), on virtual time; the zone file follows, and the clean
+    /// stop saves the state.
+    #[tokio::test(start_paused = true)]
+    async fn time_alone_moves_answers_and_zone_writes_on_a_virtual_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("example.zone");
+        std::fs::write(&path, ZONE).unwrap();
+        let name = Name::from_ascii("example.").unwrap();
+        let files = [(LowerName::from(&name), ZoneFile::parse(&path, name, ZONE.into()).unwrap())].into_iter().collect();
+        let (store, saved) = crate::state::Store::open(&dir.path().join("state")).unwrap();
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let (notify, _notified) = mpsc::channel(16);
+        let parts = Parts {
+            store: Arc::new(store),
+            saved,
+            ring: Registry::default(),
+            snapshot: snapshot.clone(),
+            notify,
+            counters: Arc::default(),
+            write_interval: Duration::from_secs(2),
+        };
+        let config = Config::from_toml(POOLS).unwrap();
+        let updater = Updater::start(&config, files, parts).await.unwrap();
+        let (commands, rx) = mpsc::channel(16);
+        let (_edits, edits) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(updater.run(rx, edits, stop.clone()));
+        let send = |members: &'static [&'static str]| {
+            let commands = commands.clone();
+            async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let reports = members.iter().map(|m| report(m)).collect();
+                commands.send(Command::Reports { reports, received: crate::clock::instant(), reply: tx }).await.unwrap();
+                rx.await.unwrap().unwrap();
+            }
+        };
+        send(&["a", "b"]).await;
+        let both: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()];
+        assert_eq!(answer(&snapshot), both);
+        let last_a = tokio::time::Instant::now();
+        // Only b goes on reporting, every half second.
+        let gone = loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if answer(&snapshot) == both[1..] {
+                break last_a.elapsed();
+            }
+            if last_a.elapsed().as_millis() % 500 < 50 {
+                send(&["b"]).await;
+            }
+            assert!(last_a.elapsed() < Duration::from_secs(10), "a never went stale");
+        };
+        assert!(gone >= Duration::from_secs(3) && gone <= Duration::from_millis(3300), "a left {gone:?} after its last report");
+        // The file follows, holding b only. It is written on a thread of its
+        // own, in real time: waited for with blocking sleeps, which hold
+        // the virtual clock still meanwhile.
+        let mut tries = 0;
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.contains("www.example. 5 IN A 127.0.0.2") && !text.contains("www.example. 5 IN A 127.0.0.1") {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 500, "the zone file was not rewritten:\n{text}");
+            tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(10))).await.unwrap();
+        }
+        stop.cancel();
+        task.await.unwrap();
+        drop(commands);
+        let (_, saved) = crate::state::Store::open(&dir.path().join("state")).unwrap();
+        assert_eq!(saved.pools["www.example."].answer, both[1..], "the clean stop saved the answer served");
     }
 }
