@@ -1,6 +1,11 @@
 //! Load generator for `scripts/bench/ingest.sh`: simulated monitors report
-//! many members to one authority, either at a steady rate (while measuring
-//! report-to-answer latency with real DNS queries) or as fast as possible.
+//! many members of one big pool to one authority, either at a steady rate
+//! (while measuring report-to-answer latency with real DNS queries) or as
+//! fast as possible. The latency is a death's: in a small probe pool
+//! beside the big one (`www.probe.example.`, in a zone of its own, three
+//! members, every member in every answer), one member is reported down
+//! and the time is taken until an answer no longer carries it, then it
+//! comes back.
 //!
 //! usage: ingest GRPC_URL DNS_ADDR POOL MEMBERS (steady RATE | max) SECONDS
 
@@ -16,10 +21,6 @@ use vnamed::grpc::v1::{MemberReport, ReportBatch};
 
 const BATCH: usize = 500;
 
-fn address(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 0)) + i as u32)
-}
-
 fn report(pool: &str, i: usize, load: f64) -> MemberReport {
     MemberReport {
         pool: pool.to_owned(),
@@ -32,18 +33,38 @@ fn report(pool: &str, i: usize, load: f64) -> MemberReport {
     }
 }
 
-/// The address DNS answers for the pool right now.
-fn ask(socket: &UdpSocket, dns: SocketAddr, pool: &str, id: u16) -> Option<Ipv4Addr> {
+/// The addresses DNS answers for a pool right now.
+fn ask(socket: &UdpSocket, dns: SocketAddr, pool: &str, id: u16) -> Option<Vec<Ipv4Addr>> {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.add_query(Query::query(Name::from_ascii(pool).ok()?, RecordType::A));
     socket.send_to(&m.to_vec().ok()?, dns).ok()?;
     let mut buf = [0u8; 512];
-    let (n, _) = socket.recv_from(&mut buf).ok()?;
-    let reply = Message::from_vec(&buf[..n]).ok()?;
-    reply.answers.iter().find_map(|r| match r.data {
-        RData::A(a) => Some(a.0),
-        _ => None,
-    })
+    loop {
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        let reply = Message::from_vec(&buf[..n]).ok()?;
+        if reply.metadata.id != id {
+            continue; // a late answer to an earlier question
+        }
+        return Some(
+            reply
+                .answers
+                .iter()
+                .filter_map(|r| match r.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
+}
+
+/// Probe member `i`'s address.
+fn probe_address(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 2, 0, 1 + i as u8)
+}
+
+fn probe_report(pool: &str, i: usize, up: bool) -> MemberReport {
+    MemberReport { member: format!("p{i}"), up, metrics: HashMap::new(), ..report(pool, 0, 0.0) }
 }
 
 #[tokio::main]
@@ -85,33 +106,45 @@ async fn main() -> anyhow::Result<()> {
                 n
             })
         };
-        // Meanwhile: make one member the least loaded and time until DNS says so.
+        // Meanwhile: a probe member dies; timed until no answer carries it.
+        let probe = "www.probe.example.".to_owned();
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let everyone: Vec<MemberReport> = (0..3).map(|i| probe_report(&probe, i, true)).collect();
+        client.clone().report(ReportBatch { source: "probe".into(), reports: everyone }).await?;
         let mut latencies = Vec::new();
-        let mut previous: Option<usize> = None;
         let mut k = 0usize;
+        let mut id = 0u16;
         while Instant::now() + Duration::from_millis(500) < deadline {
+            let target = k % 3;
             k += 1;
-            let target = (k * 7919) % members;
-            let mut reports = vec![report(&pool, target, 0.0)];
-            if let Some(p) = previous {
-                reports.push(report(&pool, p, 0.5));
+            // All three in the answer first (the last one back).
+            let back = Instant::now();
+            while ask(&socket, dns, &probe, {
+                id = id.wrapping_add(1);
+                id
+            })
+            .is_none_or(|a| a.len() < 3)
+            {
+                if back.elapsed() > Duration::from_secs(2) {
+                    anyhow::bail!("the probe pool's members did not all come back within 2 s");
+                }
             }
             let t0 = Instant::now();
-            client.clone().report(ReportBatch { source: "probe".into(), reports }).await?;
-            let want = address(target);
+            client.clone().report(ReportBatch { source: "probe".into(), reports: vec![probe_report(&probe, target, false)] }).await?;
+            let gone = probe_address(target);
             loop {
-                if ask(&socket, dns, &pool, k as u16) == Some(want) {
+                id = id.wrapping_add(1);
+                if ask(&socket, dns, &probe, id).is_some_and(|a| !a.is_empty() && !a.contains(&gone)) {
                     latencies.push(t0.elapsed());
                     break;
                 }
                 if t0.elapsed() > Duration::from_secs(2) {
-                    eprintln!("answer did not follow within 2 s");
+                    eprintln!("the answer still carried the dead member after 2 s");
                     break;
                 }
             }
-            previous = Some(target);
+            client.clone().report(ReportBatch { source: "probe".into(), reports: vec![probe_report(&probe, target, true)] }).await?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         sent = bg.await?;

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Status report ingestion: simulated monitors report MEMBERS pool members to
-# one authority pinned to core 0 (the load generator runs on core 1). Prints
-# reports/s at full speed, the authority's CPU per report and RSS, and the
-# report-to-answer latency (p50/p99, measured with real DNS queries) while
+# Status report ingestion: simulated monitors report MEMBERS members of one
+# pool to one authority pinned to core 0 (the load generator runs on core
+# 1). Prints reports/s at full speed, the authority's CPU per report and
+# RSS, and the report-to-answer latency of a death (p50/p99: a member of a
+# small probe pool beside the big one, in a zone of its own, is reported
+# down, timed with real DNS queries until no answer carries it) while
 # 10,000 reports/s arrive.
 #
-# With AGAINST=<git revision> the same measurements run, in the same run,
-# against that revision built in a temporary worktree (e.g. AGAINST=HEAD~5),
-# and the ratios are printed.
+# Each measurement runs under each of SELECTS (default: "shares best", the
+# pools' `select`), in the same run, and the ratio of the first to the
+# last is printed. With AGAINST=<git revision> the same measurements run
+# against that revision built in a temporary worktree (e.g. AGAINST=HEAD~5)
+# as well, and the ratios of the builds are printed.
 #
-#   [AGAINST=REV] bash scripts/bench/ingest.sh [MEMBERS] [SECONDS] [ROUNDS]
+#   [AGAINST=REV] [SELECTS="shares best"] bash scripts/bench/ingest.sh [MEMBERS] [SECONDS] [ROUNDS]
 #   (defaults: 10000, 10, 1; with several rounds the builds alternate and
 #   the median of each figure is kept)
 set -euo pipefail
@@ -38,27 +42,40 @@ if [ -n "${AGAINST:-}" ]; then
   builds+=("$AGAINST=${AGAINST_TARGET:-$tree/target}/release/vnamed")
 fi
 
+selects=(${SELECTS:-shares best})
 mkdir -p "$work/zones"
-python3 - "$members" > "$work/vnamed.toml" <<'PY'
+for select in "${selects[@]}"; do
+  python3 - "$members" "$select" > "$work/vnamed-$select.toml" <<'PY'
 import ipaddress, sys
-n = int(sys.argv[1])
+n, select = int(sys.argv[1]), sys.argv[2]
 print('[authority]\ndns_listen = ["127.0.0.1:5410"]\ngrpc_listen = "127.0.0.1:7410"\nzones_dir = "ZONES"\nudp_workers = 1\n')
-print('[[pool]]\nname = "www.bench.example."\npolicy = "least-loaded"\nstale_after = "60s"\nmembers = [')
+print(f'[[pool]]\nname = "www.bench.example."\npolicy = "least-loaded"\nselect = "{select}"\nstale_after = "60s"\nmembers = [')
 base = int(ipaddress.IPv4Address("127.1.0.0"))
 for i in range(n):
     print(f'  {{ id = "m{i}", address = "{ipaddress.IPv4Address(base + i)}" }},')
 print(']')
+# The probe: three members, each in every answer, so an answer without one
+# means it is gone; in a zone of its own, so that its changes do not rewrite
+# the big pool's zone file (whose cost is the zone file thread's, not this).
+print(f'[[pool]]\nname = "www.probe.example."\npolicy = "least-loaded"\nselect = "{select}"\nanswers = 3\nstale_after = "60s"\nmembers = [')
+for i in range(3):
+    print(f'  {{ id = "p{i}", address = "127.2.0.{i + 1}" }},')
+print(']')
 PY
-sed -i "s|ZONES|$work/zones|" "$work/vnamed.toml"
+  sed -i "s|ZONES|$work/zones|" "$work/vnamed-$select.toml"
+done
 
 stat() { sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}'; }
 hz=$(getconf CLK_TCK)
 
 # One measurement of one build: "rate cpu rss p50 p99" on stdout.
 measure() {
-  local vnamed=$1
-  printf '$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n' > "$work/zones/bench.example.zone"
-  taskset -c 0 "$vnamed" authority --config "$work/vnamed.toml" 2>"$work/vnamed.log" &
+  local vnamed=$1 select=$2
+  for z in bench probe; do
+    printf '$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n' > "$work/zones/$z.example.zone"
+  done
+  rm -rf "$work/zones/.vnamed-state"
+  taskset -c 0 "$vnamed" authority --config "$work/vnamed-$select.toml" 2>"$work/vnamed.log" &
   pid=$!
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/7410) 2>/dev/null && break
@@ -78,10 +95,16 @@ measure() {
   echo "$rate $cpu $rss $(awk '/p50_ms/ {p50=$2} /p99_ms/ {p99=$2} END {print p50, p99}' <<<"$steady")"
 }
 
+# Each build under each select: the columns.
+runs=()
+for b in "${builds[@]}"; do
+  for select in "${selects[@]}"; do runs+=("${b%%=*}/$select=${b#*=}"); done
+done
 declare -A results
 for round in $(seq "$rounds"); do
-  for b in "${builds[@]}"; do
-    results[${b%%=*}]+="$(measure "${b#*=}")"$'\n'
+  for r in "${runs[@]}"; do
+    name=${r%%=*}
+    results[$name]+="$(measure "${r#*=}" "${name#*/}")"$'\n'
   done
 done
 
@@ -89,23 +112,34 @@ median() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2
 column() { awk -v c="$2" 'NF {print $c}' <<<"${results[$1]}" | median; }
 
 echo
+# Ratios: each run against the first (the current build under the first select).
 printf '%-32s' "members $members, $rounds round(s)"
-for b in "${builds[@]}"; do printf '%14s' "${b%%=*}"; done
-[ ${#builds[@]} -gt 1 ] && printf '%10s' "ratio"
+for r in "${runs[@]}"; do printf '%16s' "${r%%=*}"; done
 echo
 row() {
   local label=$1 col=$2 target=$3
   printf '%-32s' "$label"
-  local first="" v
-  for b in "${builds[@]}"; do
-    v=$(column "${b%%=*}" "$col")
-    printf '%14s' "$v"
-    [ -z "$first" ] && first=$v || printf '%10s' "$(awk -v a="$first" -v b="$v" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')"
+  local v
+  for r in "${runs[@]}"; do
+    v=$(column "${r%%=*}" "$col")
+    printf '%16s' "$v"
   done
   echo "   $target"
+}
+ratio() {
+  local label=$1 col=$2 a=$3 b=$4
+  printf '%-32s%16s   (%s / %s)\n' "$label" "$(awk -v x="$(column "$a" "$col")" -v y="$(column "$b" "$col")" 'BEGIN { printf "%.2f", (y > 0) ? x / y : 0 }')" "$a" "$b"
 }
 row "reports/s, as fast as possible" 1 "(target: >= 450000)"
 row "authority CPU per report (us)" 2 ""
 row "authority RSS (MB)" 3 "(target: <= 200)"
 row "report-to-answer p50 (ms)" 4 ""
 row "report-to-answer p99 (ms)" 5 "(target: <= 5)"
+first=${runs[0]%%=*}
+if [ ${#selects[@]} -gt 1 ]; then
+  ratio "reports/s, ${selects[0]} / ${selects[-1]} (>= 0.9)" 1 "$first" "current/${selects[-1]}"
+fi
+for r in "${runs[@]:1}"; do
+  n=${r%%=*}
+  if [ "${n%%/*}" != current ]; then ratio "reports/s, current / ${n%%/*}" 1 "current/${n#*/}" "$n"; fi
+done

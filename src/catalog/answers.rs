@@ -94,7 +94,10 @@ impl Catalog {
         let mut zones = Vec::new();
         let mut republish = false;
         for &i in &absorbed.pools {
-            if let Some(z) = self.redecide(i, now) {
+            // Under shares, metrics move the answers once per step (a tick
+            // decides the pool again); a member in or out of service at once.
+            let defer = !absorbed.urgent.contains(&i) && self.table.get(i).is_some_and(|p| p.defers_metrics());
+            if let Some(z) = if defer { None } else { self.redecide(i, now) } {
                 zones.push(z);
             } else if absorbed.ports_moved.contains(&i)
                 && let Ok((pool, zone)) = self.zone_ref(i)

@@ -457,6 +457,22 @@ impl PoolState {
         if self.policy == PolicyName::RoundRobin { Select::Best } else { self.select }
     }
 
+    /// Whether member `m` is at or above its capacity: it gets no new clients.
+    pub fn is_full(&self, m: &MemberState) -> bool {
+        match (m.capacity, &self.capacity_metric) {
+            (Some(c), Some(metric)) => m.metric(metric).is_some_and(|v| v >= c),
+            // A load is a fraction of the member's capacity.
+            _ => self.policy == PolicyName::LeastLoaded && m.metrics.load.is_some_and(|l| l >= 1.0),
+        }
+    }
+
+    /// Whether a member's metrics alone can wait for the next decision:
+    /// under shares they move the answers only once per `step`, so a pool
+    /// is decided again for them by time (`Table::timed`), not per report.
+    pub fn defers_metrics(&self) -> bool {
+        self.shares()
+    }
+
     /// Applies the policy to the members in service.
     pub fn decide(&mut self, now: Instant) -> Decision {
         let mut d = self.decide_members(now);
@@ -518,14 +534,7 @@ impl PoolState {
             let ramp = self.spread.ramp(now, &ids, shaping.slow_start);
             let (policy, known) = share::shares_known(self.policy, self.formula.as_deref(), &live);
             let held = self.spread.hold(&ids, &policy, &known, self.shaping.margin);
-            let full: Vec<bool> = live
-                .iter()
-                .map(|m| match (m.capacity, &self.capacity_metric) {
-                    (Some(c), Some(metric)) => m.metric(metric).is_some_and(|v| v >= c),
-                    // A load is a fraction of the member's capacity.
-                    _ => self.policy == PolicyName::LeastLoaded && m.metrics.load.is_some_and(|l| l >= 1.0),
-                })
-                .collect();
+            let full: Vec<bool> = live.iter().map(|m| self.is_full(m)).collect();
             let target = share::ramped(self.policy, &held, &share::gates(&ramp, &full));
             let served = self.spread.step(now, &ids, &target, &full, &shaping);
             // Members with a share lead answers; with answers > 1 the rest

@@ -255,6 +255,9 @@ pub struct Absorbed {
     /// Of those, the pools where a member's reported `tcp_port` moved: its
     /// SRP answer changes even when the DNS answer stays.
     pub ports_moved: Vec<PoolId>,
+    /// Of those, the pools where a member came into service or left it
+    /// (up, down, stale, or full): decided again at once, whatever else.
+    pub urgent: Vec<PoolId>,
 }
 
 /// What a new configuration did to the table.
@@ -374,6 +377,8 @@ impl Table {
         self.recent.resize_with(self.pools.len(), Recent::default);
         for (r, (i, m)) in reports.into_iter().zip(targets) {
             let (smoothing, quorum, stale_after) = (self.pools[i].smoothing, self.pools[i].quorum, self.pools[i].stale_after);
+            let serving = |p: &PoolState| (p.members[m].eligible(now, stale_after), p.is_full(&p.members[m]));
+            let before = serving(&self.pools[i]);
             let member = &mut self.pools[i].members[m];
             let port = member.custom.get("tcp_port").copied();
             let at = now.checked_sub(r.age).unwrap_or(now);
@@ -395,6 +400,9 @@ impl Table {
             }
             if member.custom.get("tcp_port").copied() != port && !out.ports_moved.contains(&i) {
                 out.ports_moved.push(i);
+            }
+            if serving(&self.pools[i]) != before && !out.urgent.contains(&i) {
+                out.urgent.push(i);
             }
             if !out.pools.contains(&i) {
                 out.pools.push(i);
@@ -769,8 +777,14 @@ members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" }
         let good =
             vec![report("WWW.example", "a", true, 0.9), report("www.example.", "b", true, 0.1), report("db.example.", "p", true, 0.5)];
         let got = t.absorb(good, now.instant).unwrap();
-        assert_eq!(got, Absorbed { count: 3, pools: vec![0, 1], ports_moved: vec![] });
+        assert_eq!(got, Absorbed { count: 3, pools: vec![0, 1], ports_moved: vec![], urgent: vec![] });
         assert_eq!(t.decide(0, now.instant).unwrap().addresses, vec![ip("127.0.0.2")], "least loaded first");
+        // Metrics alone are not urgent; a member leaving service or full is.
+        let urgent = |t: &mut Table, r| t.absorb(vec![r], now.instant).unwrap().urgent;
+        assert_eq!(urgent(&mut t, report("www.example.", "b", true, 0.3)), Vec::<PoolId>::new());
+        assert_eq!(urgent(&mut t, report("www.example.", "b", false, 0.3)), vec![0], "down");
+        assert_eq!(urgent(&mut t, report("www.example.", "b", true, 0.3)), vec![0], "back up");
+        assert_eq!(urgent(&mut t, report("www.example.", "b", true, 1.5)), vec![0], "full");
     }
 
     #[test]
