@@ -77,6 +77,7 @@ cat > "$work/auth.toml" <<EOT
 dns_listen = ["$net.100:53"]
 grpc_listen = "$net.100:7443"
 zones_dir = "$work/zones"
+token = "bench-token"          # off loopback the API needs a credential
 [[pool]]
 name = "www.bench.test."
 policy = "round-robin"
@@ -112,6 +113,7 @@ cat > "$work/own-mac.toml" <<EOT
 [dispatch]
 interface = "vd"
 authority = "http://$net.100:7443"
+token = "bench-token"
 gateway = "$net.11"
 [[dispatch.vip]]
 address = "$net.200"
