@@ -37,7 +37,7 @@ for i in 0 1 2; do initial+="${initial:+,}n$i=http://${etcd_ips[$i]}:2380"; done
 start_etcd() {
   for i in 0 1 2; do
     ip=${etcd_ips[$i]}
-    etcd --name "n$i" --data-dir "$work/etcd$i" \
+    etcd --name "n$i" --data-dir "${ETCD_DATA:-$work}/etcd$i" \
       --listen-client-urls "http://$ip:2379" --advertise-client-urls "http://$ip:2379" \
       --listen-peer-urls "http://$ip:2380" --initial-advertise-peer-urls "http://$ip:2380" \
       --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token vnamed-bench \

@@ -137,7 +137,7 @@ impl Catalog {
     /// Re-decides pools whose members report, so stale reports take
     /// effect, and brings what `/metrics` shows up to date.
     pub(super) fn tick(&mut self, now: Instant) {
-        let timed: Vec<PoolId> = self.table.timed().collect();
+        let timed: Vec<PoolId> = self.table.due(now).collect();
         let zones: Vec<LowerName> = timed.into_iter().filter_map(|i| self.redecide(i, now)).collect();
         let health = !self.health_due.is_empty();
         for i in std::mem::take(&mut self.health_due) {

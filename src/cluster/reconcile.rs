@@ -35,6 +35,9 @@ use crate::zone::serial_gt;
 const ATTEMPTS: u32 = 5;
 /// How long a change that raced another waits for the newer state.
 const WAIT: Duration = Duration::from_secs(5);
+/// Puts in one commit of decisions and serials: one etcd transaction
+/// (etcd's default limit is 128 operations).
+const DECISION_PUTS: usize = 100;
 
 /// Names a request whose outcome a proposal waits for.
 pub type Id = u64;
@@ -170,12 +173,15 @@ pub struct Reconcile<R> {
     decided: HashMap<String, i64>,
     serials: HashMap<String, (u32, i64)>,
     /// While this authority decides: its election key, whether a commit
-    /// of decisions is in flight, what waits for the next (folded), and
-    /// the last serial offered per zone.
+    /// of decisions is in flight, what waits for the next (the latest
+    /// decision per pool, with its zone), the last decision sent per pool,
+    /// the last serial offered per zone, and the zones' serials here.
     leader: Option<Leader>,
     committing: bool,
-    next_offer: (BTreeMap<String, Decision>, BTreeMap<String, u32>),
+    next_offer: BTreeMap<String, (String, Decision)>,
+    sent: HashMap<String, Decision>,
     offered: HashMap<String, u32>,
+    local: HashMap<String, u32>,
     /// An offer was lost (a commit failed): offer everything again.
     reoffer: bool,
     /// Zones whose group serial is being raised.
@@ -204,8 +210,10 @@ impl<R> Reconcile<R> {
             serials: HashMap::new(),
             leader: None,
             committing: false,
-            next_offer: Default::default(),
+            next_offer: BTreeMap::new(),
+            sent: HashMap::new(),
             offered: HashMap::new(),
+            local: HashMap::new(),
             reoffer: false,
             raising: HashSet::new(),
             name,
@@ -298,6 +306,7 @@ impl<R> Reconcile<R> {
             Event::Through(revision) => self.status.set_revision(revision),
             Event::Decider(leader) => {
                 self.status.set_decider(leader.is_some());
+                self.sent.clear();
                 if leader.is_some() {
                     // A new decider offers the group every decision of its own.
                     self.out.push_back(Step::OfferAll);
@@ -376,6 +385,7 @@ impl<R> Reconcile<R> {
                             warn!(error = %e, "the decider's decisions could not be committed; serving the group's last ones, offering all again");
                         }
                         self.reoffer = true;
+                        self.sent.clear();
                     }
                 }
                 self.send_offer();
@@ -467,47 +477,57 @@ impl<R> Reconcile<R> {
 
     /// This authority's own decisions that changed (pool key, zone,
     /// decision), with the zones' serials served here: committed for the
-    /// group while it decides, each zone with its next serial; dropped
-    /// otherwise (a new decider offers all of its own).
+    /// group while it decides; dropped otherwise (a new decider offers all
+    /// of its own).
     pub fn offer(&mut self, offers: Vec<(String, String, Decision)>, local: &HashMap<String, u32>) {
         if self.leader.is_none() || offers.is_empty() {
             return;
         }
-        let mut zones = BTreeMap::new();
-        for (_, zone, _) in &offers {
-            if zones.contains_key(zone) {
-                continue;
-            }
-            let known = [local.get(zone).copied(), self.serials.get(zone).map(|(n, _)| *n), self.offered.get(zone).copied()];
-            let next = known.into_iter().flatten().reduce(|a, b| if serial_gt(b, a) { b } else { a }).unwrap_or(0).wrapping_add(1);
-            self.offered.insert(zone.clone(), next);
-            zones.insert(zone.clone(), next);
-        }
-        let (decisions, serials) = &mut self.next_offer;
-        decisions.extend(offers.into_iter().map(|(pool, _, d)| (pool, d)));
-        for (zone, n) in zones {
-            let e = serials.entry(zone).or_insert(n);
-            if serial_gt(n, *e) {
-                *e = n;
-            }
+        self.local.clone_from(local);
+        for (pool, zone, d) in offers {
+            self.next_offer.insert(pool, (zone, d));
         }
         self.send_offer();
     }
 
-    /// The folded offers, as one commit, when none is in flight.
+    /// The next commit of decisions, when none is in flight: one etcd
+    /// transaction's worth, decisions whose addresses changed first (a
+    /// death waits behind at most one commit of share moves), each zone
+    /// they touch with its next serial.
     fn send_offer(&mut self) {
         let Some(leader) = self.leader.clone() else {
-            self.next_offer = Default::default();
+            self.next_offer.clear();
             return;
         };
-        if self.committing || (self.next_offer.0.is_empty() && self.next_offer.1.is_empty()) {
+        if self.committing || self.next_offer.is_empty() {
             return;
         }
-        let (decisions, serials) = std::mem::take(&mut self.next_offer);
+        let moved =
+            |pool: &String, d: &Decision, sent: &HashMap<String, Decision>| sent.get(pool).is_none_or(|s| s.addresses != d.addresses);
+        let (mut first, mut rest): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        for (pool, (_, d)) in &self.next_offer {
+            if moved(pool, d, &self.sent) { first.push(pool.clone()) } else { rest.push(pool.clone()) }
+        }
+        let mut decisions = Vec::new();
+        let mut zones: BTreeMap<String, u32> = BTreeMap::new();
+        for pool in first.into_iter().chain(rest) {
+            let zone = &self.next_offer[&pool].0;
+            let puts = decisions.len() + zones.len() + 1 + usize::from(!zones.contains_key(zone));
+            if puts > DECISION_PUTS && !decisions.is_empty() {
+                break;
+            }
+            if !zones.contains_key(zone) {
+                let known = [self.local.get(zone).copied(), self.serials.get(zone).map(|(n, _)| *n), self.offered.get(zone).copied()];
+                let next = known.into_iter().flatten().reduce(|a, b| if serial_gt(b, a) { b } else { a }).unwrap_or(0).wrapping_add(1);
+                self.offered.insert(zone.clone(), next);
+                zones.insert(zone.clone(), next);
+            }
+            let (_, d) = self.next_offer.remove(&pool).expect("listed above");
+            self.sent.insert(pool.clone(), d.clone());
+            decisions.push((pool, d));
+        }
         self.committing = true;
-        let decisions = decisions.into_iter().collect();
-        let serials = serials.into_iter().collect();
-        self.out.push_back(Step::Send(Request::Decisions { leader, decisions, serials }));
+        self.out.push_back(Step::Send(Request::Decisions { leader, decisions, serials: zones.into_iter().collect() }));
     }
 
     /// Now and then: expires retries that waited too long, moves the

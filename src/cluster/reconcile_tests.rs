@@ -467,3 +467,58 @@ fn three_authorities_fold_views_and_a_restarted_one_raises_the_group_serial() {
     settle(&mut [&mut a, &mut b, &mut c], &mut etcd, now);
     assert_eq!(a.serials["example."], 1007, "every authority moves up to it");
 }
+
+#[test]
+fn a_death_waits_behind_at_most_one_commit_of_share_moves_and_every_commit_has_its_own_serial() {
+    let now = Now::read();
+    let status = ClusterStatus::new();
+    status.set_available(true, None);
+    let mut r: Reconcile<Token> = Reconcile::new("a".into(), FINGERPRINT.into(), status);
+    let leader = Leader { key: b"/vnamed/decider/a".to_vec(), revision: 7 };
+    r.event(Event::Decider(Some(leader)), &Registry::default(), now.instant);
+    while r.poll().is_some() {}
+    let ip = |i: u32| std::net::IpAddr::from(std::net::Ipv4Addr::from(0x7f00_0000 + i));
+    let d = |i: u32, share: f64| Decision { shares: vec![share, 1.0 - share], ..Decision::plain(vec![ip(i), ip(i + 1)], false, false, 5) };
+    let pools = |n: u32, share: f64| (0..n).map(|i| (format!("p{i:04}.example."), "example.".to_owned(), d(i, share))).collect::<Vec<_>>();
+    let local: HashMap<String, u32> = [("example.".to_owned(), 1)].into();
+    type Commit = (Vec<(String, Decision)>, Vec<(String, u32)>);
+    let sent = |r: &mut Reconcile<Token>| -> Vec<Commit> {
+        let mut out = Vec::new();
+        while let Some(step) = r.poll() {
+            if let Step::Send(Request::Decisions { decisions, serials, .. }) = step {
+                out.push((decisions, serials));
+            }
+        }
+        out
+    };
+    // 300 pools' first decisions: one transaction's worth at a time.
+    r.offer(pools(300, 0.5), &local);
+    let first = sent(&mut r);
+    assert_eq!(first.len(), 1, "one commit in flight");
+    assert_eq!(first[0].0.len() + first[0].1.len(), 100, "a transaction's worth of puts");
+    assert_eq!(first[0].1, vec![("example.".to_owned(), 2)]);
+    for _ in 0..3 {
+        r.outcome(Outcome::Decisions { result: Ok(1) }, &Registry::default(), now.instant);
+        sent(&mut r);
+    }
+    // Now shares move in all of them, and one member dies in p0299.
+    let mut moves = pools(300, 0.6);
+    moves[299].2 = Decision::plain(vec![ip(300)], false, false, 5);
+    r.offer(moves, &local);
+    assert!(sent(&mut r).is_empty(), "the last of the first decisions is still in flight");
+    let mut commits = Vec::new();
+    while !commits.iter().any(|(d, _): &Commit| d.iter().any(|(p, _)| p == "p0299.example.")) {
+        r.outcome(Outcome::Decisions { result: Ok(1) }, &Registry::default(), now.instant);
+        commits.extend(sent(&mut r));
+        assert!(commits.len() < 10);
+    }
+    assert_eq!(commits.len(), 1, "the death goes out in the first commit after the one in flight");
+    assert_eq!(commits[0].0[0].0, "p0299.example.", "first in it");
+    for _ in 0..3 {
+        r.outcome(Outcome::Decisions { result: Ok(1) }, &Registry::default(), now.instant);
+        commits.extend(sent(&mut r));
+    }
+    assert_eq!(commits.iter().map(|(d, _)| d.len()).sum::<usize>(), 300, "then the share moves");
+    let serials: Vec<u32> = commits.iter().flat_map(|(_, s)| s.iter().map(|(_, n)| *n)).collect();
+    assert!(serials.windows(2).all(|w| serial_gt(w[1], w[0])), "each commit its own serial: {serials:?}");
+}

@@ -128,6 +128,10 @@ pub struct View {
     pub at: Instant,
 }
 
+/// How soon a pool whose answers move continuously with time (shares
+/// ramping or on their way, an adaptive TTL) is decided again.
+const SOON: Duration = Duration::from_millis(250);
+
 /// A vantage point silent this many times `stale_after` is forgotten
 /// (a monitor retired), so it no longer counts towards a majority.
 const FORGET_AFTER: u32 = 10;
@@ -264,6 +268,15 @@ impl MemberState {
         }
     }
 
+    /// The next moment after `now` at which time alone changes whether
+    /// this member is in service: its reports going stale, its lifetime
+    /// ending, a maintenance window opening or closing.
+    pub fn next_change(&self, now: Instant, stale_after: Duration) -> Option<Instant> {
+        let stale = self.reported_at.map(|at| at + stale_after + Duration::from_millis(1));
+        let windows = self.maintenance.iter().flat_map(|(f, u)| [*f, *u]);
+        [stale, self.until].into_iter().flatten().chain(windows).filter(|t| *t > now).min()
+    }
+
     /// Reported, but not within `stale_after`.
     pub fn stale(&self, now: Instant, stale_after: Duration) -> bool {
         self.reported_at.is_some_and(|at| now.saturating_duration_since(at) > stale_after)
@@ -354,6 +367,9 @@ pub struct PoolState {
     pub spread: Spread,
     /// The addresses of the last answer, to tell when it moved (adaptive TTL).
     moved: Option<(Vec<IpAddr>, Instant)>,
+    /// Metrics were reported since the last decision (under shares they
+    /// are taken at the next step).
+    pub metrics_moved: bool,
     /// Responses given for the pool's name, kept across answers.
     pub counters: std::sync::Arc<crate::metrics::PoolCounters>,
     /// Member id → index in `members`; a hint, checked on every use.
@@ -389,6 +405,7 @@ impl PoolState {
             quorum: c.quorum,
             spread: Spread::default(),
             moved: None,
+            metrics_moved: false,
             counters: Default::default(),
             index: Default::default(),
         }
@@ -473,8 +490,19 @@ impl PoolState {
         self.shares()
     }
 
+    /// When time alone may next change this pool's decision: a member's
+    /// schedule or staleness, the next step of shares on their way or of
+    /// metrics waiting for it, an adaptive TTL (`None`: only events do).
+    pub fn next_change(&self, now: Instant) -> Option<Instant> {
+        let members = self.members.iter().filter_map(|m| m.next_change(now, self.stale_after)).min();
+        let moving = (self.ttl_range.is_some() || (self.shares() && self.spread.unsettled())).then_some(now + SOON);
+        let waiting = (self.shares() && self.metrics_moved).then(|| self.spread.next_step(now, self.shaping.step));
+        [members, moving, waiting].into_iter().flatten().min()
+    }
+
     /// Applies the policy to the members in service.
     pub fn decide(&mut self, now: Instant) -> Decision {
+        self.metrics_moved = false;
         let mut d = self.decide_members(now);
         d.ttl = self.ttl_now(&d, now);
         d

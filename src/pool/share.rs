@@ -351,6 +351,11 @@ impl Spread {
         self.unsettled
     }
 
+    /// When shares may next step (at `now` if they never did).
+    pub fn next_step(&self, now: Instant, step: Duration) -> Instant {
+        self.stepped.map_or(now, |t| (t + step).max(now))
+    }
+
     /// How long shares have held still (zero while they move).
     pub fn stable_for(&self, now: Instant) -> Duration {
         self.moving.map(|t| now.saturating_duration_since(t)).unwrap_or(Duration::MAX)

@@ -306,6 +306,9 @@ pub struct Table {
     dead: Vec<IpAddr>,
     /// In a group of authorities: the group's decisions, and ours to offer.
     group: super::group::Group,
+    /// When each pool must be decided again for time alone (`None`: only
+    /// events change it), by pool id.
+    next: Vec<Option<Instant>>,
 }
 
 /// How a pool name is looked up: lower case, without the final dot.
@@ -323,6 +326,7 @@ impl Table {
     pub fn new(configs: &[PoolConfig], now: Now) -> Self {
         let mut t = Self { pools: configs.iter().map(|c| PoolState::from_config(c, now)).collect(), ..Self::default() };
         t.recent = vec![Recent::default(); t.pools.len()];
+        t.next = vec![Some(now.instant); t.pools.len()];
         t.reindex();
         t
     }
@@ -403,6 +407,15 @@ impl Table {
             }
             if serving(&self.pools[i]) != before && !out.urgent.contains(&i) {
                 out.urgent.push(i);
+            }
+            // Decided again by time when this report goes stale, and under
+            // shares at the next step (its metrics wait for that).
+            let pool = &mut self.pools[i];
+            pool.metrics_moved = true;
+            let step = pool.shares().then(|| pool.spread.next_step(now, pool.shaping.step));
+            let stale = Some(at + stale_after + Duration::from_millis(1));
+            if let Some(n) = self.next.get_mut(i) {
+                *n = [*n, stale, step].into_iter().flatten().min();
             }
             if !out.pools.contains(&i) {
                 out.pools.push(i);
@@ -524,6 +537,8 @@ impl Table {
             self.recent.push(recent.remove(&key_of_pool(&pool)).unwrap_or_default());
             self.pools.push(pool);
         }
+        // Pool ids follow the new table: every pool is looked at again.
+        self.next = vec![Some(now.instant); self.pools.len()];
         let mut removed: Vec<PoolState> = old.into_values().collect();
         removed.sort_by_key(|p| was.get(&key_of_pool(p)).copied());
         // What the group decided for a pool gone or reshaped no longer stands.
@@ -557,9 +572,16 @@ impl Table {
     pub fn decide(&mut self, id: PoolId, now: Instant) -> Option<Decision> {
         let p = self.pools.get_mut(id)?;
         if p.paused {
+            // Frozen: only resuming it changes its answer.
+            if let Some(n) = self.next.get_mut(id) {
+                *n = None;
+            }
             return None;
         }
         let own = p.decide(now);
+        if let Some(n) = self.next.get_mut(id) {
+            *n = p.next_change(now);
+        }
         Some(self.group.filter(&p.key, own))
     }
 
@@ -568,6 +590,9 @@ impl Table {
     pub fn decide_anyway(&mut self, id: PoolId, now: Instant) -> Option<Decision> {
         let p = self.pools.get_mut(id)?;
         let own = p.decide(now);
+        if let Some(n) = self.next.get_mut(id) {
+            *n = p.next_change(now);
+        }
         Some(self.group.filter(&p.key, own))
     }
 
@@ -619,19 +644,14 @@ impl Table {
         self.group.all_due();
     }
 
-    /// Pools whose answers can change with time alone: members that report
-    /// (and go stale), or have a lifetime or maintenance windows; shares on
-    /// their way or ramping up; an adaptive TTL.
-    pub fn timed(&self) -> impl Iterator<Item = PoolId> + '_ {
-        self.pools
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| {
-                p.ttl_range.is_some()
-                    || (p.shares() && p.spread.unsettled())
-                    || p.members.iter().any(|m| m.reported_at.is_some() || m.until.is_some() || !m.maintenance.is_empty())
-            })
-            .map(|(i, _)| i)
+    /// Pools that time alone may have changed by `now` (see
+    /// `PoolState::next_change`): a member's report gone stale, a
+    /// lifetime or maintenance window, shares stepping or ramping, metrics
+    /// waiting for their step, an adaptive TTL. Each `decide` says when
+    /// its pool is next due, so a tick costs a look per pool, not a
+    /// decision per pool.
+    pub fn due(&self, now: Instant) -> impl Iterator<Item = PoolId> + '_ {
+        self.next.iter().enumerate().filter(move |(_, n)| n.is_some_and(|t| t <= now)).map(|(i, _)| i)
     }
 
     /// Every server of pool `id` in service, most preferred first.
@@ -791,13 +811,17 @@ members = [ { id = "p", address = "127.0.1.1" }, { id = "farm1", farm = "east" }
     fn reports_go_stale_and_the_member_leaves_until_the_next_one() {
         let (mut t, now) = start();
         t.absorb(vec![report("www.example.", "a", true, 0.1), report("www.example.", "b", true, 0.5)], now.instant).unwrap();
+        for i in 0..t.pools().len() {
+            t.decide(i, now.instant);
+        }
         assert_eq!(t.decide(0, now.instant).unwrap().addresses, vec![ip("127.0.0.1")]);
         let later = now.after(Duration::from_secs(2));
         t.absorb(vec![report("www.example.", "b", true, 0.5)], later.instant).unwrap();
         let stale = now.instant + Duration::from_millis(3_001);
+        assert_eq!(t.due(now.instant + Duration::from_millis(2_900)).count(), 0, "nothing changes before a's report goes stale");
+        assert_eq!(t.due(stale).collect::<Vec<_>>(), vec![0], "only pools with reports change with time");
         assert_eq!(t.decide(0, stale).unwrap().addresses, vec![ip("127.0.0.2")], "a's report is older than stale_after");
         assert_eq!(t.members_status(0, &[], &[], stale)[0].state, "unknown (stale)");
-        assert_eq!(t.timed().collect::<Vec<_>>(), vec![0], "only pools with reports change with time");
         t.absorb(vec![report("www.example.", "a", true, 0.1)], stale).unwrap();
         assert_eq!(t.decide(0, stale).unwrap().addresses, vec![ip("127.0.0.1")]);
         // A report observed long ago counts from when it was observed.
@@ -922,7 +946,14 @@ members = [ { id = "a", address = "127.0.0.1", until = "2030-01-01T00:00:10Z" },
         let wall = crate::config::parse_time("2030-01-01T00:00:00Z").unwrap();
         let now = Now { instant: Instant::now(), wall };
         let mut t = Table::new(&configs(text), now);
-        assert_eq!(t.timed().count(), 1);
+        assert_eq!(t.due(now.instant).count(), 1, "every pool is looked at once");
+        t.decide(0, now.instant);
+        let next: Vec<Instant> = (0..25).map(|s| now.after(Duration::from_secs(s)).instant).filter(|&at| t.due(at).count() > 0).collect();
+        assert_eq!(
+            next.first().copied(),
+            Some(now.after(Duration::from_secs(10)).instant),
+            "due when a's lifetime ends (b's window opened at once)"
+        );
         let at = |s| now.after(Duration::from_secs(s)).instant;
         assert_eq!(t.decide(0, at(1)).unwrap().addresses, vec![ip("127.0.0.1")], "b is in maintenance");
         assert_eq!(t.decide(0, at(15)).unwrap().addresses, vec![ip("127.0.0.1")], "a expired; nobody left: last known");
