@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("srp", 1),
     ("dns", 1),
     ("dispatch/driver", 5),
+    ("dispatch/control", 5),
     ("dispatch", 1),
     // What is served: the member table, answers, snapshot, zone files.
     ("catalog", 2),

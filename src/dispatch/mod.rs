@@ -5,9 +5,11 @@
 //!
 //! `frame` (parsing, rewriting, checksums), `conntrack` (the connection
 //! map), `engine` (the decisions) and `steer` (which capture thread owns a
-//! connection) are pure.
+//! connection) are pure; `driver` (the capture threads) and `control`
+//! (following pools, rebuilding the map after a take-over) run them.
 
 pub mod conntrack;
+mod control;
 pub mod driver;
 pub mod engine;
 pub mod frame;
