@@ -58,109 +58,29 @@ impl Authority {
     ) -> anyhow::Result<Self> {
         let auth = config.authority()?.clone();
         let mut problems: Vec<String> = Vec::new();
-        let files = match zone::load_dir(&auth.zones_dir) {
-            Ok(f) => Some(f),
-            Err(errors) => {
-                problems.extend(errors.iter().map(|e| e.to_string()));
-                None
-            }
-        };
-        let workers = match auth.udp_workers {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            n => n,
-        };
-        let listeners = match dns::bind(&auth.dns_listen, workers).await {
-            Ok(l) => Some(l),
-            Err(p) => {
-                problems.extend(p);
-                None
-            }
-        };
-        let metrics = bind_optional("metrics_listen", auth.metrics_listen, &mut problems).await;
-        let srp_sockets = match config.srp.as_ref().map(crate::srp::server::bind_at_start) {
-            Some(Ok(s)) => s,
-            Some(Err(p)) => {
-                problems.push(p);
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
-        let grpc = bind_optional("grpc_listen", auth.grpc_listen, &mut problems).await;
-        // TLS material that does not load stops the start, like a bad file.
-        let tls = match auth.tls.as_ref().map(crate::grpc::tls::Reloading::start) {
-            Some(Ok(t)) => Some(t),
-            Some(Err(e)) => {
-                problems.push(format!("authority.tls: {e}"));
-                None
-            }
-            None => None,
-        };
+        let bound = Bound::bind(config, &auth, &mut problems).await;
+        let mut counters = Counters::default();
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
-        let dns_counters = Arc::new(DnsCounters::default());
-        let updater_counters = Arc::new(UpdaterCounters::default());
-        let report_counters = Arc::new(ReportCounters::default());
-        let srp_counters = Arc::new(SrpCounters::default());
         let (notify_tx, notify_rx) = mpsc::channel(1024);
-        let state = match crate::state::Store::open(&auth.state_dir()) {
-            Ok((store, loaded)) => Some((Arc::new(store), loaded)),
-            Err(e) => {
-                problems
-                    .push(format!("{e} (another authority using the same state_dir, or a damaged store: move it away to start afresh)"));
-                None
-            }
-        };
-        let state_counters = state.as_ref().map(|(s, _)| s.counters.clone()).unwrap_or_default();
-        let ring = match &state {
-            Some((store, loaded)) => match ring_of(store, loaded, &auth) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    problems.push(e.to_string());
-                    None
-                }
-            },
-            None => None,
-        };
         // With the zones loaded, the pools are checked against them even
         // when an address could not be bound, so every problem shows at once.
-        let updater = match (files, state, ring) {
-            (Some(files), Some((store, saved)), Some(ring)) => {
-                info!(store = %store.path().display(), fresh = saved.fresh, "state store open");
-                let parts = crate::updater::Parts {
-                    store: disk(store),
-                    saved,
-                    ring,
-                    snapshot: snapshot.clone(),
-                    notify: notify_tx,
-                    counters: updater_counters.clone(),
-                    write_interval: auth.zone_write_interval,
-                };
-                match Updater::start(config, files, parts).await {
-                    Ok(u) => Some(u),
-                    Err(p) => {
-                        problems.extend(p);
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        let updater = start_updater(config, &auth, &snapshot, notify_tx, &mut counters, disk, &mut problems).await;
         if !problems.is_empty() {
             anyhow::bail!("cannot start the authority:\n  - {}", problems.join("\n  - "));
         }
+        let Bound { listeners, metrics, grpc, srp_sockets, tls, workers } = bound;
+        let (listeners, updater) = (listeners.expect("no problems"), updater.expect("no problems"));
         let boards = crate::catalog::Boards::new(crate::clock::instant());
-        let updater = updater.expect("no problems");
         // The status page's boards, only when there is a page to show them.
         let updater = if metrics.is_some() { updater.with_board(boards.clone()) } else { updater };
-        let cluster_status = crate::cluster::ClusterStatus::new();
         let (updater, driver) = match config.cluster.as_ref().filter(|c| c.shared()) {
             Some(c) => {
-                let (updater, driver) = join_group(c, config, &auth, updater, &cluster_status).await?;
+                let (updater, driver) = join_group(c, config, &auth, updater, &counters.cluster).await?;
                 (updater, Some(driver))
             }
             None => (updater, None),
         };
 
-        let listeners = listeners.expect("no problems");
         let dns_addrs = listeners.addrs.clone();
         let limits = crate::sys::accept::fitted(&auth.limits);
         let gates = Arc::new(Gates::default());
@@ -169,7 +89,7 @@ impl Authority {
             listeners,
             snapshot.clone(),
             auth.allow_transfer.clone(),
-            dns_counters.clone(),
+            counters.dns.clone(),
             &limits,
             Some(rrl.clone()),
             &gates,
@@ -185,109 +105,34 @@ impl Authority {
                 None
             }
         };
-
         let mut tasks = tokio::task::JoinSet::new();
-        let config_watcher = match config_path {
-            Some(path) => {
-                let (tx, rx) = mpsc::channel(16);
-                let name = path.file_name().map(|n| n.to_owned());
-                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-                crate::sys::service::reload_on_hangup("configuration", path.to_owned(), tx.clone());
-                match crate::sys::watch::watch_matching(&dir, move |p| p.file_name() == name.as_deref(), tx) {
-                    Ok(w) => {
-                        tasks.spawn(follow_config(
-                            path.to_owned(),
-                            (config.authority.clone(), config.srp.clone()),
-                            rx,
-                            cmd_tx.clone(),
-                            shutdown.clone(),
-                        ));
-                        Some(w)
-                    }
-                    Err(error) => {
-                        warn!(%error, file = %path.display(), "cannot watch the configuration; edits need a restart");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let config_watcher = config_path.and_then(|path| watch_config(config, path, &cmd_tx, &mut tasks, &shutdown));
         let updater_stop = CancellationToken::new();
         let updater_task = tokio::spawn(updater.run(cmd_rx, edit_rx, updater_stop.clone()));
         if let Some(d) = driver {
-            tasks.spawn(crate::cluster::driver::drive(
-                d.etcd,
-                d.requests,
-                d.outcomes,
-                d.events,
-                cluster_status.clone(),
-                d.name,
-                shutdown.clone(),
-            ));
+            let (status, stop) = (counters.cluster.clone(), shutdown.clone());
+            tasks.spawn(crate::cluster::driver::drive(d.etcd, d.requests, d.outcomes, d.events, status, d.name, stop));
         }
         let sources: Vec<_> = dns_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
         tasks.spawn(dns::notify::run(auth.notify.clone(), sources, notify_rx, shutdown.child_token()));
         if let Some(srp) = &config.srp {
-            tasks.spawn(crate::srp::server::run(srp.clone(), srp_sockets, snapshot.clone(), srp_counters.clone(), shutdown.clone()));
+            tasks.spawn(crate::srp::server::run(srp.clone(), srp_sockets, snapshot.clone(), counters.srp.clone(), shutdown.clone()));
         }
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = metrics {
             info!(address = ?metrics_addr, "metrics serving at /metrics");
-            // One registry for the role; each part brings its own metrics.
-            let mut registry = crate::metrics::registry();
-            crate::metrics::register(&mut registry, dns_counters.clone());
-            crate::metrics::register(&mut registry, updater_counters.clone());
-            crate::metrics::register(&mut registry, report_counters.clone());
-            crate::metrics::register(&mut registry, state_counters.clone());
-            if config.cluster.as_ref().is_some_and(|c| c.shared()) {
-                crate::metrics::register(&mut registry, cluster_status.clone());
-            }
-            if config.srp.is_some() {
-                crate::metrics::register(&mut registry, srp_counters.clone());
-            }
-            crate::metrics::register(&mut registry, Arc::new(SnapshotMetrics(snapshot.clone())));
-            crate::metrics::register(&mut registry, gates.clone());
-            crate::metrics::register(&mut registry, rrl.clone());
+            let registry = counters.registry(config, &snapshot, &gates, &rrl);
             let gate = Gate::metrics(listener, &limits);
             gates.add(&gate);
             tasks.spawn(crate::metrics::serve(gate, Arc::new(registry), crate::page::router(boards), shutdown.clone()));
         }
         let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = grpc {
-            let mutual = auth.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-            let credentials = Arc::new(Credentials::new(auth.token.as_deref(), &auth.credential, mutual));
-            let guard = |scope| Guard::new(scope, credentials.clone(), report_counters.clone());
-            // Admin's read-only calls take any credential; it checks the rest.
-            let admin =
-                InterceptedService::new(AdminService::server(cmd_tx.clone()), Guard::any(credentials.clone(), report_counters.clone()));
-            let status = CountTooLarge::new(
-                InterceptedService::new(StatusService::server(cmd_tx.clone(), report_counters.clone()), guard(Scope::Report)),
-                report_counters.clone(),
-            );
-            let ring = InterceptedService::new(RingService::server(cmd_tx.clone()), guard(Scope::Ring));
-            let stop = shutdown.clone();
-            let reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::grpc::v1::DESCRIPTOR)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()?;
-            // Many tools (grpcurl, grpcio) still ask the v1alpha service.
-            let reflection_alpha = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::grpc::v1::DESCRIPTOR)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1alpha()?;
-            let (health, health_service) = tonic_health::server::health_reporter();
-            health.set_serving::<crate::grpc::v1::admin_server::AdminServer<AdminService>>().await;
-            health.set_serving::<crate::grpc::v1::status_server::StatusServer<StatusService>>().await;
+            let routes = api(&auth, &cmd_tx, &counters.report).await?;
             info!(address = ?grpc_addr, "gRPC API serving");
-            let routes = tonic::service::Routes::new(health_service)
-                .add_service(reflection)
-                .add_service(reflection_alpha)
-                .add_service(admin)
-                .add_service(status)
-                .add_service(ring);
             let gate = Gate::grpc(listener, &limits);
             gates.add(&gate);
-            let idle = limits.grpc_idle;
+            let (idle, stop) = (limits.grpc_idle, shutdown.clone());
             tasks.spawn(async move {
                 if let Err(error) = crate::grpc::serve::serve(gate, tls, routes, idle, stop).await {
                     warn!(%error, "gRPC server stopped");
@@ -456,4 +301,180 @@ async fn join_group(
     let group = crate::updater::Group { requests: requests_tx, events: events_rx, outcomes: outcomes_rx };
     let updater = updater.with_group(group, name.clone(), fingerprint, status.clone());
     Ok((updater, Driver { etcd, requests, outcomes, events, name }))
+}
+
+/// Everything the authority binds at start, each problem noted.
+struct Bound {
+    listeners: Option<dns::Listeners>,
+    metrics: Option<TcpListener>,
+    grpc: Option<TcpListener>,
+    srp_sockets: Vec<tokio::net::UdpSocket>,
+    tls: Option<crate::grpc::tls::Reloading>,
+    workers: usize,
+}
+
+impl Bound {
+    async fn bind(config: &Config, auth: &crate::config::AuthorityConfig, problems: &mut Vec<String>) -> Self {
+        let workers = match auth.udp_workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let listeners = dns::bind(&auth.dns_listen, workers).await.map_err(|p| problems.extend(p)).ok();
+        let metrics = bind_optional("metrics_listen", auth.metrics_listen, problems).await;
+        let srp_sockets = match config.srp.as_ref().map(crate::srp::server::bind_at_start) {
+            Some(Ok(s)) => s,
+            Some(Err(p)) => {
+                problems.push(p);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let grpc = bind_optional("grpc_listen", auth.grpc_listen, problems).await;
+        // TLS material that does not load stops the start, like a bad file.
+        let tls = auth
+            .tls
+            .as_ref()
+            .map(crate::grpc::tls::Reloading::start)
+            .transpose()
+            .map_err(|e| problems.push(format!("authority.tls: {e}")))
+            .ok()
+            .flatten();
+        Self { listeners, metrics, grpc, srp_sockets, tls, workers }
+    }
+}
+
+/// What each part of the authority counts, for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    dns: Arc<DnsCounters>,
+    updater: Arc<UpdaterCounters>,
+    report: Arc<ReportCounters>,
+    srp: Arc<SrpCounters>,
+    state: Arc<crate::state::StateCounters>,
+    cluster: Arc<crate::cluster::ClusterStatus>,
+}
+
+impl Counters {
+    /// One registry for the role; each part brings its own metrics.
+    fn registry(
+        &self,
+        config: &Config,
+        snapshot: &Arc<ArcSwap<Snapshot>>,
+        gates: &Arc<Gates>,
+        rrl: &Arc<crate::dns::rrl::Rrl>,
+    ) -> crate::metrics::Registry {
+        let mut registry = crate::metrics::registry();
+        crate::metrics::register(&mut registry, self.dns.clone());
+        crate::metrics::register(&mut registry, self.updater.clone());
+        crate::metrics::register(&mut registry, self.report.clone());
+        crate::metrics::register(&mut registry, self.state.clone());
+        if config.cluster.as_ref().is_some_and(|c| c.shared()) {
+            crate::metrics::register(&mut registry, self.cluster.clone());
+        }
+        if config.srp.is_some() {
+            crate::metrics::register(&mut registry, self.srp.clone());
+        }
+        crate::metrics::register(&mut registry, Arc::new(SnapshotMetrics(snapshot.clone())));
+        crate::metrics::register(&mut registry, gates.clone());
+        crate::metrics::register(&mut registry, rrl.clone());
+        registry
+    }
+}
+
+/// Opens the state store, loads the zones and the ring table, and starts
+/// the updater on them; each problem noted. The store's counters are the
+/// authority's from then on.
+async fn start_updater(
+    config: &Config,
+    auth: &crate::config::AuthorityConfig,
+    snapshot: &Arc<ArcSwap<Snapshot>>,
+    notify: mpsc::Sender<(hickory_proto::rr::Name, u32)>,
+    counters: &mut Counters,
+    disk: impl FnOnce(Arc<crate::state::Store>) -> Arc<dyn crate::state::Durable>,
+    problems: &mut Vec<String>,
+) -> Option<Updater> {
+    let files = zone::load_dir(&auth.zones_dir).map_err(|errors| problems.extend(errors.iter().map(|e| e.to_string()))).ok();
+    let state = match crate::state::Store::open(&auth.state_dir()) {
+        Ok((store, loaded)) => Some((Arc::new(store), loaded)),
+        Err(e) => {
+            problems.push(format!("{e} (another authority using the same state_dir, or a damaged store: move it away to start afresh)"));
+            None
+        }
+    };
+    let ring = state.as_ref().and_then(|(store, loaded)| ring_of(store, loaded, auth).map_err(|e| problems.push(e.to_string())).ok());
+    let (files, (store, saved), ring) = (files?, state?, ring?);
+    info!(store = %store.path().display(), fresh = saved.fresh, "state store open");
+    counters.state = store.counters.clone();
+    let parts = crate::updater::Parts {
+        store: disk(store),
+        saved,
+        ring,
+        snapshot: snapshot.clone(),
+        notify,
+        counters: counters.updater.clone(),
+        write_interval: auth.zone_write_interval,
+    };
+    Updater::start(config, files, parts).await.map_err(|p| problems.extend(p)).ok()
+}
+
+/// Applies edits of the configuration file (and SIGHUP) while serving.
+fn watch_config(
+    config: &Config,
+    path: &Path,
+    commands: &mpsc::Sender<Command>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> Option<notify::RecommendedWatcher> {
+    let (tx, rx) = mpsc::channel(16);
+    let name = path.file_name().map(|n| n.to_owned());
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+    crate::sys::service::reload_on_hangup("configuration", path.to_owned(), tx.clone());
+    match crate::sys::watch::watch_matching(&dir, move |p| p.file_name() == name.as_deref(), tx) {
+        Ok(w) => {
+            let sections = (config.authority.clone(), config.srp.clone());
+            tasks.spawn(follow_config(path.to_owned(), sections, rx, commands.clone(), shutdown.clone()));
+            Some(w)
+        }
+        Err(error) => {
+            warn!(%error, file = %path.display(), "cannot watch the configuration; edits need a restart");
+            None
+        }
+    }
+}
+
+/// The gRPC API: Admin, Status and Ring behind their credentials, the
+/// standard health service and server reflection.
+async fn api(
+    auth: &crate::config::AuthorityConfig,
+    commands: &mpsc::Sender<Command>,
+    reports: &Arc<ReportCounters>,
+) -> anyhow::Result<tonic::service::Routes> {
+    let mutual = auth.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let credentials = Arc::new(Credentials::new(auth.token.as_deref(), &auth.credential, mutual));
+    let guard = |scope| Guard::new(scope, credentials.clone(), reports.clone());
+    // Admin's read-only calls take any credential; it checks the rest.
+    let admin = InterceptedService::new(AdminService::server(commands.clone()), Guard::any(credentials.clone(), reports.clone()));
+    let status = CountTooLarge::new(
+        InterceptedService::new(StatusService::server(commands.clone(), reports.clone()), guard(Scope::Report)),
+        reports.clone(),
+    );
+    let ring = InterceptedService::new(RingService::server(commands.clone()), guard(Scope::Ring));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::grpc::v1::DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // Many tools (grpcurl, grpcio) still ask the v1alpha service.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::grpc::v1::DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<crate::grpc::v1::admin_server::AdminServer<AdminService>>().await;
+    health.set_serving::<crate::grpc::v1::status_server::StatusServer<StatusService>>().await;
+    Ok(tonic::service::Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(admin)
+        .add_service(status)
+        .add_service(ring))
 }
