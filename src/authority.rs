@@ -298,7 +298,7 @@ async fn join_group(
     let (requests_tx, requests) = mpsc::channel(crate::cluster::driver::QUEUE);
     let (outcomes, outcomes_rx) = mpsc::channel(crate::cluster::driver::QUEUE);
     let (events, events_rx) = mpsc::channel(1024);
-    let group = crate::updater::Group { requests: requests_tx, events: events_rx, outcomes: outcomes_rx };
+    let group = crate::updater::Group { requests: requests_tx, events: Some(events_rx), outcomes: Some(outcomes_rx) };
     let updater = updater.with_group(group, name.clone(), fingerprint, status.clone());
     Ok((updater, Driver { etcd, requests, outcomes, events, name }))
 }

@@ -49,8 +49,8 @@ pub struct Updater {
 /// The updater's ends of the etcd driver's channels.
 pub struct Group {
     pub requests: mpsc::Sender<Request>,
-    pub events: mpsc::Receiver<Event>,
-    pub outcomes: mpsc::Receiver<Outcome>,
+    pub events: Option<mpsc::Receiver<Event>>,
+    pub outcomes: Option<mpsc::Receiver<Outcome>>,
 }
 
 /// What the updater starts from.
@@ -130,20 +130,18 @@ impl Updater {
                             back.push(Input::Refused(job));
                         }
                     }
+                    // Full, or stopping (the NOTIFY task is gone): secondaries catch up at their refresh.
                     Output::Notify(zone, serial) => match self.notify.try_send((zone.clone(), serial)) {
-                        Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => warn!(%zone, "notify queue full; secondaries will catch up on refresh"),
-                        // Stopping: the NOTIFY task is gone; secondaries refresh.
                         Err(mpsc::error::TrySendError::Closed(_)) => debug!(%zone, serial, "no NOTIFY sent: stopping"),
+                        Ok(()) => {}
                     },
                     Output::Publish(snapshot) => self.snapshot.store(snapshot),
                     Output::Reply(reply) => reply.send(),
                     Output::Cluster(request) => {
                         let Some(g) = self.group.as_ref() else { continue };
                         if let Err(e) = g.requests.try_send(request) {
-                            let request = match e {
-                                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-                            };
+                            let request = e.into_inner();
                             let why = ClusterError::Unavailable("the etcd driver is far behind".into());
                             back.extend(request.failed(why).map(|o| Input::Group(GroupInput::Outcome(o))));
                         }
@@ -162,14 +160,8 @@ impl Updater {
     /// Runs the updater until shutdown, then writes what is pending.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut edits: mpsc::Receiver<PathBuf>, shutdown: CancellationToken) {
         // The group's news is taken here; its request queue stays with the pump.
-        let (mut events, mut outcomes) = match self.group.as_mut() {
-            Some(g) => {
-                let (_, e) = mpsc::channel(1);
-                let (_, o) = mpsc::channel(1);
-                (Some(std::mem::replace(&mut g.events, e)), Some(std::mem::replace(&mut g.outcomes, o)))
-            }
-            None => (None, None),
-        };
+        let (mut events, mut outcomes) =
+            (self.group.as_mut().and_then(|g| g.events.take()), self.group.as_mut().and_then(|g| g.outcomes.take()));
         loop {
             let timeout = self.catalog.poll_timeout();
             let due = async {
