@@ -1,10 +1,12 @@
 //! The control state a group of authorities shares (`[cluster] backend =
 //! "etcd"`): what the operators changed through the API, committed to etcd
 //! before it is acknowledged and applied by every authority from its watch
-//! in revision order. This file is the pure part: where each thing lives
-//! under the group's prefix, the fingerprint that tells whether two
-//! authorities serve the same pools, and what the driver (`etcd`) tells
-//! the updater.
+//! in revision order. This file holds the vocabulary: where each thing
+//! lives under the group's prefix, the fingerprint that tells whether two
+//! authorities serve the same pools, how a read or watch response becomes
+//! events (`Batch`), and the events themselves. `reconcile` is the pure
+//! state machine over them, `etcd` the client, `driver` the task that
+//! runs both ends.
 
 pub mod driver;
 pub mod etcd;
