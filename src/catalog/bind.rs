@@ -245,13 +245,6 @@ impl Catalog {
         Ok(answer.addresses.clone())
     }
 
-    /// Applies an operator's change at once, without saving it (the
-    /// group's changes, and tests).
-    pub fn change_pool(&mut self, pool: &str, change: PoolChange, now: Now) -> Result<Vec<IpAddr>, UpdateError> {
-        let staged = self.stage(pool, change, now)?;
-        self.commit(staged, now)
-    }
-
     /// Lists each zone's pools anew from `pool_zone`.
     fn bind_zones(&mut self) {
         for z in self.zones.values_mut() {

@@ -571,11 +571,6 @@ impl Catalog {
         }
     }
 
-    /// Pools, members and answers as they are now (the status page, tests).
-    pub fn statuses(&self, now: Instant) -> Vec<PoolStatus> {
-        self.status(now)
-    }
-
     /// The ring's server table as served.
     pub fn ring(&self) -> &Registry {
         &self.ring
@@ -602,11 +597,6 @@ impl Catalog {
 
     pub fn find_pool(&self, name: &str) -> Result<PoolId, UpdateError> {
         Ok(self.table.find(name).ok_or_else(|| TableError::NoPool(name.to_owned()))?)
-    }
-
-    /// Background saves to hand to the writer with the next output.
-    pub fn save_background(&mut self, puts: impl IntoIterator<Item = Put>) {
-        self.saves.extend(puts);
     }
 }
 
