@@ -151,17 +151,7 @@ impl Driven {
     /// Reports one member; the answer, unless it waits for a publish.
     pub fn report(&mut self, pool: &str, member: &str, up: bool) -> Option<Result<usize, ReportError>> {
         let (tx, mut rx) = oneshot::channel();
-        let reports = vec![Report {
-            pool: pool.into(),
-            member: member.into(),
-            up,
-            metrics: Default::default(),
-            custom: Default::default(),
-            age: Duration::ZERO,
-            check: "test".into(),
-            addresses: Vec::new(),
-            source: "test".into(),
-        }];
+        let reports = vec![Report::health(pool, member, up)];
         self.input(Input::Command(Command::Reports { reports, received: self.now.instant, reply: tx }));
         rx.try_recv().ok()
     }

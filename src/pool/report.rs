@@ -75,3 +75,22 @@ pub struct Report {
     /// batch names it.
     pub source: std::sync::Arc<str>,
 }
+
+impl Report {
+    /// Member `member` of `pool` up or down, seen just now, with no
+    /// metrics (tests of the parts that take reports).
+    #[doc(hidden)]
+    pub fn health(pool: &str, member: &str, up: bool) -> Self {
+        Self {
+            pool: pool.into(),
+            member: member.into(),
+            up,
+            metrics: Metrics::default(),
+            custom: BTreeMap::new(),
+            age: Duration::ZERO,
+            check: "test".into(),
+            addresses: Vec::new(),
+            source: "test".into(),
+        }
+    }
+}

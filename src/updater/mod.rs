@@ -254,17 +254,7 @@ mod tests {
                          members = [ { id = \"a\", address = \"127.0.0.1\" }, { id = \"b\", address = \"127.0.0.2\" } ]\n";
 
     fn report(member: &str) -> Report {
-        Report {
-            pool: "www.example.".into(),
-            member: member.into(),
-            up: true,
-            metrics: Default::default(),
-            custom: Default::default(),
-            age: Duration::ZERO,
-            check: "test".into(),
-            addresses: Vec::new(),
-            source: "test".into(),
-        }
+        Report::health("www.example.", member, true)
     }
 
     fn answer(snapshot: &ArcSwap<Snapshot>) -> Vec<IpAddr> {
