@@ -581,7 +581,8 @@ pub async fn zone(cmd: ZoneCmd) -> anyhow::Result<ExitCode> {
                     })?,
                     None => origin_for(&path).with_context(|| format!("{}: name the file <zone>.zone or pass --origin", path.display()))?,
                 };
-                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let text = crate::files::read_regular(&path, 1 << 30, crate::files::Links::Follow)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 match ZoneFile::parse(&path, origin.clone(), text) {
                     Ok(z) => println!("{}: zone {origin} OK, serial {}, {} records", path.display(), z.serial, z.data.record_count),
                     Err(e) => {

@@ -393,7 +393,8 @@ async fn start_updater(
     disk: impl FnOnce(Arc<crate::state::Store>) -> Arc<dyn crate::state::Durable>,
     problems: &mut Vec<String>,
 ) -> Option<Updater> {
-    let files = zone::load_dir(&auth.zones_dir).map_err(|errors| problems.extend(errors.iter().map(|e| e.to_string()))).ok();
+    let files =
+        zone::load_dir(&auth.zones_dir, auth.zone_file_limit).map_err(|errors| problems.extend(errors.iter().map(|e| e.to_string()))).ok();
     let state = match crate::state::Store::open(&auth.state_dir()) {
         Ok((store, loaded)) => Some((Arc::new(store), loaded)),
         Err(e) => {
@@ -413,6 +414,7 @@ async fn start_updater(
         notify,
         counters: counters.updater.clone(),
         write_interval: auth.zone_write_interval,
+        zone_file_limit: auth.zone_file_limit,
     };
     Updater::start(config, files, parts).await.map_err(|p| problems.extend(p)).ok()
 }

@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod dns;
 pub mod envelope;
 pub mod farm;
+pub mod files;
 pub mod grpc;
 pub mod init;
 pub mod logs;

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("clock", 0),
     ("backoff", 0),
+    ("files", 0),
     ("envelope", 0),
     ("sys", 0),
     ("logs", 0),

@@ -73,12 +73,15 @@ impl Etcd {
             // from what it last knew.
             .with_require_leader(true);
         if let (Some(user), Some(file)) = (&c.user, &c.password_file) {
-            let password =
-                std::fs::read_to_string(file).map_err(|e| ClusterError::Config(format!("password_file {}: {e}", file.display())))?;
+            let password = crate::files::read_regular(file, crate::files::SMALL_FILE, crate::files::Links::Follow)
+                .map_err(|e| ClusterError::Config(format!("password_file {}: {e}", file.display())))?;
             options = options.with_user(user.clone(), password.trim_end().to_owned());
         }
         if let Some(t) = &c.tls {
-            let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| ClusterError::Config(format!("{}: {e}", p.display())));
+            let read = |p: &std::path::Path| {
+                crate::files::read_bytes(p, crate::files::SMALL_FILE, crate::files::Links::Follow)
+                    .map_err(|e| ClusterError::Config(format!("{}: {e}", p.display())))
+            };
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &t.ca {
                 tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));

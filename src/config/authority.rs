@@ -42,6 +42,9 @@ pub struct AuthorityConfig {
     /// Minimum time between two rewrites of the same zone file.
     #[serde(default = "default_write_interval", with = "humantime_serde")]
     pub zone_write_interval: Duration,
+    /// The largest zone file read, in bytes; a larger one is refused.
+    #[serde(default = "default_zone_file_limit")]
+    pub zone_file_limit: u64,
     /// Connection caps and timeouts of the TCP listeners.
     #[serde(default)]
     pub limits: super::Limits,
@@ -52,6 +55,10 @@ pub struct AuthorityConfig {
 
 fn default_write_interval() -> Duration {
     Duration::from_millis(250)
+}
+
+fn default_zone_file_limit() -> u64 {
+    1 << 30
 }
 
 impl AuthorityConfig {

@@ -61,10 +61,15 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
 }
 
+/// The largest configuration file read, in bytes.
+pub const CONFIG_LIMIT: u64 = 16 << 20;
+
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file: a regular file (or a link
+    /// to one) of at most `CONFIG_LIMIT` bytes.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = crate::files::read_regular(path, CONFIG_LIMIT, crate::files::Links::Follow)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Syntax(msg) => ConfigError::Syntax(format!("{}: {msg}", path.display())),
             other => other,

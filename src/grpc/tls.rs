@@ -137,7 +137,10 @@ pub fn client_names(cert: &CertificateDer<'_>) -> Vec<String> {
 
 /// tonic's client TLS from a client's files (for `https://` URLs).
 pub fn client_config(t: &ClientTls) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| TlsError::File { path: p.clone(), why: e.to_string() });
+    let read = |p: &PathBuf| {
+        crate::files::read_bytes(p, crate::files::SMALL_FILE, crate::files::Links::Follow)
+            .map_err(|e| TlsError::File { path: p.clone(), why: e.to_string() })
+    };
     let mut c = tonic::transport::ClientTlsConfig::new();
     if let Some(name) = &t.server_name {
         c = c.domain_name(name.clone());

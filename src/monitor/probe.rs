@@ -105,7 +105,10 @@ pub async fn exec(command: &str, timeout: Duration) -> Probe {
 
 /// `file`: metrics read from a file of `name=value` lines.
 pub async fn file(path: &str) -> Probe {
-    match tokio::fs::read_to_string(path).await {
+    let owned = std::path::PathBuf::from(path);
+    let read =
+        tokio::task::spawn_blocking(move || crate::files::read_regular(&owned, crate::files::SMALL_FILE, crate::files::Links::Follow));
+    match read.await.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
         Ok(text) => {
             let (up, metrics) = parse_metrics(&text);
             if up { Probe::ok(metrics) } else { Probe { ok: false, metrics, error: Some(format!("{path}: up=0")) } }
@@ -153,7 +156,8 @@ pub async fn process(m: &ProcessMatch, proc_root: &Path) -> Probe {
 
 fn count_processes(m: &ProcessMatch, root: &Path) -> Result<usize, String> {
     if let ProcessMatch::Pidfile(path) = m {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        let text = crate::files::read_regular(Path::new(path), crate::files::SMALL_FILE, crate::files::Links::Follow)
+            .map_err(|e| format!("{path}: {e}"))?;
         let pid: u32 = text.trim().parse().map_err(|_| format!("{path}: no process ID in it"))?;
         return Ok(root.join(pid.to_string()).join("stat").exists() as usize);
     }

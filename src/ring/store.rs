@@ -15,7 +15,7 @@ pub enum StoreError {
 
 /// The registry kept at `path`; empty when there is none yet.
 pub fn load(path: &Path) -> Result<Registry, StoreError> {
-    match std::fs::read_to_string(path) {
+    match crate::files::read_regular(path, crate::config::CONFIG_LIMIT, crate::files::Links::Follow) {
         Ok(text) => Registry::from_text(&text).map_err(|source| StoreError::Parse { path: path.display().to_string(), source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
         Err(source) => Err(StoreError::Io { path: path.display().to_string(), source }),

@@ -111,7 +111,7 @@ impl Resolver {
 
     /// Keeps the cache in `path` (read now, written on every change).
     pub fn with_cache_file(mut self, path: PathBuf) -> Self {
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(text) = crate::files::read_regular(&path, crate::config::CONFIG_LIMIT, crate::files::Links::Follow) {
             for line in text.lines() {
                 let mut f = line.splitn(3, '\t');
                 let (Some(key), Some(ip), Some(reply)) = (f.next(), f.next(), f.next()) else { continue };

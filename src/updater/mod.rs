@@ -62,6 +62,8 @@ pub struct Parts {
     pub notify: mpsc::Sender<(Name, u32)>,
     pub counters: Arc<UpdaterCounters>,
     pub write_interval: Duration,
+    /// The largest zone file read, in bytes.
+    pub zone_file_limit: u64,
 }
 
 impl Updater {
@@ -76,7 +78,7 @@ impl Updater {
             write_interval: parts.write_interval,
         };
         let catalog = Catalog::new(config, files, start, Now::read())?;
-        let (io, io_results) = ZoneIo::start();
+        let (io, io_results) = ZoneIo::start(parts.zone_file_limit);
         let (saved_tx, saved) = mpsc::channel(ACKED_QUEUE + 16);
         let writer = Writer::start(parts.store, saved_tx).map_err(|e| vec![format!("cannot start the state writer: {e}")])?;
         let mut u = Self { catalog, io, io_results, writer, saved, notify: parts.notify, snapshot: parts.snapshot, group: None };
@@ -284,6 +286,7 @@ mod tests {
             notify,
             counters: Arc::default(),
             write_interval: Duration::from_secs(2),
+            zone_file_limit: 1 << 30,
         };
         let config = Config::from_toml(POOLS).unwrap();
         let updater = Updater::start(&config, files, parts).await.unwrap();

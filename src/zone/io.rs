@@ -89,7 +89,8 @@ pub struct ZoneIo {
 impl ZoneIo {
     /// Starts the I/O thread; results arrive on the returned receiver. The
     /// thread ends when the handle is dropped.
-    pub fn start() -> (Self, mpsc::Receiver<Done>) {
+    /// Zone files it reads are at most `limit` bytes.
+    pub fn start(limit: u64) -> (Self, mpsc::Receiver<Done>) {
         let (jobs, rx) = std_mpsc::sync_channel::<Job>(QUEUE);
         let (done, results) = mpsc::channel(QUEUE);
         let spawned = std::thread::Builder::new().name("vnamed-zone-io".into()).spawn(move || {
@@ -100,7 +101,7 @@ impl ZoneIo {
             }
             let mut wrote: HashMap<LowerName, Arc<str>> = HashMap::new();
             for job in rx {
-                let Some(result) = run(job, &mut wrote) else { continue };
+                let Some(result) = run(job, &mut wrote, limit) else { continue };
                 if done.blocking_send(result).is_err() {
                     return; // the updater is gone
                 }
@@ -120,8 +121,8 @@ impl ZoneIo {
     }
 }
 
-fn read(path: &std::path::Path, origin: &LowerName, skip: Option<&Arc<str>>) -> Result<Read, std::io::Error> {
-    let text = std::fs::read_to_string(path)?;
+fn read(path: &std::path::Path, origin: &LowerName, skip: Option<&Arc<str>>, limit: u64) -> Result<Read, std::io::Error> {
+    let text = crate::files::read_regular(path, limit, crate::files::Links::Refuse)?;
     if skip.is_some_and(|s| **s == *text) {
         return Ok((text, None));
     }
@@ -130,14 +131,14 @@ fn read(path: &std::path::Path, origin: &LowerName, skip: Option<&Arc<str>>) -> 
 }
 
 /// Does one job; `wrote` keeps the text last written to each zone's file.
-pub fn run(job: Job, wrote: &mut HashMap<LowerName, Arc<str>>) -> Option<Done> {
+pub fn run(job: Job, wrote: &mut HashMap<LowerName, Arc<str>>, limit: u64) -> Option<Done> {
     match job {
         Job::Read { origin, path, force } => {
-            let read = Box::new(read(&path, &origin, wrote.get(&origin).filter(|_| !force)));
+            let read = Box::new(read(&path, &origin, wrote.get(&origin).filter(|_| !force), limit));
             Some(Done::Read { origin, path, read })
         }
         Job::Write(job) => {
-            let done = write(*job);
+            let done = write(*job, limit);
             if let Written::Done(text) = &done.outcome {
                 wrote.insert(done.origin.clone(), text.clone());
             }
@@ -150,12 +151,18 @@ pub fn run(job: Job, wrote: &mut HashMap<LowerName, Arc<str>>) -> Option<Done> {
     }
 }
 
-fn write(job: WriteJob) -> WriteDone {
+fn write(job: WriteJob, limit: u64) -> WriteDone {
     let WriteJob { origin, base, serial, blocks, ticket } = job;
     let mut done = WriteDone { origin, ticket, outcome: Written::Failed, file: None, edit: None, error: None };
     let path = base.path.clone();
+    // A link where the file was: neither read nor written through (nor
+    // replaced); the operator puts a regular file back.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        done.error = Some("is a symbolic link: zone files in zones_dir must be regular files; not written".into());
+        return done;
+    }
     // An edit we have not read yet wins over our write.
-    match read(&path, &done.origin, None) {
+    match read(&path, &done.origin, None, limit) {
         Ok((text, parsed)) if *text != *done.ticket.based_on => {
             done.outcome = Written::Edited;
             done.edit = Some((text, parsed));
@@ -202,7 +209,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("example.zone");
         std::fs::write(&path, ZONE).unwrap();
-        let file = ZoneFile::load(&path).unwrap();
+        let file = ZoneFile::load(&path, 1 << 30).unwrap();
         let origin = file.data.lower_origin.clone();
         (dir, file, origin)
     }
@@ -226,20 +233,22 @@ mod tests {
         let (_dir, file, origin) = setup();
         let mut sync = FileSync::new(file.text.as_str());
         let mut wrote = HashMap::new();
-        let Some(Done::Write(done)) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1"), &mut wrote) else { panic!("a write") };
+        let Some(Done::Write(done)) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1"), &mut wrote, 1 << 30) else { panic!("a write") };
         assert!(matches!(done.outcome, Written::Done(_)), "{:?}", done.error);
         let written = done.file.unwrap();
         assert_eq!(written.serial, 8);
         assert!(written.text.contains("ns1 IN A 127.0.0.1"));
         assert_eq!(written.addresses(&Name::from_ascii("www.example.").unwrap()), vec!["127.0.10.1".parse::<IpAddr>().unwrap()]);
-        let Some(Done::Read { read, .. }) = run(Job::Read { origin: origin.clone(), path: file.path.clone(), force: false }, &mut wrote)
+        let Some(Done::Read { read, .. }) =
+            run(Job::Read { origin: origin.clone(), path: file.path.clone(), force: false }, &mut wrote, 1 << 30)
         else {
             panic!("a read")
         };
         let (text, parsed) = read.unwrap();
         assert_eq!(text, written.text);
         assert!(parsed.is_none(), "our own write is not parsed again");
-        let Some(Done::Read { read, .. }) = run(Job::Read { origin: origin.clone(), path: file.path.clone(), force: true }, &mut wrote)
+        let Some(Done::Read { read, .. }) =
+            run(Job::Read { origin: origin.clone(), path: file.path.clone(), force: true }, &mut wrote, 1 << 30)
         else {
             panic!("a read")
         };
@@ -252,7 +261,9 @@ mod tests {
         let mut sync = FileSync::new(file.text.as_str());
         let edited = ZONE.replace("( 7", "( 9").replace("ns1 IN A 127.0.0.1", "ns1 IN A 127.0.0.2");
         std::fs::write(&file.path, &edited).unwrap();
-        let Some(Done::Write(done)) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1"), &mut HashMap::new()) else { panic!("a write") };
+        let Some(Done::Write(done)) = run(job(&file, &origin, &mut sync, 8, "127.0.10.1"), &mut HashMap::new(), 1 << 30) else {
+            panic!("a write")
+        };
         assert_eq!(done.outcome, Written::Edited);
         let (text, parsed) = done.edit.unwrap();
         assert_eq!((text.as_str(), parsed.unwrap().unwrap().serial), (edited.as_str(), 9));
@@ -268,7 +279,7 @@ mod tests {
         let ticket = sync.begin_write(Instant::now());
         let job =
             Job::Write(Box::new(WriteJob { origin: origin.clone(), base: Arc::new(file.clone()), serial: 8, blocks: vec![bad], ticket }));
-        let Some(Done::Write(done)) = run(job, &mut HashMap::new()) else { panic!("a write") };
+        let Some(Done::Write(done)) = run(job, &mut HashMap::new(), 1 << 30) else { panic!("a write") };
         assert_eq!(done.outcome, Written::Invalid);
         assert_eq!(std::fs::read_to_string(&file.path).unwrap(), ZONE);
     }
@@ -290,7 +301,7 @@ mod tests {
             blocks: vec![hostile],
             ticket,
         }));
-        let Some(Done::Write(done)) = run(job, &mut HashMap::new()) else { panic!("a write") };
+        let Some(Done::Write(done)) = run(job, &mut HashMap::new(), 1 << 30) else { panic!("a write") };
         assert!(matches!(done.outcome, Written::Done(_)), "{:?}", done.error);
         let text = std::fs::read_to_string(&file.path).unwrap();
         assert!(!text.contains("evil") && !text.contains("owned"), "{text}");
@@ -302,7 +313,7 @@ mod tests {
     fn the_thread_answers_in_order() {
         let (_dir, file, origin) = setup();
         let mut sync = FileSync::new(file.text.as_str());
-        let (io, mut done) = ZoneIo::start();
+        let (io, mut done) = ZoneIo::start(1 << 30);
         io.submit(job(&file, &origin, &mut sync, 8, "127.0.10.1")).unwrap();
         io.submit(Job::Read { origin: origin.clone(), path: file.path.clone(), force: true }).unwrap();
         assert!(matches!(done.blocking_recv(), Some(Done::Write(_))));

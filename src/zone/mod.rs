@@ -112,10 +112,12 @@ pub fn origin_for(path: &Path) -> Option<Name> {
 }
 
 impl ZoneFile {
-    /// Reads and validates a zone file whose origin comes from its name.
-    pub fn load(path: &Path) -> Result<Self, ZoneError> {
+    /// Reads and validates a zone file whose origin comes from its name:
+    /// a regular file (not a link) of at most `limit` bytes.
+    pub fn load(path: &Path, limit: u64) -> Result<Self, ZoneError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ZoneError::Read { file: file.clone(), source: Arc::new(e) })?;
+        let text = crate::files::read_regular(path, limit, crate::files::Links::Refuse)
+            .map_err(|e| ZoneError::Read { file: file.clone(), source: Arc::new(e) })?;
         let origin = origin_for(path)
             .ok_or_else(|| ZoneError::Whole { file: file.clone(), message: "file name must be <zone name>.zone".into() })?;
         Self::parse(path, origin, text)
@@ -349,9 +351,9 @@ pub fn address_records(name: &Name, ttl: u32, addresses: &[IpAddr]) -> (Vec<Reco
     (v4, v6)
 }
 
-/// All `*.zone` files in a directory, each loaded; every broken file is
-/// reported, not just the first.
-pub fn load_dir(dir: &Path) -> Result<BTreeMap<LowerName, ZoneFile>, Vec<ZoneError>> {
+/// All `*.zone` files in a directory, each loaded (at most `limit` bytes
+/// each); every broken file is reported, not just the first.
+pub fn load_dir(dir: &Path, limit: u64) -> Result<BTreeMap<LowerName, ZoneFile>, Vec<ZoneError>> {
     let read = std::fs::read_dir(dir).map_err(|e| vec![ZoneError::Read { file: dir.display().to_string(), source: Arc::new(e) }])?;
     let mut paths: Vec<PathBuf> =
         read.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "zone")).collect();
@@ -359,7 +361,7 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<LowerName, ZoneFile>, Vec<ZoneErr
     let mut zones = BTreeMap::new();
     let mut errors = Vec::new();
     for path in paths {
-        match ZoneFile::load(&path) {
+        match ZoneFile::load(&path, limit) {
             Ok(z) => {
                 zones.insert(z.data.lower_origin.clone(), z);
             }
