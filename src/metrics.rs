@@ -161,7 +161,7 @@ pub fn rcode_name(code: usize) -> Cow<'static, str> {
     NAMES.get(code).map(|n| Cow::Borrowed(*n)).unwrap_or_else(|| format!("RCODE{code}").into())
 }
 
-/// The registry in the text exposition format.
+/// The registry in the OpenMetrics 1.0.0 text format.
 pub fn text(registry: &Registry) -> String {
     let mut out = String::new();
     if let Err(error) = prometheus_client::encoding::text::encode(&mut out, registry) {
@@ -170,24 +170,130 @@ pub fn text(registry: &Registry) -> String {
     out
 }
 
+/// The two exposition formats a scraper can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `application/openmetrics-text; version=1.0.0`.
+    OpenMetrics,
+    /// `text/plain; version=0.0.4`, the Prometheus text format: what a
+    /// scraper gets unless it prefers OpenMetrics.
+    Prometheus,
+}
+
+impl Format {
+    /// The format an `Accept` header prefers (RFC 9110 §12.5.1: the
+    /// highest `q` wins, a tie goes to OpenMetrics); the Prometheus text
+    /// format when there is no header or neither is acceptable.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let (mut open, mut plain) = (0.0f32, 0.0f32);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let kind = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+                .filter(|q| (0.0..=1.0).contains(q))
+                .unwrap_or(1.0);
+            match kind.as_str() {
+                "application/openmetrics-text" => open = open.max(q),
+                "text/plain" | "text/*" | "*/*" => plain = plain.max(q),
+                _ => {}
+            }
+        }
+        if open > 0.0 && open >= plain { Format::OpenMetrics } else { Format::Prometheus }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// The registry in this format.
+    pub fn encode(self, registry: &Registry) -> String {
+        match self {
+            Format::OpenMetrics => text(registry),
+            Format::Prometheus => prometheus_text(&text(registry)),
+        }
+    }
+}
+
+/// OpenMetrics text rewritten in the Prometheus text format 0.0.4: a
+/// counter's HELP and TYPE name its `_total` samples, `_created` samples,
+/// UNIT lines and the `# EOF` end go (0.0.4 has none of them), `info` is a
+/// gauge and `unknown` is `untyped`.
+fn prometheus_text(open: &str) -> String {
+    let mut out = String::with_capacity(open.len());
+    let mut help: Option<&str> = None;
+    let mut counter: Option<String> = None;
+    for line in open.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some(h) = help.take() {
+                out.push_str(h);
+                out.push('\n');
+            }
+            help = Some(rest);
+            counter = None;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" => (name.to_owned(), "untyped"),
+                other => (name.to_owned(), other),
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            counter = (kind == "counter").then(|| name.trim_end_matches("_total").to_owned() + "_created");
+            continue;
+        }
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(created) = &counter
+            && line.strip_prefix(created.as_str()).is_some_and(|r| r.starts_with(['{', ' ']))
+        {
+            continue;
+        }
+        // An exemplar (` # {...} v`) has no place in 0.0.4.
+        let sample = line.split_once(" # ").map_or(line, |(s, _)| s);
+        out.push_str(sample);
+        out.push('\n');
+    }
+    if let Some(h) = help {
+        out.push_str(h);
+        out.push('\n');
+    }
+    out
+}
+
 /// Serves `GET /metrics` from `registry` on connections from `listener`
-/// (a `sys::accept::Gate`) until shutdown.
+/// (a `sys::accept::Gate`) until shutdown, in the format the scraper's
+/// `Accept` header prefers.
 pub async fn serve<L>(listener: L, registry: Arc<Registry>, pages: axum::Router, shutdown: CancellationToken)
 where
     L: axum::serve::Listener,
     L::Addr: fmt::Debug,
 {
+    use axum::http::{HeaderMap, header};
     use axum::routing::get;
-    let app =
-        pages.route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text(&registry))
-                }
-            }),
-        );
+    let app = pages.route(
+        "/metrics",
+        get(move |headers: HeaderMap| {
+            let registry = registry.clone();
+            async move {
+                let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+                ([(header::CONTENT_TYPE, format.content_type()), (header::VARY, "Accept")], format.encode(&registry))
+            }
+        }),
+    );
     if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
         warn!(%error, "metrics server stopped");
     }
@@ -216,5 +322,42 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(rcode_name(3), "NXDOMAIN");
         assert_eq!(rcode_name(12), "RCODE12");
+    }
+
+    #[test]
+    fn the_accept_header_chooses_the_format() {
+        use Format::*;
+        // What Prometheus 2.x and 3.x send.
+        let prometheus2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let prometheus3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(Format::negotiate(Some(prometheus2)), OpenMetrics);
+        assert_eq!(Format::negotiate(Some(prometheus3)), OpenMetrics);
+        assert_eq!(Format::negotiate(Some("text/plain;version=0.0.4")), Prometheus);
+        assert_eq!(Format::negotiate(Some("text/plain;q=0.9, application/openmetrics-text;q=0.5")), Prometheus);
+        assert_eq!(Format::negotiate(Some("Application/OpenMetrics-Text")), OpenMetrics);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Prometheus);
+        assert_eq!(Format::negotiate(Some("*/*")), Prometheus);
+        assert_eq!(Format::negotiate(Some("garbage;;q=x,,")), Prometheus);
+        assert_eq!(Format::negotiate(None), Prometheus);
+    }
+
+    #[test]
+    fn the_prometheus_text_names_counters_by_their_samples_and_has_no_eof() {
+        let mut r = Registry::default();
+        register(&mut r, Arc::new(Two));
+        let h = latency_histogram();
+        h.observe(0.003);
+        r.register("vnamed_wait_seconds", "Waits.", h);
+        let text = Format::Prometheus.encode(&r);
+        assert!(text.contains("# HELP vnamed_things_total Things.\n# TYPE vnamed_things_total counter\nvnamed_things_total 3\n"), "{text}");
+        assert!(text.contains("# HELP vnamed_level Levels.\n# TYPE vnamed_level gauge\n"), "{text}");
+        assert!(text.contains("# TYPE vnamed_wait_seconds histogram\n"), "{text}");
+        assert!(text.contains("vnamed_wait_seconds_bucket{le=\"0.005\"} 1\n"), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT") && !text.contains("_created"), "{text}");
+        let open = "# HELP a_seconds A.\n# TYPE a_seconds counter\n# UNIT a_seconds seconds\na_seconds_total 1 # {id=\"x\"} 1\na_seconds_created 17\n# HELP b B.\n# TYPE b info\nb_info{v=\"1\"} 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(open),
+            "# HELP a_seconds_total A.\n# TYPE a_seconds_total counter\na_seconds_total 1\n# HELP b_info B.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n"
+        );
     }
 }

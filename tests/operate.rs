@@ -17,11 +17,22 @@ use common::{Authority, Proc, VNAMED, ZONE, eventually, named_checkzone, scrape,
 const CONTRIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib");
 
 fn promtool(args: &[&str]) -> String {
-    let out = Command::new("promtool")
+    promtool_with(args, "")
+}
+
+/// `promtool` with `input` on its standard input.
+fn promtool_with(args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
         .args(args)
         .current_dir(Path::new(CONTRIB).join("prometheus"))
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("promtool is installed (scripts/setup.sh installs Debian's prometheus)");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
     text
@@ -59,6 +70,7 @@ fn exported(scrapes: &[String]) -> BTreeSet<String> {
         let mut words = line.split_whitespace();
         if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) = (words.next(), words.next(), words.next(), words.next()) {
             let suffixes: &[&str] = match kind {
+                "counter" if name.ends_with("_total") => &[""],
                 "counter" => &["_total"],
                 "histogram" => &["_bucket", "_sum", "_count"],
                 _ => &[""],
@@ -101,6 +113,14 @@ listen = "{host}:7946"
     // The check has run once: its gauge has a sample.
     assert!(eventually(Duration::from_secs(5), || scrape((host, 9400)).contains("vnamed_monitor_check_up{")).is_some());
     let scrapes = [scrape((a.ip, a.metrics)), scrape((host, 9400))];
+    // Both roles' scrapes are clean Prometheus text for promtool's linter
+    // (every family has HELP text, names and types agree).
+    for scraped in &scrapes {
+        let (head, body) = scraped.split_once("\r\n\r\n").unwrap();
+        assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+        assert!(!body.contains("# EOF"), "{body}");
+        promtool_with(&["check", "metrics"], body);
+    }
     let exported = exported(&scrapes);
     assert!(exported.contains("vnamed_member_up") && exported.contains("vnamed_ring_members"), "{exported:?}");
 

@@ -59,7 +59,10 @@ members = [ { id = "db1", address = "127.0.11.1" } ]
 "#;
     let a = Authority::in_process(&[("example.test.zone", ZONE)], pool);
     assert_eq!(a.dig("www.example.test A +short").lines().count(), 1);
-    let text = common::scrape((a.ip, a.metrics));
+    // What Prometheus itself sends.
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let text = common::scrape_as((a.ip, a.metrics), Some(accept));
+    assert!(text.to_ascii_lowercase().contains("content-type: application/openmetrics-text; version=1.0.0"), "{text}");
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or(&text).to_owned();
     let script = r#"
 import sys

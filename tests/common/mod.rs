@@ -346,11 +346,18 @@ pub fn dig(ip: IpAddr, port: u16, args: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The body of `GET /metrics` at `addr` (plain HTTP/1.0).
+/// The response to `GET /metrics` at `addr` (plain HTTP/1.0, no `Accept`:
+/// the Prometheus text format), headers included.
 pub fn scrape(addr: (Ipv4Addr, u16)) -> String {
+    scrape_as(addr, None)
+}
+
+/// The response to `GET /metrics` at `addr` asking for `accept`.
+pub fn scrape_as(addr: (Ipv4Addr, u16), accept: Option<&str>) -> String {
     use std::io::{Read, Write};
     let Ok(mut c) = std::net::TcpStream::connect(addr) else { return String::new() };
-    let _ = c.write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n");
+    let accept = accept.map(|a| format!("accept: {a}\r\n")).unwrap_or_default();
+    let _ = c.write_all(format!("GET /metrics HTTP/1.0\r\nhost: x\r\n{accept}\r\n").as_bytes());
     let mut s = String::new();
     let _ = c.read_to_string(&mut s);
     s
