@@ -51,9 +51,17 @@ fn malformed_requests_get_errors_or_silence_and_serving_goes_on() {
     let none = Message::new(0x4242, MessageType::Query, OpCode::Query);
     assert_eq!(rcode(&a, &none), ResponseCode::FormErr);
     assert_eq!(rcode(&a, &query("static.example.test.", RecordType::OPT, DNSClass::IN)), ResponseCode::FormErr);
-    let mut update = good.clone();
+    // An UPDATE names its zone with an SOA "question" (RFC 2136 §3.1.1):
+    // with one it is refused (vnamed takes no updates), without one it is
+    // malformed, and the reply does not echo a zone section that is not one.
+    let mut update = query("example.test.", RecordType::SOA, DNSClass::IN);
     update.metadata.op_code = OpCode::Update;
     assert_eq!(rcode(&a, &update), ResponseCode::Refused);
+    let mut update = good.clone();
+    update.metadata.op_code = OpCode::Update;
+    let reply = exchange(&a, &update.to_vec().unwrap()).expect("a reply");
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    assert!(reply.queries.is_empty(), "{reply:?}");
     let mut status = good.clone();
     status.metadata.op_code = OpCode::Status;
     assert_eq!(rcode(&a, &status), ResponseCode::NotImp);
@@ -75,6 +83,15 @@ fn malformed_requests_get_errors_or_silence_and_serving_goes_on() {
             );
         }
     }
+    // A whole query with junk after it is malformed, however it is sent.
+    let mut junk = good.to_vec().unwrap();
+    junk.extend_from_slice(&[0xab; 4000]);
+    let reply = exchange(&a, &junk).expect("a reply");
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr, "{reply:?}");
+    assert_eq!(tcp_exchange(&a, &junk).metadata.response_code, ResponseCode::FormErr);
+    let mut pool = query("www.example.test.", RecordType::A, DNSClass::IN).to_vec().unwrap();
+    pool.push(0);
+    assert_eq!(exchange(&a, &pool).expect("a reply").metadata.response_code, ResponseCode::FormErr, "the fast path's names too");
     let mut response = good.clone();
     response.metadata.message_type = MessageType::Response;
     assert!(exchange(&a, &response.to_vec().unwrap()).is_none(), "responses are never answered (no reflection)");
@@ -82,6 +99,51 @@ fn malformed_requests_get_errors_or_silence_and_serving_goes_on() {
     // Still serving, over UDP and TCP.
     assert_eq!(rcode(&a, &good), ResponseCode::NoError);
     assert!(a.dig("static.example.test A +tcp +short").contains("192.0.2.10"));
+}
+
+/// One message over TCP; its reply.
+fn tcp_exchange(a: &Authority, bytes: &[u8]) -> Message {
+    Message::from_vec(&tcp_bytes(a, bytes)).expect("every reply is well-formed")
+}
+
+fn tcp_bytes(a: &Authority, bytes: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect((a.ip, a.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    c.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+    c.write_all(bytes).unwrap();
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    c.read_exact(&mut reply).unwrap();
+    reply
+}
+
+/// Replies by the handler (TCP, and UDP questions the fast path leaves to
+/// it) compress their names against the question as the fast path's do:
+/// the same answer is the same size whichever way it is asked.
+#[test]
+fn answers_compress_alike_over_udp_and_tcp() {
+    let pool = "[[pool]]\nname = \"www.example.test.\"\nanswers = 2\nmembers = [{ id = \"a\", address = \"192.0.2.1\" }, { id = \"b\", address = \"192.0.2.2\" }]\n";
+    let a = Authority::in_process(&[("example.test.zone", ZONE)], pool);
+    for (name, qtype, answers) in
+        [("www.example.test.", RecordType::A, 2), ("static.example.test.", RecordType::A, 1), ("mail.example.test.", RecordType::MX, 1)]
+    {
+        let q = query(name, qtype, DNSClass::IN).to_vec().unwrap();
+        let s = UdpSocket::bind((a.ip, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send_to(&q, (a.ip, a.port)).unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, _) = s.recv_from(&mut buf).unwrap();
+        let tcp = tcp_bytes(&a, &q);
+        let (udp_m, tcp_m) = (Message::from_vec(&buf[..n]).unwrap(), Message::from_vec(&tcp).unwrap());
+        assert_eq!(tcp_m.answers.len(), answers, "{tcp_m:?}");
+        assert_eq!(udp_m.answers.len(), tcp_m.answers.len());
+        assert_eq!(tcp.len(), n, "{name}: TCP {} bytes, UDP {n}", tcp.len());
+        // Each answer's owner is a pointer to the question (offset 12).
+        let question_end = 12 + name.len() + 1 + 4;
+        assert_eq!(&tcp[question_end..question_end + 2], &[0xc0, 12], "{name}: {tcp:02x?}");
+    }
 }
 
 #[test]

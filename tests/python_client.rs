@@ -87,3 +87,58 @@ print(len(names), " ".join(sorted(names)))
         assert!(said.split_whitespace().any(|n| n == family), "{family}: {said}");
     }
 }
+
+/// Replies to every opcode parse in dnspython (which reads an UPDATE's
+/// sections as zone, prerequisites, updates and additional), over UDP and
+/// TCP: an UPDATE is refused, one without an SOA zone is FORMERR, a
+/// NOTIFY from a stranger refused, STATUS not implemented, a query with
+/// junk after it FORMERR.
+#[test]
+fn replies_to_every_opcode_parse_in_dnspython() {
+    let a = Authority::in_process(&[("example.test.zone", ZONE)], "");
+    let script = r#"
+import sys, dns.message, dns.query, dns.update, dns.opcode, dns.rcode, dns.rdatatype
+ip, port = sys.argv[1], int(sys.argv[2])
+def ask(m):
+    return [send(m, ip, port=port, timeout=2) for send in (dns.query.udp, dns.query.tcp)]
+u = dns.update.UpdateMessage("example.test.")
+u.add("_acme-challenge", 60, "TXT", "x")
+for r in ask(u):
+    assert r.opcode() == dns.opcode.UPDATE and r.rcode() == dns.rcode.REFUSED, r
+    assert r.zone[0].rdtype == dns.rdatatype.SOA, r
+print("update", dns.rcode.to_text(r.rcode()))
+q = dns.message.make_query("example.test.", "SOA")
+q.set_opcode(dns.opcode.NOTIFY)
+for r in ask(q):
+    assert r.opcode() == dns.opcode.NOTIFY and r.rcode() == dns.rcode.REFUSED, r
+print("notify", dns.rcode.to_text(r.rcode()))
+q = dns.message.make_query("static.example.test.", "A")
+q.set_opcode(dns.opcode.STATUS)
+for r in ask(q):
+    assert r.rcode() == dns.rcode.NOTIMP, r
+print("status", dns.rcode.to_text(r.rcode()))
+# An UPDATE whose zone is of type A, and a query with junk after it: raw.
+import socket, struct
+q = dns.message.make_query("static.example.test.", "A")
+bad_update = bytearray(q.to_wire()); bad_update[2] = (bad_update[2] & 0x87) | (5 << 3)
+junk = q.to_wire() + b"\xab" * 4000
+for wire in (bytes(bad_update), junk):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+    s.sendto(wire, (ip, port)); udp = s.recv(65535); s.close()
+    t = socket.create_connection((ip, port), timeout=2)
+    t.sendall(struct.pack("!H", len(wire)) + wire)
+    n = struct.unpack("!H", t.recv(2))[0]; tcp = b""
+    while len(tcp) < n: tcp += t.recv(n - len(tcp))
+    t.close()
+    for reply in (udp, tcp):
+        r = dns.message.from_wire(reply)
+        assert r.rcode() == dns.rcode.FORMERR, r
+print("formerr", len(junk))
+"#;
+    let out = Command::new("python3").args(["-c", script, &a.ip.to_string(), &a.port.to_string()]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    for line in ["update REFUSED", "notify REFUSED", "status NOTIMP", "formerr"] {
+        assert!(said.contains(line), "{line}: {said}");
+    }
+}

@@ -23,7 +23,7 @@ use super::metrics::{DnsCounters, Path};
 use super::rrl::Rrl;
 use super::snapshot::Snapshot;
 use super::view::zone_records;
-use super::wire::{UDP_PAYLOAD, edns_malformed, question_malformed};
+use super::wire::{UDP_PAYLOAD, edns_malformed, question_malformed, trailing_bytes, update_without_zone};
 
 /// Bytes of records per zone-transfer message; well under the 64 KiB limit.
 const XFR_CHUNK: usize = 16 * 1024;
@@ -59,7 +59,8 @@ impl DnsHandler {
     }
 
     /// Decodes a query as it arrived: the request; or FORMERR (counted)
-    /// when only the header decodes or the EDNS options are malformed;
+    /// when only the header decodes, the EDNS options are malformed or
+    /// bytes follow the last record, or an UPDATE names no SOA zone;
     /// or silence when not even the header decodes or it is a response.
     pub fn decode(&self, bytes: Vec<u8>, src: SocketAddr, protocol: Protocol) -> Decoded {
         let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else { return Decoded::Silent };
@@ -70,6 +71,10 @@ impl DnsHandler {
             "malformed EDNS options".to_owned()
         } else if question_malformed(&bytes) {
             "a compressed or extended label in the question".to_owned()
+        } else if trailing_bytes(&bytes) {
+            "bytes after the last record".to_owned()
+        } else if update_without_zone(&bytes) {
+            "an UPDATE without one zone of type SOA".to_owned()
         } else {
             match Request::from_bytes(bytes, src, protocol) {
                 Ok(r) => return Decoded::Request(Box::new(r)),

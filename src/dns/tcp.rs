@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{RequestHandler, ResponseHandler, ResponseInfo};
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::handler::{Decoded, DnsHandler};
+use super::wire::emit;
 use crate::sys::accept::{Gate, Guarded};
 
 type Writer = Arc<Mutex<WriteHalf<Guarded<TcpStream>>>>;
@@ -70,7 +70,8 @@ async fn connection(stream: Guarded<TcpStream>, peer: SocketAddr, handler: Arc<D
             }
             Decoded::Silent => return, // not DNS: close
         };
-        handler.handle_request::<_, TokioTime>(&request, TcpReply(writer.clone())).await;
+        let question = request.queries.as_bytes().into();
+        handler.handle_request::<_, TokioTime>(&request, TcpReply(writer.clone(), question)).await;
     }
 }
 
@@ -82,9 +83,10 @@ async fn write(writer: &Writer, message: &[u8]) -> std::io::Result<()> {
     w.flush().await
 }
 
-/// Sends responses on a connection, each with its length.
+/// Sends responses on a connection, each with its length; the second
+/// field is the question they answer, as the client wrote it.
 #[derive(Clone)]
-struct TcpReply(Writer);
+struct TcpReply(Writer, Arc<[u8]>);
 
 #[async_trait::async_trait]
 impl ResponseHandler for TcpReply {
@@ -100,11 +102,7 @@ impl ResponseHandler for TcpReply {
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
         let failed = |e: String| hickory_server::net::NetError::from(e);
-        let mut bytes = Vec::with_capacity(512);
-        let info = {
-            let mut encoder = BinEncoder::new(&mut bytes);
-            response.destructive_emit(&mut encoder).map_err(|e| failed(e.to_string()))?
-        };
+        let (bytes, info) = emit(response, &self.1).map_err(|e| failed(e.to_string()))?;
         write(&self.0, &bytes).await.map_err(|e| failed(e.to_string()))?;
         Ok(info)
     }

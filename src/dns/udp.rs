@@ -15,7 +15,6 @@ use arc_swap::ArcSwap;
 use hickory_proto::ProtoError;
 use hickory_proto::op::Message;
 use hickory_proto::rr::Name;
-use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{RequestHandler, ResponseHandler, ResponseInfo};
@@ -29,7 +28,7 @@ use super::handler::{Decoded, DnsHandler};
 use super::metrics::{DnsCounters, Path};
 use super::rrl::{Kind, Rrl, Verdict};
 use super::snapshot::Snapshot;
-use super::wire::UDP_PAYLOAD;
+use super::wire::{UDP_PAYLOAD, emit};
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 
 /// Datagrams taken per system call.
@@ -197,7 +196,8 @@ pub async fn respond(
         let key = request.queries.queries().first().map(|q| fast::question_key(&Name::from(q.name()), q.query_type()));
         Limiter { rrl: r.clone(), client: src.ip(), key: key.unwrap_or_default().into() }
     });
-    handler.handle_request::<_, TokioTime>(&request, UdpReply { send, limit, limiter }).await;
+    let question = request.queries.as_bytes().into();
+    handler.handle_request::<_, TokioTime>(&request, UdpReply { send, limit, limiter, question }).await;
 }
 
 /// What the slow path needs to rate-limit one response.
@@ -214,6 +214,8 @@ struct UdpReply<F> {
     send: F,
     limit: u16,
     limiter: Option<Limiter>,
+    /// The question answered, as the client wrote it.
+    question: Arc<[u8]>,
 }
 
 #[async_trait::async_trait]
@@ -230,9 +232,7 @@ impl<F: FnMut(&[u8]) + Send + Sync + Clone + Unpin + 'static> ResponseHandler fo
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
         let failed = |e: ProtoError| hickory_server::net::NetError::from(e.to_string());
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        let info = response.destructive_emit(&mut encoder).map_err(failed)?;
+        let (mut bytes, info) = emit(response, &self.question).map_err(failed)?;
         let verdict = match &self.limiter {
             Some(l) => l.rrl.check(l.client, Kind::of_rcode(bytes[3]), &l.key, l.rrl.second(std::time::Instant::now())),
             None => Verdict::Send,
