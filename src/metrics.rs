@@ -274,16 +274,19 @@ fn prometheus_text(open: &str) -> String {
     out
 }
 
-/// Serves `GET /metrics` from `registry` on connections from `listener`
-/// (a `sys::accept::Gate`) until shutdown, in the format the scraper's
-/// `Accept` header prefers.
-pub async fn serve<L>(listener: L, registry: Arc<Registry>, pages: axum::Router, shutdown: CancellationToken)
-where
-    L: axum::serve::Listener,
-    L::Addr: fmt::Debug,
-{
+/// How long a clean stop waits for open connections (a status page's
+/// event stream among them) before it closes them.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Serves `GET /metrics` from `registry`, and `pages`, on connections from
+/// `gate` until shutdown, in the format the scraper's `Accept` header
+/// prefers. A request header must arrive whole within the gate's
+/// handshake timeout (hyper's header deadline); a client that trickles
+/// it in is closed and counted.
+pub async fn serve(mut gate: crate::sys::accept::Gate, registry: Arc<Registry>, pages: axum::Router, shutdown: CancellationToken) {
     use axum::http::{HeaderMap, header};
     use axum::routing::get;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     let app = pages.route(
         "/metrics",
         get(move |headers: HeaderMap| {
@@ -294,9 +297,35 @@ where
             }
         }),
     );
-    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
-        warn!(%error, "metrics server stopped");
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(gate.handshake());
+    let counters = gate.counters();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            (stream, peer) = gate.accept() => {
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+                let counters = counters.clone();
+                connections.spawn(async move {
+                    if let Err(error) = connection.await {
+                        if error.is_timeout() {
+                            counters.slow.inc();
+                        }
+                        tracing::debug!(%peer, %error, "HTTP connection closed");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.cancelled() => break,
+        }
     }
+    drop(gate);
+    if tokio::time::timeout(STOP_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::debug!(open = connections.len(), "HTTP connections still open at stop; closing them");
+    }
+    connections.shutdown().await;
 }
 
 #[cfg(test)]

@@ -219,3 +219,95 @@ fn a_spoofed_amplification_flood_is_rate_limited_and_others_are_served() {
     assert!(metric(&metrics, "vnamed_rrl_dropped_total{kind=\"answer\"}") > 1000, "{metrics}");
     assert!(metric(&metrics, "vnamed_rrl_slipped_total{kind=\"answer\"}") > 1000, "{metrics}");
 }
+
+/// `GET /metrics` at `addr` within `within`: whether a whole response came.
+fn scraped_within(addr: std::net::SocketAddr, within: Duration) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, within) else { return false };
+    let _ = c.set_read_timeout(Some(within));
+    let _ = c.write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = c.read_to_string(&mut body);
+    body.starts_with("HTTP/1.0 200 OK\r\n") && body.contains("vnamed_connections_open")
+}
+
+/// Slowloris: 500 connections to `/metrics` trickling a request header in,
+/// and 500 to DNS over TCP trickling a query in, a byte a second each (a
+/// closed one is opened again at once). Each is closed at its deadline
+/// and counted, and meanwhile scrapes and TCP queries are answered.
+#[test]
+fn slow_clients_are_cut_off_and_scrapes_and_tcp_queries_go_on() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    raise_own_limit();
+    let limits = "[authority.limits]\nhandshake_timeout = \"1s\"\ndns_tcp_message = \"1s\"\n";
+    let a = Authority::start_with(&[("example.test.zone", ZONE)], "", limits);
+    let (metrics, dns) = (std::net::SocketAddr::from((a.ip, a.metrics)), std::net::SocketAddr::from((a.ip, a.port)));
+    let header = b"GET /metrics HTTP/1.1\r\nhost: x\r\nuser-agent: slow\r\naccept: */*\r\n\r\n".to_vec();
+    let mut message = query(7, "static.example.test.", 1, &[]);
+    message.splice(0..0, (message.len() as u16).to_be_bytes());
+    let stop = AtomicBool::new(false);
+    let reopened = AtomicUsize::new(0);
+    let (mut scrapes, mut queries, mut slowest) = (0, 0, Duration::ZERO);
+    std::thread::scope(|scope| {
+        for (addr, bytes) in [(metrics, &header), (dns, &message)] {
+            let (stop, reopened) = (&stop, &reopened);
+            scope.spawn(move || {
+                let open = || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok();
+                let mut held: Vec<(Option<std::net::TcpStream>, usize)> = (0..500).map(|_| (open(), 0)).collect();
+                let start = Instant::now();
+                // Bounded: a byte a second for at most 10 s.
+                while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(10) {
+                    for (c, at) in held.iter_mut() {
+                        let sent = c.as_mut().is_some_and(|s| s.write_all(&bytes[*at % bytes.len()..][..1]).is_ok());
+                        if sent {
+                            *at += 1;
+                        } else {
+                            reopened.fetch_add(1, Ordering::Relaxed);
+                            (*c, *at) = (open(), 0);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        }
+        // The attackers hold their connections; the operator's scrapes
+        // and the resolvers' TCP queries still get through.
+        std::thread::sleep(Duration::from_secs(2));
+        let window = Instant::now();
+        while window.elapsed() < Duration::from_secs(6) {
+            let asked = Instant::now();
+            let ok = scraped_within(metrics, Duration::from_secs(3));
+            slowest = slowest.max(asked.elapsed());
+            assert!(ok, "a scrape went unanswered during the slowloris:\n{}", common::scrape((a.ip, a.metrics)));
+            scrapes += 1;
+            assert!(answers(&a, true), "DNS over TCP stopped during the slowloris:\n{}", a.log());
+            queries += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let text = common::scrape((a.ip, a.metrics));
+    let slow = |listener: &str| metric(&text, &format!("vnamed_connections_slow_total{{listener=\"{listener}\"}}"));
+    eprintln!(
+        "{scrapes} scrapes (slowest {slowest:?}) and {queries} TCP queries answered; {} slow connections reopened; slow closed: metrics {}, dns_tcp {}",
+        reopened.load(Ordering::Relaxed),
+        slow("metrics"),
+        slow("dns_tcp")
+    );
+    assert!(slow("dns_tcp") > 0, "slow DNS connections are counted:\n{text}");
+    // While full, the trickling scrapers were closed to make room...
+    let evicted = metric(&text, "vnamed_connections_evicted_total{listener=\"metrics\"}");
+    assert!(evicted > 0, "{text}");
+    // ...and alone, one is closed at its header deadline and counted.
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(metrics).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let opened = Instant::now();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    let closed = opened.elapsed();
+    assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(4), "closed after {closed:?}");
+    let text = common::scrape((a.ip, a.metrics));
+    assert!(slow("metrics") < metric(&text, "vnamed_connections_slow_total{listener=\"metrics\"}"), "{text}");
+}

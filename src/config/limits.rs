@@ -22,6 +22,11 @@ pub struct Limits {
     /// A DNS over TCP connection with no query for this long is closed.
     #[serde(with = "humantime_serde")]
     pub dns_tcp_idle: Duration,
+    /// A DNS message over TCP, once its first byte is in, must be whole
+    /// within this time, or the connection is closed (a query trickled in
+    /// a byte at a time holds nothing for long).
+    #[serde(with = "humantime_serde")]
+    pub dns_tcp_message: Duration,
     /// A gRPC connection silent this long is closed (the server pings
     /// every third of it, so a live client never is).
     #[serde(with = "humantime_serde")]
@@ -39,6 +44,7 @@ impl Default for Limits {
             metrics_connections: 32,
             handshake_timeout: Duration::from_secs(10),
             dns_tcp_idle: Duration::from_secs(10),
+            dns_tcp_message: Duration::from_secs(2),
             grpc_idle: Duration::from_secs(180),
             metrics_idle: Duration::from_secs(60),
         }
@@ -59,6 +65,7 @@ impl Limits {
         for (key, d) in [
             ("handshake_timeout", self.handshake_timeout),
             ("dns_tcp_idle", self.dns_tcp_idle),
+            ("dns_tcp_message", self.dns_tcp_message),
             ("grpc_idle", self.grpc_idle),
             ("metrics_idle", self.metrics_idle),
         ] {

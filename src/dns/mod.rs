@@ -99,7 +99,7 @@ impl DnsService {
             .map(|l| {
                 let gate = Gate::new(l, "dns_tcp", share, limits.handshake_timeout, limits.dns_tcp_idle).evicting();
                 gates.add(&gate);
-                tokio::spawn(tcp::serve(gate, handler.clone(), tcp_stop.clone()))
+                tokio::spawn(tcp::serve(gate, handler.clone(), limits.dns_tcp_message, tcp_stop.clone()))
             })
             .collect();
         let (slow_tx, slow_rx) = mpsc::channel(udp::SLOW_QUEUE);

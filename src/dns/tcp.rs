@@ -1,11 +1,13 @@
 //! DNS over TCP (RFC 1035 4.2.2, RFC 7766): two-byte length-prefixed
 //! messages on connections taken through a `Gate` (its own cap, the
 //! handshake and idle timeouts, back-off when descriptors run out),
-//! answered in order by the same handler as UDP. Zone transfers go out
-//! as several messages on the connection.
+//! answered in order by the same handler as UDP. Once a message's first
+//! byte is in, the whole message must follow within a deadline. Zone
+//! transfers go out as several messages on the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
@@ -20,18 +22,21 @@ use tracing::debug;
 
 use super::handler::{Decoded, DnsHandler};
 use super::wire::emit;
-use crate::sys::accept::{Gate, Guarded};
+use crate::sys::accept::{Gate, GateCounters, Guarded};
 
 type Writer = Arc<Mutex<WriteHalf<Guarded<TcpStream>>>>;
 
 /// Serves connections from `gate` until `stop`; then lets each finish the
-/// query it is answering.
-pub async fn serve(mut gate: Gate, handler: Arc<DnsHandler>, stop: CancellationToken) {
+/// query it is answering. A message must be whole within `deadline` of
+/// its first byte.
+pub async fn serve(mut gate: Gate, handler: Arc<DnsHandler>, deadline: Duration, stop: CancellationToken) {
     let mut connections = JoinSet::new();
+    let counters = gate.counters();
     loop {
         tokio::select! {
             (stream, peer) = gate.accept() => {
-                connections.spawn(connection(stream, peer, handler.clone(), stop.clone()));
+                let slow = Slow { deadline, counters: counters.clone() };
+                connections.spawn(connection(stream, peer, handler.clone(), slow, stop.clone()));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = stop.cancelled() => break,
@@ -41,25 +46,45 @@ pub async fn serve(mut gate: Gate, handler: Arc<DnsHandler>, stop: CancellationT
     while connections.join_next().await.is_some() {}
 }
 
+/// How long a message may take to arrive, and where a late one is counted.
+struct Slow {
+    deadline: Duration,
+    counters: Arc<GateCounters>,
+}
+
 /// One client's connection: queries read and answered one after another.
-async fn connection(stream: Guarded<TcpStream>, peer: SocketAddr, handler: Arc<DnsHandler>, stop: CancellationToken) {
+async fn connection(stream: Guarded<TcpStream>, peer: SocketAddr, handler: Arc<DnsHandler>, slow: Slow, stop: CancellationToken) {
     let (mut reader, writer) = tokio::io::split(stream);
     let writer: Writer = Arc::new(Mutex::new(writer));
     loop {
-        let mut len = [0u8; 2];
         let read = tokio::select! {
-            r = reader.read_exact(&mut len) => r,
+            r = reader.read_u8() => r,
             _ = stop.cancelled() => return,
         };
-        if let Err(error) = read {
-            debug!(%peer, %error, "DNS TCP connection closed");
-            return;
-        }
-        let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        if let Err(error) = reader.read_exact(&mut message).await {
-            debug!(%peer, %error, "DNS TCP connection closed mid-message");
-            return;
-        }
+        let first = match read {
+            Ok(b) => b,
+            Err(error) => {
+                debug!(%peer, %error, "DNS TCP connection closed");
+                return;
+            }
+        };
+        let whole = tokio::time::timeout(slow.deadline, async {
+            let second = reader.read_u8().await?;
+            let mut message = vec![0u8; usize::from(u16::from_be_bytes([first, second]))];
+            reader.read_exact(&mut message).await.map(|_| message)
+        });
+        let message = match whole.await {
+            Ok(Ok(message)) => message,
+            Ok(Err(error)) => {
+                debug!(%peer, %error, "DNS TCP connection closed mid-message");
+                return;
+            }
+            Err(_) => {
+                slow.counters.slow.inc();
+                debug!(%peer, deadline = ?slow.deadline, "DNS TCP message not whole in time; connection closed");
+                return;
+            }
+        };
         let request = match handler.decode(message, peer, Protocol::Tcp) {
             Decoded::Request(r) => r,
             Decoded::Reply(reply) => {

@@ -30,8 +30,13 @@ use crate::metrics::{Count, Expose, Samples, Writer};
 /// Longest pause between accepts while descriptors are exhausted.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a connection must have been silent before it is closed to
-/// make room, and how often a full evicting gate looks again.
+/// make room.
 const EVICT_AFTER: Duration = Duration::from_millis(250);
+/// How long a connection that has had no answer yet may be open before it
+/// is closed to make room, and how often a full evicting gate looks again.
+/// A client with a request sends it with its first packet; one still
+/// without an answer by now is trickling its request in (or sent none).
+const EVICT_UNANSWERED: Duration = Duration::from_millis(100);
 
 /// What one listener counts.
 #[derive(Debug, Default)]
@@ -45,6 +50,9 @@ pub struct GateCounters {
     pub timed_out: Count,
     /// Silent connections closed to make room for a new one.
     pub evicted: Count,
+    /// Connections closed because a request (a DNS message, an HTTP
+    /// request header) did not arrive whole within its deadline.
+    pub slow: Count,
     /// Connections open now (a gauge kept as a count).
     pub open: Count,
 }
@@ -77,8 +85,13 @@ struct Open {
 /// One open connection as its gate sees it.
 #[derive(Debug, Default)]
 struct Live {
-    /// Milliseconds from the gate's epoch to the last bytes read.
-    last_read: std::sync::atomic::AtomicU64,
+    /// Milliseconds from the gate's epoch to the last bytes read, or
+    /// written once the peer has spoken (a stream it follows is alive).
+    last_heard: std::sync::atomic::AtomicU64,
+    /// Milliseconds from the gate's epoch to the accept.
+    accepted: u64,
+    /// Bytes have gone out on it: it has had an answer.
+    answered: AtomicBool,
     evicted: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
@@ -106,25 +119,33 @@ impl Gate {
         }
     }
 
-    /// When full, close the connection silent longest (at least
-    /// `EVICT_AFTER`) instead of making new ones wait: for DNS over TCP,
-    /// where idle clients must not keep out the ones with a query.
+    /// When full, close a connection instead of making new ones wait: the
+    /// oldest one without an answer yet (open at least `EVICT_UNANSWERED`),
+    /// else the one silent longest (at least `EVICT_AFTER`, neither sending
+    /// nor taking bytes). Idle or trickling clients must not keep out the
+    /// ones with a query or a scrape, however many of them wait in the
+    /// kernel's queue ahead of it.
     pub fn evicting(mut self) -> Self {
         self.open = Some(Arc::new(Open { epoch: std::time::Instant::now(), next: Default::default(), live: Mutex::default() }));
         self
     }
 
-    /// Marks the connection silent longest for closing, if one has been
-    /// silent at least `EVICT_AFTER`.
+    /// Marks a connection for closing: the oldest still unanswered, or
+    /// the one silent longest, if one has waited long enough.
     fn evict_idlest(&self, open: &Open) {
         let now = open.now_ms();
         let Ok(live) = open.live.lock() else { return };
-        let idlest = live
-            .values()
-            .filter(|l| !l.evicted.load(Ordering::Relaxed))
-            .min_by_key(|l| l.last_read.load(Ordering::Relaxed))
-            .filter(|l| now.saturating_sub(l.last_read.load(Ordering::Relaxed)) >= EVICT_AFTER.as_millis() as u64);
-        if let Some(l) = idlest {
+        let candidates = || live.values().filter(|l| !l.evicted.load(Ordering::Relaxed));
+        let unanswered = candidates()
+            .filter(|l| !l.answered.load(Ordering::Relaxed))
+            .min_by_key(|l| l.accepted)
+            .filter(|l| now.saturating_sub(l.accepted) >= EVICT_UNANSWERED.as_millis() as u64);
+        let idlest = || {
+            candidates()
+                .min_by_key(|l| l.last_heard.load(Ordering::Relaxed))
+                .filter(|l| now.saturating_sub(l.last_heard.load(Ordering::Relaxed)) >= EVICT_AFTER.as_millis() as u64)
+        };
+        if let Some(l) = unanswered.or_else(idlest) {
             l.evicted.store(true, Ordering::Relaxed);
             self.counters.evicted.inc();
             if let Some(w) = l.waker.lock().ok().and_then(|mut w| w.take()) {
@@ -133,9 +154,16 @@ impl Gate {
         }
     }
 
-    /// A `/metrics` listener under `limits`.
+    /// A `/metrics` (and status page) listener under `limits`: evicting,
+    /// so that connections trickling a request in cannot keep a scrape out.
     pub fn metrics(listener: TcpListener, limits: &Limits) -> Self {
-        Self::new(listener, "metrics", limits.metrics_connections, limits.handshake_timeout, limits.metrics_idle)
+        Self::new(listener, "metrics", limits.metrics_connections, limits.handshake_timeout, limits.metrics_idle).evicting()
+    }
+
+    /// How long a new connection has for its first bytes, and an HTTP
+    /// client for its whole request header.
+    pub fn handshake(&self) -> Duration {
+        self.handshake
     }
 
     /// A gRPC listener under `limits`.
@@ -169,7 +197,7 @@ impl Gate {
                         if let Some(open) = &self.open {
                             self.evict_idlest(open);
                         }
-                        let wait = if self.open.is_some() { EVICT_AFTER } else { Duration::MAX };
+                        let wait = if self.open.is_some() { EVICT_UNANSWERED } else { Duration::MAX };
                         if let Ok(p) = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
                             break p.expect("the semaphore is never closed");
                         }
@@ -231,8 +259,8 @@ impl Slot {
         counters.open.add(1);
         let tracked = open.map(|open| {
             let id = open.next.fetch_add(1, Ordering::Relaxed);
-            let live = Arc::new(Live::default());
-            live.last_read.store(open.now_ms(), Ordering::Relaxed);
+            let now = open.now_ms();
+            let live = Arc::new(Live { accepted: now, last_heard: now.into(), ..Live::default() });
             if let Ok(mut l) = open.live.lock() {
                 l.insert(id, live.clone());
             }
@@ -241,9 +269,17 @@ impl Slot {
         Self { _permit: permit, counters, tracked }
     }
 
-    fn read(&self) {
+    /// Bytes came in, or went out to a peer that has spoken.
+    fn heard(&self) {
         if let Some(t) = &self.tracked {
-            t.live.last_read.store(t.open.now_ms(), Ordering::Relaxed);
+            t.live.last_heard.store(t.open.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes went out: the peer has had an answer.
+    fn answered(&self) {
+        if let Some(t) = &self.tracked {
+            t.live.answered.store(true, Ordering::Relaxed);
         }
     }
 
@@ -296,9 +332,13 @@ impl<S> Guarded<S> {
 
     /// `n` bytes went out: after the handshake, the connection is alive.
     fn wrote(&mut self, n: usize) {
+        if n > 0 {
+            self.slot.answered();
+        }
         if n > 0 && self.heard {
             let next = Instant::now() + self.idle;
             self.deadline.as_mut().reset(next);
+            self.slot.heard();
         }
     }
 
@@ -316,7 +356,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 if buf.filled().len() > before {
                     let next = Instant::now() + this.idle;
                     this.deadline.as_mut().reset(next);
-                    this.slot.read();
+                    this.slot.heard();
                     this.heard = true;
                 }
                 Poll::Ready(Ok(()))
@@ -392,21 +432,13 @@ impl Expose for Gates {
         w.counters("vnamed_connections_accepted", "TCP connections accepted, by listener.", family(|c| &c.accepted))?;
         w.counters("vnamed_connections_timed_out", "TCP connections closed for silence, by listener.", family(|c| &c.timed_out))?;
         w.counters("vnamed_connections_evicted", "Silent connections closed to make room, by listener.", family(|c| &c.evicted))?;
+        w.counters(
+            "vnamed_connections_slow",
+            "Connections closed because a request did not arrive whole in time, by listener.",
+            family(|c| &c.slow),
+        )?;
         w.counters("vnamed_listener_full", "Times a listener reached its connection cap.", family(|c| &c.full))?;
         w.counters("vnamed_accept_exhausted", "Accepts that failed for want of file descriptors.", family(|c| &c.exhausted))
-    }
-}
-
-impl axum::serve::Listener for Gate {
-    type Io = Guarded<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        Gate::accept(self).await
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Gate::local_addr(self)
     }
 }
 
