@@ -31,6 +31,7 @@ impl Catalog {
     /// Serves `decision` as pool `i`'s answer; returns its zone when the
     /// answer changed.
     pub(super) fn answer(&mut self, i: PoolId, decision: Decision, now: Instant) -> Option<LowerName> {
+        let published = self.pool_zone.get(i).and_then(|o| self.published_serial(o));
         let (pool, zone) = match self.zone_mut(i) {
             Ok(found) => found,
             Err(e) => {
@@ -46,7 +47,7 @@ impl Catalog {
         let answer = answer_for(pool, decision);
         if records_moved {
             info!(pool = %pool.name, answer = ?answer.addresses, shares = ?answer.shares, ttl = answer.ttl, servfail = answer.servfail, "answer changed");
-            zone.serial = zone.serial.wrapping_add(1);
+            zone.serial = next_serial(zone.serial, published);
             zone.sync.touch();
         } else {
             debug!(pool = %pool.name, shares = ?answer.shares, "shares moved");
@@ -68,6 +69,20 @@ impl Catalog {
         } else {
             self.publish();
             None
+        }
+    }
+
+    /// The serial of zone `origin` in the last snapshot published.
+    pub(super) fn published_serial(&self, origin: &LowerName) -> Option<u32> {
+        self.views.get(origin).map(|(_, v)| v.serial)
+    }
+
+    /// Moves zone `origin`'s serial for a change of its records: once per
+    /// publish, however many pools change before it.
+    pub(super) fn move_serial(&mut self, origin: &LowerName) {
+        let published = self.published_serial(origin);
+        if let Some(z) = self.zones.get_mut(origin) {
+            z.serial = next_serial(z.serial, published);
         }
     }
 
@@ -235,5 +250,16 @@ impl Catalog {
             saved.servfail = a.servfail;
         }
         saved
+    }
+}
+
+/// The serial a zone serving `serial` serves after a change of its
+/// records: one past the last published (`published`), so a batch of
+/// changes between two snapshots is one serial, one NOTIFY and one IXFR
+/// step; the same serial when the zone is ahead of it already.
+fn next_serial(serial: u32, published: Option<u32>) -> u32 {
+    match published {
+        Some(p) if p != serial => serial,
+        _ => serial.wrapping_add(1),
     }
 }

@@ -369,7 +369,7 @@ impl Catalog {
             }
             self.stable_stale = true;
             zone.sync.drop_block(gone.name.to_string());
-            zone.serial = zone.serial.wrapping_add(1);
+            self.move_serial(&origin);
             touched.push(origin.clone());
             info!(pool = %gone.name, "pool removed by configuration edit");
         }
@@ -402,9 +402,7 @@ impl Catalog {
             if changes.added.contains(&i) {
                 info!(pool = %self.table.pools()[i].name, "pool added by configuration edit");
                 self.restore(i, now, true, None);
-                if let Some(z) = self.zones.get_mut(&origin) {
-                    z.serial = z.serial.wrapping_add(1);
-                }
+                self.move_serial(&origin);
             } else if changes.reshaped.contains(&i) {
                 if let Some(d) = self.table.decide_anyway(i, now.instant) {
                     self.answer(i, d, now.instant);

@@ -378,3 +378,34 @@ fn time_alone_is_handled_at_poll_timeout_on_a_virtual_clock() {
     assert!(page.has_changed().unwrap(), "a board for the page");
     assert_eq!(page.borrow_and_update().pools.len(), 1);
 }
+
+#[test]
+fn a_batch_that_changes_many_pools_is_one_serial_one_notify_and_one_journal_step() {
+    let pools = r#"
+[[pool]]
+name = "www.one.example."
+policy = "priority"
+members = [ { id = "a", address = "127.0.0.1" }, { id = "b", address = "127.0.0.2" } ]
+
+[[pool]]
+name = "api.one.example."
+members = [ { id = "d", address = "127.0.0.4" }, { id = "e", address = "127.0.0.5" } ]
+"#;
+    let mut d = Driven::new(pools);
+    d.notified.clear();
+    let serial = d.c.zones[&origin("one.example.")].serial;
+    let (tx, _rx) = oneshot::channel();
+    let reports = vec![Report::health("www.one.example.", "a", false), Report::health("api.one.example.", "d", false)];
+    d.input(Input::Command(Command::Reports { reports, received: d.now.instant, reply: tx }));
+    assert_eq!(d.answer("www.one.example."), vec![ip("127.0.0.2")]);
+    assert_eq!(d.answer("api.one.example."), vec![ip("127.0.0.5")]);
+    let new = d.snapshot().zones[&origin("one.example.")].serial;
+    assert_eq!(new, serial.wrapping_add(1), "two pools changed in one publish: one serial");
+    assert_eq!(d.notified, vec![(Name::from_ascii("one.example.").unwrap(), new)], "and one NOTIFY");
+    let chain = d.c.zones[&origin("one.example.")].journal.since(serial).expect("journaled");
+    assert_eq!(chain.len(), 1, "one IXFR step");
+    // The next change is the next serial.
+    d.report("www.one.example.", "a", true);
+    assert_eq!(d.answer("www.one.example."), vec![ip("127.0.0.1")]);
+    assert_eq!(d.snapshot().zones[&origin("one.example.")].serial, new.wrapping_add(1));
+}
