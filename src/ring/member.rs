@@ -139,13 +139,105 @@ struct Watch {
     outstanding: Option<u64>,
 }
 
+/// The members known, with their dispatch capability, and a digest of
+/// their addresses kept as they change: the XOR of a hash of each, which
+/// does not depend on the order they came in. Read as the map it derefs
+/// to; changed only through `insert` and `remove`, which keep the digest.
+/// Our place in the ring (the buddies and whether we are the master) is
+/// kept the same way: what every message asks costs the same at any size.
+#[derive(Debug, Clone)]
+struct Members {
+    me: SocketAddr,
+    map: BTreeMap<SocketAddr, bool>,
+    digest: u64,
+    /// The next member up the ring and the previous one; `None` when alone.
+    buddies: Option<(SocketAddr, SocketAddr)>,
+    /// We have the smallest address.
+    master: bool,
+    /// The member with the smallest address (the master) and its
+    /// capability: its beacon reaches every member, and each knows it
+    /// without a search.
+    first: (SocketAddr, bool),
+}
+
+impl Members {
+    fn of(me: SocketAddr, capable: bool) -> Self {
+        let mut m = Self { me, map: BTreeMap::new(), digest: 0, buddies: None, master: true, first: (me, capable) };
+        m.insert(me, capable);
+        m
+    }
+
+    /// Inserts or updates `addr`; its old capability, if it was known.
+    fn insert(&mut self, addr: SocketAddr, capable: bool) -> Option<bool> {
+        let old = self.map.insert(addr, capable);
+        if old.is_none() {
+            self.digest ^= address_hash(addr);
+            self.placed();
+        } else if self.first.0 == addr {
+            self.first.1 = capable;
+        }
+        old
+    }
+
+    fn remove(&mut self, addr: &SocketAddr) -> Option<bool> {
+        let old = self.map.remove(addr);
+        if old.is_some() {
+            self.digest ^= address_hash(*addr);
+            self.placed();
+        }
+        old
+    }
+
+    /// Finds our place again after a change of members.
+    fn placed(&mut self) {
+        let me = self.me;
+        self.first = self.map.iter().next().map_or((me, false), |(a, c)| (*a, *c));
+        self.master = self.first.0 == me;
+        self.buddies = (self.map.len() >= 2).then(|| {
+            let first = || self.map.keys().next().copied().unwrap_or(me);
+            let last = || self.map.keys().next_back().copied().unwrap_or(me);
+            let next = self.map.range(me..).nth(1).map(|(a, _)| *a).unwrap_or_else(first);
+            let prev = self.map.range(..me).next_back().map(|(a, _)| *a).unwrap_or_else(last);
+            (next, prev)
+        });
+    }
+}
+
+impl std::ops::Deref for Members {
+    type Target = BTreeMap<SocketAddr, bool>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+/// A member's address hashed (FNV-1a over its bytes and port, then
+/// mixed), the same on every host.
+fn address_hash(a: SocketAddr) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let (family, ip) = match a.ip() {
+        std::net::IpAddr::V4(ip) => (4, ip.to_ipv6_mapped().octets()),
+        std::net::IpAddr::V6(ip) => (6, ip.octets()),
+    };
+    for b in std::iter::once(family).chain(ip).chain(a.port().to_be_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    // splitmix64's finalizer: each bit of the address moves every bit of
+    // the hash, so XORs of different sets do not cancel by accident.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 pub struct Member {
     me: SocketAddr,
     capable: bool,
     timing: Timing,
     phase: Phase,
     /// Every member known, with its dispatch capability (us included).
-    members: BTreeMap<SocketAddr, bool>,
+    members: Members,
     watch: BTreeMap<SocketAddr, Watch>,
     next_ping: Instant,
     last_token: Instant,
@@ -176,7 +268,7 @@ impl Member {
             capable,
             timing,
             phase: Phase::Joining { until: now + timing.broadcast_timeout },
-            members: BTreeMap::from([(me, capable)]),
+            members: Members::of(me, capable),
             watch: BTreeMap::new(),
             next_ping: now + timing.ping_interval,
             last_token: now,
@@ -202,8 +294,10 @@ impl Member {
         let capable = members.get(&me).copied().unwrap_or(false);
         let mut m = Self::join(me, capable, timing, now);
         m.outbox.clear();
-        m.members = members.clone();
-        m.members.insert(me, capable);
+        m.members = Members::of(me, capable);
+        for (&a, &c) in members {
+            m.members.insert(a, c);
+        }
         m.become_member(now);
         m.events.clear();
         m
@@ -217,20 +311,11 @@ impl Member {
         self.members.keys().copied().collect()
     }
 
-    /// A digest of the members we know (FNV-1a over their addresses):
-    /// equal views give equal digests on every member.
+    /// A digest of the members we know: equal views give equal digests
+    /// on every member. Kept as members come and go, so a Pong costs the
+    /// same in a ring of 10 as of 1,000.
     fn view(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for a in self.members.keys() {
-            let bytes: Vec<u8> = match a.ip() {
-                std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
-                std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
-            };
-            for b in bytes.into_iter().chain(a.port().to_be_bytes()) {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        h
+        self.members.digest
     }
 
     pub fn dispatcher(&self) -> Option<SocketAddr> {
@@ -244,12 +329,7 @@ impl Member {
     /// The next member up the ring (NDN) and the previous one (NUN); `None`
     /// when alone.
     pub fn buddies(&self) -> Option<(SocketAddr, SocketAddr)> {
-        if self.members.len() < 2 {
-            return None;
-        }
-        let next = self.members.range(self.me..).nth(1).or_else(|| self.members.iter().next()).map(|(a, _)| *a)?;
-        let prev = self.members.range(..self.me).next_back().or_else(|| self.members.iter().next_back()).map(|(a, _)| *a)?;
-        Some((next, prev))
+        self.members.buddies
     }
 
     /// The ring master (smallest address) circulates the heartbeat token.
@@ -262,7 +342,7 @@ impl Member {
     }
 
     fn is_master(&self) -> bool {
-        self.members.keys().next() == Some(&self.me)
+        self.members.master
     }
 
     /// Leaves gracefully: tells each buddy to replace us with the other
@@ -385,6 +465,8 @@ impl Member {
                 }
                 self.outbox.push_back((To::One(from), Msg::Hello { capable: self.capable }));
             }
+            // The master's beacon, as we know it: nothing to learn.
+            Msg::Hello { capable } if self.members.first == (from, capable) => {}
             Msg::Hello { capable } => {
                 // A stranger saying hello (a healed partition): say hello to
                 // everyone, so that its side learns all of ours, not just us.
@@ -492,7 +574,7 @@ impl Member {
             self.outbox.push_back((To::All, Msg::Purge { epoch }));
         }
         let capable = self.capable;
-        self.members = BTreeMap::from([(self.me, capable)]);
+        self.members = Members::of(self.me, capable);
         self.watch.clear();
         self.next_token = None;
         self.phase = Phase::Rebuilding { until: now + self.timing.broadcast_timeout };

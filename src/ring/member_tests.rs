@@ -444,3 +444,45 @@ fn a_member_some_views_lack_is_found_by_the_buddy_whose_view_differs() {
         assert_eq!(m.dispatcher(), Some(addr(2)), "{a}");
     }
 }
+
+#[test]
+fn the_view_digest_is_kept_as_members_come_and_go_and_does_not_depend_on_their_order() {
+    let all: Vec<SocketAddr> = (1..=200).map(addr).chain([SocketAddr::from(([0u16, 0, 0, 0, 0, 0xffff, 0xc0a8, 0x0101], 7946))]).collect();
+    let mut up = Members::of(all[0], false);
+    let mut down = Members::of(all[all.len() - 1], true);
+    for &a in &all[1..] {
+        up.insert(a, false);
+    }
+    for &a in all.iter().rev().skip(1) {
+        down.insert(a, true);
+    }
+    assert_eq!(up.digest, down.digest, "the same members in any order, whatever their capability");
+    let whole = up.digest;
+    up.remove(&addr(77));
+    assert_ne!(up.digest, whole);
+    assert_eq!(up.insert(addr(77), true), None);
+    assert_eq!(up.insert(addr(77), false), Some(true), "a change of capability is not a change of view");
+    assert_eq!(up.digest, whole);
+    // Our place is kept too: buddies, master and the first member agree
+    // with a search over the members after every change.
+    let mut m = Members::of(addr(100), true);
+    for (i, a) in (1..=200u8).map(|i| addr(i.wrapping_mul(37))).enumerate() {
+        if i % 3 == 2 {
+            m.remove(&a)
+        } else {
+            m.insert(a, i % 2 == 0)
+        };
+        let keys: Vec<SocketAddr> = m.keys().copied().collect();
+        let at = keys.iter().position(|k| *k == addr(100)).unwrap();
+        let n = keys.len();
+        let expect = (n >= 2).then(|| (keys[(at + 1) % n], keys[(at + n - 1) % n]));
+        assert_eq!(m.buddies, expect);
+        assert_eq!(m.master, at == 0);
+        assert_eq!(m.first, (keys[0], m[&keys[0]]));
+    }
+    // An IPv4 address and its IPv6-mapped form are different members.
+    let mut v4 = Members::of(addr(1), false);
+    v4.remove(&addr(1));
+    assert_eq!(v4.digest, 0);
+    assert_ne!(address_hash(addr(1)), address_hash(all[all.len() - 1]));
+}
