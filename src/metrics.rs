@@ -278,12 +278,27 @@ fn prometheus_text(open: &str) -> String {
 /// event stream among them) before it closes them.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Where the metrics server takes its connections from (a listener with
+/// a cap and timeouts: `sys::accept::Gate`).
+pub trait Listener: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection, and who it is from.
+    fn accept(&mut self) -> impl std::future::Future<Output = (Self::Io, std::net::SocketAddr)> + Send;
+
+    /// How long a client has for its whole request header.
+    fn header_timeout(&self) -> std::time::Duration;
+
+    /// Counts a connection closed because its header came too slowly.
+    fn slow(&self) -> Arc<Count>;
+}
+
 /// Serves `GET /metrics` from `registry`, and `pages`, on connections from
 /// `gate` until shutdown, in the format the scraper's `Accept` header
 /// prefers. A request header must arrive whole within the gate's
-/// handshake timeout (hyper's header deadline); a client that trickles
-/// it in is closed and counted.
-pub async fn serve(mut gate: crate::sys::accept::Gate, registry: Arc<Registry>, pages: axum::Router, shutdown: CancellationToken) {
+/// header timeout (hyper's header deadline); a client that trickles it
+/// in is closed and counted.
+pub async fn serve<L: Listener>(mut gate: L, registry: Arc<Registry>, pages: axum::Router, shutdown: CancellationToken) {
     use axum::http::{HeaderMap, header};
     use axum::routing::get;
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -299,19 +314,19 @@ pub async fn serve(mut gate: crate::sys::accept::Gate, registry: Arc<Registry>, 
     );
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(gate.handshake());
-    let counters = gate.counters();
+    http.timer(TokioTimer::new()).header_read_timeout(gate.header_timeout());
+    let slow = gate.slow();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             (stream, peer) = gate.accept() => {
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
-                let counters = counters.clone();
+                let slow = slow.clone();
                 connections.spawn(async move {
                     if let Err(error) = connection.await {
                         if error.is_timeout() {
-                            counters.slow.inc();
+                            slow.inc();
                         }
                         tracing::debug!(%peer, %error, "HTTP connection closed");
                     }

@@ -52,7 +52,7 @@ pub struct GateCounters {
     pub evicted: Count,
     /// Connections closed because a request (a DNS message, an HTTP
     /// request header) did not arrive whole within its deadline.
-    pub slow: Count,
+    pub slow: Arc<Count>,
     /// Connections open now (a gauge kept as a count).
     pub open: Count,
 }
@@ -158,12 +158,6 @@ impl Gate {
     /// so that connections trickling a request in cannot keep a scrape out.
     pub fn metrics(listener: TcpListener, limits: &Limits) -> Self {
         Self::new(listener, "metrics", limits.metrics_connections, limits.handshake_timeout, limits.metrics_idle).evicting()
-    }
-
-    /// How long a new connection has for its first bytes, and an HTTP
-    /// client for its whole request header.
-    pub fn handshake(&self) -> Duration {
-        self.handshake
     }
 
     /// A gRPC listener under `limits`.
@@ -439,6 +433,22 @@ impl Expose for Gates {
         )?;
         w.counters("vnamed_listener_full", "Times a listener reached its connection cap.", family(|c| &c.full))?;
         w.counters("vnamed_accept_exhausted", "Accepts that failed for want of file descriptors.", family(|c| &c.exhausted))
+    }
+}
+
+impl crate::metrics::Listener for Gate {
+    type Io = Guarded<TcpStream>;
+
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        Gate::accept(self).await
+    }
+
+    fn header_timeout(&self) -> Duration {
+        self.handshake
+    }
+
+    fn slow(&self) -> Arc<Count> {
+        self.counters.slow.clone()
     }
 }
 
