@@ -8,7 +8,8 @@
 # chromedriver for the status page, protoc (to build) and etcd (the cluster
 # tests). Safe to
 # run again: it installs only what is missing. --minimal: only what the demo
-# needs; --bench: also HAProxy, wrk and nginx for scripts/bench/dispatch.sh.
+# needs; --bench: also HAProxy, wrk and nginx for scripts/bench/dispatch.sh
+# and Knot DNS for scripts/bench/zone-memory.sh.
 set -euo pipefail
 
 need=()
@@ -43,9 +44,10 @@ if [ "${1:-}" != "--minimal" ] && ! python3 -c "import grpc, grpc_tools, grpc_he
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     grpcio grpcio-tools grpcio-health-checking grpcio-reflection dnspython prometheus-client
 fi
-# Only scripts/bench/dispatch.sh needs these.
+# Only the benchmarks need these.
 if [ "${1:-}" = "--bench" ]; then
   for t in haproxy wrk nginx; do command -v $t >/dev/null || need+=("$t"); done
+  command -v knotd >/dev/null || need+=(knot)
   [[ " ${need[*]} " == *" nginx "* ]] && need=("${need[@]/nginx/nginx-light}")
 fi
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -15,6 +15,19 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use vnamed::config::Config;
 use vnamed::{admin, authority, demo};
 
+/// jemalloc: it gives memory back as it decays (the system allocator keeps
+/// what one thread freed in that thread's arena, so each rewrite of a
+/// large zone file left its size behind: 1.2 GB after 20 answer changes
+/// of a 300,000-record zone that loads in 0.3 GB).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings: a background thread returns freed pages after a
+/// second, so what a zone load or rewrite needed for a moment is not kept.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// A DNS-centric load-balancing authority.
 #[derive(Parser)]
 #[command(name = "vnamed", version, about, propagate_version = true)]

@@ -299,7 +299,7 @@ pub struct Catalog {
     /// the pre-encoded static responses (stale when some zone's data
     /// changed), the virtual names' entries and which keys each pool owns.
     views: HashMap<LowerName, (Arc<crate::zone::ZoneData>, Arc<ZoneView>)>,
-    stable: Arc<HashMap<Box<[u8]>, fast::Entry>>,
+    stable: Arc<fast::StaticTable>,
     stable_stale: bool,
     dynamic: fast::Dynamic,
     pool_keys: HashMap<LowerName, Vec<Box<[u8]>>>,

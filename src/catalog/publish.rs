@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
-use hickory_proto::rr::{LowerName, Name};
+use hickory_proto::rr::{LowerName, Name, RecordType};
 
 use super::Catalog;
 use crate::dns::fast;
@@ -129,6 +129,14 @@ impl Catalog {
     /// whose answer changed. The serial in pre-encoded responses is a cell
     /// per zone, set here.
     pub(super) fn render(&mut self) {
+        // Pool names the zone's data lacks are made to exist there once (a
+        // copy of the data, then never again), not in each view built.
+        for z in self.zones.values_mut() {
+            if z.answers.keys().any(|p| !z.file.data.nodes.contains_key(p)) {
+                let file = Arc::make_mut(&mut z.file);
+                crate::zone::ZoneData::add_names(Arc::make_mut(&mut file.data), z.answers.keys());
+            }
+        }
         self.journal_serials();
         for (origin, z) in &self.zones {
             let data_changed = self.views.get(origin).is_none_or(|(data, _)| !Arc::ptr_eq(data, &z.file.data));
@@ -226,18 +234,23 @@ impl Catalog {
 /// the SOA and the address records of virtual names (the answers stand in
 /// for those): our own zone file writes change only those.
 fn same_static<'a>(a: &ZoneData, b: &ZoneData, pools: impl Iterator<Item = &'a LowerName>) -> bool {
-    use hickory_proto::rr::RData;
-    use hickory_proto::serialize::binary::BinEncodable;
+    use crate::zone::{Node, RrSet};
+    /// A node's sets that are the zone's own: not the SOA (its serial
+    /// moves), not a pool's addresses (its answer stands in for them).
+    fn own(node: &Node, pool: bool) -> impl Iterator<Item = &RrSet> {
+        node.rrsets.iter().filter(move |s| s.rtype != RecordType::SOA && !(pool && matches!(s.rtype, RecordType::A | RecordType::AAAA)))
+    }
     let pools: std::collections::HashSet<&LowerName> = pools.collect();
-    let keyed = |d: &ZoneData| -> std::collections::BTreeSet<Vec<u8>> {
-        d.records_sorted()
-            .into_iter()
-            .filter(|r| !matches!(r.data, RData::SOA(_)))
-            .filter(|r| !crate::dns::snapshot::managed(r, |n| pools.contains(n)))
-            .filter_map(|r| r.to_bytes().ok())
-            .collect()
+    let covers = |x: &ZoneData, y: &ZoneData| {
+        x.nodes.iter().all(|(name, node)| {
+            let pool = pools.contains(name);
+            let theirs = y.nodes.get(name);
+            let count = theirs.map_or(0, |n| own(n, pool).count());
+            own(node, pool).count() == count
+                && own(node, pool).all(|s| theirs.is_some_and(|n| own(n, pool).any(|t| t.rtype == s.rtype && t.records == s.records)))
+        })
     };
-    keyed(a) == keyed(b)
+    covers(a, b) && covers(b, a)
 }
 
 /// What the state store keeps of a change to a zone's journal.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hickory_proto::rr::{LowerName, Record};
 
 use super::answer::PoolAnswer;
-use crate::zone::{Node, ZoneData};
+use crate::zone::ZoneData;
 
 /// Every zone served, by origin.
 pub type Zones = HashMap<LowerName, Arc<ZoneView>>;
@@ -30,14 +30,7 @@ impl ZoneView {
     /// empty non-terminals, so that they never answer NXDOMAIN.
     pub fn new(mut data: Arc<ZoneData>, serial: u32, pools: HashMap<LowerName, Arc<PoolAnswer>>) -> Self {
         if pools.keys().any(|p| !data.nodes.contains_key(p)) {
-            let d = Arc::make_mut(&mut data);
-            for name in pools.keys() {
-                let mut name = name.clone();
-                while d.lower_origin.zone_of(&name) && !d.nodes.contains_key(&name) {
-                    d.nodes.insert(name.clone(), Node::default());
-                    name = name.base_name();
-                }
-            }
+            Arc::make_mut(&mut data).add_names(pools.keys());
         }
         let soa = data.soa_record(serial);
         Self { data, serial, soa, pools, journal: Arc::new(crate::zone::journal::Journal::new(0, 0)) }

@@ -14,7 +14,7 @@ use hickory_proto::rr::{LowerName, Name};
 use tokio::sync::mpsc;
 
 use super::sync::{WriteTicket, Written};
-use super::{MemberNote, ZoneError, ZoneFile, render_block, text};
+use super::{MemberNote, ZoneError, ZoneFile, render_block};
 use crate::sys::fs::write_atomic;
 
 /// Jobs waiting, at most.
@@ -161,11 +161,13 @@ fn write(job: WriteJob, limit: u64) -> WriteDone {
         done.error = Some("is a symbolic link: zone files in zones_dir must be regular files; not written".into());
         return done;
     }
-    // An edit we have not read yet wins over our write.
-    match read(&path, &done.origin, None, limit) {
-        Ok((text, parsed)) if *text != *done.ticket.based_on => {
+    // An edit we have not read yet wins over our write; the text is
+    // parsed only then.
+    match crate::files::read_regular(&path, limit, crate::files::Links::Refuse) {
+        Ok(text) if *text != *done.ticket.based_on => {
+            let parsed = ZoneFile::parse(&path, Name::from(&done.origin), text.clone());
             done.outcome = Written::Edited;
-            done.edit = Some((text, parsed));
+            done.edit = Some((text, Some(parsed)));
             return done;
         }
         Ok(_) => {}
@@ -177,9 +179,8 @@ fn write(job: WriteJob, limit: u64) -> WriteDone {
     for gone in &done.ticket.dropped {
         rendered.entry(gone.clone()).or_default();
     }
-    let text = text::rewrite(&base.text, &base.blocks, base.serial_span.clone(), serial, &rendered);
     // Never put a file on disk that we would refuse to load.
-    let file = match ZoneFile::parse(&path, base.data.origin.clone(), text) {
+    let file = match base.rewritten(serial, &rendered) {
         Ok(f) => f,
         Err(e) => {
             done.outcome = Written::Invalid;
@@ -238,7 +239,8 @@ mod tests {
         let written = done.file.unwrap();
         assert_eq!(written.serial, 8);
         assert!(written.text.contains("ns1 IN A 127.0.0.1"));
-        assert_eq!(written.addresses(&Name::from_ascii("www.example.").unwrap()), vec!["127.0.10.1".parse::<IpAddr>().unwrap()]);
+        let reparsed = ZoneFile::parse(&file.path, Name::from(&origin), written.text.clone()).unwrap();
+        assert_eq!(reparsed.addresses(&Name::from_ascii("www.example.").unwrap()), vec!["127.0.10.1".parse::<IpAddr>().unwrap()]);
         let Some(Done::Read { read, .. }) =
             run(Job::Read { origin: origin.clone(), path: file.path.clone(), force: false }, &mut wrote, 1 << 30)
         else {

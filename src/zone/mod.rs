@@ -81,6 +81,18 @@ impl ZoneData {
         out
     }
 
+    /// Makes `names` (the zone's virtual names) exist, with the empty
+    /// non-terminals above them, so that they never answer NXDOMAIN.
+    pub fn add_names<'a>(&mut self, names: impl Iterator<Item = &'a LowerName>) {
+        for name in names {
+            let mut name = name.clone();
+            while self.lower_origin.zone_of(&name) && !self.nodes.contains_key(&name) {
+                self.nodes.insert(name.clone(), Node::default());
+                name = name.base_name();
+            }
+        }
+    }
+
     /// The SOA record with the given serial.
     pub fn soa_record(&self, serial: u32) -> Record {
         let mut soa = self.soa.clone();
@@ -129,16 +141,19 @@ impl ZoneFile {
         let at = |line: usize, message: String| ZoneError::At { file: file.clone(), line, message };
         let entries = text::entries(&text).map_err(|e| at(e.line, e.message))?;
         let blocks = text::blocks(&text).map_err(|e| at(e.line, e.message))?;
-        let records = parse_records(&text, &entries, &origin).map_err(|(l, m)| at(l, m))?;
 
         let lower_origin = LowerName::from(&origin);
         let mut nodes: HashMap<LowerName, Node> = HashMap::new();
         let mut soa: Option<(SOA, u32, usize)> = None;
         let mut serial_span = None;
+        // Where each CNAME is, for the errors that name its line.
         let mut lines: HashMap<(LowerName, RecordType), usize> = HashMap::new();
         let mut count = 0;
         let mut address_lines = Vec::new();
-        for (record, line, entry) in records {
+        // Each record goes into its node as it is parsed: the records are
+        // never all held twice.
+        let each = |record: Record, line: usize, entry: usize| -> Result<(), (usize, String)> {
+            let at = |line: usize, message: String| (line, message);
             if record.dns_class != DNSClass::IN {
                 return Err(at(line, format!("class {} is not served; only IN", record.dns_class)));
             }
@@ -163,7 +178,9 @@ impl ZoneFile {
                 serial_span = Some(pos);
                 soa = Some((s.clone(), record.ttl, line));
             }
-            lines.entry((owner.clone(), rtype)).or_insert(line);
+            if rtype == RecordType::CNAME {
+                lines.entry((owner.clone(), rtype)).or_insert(line);
+            }
             if matches!(rtype, RecordType::A | RecordType::AAAA) {
                 address_lines.push((owner.clone(), line));
             }
@@ -183,7 +200,9 @@ impl ZoneFile {
                     count += 1;
                 }
             }
-        }
+            Ok(())
+        };
+        parse_records(&text, &entries, &origin, each).map_err(|(l, m)| at(l, m))?;
         let Some((soa, soa_ttl, _)) = soa else {
             return Err(ZoneError::Whole { file, message: format!("no SOA record at the zone apex {origin}") });
         };
@@ -226,6 +245,38 @@ impl ZoneFile {
         })
     }
 
+    /// This file with its managed blocks replaced by `rendered` (each
+    /// block's text by lower-case pool name; an empty one removes it) and
+    /// its serial set to `serial`. Only what changes is checked (each new
+    /// block parses, names records of this zone, and gives no CNAME owner
+    /// other data): the rest is this file's, which parsed. The data stays
+    /// this file's (the blocks only hold the pools' answers, which the
+    /// served answers override); what a file read back from disk would
+    /// give differs in those addresses alone.
+    pub fn rewritten(&self, serial: u32, rendered: &BTreeMap<String, String>) -> Result<ZoneFile, ZoneError> {
+        let file = self.path.display().to_string();
+        let at = |line: usize, message: String| ZoneError::At { file: file.clone(), line, message };
+        let data = &self.data;
+        for (pool, block) in rendered {
+            let within = |m: String| at(0, format!("the block written for {pool}: {m}"));
+            let entries = text::entries(block).map_err(|e| within(e.message))?;
+            let check = |record: Record, _, _| {
+                let owner = LowerName::from(&record.name);
+                if !data.lower_origin.zone_of(&owner) {
+                    return Err((0, format!("{} is outside the zone {}", record.name, data.origin)));
+                }
+                if data.nodes.get(&owner).is_some_and(|n| n.get(RecordType::CNAME).is_some()) {
+                    return Err((0, format!("{} has a CNAME and other data", record.name)));
+                }
+                Ok(())
+            };
+            parse_records(block, &entries, &data.origin, check).map_err(|(_, m)| within(m))?;
+        }
+        let (text, serial_span) = text::rewrite(&self.text, &self.blocks, self.serial_span.clone(), serial, rendered);
+        let blocks = text::blocks(&text).map_err(|e| at(e.line, e.message))?;
+        Ok(ZoneFile { path: self.path.clone(), text, data: data.clone(), serial, serial_span, blocks, address_lines: Vec::new() })
+    }
+
     /// The managed block for a pool, if the file has one.
     pub fn block(&self, pool: &Name) -> Option<&Block> {
         self.blocks.iter().find(|b| Name::from_ascii(&b.pool).is_ok_and(|n| LowerName::from(&n) == LowerName::from(pool)))
@@ -257,16 +308,19 @@ impl ZoneFile {
     }
 }
 
-type Parsed = Vec<(Record, usize, usize)>;
-
 /// Parses each record entry on its own so that every record, and every
-/// error, carries the line it came from.
-fn parse_records(src: &str, entries: &[text::Entry], origin: &Name) -> Result<Parsed, (usize, String)> {
+/// error, carries the line it came from; hands each record to `each` with
+/// its line and entry.
+fn parse_records(
+    src: &str,
+    entries: &[text::Entry],
+    origin: &Name,
+    mut each: impl FnMut(Record, usize, usize) -> Result<(), (usize, String)>,
+) -> Result<(), (usize, String)> {
     let mut origin = origin.clone();
     let mut default_ttl: Option<u32> = None;
     let mut last_ttl: Option<u32> = None;
     let mut last_owner: Option<Name> = None;
-    let mut out = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
         let line = entry.line;
         let first = entry.token(src, 0).unwrap_or_default();
@@ -302,11 +356,11 @@ fn parse_records(src: &str, entries: &[text::Entry], origin: &Name) -> Result<Pa
             for record in set.records_without_rrsigs() {
                 last_owner = Some(record.name.clone());
                 last_ttl = Some(record.ttl);
-                out.push((record.clone(), line, index));
+                each(record.clone(), line, index)?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The administrative notes kept for one member inside a managed block.
@@ -433,11 +487,30 @@ www.example. 5 IN A 127.0.10.1
         let body = render_block(&www, 5, &addrs, &[MemberNote { id: "web1".into(), pairs: vec![("weight".into(), "3".into())] }]);
         let mut replace = BTreeMap::new();
         replace.insert("www.example.".to_owned(), body);
-        let text = text::rewrite(&z.text, &z.blocks, z.serial_span.clone(), 2024010102, &replace);
-        let again = parse(&text).unwrap();
+        let written = z.rewritten(2024010102, &replace).unwrap();
+        let again = parse(&written.text).unwrap();
+        // What the rewrite works out without parsing is what a parse finds.
+        assert_eq!((written.serial, &written.serial_span, &written.blocks), (again.serial, &again.serial_span, &again.blocks));
+        assert!(Arc::ptr_eq(&written.data, &z.data), "the data is shared, not parsed again");
         assert_eq!(again.serial, 2024010102);
         assert_eq!(again.addresses(&www), addrs);
         assert_eq!(again.block(&www).unwrap().members[0].1, vec![("weight".to_owned(), "3".to_owned())]);
         assert!(again.text.contains("mail IN MX 10 ns1 ; an MX"));
+        // Written again over the block it wrote: the same.
+        let twice = written.rewritten(2024010103, &replace).unwrap();
+        assert_eq!(twice.text, written.text.replace("2024010102", "2024010103"));
+        // A block that would make a file we refuse is not written.
+        let mut cname = BTreeMap::new();
+        let mail = Name::from_ascii("mail.example.").unwrap();
+        cname.insert("mail.example.".to_owned(), render_block(&mail, 5, &addrs, &[]));
+        let with_cname = parse(&format!("{EXAMPLE}other IN CNAME mail\n")).unwrap();
+        let alias = Name::from_ascii("other.example.").unwrap();
+        let mut bad = BTreeMap::new();
+        bad.insert("other.example.".to_owned(), render_block(&alias, 5, &addrs, &[]));
+        assert!(with_cname.rewritten(3, &bad).unwrap_err().to_string().contains("CNAME and other data"));
+        let mut outside = BTreeMap::new();
+        outside.insert("www.other.".to_owned(), render_block(&Name::from_ascii("www.other.").unwrap(), 5, &addrs, &[]));
+        assert!(z.rewritten(3, &outside).unwrap_err().to_string().contains("outside the zone"));
+        assert!(z.rewritten(3, &cname).is_ok());
     }
 }

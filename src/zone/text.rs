@@ -219,7 +219,15 @@ pub fn blocks(src: &str) -> Result<Vec<Block>, TextError> {
 /// Rewrites `src`: each block named in `replace` (by lower-case pool name)
 /// gets the new body, blocks that do not exist yet are appended, and the SOA
 /// serial at `serial_span` becomes `serial`. Everything else is kept.
-pub fn rewrite(src: &str, found: &[Block], serial_span: Range<usize>, serial: u32, replace: &BTreeMap<String, String>) -> String {
+/// Returns the text and where the serial is in it.
+pub fn rewrite(
+    src: &str,
+    found: &[Block],
+    serial_span: Range<usize>,
+    serial: u32,
+    replace: &BTreeMap<String, String>,
+) -> (String, Range<usize>) {
+    let serial_at = serial_span.start;
     let mut edits: Vec<(Range<usize>, String)> = vec![(serial_span, serial.to_string())];
     let mut appended = String::new();
     for (pool, body) in replace {
@@ -231,8 +239,12 @@ pub fn rewrite(src: &str, found: &[Block], serial_span: Range<usize>, serial: u3
     edits.sort_by_key(|(r, _)| r.start);
     let mut out = String::with_capacity(src.len() + appended.len() + 64);
     let mut at = 0;
+    let mut new_span = 0..0;
     for (range, text) in edits {
         out.push_str(&src[at..range.start]);
+        if range.start == serial_at {
+            new_span = out.len()..out.len() + text.len();
+        }
         out.push_str(&text);
         at = range.end;
     }
@@ -243,7 +255,7 @@ pub fn rewrite(src: &str, found: &[Block], serial_span: Range<usize>, serial: u3
         }
         out.push_str(&appended);
     }
-    out
+    (out, new_span)
 }
 
 #[cfg(test)]
@@ -283,7 +295,8 @@ mod tests {
         let mut replace = BTreeMap::new();
         replace.insert("www.example.".to_owned(), "; vnamed:begin www.example.\nNEW\n; vnamed:end www.example.\n".to_owned());
         replace.insert("api.example.".to_owned(), "; vnamed:begin api.example.\nAPI\n; vnamed:end api.example.\n".to_owned());
-        let out = rewrite(&src, &found, span, 8, &replace);
+        let (out, serial) = rewrite(&src, &found, span, 8, &replace);
+        assert_eq!(&out[serial], "8");
         assert!(out.starts_with("$TTL 300\n@ IN SOA ns1 hostmaster ( 8 ; serial\n"));
         assert!(out.contains("\"a ; not a comment\""));
         assert!(out.contains("NEW\n; vnamed:end www.example.\n; trailing comment\n; vnamed:begin api.example.\nAPI\n"));
