@@ -111,8 +111,21 @@ pub struct ZoneFile {
     pub serial: u32,
     pub serial_span: Range<usize>,
     pub blocks: Vec<Block>,
+    /// Each block's index in `blocks`, by pool name.
+    block_index: HashMap<LowerName, usize>,
     /// Owner and line of every A and AAAA record.
     pub address_lines: Vec<(LowerName, usize)>,
+}
+
+/// Blocks by pool name (the first of a name, as a search would find).
+fn index_blocks(blocks: &[Block]) -> HashMap<LowerName, usize> {
+    let mut index = HashMap::with_capacity(blocks.len());
+    for (i, b) in blocks.iter().enumerate() {
+        if let Ok(name) = Name::from_ascii(&b.pool) {
+            index.entry(LowerName::from(&name)).or_insert(i);
+        }
+    }
+    index
 }
 
 /// The zone name a file in `zones_dir` serves: `demo.example.zone` → `demo.example.`.
@@ -240,6 +253,7 @@ impl ZoneFile {
             data: Arc::new(ZoneData { origin, lower_origin, soa, soa_ttl, nodes, record_count: count }),
             serial,
             text,
+            block_index: index_blocks(&blocks),
             blocks,
             address_lines,
         })
@@ -274,12 +288,22 @@ impl ZoneFile {
         }
         let (text, serial_span) = text::rewrite(&self.text, &self.blocks, self.serial_span.clone(), serial, rendered);
         let blocks = text::blocks(&text).map_err(|e| at(e.line, e.message))?;
-        Ok(ZoneFile { path: self.path.clone(), text, data: data.clone(), serial, serial_span, blocks, address_lines: Vec::new() })
+        let block_index = index_blocks(&blocks);
+        Ok(ZoneFile {
+            path: self.path.clone(),
+            text,
+            data: data.clone(),
+            serial,
+            serial_span,
+            blocks,
+            block_index,
+            address_lines: Vec::new(),
+        })
     }
 
     /// The managed block for a pool, if the file has one.
     pub fn block(&self, pool: &Name) -> Option<&Block> {
-        self.blocks.iter().find(|b| Name::from_ascii(&b.pool).is_ok_and(|n| LowerName::from(&n) == LowerName::from(pool)))
+        self.block_index.get(&LowerName::from(pool)).and_then(|&i| self.blocks.get(i))
     }
 
     /// Lines of A/AAAA records for a virtual name outside its managed block:

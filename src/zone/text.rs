@@ -230,8 +230,10 @@ pub fn rewrite(
     let serial_at = serial_span.start;
     let mut edits: Vec<(Range<usize>, String)> = vec![(serial_span, serial.to_string())];
     let mut appended = String::new();
+    // By lower-case name: a zone of 100,000 pools is not searched 100,000 times.
+    let by_pool: std::collections::HashMap<String, &Block> = found.iter().rev().map(|b| (b.pool.to_ascii_lowercase(), b)).collect();
     for (pool, body) in replace {
-        match found.iter().find(|b| b.pool.eq_ignore_ascii_case(pool)) {
+        match by_pool.get(&pool.to_ascii_lowercase()) {
             Some(b) => edits.push((b.bytes.clone(), body.clone())),
             None => appended.push_str(body),
         }
