@@ -58,9 +58,9 @@ for p in range(n):
   sleep 1
   before=$(serial)
   took=$("$batch" "http://$ip:7494" bench pools.test "$down" down)
-  until [ "$(answer "p$((down - 1)).pools.test")" = "$(answer "p$((down - 1)).pools.test" | grep '^10\.2\.')" ] && answer "p$((down - 1)).pools.test" | grep -q '^10\.2\.'; do
-    sleep 0.05
-  done
+  # Answered once the last pool of the batch answers its other member.
+  last=$((down - 1))
+  until [ "$(answer "p$last.pools.test")" = "10.2.$((last / 250 % 250)).$((last % 250 + 1))" ]; do sleep 0.05; done
   sleep 2
   after_mem=$(pss "$pid")
   moved=$(( $(serial) - before ))

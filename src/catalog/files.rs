@@ -123,13 +123,10 @@ impl Catalog {
             && let Some(mut file) = done.file
         {
             // Our own write changes only pool records, which the answers
-            // override anyway: keep serving (and the pre-encoded table
-            // built from) the same data unless it lacked a pool's name.
-            if z.answers.keys().all(|p| z.file.data.nodes.contains_key(p)) {
-                file.data = z.file.data.clone();
-            } else {
-                self.stable_stale = true;
-            }
+            // override anyway, and carries the data it was based on: keep
+            // serving (and the pre-encoded table built from) the data held
+            // now, which may have gained pool names since.
+            file.data = z.file.data.clone();
             let old = std::mem::replace(&mut z.file, Arc::new(file));
             self.out.push_back(Output::Job(Job::Release(old)));
         }

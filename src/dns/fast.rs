@@ -457,56 +457,45 @@ impl Template {
     }
 }
 
-/// The entries of one name and type in every EDNS shape (`turns` rotations
-/// each). `serial`: the zone's serial cell, for responses that carry it;
-/// without one, such responses are not pre-encoded. `pool`: the virtual
-/// name's answer and whether the type is AAAA, so that its responses can
-/// be filled in from a template.
-#[allow(clippy::too_many_arguments)]
-fn entries(
-    zones: &Zones,
-    name: &LowerName,
-    qtype: RecordType,
-    (leads, order): (&[usize], &Arc<[u16]>),
-    only_positive: bool,
-    counters: Option<&Arc<crate::metrics::PoolCounters>>,
-    serial: Option<&Arc<AtomicU32>>,
-    pool: Option<(&PoolAnswer, bool)>,
-) -> Vec<(Box<[u8]>, Entry)> {
+/// The entries of a virtual name's A or AAAA answers (`aaaa`) in every
+/// EDNS shape, one response per rotation the pool's turns give. `serial`:
+/// the zone's serial cell, for the NODATA responses that carry it. After
+/// the first two, responses are filled in from a template where they can be.
+fn entries(zones: &Zones, name: &LowerName, pool: &PoolAnswer, aaaa: bool, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Entry)> {
+    let qtype = if aaaa { RecordType::AAAA } else { RecordType::A };
+    let (leads, order) = pool.turns(aaaa);
+    let order: Arc<[u16]> = Arc::from(order);
     let mut out = Vec::with_capacity(SHAPES.len());
     'shapes: for shape in SHAPES {
         let mut responses: Vec<Box<[u8]>> = Vec::with_capacity(leads.len());
         let mut at = None;
         let mut template: Option<Template> = None;
-        for &lead in leads {
-            if let (Some(t), Some((p, aaaa))) = (&template, pool)
-                && let Some(bytes) = t.fill(p.records(aaaa, Turn::Lead(lead)))
+        for &lead in &leads {
+            if let Some(t) = &template
+                && let Some(bytes) = t.fill(pool.records(aaaa, Turn::Lead(lead)))
             {
                 responses.push(bytes);
                 continue;
             }
             let answer = lookup_turn(zones, name, qtype, DNSClass::IN, Turn::Lead(lead));
-            if only_positive && (answer.rcode != ResponseCode::NoError || answer.answers.is_empty() || !answer.authoritative) {
-                return Vec::new();
-            }
             let Some(bytes) = encode(&answer, name, qtype, shape) else { continue 'shapes };
             if has_soa(&answer) {
-                match (serial, serial_offset(&answer, name, qtype, shape, &bytes)) {
-                    (Some(_), Some(offset)) if at.is_none_or(|a| a == offset) => at = Some(offset),
+                match serial_offset(&answer, name, qtype, shape, &bytes) {
+                    Some(offset) if at.is_none_or(|a| a == offset) => at = Some(offset),
                     _ => continue 'shapes,
                 }
             }
             responses.push(bytes);
-            if responses.len() == 2 && pool.is_some() && at.is_none() {
+            if responses.len() == 2 && at.is_none() {
                 template = Template::of(&responses[0], &responses[1]);
             }
         }
-        let serial = at.zip(serial).map(|(at, s)| SerialPatch { at, serial: s.clone() });
+        let serial = at.map(|at| SerialPatch { at, serial: serial.clone() });
         let entry = Entry {
             responses: responses.into_boxed_slice(),
             order: order.clone(),
             turns: Turns::random(),
-            counters: counters.cloned(),
+            counters: Some(pool.counters.clone()),
             serial,
         };
         out.push((key_of(name, qtype, shape), entry));
@@ -578,15 +567,7 @@ pub fn build_stable(zones: &Zones, serials: &HashMap<LowerName, Arc<AtomicU32>>)
 /// Pre-encodes one virtual name (every rotation, A and AAAA); NODATA
 /// answers carry the zone's `serial` cell.
 pub fn pool_entries(zones: &Zones, name: &LowerName, pool: &PoolAnswer, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Arc<Entry>)> {
-    [RecordType::A, RecordType::AAAA]
-        .into_iter()
-        .flat_map(|t| {
-            let (leads, order) = pool.turns(t == RecordType::AAAA);
-            let aaaa = t == RecordType::AAAA;
-            entries(zones, name, t, (&leads, &Arc::from(order)), false, Some(&pool.counters), Some(serial), Some((pool, aaaa)))
-        })
-        .map(|(k, e)| (k, Arc::new(e)))
-        .collect()
+    [false, true].into_iter().flat_map(|aaaa| entries(zones, name, pool, aaaa, serial)).map(|(k, e)| (k, Arc::new(e))).collect()
 }
 
 /// Every table of a snapshot built at once (tests, fuzzing, benchmarks):

@@ -163,14 +163,13 @@ fn write(job: WriteJob, limit: u64) -> WriteDone {
     }
     // An edit we have not read yet wins over our write; the text is
     // parsed only then.
-    match crate::files::read_regular(&path, limit, crate::files::Links::Refuse) {
-        Ok(text) if *text != *done.ticket.based_on => {
-            let parsed = ZoneFile::parse(&path, Name::from(&done.origin), text.clone());
+    match read(&path, &done.origin, Some(&done.ticket.based_on), limit) {
+        Ok((text, Some(parsed))) => {
             done.outcome = Written::Edited;
             done.edit = Some((text, Some(parsed)));
             return done;
         }
-        Ok(_) => {}
+        Ok((_, None)) => {}
         // Gone or unreadable: write it anew from what we hold.
         Err(_) => {}
     }
