@@ -364,7 +364,7 @@ impl Catalog {
             if let Some(node) = data.nodes.get_mut(&gone.key) {
                 node.rrsets.retain(|s| !matches!(s.rtype, RecordType::A | RecordType::AAAA));
                 if node.rrsets.is_empty() && !data.nodes.keys().any(|n| n != &gone.key && gone.key.zone_of(n)) {
-                    data.nodes.remove(&gone.key);
+                    data.nodes.swap_remove(&gone.key);
                 }
             }
             self.stable_stale = true;

@@ -246,8 +246,7 @@ fn same_static<'a>(a: &ZoneData, b: &ZoneData, pools: impl Iterator<Item = &'a L
             let pool = pools.contains(name);
             let theirs = y.nodes.get(name);
             let count = theirs.map_or(0, |n| own(n, pool).count());
-            own(node, pool).count() == count
-                && own(node, pool).all(|s| theirs.is_some_and(|n| own(n, pool).any(|t| t.rtype == s.rtype && t.records == s.records)))
+            own(node, pool).count() == count && own(node, pool).all(|s| theirs.is_some_and(|n| own(n, pool).any(|t| t == s)))
         })
     };
     covers(a, b) && covers(b, a)

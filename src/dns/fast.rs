@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, RecordType};
-use hickory_proto::serialize::binary::BinEncodable;
 
 use super::answer::{PoolAnswer, Turn};
-use super::lookup::{Answer, lookup_turn};
+use super::encode::{OPT_LEN, encode, has_soa, serial_offset};
+pub use super::encode::{SerialPatch, Shape, key_of};
+use super::lookup::lookup_turn;
+pub use super::stable::{StaticTable, build_stable};
 use super::view::Zones;
 use super::wire::{UDP_PAYLOAD, options_ok};
 
@@ -23,16 +24,6 @@ use super::wire::{UDP_PAYLOAD, options_ok};
 const MAX_NAME: usize = 255;
 /// A key: lower-cased wire name, query type, EDNS shape.
 pub const MAX_KEY: usize = MAX_NAME + 3;
-/// Static entries per snapshot, to bound memory on huge zones.
-const MAX_STATIC: usize = 1_000_000;
-
-/// How the query carried EDNS, which decides the shape of the response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Shape {
-    Plain = 0,
-    Edns = 1,
-    EdnsDo = 2,
-}
 
 const SHAPES: [Shape; 3] = [Shape::Plain, Shape::Edns, Shape::EdnsDo];
 
@@ -118,17 +109,6 @@ pub fn parse(req: &[u8], key: &mut [u8; MAX_KEY]) -> Option<FastQuery> {
     Some(FastQuery { id: [req[0], req[1]], rd: b2 & 1 != 0, cd: b3 & 0x10 != 0, question_end, max_size, key_len: k + 3 })
 }
 
-/// Where a pre-encoded response carries its zone's SOA serial, and the
-/// zone's serial now: the serial moves with every answer change, so it is
-/// written in when answering instead of re-encoding every response that
-/// holds it (the apex SOA, NODATA answers of virtual names).
-#[derive(Debug, Clone)]
-pub struct SerialPatch {
-    pub at: usize,
-    pub serial: Arc<AtomicU32>,
-}
-
-/// Where an entry with several responses is in its cycle. Each entry keeps
 /// its own, so a name's answers follow its schedule whatever else is asked;
 /// it starts at a random place, so a pool re-encoded often does not favour
 /// the start of its schedule.
@@ -164,24 +144,6 @@ pub struct Entry {
     pub counters: Option<Arc<crate::metrics::PoolCounters>>,
     pub serial: Option<SerialPatch>,
 }
-
-/// One static name and type's response: the EDNS shape alone (OPT last,
-/// DO clear). The other two are made from it when answering: without
-/// EDNS it is the same message up to its OPT record; with DO set it is
-/// the same with the DO bit set. A third of the memory of three copies,
-/// in a zone of a million names.
-#[derive(Debug, Clone)]
-pub struct Static {
-    pub response: Box<[u8]>,
-    pub serial: Option<SerialPatch>,
-}
-
-/// The static responses, keyed by lower-cased wire name and type.
-pub type StaticTable = HashMap<Box<[u8]>, Static>;
-
-/// An OPT record as `encode` writes it last: root owner, type, payload,
-/// extended RCODE, version, flags, no options.
-const OPT_LEN: usize = 11;
 
 /// Shards of the virtual names' entries: a change to one pool copies one
 /// shard's table, not every pool's entries.
@@ -303,8 +265,7 @@ impl FastTable {
     /// A static name's response in the shape the query asks for.
     fn respond_static(&self, req: &[u8], q: &FastQuery, key: &[u8], out: &mut [u8]) -> Option<FastReply> {
         let (name_and_type, shape) = key.split_at(key.len() - 1);
-        let entry = self.stable.get(name_and_type)?;
-        let full = &entry.response;
+        let (full, serial) = self.stable.get(name_and_type)?;
         let len = if shape[0] == Shape::Plain as u8 { full.len() - OPT_LEN } else { full.len() };
         if len > q.max_size || len > out.len() {
             return None; // the slow path truncates properly
@@ -317,7 +278,7 @@ impl FastTable {
         } else if shape[0] == Shape::EdnsDo as u8 {
             out[len - 4] |= 0x80; // DO, in the OPT record's flags
         }
-        patch(out, req, q, entry.serial.as_ref());
+        patch(out, req, q, serial);
         Some(FastReply { len, name_and_type: q.key_len - 1, question_end: q.question_end })
     }
 }
@@ -333,60 +294,6 @@ fn patch(out: &mut [u8], req: &[u8], q: &FastQuery, serial: Option<&SerialPatch>
     if let Some(p) = serial {
         out[p.at..p.at + 4].copy_from_slice(&p.serial.load(Ordering::Relaxed).to_be_bytes());
     }
-}
-
-pub fn key_of(name: &LowerName, qtype: RecordType, shape: Shape) -> Box<[u8]> {
-    let mut key = Name::from(name).to_lowercase().to_bytes().unwrap_or_default();
-    key.extend_from_slice(&u16::from(qtype).to_be_bytes());
-    key.push(shape as u8);
-    key.into_boxed_slice()
-}
-
-/// Encodes an answer as the slow path would send it to a canonical query
-/// (ID 0, RD and CD clear).
-pub fn encode(answer: &Answer, name: &LowerName, qtype: RecordType, shape: Shape) -> Option<Box<[u8]>> {
-    let mut m = Message::new(0, MessageType::Response, OpCode::Query);
-    m.metadata.authoritative = answer.authoritative;
-    m.metadata.response_code = answer.rcode;
-    let mut q = Query::query(Name::from(name), qtype);
-    q.set_query_class(DNSClass::IN);
-    m.add_query(q);
-    m.insert_answers(answer.answers.clone());
-    m.insert_authorities(answer.authority.clone());
-    m.insert_additionals(answer.additional.clone());
-    if shape != Shape::Plain {
-        let mut edns = Edns::new();
-        edns.set_max_payload(UDP_PAYLOAD);
-        edns.set_version(0);
-        edns.set_dnssec_ok(shape == Shape::EdnsDo);
-        m.set_edns(edns);
-    }
-    let bytes = m.to_vec().ok()?;
-    (bytes.len() <= UDP_PAYLOAD as usize).then(|| bytes.into_boxed_slice())
-}
-
-/// Where the one SOA serial in `answer`'s encoding is: found by encoding it
-/// again with every serial bit flipped. `None` when it holds no single SOA.
-fn serial_offset(answer: &Answer, name: &LowerName, qtype: RecordType, shape: Shape, encoded: &[u8]) -> Option<usize> {
-    let mut flipped = answer.clone();
-    let mut soas = 0;
-    for r in flipped.answers.iter_mut().chain(flipped.authority.iter_mut()) {
-        if let RData::SOA(soa) = &mut r.data {
-            soa.serial = !soa.serial;
-            soas += 1;
-        }
-    }
-    if soas != 1 {
-        return None;
-    }
-    let other = encode(&flipped, name, qtype, shape)?;
-    let first = encoded.iter().zip(other.iter()).position(|(a, b)| a != b)?;
-    let last = encoded.iter().zip(other.iter()).rposition(|(a, b)| a != b)?;
-    (other.len() == encoded.len() && last == first + 3).then_some(first)
-}
-
-fn has_soa(answer: &Answer) -> bool {
-    answer.authority.iter().chain(&answer.answers).any(|r| r.record_type() == RecordType::SOA)
 }
 
 /// Where each answer record's data sits in an encoded response, in order.
@@ -502,68 +409,6 @@ fn entries(zones: &Zones, name: &LowerName, pool: &PoolAnswer, aaaa: bool, seria
     }
     out
 }
-
-/// One static name and type's response (the EDNS shape), or `None` when
-/// the fast path leaves it to the slow one: not a positive answer (unless
-/// `any`), too big, or a serial it cannot patch.
-fn static_entry(zones: &Zones, name: &LowerName, qtype: RecordType, any: bool, serial: Option<&Arc<AtomicU32>>) -> Option<Static> {
-    let answer = lookup_turn(zones, name, qtype, DNSClass::IN, Turn::Lead(0));
-    if !any && (answer.rcode != ResponseCode::NoError || answer.answers.is_empty() || !answer.authoritative) {
-        return None;
-    }
-    let response = encode(&answer, name, qtype, Shape::Edns)?;
-    // The OPT record is last, and alone at its place: cutting it off gives
-    // the response without EDNS.
-    let opt = response.len().checked_sub(OPT_LEN).map(|at| &response[at..])?;
-    if opt[..3] != [0, 0, 41] || opt[9..] != [0, 0] || u16::from_be_bytes([response[10], response[11]]) == 0 {
-        return None;
-    }
-    let serial = match (has_soa(&answer), serial) {
-        (false, _) => None,
-        (true, Some(cell)) => Some(SerialPatch { at: serial_offset(&answer, name, qtype, Shape::Edns, &response)?, serial: cell.clone() }),
-        (true, None) => return None,
-    };
-    Some(Static { response, serial })
-}
-
-/// The key of a static name and type: `key_of` without the shape.
-fn static_key(name: &LowerName, qtype: RecordType) -> Box<[u8]> {
-    let mut key = key_of(name, qtype, Shape::Plain).into_vec();
-    key.pop();
-    key.into_boxed_slice()
-}
-
-/// Pre-encodes every static name and type the zones hold (positive answers
-/// without a serial only), and each apex SOA with its zone's serial cell.
-pub fn build_stable(zones: &Zones, serials: &HashMap<LowerName, Arc<AtomicU32>>) -> StaticTable {
-    let mut table = HashMap::new();
-    'zones: for zone in zones.values() {
-        let origin = &zone.data.lower_origin;
-        if let Some(e) = static_entry(zones, origin, RecordType::SOA, true, serials.get(origin)) {
-            table.insert(static_key(origin, RecordType::SOA), e);
-        }
-        for (name, node) in &zone.data.nodes {
-            if zone.pools.contains_key(name) || name.is_wildcard() {
-                continue;
-            }
-            let mut types: Vec<RecordType> = node.rrsets.iter().map(|s| s.rtype).filter(|t| *t != RecordType::SOA).collect();
-            if node.get(RecordType::CNAME).is_some() {
-                types.extend([RecordType::A, RecordType::AAAA]);
-            }
-            for t in types {
-                if table.len() >= MAX_STATIC {
-                    break 'zones;
-                }
-                if let Some(e) = static_entry(zones, name, t, false, None) {
-                    table.insert(static_key(name, t), e);
-                }
-            }
-        }
-    }
-    table.shrink_to_fit();
-    table
-}
-
 /// Pre-encodes one virtual name (every rotation, A and AAAA); NODATA
 /// answers carry the zone's `serial` cell.
 pub fn pool_entries(zones: &Zones, name: &LowerName, pool: &PoolAnswer, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Arc<Entry>)> {
@@ -587,6 +432,7 @@ pub fn build_all(zones: &Zones) -> FastTable {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use std::collections::HashMap;
     use std::path::Path;
 
@@ -734,7 +580,13 @@ mod tests {
         assert!(nodata.answers.is_empty());
         assert_eq!(serial_of(&nodata), Some(3), "NODATA for a virtual name carries the SOA");
         let origin = LowerName::from(Name::from_ascii("example.").unwrap());
-        let cell = t.stable[&static_key(&origin, RecordType::SOA)].serial.as_ref().expect("the apex SOA is patched").serial.clone();
+        let cell = t
+            .stable
+            .get(&crate::dns::stable::static_key(&origin, RecordType::SOA))
+            .and_then(|(_, p)| p)
+            .expect("the apex SOA is patched")
+            .serial
+            .clone();
         cell.store(0xdead_beef, Ordering::Relaxed);
         assert_eq!(serial_of(&ask("example.", RecordType::SOA, Some(true))), Some(0xdead_beef));
         assert_eq!(serial_of(&ask("www.example.", RecordType::AAAA, None)), Some(0xdead_beef), "one cell per zone");

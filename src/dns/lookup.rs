@@ -84,8 +84,9 @@ fn step(zone: &ZoneView, qname: &LowerName, qtype: RecordType, turn: Turn, out: 
         if out.answers.is_empty() {
             out.authoritative = false;
         }
-        out.authority.extend(ns.records.iter().cloned());
-        glue(zone, ns.records.iter(), out);
+        let ns: Vec<Record> = ns.records(&Name::from(&cut)).collect();
+        glue(zone, ns.iter(), out);
+        out.authority.extend(ns);
         return Step::Done;
     }
     if let Some(pool) = zone.pools.get(qname)
@@ -107,30 +108,23 @@ fn step(zone: &ZoneView, qname: &LowerName, qtype: RecordType, turn: Turn, out: 
     let node = match data.nodes.get(qname) {
         Some(node) => node,
         None => match wildcard(zone, qname) {
-            Some(node) => return answer_node(zone, node, Some(qname), qtype, out),
+            Some(node) => return answer_node(zone, node, qname, qtype, out),
             None => {
                 negative(zone, out, ResponseCode::NXDomain);
                 return Step::Done;
             }
         },
     };
-    answer_node(zone, node, None, qtype, out)
+    answer_node(zone, node, qname, qtype, out)
 }
 
-/// Answers from a node; `synth` is the query name when the node is a wildcard.
-fn answer_node(zone: &ZoneView, node: &Node, synth: Option<&LowerName>, qtype: RecordType, out: &mut Answer) -> Step {
-    let owned = |r: &Record| match synth {
-        Some(q) => {
-            let mut r = r.clone();
-            r.name = Name::from(q);
-            r
-        }
-        None => r.clone(),
-    };
+/// Answers `qname` from a node: its own, or the wildcard that stands for it.
+fn answer_node(zone: &ZoneView, node: &Node, qname: &LowerName, qtype: RecordType, out: &mut Answer) -> Step {
+    let owner = Name::from(qname);
     if qtype != RecordType::CNAME
         && let Some(cname) = node.get(RecordType::CNAME)
+        && let Some(record) = cname.records(&owner).next()
     {
-        let record = owned(&cname.records[0]);
         let target = match &record.data {
             RData::CNAME(c) => c.0.clone(),
             _ => unreachable!("CNAME set holds CNAME data"),
@@ -149,8 +143,9 @@ fn answer_node(zone: &ZoneView, node: &Node, synth: Option<&LowerName>, qtype: R
     }
     match node.get(rtype) {
         Some(set) => {
-            out.answers.extend(set.records.iter().map(owned));
-            glue(zone, set.records.iter(), out);
+            let records: Vec<Record> = set.records(&owner).collect();
+            glue(zone, records.iter(), out);
+            out.answers.extend(records);
         }
         None => negative(zone, out, ResponseCode::NoError),
     }
@@ -222,7 +217,7 @@ fn glue<'a>(zone: &ZoneView, records: impl Iterator<Item = &'a Record>, out: &mu
         } else if let Some(node) = zone.data.nodes.get(&target) {
             for t in [RecordType::A, RecordType::AAAA] {
                 if let Some(set) = node.get(t) {
-                    out.additional.extend(set.records.iter().cloned());
+                    out.additional.extend(set.records(&Name::from(&target)));
                 }
             }
         }

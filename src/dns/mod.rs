@@ -3,6 +3,7 @@
 //! handler, the UDP workers and TCP listeners, and NOTIFY to secondaries.
 
 pub mod answer;
+pub mod encode;
 pub mod fast;
 #[doc(hidden)]
 pub mod fixture;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod notify;
 pub mod rrl;
 pub mod snapshot;
+pub mod stable;
 pub mod tcp;
 pub mod udp;
 pub mod view;

@@ -63,7 +63,7 @@ pub fn managed(r: &Record, is_pool: impl Fn(&LowerName) -> bool) -> bool {
 pub fn zone_records(zone: &ZoneView) -> Vec<Record> {
     let mut records: Vec<Record> = Vec::with_capacity(zone.data.record_count + 2);
     records.push(zone.soa.clone());
-    records.extend(zone.data.records_sorted().into_iter().filter(|r| !managed(r, |n| zone.pools.contains_key(n))).cloned());
+    records.extend(zone.data.records_sorted().into_iter().filter(|r| !managed(r, |n| zone.pools.contains_key(n))));
     let mut pools: Vec<&Arc<PoolAnswer>> = zone.pools.values().collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     for pool in pools {

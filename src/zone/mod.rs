@@ -3,8 +3,10 @@
 //! problem with its file and line), and rendering the managed blocks vnamed
 //! writes back for its virtual names.
 
+pub mod data;
 pub mod io;
 pub mod journal;
+mod records;
 pub mod sync;
 pub mod text;
 
@@ -19,8 +21,9 @@ use crate::config::ident;
 
 use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
-use hickory_proto::serialize::txt::{Parser, parse_ttl};
+use records::parse_records;
 
+pub use data::{Node, Nodes, RrSet, ZoneData};
 pub use text::Block;
 
 /// A problem with a zone file, pointing at the line that causes it.
@@ -32,73 +35,6 @@ pub enum ZoneError {
     At { file: String, line: usize, message: String },
     #[error("{file}: {message}")]
     Whole { file: String, message: String },
-}
-
-/// One RRset at a node.
-#[derive(Debug, Clone)]
-pub struct RrSet {
-    pub rtype: RecordType,
-    pub records: Vec<Record>,
-}
-
-/// Everything stored at one owner name. An empty node is an empty
-/// non-terminal: the name exists (NODATA, not NXDOMAIN) but holds nothing.
-#[derive(Debug, Clone, Default)]
-pub struct Node {
-    pub rrsets: Vec<RrSet>,
-}
-
-impl Node {
-    pub fn get(&self, rtype: RecordType) -> Option<&RrSet> {
-        self.rrsets.iter().find(|s| s.rtype == rtype)
-    }
-}
-
-/// The records of one zone, indexed for answering.
-#[derive(Debug, Clone)]
-pub struct ZoneData {
-    pub origin: Name,
-    pub lower_origin: LowerName,
-    pub soa: SOA,
-    pub soa_ttl: u32,
-    pub nodes: HashMap<LowerName, Node>,
-    pub record_count: usize,
-}
-
-impl ZoneData {
-    /// Every record in zone-transfer order: SOA first, then the rest by name.
-    pub fn records_sorted(&self) -> Vec<&Record> {
-        let mut names: Vec<&LowerName> = self.nodes.keys().collect();
-        names.sort();
-        let mut out = Vec::with_capacity(self.record_count);
-        for name in names {
-            for set in &self.nodes[name].rrsets {
-                if set.rtype != RecordType::SOA {
-                    out.extend(set.records.iter());
-                }
-            }
-        }
-        out
-    }
-
-    /// Makes `names` (the zone's virtual names) exist, with the empty
-    /// non-terminals above them, so that they never answer NXDOMAIN.
-    pub fn add_names<'a>(&mut self, names: impl Iterator<Item = &'a LowerName>) {
-        for name in names {
-            let mut name = name.clone();
-            while self.lower_origin.zone_of(&name) && !self.nodes.contains_key(&name) {
-                self.nodes.insert(name.clone(), Node::default());
-                name = name.base_name();
-            }
-        }
-    }
-
-    /// The SOA record with the given serial.
-    pub fn soa_record(&self, serial: u32) -> Record {
-        let mut soa = self.soa.clone();
-        soa.serial = serial;
-        Record::from_rdata(self.origin.clone(), self.soa_ttl, RData::SOA(soa))
-    }
 }
 
 /// A zone file as read from disk: its text (kept for rewriting), where the
@@ -113,8 +49,27 @@ pub struct ZoneFile {
     pub blocks: Vec<Block>,
     /// Each block's index in `blocks`, by pool name.
     block_index: HashMap<LowerName, usize>,
-    /// Owner and line of every A and AAAA record.
-    pub address_lines: Vec<(LowerName, usize)>,
+    /// A and AAAA records outside their own name's managed block: a hash
+    /// of the owner and the line, sorted (a name's lines are found by the
+    /// hash alone; two names of one zone whose 64-bit hashes collide would
+    /// share their lines).
+    strays: Vec<(u64, u32)>,
+}
+
+/// Whether `line` lies inside the managed block of `owner` (blocks in
+/// text order).
+fn in_own_block(blocks: &[Block], owner: &LowerName, line: usize) -> bool {
+    let i = blocks.partition_point(|b| b.lines.start <= line);
+    i > 0 && {
+        let b = &blocks[i - 1];
+        line <= b.lines.end && Name::from_ascii(&b.pool).is_ok_and(|p| LowerName::from(&p) == *owner)
+    }
+}
+
+/// The hash under which a name's stray address lines are kept.
+fn stray_hash(name: &LowerName) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x766e_616d_6564).hash_one(name)
 }
 
 /// Blocks by pool name (the first of a name, as a search would find).
@@ -156,13 +111,13 @@ impl ZoneFile {
         let blocks = text::blocks(&text).map_err(|e| at(e.line, e.message))?;
 
         let lower_origin = LowerName::from(&origin);
-        let mut nodes: HashMap<LowerName, Node> = HashMap::new();
+        let mut nodes = Nodes::default();
         let mut soa: Option<(SOA, u32, usize)> = None;
         let mut serial_span = None;
         // Where each CNAME is, for the errors that name its line.
         let mut lines: HashMap<(LowerName, RecordType), usize> = HashMap::new();
         let mut count = 0;
-        let mut address_lines = Vec::new();
+        let mut strays = Vec::new();
         // Each record goes into its node as it is parsed: the records are
         // never all held twice.
         let each = |record: Record, line: usize, entry: usize| -> Result<(), (usize, String)> {
@@ -194,24 +149,20 @@ impl ZoneFile {
             if rtype == RecordType::CNAME {
                 lines.entry((owner.clone(), rtype)).or_insert(line);
             }
-            if matches!(rtype, RecordType::A | RecordType::AAAA) {
-                address_lines.push((owner.clone(), line));
+            if matches!(rtype, RecordType::A | RecordType::AAAA) && !in_own_block(&blocks, &owner, line) {
+                strays.push((stray_hash(&owner), u32::try_from(line).unwrap_or(u32::MAX)));
             }
             let node = nodes.entry(owner).or_default();
-            match node.rrsets.iter_mut().find(|s| s.rtype == rtype) {
-                Some(set) => {
-                    if !set.records.iter().any(|r| r.data == record.data) {
-                        // RFC 2181 §5.2: one TTL per RRset; the first one wins.
-                        let mut record = record;
-                        record.ttl = set.records[0].ttl;
-                        set.records.push(record);
-                        count += 1;
-                    }
-                }
+            let set = match node.rrsets.iter().position(|s| s.rtype == rtype) {
+                Some(i) => &mut node.rrsets[i],
                 None => {
-                    node.rrsets.push(RrSet { rtype, records: vec![record] });
-                    count += 1;
+                    node.rrsets.push(RrSet::new(rtype, record.ttl));
+                    node.rrsets.last_mut().expect("just pushed")
                 }
+            };
+            // RFC 2181 §5.2: one TTL per RRset; the first one wins.
+            if set.insert(&record.data).map_err(|m| at(line, m))? {
+                count += 1;
             }
             Ok(())
         };
@@ -227,7 +178,7 @@ impl ZoneFile {
                 let line = lines[&(name.clone(), RecordType::CNAME)];
                 return Err(at(line, format!("{name} has a CNAME and other data")));
             }
-            if node.get(RecordType::CNAME).is_some_and(|s| s.records.len() > 1) {
+            if node.get(RecordType::CNAME).is_some_and(|s| s.len() > 1) {
                 let line = lines[&(name.clone(), RecordType::CNAME)];
                 return Err(at(line, format!("{name} has more than one CNAME")));
             }
@@ -247,6 +198,9 @@ impl ZoneFile {
             }
         }
         let serial = soa.serial;
+        nodes.shrink_to_fit();
+        strays.sort_unstable();
+        strays.shrink_to_fit();
         Ok(ZoneFile {
             path: path.to_owned(),
             serial_span: serial_span.expect("set with the SOA"),
@@ -255,7 +209,7 @@ impl ZoneFile {
             text,
             block_index: index_blocks(&blocks),
             blocks,
-            address_lines,
+            strays,
         })
     }
 
@@ -289,16 +243,7 @@ impl ZoneFile {
         let (text, serial_span) = text::rewrite(&self.text, &self.blocks, self.serial_span.clone(), serial, rendered);
         let blocks = text::blocks(&text).map_err(|e| at(e.line, e.message))?;
         let block_index = index_blocks(&blocks);
-        Ok(ZoneFile {
-            path: self.path.clone(),
-            text,
-            data: data.clone(),
-            serial,
-            serial_span,
-            blocks,
-            block_index,
-            address_lines: Vec::new(),
-        })
+        Ok(ZoneFile { path: self.path.clone(), text, data: data.clone(), serial, serial_span, blocks, block_index, strays: Vec::new() })
     }
 
     /// The managed block for a pool, if the file has one.
@@ -309,13 +254,9 @@ impl ZoneFile {
     /// Lines of A/AAAA records for a virtual name outside its managed block:
     /// the operator's, which would contradict the live answer.
     pub fn stray_addresses(&self, pool: &Name) -> Vec<usize> {
-        let lower = LowerName::from(pool);
-        let inside = self.block(pool).map(|b| b.lines.clone()).unwrap_or(0..0);
-        self.address_lines
-            .iter()
-            .filter(|(owner, line)| *owner == lower && !(inside.start..=inside.end).contains(line))
-            .map(|(_, line)| *line)
-            .collect()
+        let hash = stray_hash(&LowerName::from(pool));
+        let from = self.strays.partition_point(|&(h, _)| h < hash);
+        self.strays[from..].iter().take_while(|&&(h, _)| h == hash).map(|&(_, line)| line as usize).collect()
     }
 
     /// The addresses the file holds for a name (the last answer served for a pool).
@@ -326,65 +267,10 @@ impl ZoneFile {
         node.rrsets
             .iter()
             .filter(|s| matches!(s.rtype, RecordType::A | RecordType::AAAA))
-            .flat_map(|s| s.records.iter())
-            .filter_map(|r| r.data.ip_addr())
+            .flat_map(|s| s.data())
+            .filter_map(|d| d.ip_addr())
             .collect()
     }
-}
-
-/// Parses each record entry on its own so that every record, and every
-/// error, carries the line it came from; hands each record to `each` with
-/// its line and entry.
-fn parse_records(
-    src: &str,
-    entries: &[text::Entry],
-    origin: &Name,
-    mut each: impl FnMut(Record, usize, usize) -> Result<(), (usize, String)>,
-) -> Result<(), (usize, String)> {
-    let mut origin = origin.clone();
-    let mut default_ttl: Option<u32> = None;
-    let mut last_ttl: Option<u32> = None;
-    let mut last_owner: Option<Name> = None;
-    for (index, entry) in entries.iter().enumerate() {
-        let line = entry.line;
-        let first = entry.token(src, 0).unwrap_or_default();
-        if !entry.blank_owner && first.starts_with('$') {
-            let arg = entry.token(src, 1).ok_or((line, format!("{first} needs an argument")))?;
-            match first.to_ascii_uppercase().as_str() {
-                "$ORIGIN" => {
-                    origin = Name::parse(arg, Some(&origin)).map_err(|e| (line, format!("$ORIGIN: {e}")))?;
-                }
-                "$TTL" => default_ttl = Some(parse_ttl(arg).map_err(|e| (line, format!("$TTL: {e}")))?),
-                other => return Err((line, format!("directive {other} is not supported"))),
-            }
-            continue;
-        }
-        let (owner, rest) = if entry.blank_owner {
-            let owner = last_owner.as_ref().ok_or((line, "record without an owner name".to_owned()))?;
-            (owner.to_string(), &entry.tokens[..])
-        } else {
-            (first.to_owned(), &entry.tokens[1..])
-        };
-        if rest.is_empty() {
-            return Err((line, format!("{owner}: record has no type or data")));
-        }
-        let ttl = default_ttl.or(last_ttl).unwrap_or(3600);
-        let mut one = format!("$TTL {ttl}\n{owner}");
-        for r in rest {
-            one.push(' ');
-            one.push_str(&src[r.clone()]);
-        }
-        one.push('\n');
-        let (_, sets) = Parser::new(one, None, Some(origin.clone())).parse().map_err(|e| (line, e.to_string()))?;
-        for set in sets.into_values() {
-            for record in set.records_without_rrsigs() {
-                last_owner = Some(record.name.clone());
-                last_ttl = Some(record.ttl);
-                each(record.clone(), line, index)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The administrative notes kept for one member inside a managed block.
