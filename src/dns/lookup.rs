@@ -153,7 +153,7 @@ fn answer_node(zone: &ZoneView, node: &Node, qname: &LowerName, qtype: RecordTyp
 }
 
 /// The closest zone cut strictly below the apex at or above `qname`.
-fn delegation(zone: &ZoneView, qname: &LowerName, qtype: RecordType) -> Option<LowerName> {
+pub(super) fn delegation(zone: &ZoneView, qname: &LowerName, qtype: RecordType) -> Option<LowerName> {
     let origin = &zone.data.lower_origin;
     let depth = qname.num_labels().saturating_sub(origin.num_labels());
     let mut chain = Vec::with_capacity(depth as usize);

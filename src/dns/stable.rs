@@ -21,7 +21,7 @@ use hickory_proto::rr::{DNSClass, LowerName, RecordType};
 
 use super::answer::Turn;
 use super::encode::{OPT_LEN, SerialPatch, Shape, encode, has_soa, key_of, serial_offset};
-use super::lookup::lookup_turn;
+use super::lookup::{delegation, lookup_turn};
 use super::view::{ZoneView, Zones};
 use super::wire::UDP_PAYLOAD;
 use crate::zone::{Node, RrSet};
@@ -154,15 +154,7 @@ fn simple(zone: &ZoneView, name: &LowerName, node: &Node, set: &RrSet) -> bool {
     if node.get(CNAME).is_some() || matches!(set.rtype, SOA | NS | CNAME | MX | SRV | PTR | NAPTR | SVCB | HTTPS | ANAME | DNAME | NSEC) {
         return false;
     }
-    let origin = &zone.data.lower_origin;
-    let mut n = name.clone();
-    while &n != origin && origin.zone_of(&n) {
-        if zone.data.nodes.get(&n).is_some_and(|x| x.get(NS).is_some()) {
-            return false;
-        }
-        n = n.base_name();
-    }
-    true
+    delegation(zone, name, set.rtype).is_none()
 }
 
 /// A simple answer written directly, exactly as `encode` writes the slow
