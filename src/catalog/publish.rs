@@ -108,7 +108,7 @@ impl Catalog {
             }
             let keys: Vec<&LowerName> = self.dirty_pools.iter().filter(|(o, _)| o == origin).map(|(_, k)| k).collect();
             let records = |answers: &HashMap<LowerName, Arc<PoolAnswer>>| {
-                keys.iter().filter_map(|k| answers.get(*k)).flat_map(|p| p.zone_records().cloned()).collect::<Vec<_>>()
+                keys.iter().filter_map(|k| answers.get(*k)).flat_map(|p| p.zone_records()).collect::<Vec<_>>()
             };
             let delta = crate::zone::journal::diff(old.serial, z.serial, &records(&old.pools), &records(&z.answers));
             deltas.push((origin.clone(), Some(delta)));

@@ -145,11 +145,13 @@ impl Catalog {
     }
 
     /// What a clean stop leaves in the store, once the zone files are
-    /// written: every pool's members' state, whatever is owed, and when
-    /// the files are current the marks put back to the serials served
-    /// (so a restart keeps them) with each zone's journal.
+    /// written: the members' state of every pool that changed since the
+    /// last background save (the others are in the store, or queued with
+    /// the writer, which writes what it holds once more as it stops),
+    /// whatever is owed, and when the files are current the marks put back
+    /// to the serials served (so a restart keeps them) with each zone's
+    /// journal. A stop costs what changed, not the number of pools.
     pub fn final_saves(&mut self, now: Now) -> Vec<Put> {
-        self.members_due = (0..self.table.pools().len()).collect();
         let mut last = std::mem::take(&mut self.saves);
         last.extend(self.member_saves(now));
         if self.files_behind().is_empty() {

@@ -202,7 +202,7 @@ fn a_pool_whose_zone_went_missing_is_refused_and_the_rest_keep_working() {
 #[test]
 fn a_publish_encodes_only_the_pools_that_changed() {
     let mut d = Driven::new(POOLS);
-    let key = |name: &str| fast::key_of(&LowerName::from(Name::from_ascii(name).unwrap()), RecordType::A, fast::Shape::Plain);
+    let key = |name: &str| fast::name_key(&LowerName::from(Name::from_ascii(name).unwrap()), RecordType::A);
     let entry = |d: &Driven, name: &str| d.snapshot().fast.dynamic.get(&key(name)).cloned().expect("pre-encoded");
     let (www, api, two) = (entry(&d, "www.one.example."), entry(&d, "api.one.example."), entry(&d, "www.two.example."));
     let stable = d.snapshot().fast.stable.clone();

@@ -5,9 +5,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hickory_proto::rr::{Name, Record};
-
-use crate::zone::address_records;
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{Name, RData, Record};
 
 /// The current answer for one virtual name.
 #[derive(Debug, Clone)]
@@ -16,8 +15,11 @@ pub struct PoolAnswer {
     pub ttl: u32,
     /// All addresses in preference order.
     pub addresses: Vec<IpAddr>,
-    pub a: Vec<Record>,
-    pub aaaa: Vec<Record>,
+    /// The IPv4 and the IPv6 ones, each in that order: the records of A
+    /// and AAAA answers, made when an answer is encoded (a record is
+    /// hundreds of bytes, an address 17).
+    pub v4: Box<[IpAddr]>,
+    pub v6: Box<[IpAddr]>,
     /// How many addresses one answer carries.
     pub answers: usize,
     /// Rotate through the addresses query by query (round-robin).
@@ -37,13 +39,13 @@ pub struct PoolAnswer {
 
 impl PoolAnswer {
     pub fn new(name: Name, ttl: u32, addresses: Vec<IpAddr>, answers: usize, rotate: bool, servfail: bool) -> Self {
-        let (a, aaaa) = address_records(&name, ttl, &addresses);
+        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addresses.iter().partition(|a| a.is_ipv4());
         Self {
             name,
             ttl,
             addresses,
-            a,
-            aaaa,
+            v4: v4.into(),
+            v6: v6.into(),
             answers,
             rotate,
             servfail,
@@ -76,9 +78,28 @@ impl PoolAnswer {
         if self.rotate { self.addresses.clone() } else { self.addresses[..self.addresses.len().min(self.answers)].to_vec() }
     }
 
+    /// The addresses of one family (`aaaa`: IPv6) in preference order.
+    pub fn family(&self, aaaa: bool) -> &[IpAddr] {
+        if aaaa { &self.v6 } else { &self.v4 }
+    }
+
+    /// The record of `address` at this name.
+    pub fn record(&self, address: IpAddr) -> Record {
+        let data = match address {
+            IpAddr::V4(a) => RData::A(A(a)),
+            IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+        };
+        Record::from_rdata(self.name.clone(), self.ttl, data)
+    }
+
     /// The records of `qtype` (A or AAAA) one answer carries, at `turn`.
-    pub fn records(&self, aaaa: bool, turn: Turn) -> impl Iterator<Item = &Record> {
-        let (set, drawn) = if aaaa { (&self.aaaa, &self.drawn_aaaa) } else { (&self.a, &self.drawn_a) };
+    pub fn records(&self, aaaa: bool, turn: Turn) -> impl Iterator<Item = Record> + '_ {
+        self.picked(aaaa, turn).map(|a| self.record(a))
+    }
+
+    /// The addresses of `qtype` (A or AAAA) one answer carries, at `turn`.
+    pub fn picked(&self, aaaa: bool, turn: Turn) -> impl Iterator<Item = IpAddr> + '_ {
+        let (set, drawn) = if aaaa { (&self.v6, &self.drawn_aaaa) } else { (&self.v4, &self.drawn_a) };
         let n = self.answers.min(set.len());
         let (start, order): (usize, Option<&Drawn>) = match (drawn, turn) {
             (Some(d), Turn::Query(t)) => (d.lead(t), Some(d)),
@@ -90,14 +111,14 @@ impl PoolAnswer {
             Some(d) => d.led_by(start).take(n).collect(),
             None => (0..set.len()).cycle().skip(start).take(n).collect(),
         };
-        picked.into_iter().filter_map(move |i| set.get(i))
+        picked.into_iter().filter_map(move |i| set.get(i).copied())
     }
 
     /// The different answers of `qtype` (A or AAAA), each by the record
     /// that leads it, and the order they are given in slot by slot, as
     /// places in that list (empty: one after the other).
     pub fn turns(&self, aaaa: bool) -> (Vec<usize>, Vec<u16>) {
-        let (set, drawn) = if aaaa { (&self.aaaa, &self.drawn_aaaa) } else { (&self.a, &self.drawn_a) };
+        let (set, drawn) = if aaaa { (&self.v6, &self.drawn_aaaa) } else { (&self.v4, &self.drawn_a) };
         match drawn {
             Some(d) => {
                 let mut leads: Vec<usize> = d.schedule.iter().map(|l| usize::from(*l)).collect();
@@ -173,7 +194,7 @@ pub struct Preferred {
 impl PoolAnswer {
     /// The address records this pool puts in the zone: its answer, none
     /// while it answers SERVFAIL.
-    pub fn zone_records(&self) -> impl Iterator<Item = &Record> {
-        self.a.iter().chain(self.aaaa.iter()).filter(|_| !self.servfail)
+    pub fn zone_records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.v4.iter().chain(self.v6.iter()).filter(|_| !self.servfail).map(|a| self.record(*a))
     }
 }

@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicU32;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, RecordType};
-use hickory_proto::serialize::binary::BinEncodable;
 
 use super::lookup::Answer;
 use super::wire::UDP_PAYLOAD;
@@ -35,11 +34,56 @@ pub struct SerialPatch {
 /// extended RCODE, version, flags, no options.
 pub const OPT_LEN: usize = 11;
 
+/// The key a query is looked up by: lower-cased wire name, type, shape.
 pub fn key_of(name: &LowerName, qtype: RecordType, shape: Shape) -> Box<[u8]> {
-    let mut key = Name::from(name).to_lowercase().to_bytes().unwrap_or_default();
-    key.extend_from_slice(&u16::from(qtype).to_be_bytes());
+    let mut key = name_key(name, qtype).into_vec();
     key.push(shape as u8);
     key.into_boxed_slice()
+}
+
+/// The key of a name and type (`key_of` without the shape, the lower-cased
+/// wire name, then the type): what the tables keep responses by, each in
+/// the EDNS shape, and how the slow path keys a question it answers, so
+/// rate limiting counts both paths alike.
+pub fn name_key(name: &LowerName, qtype: RecordType) -> Box<[u8]> {
+    let name = Name::from(name);
+    let mut key = Vec::with_capacity(name.len() + 3);
+    for label in name.iter() {
+        key.push(label.len() as u8);
+        key.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    key.push(0);
+    key.extend_from_slice(&u16::from(qtype).to_be_bytes());
+    key.into_boxed_slice()
+}
+
+/// Whether an encoded response ends in its OPT record, alone at its place
+/// (root owner, no options): then cutting it off gives the response
+/// without EDNS, and setting one bit the response with DO.
+pub fn opt_last(response: &[u8]) -> bool {
+    let Some(opt) = response.len().checked_sub(OPT_LEN).filter(|&at| at >= 12).map(|at| &response[at..]) else { return false };
+    opt[..3] == [0, 0, 41] && opt[9..] == [0, 0] && u16::from_be_bytes([response[10], response[11]]) > 0
+}
+
+/// Copies `full` (a response in the EDNS shape, `opt_last`) into `out` in
+/// the shape `shape` (a `Shape` as a byte): without the OPT record for a
+/// query without EDNS, with DO set for one with it. `None` when it is
+/// larger than `max_size` or `out`.
+pub fn shaped(full: &[u8], shape: u8, max_size: usize, out: &mut [u8]) -> Option<usize> {
+    let plain = shape == Shape::Plain as u8;
+    let len = if plain { full.len().checked_sub(OPT_LEN)? } else { full.len() };
+    if len > max_size || len > out.len() {
+        return None;
+    }
+    let out = &mut out[..len];
+    out.copy_from_slice(&full[..len]);
+    if plain {
+        let additional = u16::from_be_bytes([out[10], out[11]]).saturating_sub(1);
+        out[10..12].copy_from_slice(&additional.to_be_bytes());
+    } else if shape == Shape::EdnsDo as u8 {
+        out[len - 4] |= 0x80; // DO, in the OPT record's flags
+    }
+    Some(len)
 }
 
 /// Encodes an answer as the slow path would send it to a canonical query

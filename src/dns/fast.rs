@@ -1,7 +1,8 @@
 //! The pre-encoded fast path: for the names and types asked most (virtual
 //! names, and every static name and type a zone holds) the full response is
-//! encoded ahead of time, per EDNS shape, by the same lookup the slow path
-//! uses. Answering is then a hash lookup and a copy with the query's ID,
+//! encoded ahead of time by the same lookup the slow path uses, once, as
+//! to a query with EDNS (the shapes without EDNS or with DO are cut from
+//! it as it is copied out). Answering is then a hash lookup and a copy with the query's ID,
 //! RD/CD bits and question bytes (0x20 case preserved) patched in, and the
 //! zone's serial where the response carries it. Pure: no I/O; the updater
 //! re-encodes a virtual name's entries when its answer changes.
@@ -10,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use hickory_proto::rr::{DNSClass, LowerName, Name, RData, RecordType};
+use hickory_proto::rr::{DNSClass, LowerName, RecordType};
 
 use super::answer::{PoolAnswer, Turn};
-use super::encode::{OPT_LEN, encode, has_soa, serial_offset};
-pub use super::encode::{SerialPatch, Shape, key_of};
+pub use super::encode::{SerialPatch, Shape, key_of, name_key};
+use super::encode::{encode, has_soa, opt_last, serial_offset, shaped};
 use super::lookup::lookup_turn;
 pub use super::stable::{StaticTable, build_stable};
 use super::view::Zones;
@@ -24,8 +25,6 @@ use super::wire::{UDP_PAYLOAD, options_ok};
 const MAX_NAME: usize = 255;
 /// A key: lower-cased wire name, query type, EDNS shape.
 pub const MAX_KEY: usize = MAX_NAME + 3;
-
-const SHAPES: [Shape; 3] = [Shape::Plain, Shape::Edns, Shape::EdnsDo];
 
 /// A query the fast path can answer, parsed without allocating.
 #[derive(Debug)]
@@ -131,14 +130,14 @@ impl Clone for Turns {
     }
 }
 
-/// Pre-encoded responses for one key: several for a rotating pool or one
-/// drawn by shares.
+/// Pre-encoded responses for one virtual name and type: several for a
+/// rotating pool or one drawn by shares. Each is the response to a query
+/// with EDNS; the other shapes are cut from it as it is copied out.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub responses: Box<[Box<[u8]>]>,
     /// Slot → response, cycled query by query; empty: one after the other.
-    /// Shared by the entries of one name and type (every EDNS shape).
-    pub order: Arc<[u16]>,
+    pub order: Box<[u16]>,
     pub turns: Turns,
     /// The virtual name's counters, for entries of virtual names.
     pub counters: Option<Arc<crate::metrics::PoolCounters>>,
@@ -187,20 +186,6 @@ impl Dynamic {
     }
 }
 
-/// The key `parse` leaves for a question, without its shape byte (the
-/// lower-cased wire name, then the type): how the slow path keys a
-/// question it answers, so rate limiting counts both paths alike.
-pub fn question_key(name: &Name, qtype: RecordType) -> Vec<u8> {
-    let mut key = Vec::with_capacity(64);
-    for label in name.iter() {
-        key.push(label.len() as u8);
-        key.extend(label.iter().map(u8::to_ascii_lowercase));
-    }
-    key.push(0);
-    key.extend_from_slice(&u16::from(qtype).to_be_bytes());
-    key
-}
-
 /// A response the fast path wrote.
 #[derive(Debug, Clone, Copy)]
 pub struct FastReply {
@@ -238,47 +223,30 @@ impl FastTable {
     /// shape) in `key` for the caller (response rate limiting).
     pub fn respond_keyed(&self, req: &[u8], out: &mut [u8], key: &mut [u8; MAX_KEY]) -> Option<FastReply> {
         let q = parse(req, key)?;
-        let key = &key[..q.key_len];
-        let Some(entry) = self.dynamic.get(key) else {
-            return self.respond_static(req, &q, key, out);
-        };
-        let resp = match entry.responses.len() {
-            1 => &entry.responses[0],
-            n => {
-                let t = entry.turns.next();
-                let at = if entry.order.is_empty() { t % n } else { usize::from(entry.order[t % entry.order.len()]) };
-                entry.responses.get(at)?
+        let (name_and_type, shape) = key[..q.key_len].split_at(q.key_len - 1);
+        let (full, serial, counters) = match self.dynamic.get(name_and_type) {
+            Some(entry) => {
+                let full = match entry.responses.len() {
+                    1 => &entry.responses[0],
+                    n => {
+                        let t = entry.turns.next();
+                        let at = if entry.order.is_empty() { t % n } else { usize::from(entry.order[t % entry.order.len()]) };
+                        entry.responses.get(at)?
+                    }
+                };
+                (&full[..], entry.serial.as_ref(), entry.counters.as_ref())
+            }
+            None => {
+                let (full, serial) = self.stable.get(name_and_type)?;
+                (full, serial, None)
             }
         };
-        if resp.len() > q.max_size || resp.len() > out.len() {
-            return None; // the slow path truncates properly
+        // Too large for the client: the slow path truncates properly.
+        let len = shaped(full, shape[0], q.max_size, out)?;
+        if let Some(c) = counters {
+            c.response(u16::from(out[3] & 0xf));
         }
-        if let Some(c) = &entry.counters {
-            c.response(u16::from(resp[3] & 0xf));
-        }
-        let out = &mut out[..resp.len()];
-        out.copy_from_slice(resp);
-        patch(out, req, &q, entry.serial.as_ref());
-        Some(FastReply { len: resp.len(), name_and_type: q.key_len - 1, question_end: q.question_end })
-    }
-
-    /// A static name's response in the shape the query asks for.
-    fn respond_static(&self, req: &[u8], q: &FastQuery, key: &[u8], out: &mut [u8]) -> Option<FastReply> {
-        let (name_and_type, shape) = key.split_at(key.len() - 1);
-        let (full, serial) = self.stable.get(name_and_type)?;
-        let len = if shape[0] == Shape::Plain as u8 { full.len() - OPT_LEN } else { full.len() };
-        if len > q.max_size || len > out.len() {
-            return None; // the slow path truncates properly
-        }
-        let out = &mut out[..len];
-        out.copy_from_slice(&full[..len]);
-        if shape[0] == Shape::Plain as u8 {
-            let additional = u16::from_be_bytes([out[10], out[11]]) - 1;
-            out[10..12].copy_from_slice(&additional.to_be_bytes());
-        } else if shape[0] == Shape::EdnsDo as u8 {
-            out[len - 4] |= 0x80; // DO, in the OPT record's flags
-        }
-        patch(out, req, q, serial);
+        patch(&mut out[..len], req, &q, serial);
         Some(FastReply { len, name_and_type: q.key_len - 1, question_end: q.question_end })
     }
 }
@@ -344,15 +312,14 @@ impl Template {
             .then(|| Self { bytes: first.into(), slots })
     }
 
-    /// The response carrying `records`, if each fits its slot.
-    fn fill<'r>(&self, records: impl Iterator<Item = &'r hickory_proto::rr::Record>) -> Option<Box<[u8]>> {
+    /// The response carrying `addresses`, if each fits its slot.
+    fn fill(&self, addresses: impl Iterator<Item = std::net::IpAddr>) -> Option<Box<[u8]>> {
         let mut bytes = self.bytes.clone();
         let mut n = 0;
-        for (r, &(at, len)) in records.zip(&self.slots) {
-            let data: &[u8] = match &r.data {
-                RData::A(a) => &a.0.octets(),
-                RData::AAAA(a) => &a.0.octets(),
-                _ => return None,
+        for (address, &(at, len)) in addresses.zip(&self.slots) {
+            let data: &[u8] = match address {
+                std::net::IpAddr::V4(a) => &a.octets(),
+                std::net::IpAddr::V6(a) => &a.octets(),
             };
             if data.len() != len {
                 return None;
@@ -364,55 +331,56 @@ impl Template {
     }
 }
 
-/// The entries of a virtual name's A or AAAA answers (`aaaa`) in every
-/// EDNS shape, one response per rotation the pool's turns give. `serial`:
-/// the zone's serial cell, for the NODATA responses that carry it. After
-/// the first two, responses are filled in from a template where they can be.
-fn entries(zones: &Zones, name: &LowerName, pool: &PoolAnswer, aaaa: bool, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Entry)> {
+/// The entry of a virtual name's A or AAAA answers (`aaaa`), one response
+/// per rotation the pool's turns give. `serial`: the zone's serial cell,
+/// for the NODATA responses that carry it. After the first two, responses
+/// are filled in from a template where they can be. `None`: the slow path
+/// answers (too large, or a serial it cannot patch).
+fn entry(zones: &Zones, name: &LowerName, pool: &PoolAnswer, aaaa: bool, serial: &Arc<AtomicU32>) -> Option<Entry> {
     let qtype = if aaaa { RecordType::AAAA } else { RecordType::A };
     let (leads, order) = pool.turns(aaaa);
-    let order: Arc<[u16]> = Arc::from(order);
-    let mut out = Vec::with_capacity(SHAPES.len());
-    'shapes: for shape in SHAPES {
-        let mut responses: Vec<Box<[u8]>> = Vec::with_capacity(leads.len());
-        let mut at = None;
-        let mut template: Option<Template> = None;
-        for &lead in &leads {
-            if let Some(t) = &template
-                && let Some(bytes) = t.fill(pool.records(aaaa, Turn::Lead(lead)))
-            {
-                responses.push(bytes);
-                continue;
-            }
-            let answer = lookup_turn(zones, name, qtype, DNSClass::IN, Turn::Lead(lead));
-            let Some(bytes) = encode(&answer, name, qtype, shape) else { continue 'shapes };
-            if has_soa(&answer) {
-                match serial_offset(&answer, name, qtype, shape, &bytes) {
-                    Some(offset) if at.is_none_or(|a| a == offset) => at = Some(offset),
-                    _ => continue 'shapes,
-                }
-            }
+    let mut responses: Vec<Box<[u8]>> = Vec::with_capacity(leads.len());
+    let mut at = None;
+    let mut template: Option<Template> = None;
+    for &lead in &leads {
+        if let Some(t) = &template
+            && let Some(bytes) = t.fill(pool.picked(aaaa, Turn::Lead(lead)))
+        {
             responses.push(bytes);
-            if responses.len() == 2 && at.is_none() {
-                template = Template::of(&responses[0], &responses[1]);
+            continue;
+        }
+        let answer = lookup_turn(zones, name, qtype, DNSClass::IN, Turn::Lead(lead));
+        let bytes = encode(&answer, name, qtype, Shape::Edns).filter(|b| opt_last(b))?;
+        if has_soa(&answer) {
+            match serial_offset(&answer, name, qtype, Shape::Edns, &bytes) {
+                Some(offset) if at.is_none_or(|a| a == offset) => at = Some(offset),
+                _ => return None,
             }
         }
-        let serial = at.map(|at| SerialPatch { at, serial: serial.clone() });
-        let entry = Entry {
-            responses: responses.into_boxed_slice(),
-            order: order.clone(),
-            turns: Turns::random(),
-            counters: Some(pool.counters.clone()),
-            serial,
-        };
-        out.push((key_of(name, qtype, shape), entry));
+        responses.push(bytes);
+        if responses.len() == 2 && at.is_none() {
+            template = Template::of(&responses[0], &responses[1]);
+        }
     }
-    out
+    Some(Entry {
+        responses: responses.into_boxed_slice(),
+        order: order.into_boxed_slice(),
+        turns: Turns::random(),
+        counters: Some(pool.counters.clone()),
+        serial: at.map(|at| SerialPatch { at, serial: serial.clone() }),
+    })
 }
-/// Pre-encodes one virtual name (every rotation, A and AAAA); NODATA
-/// answers carry the zone's `serial` cell.
+
+/// Pre-encodes one virtual name (every rotation, A and AAAA), each entry
+/// under its name and type; NODATA answers carry the zone's `serial` cell.
 pub fn pool_entries(zones: &Zones, name: &LowerName, pool: &PoolAnswer, serial: &Arc<AtomicU32>) -> Vec<(Box<[u8]>, Arc<Entry>)> {
-    [false, true].into_iter().flat_map(|aaaa| entries(zones, name, pool, aaaa, serial)).map(|(k, e)| (k, Arc::new(e))).collect()
+    [false, true]
+        .into_iter()
+        .filter_map(|aaaa| {
+            let e = entry(zones, name, pool, aaaa, serial)?;
+            Some((name_key(name, if aaaa { RecordType::AAAA } else { RecordType::A }), Arc::new(e)))
+        })
+        .collect()
 }
 
 /// Every table of a snapshot built at once (tests, fuzzing, benchmarks):
@@ -433,6 +401,7 @@ pub fn build_all(zones: &Zones) -> FastTable {
 #[cfg(test)]
 mod tests {
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::Name;
     use std::collections::HashMap;
     use std::path::Path;
 
@@ -478,8 +447,8 @@ mod tests {
         let mut out = [0u8; 4096];
         let mut key = [0u8; MAX_KEY];
         let reply = t.respond_keyed(&query("NS1.Example.", RecordType::A, None, 1), &mut out, &mut key).expect("answered");
-        let name = Name::from_ascii("NS1.Example.").unwrap();
-        assert_eq!(&key[..reply.name_and_type], &question_key(&name, RecordType::A)[..]);
+        let name = LowerName::from(Name::from_ascii("NS1.Example.").unwrap());
+        assert_eq!(&key[..reply.name_and_type], &name_key(&name, RecordType::A)[..]);
     }
 
     #[test]
@@ -580,13 +549,7 @@ mod tests {
         assert!(nodata.answers.is_empty());
         assert_eq!(serial_of(&nodata), Some(3), "NODATA for a virtual name carries the SOA");
         let origin = LowerName::from(Name::from_ascii("example.").unwrap());
-        let cell = t
-            .stable
-            .get(&crate::dns::stable::static_key(&origin, RecordType::SOA))
-            .and_then(|(_, p)| p)
-            .expect("the apex SOA is patched")
-            .serial
-            .clone();
+        let cell = t.stable.get(&name_key(&origin, RecordType::SOA)).and_then(|(_, p)| p).expect("the apex SOA is patched").serial.clone();
         cell.store(0xdead_beef, Ordering::Relaxed);
         assert_eq!(serial_of(&ask("example.", RecordType::SOA, Some(true))), Some(0xdead_beef));
         assert_eq!(serial_of(&ask("www.example.", RecordType::AAAA, None)), Some(0xdead_beef), "one cell per zone");
@@ -598,7 +561,7 @@ mod tests {
     fn dynamic_entries_change_one_shard_at_a_time() {
         let t = table(&snap());
         let mut d = t.dynamic.clone();
-        let key = key_of(&LowerName::from(Name::from_ascii("www.example.").unwrap()), RecordType::A, Shape::Plain);
+        let key = name_key(&LowerName::from(Name::from_ascii("www.example.").unwrap()), RecordType::A);
         let before = d.get(&key).unwrap().clone();
         let shared = d.shards.iter().zip(t.dynamic.shards.iter()).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
         assert_eq!(shared, SHARDS);
@@ -702,13 +665,16 @@ mod tests {
                     continue; // AAAA of a pool of IPv4 members: NODATA
                 }
                 filled += 1;
-                for shape in SHAPES {
-                    let entry = &built.iter().find(|(k, _)| **k == *key_of(&key, t, shape)).expect("an entry per shape").1;
-                    for (i, &lead) in leads.iter().enumerate() {
-                        let full =
-                            encode(&crate::dns::lookup::lookup_turn(&s.zones, &key, t, DNSClass::IN, Turn::Lead(lead)), &key, t, shape)
-                                .unwrap();
-                        assert_eq!(entry.responses[i], full, "answers {answers}, {t}, {shape:?}, lead {lead}");
+                let entry = &built.iter().find(|(k, _)| **k == *name_key(&key, t)).expect("an entry per type").1;
+                for (i, &lead) in leads.iter().enumerate() {
+                    let answer = crate::dns::lookup::lookup_turn(&s.zones, &key, t, DNSClass::IN, Turn::Lead(lead));
+                    let full = encode(&answer, &key, t, Shape::Edns).unwrap();
+                    assert_eq!(entry.responses[i], full, "answers {answers}, {t}, lead {lead}");
+                    // The other shapes, cut from it, are what encoding them gives.
+                    for shape in [Shape::Plain, Shape::EdnsDo] {
+                        let mut out = [0u8; 1232];
+                        let len = shaped(&full, shape as u8, 1232, &mut out).unwrap();
+                        assert_eq!(&out[..len], &encode(&answer, &key, t, shape).unwrap()[..], "{t}, {shape:?}, lead {lead}");
                     }
                 }
             }

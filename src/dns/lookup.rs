@@ -97,11 +97,11 @@ fn step(zone: &ZoneView, qname: &LowerName, qtype: RecordType, turn: Turn, out: 
             out.authoritative = false;
             return Step::Done;
         }
-        let set = if qtype == RecordType::A { &pool.a } else { &pool.aaaa };
-        if set.is_empty() {
+        let aaaa = qtype == RecordType::AAAA;
+        if pool.family(aaaa).is_empty() {
             negative(zone, out, ResponseCode::NoError);
         } else {
-            out.answers.extend(pool.records(qtype == RecordType::AAAA, turn).cloned());
+            out.answers.extend(pool.records(aaaa, turn));
         }
         return Step::Done;
     }
@@ -213,7 +213,7 @@ fn glue<'a>(zone: &ZoneView, records: impl Iterator<Item = &'a Record>, out: &mu
             continue;
         }
         if let Some(pool) = zone.pools.get(&target) {
-            out.additional.extend(pool.a.iter().chain(pool.aaaa.iter()).take(pool.answers).cloned());
+            out.additional.extend(pool.v4.iter().chain(pool.v6.iter()).take(pool.answers).map(|a| pool.record(*a)));
         } else if let Some(node) = zone.data.nodes.get(&target) {
             for t in [RecordType::A, RecordType::AAAA] {
                 if let Some(set) = node.get(t) {

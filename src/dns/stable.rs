@@ -20,7 +20,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RecordType};
 
 use super::answer::Turn;
-use super::encode::{OPT_LEN, SerialPatch, Shape, encode, has_soa, key_of, serial_offset};
+use super::encode::{OPT_LEN, SerialPatch, Shape, encode, has_soa, name_key, opt_last, serial_offset};
 use super::lookup::{delegation, lookup_turn};
 use super::view::{ZoneView, Zones};
 use super::wire::UDP_PAYLOAD;
@@ -125,10 +125,7 @@ fn looked_up(
         return None;
     }
     let response = encode(&answer, name, qtype, Shape::Edns)?;
-    // The OPT record is last, and alone at its place: cutting it off gives
-    // the response without EDNS.
-    let opt = response.len().checked_sub(OPT_LEN).map(|at| &response[at..])?;
-    if opt[..3] != [0, 0, 41] || opt[9..] != [0, 0] || u16::from_be_bytes([response[10], response[11]]) == 0 {
+    if !opt_last(&response) {
         return None;
     }
     let serial = match (has_soa(&answer), serial) {
@@ -137,13 +134,6 @@ fn looked_up(
         (true, None) => return None,
     };
     Some((response, serial))
-}
-
-/// The key of a static name and type: `key_of` without the shape.
-pub(super) fn static_key(name: &LowerName, qtype: RecordType) -> Box<[u8]> {
-    let mut key = key_of(name, qtype, Shape::Plain).into_vec();
-    key.pop();
-    key.into_boxed_slice()
 }
 
 /// Whether a name's answers need more than its own set: a CNAME to follow,
@@ -187,7 +177,7 @@ fn entry(zones: &Zones, zone: &ZoneView, name: &LowerName, node: &Node, rtype: R
     if let Some(set) = node.get(rtype)
         && simple(zone, name, node, set)
     {
-        return direct(&static_key(name, rtype), set);
+        return direct(&name_key(name, rtype), set);
     }
     looked_up(zones, name, rtype, false, None).map(|(r, _)| r)
 }
@@ -216,7 +206,7 @@ pub fn build_stable(zones: &Zones, serials: &HashMap<LowerName, Arc<AtomicU32>>)
     for zone in zones.values() {
         let origin = &zone.data.lower_origin;
         if let Some((r, serial)) = looked_up(zones, origin, RecordType::SOA, true, serials.get(origin)) {
-            table.insert(static_key(origin, RecordType::SOA), r, serial);
+            table.insert(name_key(origin, RecordType::SOA), r, serial);
         }
         let names = zone.data.nodes.len();
         let slices = if names < PARALLEL_FROM { 1 } else { cores };
@@ -293,18 +283,18 @@ big IN TXT \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx
                     && simple(&view, name, node, set)
                 {
                     direct_count += 1;
-                    assert_eq!(direct(&static_key(name, t), set), slow, "{name} {t}");
+                    assert_eq!(direct(&name_key(name, t), set), slow, "{name} {t}");
                 }
                 assert_eq!(entry(&zones, &view, name, node, t), slow, "{name} {t}");
             }
         }
         assert!(direct_count >= 7, "the simple sets are written directly: {direct_count}");
         let table = build_stable(&zones, &HashMap::new());
-        let key = static_key(&LowerName::from(Name::from_ascii("mixed.example.").unwrap()), RecordType::A);
+        let key = name_key(&LowerName::from(Name::from_ascii("mixed.example.").unwrap()), RecordType::A);
         let (response, serial) = table.get(&key).expect("a static name");
         assert!(serial.is_none());
         assert_eq!(&response[12..12 + key.len()], &key[..], "the key is the response's question");
-        let referral = static_key(&LowerName::from(Name::from_ascii("a.sub.example.").unwrap()), RecordType::A);
+        let referral = name_key(&LowerName::from(Name::from_ascii("a.sub.example.").unwrap()), RecordType::A);
         assert!(table.get(&referral).is_none(), "below a zone cut is the slow path's");
     }
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hickory_proto::ProtoError;
 use hickory_proto::op::Message;
-use hickory_proto::rr::Name;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{RequestHandler, ResponseHandler, ResponseInfo};
@@ -193,7 +192,7 @@ pub async fn respond(
     let limit = request.max_payload().clamp(512, UDP_PAYLOAD);
     // The question as the fast path keys it: lower-cased name, then type.
     let limiter = handler.rrl().filter(|r| r.applies(src.ip())).map(|r| {
-        let key = request.queries.queries().first().map(|q| fast::question_key(&Name::from(q.name()), q.query_type()));
+        let key = request.queries.queries().first().map(|q| fast::name_key(q.name(), q.query_type()));
         Limiter { rrl: r.clone(), client: src.ip(), key: key.unwrap_or_default().into() }
     });
     let question = request.queries.as_bytes().into();

@@ -67,7 +67,7 @@ pub fn zone_records(zone: &ZoneView) -> Vec<Record> {
     let mut pools: Vec<&Arc<PoolAnswer>> = zone.pools.values().collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     for pool in pools {
-        records.extend(pool.zone_records().cloned());
+        records.extend(pool.zone_records());
     }
     records.push(zone.soa.clone());
     records

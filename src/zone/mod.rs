@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::config::ident;
 
-use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use records::parse_records;
 
@@ -300,19 +300,6 @@ pub fn render_block(pool: &Name, ttl: u32, addresses: &[IpAddr], notes: &[Member
     }
     let _ = writeln!(out, "; {} {pool}", text::END);
     out
-}
-
-/// Records for a set of addresses at a name.
-pub fn address_records(name: &Name, ttl: u32, addresses: &[IpAddr]) -> (Vec<Record>, Vec<Record>) {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for addr in addresses {
-        match addr {
-            IpAddr::V4(a) => v4.push(Record::from_rdata(name.clone(), ttl, RData::A(A(*a)))),
-            IpAddr::V6(a) => v6.push(Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*a)))),
-        }
-    }
-    (v4, v6)
 }
 
 /// All `*.zone` files in a directory, each loaded (at most `limit` bytes
