@@ -236,6 +236,8 @@ async fn follow_config(
 /// `vnamed authority --config FILE`.
 pub async fn run(config: Config, path: &Path, shutdown: CancellationToken) -> anyhow::Result<()> {
     let authority = Authority::start(&config, Some(path), shutdown).await?;
+    // What serves holds what it needs; the file's pools are not kept twice.
+    drop(config);
     crate::sys::service::ready("serving DNS");
     authority.wait().await;
     Ok(())

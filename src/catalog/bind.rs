@@ -140,7 +140,6 @@ impl Catalog {
             stable: Arc::default(),
             stable_stale: true,
             dynamic: Default::default(),
-            pool_keys: HashMap::new(),
             dirty_pools: BTreeSet::new(),
             dirty_zones: BTreeSet::new(),
             snapshot: Arc::new(Snapshot::default()),
@@ -153,7 +152,6 @@ impl Catalog {
             state_counters: start.state_counters.clone(),
             reading: BTreeSet::new(),
             reread: BTreeSet::new(),
-            notes: Vec::new(),
             health: Arc::default(),
             health_due: BTreeSet::new(),
             publish_due: true,
@@ -230,9 +228,6 @@ impl Catalog {
         let i = staged.id;
         info!(pool = %staged.pool.name, overrides = ?staged.pool.overrides.lines(), "pool changed by operator");
         self.table.put(i, staged.pool);
-        if let Some(n) = self.notes.get_mut(i) {
-            *n = None;
-        }
         let (_, zone) = self.zone_mut(i)?;
         // The notes in the file change even when the answer does not.
         zone.sync.touch();
@@ -279,9 +274,6 @@ impl Catalog {
     /// pool is paused.
     fn restore(&mut self, i: PoolId, clock: Now, import_notes: bool, prior: Option<(Vec<IpAddr>, bool)>) {
         let now = clock.instant;
-        if let Some(n) = self.notes.get_mut(i) {
-            *n = None;
-        }
         let Ok((pool, zone)) = self.zone_mut(i) else { return };
         let name = pool.name.to_string();
         let block = zone.file.block(&pool.name).cloned();
@@ -388,7 +380,6 @@ impl Catalog {
             })
             .collect();
         self.bind_zones();
-        self.notes.clear();
         self.health_due = (0..self.table.pools().len()).collect();
         for &i in &changes.reshaped {
             // A new TTL or answer size: the old answer cannot stand, even while paused.

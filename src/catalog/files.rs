@@ -62,21 +62,8 @@ impl Catalog {
     }
 
     /// The member notes of pool `i`, as its managed block keeps them.
-    fn notes(&mut self, i: PoolId) -> Arc<[MemberNote]> {
-        if let Some(Some(n)) = self.notes.get(i) {
-            return n.clone();
-        }
-        let notes: Arc<[MemberNote]> = self
-            .table
-            .notes(i)
-            .into_iter()
-            .map(|(id, pairs)| MemberNote { id, pairs: pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() })
-            .collect();
-        if self.notes.len() <= i {
-            self.notes.resize(i + 1, None);
-        }
-        self.notes[i] = Some(notes.clone());
-        notes
+    fn notes(&self, i: PoolId) -> Arc<[MemberNote]> {
+        self.table.notes(i).map(|(id, admin, weight)| MemberNote { id, admin, weight }).collect()
     }
 
     /// Hands a zone's file to the I/O thread to be rewritten from what is served.

@@ -57,10 +57,10 @@ use crate::pool::table::{PoolId, Table, TableError};
 use crate::pool::{AdminState, PoolState, Report, ReportError};
 use crate::ring::registry::{Registry, RingOp, RingReply};
 use crate::state::{Put, Saved, StateCounters, Ticket};
+use crate::zone::ZoneFile;
 use crate::zone::io::{Done, Job};
 use crate::zone::journal::Journal;
 use crate::zone::sync::FileSync;
-use crate::zone::{MemberNote, ZoneFile};
 
 pub use crate::pool::table::{Change as PoolChange, MemberStatus};
 
@@ -245,7 +245,7 @@ struct ZoneState {
 }
 
 impl ZoneState {
-    fn new(file: ZoneFile, disk_text: String) -> Self {
+    fn new(file: ZoneFile, disk_text: impl Into<Arc<str>>) -> Self {
         Self {
             serial: file.serial,
             file: Arc::new(file),
@@ -297,12 +297,11 @@ pub struct Catalog {
     /// What the last publish served, kept so the next one redoes only
     /// what changed: each zone's view (with the data it was built from),
     /// the pre-encoded static responses (stale when some zone's data
-    /// changed), the virtual names' entries and which keys each pool owns.
+    /// changed), the virtual names' entries (under each pool's name and type).
     views: HashMap<LowerName, (Arc<crate::zone::ZoneData>, Arc<ZoneView>)>,
     stable: Arc<fast::StaticTable>,
     stable_stale: bool,
     dynamic: fast::Dynamic,
-    pool_keys: HashMap<LowerName, Vec<Box<[u8]>>>,
     /// Pools (by zone and key) whose entries must be encoded anew, and
     /// zones whose views must be rebuilt.
     dirty_pools: BTreeSet<(LowerName, LowerName)>,
@@ -328,8 +327,6 @@ pub struct Catalog {
     /// the pools to bring up to date at the next tick.
     health: Arc<HashMap<String, Arc<[MemberHealth]>>>,
     health_due: BTreeSet<PoolId>,
-    /// Each pool's member notes as last rendered, by pool id.
-    notes: Vec<Option<Arc<[MemberNote]>>>,
     /// Something changed since the last publish.
     publish_due: bool,
     /// Serial high-water marks: durable, and being saved.

@@ -168,15 +168,14 @@ impl Catalog {
             self.stable_stale = false;
         }
         for (origin, key) in std::mem::take(&mut self.dirty_pools) {
-            for old in self.pool_keys.remove(&key).unwrap_or_default() {
-                self.dynamic.remove(&old);
+            for t in [RecordType::A, RecordType::AAAA] {
+                self.dynamic.remove(&fast::name_key(&key, t));
             }
             let (Some(answer), Some(serial)) = (self.zones.get(&origin).and_then(|z| z.answers.get(&key)), self.serials.get(&origin))
             else {
                 continue;
             };
             let entries = fast::pool_entries(&snap.zones, &key, answer, serial);
-            self.pool_keys.insert(key, entries.iter().map(|(k, _)| k.clone()).collect());
             for (k, e) in entries {
                 self.dynamic.insert(k, e);
             }

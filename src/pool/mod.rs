@@ -33,6 +33,9 @@ use share::{Shaping, Spread};
 /// ramping or on their way, an adaptive TTL) is decided again.
 const SOON: Duration = Duration::from_millis(250);
 
+/// Pools with more members than this keep a map of them by id.
+const INDEXED_FROM: usize = 16;
+
 /// What a pool answers now.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
@@ -139,8 +142,14 @@ impl PoolState {
         self
     }
 
+    /// A pool of a few members is searched instead: a map for each of
+    /// 100,000 small pools costs more than looking through two members.
     pub fn reindex(&mut self) {
-        self.index = self.members.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect();
+        self.index = if self.members.len() > INDEXED_FROM {
+            self.members.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect()
+        } else {
+            Default::default()
+        };
     }
 
     /// Where member `id` is in `members`.

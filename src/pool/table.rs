@@ -4,7 +4,7 @@
 //! one. Every change says which pools it touched, so only those are
 //! decided again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -469,12 +469,8 @@ impl Table {
     }
 
     /// The operator's notes on pool `id`'s members, to keep with its zone.
-    pub fn notes(&self, id: PoolId) -> Vec<(String, BTreeMap<&'static str, String>)> {
-        let Some(p) = self.pools.get(id) else { return Vec::new() };
-        p.members
-            .iter()
-            .map(|m| (m.id.to_string(), BTreeMap::from([("admin", m.admin.as_str().into()), ("weight", m.weight.to_string())])))
-            .collect()
+    pub fn notes(&self, id: PoolId) -> impl Iterator<Item = (std::sync::Arc<str>, &'static str, u32)> + '_ {
+        self.pools.get(id).into_iter().flat_map(|p| p.members.iter().map(|m| (m.id.clone(), m.admin.as_str(), m.weight)))
     }
 }
 

@@ -42,7 +42,8 @@ pub enum ZoneError {
 #[derive(Debug, Clone)]
 pub struct ZoneFile {
     pub path: PathBuf,
-    pub text: String,
+    /// Shared with what the file sync believes is on disk: one copy.
+    pub text: Arc<str>,
     pub data: Arc<ZoneData>,
     pub serial: u32,
     pub serial_span: Range<usize>,
@@ -206,7 +207,7 @@ impl ZoneFile {
             serial_span: serial_span.expect("set with the SOA"),
             data: Arc::new(ZoneData { origin, lower_origin, soa, soa_ttl, nodes, record_count: count }),
             serial,
-            text,
+            text: text.into(),
             block_index: index_blocks(&blocks),
             blocks,
             strays,
@@ -243,7 +244,16 @@ impl ZoneFile {
         let (text, serial_span) = text::rewrite(&self.text, &self.blocks, self.serial_span.clone(), serial, rendered);
         let blocks = text::blocks(&text).map_err(|e| at(e.line, e.message))?;
         let block_index = index_blocks(&blocks);
-        Ok(ZoneFile { path: self.path.clone(), text, data: data.clone(), serial, serial_span, blocks, block_index, strays: Vec::new() })
+        Ok(ZoneFile {
+            path: self.path.clone(),
+            text: text.into(),
+            data: data.clone(),
+            serial,
+            serial_span,
+            blocks,
+            block_index,
+            strays: Vec::new(),
+        })
     }
 
     /// The managed block for a pool, if the file has one.
@@ -276,8 +286,9 @@ impl ZoneFile {
 /// The administrative notes kept for one member inside a managed block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberNote {
-    pub id: String,
-    pub pairs: Vec<(String, String)>,
+    pub id: Arc<str>,
+    pub admin: &'static str,
+    pub weight: u32,
 }
 
 /// Renders the managed block for a pool: marker comments, member notes and
@@ -288,11 +299,7 @@ pub fn render_block(pool: &Name, ttl: u32, addresses: &[IpAddr], notes: &[Member
     // Only what passes the identifier rules goes into a comment: an id
     // carrying a newline would otherwise write records of its own.
     for note in notes.iter().filter(|n| ident::check_id(&n.id).is_ok()) {
-        let _ = write!(out, "; {} {}", text::MEMBER, note.id);
-        for (k, v) in note.pairs.iter().filter(|(k, v)| ident::check_metric(k).is_ok() && ident::check_metric(v).is_ok()) {
-            let _ = write!(out, " {k}={v}");
-        }
-        out.push('\n');
+        let _ = writeln!(out, "; {} {} admin={} weight={}", text::MEMBER, note.id, note.admin, note.weight);
     }
     for addr in addresses {
         let rtype = if addr.is_ipv4() { "A" } else { "AAAA" };
@@ -381,7 +388,7 @@ www.example. 5 IN A 127.0.10.1
         let z = parse(EXAMPLE).unwrap();
         let www = Name::from_ascii("www.example.").unwrap();
         let addrs: Vec<IpAddr> = vec!["127.0.10.2".parse().unwrap(), "::1".parse().unwrap()];
-        let body = render_block(&www, 5, &addrs, &[MemberNote { id: "web1".into(), pairs: vec![("weight".into(), "3".into())] }]);
+        let body = render_block(&www, 5, &addrs, &[MemberNote { id: "web1".into(), admin: "auto", weight: 3 }]);
         let mut replace = BTreeMap::new();
         replace.insert("www.example.".to_owned(), body);
         let written = z.rewritten(2024010102, &replace).unwrap();
@@ -391,11 +398,12 @@ www.example. 5 IN A 127.0.10.1
         assert!(Arc::ptr_eq(&written.data, &z.data), "the data is shared, not parsed again");
         assert_eq!(again.serial, 2024010102);
         assert_eq!(again.addresses(&www), addrs);
-        assert_eq!(again.block(&www).unwrap().members[0].1, vec![("weight".to_owned(), "3".to_owned())]);
+        let pairs = [("admin".to_owned(), "auto".to_owned()), ("weight".to_owned(), "3".to_owned())];
+        assert_eq!(again.block(&www).unwrap().members[0].1, pairs);
         assert!(again.text.contains("mail IN MX 10 ns1 ; an MX"));
         // Written again over the block it wrote: the same.
         let twice = written.rewritten(2024010103, &replace).unwrap();
-        assert_eq!(twice.text, written.text.replace("2024010102", "2024010103"));
+        assert_eq!(&*twice.text, written.text.replace("2024010102", "2024010103"));
         // A block that would make a file we refuse is not written.
         let mut cname = BTreeMap::new();
         let mail = Name::from_ascii("mail.example.").unwrap();
