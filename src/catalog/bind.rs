@@ -281,7 +281,10 @@ impl Catalog {
             Some((answer, servfail)) => (answer, servfail, true),
             None => (zone.file.addresses(&pool.name), false, block.is_some()),
         };
-        let notes = if import_notes { block.as_ref().map(|b| b.members.as_slice()).unwrap_or_default() } else { &[] };
+        let notes = match &block {
+            Some(b) if import_notes => b.members(&zone.file.text),
+            _ => Vec::new(),
+        };
         for (id, pairs) in notes {
             let admin = pairs.iter().find(|(k, _)| k == "admin").and_then(|(_, v)| AdminState::parse(v));
             let weight = pairs.iter().find(|(k, _)| k == "weight").and_then(|(_, v)| v.parse().ok());

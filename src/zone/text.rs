@@ -144,23 +144,55 @@ pub fn entries(src: &str) -> Result<Vec<Entry>, TextError> {
     Ok(out)
 }
 
-/// A managed block found in the text.
+/// A managed block found in the text: where it is, nothing copied out of
+/// it (a zone of 100,000 pools keeps 100,000 of these).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
-    /// The pool name written after the begin marker, as written.
-    pub pool: String,
+    /// Where the pool name written after the begin marker is, as written.
+    pub name: Range<usize>,
     /// Lines of the begin and end markers (1-based, inclusive).
     pub lines: Range<usize>,
     /// Bytes from the start of the begin line to the end of the end line.
     pub bytes: Range<usize>,
-    /// `vnamed:member` notes inside the block: member id and its `key=value` pairs.
-    pub members: Vec<(String, Vec<(String, String)>)>,
+}
+
+/// A member's note: its id and its `key=value` pairs.
+pub type Note = (String, Vec<(String, String)>);
+
+impl Block {
+    /// The pool name as written, in `src` (the text the block was found in).
+    pub fn pool<'a>(&self, src: &'a str) -> &'a str {
+        src.get(self.name.clone()).unwrap_or_default()
+    }
+
+    /// The `vnamed:member` notes inside the block, in `src`.
+    pub fn members(&self, src: &str) -> Vec<Note> {
+        let text = src.get(self.bytes.clone()).unwrap_or_default();
+        text.split_inclusive('\n').filter_map(|raw| marker(raw, MEMBER)).filter_map(|n| note(n).ok()).collect()
+    }
 }
 
 fn marker<'a>(line: &'a str, word: &str) -> Option<&'a str> {
     let rest = line.trim_start().strip_prefix(';')?.trim_start();
     let rest = rest.strip_prefix(word)?;
     (rest.is_empty() || rest.starts_with(char::is_whitespace)).then(|| rest.trim())
+}
+
+/// A member note's words: the id, then `key=value` pairs.
+fn note(text: &str) -> Result<Note, String> {
+    let mut words = text.split_whitespace();
+    let Some(id) = words.next() else {
+        return Err("member note without a member id".into());
+    };
+    ident::check_id(id).map_err(|e| format!("member note: member id {e}"))?;
+    let mut pairs = Vec::new();
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(format!("member note: expected key=value, got {w:?}"));
+        };
+        pairs.push((k.to_owned(), v.to_owned()));
+    }
+    Ok((id.to_owned(), pairs))
 }
 
 /// Finds the managed blocks of a zone text.
@@ -181,7 +213,9 @@ pub fn blocks(src: &str) -> Result<Vec<Block>, TextError> {
             if pool.is_empty() {
                 return Err(TextError { line, message: "managed block without a pool name".into() });
             }
-            open = Some(Block { pool: pool.to_owned(), lines: line..line, bytes: start..start, members: Vec::new() });
+            // `pool` is a slice of `src`: its place is its distance from the start.
+            let at = pool.as_ptr() as usize - src.as_ptr() as usize;
+            open = Some(Block { name: at..at + pool.len(), lines: line..line, bytes: start..start });
         } else if marker(raw, END).is_some() {
             let Some(mut b) = open.take() else {
                 return Err(TextError { line, message: "managed block end without a begin".into() });
@@ -189,29 +223,15 @@ pub fn blocks(src: &str) -> Result<Vec<Block>, TextError> {
             b.lines.end = line;
             b.bytes.end = offset;
             out.push(b);
-        } else if let Some(note) = marker(raw, MEMBER) {
-            let Some(b) = open.as_mut() else {
+        } else if let Some(text) = marker(raw, MEMBER) {
+            if open.is_none() {
                 return Err(TextError { line, message: "member note outside a managed block".into() });
-            };
-            let mut words = note.split_whitespace();
-            let Some(id) = words.next() else {
-                return Err(TextError { line, message: "member note without a member id".into() });
-            };
-            if let Err(e) = ident::check_id(id) {
-                return Err(TextError { line, message: format!("member note: member id {e}") });
             }
-            let mut pairs = Vec::new();
-            for w in words {
-                let Some((k, v)) = w.split_once('=') else {
-                    return Err(TextError { line, message: format!("member note: expected key=value, got {w:?}") });
-                };
-                pairs.push((k.to_owned(), v.to_owned()));
-            }
-            b.members.push((id.to_owned(), pairs));
+            note(text).map_err(|message| TextError { line, message })?;
         }
     }
     if let Some(b) = open {
-        return Err(TextError { line: b.lines.start, message: format!("managed block for {} is never closed", b.pool) });
+        return Err(TextError { line: b.lines.start, message: format!("managed block for {} is never closed", b.pool(src)) });
     }
     Ok(out)
 }
@@ -231,7 +251,7 @@ pub fn rewrite(
     let mut edits: Vec<(Range<usize>, String)> = vec![(serial_span, serial.to_string())];
     let mut appended = String::new();
     // By lower-case name: a zone of 100,000 pools is not searched 100,000 times.
-    let by_pool: std::collections::HashMap<String, &Block> = found.iter().rev().map(|b| (b.pool.to_ascii_lowercase(), b)).collect();
+    let by_pool: std::collections::HashMap<String, &Block> = found.iter().rev().map(|b| (b.pool(src).to_ascii_lowercase(), b)).collect();
     for (pool, body) in replace {
         match by_pool.get(&pool.to_ascii_lowercase()) {
             Some(b) => edits.push((b.bytes.clone(), body.clone())),
@@ -292,7 +312,8 @@ mod tests {
         );
         let found = blocks(&src).unwrap();
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].members, vec![("web1".to_owned(), vec![("admin".to_owned(), "down".to_owned())])]);
+        assert_eq!(found[0].pool(&src), "www.example.");
+        assert_eq!(found[0].members(&src), vec![("web1".to_owned(), vec![("admin".to_owned(), "down".to_owned())])]);
         let span = entries(&src).unwrap()[1].tokens[5].clone();
         let mut replace = BTreeMap::new();
         replace.insert("www.example.".to_owned(), "; vnamed:begin www.example.\nNEW\n; vnamed:end www.example.\n".to_owned());
