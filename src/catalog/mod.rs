@@ -235,7 +235,8 @@ struct ZoneState {
     file: Arc<ZoneFile>,
     serial: u32,
     /// Each pool's answer, by the pool's key.
-    answers: HashMap<LowerName, Arc<PoolAnswer>>,
+    /// Shared with the view last published until one changes.
+    answers: Arc<HashMap<LowerName, Arc<PoolAnswer>>>,
     /// The pools whose names live in this zone.
     pools: Vec<PoolId>,
     /// Keeping the file true to what is served.
@@ -249,7 +250,7 @@ impl ZoneState {
         Self {
             serial: file.serial,
             file: Arc::new(file),
-            answers: HashMap::new(),
+            answers: Arc::default(),
             pools: Vec::new(),
             sync: FileSync::new(disk_text),
             journal: Arc::new(Journal::new(JOURNAL_DELTAS, JOURNAL_RECORDS)),

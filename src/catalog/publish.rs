@@ -40,7 +40,7 @@ pub(super) fn preferred(pool: &PoolState, addresses: &[IpAddr]) -> Arc<[Preferre
             None => pool.members.iter().find(|m| m.address == *a),
         })
         .map(|m| Preferred {
-            id: m.id.to_string(),
+            id: m.id.clone(),
             address: m.address,
             tcp_port: m.custom.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16),
         })
@@ -73,11 +73,11 @@ impl Catalog {
         match answer {
             Some(a) => {
                 Arc::make_mut(&mut self.preferred).insert(srp_key, a.preferred.clone());
-                zone.answers.insert(key.clone(), a);
+                Arc::make_mut(&mut zone.answers).insert(key.clone(), a);
             }
             None => {
                 Arc::make_mut(&mut self.preferred).remove(&srp_key);
-                zone.answers.remove(key);
+                Arc::make_mut(&mut zone.answers).remove(key);
             }
         }
         self.dirty_pools.insert((origin.clone(), key.clone()));

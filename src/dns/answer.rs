@@ -185,7 +185,8 @@ impl Drawn {
 /// A member in its pool's current preference.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preferred {
-    pub id: String,
+    /// Shared with the member's own id.
+    pub id: Arc<str>,
     pub address: IpAddr,
     /// The member's reported `tcp_port` metric, when it has one.
     pub tcp_port: Option<u16>,

@@ -389,7 +389,7 @@ pub fn build_all(zones: &Zones) -> FastTable {
     let serials: HashMap<LowerName, Arc<AtomicU32>> = zones.iter().map(|(o, z)| (o.clone(), Arc::new(AtomicU32::new(z.serial)))).collect();
     let mut dynamic = Dynamic::default();
     for (origin, zone) in zones {
-        for (name, pool) in &zone.pools {
+        for (name, pool) in zone.pools.iter() {
             for (k, e) in pool_entries(zones, name, pool, &serials[origin]) {
                 dynamic.insert(k, e);
             }
@@ -581,7 +581,7 @@ mod tests {
         let answer = PoolAnswer::new(www.clone(), 5, addrs.clone(), 2, false, false).with_shares(vec![0.2, 0.3, 0.4, 0.1]);
         let origin = LowerName::from(Name::from_ascii("example.").unwrap());
         let mut view = (*s.zones[&origin]).clone();
-        view.pools.insert(LowerName::from(&www), Arc::new(answer));
+        Arc::make_mut(&mut view.pools).insert(LowerName::from(&www), Arc::new(answer));
         s.zones.insert(origin, Arc::new(view));
         let t = table(&s);
         let mut firsts: HashMap<String, usize> = HashMap::new();
@@ -626,7 +626,7 @@ mod tests {
         assert_eq!(answer.turns(false), (vec![1], vec![0; 1000]), "one response, led by the second record");
         let origin = LowerName::from(Name::from_ascii("example.").unwrap());
         let mut view = (*s.zones[&origin]).clone();
-        view.pools.insert(LowerName::from(&www), Arc::new(answer));
+        Arc::make_mut(&mut view.pools).insert(LowerName::from(&www), Arc::new(answer));
         s.zones.insert(origin, Arc::new(view));
         let t = table(&s);
         for i in 0..5u16 {
@@ -655,7 +655,7 @@ mod tests {
             let pool = PoolAnswer::new(www.clone(), 5, addrs, answers, false, false).with_shares(shares);
             let key = LowerName::from(&www);
             let zone = s.zones.values_mut().next().unwrap();
-            Arc::make_mut(zone).pools.insert(key.clone(), Arc::new(pool.clone()));
+            Arc::make_mut(&mut Arc::make_mut(zone).pools).insert(key.clone(), Arc::new(pool.clone()));
             let serial = Arc::new(AtomicU32::new(3));
             let built = pool_entries(&s.zones, &key, &pool, &serial);
             let mut filled = 0;

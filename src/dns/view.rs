@@ -19,7 +19,9 @@ pub struct ZoneView {
     pub data: Arc<ZoneData>,
     pub serial: u32,
     pub soa: Record,
-    pub pools: HashMap<LowerName, Arc<PoolAnswer>>,
+    /// Shared with the catalog (a zone of 100,000 pools is not copied at
+    /// every publish).
+    pub pools: Arc<HashMap<LowerName, Arc<PoolAnswer>>>,
     /// What recent serials changed, for incremental transfers.
     pub journal: Arc<crate::zone::journal::Journal>,
 }
@@ -28,7 +30,8 @@ impl ZoneView {
     /// A view of `data` at `serial` with the given pool answers. Pool names
     /// that the data does not hold yet are made to exist, with their
     /// empty non-terminals, so that they never answer NXDOMAIN.
-    pub fn new(mut data: Arc<ZoneData>, serial: u32, pools: HashMap<LowerName, Arc<PoolAnswer>>) -> Self {
+    pub fn new(mut data: Arc<ZoneData>, serial: u32, pools: impl Into<Arc<HashMap<LowerName, Arc<PoolAnswer>>>>) -> Self {
+        let pools = pools.into();
         if pools.keys().any(|p| !data.nodes.contains_key(p)) {
             Arc::make_mut(&mut data).add_names(pools.keys());
         }

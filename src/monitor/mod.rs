@@ -181,7 +181,7 @@ async fn serve_checks(shared: Arc<Shared>, snapshot: Arc<arc_swap::ArcSwap<crate
             let tcp_port = r.metrics.get("tcp_port").filter(|p| **p >= 1.0 && **p <= 65535.0).map(|p| *p as u16);
             let address = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
             preferred.entry(r.pool.trim_end_matches('.').to_ascii_lowercase()).or_default().push(Preferred {
-                id: r.member,
+                id: r.member.into(),
                 address,
                 tcp_port,
             });

@@ -159,7 +159,7 @@ fn info(cluster: &Cluster, local: IpAddr, index: usize, preferred: &HashMap<Stri
         server_name: i
             .server_name
             .clone()
-            .or_else(|| member.as_ref().map(|m| m.id.clone()))
+            .or_else(|| member.as_ref().map(|m| m.id.to_string()))
             .unwrap_or_else(|| cluster.to_ascii_uppercase()),
         instance_name: i.name.clone(),
         clustered: i.pool.is_some(),
@@ -208,11 +208,7 @@ np = '\\PROD\pipe\sql\query'
         let v: Vec<Preferred> = members
             .iter()
             .enumerate()
-            .map(|(n, (id, port))| Preferred {
-                id: id.to_string(),
-                address: format!("127.0.0.{}", 51 + n).parse().unwrap(),
-                tcp_port: *port,
-            })
+            .map(|(n, (id, port))| Preferred { id: (*id).into(), address: format!("127.0.0.{}", 51 + n).parse().unwrap(), tcp_port: *port })
             .collect();
         HashMap::from([("sql.example.test".to_string(), v.into())])
     }
