@@ -34,17 +34,10 @@ pub struct SerialPatch {
 /// extended RCODE, version, flags, no options.
 pub const OPT_LEN: usize = 11;
 
-/// The key a query is looked up by: lower-cased wire name, type, shape.
-pub fn key_of(name: &LowerName, qtype: RecordType, shape: Shape) -> Box<[u8]> {
-    let mut key = name_key(name, qtype).into_vec();
-    key.push(shape as u8);
-    key.into_boxed_slice()
-}
-
-/// The key of a name and type (`key_of` without the shape, the lower-cased
-/// wire name, then the type): what the tables keep responses by, each in
-/// the EDNS shape, and how the slow path keys a question it answers, so
-/// rate limiting counts both paths alike.
+/// The key of a name and type (the lower-cased wire name, then the type:
+/// the key a query parses to, without its shape byte): what the tables
+/// keep responses by, each in the EDNS shape, and how the slow path keys a
+/// question it answers, so rate limiting counts both paths alike.
 pub fn name_key(name: &LowerName, qtype: RecordType) -> Box<[u8]> {
     let name = Name::from(name);
     let mut key = Vec::with_capacity(name.len() + 3);

@@ -2,19 +2,21 @@
 //! names, and every static name and type a zone holds) the full response is
 //! encoded ahead of time by the same lookup the slow path uses, once, as
 //! to a query with EDNS (the shapes without EDNS or with DO are cut from
-//! it as it is copied out). Answering is then a hash lookup and a copy with the query's ID,
-//! RD/CD bits and question bytes (0x20 case preserved) patched in, and the
-//! zone's serial where the response carries it. Pure: no I/O; the updater
-//! re-encodes a virtual name's entries when its answer changes.
+//! it as it is copied out). Answering is then a hash lookup and a copy
+//! with the query's ID, RD/CD bits and question bytes (0x20 case
+//! preserved) patched in, and the zone's serial where the response
+//! carries it. Pure: no I/O; the updater re-encodes a virtual name's
+//! entries when its answer changes.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use hickory_proto::rr::{DNSClass, LowerName, RecordType};
 
 use super::answer::{PoolAnswer, Turn};
-pub use super::encode::{SerialPatch, Shape, key_of, name_key};
+pub use super::encode::{SerialPatch, Shape, name_key};
 use super::encode::{encode, has_soa, opt_last, serial_offset, shaped};
 use super::lookup::lookup_turn;
 pub use super::stable::{StaticTable, build_stable};
@@ -313,13 +315,13 @@ impl Template {
     }
 
     /// The response carrying `addresses`, if each fits its slot.
-    fn fill(&self, addresses: impl Iterator<Item = std::net::IpAddr>) -> Option<Box<[u8]>> {
+    fn fill(&self, addresses: impl Iterator<Item = IpAddr>) -> Option<Box<[u8]>> {
         let mut bytes = self.bytes.clone();
         let mut n = 0;
         for (address, &(at, len)) in addresses.zip(&self.slots) {
             let data: &[u8] = match address {
-                std::net::IpAddr::V4(a) => &a.octets(),
-                std::net::IpAddr::V6(a) => &a.octets(),
+                IpAddr::V4(a) => &a.octets(),
+                IpAddr::V6(a) => &a.octets(),
             };
             if data.len() != len {
                 return None;

@@ -72,8 +72,9 @@ fn block_is(b: &Block, text: &str, name: &LowerName) -> bool {
     Name::from_ascii(b.pool(text)).is_ok_and(|p| LowerName::from(&p) == *name)
 }
 
-/// The hash under which a name's stray address lines are kept.
-fn stray_hash(name: &LowerName) -> u64 {
+/// The hash under which a name's stray address lines and its managed
+/// block are indexed.
+fn name_hash(name: &LowerName) -> u64 {
     use std::hash::BuildHasher;
     foldhash::fast::FixedState::with_seed(0x766e_616d_6564).hash_one(name)
 }
@@ -84,7 +85,7 @@ fn index_blocks(blocks: &[Block], text: &str) -> Vec<(u64, u32)> {
     let mut index: Vec<(u64, u32)> = blocks
         .iter()
         .enumerate()
-        .filter_map(|(i, b)| Some((stray_hash(&LowerName::from(&Name::from_ascii(b.pool(text)).ok()?)), u32::try_from(i).ok()?)))
+        .filter_map(|(i, b)| Some((name_hash(&LowerName::from(&Name::from_ascii(b.pool(text)).ok()?)), u32::try_from(i).ok()?)))
         .collect();
     index.sort_unstable();
     index
@@ -157,7 +158,7 @@ impl ZoneFile {
                 lines.entry((owner.clone(), rtype)).or_insert(line);
             }
             if matches!(rtype, RecordType::A | RecordType::AAAA) && !in_own_block(&blocks, &text, &owner, line) {
-                strays.push((stray_hash(&owner), u32::try_from(line).unwrap_or(u32::MAX)));
+                strays.push((name_hash(&owner), u32::try_from(line).unwrap_or(u32::MAX)));
             }
             let node = nodes.entry(owner).or_default();
             let set = match node.rrsets.iter().position(|s| s.rtype == rtype) {
@@ -266,7 +267,7 @@ impl ZoneFile {
     /// The managed block for a pool, if the file has one.
     pub fn block(&self, pool: &Name) -> Option<&Block> {
         let name = LowerName::from(pool);
-        let hash = stray_hash(&name);
+        let hash = name_hash(&name);
         let from = self.block_index.partition_point(|&(h, _)| h < hash);
         self.block_index[from..]
             .iter()
@@ -278,7 +279,7 @@ impl ZoneFile {
     /// Lines of A/AAAA records for a virtual name outside its managed block:
     /// the operator's, which would contradict the live answer.
     pub fn stray_addresses(&self, pool: &Name) -> Vec<usize> {
-        let hash = stray_hash(&LowerName::from(pool));
+        let hash = name_hash(&LowerName::from(pool));
         let from = self.strays.partition_point(|&(h, _)| h < hash);
         self.strays[from..].iter().take_while(|&&(h, _)| h == hash).map(|&(_, line)| line as usize).collect()
     }
